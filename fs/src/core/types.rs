@@ -1,0 +1,179 @@
+//! Plain data types of the filesystem core's API: attributes, caller identity, directory
+//! entries, statfs. They carry no FUSE types so the core can be driven without a mount.
+
+use std::time::SystemTime;
+
+/// Who is calling: used for ownership of new inodes and permission checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ctx {
+    /// Effective user id of the caller.
+    pub uid: u32,
+    /// Effective group id of the caller.
+    pub gid: u32,
+    /// Process id of the caller (for logs only).
+    pub pid: u32,
+}
+
+impl Ctx {
+    /// The superuser, as fsck and tests use it.
+    pub const ROOT: Ctx = Ctx { uid: 0, gid: 0, pid: 0 };
+}
+
+/// The type of an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Named pipe.
+    Fifo,
+    /// Character device.
+    CharDev,
+    /// Block device.
+    BlockDev,
+    /// Unix socket.
+    Socket,
+}
+
+impl FileKind {
+    /// The on-disk code of this kind (format.md, inode record).
+    pub fn code(self) -> u8 {
+        match self {
+            FileKind::File => 1,
+            FileKind::Dir => 2,
+            FileKind::Symlink => 3,
+            FileKind::Fifo => 4,
+            FileKind::CharDev => 5,
+            FileKind::BlockDev => 6,
+            FileKind::Socket => 7,
+        }
+    }
+
+    /// The kind for an on-disk code, `None` for an unknown code.
+    pub fn from_code(code: u8) -> Option<FileKind> {
+        Some(match code {
+            1 => FileKind::File,
+            2 => FileKind::Dir,
+            3 => FileKind::Symlink,
+            4 => FileKind::Fifo,
+            5 => FileKind::CharDev,
+            6 => FileKind::BlockDev,
+            7 => FileKind::Socket,
+            _ => return None,
+        })
+    }
+
+    /// The kind encoded in the `S_IFMT` bits of a mode, `None` if unknown.
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => FileKind::File,
+            libc::S_IFDIR => FileKind::Dir,
+            libc::S_IFLNK => FileKind::Symlink,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFCHR => FileKind::CharDev,
+            libc::S_IFBLK => FileKind::BlockDev,
+            libc::S_IFSOCK => FileKind::Socket,
+            _ => return None,
+        })
+    }
+}
+
+/// Attributes of an inode, as `stat(2)` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number (1 is the root directory).
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Allocated 512-byte units.
+    pub blocks: u64,
+    /// Last access.
+    pub atime: SystemTime,
+    /// Last modification of contents.
+    pub mtime: SystemTime,
+    /// Last change of the inode.
+    pub ctime: SystemTime,
+    /// Creation.
+    pub crtime: SystemTime,
+    /// Type.
+    pub kind: FileKind,
+    /// Permission bits including setuid, setgid and sticky (lower 12 bits).
+    pub perm: u16,
+    /// Number of hard links.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number for device nodes.
+    pub rdev: u32,
+    /// Preferred I/O size (the filesystem block size).
+    pub blksize: u32,
+    /// Inode generation, for NFS-style handles.
+    pub generation: u64,
+}
+
+/// How to set a timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSet {
+    /// The current time (`UTIME_NOW`).
+    Now,
+    /// A given time.
+    At(SystemTime),
+}
+
+/// The changes of one `setattr` call; `None` leaves a field alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// New permission bits (the lower 12 bits are used).
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or extend).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<TimeSet>,
+    /// New modification time.
+    pub mtime: Option<TimeSet>,
+    /// The file handle when called through an open file (ftruncate, futimens).
+    pub fh: Option<u64>,
+}
+
+/// One directory entry as readdir returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode of the entry.
+    pub ino: u64,
+    /// Cookie to pass as `offset` to continue after this entry.
+    pub next_offset: i64,
+    /// Type of the entry.
+    pub kind: FileKind,
+    /// Name (no `/`, no NUL).
+    pub name: Vec<u8>,
+}
+
+/// Filesystem statistics, as `statfs(2)` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    /// Total blocks of `frsize`.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Free blocks for unprivileged users.
+    pub bavail: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Maximum name length.
+    pub namelen: u32,
+    /// Fragment size.
+    pub frsize: u32,
+}

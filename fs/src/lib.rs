@@ -1,0 +1,17 @@
+//! digimedfs: an encrypted, integrity-protected research filesystem.
+//!
+//! # Layout
+//! - [`crypto`]: keys, HKDF labels, AES-256-XTS block cipher, block MACs, record sealing, key slots.
+//! - [`format`]: on-disk byte layouts (superblock, metadata records) and a checked codec.
+//! - [`keysource`]: where the wrapping key of a filesystem comes from (key file, key service).
+//! - [`meta`]: the metadata store (sled) holding only sealed records.
+//! - [`objects`]: the data object store (ciphertext files in the backing directory).
+//! - [`core`]: the FUSE-independent filesystem (lookup, create, read, write, rename, ...).
+//! - [`fuse`]: the thin `fuser` adapter over [`core`].
+
+pub mod core;
+pub mod crypto;
+pub mod error;
+pub mod keysource;
+
+pub use error::{Error, Result};
