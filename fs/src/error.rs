@@ -72,12 +72,18 @@ pub enum Error {
 impl Error {
     /// A POSIX error with context.
     pub fn posix(errno: i32, op: impl Into<String>) -> Self {
-        Error::Posix { op: op.into(), errno }
+        Error::Posix {
+            op: op.into(),
+            errno,
+        }
     }
 
     /// An I/O error with the backing path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// An integrity failure with context.
@@ -92,7 +98,10 @@ impl Error {
 
     /// A metadata store error with context.
     pub fn meta(what: impl Into<String>, source: sled::Error) -> Self {
-        Error::Meta { what: what.into(), source }
+        Error::Meta {
+            what: what.into(),
+            source,
+        }
     }
 
     /// An invalid argument.

@@ -9,9 +9,18 @@
 //! - [`core`]: the FUSE-independent filesystem (lookup, create, read, write, rename, ...).
 //! - [`fuse`]: the thin `fuser` adapter over [`core`].
 
+pub mod backing;
 pub mod core;
 pub mod crypto;
 pub mod error;
+pub mod format;
+pub mod fuse;
 pub mod keysource;
+pub mod meta;
+pub mod mkfs;
+pub mod objects;
 
 pub use error::{Error, Result};
+
+/// In-memory filesystems for tests (crash images, tampering).
+pub mod testing;

@@ -1,1 +1,275 @@
-fn main(){}
+//! The `digimedfs` binary: `keygen` writes a key file, `mount` opens a filesystem and serves
+//! it over FUSE. A thin shell over the library; see `docs/operations.md`.
+//!
+//! Without `-f`, `mount` returns only once the mount is live: it re-runs itself as a
+//! background process (`mount -f --ready-fd 1`, stdout and stderr being a socket back to us),
+//! which starts a new session, opens and mounts the filesystem and writes one zero byte to the
+//! socket once the mount is live. Anything the background process prints before that (its error,
+//! if mounting fails) is relayed to our stderr. The background process then logs to
+//! `/var/log/digimedfs/<mountpoint>.log`, or `$XDG_RUNTIME_DIR/digimedfs/<mountpoint>.log`, or
+//! `/tmp/digimedfs-<uid>/<mountpoint>.log`, whichever is writable first.
+
+mod cli;
+
+use anyhow::{anyhow, Context};
+use cli::{Command, MountArgs, MountOptions};
+use digimedfs::core::{Filesystem, OpenOptions};
+use digimedfs::fuse::{mount_foreground, MountOpts};
+use digimedfs::keysource::KeyFile;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use tracing_subscriber::EnvFilter;
+
+/// The background process already printed why it failed; exit 1 without another message.
+#[derive(Debug)]
+struct AlreadyReported;
+
+impl std::fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("mount failed")
+    }
+}
+
+impl std::error::Error for AlreadyReported {}
+
+fn main() -> ExitCode {
+    let cli = match cli::parse_args(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(1),
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Keygen { path } => KeyFile::create_new(&path).map_err(anyhow::Error::from),
+        Command::Mount(args) => mount(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<AlreadyReported>() => ExitCode::from(1),
+        Err(err) => {
+            // The background process has no terminal any more; stderr may be gone.
+            let _ = writeln!(std::io::stderr(), "digimedfs: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `digimedfs mount`.
+fn mount(args: MountArgs) -> anyhow::Result<()> {
+    let opts = cli::parse_mount_options(&args.options)?;
+    let key_path = cli::key_file(&args, &opts)?;
+    if !args.foreground {
+        return spawn_background(&args);
+    }
+    let ready_fd = args.ready_fd;
+    if ready_fd.is_some() {
+        // SAFETY: setsid takes no arguments and touches no memory of ours. It detaches this
+        // background process from the caller's terminal and process group, so the caller's
+        // Ctrl-C or hangup cannot kill a live mount. It fails only if we already lead a process
+        // group, which a freshly spawned child does not; then we simply keep the old session.
+        unsafe { libc::setsid() };
+    }
+
+    let backing = canonical(&args.backing_dir, "backing directory")?;
+    let mountpoint = canonical(&args.mountpoint, "mountpoint")?;
+    let key_path = canonical(&key_path, "key file")?;
+    let log_file = init_logging(&opts, ready_fd.is_some(), &mountpoint);
+    if ready_fd.is_some() {
+        // Do not keep the caller's working directory busy.
+        let _ = std::env::set_current_dir("/");
+    }
+
+    // Open before mounting: a wrong key or a filesystem in use fails here, with nothing mounted.
+    let fs = {
+        let key = KeyFile::open(&key_path)?;
+        let open = OpenOptions {
+            read_only: opts.read_only,
+            force_unlock: opts.force_unlock,
+            ..Default::default()
+        };
+        Filesystem::open(&backing, &key, &open)
+            .with_context(|| format!("opening {}", backing.display()))?
+    };
+    tracing::info!(
+        "opened {} with key file {}; mounting on {}",
+        backing.display(),
+        key_path.display(),
+        mountpoint.display()
+    );
+
+    let mount_opts = MountOpts {
+        read_only: opts.read_only,
+        allow_other: opts.allow_other,
+        fsname: cli::fsname_for(&backing),
+    };
+    mount_foreground(Arc::new(fs), &mountpoint, &mount_opts, || {
+        if let Some(fd) = ready_fd {
+            report_ready(fd, log_file.as_ref());
+        }
+    })
+    .with_context(|| format!("serving {}", mountpoint.display()))
+}
+
+/// The canonical form of a path given on the command line.
+fn canonical(path: &Path, what: &str) -> anyhow::Result<PathBuf> {
+    path.canonicalize()
+        .with_context(|| format!("{what} {}", path.display()))
+}
+
+/// Re-runs this program as a background process that mounts, and waits until the mount is
+/// live (exit 0) or the background process fails (its message is relayed, exit 1).
+fn spawn_background(args: &MountArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the digimedfs executable")?;
+    // A socket pair works like a pipe here (and std::io::pipe is newer than our MSRV).
+    let (mut from_child, to_child) = UnixStream::pair().context("creating a pipe")?;
+    let to_child_err = to_child.try_clone().context("duplicating a pipe")?;
+
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["mount", "-f", "--ready-fd", "1"]);
+    for list in &args.options {
+        cmd.arg("-o").arg(list);
+    }
+    if let Some(key) = &args.key_file {
+        cmd.arg("--key-file").arg(key);
+    }
+    cmd.arg("--").arg(&args.backing_dir).arg(&args.mountpoint);
+    cmd.stdin(Stdio::null())
+        .stdout(OwnedFd::from(to_child))
+        .stderr(OwnedFd::from(to_child_err));
+    let mut child = cmd.spawn().context("starting the background process")?;
+    // `cmd` holds our copies of the pipe's write end; drop them so we see EOF when the
+    // background process exits.
+    drop(cmd);
+
+    let mut relayed = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match from_child.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("reading from the background process"),
+        };
+        let chunk = buf.get(..n).unwrap_or_default();
+        if let Some(pos) = chunk.iter().position(|&b| b == 0) {
+            relayed.extend_from_slice(chunk.get(..pos).unwrap_or_default());
+            let _ = std::io::stderr().write_all(&relayed);
+            return Ok(());
+        }
+        relayed.extend_from_slice(chunk);
+    }
+    let status = child.wait().context("waiting for the background process")?;
+    if relayed.is_empty() {
+        return Err(anyhow!(
+            "the background process exited ({status}) before the mount was live"
+        ));
+    }
+    let _ = std::io::stderr().write_all(&relayed);
+    Err(AlreadyReported.into())
+}
+
+/// In the background process, once the mount is live: tells the waiting parent, then points
+/// stdin, stdout and stderr away from the pipe (at the log file, or /dev/null).
+fn report_ready(fd: RawFd, log_file: Option<&File>) {
+    // SAFETY: `fd` was handed to us by the parent for this purpose and nothing in this process
+    // closes it before the borrow ends: we only duplicate it here.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    match borrowed.try_clone_to_owned() {
+        Ok(owned) => {
+            let mut pipe = File::from(owned);
+            if let Err(e) = pipe.write_all(&[0]) {
+                tracing::warn!("telling the parent that the mount is live failed: {e}");
+            }
+        }
+        Err(e) => tracing::warn!("ready fd {fd} is unusable: {e}"),
+    }
+
+    let devnull = File::options().read(true).write(true).open("/dev/null");
+    let Ok(devnull) = devnull else {
+        tracing::warn!("cannot open /dev/null; keeping stdio");
+        return;
+    };
+    let out = log_file.map_or(devnull.as_raw_fd(), |f| f.as_raw_fd());
+    for (src, target) in [(devnull.as_raw_fd(), 0), (out, 1), (out, 2)] {
+        // SAFETY: both descriptors are open for the duration of the call; dup2 atomically
+        // replaces `target` (stdin/stdout/stderr), which std keeps using as before.
+        if unsafe { libc::dup2(src, target) } < 0 {
+            tracing::warn!(
+                "redirecting fd {target} failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Sets up logging: stderr in the foreground, a log file in the background process. Returns
+/// the log file, if any. `-o debug` logs at debug level, otherwise `RUST_LOG` or `info`.
+fn init_logging(opts: &MountOptions, background: bool, mountpoint: &Path) -> Option<File> {
+    let filter = if opts.debug {
+        EnvFilter::new("debug")
+    } else {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if !background {
+        let _ = builder.with_writer(std::io::stderr).try_init();
+        return None;
+    }
+    let name = cli::log_name(mountpoint);
+    let Some((path, file)) = open_log_file(&name) else {
+        let _ = builder.with_writer(std::io::sink).try_init();
+        return None;
+    };
+    let copy = file.try_clone().ok();
+    let _ = builder
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .try_init();
+    tracing::info!("logging to {}", path.display());
+    copy
+}
+
+/// Opens `<dir>/<name>.log` for appending in the first usable log directory.
+fn open_log_file(name: &str) -> Option<(PathBuf, File)> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let mut dirs = vec![(PathBuf::from("/var/log/digimedfs"), 0o750)];
+    if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        dirs.push((PathBuf::from(run).join("digimedfs"), 0o700));
+    }
+    dirs.push((std::env::temp_dir().join(format!("digimedfs-{uid}")), 0o700));
+
+    for (dir, mode) in dirs {
+        let _ = std::fs::DirBuilder::new().mode(mode).create(&dir);
+        // Only a real directory of ours (or root's) is trusted; in /tmp anyone could have
+        // planted a symlink or directory under that name.
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() && (m.uid() == uid || m.uid() == 0) => {}
+            _ => continue,
+        }
+        let path = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        if let Ok(file) = file {
+            return Some((path, file));
+        }
+    }
+    None
+}

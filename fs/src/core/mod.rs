@@ -3,16 +3,46 @@
 //! [`Filesystem`] is an API over inode numbers that the FUSE adapter calls one-to-one and that
 //! tests, mkfs and fsck drive directly. It is `Send + Sync`: every method takes `&self` and may
 //! be called from many threads at once.
+//!
+//! Concurrency: namespace changes (create, link, unlink, rename, ...) are serialized by one
+//! lock; each loaded inode has its own lock; writeback of file data is serialized by a third.
+//! Lock order: namespace → writeback → inode locks in ascending inode order → leaf locks
+//! (node table, handles, caches, counters).
+//!
+//! Durability: writes are buffered (bounded by [`OpenOptions::max_dirty_bytes`]) and written
+//! back by fsync, by a background flusher every few seconds, under memory pressure and at
+//! close. The block-versioning protocol that keeps every block verifiable across crashes is
+//! described in docs/integrity.md and implemented in `data.rs`.
 
+mod data;
+mod ns;
+pub mod perms;
 mod types;
 
 pub use types::{Attr, Ctx, DirEntry, FileKind, SetAttr, StatFs, TimeSet};
 
-use crate::Result;
+use crate::backing::{BackingDir, MountLock, META_DIR, OBJECTS_DIR, SUPERBLOCK, SUPERBLOCK_BAK};
+use crate::crypto::FsKeys;
+use crate::format::records::{Chunk, Counters, Inode, Storage, Timestamp};
+use crate::format::superblock::{Superblock, FLAG_CLEAN};
+use crate::meta::{MetaStore, Records, SledStore};
+use crate::objects::{DirObjects, ObjectId, ObjectStore};
+use crate::{Error, Result};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
+/// Longest file name.
+pub const NAME_MAX: usize = 255;
+const INO_RESERVE: u64 = 1 << 16;
+const GEN_RESERVE: u64 = 1 << 20;
+const NODE_CACHE: usize = 16_384;
+const CHUNK_CACHE: usize = 8_192;
+const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Options for opening (mounting) a filesystem.
 #[derive(Debug, Clone)]
@@ -23,8 +53,12 @@ pub struct OpenOptions {
     pub force_unlock: bool,
     /// Upper bound of dirty (not yet written back) file data kept in memory, in bytes.
     pub max_dirty_bytes: usize,
-    /// Upper bound of cached decrypted blocks, in bytes.
-    pub block_cache_bytes: usize,
+    /// Upper bound of the metadata store's cache, in bytes.
+    pub meta_cache_bytes: u64,
+    /// Enforce permissions in the core. The FUSE mount turns this off because the kernel
+    /// enforces them (`default_permissions`) with the caller's supplementary groups, which the
+    /// core does not see.
+    pub check_permissions: bool,
 }
 
 impl Default for OpenOptions {
@@ -33,15 +67,100 @@ impl Default for OpenOptions {
             read_only: false,
             force_unlock: false,
             max_dirty_bytes: 64 << 20,
-            block_cache_bytes: 32 << 20,
+            meta_cache_bytes: 64 << 20,
+            check_permissions: true,
         }
     }
 }
 
-/// An open digimedfs filesystem.
-pub struct Filesystem {}
+/// The storage parts a filesystem runs on (real backing directory, or in-memory for tests).
+pub struct Parts {
+    /// The decoded, verified superblock.
+    pub superblock: Superblock,
+    /// Working keys.
+    pub keys: Arc<FsKeys>,
+    /// Metadata store.
+    pub meta: Arc<dyn MetaStore>,
+    /// Data object store.
+    pub objects: Arc<dyn ObjectStore>,
+    /// The backing directory, if any (superblock updates go there).
+    pub backing: Option<BackingDir>,
+}
 
-#[allow(unused_variables, clippy::too_many_arguments)]
+/// An open digimedfs filesystem.
+pub struct Filesystem {
+    inner: Arc<Inner>,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+pub(crate) struct Node {
+    pub(crate) inode: Inode,
+    /// The inode record differs from what the store holds.
+    pub(crate) attr_dirty: bool,
+    pub(crate) open_count: u32,
+    /// Loaded inline contents (storage None/Inline), with `inline_dirty` if not yet stored.
+    pub(crate) inline: Option<Vec<u8>>,
+    pub(crate) inline_dirty: bool,
+    /// Plaintext of blocks written but not yet written back, each exactly one block long.
+    pub(crate) dirty: BTreeMap<u64, Box<[u8]>>,
+    /// The inode was deleted (purged); the node must not be written.
+    pub(crate) purged: bool,
+}
+
+impl Node {
+    fn is_dirty(&self) -> bool {
+        self.attr_dirty || self.inline_dirty || !self.dirty.is_empty()
+    }
+}
+
+type NodeRef = Arc<Mutex<Node>>;
+
+struct CounterState {
+    next_ino: u64,
+    ino_reserved: u64,
+    next_gen: u64,
+    gen_reserved: u64,
+}
+
+struct Handle {
+    ino: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) records: Records,
+    pub(crate) keys: Arc<FsKeys>,
+    pub(crate) objects: Arc<dyn ObjectStore>,
+    pub(crate) block_size: u64,
+    pub(crate) read_only: bool,
+    pub(crate) check_perms: bool,
+    max_dirty: usize,
+    superblock: Mutex<Superblock>,
+    backing: Option<BackingDir>,
+    _lock: Option<MountLock>,
+    nodes: Mutex<HashMap<u64, NodeRef>>,
+    pub(crate) ns_lock: Mutex<()>,
+    pub(crate) wb_lock: Mutex<()>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    counters: Mutex<CounterState>,
+    pub(crate) dirty_bytes: AtomicUsize,
+    /// Chunks whose entries carry a `prev` version (data not yet known durable).
+    pub(crate) pending: Mutex<HashSet<(u64, u64)>>,
+    pub(crate) chunk_cache: Mutex<lru::LruCache<(u64, u64), Chunk>>,
+    /// Objects to delete once the metadata that dropped them is durable.
+    pub(crate) doomed: Mutex<Vec<ObjectId>>,
+    closed: AtomicBool,
+    stop: (Mutex<bool>, Condvar),
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn posix(errno: i32, op: impl Into<String>) -> Error {
+    Error::posix(errno, op)
+}
+
 impl Filesystem {
     /// Opens the filesystem in `backing`, unlocking it with `key`.
     pub fn open(
@@ -49,140 +168,692 @@ impl Filesystem {
         key: &dyn crate::keysource::KeySource,
         opts: &OpenOptions,
     ) -> Result<Filesystem> {
-        todo!()
+        let dir = BackingDir::new(backing);
+        let (superblock, keys) = unlock_superblock(&dir, key)?;
+        let lock = if opts.read_only { None } else { Some(dir.lock(opts.force_unlock)?) };
+        let meta_path = dir.path(META_DIR);
+        if !meta_path.is_dir() {
+            return Err(Error::format(format!(
+                "{}: metadata store missing (damaged filesystem; run fsck.digimed)",
+                meta_path.display()
+            )));
+        }
+        let meta = Arc::new(SledStore::open(&meta_path, opts.meta_cache_bytes)?);
+        let objects = Arc::new(DirObjects::open(&dir.path(OBJECTS_DIR))?);
+        let parts = Parts { superblock, keys, meta, objects, backing: Some(dir) };
+        Filesystem::from_parts(parts, lock, opts)
     }
+
+    /// Opens a filesystem over explicit storage parts (tests, fsck).
+    pub fn from_parts(parts: Parts, mount_lock: Option<MountLock>, opts: &OpenOptions) -> Result<Filesystem> {
+        let Parts { mut superblock, keys, meta, objects, backing } = parts;
+        let records = Records::new(meta, keys.clone(), &superblock.fs_uuid);
+        let counters = records.counters()?.ok_or_else(|| {
+            Error::integrity("counters record missing from the metadata store (run fsck.digimed)")
+        })?;
+        if records.inode(ROOT_INO)?.is_none() {
+            return Err(Error::integrity("root inode missing (run fsck.digimed)"));
+        }
+        let block_size = u64::from(superblock.block_size);
+        if !opts.read_only {
+            superblock.flags &= !FLAG_CLEAN;
+            superblock.epoch += 1;
+            if let Some(b) = &backing {
+                b.write_superblock(&superblock.encode(&keys.superblock)?)?;
+            }
+        }
+        let chunk_cap = std::num::NonZeroUsize::new(CHUNK_CACHE).unwrap_or(std::num::NonZeroUsize::MIN);
+        let inner = Arc::new(Inner {
+            records,
+            keys,
+            objects,
+            block_size,
+            read_only: opts.read_only,
+            check_perms: opts.check_permissions,
+            max_dirty: opts.max_dirty_bytes.max(1 << 20),
+            superblock: Mutex::new(superblock),
+            backing,
+            _lock: mount_lock,
+            nodes: Mutex::new(HashMap::new()),
+            ns_lock: Mutex::new(()),
+            wb_lock: Mutex::new(()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            counters: Mutex::new(CounterState {
+                next_ino: counters.ino_reserved,
+                ino_reserved: counters.ino_reserved,
+                next_gen: counters.gen_reserved,
+                gen_reserved: counters.gen_reserved,
+            }),
+            dirty_bytes: AtomicUsize::new(0),
+            pending: Mutex::new(HashSet::new()),
+            chunk_cache: Mutex::new(lru::LruCache::new(chunk_cap)),
+            doomed: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+            stop: (Mutex::new(false), Condvar::new()),
+        });
+        let fs = Filesystem { inner: inner.clone(), flusher: Mutex::new(None) };
+        if !opts.read_only {
+            fs.inner.recover()?;
+            let weak = Arc::downgrade(&inner);
+            let handle = std::thread::Builder::new()
+                .name("digimedfs-flush".into())
+                .spawn(move || flusher(weak))
+                .map_err(|e| Error::io("flusher thread", e))?;
+            *lock(&fs.flusher) = Some(handle);
+        }
+        Ok(fs)
+    }
+
+    /// The superblock as of now.
+    pub fn superblock(&self) -> Superblock {
+        lock(&self.inner.superblock).clone()
+    }
+
+    /// The block size.
+    pub fn block_size(&self) -> u32 {
+        self.inner.block_size as u32
+    }
+
+    /// Typed access to the metadata records (fsck).
+    pub fn records(&self) -> &Records {
+        &self.inner.records
+    }
+
+    /// The data object store (fsck).
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.objects
+    }
+
     /// Looks up `name` in directory `parent`.
     pub fn lookup(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> Result<Attr> {
-        todo!()
+        self.inner.lookup(ctx, parent, name)
     }
     /// The kernel dropped `nlookup` references to `ino`.
-    pub fn forget(&self, ino: u64, nlookup: u64) {}
+    pub fn forget(&self, _ino: u64, _nlookup: u64) {}
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        todo!()
+        let node = self.inner.node(ino)?;
+        let n = lock(&node);
+        Ok(self.inner.attr_of(&n.inode))
     }
     /// chmod, chown, truncate, utimens.
     pub fn setattr(&self, ctx: &Ctx, ino: u64, set: &SetAttr) -> Result<Attr> {
-        todo!()
+        self.inner.setattr(ctx, ino, set)
     }
     /// Target of a symlink.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
-        todo!()
+        let node = self.inner.node(ino)?;
+        let n = lock(&node);
+        if n.inode.kind != FileKind::Symlink {
+            return Err(posix(libc::EINVAL, format!("readlink inode {ino}: not a symlink")));
+        }
+        Ok(n.inode.target.clone())
     }
     /// Creates a file, fifo, socket or device node. `mode` includes the `S_IFMT` bits.
     pub fn mknod(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32, umask: u32, rdev: u32) -> Result<Attr> {
-        todo!()
+        let kind = FileKind::from_mode(mode).unwrap_or(FileKind::File);
+        if kind == FileKind::Dir || kind == FileKind::Symlink {
+            return Err(posix(libc::EINVAL, "mknod: use mkdir/symlink"));
+        }
+        if matches!(kind, FileKind::CharDev | FileKind::BlockDev) && ctx.uid != 0 && self.inner.check_perms {
+            return Err(posix(libc::EPERM, "mknod: device nodes need root"));
+        }
+        self.inner.create_node(ctx, parent, name, kind, mode & !umask & 0o7777, rdev, Vec::new())
     }
     /// Creates a directory.
     pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32, umask: u32) -> Result<Attr> {
-        todo!()
+        self.inner.create_node(ctx, parent, name, FileKind::Dir, mode & !umask & 0o7777, 0, Vec::new())
     }
     /// Removes a non-directory entry.
     pub fn unlink(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> Result<()> {
-        todo!()
+        self.inner.remove_entry(ctx, parent, name, false)
     }
     /// Removes an empty directory.
     pub fn rmdir(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> Result<()> {
-        todo!()
+        self.inner.remove_entry(ctx, parent, name, true)
     }
     /// Creates a symlink `name` in `parent` pointing at `target`.
     pub fn symlink(&self, ctx: &Ctx, parent: u64, name: &[u8], target: &[u8]) -> Result<Attr> {
-        todo!()
+        if target.is_empty() {
+            return Err(posix(libc::ENOENT, "symlink: empty target"));
+        }
+        if target.len() > 4095 {
+            return Err(posix(libc::ENAMETOOLONG, "symlink: target longer than 4095 bytes"));
+        }
+        self.inner.create_node(ctx, parent, name, FileKind::Symlink, 0o777, 0, target.to_vec())
     }
     /// Renames; `flags` takes `libc::RENAME_NOREPLACE` or `libc::RENAME_EXCHANGE`.
     pub fn rename(&self, ctx: &Ctx, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> Result<()> {
-        todo!()
+        self.inner.rename(ctx, parent, name, newparent, newname, flags)
     }
     /// Creates a hard link to `ino` as `newname` in `newparent`.
     pub fn link(&self, ctx: &Ctx, ino: u64, newparent: u64, newname: &[u8]) -> Result<Attr> {
-        todo!()
+        self.inner.link(ctx, ino, newparent, newname)
     }
     /// Opens a file; returns a file handle. `flags` are the open(2) flags.
     pub fn open_file(&self, ctx: &Ctx, ino: u64, flags: i32) -> Result<u64> {
-        todo!()
+        let node = self.inner.node(ino)?;
+        {
+            let n = lock(&node);
+            if n.inode.kind == FileKind::Dir {
+                return Err(posix(libc::EISDIR, format!("open inode {ino}: is a directory")));
+            }
+            if self.inner.check_perms {
+                let mask = match flags & libc::O_ACCMODE {
+                    libc::O_RDONLY => perms::R,
+                    libc::O_WRONLY => perms::W,
+                    _ => perms::R | perms::W,
+                };
+                if !perms::may_access(&n.inode, ctx, mask) {
+                    return Err(posix(libc::EACCES, format!("open inode {ino}: permission denied")));
+                }
+            }
+        }
+        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            self.inner.truncate(&node, 0, true)?;
+        }
+        Ok(self.inner.new_handle(&node, ino))
     }
     /// Creates and opens a regular file.
     pub fn create(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32, umask: u32, flags: i32) -> Result<(Attr, u64)> {
-        todo!()
+        let attr = match self.inner.create_node(ctx, parent, name, FileKind::File, mode & !umask & 0o7777, 0, Vec::new()) {
+            Ok(a) => a,
+            Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
+                let a = self.inner.lookup(ctx, parent, name)?;
+                let fh = self.open_file(ctx, a.ino, flags)?;
+                return Ok((self.getattr(a.ino)?, fh));
+            }
+            Err(e) => return Err(e),
+        };
+        let node = self.inner.node(attr.ino)?;
+        Ok((attr, self.inner.new_handle(&node, attr.ino)))
     }
     /// Reads up to `size` bytes at `offset`; short only at end of file.
-    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        todo!()
+    pub fn read(&self, ino: u64, _fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.inner.read(ino, offset, size)
     }
     /// Writes `data` at `offset` (the kernel resolves O_APPEND offsets); returns bytes written.
-    pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
-        todo!()
+    pub fn write(&self, ino: u64, _fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        self.inner.write(ino, offset, data)
     }
     /// Called on every close(2) of a descriptor.
-    pub fn flush(&self, ino: u64, fh: u64) -> Result<()> {
-        todo!()
+    pub fn flush(&self, _ino: u64, _fh: u64) -> Result<()> {
+        Ok(())
     }
     /// The last reference to a file handle is gone.
     pub fn release(&self, ino: u64, fh: u64) -> Result<()> {
-        todo!()
+        let ino = lock(&self.inner.handles).remove(&fh).map(|h| h.ino).unwrap_or(ino);
+        self.inner.release_node(ino)
     }
     /// Makes the file's data (and with `datasync == false` its metadata) durable.
-    pub fn fsync(&self, ino: u64, fh: u64, datasync: bool) -> Result<()> {
-        todo!()
+    pub fn fsync(&self, ino: u64, _fh: u64, _datasync: bool) -> Result<()> {
+        self.inner.fsync(ino)
     }
     /// Opens a directory; returns a handle.
-    pub fn opendir(&self, ctx: &Ctx, ino: u64, flags: i32) -> Result<u64> {
-        todo!()
+    pub fn opendir(&self, ctx: &Ctx, ino: u64, _flags: i32) -> Result<u64> {
+        let node = self.inner.node(ino)?;
+        let n = lock(&node);
+        if n.inode.kind != FileKind::Dir {
+            return Err(posix(libc::ENOTDIR, format!("opendir inode {ino}: not a directory")));
+        }
+        if self.inner.check_perms && !perms::may_access(&n.inode, ctx, perms::R) {
+            return Err(posix(libc::EACCES, format!("opendir inode {ino}: permission denied")));
+        }
+        Ok(self.inner.next_fh.fetch_add(1, Ordering::Relaxed))
     }
     /// Lists entries after cookie `offset` (0 = start, including `.` and `..`), at most `max`.
-    pub fn readdir(&self, ino: u64, fh: u64, offset: i64, max: usize) -> Result<Vec<DirEntry>> {
-        todo!()
+    pub fn readdir(&self, ino: u64, _fh: u64, offset: i64, max: usize) -> Result<Vec<DirEntry>> {
+        self.inner.readdir(ino, offset, max)
     }
     /// Like readdir, with each entry's attributes (entries `.` and `..` included).
-    pub fn readdirplus(&self, ino: u64, fh: u64, offset: i64, max: usize) -> Result<Vec<(DirEntry, Attr)>> {
-        todo!()
+    pub fn readdirplus(&self, ino: u64, _fh: u64, offset: i64, max: usize) -> Result<Vec<(DirEntry, Attr)>> {
+        let entries = self.inner.readdir(ino, offset, max)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let attr = self.getattr(e.ino)?;
+            out.push((e, attr));
+        }
+        Ok(out)
     }
     /// Releases a directory handle.
-    pub fn releasedir(&self, ino: u64, fh: u64) -> Result<()> {
-        todo!()
+    pub fn releasedir(&self, _ino: u64, _fh: u64) -> Result<()> {
+        Ok(())
     }
     /// Makes a directory's entries durable.
-    pub fn fsyncdir(&self, ino: u64, fh: u64, datasync: bool) -> Result<()> {
-        todo!()
+    pub fn fsyncdir(&self, _ino: u64, _fh: u64, _datasync: bool) -> Result<()> {
+        self.inner.records.flush()
     }
     /// Filesystem statistics.
     pub fn statfs(&self) -> Result<StatFs> {
-        todo!()
+        self.inner.statfs()
     }
     /// Sets an xattr; `flags` takes `libc::XATTR_CREATE` / `libc::XATTR_REPLACE`.
     pub fn setxattr(&self, ctx: &Ctx, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
-        todo!()
+        self.inner.setxattr(ctx, ino, name, value, flags)
     }
     /// Value of an xattr (ENODATA if absent).
     pub fn getxattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        todo!()
+        self.inner.getxattr(ctx, ino, name)
     }
     /// All xattr names, each followed by a NUL byte.
-    pub fn listxattr(&self, ctx: &Ctx, ino: u64) -> Result<Vec<u8>> {
-        todo!()
+    pub fn listxattr(&self, _ctx: &Ctx, ino: u64) -> Result<Vec<u8>> {
+        self.inner.node(ino)?;
+        let mut out = Vec::new();
+        for x in self.inner.records.xattrs(ino)? {
+            out.extend_from_slice(&x.name);
+            out.push(0);
+        }
+        Ok(out)
     }
     /// Removes an xattr (ENODATA if absent).
     pub fn removexattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> Result<()> {
-        todo!()
+        self.inner.removexattr(ctx, ino, name)
     }
     /// Checks access(2) `mask` (R_OK, W_OK, X_OK, F_OK) for `ctx`.
     pub fn access(&self, ctx: &Ctx, ino: u64, mask: i32) -> Result<()> {
-        todo!()
+        let node = self.inner.node(ino)?;
+        let n = lock(&node);
+        let m = (mask as u32) & 7;
+        if m != 0 && !perms::may_access(&n.inode, ctx, m) {
+            return Err(posix(libc::EACCES, format!("access inode {ino}")));
+        }
+        Ok(())
     }
     /// fallocate(2): `mode` 0 (allocate, may extend), FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE|KEEP_SIZE, FALLOC_FL_ZERO_RANGE.
-    pub fn fallocate(&self, ctx: &Ctx, ino: u64, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
-        todo!()
+    pub fn fallocate(&self, _ctx: &Ctx, ino: u64, _fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        self.inner.fallocate(ino, offset, length, mode)
     }
     /// lseek(2) with SEEK_DATA / SEEK_HOLE (others are handled by the kernel).
-    pub fn lseek(&self, ino: u64, fh: u64, offset: i64, whence: i32) -> Result<i64> {
-        todo!()
+    pub fn lseek(&self, ino: u64, _fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        self.inner.lseek(ino, offset, whence)
     }
     /// Writes back everything dirty and makes it durable (syncfs, unmount).
     pub fn sync_all(&self) -> Result<()> {
-        todo!()
+        self.inner.sync_all()
     }
     /// Writes back everything, marks the filesystem clean and releases the lock.
     pub fn close(&self) -> Result<()> {
-        todo!()
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        {
+            let (m, cv) = &self.inner.stop;
+            *lock(m) = true;
+            cv.notify_all();
+        }
+        if let Some(h) = lock(&self.flusher).take() {
+            let _ = h.join();
+        }
+        if self.inner.read_only {
+            return Ok(());
+        }
+        self.inner.sync_all()?;
+        let digest = self.inner.records.digest()?;
+        let mut sb = lock(&self.inner.superblock);
+        sb.meta_digest = digest;
+        sb.flags |= FLAG_CLEAN;
+        sb.epoch += 1;
+        if let Some(b) = &self.inner.backing {
+            b.write_superblock(&sb.encode(&self.inner.keys.superblock)?)?;
+        }
+        Ok(())
     }
+}
+
+impl Drop for Filesystem {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing the filesystem failed; data written since the last sync may be lost");
+        }
+    }
+}
+
+/// Reads the superblock (falling back to its copy), unlocks a key slot and verifies the MAC.
+pub fn unlock_superblock(
+    dir: &BackingDir,
+    key: &dyn crate::keysource::KeySource,
+) -> Result<(Superblock, Arc<FsKeys>)> {
+    let primary = dir.read_superblock(SUPERBLOCK);
+    let mut last_err = None;
+    for (name, bytes) in [(SUPERBLOCK, primary), (SUPERBLOCK_BAK, dir.read_superblock(SUPERBLOCK_BAK))] {
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                last_err.get_or_insert(e);
+                continue;
+            }
+        };
+        let sb = match Superblock::decode_unverified(&bytes) {
+            Ok(sb) => sb,
+            Err(e) => {
+                tracing::warn!(file = name, error = %e, "superblock copy unreadable");
+                last_err.get_or_insert(e);
+                continue;
+            }
+        };
+        let wrapping = key.wrapping_key(&sb.fs_uuid)?;
+        let Some((master, _slot)) = sb.unlock(&wrapping) else {
+            return Err(Error::WrongKey {
+                what: format!(
+                    "{} does not unlock the filesystem in {} (uuid {})",
+                    key.describe(),
+                    dir.root().display(),
+                    format_uuid(&sb.fs_uuid)
+                ),
+            });
+        };
+        let keys = Arc::new(FsKeys::derive(&master, &sb.fs_uuid)?);
+        match Superblock::verify(&bytes, &keys.superblock) {
+            Ok(()) => return Ok((sb, keys)),
+            Err(e) => {
+                tracing::warn!(file = name, error = %e, "superblock copy fails its MAC");
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| Error::format("no usable superblock")))
+}
+
+/// Formats a UUID as 8-4-4-4-12 hex.
+pub fn format_uuid(u: &[u8; 16]) -> String {
+    let h = hex::encode(u);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn flusher(weak: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        {
+            let (m, cv) = &inner.stop;
+            let stopped = lock(m);
+            if *stopped {
+                return;
+            }
+            let (stopped, _) = cv.wait_timeout(stopped, FLUSH_INTERVAL).unwrap_or_else(|p| p.into_inner());
+            if *stopped {
+                return;
+            }
+        }
+        if let Err(e) = inner.writeback_all(false) {
+            tracing::error!(error = %e, "background writeback failed");
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn now() -> Timestamp {
+        Timestamp::now()
+    }
+
+    /// Removes orphans left by a crash and reserves fresh number ranges.
+    fn recover(&self) -> Result<()> {
+        for ino in self.records.orphans()? {
+            tracing::info!(ino, "removing inode left unlinked-but-open by an earlier mount");
+            if let Some(inode) = self.records.inode(ino)? {
+                self.purge_inode(&inode)?;
+            } else {
+                let mut b = self.records.batch();
+                b.set_orphan(ino, false);
+                b.commit()?;
+            }
+        }
+        let mut c = lock(&self.counters);
+        c.ino_reserved = c.next_ino + INO_RESERVE;
+        c.gen_reserved = c.next_gen + GEN_RESERVE;
+        self.store_counters(&c)?;
+        drop(c);
+        self.records.flush()?;
+        self.delete_doomed()
+    }
+
+    fn store_counters(&self, c: &CounterState) -> Result<()> {
+        let mut b = self.records.batch();
+        b.put_counters(&Counters { ino_reserved: c.ino_reserved, gen_reserved: c.gen_reserved });
+        b.commit()
+    }
+
+    pub(crate) fn alloc_ino(&self) -> Result<u64> {
+        let mut c = lock(&self.counters);
+        if c.next_ino >= c.ino_reserved {
+            c.ino_reserved = c.next_ino + INO_RESERVE;
+            self.store_counters(&c)?;
+            self.records.flush()?;
+        }
+        let ino = c.next_ino;
+        c.next_ino += 1;
+        Ok(ino)
+    }
+
+    pub(crate) fn alloc_gens(&self, n: u64) -> Result<u64> {
+        let mut c = lock(&self.counters);
+        if c.next_gen + n > c.gen_reserved {
+            c.gen_reserved = c.next_gen + n + GEN_RESERVE;
+            self.store_counters(&c)?;
+            self.records.flush()?;
+        }
+        let g = c.next_gen;
+        c.next_gen += n;
+        Ok(g)
+    }
+
+    pub(crate) fn check_writable(&self, op: &str) -> Result<()> {
+        if self.read_only {
+            Err(posix(libc::EROFS, format!("{op}: read-only filesystem")))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The loaded node of `ino`, loading it from the store if needed.
+    pub(crate) fn node(&self, ino: u64) -> Result<NodeRef> {
+        if let Some(n) = lock(&self.nodes).get(&ino) {
+            return Ok(n.clone());
+        }
+        let inode = self
+            .records
+            .inode(ino)?
+            .ok_or_else(|| posix(libc::ENOENT, format!("inode {ino}: no such inode")))?;
+        Ok(self.insert_node(inode, false))
+    }
+
+    pub(crate) fn insert_node(&self, inode: Inode, attr_dirty: bool) -> NodeRef {
+        let ino = inode.ino;
+        let mut nodes = lock(&self.nodes);
+        if let Some(n) = nodes.get(&ino) {
+            return n.clone();
+        }
+        if nodes.len() >= NODE_CACHE {
+            nodes.retain(|_, n| {
+                if Arc::strong_count(n) > 1 {
+                    return true;
+                }
+                match n.try_lock() {
+                    Ok(g) => g.is_dirty() || g.open_count > 0,
+                    Err(_) => true,
+                }
+            });
+        }
+        let node = Arc::new(Mutex::new(Node {
+            inode,
+            attr_dirty,
+            open_count: 0,
+            inline: None,
+            inline_dirty: false,
+            dirty: BTreeMap::new(),
+            purged: false,
+        }));
+        nodes.insert(ino, node.clone());
+        node
+    }
+
+    pub(crate) fn forget_node(&self, ino: u64) {
+        lock(&self.nodes).remove(&ino);
+    }
+
+    fn new_handle(&self, node: &NodeRef, ino: u64) -> u64 {
+        lock(node).open_count += 1;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Handle { ino });
+        fh
+    }
+
+    pub(crate) fn attr_of(&self, i: &Inode) -> Attr {
+        let bs = self.block_size;
+        let blocks = match i.storage {
+            Storage::Object(_) => i.size.div_ceil(bs) * (bs / 512),
+            Storage::Inline => i.size.div_ceil(512),
+            Storage::None => 0,
+        };
+        let size = if i.kind == FileKind::Symlink { i.target.len() as u64 } else { i.size };
+        Attr {
+            ino: i.ino,
+            size,
+            blocks,
+            atime: i.atime.to_system(),
+            mtime: i.mtime.to_system(),
+            ctime: i.ctime.to_system(),
+            crtime: i.crtime.to_system(),
+            kind: i.kind,
+            perm: i.perm,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            rdev: i.rdev,
+            blksize: bs as u32,
+            generation: i.generation,
+        }
+    }
+
+    fn release_node(&self, ino: u64) -> Result<()> {
+        let node = self.node(ino)?;
+        let purge = {
+            let mut n = lock(&node);
+            n.open_count = n.open_count.saturating_sub(1);
+            n.open_count == 0 && n.inode.nlink == 0 && !n.purged
+        };
+        if purge {
+            let _ns = lock(&self.ns_lock);
+            let _wb = lock(&self.wb_lock);
+            let mut n = lock(&node);
+            if n.open_count == 0 && n.inode.nlink == 0 && !n.purged {
+                self.drop_dirty(&mut n);
+                n.purged = true;
+                let inode = n.inode.clone();
+                drop(n);
+                self.purge_inode(&inode)?;
+                self.forget_node(ino);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn drop_dirty(&self, n: &mut Node) {
+        let bytes = n.dirty.len() * self.block_size as usize;
+        n.dirty.clear();
+        self.dirty_bytes.fetch_sub(bytes.min(self.dirty_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        n.inline_dirty = false;
+        n.attr_dirty = false;
+    }
+
+    /// Deletes every record of `inode` and schedules its object for deletion.
+    pub(crate) fn purge_inode(&self, inode: &Inode) -> Result<()> {
+        let ino = inode.ino;
+        let mut b = self.records.batch();
+        b.delete_key(&crate::format::records::inode_key(ino));
+        for p in [crate::format::records::prefix::CHUNK, crate::format::records::prefix::XATTR] {
+            for k in self.records.keys_of(p, ino)? {
+                b.delete_key(&k);
+            }
+        }
+        b.delete_key(&crate::format::records::ino_prefix(crate::format::records::prefix::INLINE, ino));
+        b.set_orphan(ino, false);
+        b.commit()?;
+        {
+            let mut cache = lock(&self.chunk_cache);
+            let keys: Vec<(u64, u64)> = cache.iter().filter(|((i, _), _)| *i == ino).map(|(k, _)| *k).collect();
+            for k in keys {
+                cache.pop(&k);
+            }
+        }
+        lock(&self.pending).retain(|(i, _)| *i != ino);
+        if let Storage::Object(id) = inode.storage {
+            lock(&self.doomed).push(id);
+        }
+        Ok(())
+    }
+
+    /// Deletes objects whose last reference is durably gone.
+    pub(crate) fn delete_doomed(&self) -> Result<()> {
+        let doomed: Vec<ObjectId> = std::mem::take(&mut *lock(&self.doomed));
+        for id in doomed {
+            self.objects.remove(&id)?;
+        }
+        Ok(())
+    }
+
+    fn statfs(&self) -> Result<StatFs> {
+        let (blocks, bfree, bavail, files, ffree, frsize) = match &self.backing {
+            Some(b) => statvfs(b.root())?,
+            None => (1 << 20, 1 << 19, 1 << 19, 1 << 20, 1 << 19, 4096),
+        };
+        let scale = |v: u64| v.saturating_mul(frsize) / self.block_size;
+        Ok(StatFs {
+            blocks: scale(blocks),
+            bfree: scale(bfree),
+            bavail: scale(bavail),
+            files,
+            ffree,
+            bsize: self.block_size as u32,
+            namelen: NAME_MAX as u32,
+            frsize: self.block_size as u32,
+        })
+    }
+
+    /// Writes back every dirty node; with `durable`, also syncs data and metadata.
+    pub(crate) fn writeback_all(&self, durable: bool) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let nodes: Vec<NodeRef> = lock(&self.nodes).values().cloned().collect();
+        for node in nodes {
+            let dirty = lock(&node).is_dirty();
+            if dirty {
+                self.writeback(&node)?;
+            }
+        }
+        self.barrier()?;
+        if durable {
+            self.records.flush()?;
+        }
+        Ok(())
+    }
+
+    fn sync_all(&self) -> Result<()> {
+        self.writeback_all(true)?;
+        self.delete_doomed()
+    }
+}
+
+fn statvfs(path: &Path) -> Result<(u64, u64, u64, u64, u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid("backing path contains a NUL byte"))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable memory of the
+    // right type; statvfs only writes into it.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(Error::io(path, std::io::Error::last_os_error()));
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let st = unsafe { st.assume_init() };
+    Ok((
+        st.f_blocks as u64,
+        st.f_bfree as u64,
+        st.f_bavail as u64,
+        st.f_files as u64,
+        st.f_ffree as u64,
+        (st.f_frsize as u64).max(1),
+    ))
 }

@@ -16,7 +16,11 @@ pub struct Ctx {
 
 impl Ctx {
     /// The superuser, as fsck and tests use it.
-    pub const ROOT: Ctx = Ctx { uid: 0, gid: 0, pid: 0 };
+    pub const ROOT: Ctx = Ctx {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
 }
 
 /// The type of an inode.

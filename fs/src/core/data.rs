@@ -1,0 +1,730 @@
+//! File contents: reads, writes, truncation, hole punching, SEEK_DATA/SEEK_HOLE, and the
+//! writeback protocol that keeps every block verifiable across crashes.
+//!
+//! Small files (up to [`INLINE_MAX`]) live in a sealed inline record. Larger files live in a
+//! data object, one AES-256-XTS block per file block, each block authenticated by a tag kept
+//! in the sealed chunk records of the metadata store.
+//!
+//! Writeback protocol (see docs/integrity.md): a block's entry holds its current version and,
+//! until that version is known durable, the version the storage may still hold after a crash
+//! (the previous one, or "hole"). Before a block is overwritten in place, the entry naming both
+//! versions is made durable (metadata flush); a block whose entry still carries a previous
+//! version is never overwritten before a data barrier (fdatasync) has made the current version
+//! durable. Barriers run at fsync, every few seconds, and at unmount; they then clear the
+//! previous versions, which closes the replay window they open.
+
+use super::{lock, posix, Inner, Node, NodeRef};
+use crate::format::records::{BlockEntry, BlockVersion, Chunk, Storage, CHUNK_BLOCKS, INLINE_MAX};
+use crate::objects::ObjectId;
+use crate::{Error, Result};
+use std::sync::atomic::Ordering;
+
+enum Src {
+    Dirty,
+    Hole,
+    Stored(BlockEntry),
+}
+
+impl Inner {
+    pub(crate) fn chunk(&self, ino: u64, c: u64) -> Result<Chunk> {
+        if let Some(ch) = lock(&self.chunk_cache).get(&(ino, c)) {
+            return Ok(ch.clone());
+        }
+        let ch = self.records.chunk(ino, c)?;
+        lock(&self.chunk_cache).put((ino, c), ch.clone());
+        Ok(ch)
+    }
+
+    fn cache_chunk(&self, ino: u64, c: u64, ch: Chunk) {
+        lock(&self.chunk_cache).put((ino, c), ch);
+    }
+
+    fn entry(&self, ino: u64, idx: u64) -> Result<Option<BlockEntry>> {
+        let ch = self.chunk(ino, idx / CHUNK_BLOCKS)?;
+        Ok(ch.entries.get(&((idx % CHUNK_BLOCKS) as u8)).copied())
+    }
+
+    /// Verifies and decrypts one stored block in place. `got` is how many bytes the object had.
+    fn open_block(&self, ino: u64, id: &ObjectId, idx: u64, e: &BlockEntry, buf: &mut [u8], got: usize) -> Result<()> {
+        let full = got == buf.len();
+        let blocks = &self.keys.blocks;
+        let try_version = |v: &BlockVersion, buf: &mut [u8]| -> Result<bool> {
+            if full && blocks.verify(ino, idx, v.generation, buf, &v.tag) {
+                self.keys.data.decrypt_block(ino, v.generation, buf)?;
+                return Ok(true);
+            }
+            Ok(false)
+        };
+        if try_version(&e.cur, buf)? {
+            return Ok(());
+        }
+        match &e.prev {
+            Some(Some(p)) => {
+                if try_version(p, buf)? {
+                    return Ok(());
+                }
+            }
+            Some(None) => {
+                if buf.get(..got).is_some_and(|b| b.iter().all(|x| *x == 0)) {
+                    buf.fill(0);
+                    return Ok(());
+                }
+            }
+            None => {}
+        }
+        let what = format!(
+            "inode {ino} block {idx} (object {}, offset {}): {}",
+            hex::encode(id),
+            idx * self.block_size,
+            if full { "tag mismatch" } else { "object truncated" }
+        );
+        tracing::warn!(ino, block = idx, object = %hex::encode(id), "integrity check failed: {what}");
+        Err(Error::integrity(what))
+    }
+
+    fn load_inline(&self, n: &mut Node) -> Result<()> {
+        if n.inline.is_none() {
+            let mut data = match n.inode.storage {
+                Storage::Inline => self.records.inline(n.inode.ino)?.unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            data.resize(n.inode.size as usize, 0);
+            n.inline = Some(data);
+        }
+        Ok(())
+    }
+
+    /// Reads `[offset, offset+len)` of an object-backed file into `out`.
+    fn read_object(&self, n: &Node, id: &ObjectId, offset: u64, len: u64, out: &mut Vec<u8>) -> Result<()> {
+        let bs = self.block_size;
+        let ino = n.inode.ino;
+        let end = offset + len;
+        let first = offset / bs;
+        let last = (end - 1) / bs;
+        let mut idx = first;
+        let mut buf = Vec::new();
+        while idx <= last {
+            // Classify a run of blocks.
+            let src = if n.dirty.contains_key(&idx) {
+                Src::Dirty
+            } else {
+                match self.entry(ino, idx)? {
+                    Some(e) => Src::Stored(e),
+                    None => Src::Hole,
+                }
+            };
+            match src {
+                Src::Dirty | Src::Hole => {
+                    let start = if idx == first { offset - idx * bs } else { 0 };
+                    let stop = if idx == last { end - idx * bs } else { bs };
+                    match n.dirty.get(&idx) {
+                        Some(b) => out.extend_from_slice(b.get(start as usize..stop as usize).unwrap_or_default()),
+                        None => out.resize(out.len() + (stop - start) as usize, 0),
+                    }
+                    idx += 1;
+                }
+                Src::Stored(e0) => {
+                    let mut entries = vec![e0];
+                    let mut j = idx + 1;
+                    while j <= last && entries.len() < 256 && !n.dirty.contains_key(&j) {
+                        match self.entry(ino, j)? {
+                            Some(e) => entries.push(e),
+                            None => break,
+                        }
+                        j += 1;
+                    }
+                    let run = entries.len() as u64;
+                    buf.clear();
+                    buf.resize((run * bs) as usize, 0);
+                    let got = self.objects.read_at(id, idx * bs, &mut buf)?;
+                    for (k, e) in entries.iter().enumerate() {
+                        let b = idx + k as u64;
+                        let lo = k * bs as usize;
+                        let hi = lo + bs as usize;
+                        let have = got.saturating_sub(lo).min(bs as usize);
+                        let block = buf.get_mut(lo..hi).ok_or_else(|| Error::integrity("read buffer"))?;
+                        self.open_block(ino, id, b, e, block, have)?;
+                        let start = if b == first { offset - b * bs } else { 0 };
+                        let stop = if b == last { end - b * bs } else { bs };
+                        out.extend_from_slice(block.get(start as usize..stop as usize).unwrap_or_default());
+                    }
+                    idx += run;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let mut n = lock(&node);
+        if n.inode.kind == super::FileKind::Dir {
+            return Err(posix(libc::EISDIR, format!("read inode {ino}: is a directory")));
+        }
+        let fsize = n.inode.size;
+        if offset >= fsize || size == 0 {
+            return Ok(Vec::new());
+        }
+        let len = u64::from(size).min(fsize - offset);
+        let mut out = Vec::with_capacity(len as usize);
+        match n.inode.storage {
+            Storage::Object(id) => self.read_object(&n, &id, offset, len, &mut out)?,
+            Storage::None | Storage::Inline => {
+                self.load_inline(&mut n)?;
+                let data = n.inline.as_deref().unwrap_or_default();
+                let s = offset as usize;
+                let e = (offset + len) as usize;
+                out.extend_from_slice(data.get(s..e.min(data.len())).unwrap_or_default());
+                out.resize(len as usize, 0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Plaintext of block `idx` for a read-modify-write (zeros beyond EOF or in holes).
+    fn block_for_update(&self, n: &Node, id: &ObjectId, idx: u64) -> Result<Box<[u8]>> {
+        let bs = self.block_size;
+        let mut out = Vec::with_capacity(bs as usize);
+        let size = n.inode.size;
+        if idx * bs < size {
+            let len = (size - idx * bs).min(bs);
+            self.read_object(n, id, idx * bs, len, &mut out)?;
+        }
+        out.resize(bs as usize, 0);
+        Ok(out.into_boxed_slice())
+    }
+
+    /// Moves an inline file's contents into a new data object (as dirty block 0).
+    fn convert_to_object(&self, n: &mut Node) -> Result<ObjectId> {
+        if let Storage::Object(id) = n.inode.storage {
+            return Ok(id);
+        }
+        self.load_inline(n)?;
+        let had_inline = n.inode.storage == Storage::Inline;
+        let data = n.inline.take().unwrap_or_default();
+        let id: ObjectId = rand::random();
+        n.inode.storage = Storage::Object(id);
+        n.inline_dirty = false;
+        n.attr_dirty = true;
+        if !data.is_empty() {
+            let mut block = vec![0u8; self.block_size as usize];
+            let l = data.len().min(block.len());
+            if let (Some(d), Some(s)) = (block.get_mut(..l), data.get(..l)) {
+                d.copy_from_slice(s);
+            }
+            n.dirty.insert(0, block.into_boxed_slice());
+            self.dirty_bytes.fetch_add(self.block_size as usize, Ordering::Relaxed);
+        }
+        if had_inline {
+            // The inline record is dropped in the same batch that first stores the object.
+            let mut b = self.records.batch();
+            b.delete_key(&crate::format::records::ino_prefix(crate::format::records::prefix::INLINE, n.inode.ino));
+            b.put_inode(&n.inode)?;
+            // Block 0 is not stored yet: until it is, the file reads block 0 as a hole.
+            b.commit()?;
+            n.attr_dirty = false;
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        self.check_writable("write")?;
+        let node = self.node(ino)?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= i64::MAX as u64)
+            .ok_or_else(|| posix(libc::EFBIG, format!("write inode {ino}: offset too large")))?;
+        let over_limit = {
+            let mut n = lock(&node);
+            if n.inode.kind != super::FileKind::File {
+                return Err(posix(libc::EINVAL, format!("write inode {ino}: not a regular file")));
+            }
+            self.write_locked(&mut n, offset, data, end)?;
+            let now = Inner::now();
+            n.inode.mtime = now;
+            n.inode.ctime = now;
+            // Writing clears setuid (and setgid with group exec), as on Linux.
+            let perm = u32::from(n.inode.perm);
+            if perm & (libc::S_ISUID | libc::S_ISGID) != 0 {
+                let mut p = perm & !libc::S_ISUID;
+                if p & 0o010 != 0 {
+                    p &= !libc::S_ISGID;
+                }
+                n.inode.perm = p as u16;
+            }
+            n.attr_dirty = true;
+            self.dirty_bytes.load(Ordering::Relaxed) > self.max_dirty
+        };
+        if over_limit {
+            self.writeback_all(false)?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    fn write_locked(&self, n: &mut Node, offset: u64, data: &[u8], end: u64) -> Result<()> {
+        let small = !matches!(n.inode.storage, Storage::Object(_)) && end <= INLINE_MAX;
+        if small {
+            self.load_inline(n)?;
+            let buf = n.inline.get_or_insert_with(Vec::new);
+            if buf.len() < end as usize {
+                buf.resize(end as usize, 0);
+            }
+            if let Some(d) = buf.get_mut(offset as usize..end as usize) {
+                d.copy_from_slice(data);
+            }
+            n.inode.size = n.inode.size.max(end);
+            n.inode.storage = Storage::Inline;
+            n.inline_dirty = true;
+            return Ok(());
+        }
+        let id = self.convert_to_object(n)?;
+        let bs = self.block_size;
+        let mut pos = offset;
+        let mut src = data;
+        while !src.is_empty() {
+            let idx = pos / bs;
+            let within = (pos % bs) as usize;
+            let take = (bs as usize - within).min(src.len());
+            if !n.dirty.contains_key(&idx) {
+                let block = if within == 0 && take == bs as usize {
+                    vec![0u8; bs as usize].into_boxed_slice()
+                } else {
+                    self.block_for_update(n, &id, idx)?
+                };
+                n.dirty.insert(idx, block);
+                self.dirty_bytes.fetch_add(bs as usize, Ordering::Relaxed);
+            }
+            let (head, rest) = src.split_at(take);
+            if let Some(d) = n.dirty.get_mut(&idx).and_then(|b| b.get_mut(within..within + take)) {
+                d.copy_from_slice(head);
+            }
+            src = rest;
+            pos += take as u64;
+        }
+        n.inode.size = n.inode.size.max(end);
+        Ok(())
+    }
+
+    /// Writes a node's dirty state back to storage (not necessarily durable).
+    pub(crate) fn writeback(&self, node: &NodeRef) -> Result<()> {
+        let _wb = lock(&self.wb_lock);
+        let mut n = lock(node);
+        if n.purged {
+            return Ok(());
+        }
+        let ino = n.inode.ino;
+        let mut b = self.records.batch();
+        if n.dirty.is_empty() {
+            if n.attr_dirty || n.inline_dirty {
+                self.persist_into(&mut b, &mut n)?;
+                b.commit()?;
+            }
+            return Ok(());
+        }
+        let Storage::Object(id) = n.inode.storage else {
+            return Err(Error::integrity(format!("inode {ino}: dirty blocks without a data object")));
+        };
+        let dirty = std::mem::take(&mut n.dirty);
+        let count = dirty.len() as u64;
+        self.dirty_bytes
+            .fetch_sub((count * self.block_size) as usize, Ordering::Relaxed);
+        // A block whose entry still names a previous version must not be overwritten before
+        // its current version is durable.
+        let touched: std::collections::BTreeSet<u64> = dirty.keys().map(|i| i / CHUNK_BLOCKS).collect();
+        let needs_barrier = {
+            let pend = lock(&self.pending);
+            touched.iter().any(|c| pend.contains(&(ino, *c)))
+        };
+        if needs_barrier {
+            self.objects.sync(&id)?;
+            self.clear_prev_of(ino, &mut b)?;
+        }
+        let first_gen = self.alloc_gens(count)?;
+        let mut overwrite = false;
+        let mut chunks: std::collections::BTreeMap<u64, Chunk> = std::collections::BTreeMap::new();
+        let mut cipher: Vec<(u64, Box<[u8]>)> = Vec::with_capacity(dirty.len());
+        for (k, (idx, mut block)) in dirty.into_iter().enumerate() {
+            let gen = first_gen + k as u64;
+            let c = idx / CHUNK_BLOCKS;
+            if !chunks.contains_key(&c) {
+                let ch = self.chunk(ino, c)?;
+                chunks.insert(c, ch);
+            }
+            let ch = chunks.get_mut(&c).ok_or_else(|| Error::integrity("chunk map"))?;
+            self.keys.data.encrypt_block(ino, gen, &mut block)?;
+            let tag = self.keys.blocks.tag(ino, idx, gen, &block);
+            let slot = (idx % CHUNK_BLOCKS) as u8;
+            let old = ch.entries.get(&slot).map(|e| e.cur);
+            overwrite |= old.is_some();
+            ch.entries.insert(slot, BlockEntry { cur: BlockVersion { generation: gen, tag }, prev: Some(old) });
+            cipher.push((idx, block));
+        }
+        for (c, ch) in &chunks {
+            b.put_chunk(ino, *c, ch);
+        }
+        self.persist_into(&mut b, &mut n)?;
+        b.commit()?;
+        for (c, ch) in chunks {
+            self.cache_chunk(ino, c, ch);
+            lock(&self.pending).insert((ino, c));
+        }
+        if overwrite {
+            self.records.flush()?;
+        }
+        // One write per run of consecutive blocks.
+        let bs = self.block_size;
+        let mut i = 0;
+        let mut run = Vec::new();
+        while let Some((start, _)) = cipher.get(i) {
+            let start = *start;
+            run.clear();
+            let mut j = i;
+            while let Some((idx, blk)) = cipher.get(j) {
+                if *idx != start + (j - i) as u64 || run.len() >= 8 << 20 {
+                    break;
+                }
+                run.extend_from_slice(blk);
+                j += 1;
+            }
+            self.objects.write_at(&id, start * bs, &run)?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Adds the clearing of `prev` versions of every pending chunk of `ino` to `b`.
+    fn clear_prev_of(&self, ino: u64, b: &mut crate::meta::RecordBatch<'_>) -> Result<()> {
+        let chunks: Vec<u64> = {
+            let mut pend = lock(&self.pending);
+            let mine: Vec<u64> = pend.iter().filter(|(i, _)| *i == ino).map(|(_, c)| *c).collect();
+            for c in &mine {
+                pend.remove(&(ino, *c));
+            }
+            mine
+        };
+        for c in chunks {
+            let mut ch = self.chunk(ino, c)?;
+            for e in ch.entries.values_mut() {
+                e.prev = None;
+            }
+            b.put_chunk(ino, c, &ch);
+            self.cache_chunk(ino, c, ch);
+        }
+        Ok(())
+    }
+
+    /// Data barrier: makes all written blocks durable, then drops their previous versions.
+    pub(crate) fn barrier(&self) -> Result<()> {
+        let _wb = lock(&self.wb_lock);
+        let pend: Vec<(u64, u64)> = lock(&self.pending).drain().collect();
+        if pend.is_empty() {
+            return Ok(());
+        }
+        self.objects.sync_all()?;
+        let mut b = self.records.batch();
+        for (ino, c) in pend {
+            let mut ch = self.chunk(ino, c)?;
+            if ch.entries.values().all(|e| e.prev.is_none()) {
+                continue;
+            }
+            for e in ch.entries.values_mut() {
+                e.prev = None;
+            }
+            b.put_chunk(ino, c, &ch);
+            self.cache_chunk(ino, c, ch);
+        }
+        b.commit()
+    }
+
+    pub(crate) fn fsync(&self, ino: u64) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        self.writeback(&node)?;
+        {
+            let _wb = lock(&self.wb_lock);
+            let storage = lock(&node).inode.storage;
+            if let Storage::Object(id) = storage {
+                self.objects.sync(&id)?;
+                let mut b = self.records.batch();
+                self.clear_prev_of(ino, &mut b)?;
+                b.commit()?;
+            }
+        }
+        self.records.flush()
+    }
+
+    /// Sets the size of a regular file.
+    pub(crate) fn truncate(&self, node: &NodeRef, size: u64, _from_open: bool) -> Result<()> {
+        self.check_writable("truncate")?;
+        if size > i64::MAX as u64 {
+            return Err(posix(libc::EFBIG, "truncate: size too large"));
+        }
+        let _wb = lock(&self.wb_lock);
+        let mut n = lock(node);
+        let ino = n.inode.ino;
+        let old = n.inode.size;
+        let now = Inner::now();
+        if size != old {
+            n.inode.mtime = now;
+            n.inode.ctime = now;
+        }
+        let mut b = self.records.batch();
+        match n.inode.storage {
+            Storage::None | Storage::Inline if size <= INLINE_MAX => {
+                self.load_inline(&mut n)?;
+                if let Some(buf) = n.inline.as_mut() {
+                    buf.resize(size as usize, 0);
+                }
+                n.inode.size = size;
+                n.inode.storage = if size == 0 && n.inode.storage == Storage::None { Storage::None } else { Storage::Inline };
+                n.inline_dirty = true;
+            }
+            Storage::None | Storage::Inline => {
+                self.convert_to_object(&mut n)?;
+                n.inode.size = size;
+            }
+            Storage::Object(id) => {
+                let bs = self.block_size;
+                if size == 0 {
+                    self.drop_dirty_blocks(&mut n, 0);
+                    for k in self.records.keys_of(crate::format::records::prefix::CHUNK, ino)? {
+                        b.delete_key(&k);
+                    }
+                    self.forget_chunks(ino, 0);
+                    n.inode.storage = Storage::None;
+                    n.inline = Some(Vec::new());
+                    lock(&self.doomed).push(id);
+                    n.inode.size = 0;
+                } else if size < old {
+                    let keep = size.div_ceil(bs);
+                    self.drop_dirty_blocks(&mut n, keep);
+                    if size % bs != 0 {
+                        let idx = keep - 1;
+                        let mut block = match n.dirty.remove(&idx) {
+                            Some(b) => {
+                                self.dirty_bytes.fetch_sub(bs as usize, Ordering::Relaxed);
+                                b
+                            }
+                            None => self.block_for_update(&n, &id, idx)?,
+                        };
+                        if let Some(t) = block.get_mut((size % bs) as usize..) {
+                            t.fill(0);
+                        }
+                        n.dirty.insert(idx, block);
+                        self.dirty_bytes.fetch_add(bs as usize, Ordering::Relaxed);
+                    }
+                    self.drop_entries_from(ino, keep, &mut b)?;
+                    n.inode.size = size;
+                    self.persist_into(&mut b, &mut n)?;
+                    b.commit()?;
+                    // Stale ciphertext beyond the new end may go only once no record names it.
+                    self.records.flush()?;
+                    self.objects.set_len(&id, keep * bs)?;
+                    return Ok(());
+                } else {
+                    n.inode.size = size;
+                }
+            }
+        }
+        self.persist_into(&mut b, &mut n)?;
+        b.commit()
+    }
+
+    fn drop_dirty_blocks(&self, n: &mut Node, from: u64) {
+        let gone = n.dirty.split_off(&from);
+        self.dirty_bytes
+            .fetch_sub(gone.len() * self.block_size as usize, Ordering::Relaxed);
+    }
+
+    fn forget_chunks(&self, ino: u64, from_chunk: u64) {
+        let mut cache = lock(&self.chunk_cache);
+        let keys: Vec<(u64, u64)> =
+            cache.iter().filter(|((i, c), _)| *i == ino && *c >= from_chunk).map(|(k, _)| *k).collect();
+        for k in keys {
+            cache.pop(&k);
+        }
+        lock(&self.pending).retain(|(i, c)| !(*i == ino && *c >= from_chunk));
+    }
+
+    /// Removes every block entry at or after block `from`.
+    fn drop_entries_from(&self, ino: u64, from: u64, b: &mut crate::meta::RecordBatch<'_>) -> Result<()> {
+        let first_chunk = from / CHUNK_BLOCKS;
+        let mut changed = Vec::new();
+        self.records.chunks_from(ino, first_chunk, &mut |c, mut ch| {
+            if c == first_chunk {
+                ch.entries.retain(|slot, _| c * CHUNK_BLOCKS + u64::from(*slot) < from);
+            } else {
+                ch.entries.clear();
+            }
+            changed.push((c, ch));
+            Ok(true)
+        })?;
+        // Entries written since the last store update are in the cache only.
+        let cached: Vec<(u64, Chunk)> = lock(&self.chunk_cache)
+            .iter()
+            .filter(|((i, c), _)| *i == ino && *c >= first_chunk)
+            .map(|((_, c), ch)| (*c, ch.clone()))
+            .collect();
+        self.forget_chunks(ino, first_chunk);
+        for (c, mut ch) in cached {
+            if !changed.iter().any(|(cc, _)| *cc == c) {
+                ch.entries.retain(|slot, _| c * CHUNK_BLOCKS + u64::from(*slot) < from);
+                changed.push((c, ch));
+            }
+        }
+        for (c, ch) in changed {
+            b.put_chunk(ino, c, &ch);
+            if !ch.entries.is_empty() {
+                self.cache_chunk(ino, c, ch);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        self.check_writable("fallocate")?;
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 || (punch && zero) {
+            return Err(posix(libc::EOPNOTSUPP, format!("fallocate inode {ino}: mode {mode:#x} not supported")));
+        }
+        if punch && !keep_size {
+            return Err(posix(libc::EINVAL, "fallocate: PUNCH_HOLE needs KEEP_SIZE"));
+        }
+        if length == 0 {
+            return Err(posix(libc::EINVAL, "fallocate: zero length"));
+        }
+        let end = offset
+            .checked_add(length)
+            .filter(|e| *e <= i64::MAX as u64)
+            .ok_or_else(|| posix(libc::EFBIG, "fallocate: range too large"))?;
+        let node = self.node(ino)?;
+        {
+            let n = lock(&node);
+            if n.inode.kind != super::FileKind::File {
+                return Err(posix(libc::ENODEV, format!("fallocate inode {ino}: not a regular file")));
+            }
+        }
+        if punch || zero {
+            let size = lock(&node).inode.size;
+            let zend = end.min(size);
+            if offset < zend {
+                self.zero_range(&node, offset, zend)?;
+            }
+        }
+        if !keep_size {
+            let size = lock(&node).inode.size;
+            if end > size {
+                self.truncate(&node, end, false)?;
+            }
+        }
+        let mut n = lock(&node);
+        let now = Inner::now();
+        if punch || zero {
+            n.inode.mtime = now;
+        }
+        n.inode.ctime = now;
+        n.attr_dirty = true;
+        Ok(())
+    }
+
+    /// Makes `[start, end)` (within the file) read as zeros, dropping whole blocks.
+    fn zero_range(&self, node: &NodeRef, start: u64, end: u64) -> Result<()> {
+        let _wb = lock(&self.wb_lock);
+        let mut n = lock(node);
+        let ino = n.inode.ino;
+        let Storage::Object(id) = n.inode.storage else {
+            self.load_inline(&mut n)?;
+            if let Some(d) = n.inline.as_mut().and_then(|b| b.get_mut(start as usize..end as usize)) {
+                d.fill(0);
+            }
+            n.inline_dirty = true;
+            return Ok(());
+        };
+        let bs = self.block_size;
+        let first_full = start.div_ceil(bs);
+        let end_full = end / bs;
+        // Partial blocks at either end: read-modify-write zeros.
+        for idx in [start / bs, (end - 1) / bs] {
+            if idx >= first_full && idx < end_full {
+                continue;
+            }
+            let lo = start.max(idx * bs) - idx * bs;
+            let hi = end.min((idx + 1) * bs) - idx * bs;
+            if !n.dirty.contains_key(&idx) {
+                let blk = self.block_for_update(&n, &id, idx)?;
+                n.dirty.insert(idx, blk);
+                self.dirty_bytes.fetch_add(bs as usize, Ordering::Relaxed);
+            }
+            if let Some(d) = n.dirty.get_mut(&idx).and_then(|b| b.get_mut(lo as usize..hi as usize)) {
+                d.fill(0);
+            }
+        }
+        if first_full < end_full {
+            let mut b = self.records.batch();
+            for idx in first_full..end_full {
+                if n.dirty.remove(&idx).is_some() {
+                    self.dirty_bytes.fetch_sub(bs as usize, Ordering::Relaxed);
+                }
+            }
+            let mut c = first_full / CHUNK_BLOCKS;
+            while c * CHUNK_BLOCKS < end_full {
+                let mut ch = self.chunk(ino, c)?;
+                let before = ch.entries.len();
+                ch.entries.retain(|slot, _| {
+                    let i = c * CHUNK_BLOCKS + u64::from(*slot);
+                    i < first_full || i >= end_full
+                });
+                if ch.entries.len() != before {
+                    b.put_chunk(ino, c, &ch);
+                    self.cache_chunk(ino, c, ch);
+                }
+                c += 1;
+            }
+            b.commit()?;
+            self.records.flush()?;
+            self.objects.punch_hole(&id, first_full * bs, (end_full - first_full) * bs)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn lseek(&self, ino: u64, offset: i64, whence: i32) -> Result<i64> {
+        let node = self.node(ino)?;
+        let n = lock(&node);
+        let size = n.inode.size;
+        let off = u64::try_from(offset).map_err(|_| posix(libc::EINVAL, "lseek: negative offset"))?;
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return Err(posix(libc::EINVAL, "lseek: only SEEK_DATA and SEEK_HOLE are handled here"));
+        }
+        if off >= size {
+            return Err(posix(libc::ENXIO, "lseek: offset beyond end of file"));
+        }
+        let Storage::Object(_) = n.inode.storage else {
+            return Ok(if whence == libc::SEEK_DATA { offset } else { size as i64 });
+        };
+        let bs = self.block_size;
+        let last = (size - 1) / bs;
+        let mut idx = off / bs;
+        while idx <= last {
+            let c = idx / CHUNK_BLOCKS;
+            let ch = self.chunk(ino, c)?;
+            let chunk_end = ((c + 1) * CHUNK_BLOCKS).min(last + 1);
+            while idx < chunk_end {
+                let has = n.dirty.contains_key(&idx) || ch.entries.contains_key(&((idx % CHUNK_BLOCKS) as u8));
+                if has == (whence == libc::SEEK_DATA) {
+                    return Ok(off.max(idx * bs) as i64);
+                }
+                idx += 1;
+            }
+        }
+        if whence == libc::SEEK_DATA {
+            Err(posix(libc::ENXIO, "lseek: no data after offset"))
+        } else {
+            Ok(size as i64)
+        }
+    }
+}

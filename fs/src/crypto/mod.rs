@@ -1,0 +1,63 @@
+//! Cryptographic primitives of digimedfs.
+//!
+//! Everything that touches key material or ciphertext lives here, behind a small, fixed API:
+//!
+//! - [`keys`]: the master key, the wrapping key and the derived working keys ([`FsKeys`]).
+//! - [`kdf`]: HKDF-SHA256 and every derivation label (the labels are part of the on-disk format).
+//! - [`xts`]: AES-256-XTS (IEEE 1619) over one whole filesystem block ([`DataCipher`]).
+//! - [`mac`]: keyed BLAKE3 tags for blocks, directory entries and records.
+//! - [`seal`]: AES-256-GCM-SIV sealing of metadata records ([`MetaSealer`]).
+//! - [`slots`]: envelope encryption of the master key under a wrapping key (key slots).
+//!
+//! Guarantees: key types are neither `Debug`, `Clone` nor `Copy`, are zeroized on drop and expose
+//! their bytes only through an explicit `expose()`; no function here panics on its inputs
+//! (malformed input becomes an `Err` or `None`). The exact byte layouts are documented in
+//! `docs/crypto-primitives.md`.
+
+#[deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+pub mod kdf;
+#[deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+pub mod keys;
+#[deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+pub mod mac;
+#[deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+pub mod seal;
+#[deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+pub mod slots;
+#[deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+pub mod xts;
+
+pub use keys::{FsKeys, MasterKey, WrappingKey, MASTER_KEY_LEN, WRAPPING_KEY_LEN};
+pub use mac::{BlockMac, NameMac, RecordMac, TAG_LEN};
+pub use seal::{MetaSealer, SEAL_OVERHEAD};
+pub use xts::DataCipher;

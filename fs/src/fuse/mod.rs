@@ -1,0 +1,13 @@
+//! The FUSE front end: a thin [`fuser`] adapter over [`crate::core::Filesystem`] and the code
+//! that mounts it, serves it and unmounts it.
+//!
+//! - [`adapter`]: [`DigimedFuse`], the `fuser::Filesystem` implementation (one kernel request,
+//!   one core call, one reply).
+//! - [`mount`]: mount options and [`mount_foreground`], which serves a mount until it is
+//!   unmounted or the process is asked to stop, then closes the filesystem.
+
+pub mod adapter;
+pub mod mount;
+
+pub use adapter::{convert, DigimedFuse, TTL};
+pub use mount::{mount_foreground, mount_options, MountOpts};

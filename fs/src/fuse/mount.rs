@@ -1,0 +1,316 @@
+//! Mounting and serving: builds the `fuser` session configuration, mounts the adapter, waits
+//! until the mount goes away (`fusermount3 -u`, `umount`) or SIGTERM/SIGINT arrives (then
+//! unmounts), and in every case closes the filesystem so that all dirty data reaches storage.
+
+use super::adapter::DigimedFuse;
+use crate::core;
+use crate::{Error, Result};
+use fuser::{MountOption, SessionACL};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+
+/// Name of the filesystem type; the mount shows up as `fuse.digimedfs`.
+pub const SUBTYPE: &str = "digimedfs";
+
+/// Fewest and most request-serving threads.
+const MIN_THREADS: usize = 2;
+const MAX_THREADS: usize = 8;
+
+/// How the filesystem is mounted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountOpts {
+    /// Mount read-only (the core must have been opened read-only too).
+    pub read_only: bool,
+    /// Let users other than the mounting one access the mount (`allow_other`; non-root mounts
+    /// need `user_allow_other` in /etc/fuse.conf).
+    pub allow_other: bool,
+    /// Source shown in /proc/mounts; `digimedfs` when `None`. Must not contain a comma.
+    pub fsname: Option<String>,
+}
+
+/// Number of threads serving requests: the available parallelism, at least 2, at most 8.
+fn thread_count() -> usize {
+    thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(MIN_THREADS)
+        .clamp(MIN_THREADS, MAX_THREADS)
+}
+
+/// The `fuser` session configuration for `opts`.
+pub fn mount_options(opts: &MountOpts) -> fuser::Config {
+    let fsname = opts.fsname.clone().unwrap_or_else(|| SUBTYPE.to_string());
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(fsname),
+        MountOption::Subtype(SUBTYPE.to_string()),
+        // Permission checks are the kernel's, against the mode bits the core reports.
+        MountOption::DefaultPermissions,
+        if opts.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(thread_count());
+    config.clone_fd = true;
+    config
+}
+
+/// What the serving loop waits for.
+enum Event {
+    /// SIGTERM or SIGINT arrived.
+    Signal(i32),
+    /// The session ended (the filesystem was unmounted); its final result.
+    Ended(io::Result<()>),
+}
+
+/// Mounts `fs` on `mountpoint` and serves it until it is unmounted.
+///
+/// Calls `ready` once the mount is live (the kernel handshake is done). Returns when the mount
+/// is gone: unmounted from outside (`fusermount3 -u`, `umount`), or unmounted here after
+/// SIGTERM/SIGINT (lazily if it is busy, in which case this returns once the last open file is
+/// closed). In every case, including a failed mount, [`core::Filesystem::close`] runs exactly
+/// once before this returns; its error is returned if serving itself succeeded.
+pub fn mount_foreground(
+    fs: Arc<core::Filesystem>,
+    mountpoint: &Path,
+    opts: &MountOpts,
+    ready: impl FnOnce(),
+) -> Result<()> {
+    let adapter = DigimedFuse::new(fs);
+    let closer = adapter.closer();
+    let served = serve(adapter, mountpoint, opts, ready);
+    let closed = closer.close();
+    match (served, closed) {
+        (Ok(()), Ok(_)) => Ok(()),
+        (Ok(()), Err(e)) => Err(e),
+        (Err(e), Ok(_)) => Err(e),
+        (Err(e), Err(close_err)) => {
+            tracing::error!("closing the filesystem failed: {close_err}");
+            Err(e)
+        }
+    }
+}
+
+/// Mounts, calls `ready`, and waits for the end of the session.
+fn serve(
+    adapter: DigimedFuse,
+    mountpoint: &Path,
+    opts: &MountOpts,
+    ready: impl FnOnce(),
+) -> Result<()> {
+    let mountpoint = mountpoint
+        .canonicalize()
+        .map_err(|e| Error::io(mountpoint, e))?;
+
+    // Signals are caught from before the mount on, so a SIGTERM during mounting still leads to
+    // a clean unmount instead of killing the process with a live mount.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| {
+        Error::posix(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("installing SIGTERM/SIGINT handlers: {e}"),
+        )
+    })?;
+    let signal_handle = signals.handle();
+    let (tx, rx) = mpsc::channel::<Event>();
+    let signal_tx = tx.clone();
+    let signal_thread = thread::Builder::new()
+        .name("digimedfs-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if signal_tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| Error::posix(libc::EAGAIN, format!("spawning signal thread: {e}")))?;
+    let stop_signals = move || {
+        signal_handle.close();
+        let _ = signal_thread.join();
+    };
+
+    let config = mount_options(opts);
+    let session = match fuser::spawn_mount(adapter, &mountpoint, &config) {
+        Ok(session) => session,
+        Err(e) => {
+            stop_signals();
+            return Err(Error::io(&mountpoint, e));
+        }
+    };
+    tracing::info!(
+        "mounted on {} ({} threads{}{})",
+        mountpoint.display(),
+        config.n_threads.unwrap_or(1),
+        if opts.read_only { ", read-only" } else { "" },
+        if opts.allow_other {
+            ", allow_other"
+        } else {
+            ""
+        },
+    );
+    ready();
+
+    let waiter = thread::Builder::new()
+        .name("digimedfs-session".into())
+        .spawn(move || {
+            let result = session.join();
+            let _ = tx.send(Event::Ended(result));
+        });
+    let waiter = match waiter {
+        Ok(w) => w,
+        Err(e) => {
+            // Without a waiter nobody notices the end of the session; unmount and give up.
+            tracing::error!("spawning session waiter failed: {e}; unmounting");
+            let _ = unmount(&mountpoint);
+            stop_signals();
+            return Err(Error::posix(
+                libc::EAGAIN,
+                format!("spawning session waiter: {e}"),
+            ));
+        }
+    };
+
+    let mut unmount_requested = false;
+    let ended = loop {
+        match rx.recv() {
+            Ok(Event::Signal(sig)) => {
+                let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
+                if unmount_requested {
+                    tracing::warn!(
+                        "{name} again: still waiting for open files on {} to be closed",
+                        mountpoint.display()
+                    );
+                    continue;
+                }
+                tracing::info!("{name} received: unmounting {}", mountpoint.display());
+                match unmount(&mountpoint) {
+                    Ok(()) => unmount_requested = true,
+                    Err(e) => tracing::error!(
+                        "unmounting {} failed: {e}; still serving it",
+                        mountpoint.display()
+                    ),
+                }
+            }
+            Ok(Event::Ended(result)) => break result,
+            Err(mpsc::RecvError) => break Err(io::Error::other("session waiter vanished")),
+        }
+    };
+    let _ = waiter.join();
+    stop_signals();
+    tracing::info!("{} unmounted", mountpoint.display());
+    ended.map_err(|e| Error::io(&mountpoint, e))
+}
+
+/// Unmounts `mountpoint`; if it is busy, detaches it lazily (the session then ends when the
+/// last open file on it is closed). Uses umount2(2) when privileged, `fusermount3 -u` otherwise.
+fn unmount(mountpoint: &Path) -> io::Result<()> {
+    match umount2(mountpoint, 0) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            tracing::warn!(
+                "{} is busy: detaching it now; the filesystem is closed once the last open \
+                 file on it is closed",
+                mountpoint.display()
+            );
+            umount2(mountpoint, libc::MNT_DETACH)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => fusermount_unmount(mountpoint, false)
+            .or_else(|e| {
+                tracing::warn!("{e}; detaching {} lazily", mountpoint.display());
+                fusermount_unmount(mountpoint, true)
+            }),
+        Err(e) => Err(e),
+    }
+}
+
+/// umount2(2).
+fn umount2(mountpoint: &Path, flags: libc::c_int) -> io::Result<()> {
+    let path = CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call; umount2 only
+    // reads it and has no other memory effects.
+    let rc = unsafe { libc::umount2(path.as_ptr(), flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Unmounts through the setuid helper, for unprivileged mounts.
+fn fusermount_unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
+    let mut last_err = io::Error::from(io::ErrorKind::NotFound);
+    for helper in ["fusermount3", "fusermount"] {
+        let mut cmd = Command::new(helper);
+        cmd.arg("-u");
+        if lazy {
+            cmd.arg("-z");
+        }
+        cmd.arg("--").arg(mountpoint);
+        match cmd.output() {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => {
+                return Err(io::Error::other(format!(
+                    "{helper} -u {}: {}",
+                    mountpoint.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => last_err = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_always_have_names_and_default_permissions() {
+        let c = mount_options(&MountOpts::default());
+        assert!(c
+            .mount_options
+            .contains(&MountOption::FSName("digimedfs".into())));
+        assert!(c
+            .mount_options
+            .contains(&MountOption::Subtype("digimedfs".into())));
+        assert!(c.mount_options.contains(&MountOption::DefaultPermissions));
+        assert!(c.mount_options.contains(&MountOption::RW));
+        assert!(!c.mount_options.contains(&MountOption::RO));
+        assert_eq!(c.acl, SessionACL::Owner);
+        assert!(c.clone_fd);
+        let n = c.n_threads.unwrap_or(0);
+        assert!((MIN_THREADS..=MAX_THREADS).contains(&n));
+    }
+
+    #[test]
+    fn options_follow_flags() {
+        let opts = MountOpts {
+            read_only: true,
+            allow_other: true,
+            fsname: Some("/srv/backing".into()),
+        };
+        let c = mount_options(&opts);
+        assert!(c.mount_options.contains(&MountOption::RO));
+        assert!(!c.mount_options.contains(&MountOption::RW));
+        assert!(c
+            .mount_options
+            .contains(&MountOption::FSName("/srv/backing".into())));
+        assert_eq!(c.acl, SessionACL::All);
+    }
+}

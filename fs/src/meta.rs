@@ -1,0 +1,614 @@
+//! The metadata store: an ordered key-value store that only ever holds sealed records.
+//!
+//! [`MetaStore`] is the narrow seam to storage (sled in production, [`MemStore`] in crash
+//! tests); [`Records`] on top of it seals every value with AES-256-GCM-SIV under the metadata key
+//! with the record's key as associated data, so values cannot be read, forged, or moved to
+//! another key. Contract relied upon (sled 0.34 provides it): a batch is applied atomically; after
+//! a crash the store holds a prefix of the applied batches that includes every batch applied
+//! before the last completed [`MetaStore::flush`].
+
+use crate::crypto::{FsKeys, MetaSealer};
+use crate::format::records::{self, prefix, Chunk, Counters, Dirent, Inode, Xattr};
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// One atomic group of changes: `None` deletes the key.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    /// Number of changes.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((key, Some(value)));
+    }
+    /// Puts a raw value (test images).
+    pub fn ops_push(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((key, Some(value)));
+    }
+    /// Deletes `key`.
+    pub fn delete(&mut self, key: &[u8]) {
+        self.ops.push((key.to_vec(), None));
+    }
+    /// The changes in order.
+    pub fn ops(&self) -> &[(Vec<u8>, Option<Vec<u8>>)] {
+        &self.ops
+    }
+}
+
+/// Visitor for scans: gets key and value, returns `false` to stop.
+pub type ScanFn<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
+/// An ordered key-value store with atomic batches and an explicit durability point.
+pub trait MetaStore: Send + Sync {
+    /// The value of `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Visits keys starting with `prefix` in ascending order, starting after `after` if given.
+    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()>;
+    /// Applies a batch atomically.
+    fn apply(&self, batch: &Batch) -> Result<()>;
+    /// Makes every applied batch durable.
+    fn flush(&self) -> Result<()>;
+}
+
+/// [`MetaStore`] on sled.
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    path: std::path::PathBuf,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in directory `path`.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<SledStore> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(1000))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| Error::meta(format!("open metadata store {}", path.display()), e))?;
+        let tree = db
+            .open_tree(b"records")
+            .map_err(|e| Error::meta(format!("open tree in {}", path.display()), e))?;
+        Ok(SledStore { db, tree, path: path.to_path_buf() })
+    }
+}
+
+impl MetaStore for SledStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.tree
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| Error::meta(format!("read {}", key_name(key)), e))
+    }
+
+    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()> {
+        let iter = match after {
+            Some(after) => {
+                let mut start = after.to_vec();
+                start.push(0);
+                self.tree.range(start..)
+            }
+            None => self.tree.range(prefix.to_vec()..),
+        };
+        for item in iter {
+            let (k, v) = item.map_err(|e| Error::meta(format!("scan {}", key_name(prefix)), e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for (k, v) in &batch.ops {
+            match v {
+                Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                None => b.remove(k.as_slice()),
+            }
+        }
+        self.tree
+            .apply_batch(b)
+            .map_err(|e| Error::meta(format!("write batch of {} records", batch.len()), e))
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| Error::meta(format!("flush {}", self.path.display()), e))
+    }
+}
+
+/// In-memory [`MetaStore`] that models the contract above, for crash tests: it remembers which
+/// batches were flushed and can produce the image a crash leaves.
+#[derive(Default)]
+pub struct MemStore {
+    state: Mutex<MemState>,
+}
+
+#[derive(Default, Clone)]
+struct MemState {
+    durable: BTreeMap<Vec<u8>, Vec<u8>>,
+    pending: Vec<Batch>,
+    view: BTreeMap<Vec<u8>, Vec<u8>>,
+    crash: Option<Arc<crate::objects::CrashPoint>>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+    /// An empty store whose writes count towards `crash` and fail once it fired.
+    pub fn with_crash_point(crash: Arc<crate::objects::CrashPoint>) -> MemStore {
+        let s = MemStore::default();
+        if let Ok(mut st) = s.state.lock() {
+            st.crash = Some(crash);
+        }
+        s
+    }
+    /// The store a crash leaves: the durable records plus the first `keep` unflushed batches.
+    pub fn crash_image(&self, keep: usize) -> MemStore {
+        let st = lock(&self.state);
+        let mut map = st.durable.clone();
+        for b in st.pending.iter().take(keep) {
+            apply_to(&mut map, b);
+        }
+        let out = MemStore::default();
+        if let Ok(mut o) = out.state.lock() {
+            o.durable = map.clone();
+            o.view = map;
+        }
+        out
+    }
+    /// Number of applied but not flushed batches.
+    pub fn pending_batches(&self) -> usize {
+        lock(&self.state).pending.len()
+    }
+    /// All records (for tests that scan or tamper).
+    pub fn dump(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        lock(&self.state).view.clone()
+    }
+    /// Replaces a record's raw value (tamper tests).
+    pub fn poke(&self, key: &[u8], value: Option<Vec<u8>>) {
+        let mut st = lock(&self.state);
+        match value {
+            Some(v) => {
+                st.view.insert(key.to_vec(), v.clone());
+                st.durable.insert(key.to_vec(), v);
+            }
+            None => {
+                st.view.remove(key);
+                st.durable.remove(key);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn apply_to(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, b: &Batch) {
+    for (k, v) in &b.ops {
+        match v {
+            Some(v) => {
+                map.insert(k.clone(), v.clone());
+            }
+            None => {
+                map.remove(k);
+            }
+        }
+    }
+}
+
+impl MetaStore for MemStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(lock(&self.state).view.get(key).cloned())
+    }
+    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()> {
+        let items: Vec<(Vec<u8>, Vec<u8>)> = {
+            let st = lock(&self.state);
+            let range: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = match after {
+                Some(a) => Box::new(
+                    st.view.range::<[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+                ),
+                None => Box::new(st.view.range::<[u8], _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))),
+            };
+            range
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        for (k, v) in items {
+            if !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+    fn apply(&self, batch: &Batch) -> Result<()> {
+        let mut st = lock(&self.state);
+        if let Some(c) = &st.crash {
+            c.tick("metadata batch")?;
+        }
+        apply_to(&mut st.view, batch);
+        st.pending.push(batch.clone());
+        Ok(())
+    }
+    fn flush(&self) -> Result<()> {
+        let mut st = lock(&self.state);
+        if let Some(c) = &st.crash {
+            c.check("metadata flush")?;
+        }
+        let pending = std::mem::take(&mut st.pending);
+        for b in &pending {
+            apply_to(&mut st.durable, b);
+        }
+        Ok(())
+    }
+}
+
+/// A readable name for a record key in messages (type and inode, never a secret).
+pub fn key_name(key: &[u8]) -> String {
+    let ino = key.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+    match (key.first().copied(), ino) {
+        (Some(prefix::INODE), Some(i)) => format!("inode record {i}"),
+        (Some(prefix::CHUNK), Some(i)) => {
+            let chunk =
+                key.get(9..17).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+            format!("block map of inode {i} chunk {}", chunk.unwrap_or(0))
+        }
+        (Some(prefix::INLINE), Some(i)) => format!("inline data of inode {i}"),
+        (Some(prefix::XATTR), Some(i)) => format!("xattr of inode {i}"),
+        (Some(prefix::ORPHAN), Some(i)) => format!("orphan record {i}"),
+        (Some(prefix::DIRENT), _) => format!("directory entry {}", hex::encode(key.get(1..).unwrap_or(&[]))),
+        (Some(prefix::COUNTERS), _) => "counters record".to_string(),
+        _ => format!("record {}", hex::encode(key)),
+    }
+}
+
+/// Typed, sealed access to the records of one filesystem.
+pub struct Records {
+    store: Arc<dyn MetaStore>,
+    keys: Arc<FsKeys>,
+    ad_prefix: Vec<u8>,
+}
+
+/// A batch of typed changes, sealed as they are added.
+pub struct RecordBatch<'a> {
+    records: &'a Records,
+    batch: Batch,
+}
+
+impl RecordBatch<'_> {
+    /// Puts an inode record.
+    pub fn put_inode(&mut self, inode: &Inode) -> Result<()> {
+        let key = records::inode_key(inode.ino);
+        let value = self.records.seal(&key, &inode.encode()?);
+        self.batch.put_raw(key.to_vec(), value);
+        Ok(())
+    }
+    /// Puts a directory entry of directory `dir`.
+    pub fn put_dirent(&mut self, dir: u64, entry: &Dirent) -> Result<()> {
+        let key = self.records.dirent_key(dir, &entry.name);
+        let value = self.records.seal(&key, &entry.encode()?);
+        self.batch.put_raw(key.to_vec(), value);
+        Ok(())
+    }
+    /// Deletes a directory entry.
+    pub fn delete_dirent(&mut self, dir: u64, name: &[u8]) {
+        let key = self.records.dirent_key(dir, name);
+        self.batch.delete(&key);
+    }
+    /// Puts an xattr.
+    pub fn put_xattr(&mut self, ino: u64, x: &Xattr) -> Result<()> {
+        let key = records::xattr_key(ino, &self.records.keys.names.xattr_key(ino, &x.name));
+        let value = self.records.seal(&key, &x.encode()?);
+        self.batch.put_raw(key.to_vec(), value);
+        Ok(())
+    }
+    /// Deletes an xattr.
+    pub fn delete_xattr(&mut self, ino: u64, name: &[u8]) {
+        let key = records::xattr_key(ino, &self.records.keys.names.xattr_key(ino, name));
+        self.batch.delete(&key);
+    }
+    /// Puts (or, if empty, deletes) a chunk record.
+    pub fn put_chunk(&mut self, ino: u64, chunk: u64, c: &Chunk) {
+        let key = records::chunk_key(ino, chunk);
+        if c.entries.is_empty() {
+            self.batch.delete(&key);
+        } else {
+            let value = self.records.seal(&key, &c.encode());
+            self.batch.put_raw(key.to_vec(), value);
+        }
+    }
+    /// Puts inline data.
+    pub fn put_inline(&mut self, ino: u64, data: &[u8]) {
+        let key = records::ino_prefix(prefix::INLINE, ino);
+        let value = self.records.seal(&key, data);
+        self.batch.put_raw(key.to_vec(), value);
+    }
+    /// Deletes any raw key (used with keys from scans).
+    pub fn delete_key(&mut self, key: &[u8]) {
+        self.batch.delete(key);
+    }
+    /// Marks inode `ino` as an orphan (unlinked while open), or clears the mark.
+    pub fn set_orphan(&mut self, ino: u64, orphan: bool) {
+        let key = records::ino_prefix(prefix::ORPHAN, ino);
+        if orphan {
+            let value = self.records.seal(&key, &[]);
+            self.batch.put_raw(key.to_vec(), value);
+        } else {
+            self.batch.delete(&key);
+        }
+    }
+    /// Puts the counters.
+    pub fn put_counters(&mut self, c: &Counters) {
+        let value = self.records.seal(&records::COUNTERS_KEY, &c.encode());
+        self.batch.put_raw(records::COUNTERS_KEY.to_vec(), value);
+    }
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+    /// Applies the batch atomically.
+    pub fn commit(self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.records.store.apply(&self.batch)
+    }
+}
+
+impl Records {
+    /// Typed access over `store` for the filesystem whose keys are `keys`.
+    pub fn new(store: Arc<dyn MetaStore>, keys: Arc<FsKeys>, fs_uuid: &[u8; 16]) -> Records {
+        let mut ad_prefix = b"dgm1 rec".to_vec();
+        ad_prefix.extend_from_slice(fs_uuid);
+        Records { store, keys, ad_prefix }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn MetaStore> {
+        &self.store
+    }
+
+    /// A new empty batch.
+    pub fn batch(&self) -> RecordBatch<'_> {
+        RecordBatch { records: self, batch: Batch::default() }
+    }
+
+    fn ad(&self, key: &[u8]) -> Vec<u8> {
+        let mut ad = Vec::with_capacity(self.ad_prefix.len() + key.len());
+        ad.extend_from_slice(&self.ad_prefix);
+        ad.extend_from_slice(key);
+        ad
+    }
+
+    fn seal(&self, key: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        self.sealer().seal(&self.ad(key), plaintext)
+    }
+
+    fn sealer(&self) -> &MetaSealer {
+        &self.keys.meta
+    }
+
+    /// Opens a sealed value stored under `key`.
+    pub fn open(&self, key: &[u8], sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        self.sealer().open(&self.ad(key), sealed).ok_or_else(|| {
+            Error::integrity(format!(
+                "{}: record fails authentication (tampered, corrupted or moved)",
+                key_name(key)
+            ))
+        })
+    }
+
+    fn get_open(&self, key: &[u8]) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+        match self.store.get(key)? {
+            Some(v) => Ok(Some(self.open(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The pseudonym under which directory `dir`'s entries are stored.
+    pub fn dir_pseudonym(&self, dir: u64) -> [u8; 8] {
+        let mac = self.keys.names.entry_key(dir, b"");
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&mac[..8]);
+        out
+    }
+
+    fn dirent_key(&self, dir: u64, name: &[u8]) -> [u8; 25] {
+        records::dirent_key(&self.dir_pseudonym(dir), &self.keys.names.entry_key(dir, name))
+    }
+
+    /// The readdir cookie of entry `name` in `dir` (63 bits, never 0, 1 or 2).
+    pub fn dirent_cookie_of_key(key: &[u8]) -> i64 {
+        let mut b = [0u8; 8];
+        if let Some(s) = key.get(9..17) {
+            b.copy_from_slice(s);
+        }
+        let v = (u64::from_be_bytes(b) >> 1) as i64;
+        v.max(3)
+    }
+
+    /// Reads inode `ino`.
+    pub fn inode(&self, ino: u64) -> Result<Option<Inode>> {
+        match self.get_open(&records::inode_key(ino))? {
+            Some(v) => Ok(Some(Inode::decode(ino, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Looks up `name` in directory `dir`.
+    pub fn dirent(&self, dir: u64, name: &[u8]) -> Result<Option<Dirent>> {
+        let key = self.dirent_key(dir, name);
+        match self.get_open(&key)? {
+            Some(v) => {
+                let d = Dirent::decode(&v)?;
+                if d.name != name {
+                    return Err(Error::integrity(format!(
+                        "directory entry in directory {dir}: name does not match its key"
+                    )));
+                }
+                Ok(Some(d))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Entries of `dir` in key order after cookie `after` (exclusive); `f` returns false to stop.
+    pub fn scan_dir(
+        &self,
+        dir: u64,
+        after_cookie: Option<i64>,
+        f: &mut dyn FnMut(i64, Dirent) -> Result<bool>,
+    ) -> Result<()> {
+        let pfx = records::dirent_prefix(&self.dir_pseudonym(dir));
+        let start: Option<Vec<u8>> = after_cookie.map(|c| {
+            // Smallest key whose cookie is > c: cookie = top 63 bits of the MAC.
+            let mut k = pfx.to_vec();
+            let v = ((c as u64) << 1) | 1;
+            k.extend_from_slice(&v.to_be_bytes());
+            k.extend_from_slice(&[0xff; 8]);
+            k
+        });
+        self.store.scan(&pfx, start.as_deref(), &mut |k, v| {
+            let plain = self.open(k, v)?;
+            let d = Dirent::decode(&plain)?;
+            f(Self::dirent_cookie_of_key(k), d)
+        })
+    }
+
+    /// Whether directory `dir` has any entry.
+    pub fn dir_is_empty(&self, dir: u64) -> Result<bool> {
+        let pfx = records::dirent_prefix(&self.dir_pseudonym(dir));
+        let mut empty = true;
+        self.store.scan(&pfx, None, &mut |_, _| {
+            empty = false;
+            Ok(false)
+        })?;
+        Ok(empty)
+    }
+
+    /// Reads an xattr.
+    pub fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Xattr>> {
+        let key = records::xattr_key(ino, &self.keys.names.xattr_key(ino, name));
+        match self.get_open(&key)? {
+            Some(v) => Ok(Some(Xattr::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// All xattrs of `ino`.
+    pub fn xattrs(&self, ino: u64) -> Result<Vec<Xattr>> {
+        let mut out = Vec::new();
+        let pfx = records::ino_prefix(prefix::XATTR, ino);
+        self.store.scan(&pfx, None, &mut |k, v| {
+            out.push(Xattr::decode(&self.open(k, v)?)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Keys of all records of type `p` belonging to `ino` (for deletion).
+    pub fn keys_of(&self, p: u8, ino: u64) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        self.store.scan(&records::ino_prefix(p, ino), None, &mut |k, _| {
+            out.push(k.to_vec());
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Reads a chunk record (empty if absent).
+    pub fn chunk(&self, ino: u64, chunk: u64) -> Result<Chunk> {
+        match self.get_open(&records::chunk_key(ino, chunk))? {
+            Some(v) => Chunk::decode(&v),
+            None => Ok(Chunk::default()),
+        }
+    }
+
+    /// All chunk records of `ino` at or after chunk `from`, in order.
+    pub fn chunks_from(&self, ino: u64, from: u64, f: &mut dyn FnMut(u64, Chunk) -> Result<bool>) -> Result<()> {
+        let pfx = records::ino_prefix(prefix::CHUNK, ino);
+        let after = if from == 0 {
+            None
+        } else {
+            Some(records::chunk_key(ino, from - 1).to_vec())
+        };
+        self.store.scan(&pfx, after.as_deref(), &mut |k, v| {
+            let idx = k
+                .get(9..17)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| Error::format(format!("{}: bad key", key_name(k))))?;
+            let c = Chunk::decode(&self.open(k, v)?)?;
+            f(idx, c)
+        })
+    }
+
+    /// Reads inline data of `ino`.
+    pub fn inline(&self, ino: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_open(&records::ino_prefix(prefix::INLINE, ino))?.map(|v| v.to_vec()))
+    }
+
+    /// All orphan inode numbers.
+    pub fn orphans(&self) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        self.store.scan(&[prefix::ORPHAN], None, &mut |k, v| {
+            self.open(k, v)?;
+            if let Some(b) = k.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                out.push(u64::from_be_bytes(b));
+            }
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Reads the counters.
+    pub fn counters(&self) -> Result<Option<Counters>> {
+        match self.get_open(&records::COUNTERS_KEY)? {
+            Some(v) => Ok(Some(Counters::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Digest of the whole store: XOR of keyed MACs of every (key, sealed value) pair.
+    pub fn digest(&self) -> Result<[u8; 32]> {
+        let mut acc = [0u8; 32];
+        self.store.scan(&[], None, &mut |k, v| {
+            let m = self.keys.digest.mac_parts(&[k, v]);
+            for (a, b) in acc.iter_mut().zip(m.iter()) {
+                *a ^= b;
+            }
+            Ok(true)
+        })?;
+        Ok(acc)
+    }
+
+    /// Makes everything applied so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.store.flush()
+    }
+}

@@ -1,0 +1,184 @@
+//! Creating a filesystem (`mkfs.digimed`): a fresh UUID and master key, the key slot wrapping it,
+//! the root directory and counters in a new metadata store, and the superblock written last, so
+//! an interrupted mkfs leaves no superblock and is simply run again.
+
+use crate::backing::{BackingDir, KNOWN_NAMES, META_DIR, OBJECTS_DIR};
+use crate::core::{format_uuid, FileKind, ROOT_INO};
+use crate::crypto::{FsKeys, MasterKey};
+use crate::format::records::{Counters, Inode, Storage, Timestamp};
+use crate::format::superblock::{
+    check_block_size, KeySlot, Superblock, CIPHER_SUITE_V1, FLAG_CLEAN,
+};
+use crate::keysource::KeySource;
+use crate::meta::{MetaStore, Records, SledStore};
+use crate::{Error, Result};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Options of mkfs.
+#[derive(Debug, Clone)]
+pub struct MkfsOptions {
+    /// Data block size (4096..=65536, power of two).
+    pub block_size: u32,
+    /// Label.
+    pub label: String,
+    /// Tenant id.
+    pub tenant: String,
+    /// Overwrite an existing filesystem or use a non-empty directory.
+    pub force: bool,
+}
+
+impl Default for MkfsOptions {
+    fn default() -> Self {
+        MkfsOptions {
+            block_size: 4096,
+            label: String::new(),
+            tenant: "default".into(),
+            force: false,
+        }
+    }
+}
+
+/// What mkfs created.
+#[derive(Debug, Clone)]
+pub struct MkfsReport {
+    /// Filesystem UUID, hyphenated.
+    pub uuid: String,
+    /// Block size.
+    pub block_size: u32,
+    /// Tenant id.
+    pub tenant: String,
+    /// Label.
+    pub label: String,
+}
+
+/// A new superblock and its master key (not yet written anywhere).
+pub fn new_superblock(key: &dyn KeySource, opts: &MkfsOptions) -> Result<(Superblock, MasterKey)> {
+    check_block_size(opts.block_size)?;
+    if opts.label.len() > 64 {
+        return Err(Error::invalid("label longer than 64 bytes"));
+    }
+    if opts.tenant.is_empty() || opts.tenant.len() > 128 {
+        return Err(Error::invalid("tenant id must be 1 to 128 bytes"));
+    }
+    let fs_uuid: [u8; 16] = rand::random();
+    let master = MasterKey::generate();
+    let wrapping = key.wrapping_key(&fs_uuid)?;
+    let slot = KeySlot::seal(0, key.kind(), Vec::new(), &wrapping, &fs_uuid, &master);
+    let sb = Superblock {
+        flags: FLAG_CLEAN,
+        fs_uuid,
+        block_size: opts.block_size,
+        cipher_suite: CIPHER_SUITE_V1,
+        created: Timestamp::now().secs,
+        epoch: 1,
+        meta_digest: [0; 32],
+        label: opts.label.clone(),
+        tenant: opts.tenant.clone(),
+        slots: vec![slot],
+    };
+    Ok((sb, master))
+}
+
+/// Writes the root directory and counters into an empty store; returns the store digest.
+pub fn init_records(
+    meta: Arc<dyn MetaStore>,
+    keys: Arc<FsKeys>,
+    sb: &Superblock,
+) -> Result<[u8; 32]> {
+    let records = Records::new(meta, keys, &sb.fs_uuid);
+    let now = Timestamp::now();
+    let root = Inode {
+        ino: ROOT_INO,
+        kind: FileKind::Dir,
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+        nlink: 2,
+        rdev: 0,
+        size: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        generation: 1,
+        parent: ROOT_INO,
+        storage: Storage::None,
+        target: Vec::new(),
+    };
+    let mut b = records.batch();
+    b.put_inode(&root)?;
+    b.put_counters(&Counters {
+        ino_reserved: ROOT_INO + 1,
+        gen_reserved: 1,
+    });
+    b.commit()?;
+    records.flush()?;
+    records.digest()
+}
+
+/// Creates a filesystem in `backing`.
+pub fn mkfs(backing: &Path, key: &dyn KeySource, opts: &MkfsOptions) -> Result<MkfsReport> {
+    let dir = BackingDir::new(backing);
+    if backing.exists() {
+        if !backing.is_dir() {
+            return Err(Error::invalid(format!(
+                "{} exists and is not a directory",
+                backing.display()
+            )));
+        }
+        let entries: Vec<String> = std::fs::read_dir(backing)
+            .map_err(|e| Error::io(backing, e))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if !entries.is_empty() && !opts.force {
+            let what = if entries.iter().any(|e| e == "superblock") {
+                "contains a digimedfs filesystem"
+            } else {
+                "is not empty"
+            };
+            return Err(Error::invalid(format!(
+                "{} {what}; use -f to overwrite",
+                backing.display()
+            )));
+        }
+        if opts.force {
+            // Refuse to destroy a filesystem that is mounted right now.
+            let _lock = dir.lock(false)?;
+            for name in KNOWN_NAMES
+                .iter()
+                .chain(["superblock.tmp", "superblock.bak.tmp"].iter())
+            {
+                let p = dir.path(name);
+                let res = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                match res {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(p, e)),
+                }
+            }
+        }
+    } else {
+        std::fs::create_dir_all(backing).map_err(|e| Error::io(backing, e))?;
+    }
+    let (mut sb, master) = new_superblock(key, opts)?;
+    let keys = Arc::new(FsKeys::derive(&master, &sb.fs_uuid)?);
+    std::fs::create_dir_all(dir.path(OBJECTS_DIR))
+        .map_err(|e| Error::io(dir.path(OBJECTS_DIR), e))?;
+    {
+        let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&dir.path(META_DIR), 16 << 20)?);
+        sb.meta_digest = init_records(meta, keys.clone(), &sb)?;
+    }
+    dir.write_superblock(&sb.encode(&keys.superblock)?)?;
+    Ok(MkfsReport {
+        uuid: format_uuid(&sb.fs_uuid),
+        block_size: sb.block_size,
+        tenant: sb.tenant.clone(),
+        label: sb.label.clone(),
+    })
+}

@@ -1,0 +1,398 @@
+//! The data object store: one ciphertext object per regular file that outgrew inline storage.
+//!
+//! Objects are named by a random 128-bit id (hex), fanned out into 256 subdirectories of
+//! `objects/` by their first byte, so no directory grows unbounded and names reveal nothing.
+//! Block `i` of a file lives at byte `i * block_size` of its object; never-written blocks are
+//! holes of the backing file. [`ObjectStore`] is the seam to storage: [`DirObjects`] in
+//! production, [`MemObjects`] in crash tests.
+
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::num::NonZeroUsize;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Identifier of a data object.
+pub type ObjectId = [u8; 16];
+
+/// Storage for data objects.
+pub trait ObjectStore: Send + Sync {
+    /// Reads at `offset`; returns the bytes read (short only at the end of the object; 0 if the
+    /// object does not exist).
+    fn read_at(&self, id: &ObjectId, offset: u64, buf: &mut [u8]) -> Result<usize>;
+    /// Writes at `offset`, creating the object if needed.
+    fn write_at(&self, id: &ObjectId, offset: u64, data: &[u8]) -> Result<()>;
+    /// Sets the object's length (new space reads as zeros).
+    fn set_len(&self, id: &ObjectId, len: u64) -> Result<()>;
+    /// Makes `[offset, offset+len)` read as zeros, freeing storage where possible.
+    fn punch_hole(&self, id: &ObjectId, offset: u64, len: u64) -> Result<()>;
+    /// Makes the object's data durable.
+    fn sync(&self, id: &ObjectId) -> Result<()>;
+    /// Makes every object's data durable.
+    fn sync_all(&self) -> Result<()>;
+    /// Removes the object (absent is fine).
+    fn remove(&self, id: &ObjectId) -> Result<()>;
+    /// Every object with its length.
+    fn list(&self) -> Result<Vec<(ObjectId, u64)>>;
+}
+
+/// Parses a hex object name.
+pub fn parse_object_name(name: &str) -> Option<ObjectId> {
+    let bytes = hex::decode(name).ok()?;
+    bytes.try_into().ok()
+}
+
+/// [`ObjectStore`] on a POSIX directory.
+pub struct DirObjects {
+    root: PathBuf,
+    files: Mutex<lru::LruCache<ObjectId, Arc<File>>>,
+    dirty: Mutex<std::collections::HashSet<ObjectId>>,
+}
+
+impl DirObjects {
+    /// The store rooted at `root` (the `objects/` directory, created if missing).
+    pub fn open(root: &Path) -> Result<DirObjects> {
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let cap = NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN);
+        Ok(DirObjects {
+            root: root.to_path_buf(),
+            files: Mutex::new(lru::LruCache::new(cap)),
+            dirty: Mutex::new(Default::default()),
+        })
+    }
+
+    /// Path of object `id`.
+    pub fn path_of(&self, id: &ObjectId) -> PathBuf {
+        let name = hex::encode(id);
+        self.root.join(&name[..2]).join(name)
+    }
+
+    fn file(&self, id: &ObjectId, create: bool) -> Result<Option<Arc<File>>> {
+        if let Some(f) = lock(&self.files).get(id) {
+            return Ok(Some(f.clone()));
+        }
+        let path = self.path_of(id);
+        let opened = OpenOptions::new().read(true).write(true).open(&path);
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !create {
+                    return Ok(None);
+                }
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                }
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(|e| Error::io(&path, e))?
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let file = Arc::new(file);
+        lock(&self.files).put(*id, file.clone());
+        Ok(Some(file))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ObjectStore for DirObjects {
+    fn read_at(&self, id: &ObjectId, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let Some(f) = self.file(id, false)? else { return Ok(0) };
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = buf.get_mut(done..).unwrap_or_default();
+            match f.read_at(rest, offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(self.path_of(id), e)),
+            }
+        }
+        Ok(done)
+    }
+
+    fn write_at(&self, id: &ObjectId, offset: u64, data: &[u8]) -> Result<()> {
+        let f = self.file(id, true)?.ok_or_else(|| Error::integrity("object vanished"))?;
+        f.write_all_at(data, offset).map_err(|e| Error::io(self.path_of(id), e))?;
+        lock(&self.dirty).insert(*id);
+        Ok(())
+    }
+
+    fn set_len(&self, id: &ObjectId, len: u64) -> Result<()> {
+        let f = self.file(id, true)?.ok_or_else(|| Error::integrity("object vanished"))?;
+        f.set_len(len).map_err(|e| Error::io(self.path_of(id), e))?;
+        lock(&self.dirty).insert(*id);
+        Ok(())
+    }
+
+    fn punch_hole(&self, id: &ObjectId, offset: u64, len: u64) -> Result<()> {
+        let Some(f) = self.file(id, false)? else { return Ok(()) };
+        let size = f.metadata().map_err(|e| Error::io(self.path_of(id), e))?.len();
+        if offset >= size {
+            return Ok(());
+        }
+        let len = len.min(size - offset);
+        use std::os::fd::AsRawFd;
+        let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(Error::invalid("punch range out of range"));
+        };
+        // SAFETY: fallocate on a valid, open descriptor owned by `f`; no memory is passed.
+        let rc = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                l,
+            )
+        };
+        if rc != 0 {
+            // Backing filesystems without hole punching get explicit zeros.
+            let zeros = vec![0u8; len.min(1 << 20) as usize];
+            let mut pos = offset;
+            while pos < offset + len {
+                let n = (offset + len - pos).min(zeros.len() as u64) as usize;
+                f.write_all_at(zeros.get(..n).unwrap_or_default(), pos)
+                    .map_err(|e| Error::io(self.path_of(id), e))?;
+                pos += n as u64;
+            }
+        }
+        lock(&self.dirty).insert(*id);
+        Ok(())
+    }
+
+    fn sync(&self, id: &ObjectId) -> Result<()> {
+        if let Some(f) = self.file(id, false)? {
+            f.sync_data().map_err(|e| Error::io(self.path_of(id), e))?;
+        }
+        lock(&self.dirty).remove(id);
+        Ok(())
+    }
+
+    fn sync_all(&self) -> Result<()> {
+        let ids: Vec<ObjectId> = lock(&self.dirty).drain().collect();
+        for id in ids {
+            if let Some(f) = self.file(&id, false)? {
+                f.sync_data().map_err(|e| Error::io(self.path_of(&id), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&self, id: &ObjectId) -> Result<()> {
+        lock(&self.files).pop(id);
+        lock(&self.dirty).remove(id);
+        let path = self.path_of(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<(ObjectId, u64)>> {
+        let mut out = Vec::new();
+        let top = std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        for sub in top {
+            let sub = sub.map_err(|e| Error::io(&self.root, e))?;
+            let p = sub.path();
+            if !p.is_dir() {
+                continue;
+            }
+            for ent in std::fs::read_dir(&p).map_err(|e| Error::io(&p, e))? {
+                let ent = ent.map_err(|e| Error::io(&p, e))?;
+                let name = ent.file_name();
+                if let Some(id) = name.to_str().and_then(parse_object_name) {
+                    let len = ent.metadata().map_err(|e| Error::io(ent.path(), e))?.len();
+                    out.push((id, len));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Counts writes across the stores of one crash test and "crashes" at the N-th: from then on
+/// every write and sync fails, as if the machine had stopped.
+#[derive(Debug)]
+pub struct CrashPoint {
+    remaining: AtomicU64,
+    crashed: AtomicBool,
+}
+
+impl CrashPoint {
+    /// Crashes at write number `n` (1-based); `u64::MAX` never crashes.
+    pub fn new(n: u64) -> CrashPoint {
+        CrashPoint { remaining: AtomicU64::new(n), crashed: AtomicBool::new(false) }
+    }
+    /// Counts one write; fails if this or an earlier write crashed.
+    pub fn tick(&self, what: &str) -> Result<()> {
+        self.check(what)?;
+        if self.remaining.fetch_sub(1, Ordering::SeqCst) <= 1 {
+            self.crashed.store(true, Ordering::SeqCst);
+        }
+        self.check(what)
+    }
+    /// Fails if the crash happened.
+    pub fn check(&self, what: &str) -> Result<()> {
+        if self.crashed.load(Ordering::SeqCst) {
+            Err(Error::io(what, std::io::Error::other("simulated crash")))
+        } else {
+            Ok(())
+        }
+    }
+    /// Whether the crash happened.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Default, Clone)]
+struct MemObject {
+    durable: Vec<u8>,
+    view: Vec<u8>,
+    dirty: bool,
+}
+
+/// In-memory [`ObjectStore`] that knows which bytes were synced, for crash tests.
+#[derive(Default)]
+pub struct MemObjects {
+    objects: Mutex<HashMap<ObjectId, MemObject>>,
+    crash: Option<Arc<CrashPoint>>,
+}
+
+impl MemObjects {
+    /// An empty store.
+    pub fn new() -> MemObjects {
+        MemObjects::default()
+    }
+    /// An empty store whose writes count towards `crash`.
+    pub fn with_crash_point(crash: Arc<CrashPoint>) -> MemObjects {
+        MemObjects { objects: Mutex::new(HashMap::new()), crash: Some(crash) }
+    }
+    /// The store a crash leaves: for each object either its synced state, or (where
+    /// `keep_unsynced` says so for that object) its latest state.
+    pub fn crash_image(&self, keep_unsynced: &mut dyn FnMut(&ObjectId) -> bool) -> MemObjects {
+        let objs = lock(&self.objects);
+        let mut out = HashMap::new();
+        for (id, o) in objs.iter() {
+            let bytes = if o.dirty && keep_unsynced(id) { o.view.clone() } else { o.durable.clone() };
+            out.insert(*id, MemObject { durable: bytes.clone(), view: bytes, dirty: false });
+        }
+        MemObjects { objects: Mutex::new(out), crash: None }
+    }
+    /// Raw bytes of an object (tamper tests).
+    pub fn raw(&self, id: &ObjectId) -> Option<Vec<u8>> {
+        lock(&self.objects).get(id).map(|o| o.view.clone())
+    }
+    /// Replaces an object's raw bytes (tamper tests).
+    pub fn poke(&self, id: &ObjectId, bytes: Option<Vec<u8>>) {
+        let mut objs = lock(&self.objects);
+        match bytes {
+            Some(b) => {
+                objs.insert(*id, MemObject { durable: b.clone(), view: b, dirty: false });
+            }
+            None => {
+                objs.remove(id);
+            }
+        }
+    }
+    fn tick(&self, what: &str) -> Result<()> {
+        match &self.crash {
+            Some(c) => c.tick(what),
+            None => Ok(()),
+        }
+    }
+    fn check(&self, what: &str) -> Result<()> {
+        match &self.crash {
+            Some(c) => c.check(what),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ObjectStore for MemObjects {
+    fn read_at(&self, id: &ObjectId, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let objs = lock(&self.objects);
+        let Some(o) = objs.get(id) else { return Ok(0) };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(o.view.len());
+        let src = o.view.get(start..).unwrap_or_default();
+        let n = src.len().min(buf.len());
+        if let (Some(d), Some(s)) = (buf.get_mut(..n), src.get(..n)) {
+            d.copy_from_slice(s);
+        }
+        Ok(n)
+    }
+    fn write_at(&self, id: &ObjectId, offset: u64, data: &[u8]) -> Result<()> {
+        self.tick("object write")?;
+        let mut objs = lock(&self.objects);
+        let o = objs.entry(*id).or_default();
+        let start = usize::try_from(offset).map_err(|_| Error::invalid("offset"))?;
+        let end = start + data.len();
+        if o.view.len() < end {
+            o.view.resize(end, 0);
+        }
+        if let Some(d) = o.view.get_mut(start..end) {
+            d.copy_from_slice(data);
+        }
+        o.dirty = true;
+        Ok(())
+    }
+    fn set_len(&self, id: &ObjectId, len: u64) -> Result<()> {
+        self.tick("object set_len")?;
+        let mut objs = lock(&self.objects);
+        let o = objs.entry(*id).or_default();
+        o.view.resize(usize::try_from(len).map_err(|_| Error::invalid("len"))?, 0);
+        o.dirty = true;
+        Ok(())
+    }
+    fn punch_hole(&self, id: &ObjectId, offset: u64, len: u64) -> Result<()> {
+        self.tick("object punch")?;
+        let mut objs = lock(&self.objects);
+        if let Some(o) = objs.get_mut(id) {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(o.view.len());
+            let end = usize::try_from(offset.saturating_add(len)).unwrap_or(usize::MAX).min(o.view.len());
+            if let Some(d) = o.view.get_mut(start..end) {
+                d.fill(0);
+            }
+            o.dirty = true;
+        }
+        Ok(())
+    }
+    fn sync(&self, id: &ObjectId) -> Result<()> {
+        self.check("object sync")?;
+        if let Some(o) = lock(&self.objects).get_mut(id) {
+            o.durable = o.view.clone();
+            o.dirty = false;
+        }
+        Ok(())
+    }
+    fn sync_all(&self) -> Result<()> {
+        self.check("object sync_all")?;
+        for o in lock(&self.objects).values_mut() {
+            if o.dirty {
+                o.durable = o.view.clone();
+                o.dirty = false;
+            }
+        }
+        Ok(())
+    }
+    fn remove(&self, id: &ObjectId) -> Result<()> {
+        self.tick("object remove")?;
+        // Removal is a metadata operation of the backing filesystem; model it as immediate.
+        lock(&self.objects).remove(id);
+        Ok(())
+    }
+    fn list(&self) -> Result<Vec<(ObjectId, u64)>> {
+        Ok(lock(&self.objects).iter().map(|(k, v)| (*k, v.view.len() as u64)).collect())
+    }
+}
