@@ -26,4 +26,4 @@ if [ -z "$DESTDIR" ] && ! command -v mount.fuse3 >/dev/null 2>&1 \
     && [ ! -x /sbin/mount.fuse3 ] && [ ! -x /usr/sbin/mount.fuse3 ]; then
     echo "warning: mount.fuse3 not found: install fuse3 for mount -t fuse.digimedfs and fstab" >&2
 fi
-echo "installed $PREFIX/bin/digimedfs and $PREFIX/sbin/mkfs.digimed"
+echo "installed $DESTDIR$PREFIX/bin/digimedfs and $DESTDIR$PREFIX/sbin/mkfs.digimed"

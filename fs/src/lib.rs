@@ -10,6 +10,7 @@
 //! - [`fuse`]: the thin `fuser` adapter over [`core`].
 
 pub mod backing;
+pub mod check;
 pub mod core;
 pub mod crypto;
 pub mod error;

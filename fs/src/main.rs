@@ -17,7 +17,7 @@ use digimedfs::core::{Filesystem, OpenOptions};
 use digimedfs::fuse::{mount_foreground, MountOpts};
 use digimedfs::keysource::KeyFile;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         Err(err) if err.is::<AlreadyReported>() => ExitCode::from(1),
         Err(err) => {
             // The background process has no terminal any more; stderr may be gone.
-            let _ = writeln!(std::io::stderr(), "digimedfs: {err:#}");
+            let _ = writeln!(std::io::stderr(), "digimedfs: {}", render(&err));
             ExitCode::from(1)
         }
     }
@@ -216,14 +216,21 @@ fn report_ready(fd: RawFd, log_file: Option<&File>) {
 /// Sets up logging: stderr in the foreground, a log file in the background process. Returns
 /// the log file, if any. `-o debug` logs at debug level, otherwise `RUST_LOG` or `info`.
 fn init_logging(opts: &MountOptions, background: bool, mountpoint: &Path) -> Option<File> {
+    // fuser 0.18 retries the unmount we already did when its session ends and warns that it
+    // failed; that warning is noise, so fuser::mnt logs errors only unless asked otherwise.
     let filter = if opts.debug {
         EnvFilter::new("debug")
     } else {
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,fuser::mnt=error"))
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if !background {
-        let _ = builder.with_writer(std::io::stderr).try_init();
+        let ansi = std::io::stderr().is_terminal();
+        let _ = builder
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .try_init();
         return None;
     }
     let name = cli::log_name(mountpoint);
@@ -272,4 +279,21 @@ fn open_log_file(name: &str) -> Option<(PathBuf, File)> {
         }
     }
     None
+}
+
+/// The error and its causes, `: `-separated, like `{:#}`, but without repeating a cause that
+/// the message before it already ends with (library errors include their source's text).
+fn render(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -7,9 +7,9 @@ use crate::core::{format_uuid, FileKind, ROOT_INO};
 use crate::crypto::{FsKeys, MasterKey};
 use crate::format::records::{Counters, Inode, Storage, Timestamp};
 use crate::format::superblock::{
-    check_block_size, KeySlot, Superblock, CIPHER_SUITE_V1, FLAG_CLEAN,
+    check_block_size, Superblock, CIPHER_SUITE_V1, FLAG_CLEAN,
 };
-use crate::keysource::KeySource;
+use crate::keysource::{KeySource, SlotContext};
 use crate::meta::{MetaStore, Records, SledStore};
 use crate::{Error, Result};
 use std::path::Path;
@@ -63,8 +63,8 @@ pub fn new_superblock(key: &dyn KeySource, opts: &MkfsOptions) -> Result<(Superb
     }
     let fs_uuid: [u8; 16] = rand::random();
     let master = MasterKey::generate();
-    let wrapping = key.wrapping_key(&fs_uuid)?;
-    let slot = KeySlot::seal(0, key.kind(), Vec::new(), &wrapping, &fs_uuid, &master);
+    let ctx = SlotContext { fs_uuid, tenant: opts.tenant.clone() };
+    let slot = key.seal_slot(0, &ctx, &master)?;
     let sb = Superblock {
         flags: FLAG_CLEAN,
         fs_uuid,

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let _ = writeln!(std::io::stderr(), "mkfs.digimed: {err:#}");
+            let _ = writeln!(std::io::stderr(), "mkfs.digimed: {}", render(&err));
             ExitCode::from(1)
         }
     }
@@ -49,4 +49,21 @@ fn run(cli: &cli::Cli) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The error and its causes, `: `-separated, like `{:#}`, but without repeating a cause that
+/// the message before it already ends with (library errors include their source's text).
+fn render(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

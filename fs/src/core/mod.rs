@@ -532,8 +532,15 @@ pub fn unlock_superblock(
                 continue;
             }
         };
-        let wrapping = key.wrapping_key(&sb.fs_uuid)?;
-        let Some((master, _slot)) = sb.unlock(&wrapping) else {
+        let ctx = crate::keysource::SlotContext { fs_uuid: sb.fs_uuid, tenant: sb.tenant.clone() };
+        let mut master = None;
+        for slot in sb.slots.iter().filter(|s| s.kind == key.kind()) {
+            if let Some(m) = key.open_slot(slot, &ctx)? {
+                master = Some(m);
+                break;
+            }
+        }
+        let Some(master) = master else {
             return Err(Error::WrongKey {
                 what: format!(
                     "{} does not unlock the filesystem in {} (uuid {})",

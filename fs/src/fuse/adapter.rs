@@ -663,6 +663,22 @@ impl fuser::Filesystem for DigimedFuse {
         }
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctls are supported. Programs probe with them all the time (isatty() sends
+        // TCGETS on every open in many runtimes), so answer quietly like a plain file does.
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
     fn lseek(
         &self,
         _req: &Request,

@@ -51,6 +51,10 @@ pub fn mount_options(opts: &MountOpts) -> fuser::Config {
     config.mount_options = vec![
         MountOption::FSName(fsname),
         MountOption::Subtype(SUBTYPE.to_string()),
+        // fuser passes `Subtype` only to fusermount3; when it mounts directly (as root) the
+        // kernel needs `subtype=` among its options to show the type as fuse.digimedfs.
+        // fusermount3 accepts the repeated option (the last one wins; both are equal).
+        MountOption::CUSTOM(format!("subtype={SUBTYPE}")),
         // Permission checks are the kernel's, against the mode bits the core reports.
         MountOption::DefaultPermissions,
         if opts.read_only {
@@ -65,8 +69,19 @@ pub fn mount_options(opts: &MountOpts) -> fuser::Config {
         SessionACL::Owner
     };
     config.n_threads = Some(thread_count());
-    config.clone_fd = true;
+    config.clone_fd = can_clone_fd();
     config
+}
+
+/// Whether each thread can get its own /dev/fuse descriptor: cloning opens /dev/fuse, which an
+/// unprivileged user mounting through fusermount3 may not be allowed to do. Without it the
+/// threads share one descriptor, which works everywhere.
+fn can_clone_fd() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
 }
 
 /// What the serving loop waits for.
@@ -293,7 +308,7 @@ mod tests {
         assert!(c.mount_options.contains(&MountOption::RW));
         assert!(!c.mount_options.contains(&MountOption::RO));
         assert_eq!(c.acl, SessionACL::Owner);
-        assert!(c.clone_fd);
+        assert_eq!(c.clone_fd, can_clone_fd());
         let n = c.n_threads.unwrap_or(0);
         assert!((MIN_THREADS..=MAX_THREADS).contains(&n));
     }

@@ -1,0 +1,1 @@
+//! The digimedfs key service (under construction).
