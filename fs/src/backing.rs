@@ -20,6 +20,8 @@ pub const LOCK_FILE: &str = "lock";
 /// Every name a backing directory may contain.
 pub const KNOWN_NAMES: [&str; 5] = [SUPERBLOCK, SUPERBLOCK_BAK, META_DIR, OBJECTS_DIR, LOCK_FILE];
 const MAX_SUPERBLOCK: u64 = 64 * 1024;
+/// How long (in 100 ms steps) a mount waits for a lock held by a daemon that is shutting down.
+const LOCK_WAIT_TRIES: u32 = 30;
 
 /// Paths inside one backing directory.
 #[derive(Debug, Clone)]
@@ -30,7 +32,9 @@ pub struct BackingDir {
 impl BackingDir {
     /// The backing directory at `root`.
     pub fn new(root: &Path) -> BackingDir {
-        BackingDir { root: root.to_path_buf() }
+        BackingDir {
+            root: root.to_path_buf(),
+        }
     }
     /// The directory itself.
     pub fn root(&self) -> &Path {
@@ -55,7 +59,9 @@ impl BackingDir {
             }
         })?;
         let mut bytes = Vec::new();
-        file.take(MAX_SUPERBLOCK).read_to_end(&mut bytes).map_err(|e| Error::io(&path, e))?;
+        file.take(MAX_SUPERBLOCK)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(&path, e))?;
         Ok(bytes)
     }
 
@@ -97,7 +103,17 @@ impl BackingDir {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        match file.try_lock() {
+        // A daemon that was just unmounted may still be writing back for a moment: wait for it
+        // briefly before calling the filesystem busy.
+        let mut result = file.try_lock();
+        for _ in 0..LOCK_WAIT_TRIES {
+            if !matches!(result, Err(std::fs::TryLockError::WouldBlock)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            result = file.try_lock();
+        }
+        match result {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
@@ -109,7 +125,11 @@ impl BackingDir {
                             "{} is already mounted by {}; unmount it there first (or, if that \
                              host is dead and its lock is stale, mount with -o force_unlock)",
                             self.root.display(),
-                            if holder.is_empty() { "another process" } else { holder }
+                            if holder.is_empty() {
+                                "another process"
+                            } else {
+                                holder
+                            }
                         ),
                     });
                 }
@@ -124,7 +144,10 @@ impl BackingDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let info = format!("host {host} pid {} since unix time {now}\n", std::process::id());
+        let info = format!(
+            "host {host} pid {} since unix time {now}\n",
+            std::process::id()
+        );
         file.set_len(0).map_err(|e| Error::io(&path, e))?;
         std::os::unix::fs::FileExt::write_all_at(&file, info.as_bytes(), 0)
             .map_err(|e| Error::io(&path, e))?;

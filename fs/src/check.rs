@@ -1,1 +1,2126 @@
 //! Checking and repairing a filesystem (fsck.digimed).
+//!
+//! [`check`] runs over a backing directory; [`check_parts`] runs the store-level passes over
+//! explicit [`Parts`] (tests use it on a [`crate::testing::MemImage`]). The passes, in order:
+//!
+//! 1. superblock: both copies decode, unlock and pass their MAC, and agree;
+//! 2. records: every metadata record opens (AEAD) and decodes; keys are well formed;
+//! 3. tree: connected and acyclic from the root, entries point to live inodes of the right
+//!    kind, every inode reachable or an orphan, link counts and `..` consistent;
+//! 4. sizes: inline lengths, block entries beyond the size, storage kind per file type;
+//! 5. objects: every object belongs to an inode, every referenced object exists, every block
+//!    verifies against its tag (current or previous version, as reads accept);
+//! 6. backing directory: nothing but the known names (stale `*.tmp` files are removable);
+//! 7. digest: when the superblock says clean, the metadata digest matches.
+//!
+//! Analysis decides each repair when it finds the problem (so later passes see the repaired
+//! state) and records it in a plan; nothing is written until every pass ran, then the plan is
+//! applied in one metadata batch, objects and stray files are removed, and the superblock is
+//! rewritten with a fresh digest and the clean flag.
+
+use crate::backing::{BackingDir, LOCK_FILE, META_DIR, OBJECTS_DIR, SUPERBLOCK, SUPERBLOCK_BAK};
+use crate::core::{unlock_superblock, FileKind, Parts, ROOT_INO};
+use crate::crypto::FsKeys;
+use crate::format::records::{
+    self, prefix, BlockEntry, Chunk, Counters, Dirent, Inode, Storage, Timestamp, Xattr,
+    CHUNK_BLOCKS,
+};
+use crate::format::superblock::{Superblock, FLAG_CLEAN};
+use crate::keysource::KeySource;
+use crate::meta::{key_name, MetaStore, Records, SledStore};
+use crate::objects::{parse_object_name, DirObjects, ObjectId, ObjectStore};
+use crate::{Error, Result};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Name of the directory under the root that receives reconnected inodes.
+pub const LOST_FOUND: &[u8] = b"lost+found";
+/// Bytes read from an object at a time while verifying it.
+const READ_CHUNK: usize = 8 << 20;
+/// Most block numbers listed in one problem's detail text.
+const MAX_LISTED_BLOCKS: usize = 16;
+
+/// What fsck may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Check only; change nothing (`-n`). The metadata store is read from a snapshot copy.
+    Check,
+    /// Repair only what is safe without a human decision (`-p`).
+    Preen,
+    /// Repair everything repairable (`-y`).
+    Repair,
+    /// Ask [`CheckUi::ask`] for every repairable problem (interactive).
+    Ask,
+}
+
+impl Mode {
+    /// Whether this mode may write to the filesystem.
+    pub fn may_write(self) -> bool {
+        self != Mode::Check
+    }
+}
+
+/// Options of a check.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// What may be changed.
+    pub mode: Mode,
+    /// Threads verifying block tags (0: one per available core).
+    pub threads: usize,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            mode: Mode::Check,
+            threads: 0,
+        }
+    }
+}
+
+/// Answer to a repair question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Repair this problem.
+    Yes,
+    /// Leave this problem.
+    No,
+    /// Stop: leave everything unchanged.
+    Quit,
+}
+
+/// Progress and questions of a check (the binary prints and prompts; tests use `()`).
+pub trait CheckUi {
+    /// Pass `n` (1–7) named `name` starts.
+    fn pass(&mut self, _n: u8, _name: &str) {}
+    /// [`Mode::Ask`]: whether to apply `action` to `problem`.
+    fn ask(&mut self, _problem: &Problem, _action: &str) -> Answer {
+        Answer::No
+    }
+}
+
+impl CheckUi for () {}
+
+/// The kinds of problem fsck finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProblemKind {
+    /// A superblock copy is missing, malformed or fails its MAC.
+    SuperblockDamaged,
+    /// Both superblock copies are valid but differ.
+    SuperblockMismatch,
+    /// The metadata store directory is missing.
+    MetaMissing,
+    /// The objects directory is missing.
+    ObjectsDirMissing,
+    /// A metadata record fails authentication, decoding, or has a malformed key.
+    BadRecord,
+    /// A record with an unknown key prefix.
+    UnknownRecord,
+    /// The root directory inode is missing or not a directory.
+    MissingRoot,
+    /// The counters record is missing.
+    MissingCounters,
+    /// The counters are below numbers already in use.
+    CountersBehind,
+    /// A directory entry names an inode that does not exist.
+    DanglingEntry,
+    /// A directory entry's file type differs from its inode's.
+    EntryKindMismatch,
+    /// A second entry for a directory (hard link to a directory, or a cycle).
+    ExtraDirLink,
+    /// An inode not reachable from the root and not an orphan.
+    DisconnectedInode,
+    /// An orphan (unlinked while open, left by a crash) still stored.
+    OrphanInode,
+    /// An orphan record for an inode that is linked or does not exist.
+    StaleOrphan,
+    /// An inode's link count differs from the entries naming it.
+    WrongNlink,
+    /// A directory's parent (`..`) differs from the directory holding its entry.
+    WrongParent,
+    /// A file's size disagrees with its stored data.
+    SizeMismatch,
+    /// Block entries beyond the end of a file.
+    BlocksBeyondSize,
+    /// A file's storage kind disagrees with its type or records.
+    StorageMismatch,
+    /// A record belonging to no (suitable) inode.
+    StrayRecord,
+    /// A data object no inode refers to.
+    UnreferencedObject,
+    /// A data object referenced by an inode is missing.
+    MissingObject,
+    /// Two inodes refer to the same data object.
+    SharedObject,
+    /// Blocks that fail their integrity check.
+    DamagedBlock,
+    /// An object longer than its file needs.
+    ObjectTooLong,
+    /// A leftover temporary file in the backing directory.
+    StaleTemp,
+    /// A file the backing directory should not contain.
+    UnknownFile,
+    /// The metadata digest differs from the clean superblock's.
+    DigestMismatch,
+}
+
+impl ProblemKind {
+    /// Stable snake_case name (JSON, messages).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::SuperblockDamaged => "superblock_damaged",
+            ProblemKind::SuperblockMismatch => "superblock_mismatch",
+            ProblemKind::MetaMissing => "meta_missing",
+            ProblemKind::ObjectsDirMissing => "objects_dir_missing",
+            ProblemKind::BadRecord => "bad_record",
+            ProblemKind::UnknownRecord => "unknown_record",
+            ProblemKind::MissingRoot => "missing_root",
+            ProblemKind::MissingCounters => "missing_counters",
+            ProblemKind::CountersBehind => "counters_behind",
+            ProblemKind::DanglingEntry => "dangling_entry",
+            ProblemKind::EntryKindMismatch => "entry_kind_mismatch",
+            ProblemKind::ExtraDirLink => "extra_dir_link",
+            ProblemKind::DisconnectedInode => "disconnected_inode",
+            ProblemKind::OrphanInode => "orphan_inode",
+            ProblemKind::StaleOrphan => "stale_orphan",
+            ProblemKind::WrongNlink => "wrong_nlink",
+            ProblemKind::WrongParent => "wrong_parent",
+            ProblemKind::SizeMismatch => "size_mismatch",
+            ProblemKind::BlocksBeyondSize => "blocks_beyond_size",
+            ProblemKind::StorageMismatch => "storage_mismatch",
+            ProblemKind::StrayRecord => "stray_record",
+            ProblemKind::UnreferencedObject => "unreferenced_object",
+            ProblemKind::MissingObject => "missing_object",
+            ProblemKind::SharedObject => "shared_object",
+            ProblemKind::DamagedBlock => "damaged_block",
+            ProblemKind::ObjectTooLong => "object_too_long",
+            ProblemKind::StaleTemp => "stale_temp",
+            ProblemKind::UnknownFile => "unknown_file",
+            ProblemKind::DigestMismatch => "digest_mismatch",
+        }
+    }
+}
+
+impl std::fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether and how a problem can be repaired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fixability {
+    /// Nothing fsck can do (reported only).
+    None,
+    /// Repairable without losing anything (done by `-p`).
+    Safe,
+    /// Repairable, but the repair discards something (only `-y` or a yes answer).
+    Unsafe,
+}
+
+/// One problem found.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// What kind.
+    pub kind: ProblemKind,
+    /// The inode concerned, if any.
+    pub ino: Option<u64>,
+    /// Its path, when known.
+    pub path: Option<String>,
+    /// Human-readable description.
+    pub detail: String,
+    /// Block numbers concerned (damaged blocks).
+    pub blocks: Vec<u64>,
+    /// Whether it can be repaired.
+    pub fixability: Fixability,
+    /// The repair (or, if none, what stays as it is).
+    pub action: String,
+    /// Whether the repair was applied.
+    pub fixed: bool,
+}
+
+/// What a check found and did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Problems in the order found.
+    pub problems: Vec<Problem>,
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub directories: u64,
+    /// Symlinks.
+    pub symlinks: u64,
+    /// Fifos, sockets, device nodes.
+    pub special: u64,
+    /// Sum of regular file sizes.
+    pub bytes: u64,
+    /// Data objects.
+    pub objects: u64,
+    /// Metadata records.
+    pub records: u64,
+    /// Blocks whose tag was verified.
+    pub blocks_verified: u64,
+    /// The filesystem was mounted (the check read a snapshot of the metadata store).
+    pub mounted: bool,
+    /// The superblock's clean flag as found.
+    pub was_clean: bool,
+    /// The user quit at a question; nothing was changed.
+    pub cancelled: bool,
+    /// Something was written to the filesystem.
+    pub modified: bool,
+}
+
+impl Report {
+    /// Number of problems repaired.
+    pub fn fixed(&self) -> usize {
+        self.problems.iter().filter(|p| p.fixed).count()
+    }
+    /// Number of problems left as they are.
+    pub fn uncorrected(&self) -> usize {
+        self.problems.iter().filter(|p| !p.fixed).count()
+    }
+    /// Whether nothing was wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+    /// Problems of one kind.
+    pub fn of_kind(&self, kind: ProblemKind) -> Vec<&Problem> {
+        self.problems.iter().filter(|p| p.kind == kind).collect()
+    }
+}
+
+/// Checks (and, depending on `opts.mode`, repairs) the filesystem in `backing`.
+pub fn check(
+    backing: &Path,
+    key: &dyn KeySource,
+    opts: &CheckOptions,
+    ui: &mut dyn CheckUi,
+) -> Result<Report> {
+    if !backing.is_dir() {
+        return Err(Error::invalid(format!(
+            "{}: not a directory",
+            backing.display()
+        )));
+    }
+    let dir = BackingDir::new(backing);
+    // Mount lock: a mount holds an exclusive flock on `lock`. Repairs need it; a check only notes it.
+    let (mounted, _lock) = probe_lock(&dir, opts.mode.may_write())?;
+    if mounted && opts.mode.may_write() {
+        return Err(Error::Busy {
+            what: format!(
+                "{} is mounted; unmount it before repairing (fsck -n checks a mounted filesystem \
+                 read-only, from a snapshot of its metadata)",
+                backing.display()
+            ),
+        });
+    }
+    let mut c = Checker::new(opts.clone(), ui);
+    c.report.mounted = mounted;
+
+    c.ui.pass(1, "superblock");
+    let (sb, keys) = unlock_superblock(&dir, key)?;
+    c.pass_superblock(&dir, &keys);
+
+    let meta_path = dir.path(META_DIR);
+    if !meta_path.is_dir() {
+        c.problem(
+            ProblemKind::MetaMissing,
+            None,
+            format!(
+                "{}: metadata store missing; no file can be read without it",
+                meta_path.display()
+            ),
+            Fixability::None,
+            "none possible: restore meta/ from a backup",
+        );
+        c.ui.pass(6, "backing directory");
+        c.pass_backing(&dir, &BTreeSet::new());
+        return Ok(c.finish_without_store());
+    }
+    // -n must work on a mounted filesystem and change nothing: sled has no read-only mode and
+    // locks its directory, so a check reads a private copy of the store.
+    let mut _snapshot = None;
+    let meta: Arc<dyn MetaStore> = if opts.mode.may_write() {
+        Arc::new(SledStore::open(&meta_path, 64 << 20)?)
+    } else {
+        let snap = Snapshot::copy_of(&meta_path)?;
+        let store = Arc::new(SledStore::open(&snap.path, 64 << 20)?);
+        _snapshot = Some(snap);
+        store
+    };
+    let objects_path = dir.path(OBJECTS_DIR);
+    let objects: Arc<dyn ObjectStore> = if !objects_path.is_dir() {
+        Arc::new(crate::objects::MemObjects::new())
+    } else if opts.mode.may_write() {
+        Arc::new(DirObjects::open(&objects_path)?)
+    } else {
+        Arc::new(ReadOnlyObjects {
+            root: objects_path.clone(),
+        })
+    };
+    if !objects_path.is_dir() {
+        let fix = c.problem(
+            ProblemKind::ObjectsDirMissing,
+            None,
+            format!("{}: objects directory missing", objects_path.display()),
+            Fixability::Safe,
+            "create an empty objects directory",
+        );
+        if fix {
+            c.plan.create_objects_dir = Some(objects_path.clone());
+        }
+    }
+    let parts = Parts {
+        superblock: sb,
+        keys,
+        meta,
+        objects,
+        backing: Some(dir),
+    };
+    let result = c.run_store_passes(&parts);
+    drop(parts);
+    result
+}
+
+/// Runs passes 2–7 over explicit storage parts (pass 6 only if `parts.backing` is set).
+pub fn check_parts(parts: &Parts, opts: &CheckOptions, ui: &mut dyn CheckUi) -> Result<Report> {
+    Checker::new(opts.clone(), ui).run_store_passes(parts)
+}
+
+/// Tests the mount lock. With `hold`, keeps the lock (returned) for the duration of a repair.
+fn probe_lock(dir: &BackingDir, hold: bool) -> Result<(bool, Option<std::fs::File>)> {
+    let path = dir.path(LOCK_FILE);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((false, None)),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            if hold {
+                Ok((false, Some(file)))
+            } else {
+                let _ = file.unlock();
+                Ok((false, None))
+            }
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Ok((true, None)),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
+/// A private copy of the metadata store, removed when dropped.
+struct Snapshot {
+    path: PathBuf,
+}
+
+impl Snapshot {
+    fn copy_of(src: &Path) -> Result<Snapshot> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path =
+            std::env::temp_dir().join(format!("fsck-digimed-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
+        let snap = Snapshot { path };
+        copy_dir(src, &snap.path)?;
+        Ok(snap)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
+    for ent in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+        let ent = ent.map_err(|e| Error::io(src, e))?;
+        let from = ent.path();
+        let to = dst.join(ent.file_name());
+        let ft = ent.file_type().map_err(|e| Error::io(&from, e))?;
+        if ft.is_dir() {
+            std::fs::create_dir(&to).map_err(|e| Error::io(&to, e))?;
+            copy_dir(&from, &to)?;
+        } else if ft.is_file() {
+            match std::fs::copy(&from, &to) {
+                Ok(_) => {}
+                // A live store may remove a segment file while we copy.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&from, e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Objects read with read-only descriptors (fsck -n); every write fails.
+struct ReadOnlyObjects {
+    root: PathBuf,
+}
+
+impl ReadOnlyObjects {
+    fn path_of(&self, id: &ObjectId) -> PathBuf {
+        let name = hex::encode(id);
+        self.root
+            .join(name.get(..2).unwrap_or_default())
+            .join(&name)
+    }
+    fn refuse(&self) -> Result<()> {
+        Err(Error::posix(libc::EROFS, "fsck -n: objects are read-only"))
+    }
+}
+
+impl ObjectStore for ReadOnlyObjects {
+    fn read_at(&self, id: &ObjectId, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path_of(id);
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = buf.get_mut(done..).unwrap_or_default();
+            match f.read_at(rest, offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Ok(done)
+    }
+    fn write_at(&self, _: &ObjectId, _: u64, _: &[u8]) -> Result<()> {
+        self.refuse()
+    }
+    fn set_len(&self, _: &ObjectId, _: u64) -> Result<()> {
+        self.refuse()
+    }
+    fn punch_hole(&self, _: &ObjectId, _: u64, _: u64) -> Result<()> {
+        self.refuse()
+    }
+    fn sync(&self, _: &ObjectId) -> Result<()> {
+        Ok(())
+    }
+    fn sync_all(&self) -> Result<()> {
+        Ok(())
+    }
+    fn remove(&self, _: &ObjectId) -> Result<()> {
+        self.refuse()
+    }
+    fn list(&self) -> Result<Vec<(ObjectId, u64)>> {
+        let mut out = Vec::new();
+        for sub in std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))? {
+            let sub = sub.map_err(|e| Error::io(&self.root, e))?;
+            let p = sub.path();
+            if !p.is_dir() {
+                continue;
+            }
+            for ent in std::fs::read_dir(&p).map_err(|e| Error::io(&p, e))? {
+                let ent = ent.map_err(|e| Error::io(&p, e))?;
+                if let Some(id) = ent.file_name().to_str().and_then(parse_object_name) {
+                    let len = ent.metadata().map_err(|e| Error::io(ent.path(), e))?.len();
+                    out.push((id, len));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Changes decided during analysis, applied at the end.
+#[derive(Default)]
+struct Plan {
+    delete_keys: BTreeSet<Vec<u8>>,
+    put_inodes: BTreeSet<u64>,
+    put_dirents: Vec<(u64, Dirent)>,
+    delete_dirents: Vec<(u64, Vec<u8>)>,
+    put_chunks: BTreeMap<(u64, u64), Chunk>,
+    put_inline: BTreeMap<u64, Vec<u8>>,
+    put_counters: bool,
+    remove_objects: BTreeSet<ObjectId>,
+    truncate_objects: Vec<(ObjectId, u64)>,
+    remove_files: Vec<PathBuf>,
+    create_objects_dir: Option<PathBuf>,
+    rewrite_superblock: bool,
+}
+
+impl Plan {
+    fn is_empty(&self) -> bool {
+        self.delete_keys.is_empty()
+            && self.put_inodes.is_empty()
+            && self.put_dirents.is_empty()
+            && self.delete_dirents.is_empty()
+            && self.put_chunks.is_empty()
+            && self.put_inline.is_empty()
+            && !self.put_counters
+            && self.remove_objects.is_empty()
+            && self.truncate_objects.is_empty()
+            && self.remove_files.is_empty()
+            && self.create_objects_dir.is_none()
+            && !self.rewrite_superblock
+    }
+}
+
+/// One directory entry record as found.
+struct EntryRec {
+    key: Vec<u8>,
+    dirent: Dirent,
+}
+
+/// The decoded store, adjusted as repairs are decided.
+#[derive(Default)]
+struct Model {
+    inodes: BTreeMap<u64, Inode>,
+    /// Entry records by directory pseudonym.
+    entries: BTreeMap<[u8; 8], Vec<EntryRec>>,
+    xattr_keys: BTreeMap<u64, Vec<Vec<u8>>>,
+    chunks: BTreeMap<u64, BTreeMap<u64, Chunk>>,
+    inline: BTreeMap<u64, Vec<u8>>,
+    orphans: BTreeSet<u64>,
+    counters: Option<Counters>,
+    /// Accepted entries per directory: name → (ino, kind).
+    dir_entries: BTreeMap<u64, BTreeMap<Vec<u8>, (u64, FileKind)>>,
+    paths: HashMap<u64, String>,
+    purged: BTreeSet<u64>,
+}
+
+struct Checker<'u> {
+    opts: CheckOptions,
+    ui: &'u mut dyn CheckUi,
+    report: Report,
+    plan: Plan,
+    /// Indices of problems whose repair is planned.
+    planned: Vec<usize>,
+    model: Model,
+}
+
+impl<'u> Checker<'u> {
+    fn new(opts: CheckOptions, ui: &'u mut dyn CheckUi) -> Checker<'u> {
+        Checker {
+            opts,
+            ui,
+            report: Report::default(),
+            plan: Plan::default(),
+            planned: Vec::new(),
+            model: Model::default(),
+        }
+    }
+
+    /// Records a problem; returns whether its repair is to be applied.
+    fn problem(
+        &mut self,
+        kind: ProblemKind,
+        ino: Option<u64>,
+        detail: String,
+        fixability: Fixability,
+        action: &str,
+    ) -> bool {
+        self.problem_blocks(kind, ino, detail, Vec::new(), fixability, action)
+    }
+
+    fn problem_blocks(
+        &mut self,
+        kind: ProblemKind,
+        ino: Option<u64>,
+        detail: String,
+        blocks: Vec<u64>,
+        fixability: Fixability,
+        action: &str,
+    ) -> bool {
+        let path = ino.and_then(|i| self.model.paths.get(&i).cloned());
+        let p = Problem {
+            kind,
+            ino,
+            path,
+            detail,
+            blocks,
+            fixability,
+            action: action.to_string(),
+            fixed: false,
+        };
+        let fix = if self.report.cancelled {
+            false
+        } else {
+            match (self.opts.mode, fixability) {
+                (_, Fixability::None) | (Mode::Check, _) => false,
+                (Mode::Preen, f) => f == Fixability::Safe,
+                (Mode::Repair, _) => true,
+                (Mode::Ask, _) => match self.ui.ask(&p, action) {
+                    Answer::Yes => true,
+                    Answer::No => false,
+                    Answer::Quit => {
+                        self.report.cancelled = true;
+                        false
+                    }
+                },
+            }
+        };
+        if fix {
+            self.planned.push(self.report.problems.len());
+        }
+        self.report.problems.push(p);
+        fix
+    }
+
+    fn pass_superblock(&mut self, dir: &BackingDir, keys: &FsKeys) {
+        let mut valid: Vec<Option<Vec<u8>>> = Vec::new();
+        for name in [SUPERBLOCK, SUPERBLOCK_BAK] {
+            let status = dir.read_superblock(name).and_then(|bytes| {
+                Superblock::decode_unverified(&bytes)?;
+                Superblock::verify(&bytes, &keys.superblock)?;
+                Ok(bytes)
+            });
+            match status {
+                Ok(b) => valid.push(Some(b)),
+                Err(e) => {
+                    let other = if name == SUPERBLOCK {
+                        "backup copy"
+                    } else {
+                        "primary"
+                    };
+                    let fix = self.problem(
+                        ProblemKind::SuperblockDamaged,
+                        None,
+                        format!("{name}: {e}"),
+                        Fixability::Safe,
+                        &format!("rewrite {name} from the {other}"),
+                    );
+                    self.plan.rewrite_superblock |= fix;
+                    valid.push(None);
+                }
+            }
+        }
+        if let [Some(a), Some(b)] = valid.as_slice() {
+            if a != b {
+                let fix = self.problem(
+                    ProblemKind::SuperblockMismatch,
+                    None,
+                    "superblock and superblock.bak are both valid but differ (interrupted update)"
+                        .into(),
+                    Fixability::Safe,
+                    "rewrite superblock.bak from the primary",
+                );
+                self.plan.rewrite_superblock |= fix;
+            }
+        }
+    }
+
+    fn run_store_passes(mut self, parts: &Parts) -> Result<Report> {
+        let records = Records::new(
+            parts.meta.clone(),
+            parts.keys.clone(),
+            &parts.superblock.fs_uuid,
+        );
+        self.report.was_clean = parts.superblock.is_clean();
+        self.ui.pass(2, "metadata records");
+        self.pass_records(&records, &parts.keys)?;
+        self.ui.pass(3, "directory tree");
+        self.pass_tree(&records, &parts.keys);
+        self.ui.pass(4, "sizes and storage");
+        self.pass_sizes(u64::from(parts.superblock.block_size));
+        self.ui.pass(5, "data objects");
+        let listed = self.pass_objects(parts)?;
+        if let Some(dir) = &parts.backing {
+            self.ui.pass(6, "backing directory");
+            self.pass_backing(dir, &listed);
+        }
+        self.ui.pass(7, "metadata digest");
+        if parts.superblock.is_clean() {
+            let digest = records.digest()?;
+            if digest != parts.superblock.meta_digest {
+                let fix = self.problem(
+                    ProblemKind::DigestMismatch,
+                    None,
+                    "metadata differs from what the last clean unmount recorded (records rolled back, \
+                     modified outside digimedfs, or lost)"
+                        .into(),
+                    Fixability::Unsafe,
+                    "accept the metadata as it is now and store its digest",
+                );
+                self.plan.rewrite_superblock |= fix;
+            }
+        }
+        self.fill_paths();
+        if self.report.cancelled || !self.opts.mode.may_write() {
+            return Ok(self.report);
+        }
+        let mark_clean = !parts.superblock.is_clean() && self.report.problems.is_empty();
+        if self.plan.is_empty() && !mark_clean {
+            return Ok(self.report);
+        }
+        self.apply(parts, &records)?;
+        for i in std::mem::take(&mut self.planned) {
+            if let Some(p) = self.report.problems.get_mut(i) {
+                p.fixed = true;
+            }
+        }
+        self.report.modified = true;
+        Ok(self.report)
+    }
+
+    fn finish_without_store(mut self) -> Report {
+        self.fill_paths();
+        // Nothing is applied without a store except removing stray temporary files.
+        if self.opts.mode.may_write() && !self.report.cancelled {
+            let mut ok = true;
+            for f in &self.plan.remove_files {
+                ok &= std::fs::remove_file(f).is_ok();
+            }
+            if ok {
+                for i in std::mem::take(&mut self.planned) {
+                    if let Some(p) = self.report.problems.get_mut(i) {
+                        if p.kind == ProblemKind::StaleTemp {
+                            p.fixed = true;
+                            self.report.modified = true;
+                        }
+                    }
+                }
+            }
+        }
+        self.report
+    }
+
+    fn fill_paths(&mut self) {
+        for p in &mut self.report.problems {
+            if p.path.is_none() {
+                if let Some(i) = p.ino {
+                    p.path = self.model.paths.get(&i).cloned();
+                }
+            }
+        }
+    }
+
+    // ---- pass 2 ----
+
+    fn pass_records(&mut self, records: &Records, keys: &FsKeys) -> Result<()> {
+        let mut raw: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        records.store().scan(&[], None, &mut |k, v| {
+            raw.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })?;
+        self.report.records = raw.len() as u64;
+        for (key, value) in raw {
+            if let Err(e) = self.decode_record(records, keys, &key, &value) {
+                let fix = self.problem(
+                    ProblemKind::BadRecord,
+                    record_ino(&key),
+                    format!("{}: {e}", key_name(&key)),
+                    Fixability::Unsafe,
+                    "delete the record",
+                );
+                if fix {
+                    self.plan.delete_keys.insert(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn decode_record(
+        &mut self,
+        records: &Records,
+        keys: &FsKeys,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
+        let Some(&p) = key.first() else {
+            return Err(Error::format("empty key"));
+        };
+        let known = [
+            prefix::INODE,
+            prefix::DIRENT,
+            prefix::XATTR,
+            prefix::CHUNK,
+            prefix::INLINE,
+            prefix::ORPHAN,
+            prefix::COUNTERS,
+        ];
+        if !known.contains(&p) {
+            let fix = self.problem(
+                ProblemKind::UnknownRecord,
+                None,
+                format!("{}: unknown record type", key_name(key)),
+                Fixability::Unsafe,
+                "delete the record",
+            );
+            if fix {
+                self.plan.delete_keys.insert(key.to_vec());
+            }
+            return Ok(());
+        }
+        let want_len = match p {
+            prefix::INODE | prefix::INLINE | prefix::ORPHAN => 9,
+            prefix::DIRENT | prefix::XATTR => 25,
+            prefix::CHUNK => 17,
+            _ => 1,
+        };
+        if key.len() != want_len {
+            return Err(Error::format(format!(
+                "key of {} bytes, expected {want_len}",
+                key.len()
+            )));
+        }
+        let plain = records.open(key, value)?;
+        let ino = record_ino(key).unwrap_or(0);
+        match p {
+            prefix::INODE => {
+                let inode = Inode::decode(ino, &plain)?;
+                self.model.inodes.insert(ino, inode);
+            }
+            prefix::DIRENT => {
+                let dirent = Dirent::decode(&plain)?;
+                let mut pseud = [0u8; 8];
+                if let Some(s) = key.get(1..9) {
+                    pseud.copy_from_slice(s);
+                }
+                self.model.entries.entry(pseud).or_default().push(EntryRec {
+                    key: key.to_vec(),
+                    dirent,
+                });
+            }
+            prefix::XATTR => {
+                let x = Xattr::decode(&plain)?;
+                let mac = records::xattr_key(ino, &keys.names.xattr_key(ino, &x.name));
+                if mac.as_slice() != key {
+                    return Err(Error::integrity("xattr name does not match its key"));
+                }
+                self.model
+                    .xattr_keys
+                    .entry(ino)
+                    .or_default()
+                    .push(key.to_vec());
+            }
+            prefix::CHUNK => {
+                let c = Chunk::decode(&plain)?;
+                let idx = key
+                    .get(9..17)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                self.model.chunks.entry(ino).or_default().insert(idx, c);
+            }
+            prefix::INLINE => {
+                self.model.inline.insert(ino, plain.to_vec());
+            }
+            prefix::ORPHAN => {
+                if !plain.is_empty() {
+                    return Err(Error::format("orphan record with contents"));
+                }
+                self.model.orphans.insert(ino);
+            }
+            _ => {
+                self.model.counters = Some(Counters::decode(&plain)?);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- pass 3 ----
+
+    fn pass_tree(&mut self, records: &Records, keys: &FsKeys) {
+        self.check_root();
+        self.check_counters();
+        // Directory pseudonyms → directory inode.
+        let mut dir_of: HashMap<[u8; 8], u64> = HashMap::new();
+        for (ino, i) in &self.model.inodes {
+            if i.kind == FileKind::Dir {
+                dir_of.insert(records.dir_pseudonym(*ino), *ino);
+            }
+        }
+        let entries = std::mem::take(&mut self.model.entries);
+        for (pseud, recs) in entries {
+            let dir = dir_of.get(&pseud).copied();
+            for EntryRec { key, dirent } in recs {
+                let Some(dir) = dir else {
+                    let fix = self.problem(
+                        ProblemKind::StrayRecord,
+                        Some(dirent.ino),
+                        format!(
+                            "{}: entry {:?} (inode {}) of a directory that does not exist",
+                            key_name(&key),
+                            String::from_utf8_lossy(&dirent.name),
+                            dirent.ino
+                        ),
+                        Fixability::Unsafe,
+                        "delete the entry (the inode it names is reconnected under /lost+found)",
+                    );
+                    if fix {
+                        self.plan.delete_keys.insert(key);
+                    }
+                    continue;
+                };
+                let mac = keys.names.entry_key(dir, &dirent.name);
+                if key.get(9..) != Some(mac.as_slice()) {
+                    let fix = self.problem(
+                        ProblemKind::BadRecord,
+                        Some(dir),
+                        format!("{}: entry name does not match its key", key_name(&key)),
+                        Fixability::Unsafe,
+                        "delete the record",
+                    );
+                    if fix {
+                        self.plan.delete_keys.insert(key);
+                    }
+                    continue;
+                }
+                let name = String::from_utf8_lossy(&dirent.name).into_owned();
+                let Some(target) = self.model.inodes.get(&dirent.ino) else {
+                    let fix = self.problem(
+                        ProblemKind::DanglingEntry,
+                        Some(dir),
+                        format!("entry {name:?} in directory {dir} names inode {}, which does not exist", dirent.ino),
+                        Fixability::Safe,
+                        "remove the entry",
+                    );
+                    if fix {
+                        self.plan.delete_keys.insert(key);
+                    }
+                    continue;
+                };
+                if target.kind != dirent.kind {
+                    let tkind = target.kind;
+                    let fix = self.problem(
+                        ProblemKind::EntryKindMismatch,
+                        Some(dirent.ino),
+                        format!(
+                            "entry {name:?} in directory {dir} says {:?}, inode {} is {:?}",
+                            dirent.kind, dirent.ino, tkind
+                        ),
+                        Fixability::Safe,
+                        "set the entry's type from the inode",
+                    );
+                    if fix {
+                        self.plan.put_dirents.push((
+                            dir,
+                            Dirent {
+                                name: dirent.name.clone(),
+                                ino: dirent.ino,
+                                kind: tkind,
+                            },
+                        ));
+                    }
+                    self.model
+                        .dir_entries
+                        .entry(dir)
+                        .or_default()
+                        .insert(dirent.name, (dirent.ino, tkind));
+                    continue;
+                }
+                self.model
+                    .dir_entries
+                    .entry(dir)
+                    .or_default()
+                    .insert(dirent.name, (dirent.ino, target.kind));
+            }
+        }
+        self.walk_tree();
+    }
+
+    fn check_root(&mut self) {
+        let ok = self
+            .model
+            .inodes
+            .get(&ROOT_INO)
+            .map(|i| i.kind == FileKind::Dir);
+        if ok == Some(true) {
+            return;
+        }
+        let fix = self.problem(
+            ProblemKind::MissingRoot,
+            Some(ROOT_INO),
+            if ok.is_none() {
+                "root inode missing".into()
+            } else {
+                "root inode is not a directory".into()
+            },
+            Fixability::Unsafe,
+            "create a new, empty root directory (existing entries of / reattach to it)",
+        );
+        if fix {
+            let now = Timestamp::now();
+            let root = Inode {
+                ino: ROOT_INO,
+                kind: FileKind::Dir,
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+                nlink: 2,
+                rdev: 0,
+                size: 0,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                crtime: now,
+                generation: 1,
+                parent: ROOT_INO,
+                storage: Storage::None,
+                target: Vec::new(),
+            };
+            self.model.inodes.insert(ROOT_INO, root);
+            self.plan.put_inodes.insert(ROOT_INO);
+        }
+    }
+
+    fn check_counters(&mut self) {
+        let max_ino = self
+            .model
+            .inodes
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(ROOT_INO);
+        let mut max_gen = 0u64;
+        for c in self.model.chunks.values().flat_map(|m| m.values()) {
+            for e in c.entries.values() {
+                max_gen = max_gen.max(e.cur.generation);
+                if let Some(Some(p)) = e.prev {
+                    max_gen = max_gen.max(p.generation);
+                }
+            }
+        }
+        match self.model.counters {
+            None => {
+                let fix = self.problem(
+                    ProblemKind::MissingCounters,
+                    None,
+                    "counters record missing (the filesystem cannot be mounted)".into(),
+                    Fixability::Safe,
+                    "recreate it above every inode number and block generation in use",
+                );
+                if fix {
+                    self.model.counters = Some(Counters {
+                        ino_reserved: max_ino + 1,
+                        gen_reserved: max_gen + 1,
+                    });
+                    self.plan.put_counters = true;
+                }
+            }
+            Some(c) if c.ino_reserved <= max_ino || c.gen_reserved <= max_gen => {
+                let fix = self.problem(
+                    ProblemKind::CountersBehind,
+                    None,
+                    format!(
+                        "counters (next inode {}, next generation {}) are behind numbers in use \
+                         (inode {max_ino}, generation {max_gen})",
+                        c.ino_reserved, c.gen_reserved
+                    ),
+                    Fixability::Safe,
+                    "raise the counters",
+                );
+                if fix {
+                    self.model.counters = Some(Counters {
+                        ino_reserved: c.ino_reserved.max(max_ino + 1),
+                        gen_reserved: c.gen_reserved.max(max_gen + 1),
+                    });
+                    self.plan.put_counters = true;
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn walk_tree(&mut self) {
+        if !self.model.inodes.contains_key(&ROOT_INO) {
+            return;
+        }
+        let mut w = Walk::default();
+        w.parent_of.insert(ROOT_INO, ROOT_INO);
+        self.model.paths.insert(ROOT_INO, "/".into());
+        self.bfs(&mut w, ROOT_INO);
+
+        // Orphans: unlinked-while-open inodes a crash left behind.
+        for o in self.model.orphans.clone() {
+            let key = records::ino_prefix(prefix::ORPHAN, o).to_vec();
+            if !self.model.inodes.contains_key(&o) || w.reached.contains(&o) {
+                let what = if w.reached.contains(&o) {
+                    "is linked"
+                } else {
+                    "does not exist"
+                };
+                let fix = self.problem(
+                    ProblemKind::StaleOrphan,
+                    Some(o),
+                    format!("orphan record for inode {o}, which {what}"),
+                    Fixability::Safe,
+                    "delete the orphan record",
+                );
+                if fix {
+                    self.plan.delete_keys.insert(key);
+                }
+                continue;
+            }
+            let fix = self.problem(
+                ProblemKind::OrphanInode,
+                Some(o),
+                format!("inode {o} was unlinked while open and not removed (crash)"),
+                Fixability::Safe,
+                "remove the inode and its data",
+            );
+            if fix {
+                self.purge(o);
+            } else {
+                w.unattached.insert(o);
+            }
+        }
+
+        // Disconnected inodes: reconnect the tops of unreachable subtrees under /lost+found.
+        loop {
+            let remaining: BTreeSet<u64> = self
+                .model
+                .inodes
+                .keys()
+                .copied()
+                .filter(|i| {
+                    !w.reached.contains(i)
+                        && !w.unattached.contains(i)
+                        && !self.model.purged.contains(i)
+                })
+                .collect();
+            if remaining.is_empty() {
+                break;
+            }
+            let mut incoming: BTreeSet<u64> = BTreeSet::new();
+            for (dir, ents) in &self.model.dir_entries {
+                if remaining.contains(dir) {
+                    incoming.extend(ents.values().map(|(i, _)| *i));
+                }
+            }
+            let mut tops: Vec<u64> = remaining
+                .iter()
+                .copied()
+                .filter(|i| !incoming.contains(i))
+                .collect();
+            if tops.is_empty() {
+                tops.extend(remaining.first().copied());
+            }
+            for top in tops {
+                if w.reached.contains(&top) {
+                    continue;
+                }
+                self.reconnect(&mut w, top);
+            }
+        }
+
+        // Link counts and parents.
+        let inos: Vec<u64> = self.model.inodes.keys().copied().collect();
+        for ino in inos {
+            if w.unattached.contains(&ino) || self.model.purged.contains(&ino) {
+                continue;
+            }
+            let Some(inode) = self.model.inodes.get(&ino) else {
+                continue;
+            };
+            let (want, what) = if inode.kind == FileKind::Dir {
+                (
+                    2 + w.subdirs.get(&ino).copied().unwrap_or(0),
+                    "2 + subdirectories",
+                )
+            } else {
+                (w.refs.get(&ino).copied().unwrap_or(0), "entries naming it")
+            };
+            if u64::from(inode.nlink) != want {
+                let have = inode.nlink;
+                let fix = self.problem(
+                    ProblemKind::WrongNlink,
+                    Some(ino),
+                    format!("inode {ino} has link count {have}, {what} = {want}"),
+                    Fixability::Safe,
+                    &format!("set the link count to {want}"),
+                );
+                if fix {
+                    if let Some(i) = self.model.inodes.get_mut(&ino) {
+                        i.nlink = u32::try_from(want).unwrap_or(u32::MAX);
+                        self.plan.put_inodes.insert(ino);
+                    }
+                }
+            }
+            let Some(inode) = self.model.inodes.get(&ino) else {
+                continue;
+            };
+            if inode.kind == FileKind::Dir {
+                if let Some(&p) = w.parent_of.get(&ino) {
+                    if inode.parent != p {
+                        let have = inode.parent;
+                        let fix = self.problem(
+                            ProblemKind::WrongParent,
+                            Some(ino),
+                            format!("directory {ino} records parent {have}, but its entry is in directory {p}"),
+                            Fixability::Safe,
+                            &format!("set its parent to {p}"),
+                        );
+                        if fix {
+                            if let Some(i) = self.model.inodes.get_mut(&ino) {
+                                i.parent = p;
+                                self.plan.put_inodes.insert(ino);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Breadth-first walk from `start` (already reached) over accepted entries.
+    fn bfs(&mut self, w: &mut Walk, start: u64) {
+        w.reached.insert(start);
+        let mut queue = VecDeque::from([start]);
+        while let Some(dir) = queue.pop_front() {
+            let ents: Vec<(Vec<u8>, (u64, FileKind))> = self
+                .model
+                .dir_entries
+                .get(&dir)
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .unwrap_or_default();
+            let base = self.model.paths.get(&dir).cloned().unwrap_or_default();
+            for (name, (ino, kind)) in ents {
+                let path = join_path(&base, &name);
+                if kind == FileKind::Dir {
+                    if w.reached.contains(&ino) {
+                        let fix = self.problem(
+                            ProblemKind::ExtraDirLink,
+                            Some(ino),
+                            format!("{path}: another link to directory {ino} (a directory has exactly one entry)"),
+                            Fixability::Unsafe,
+                            "remove this entry",
+                        );
+                        if fix {
+                            self.drop_entry(dir, &name);
+                        } else {
+                            *w.refs.entry(ino).or_default() += 1;
+                        }
+                        continue;
+                    }
+                    w.reached.insert(ino);
+                    w.parent_of.insert(ino, dir);
+                    *w.subdirs.entry(dir).or_default() += 1;
+                    *w.refs.entry(ino).or_default() += 1;
+                    self.model.paths.insert(ino, path);
+                    queue.push_back(ino);
+                } else {
+                    w.reached.insert(ino);
+                    *w.refs.entry(ino).or_default() += 1;
+                    self.model.paths.entry(ino).or_insert(path);
+                }
+            }
+        }
+    }
+
+    fn drop_entry(&mut self, dir: u64, name: &[u8]) {
+        if let Some(m) = self.model.dir_entries.get_mut(&dir) {
+            m.remove(name);
+        }
+        self.plan.delete_dirents.push((dir, name.to_vec()));
+    }
+
+    fn reconnect(&mut self, w: &mut Walk, ino: u64) {
+        let kind = self
+            .model
+            .inodes
+            .get(&ino)
+            .map(|i| i.kind)
+            .unwrap_or(FileKind::File);
+        let fix = self.problem(
+            ProblemKind::DisconnectedInode,
+            Some(ino),
+            format!("inode {ino} ({kind:?}) is not reachable from / and not an orphan"),
+            Fixability::Safe,
+            &format!("reconnect it as /lost+found/#{ino}"),
+        );
+        let lf = if fix { self.lost_found(w) } else { None };
+        let Some(lf) = lf else {
+            // Left alone: its subtree is walked so it is not reported again.
+            w.unattached.insert(ino);
+            self.bfs(w, ino);
+            return;
+        };
+        let mut name = format!("#{ino}").into_bytes();
+        let mut n = 1;
+        while self
+            .model
+            .dir_entries
+            .get(&lf)
+            .is_some_and(|m| m.contains_key(&name))
+        {
+            name = format!("#{ino}.{n}").into_bytes();
+            n += 1;
+        }
+        self.add_entry(w, lf, &name, ino, kind);
+        if kind == FileKind::Dir {
+            self.bfs(w, ino);
+        }
+    }
+
+    fn add_entry(&mut self, w: &mut Walk, dir: u64, name: &[u8], ino: u64, kind: FileKind) {
+        self.model
+            .dir_entries
+            .entry(dir)
+            .or_default()
+            .insert(name.to_vec(), (ino, kind));
+        self.plan.put_dirents.push((
+            dir,
+            Dirent {
+                name: name.to_vec(),
+                ino,
+                kind,
+            },
+        ));
+        let base = self.model.paths.get(&dir).cloned().unwrap_or_default();
+        self.model.paths.insert(ino, join_path(&base, name));
+        *w.refs.entry(ino).or_default() += 1;
+        w.reached.insert(ino);
+        if kind == FileKind::Dir {
+            *w.subdirs.entry(dir).or_default() += 1;
+            w.parent_of.insert(ino, dir);
+        }
+    }
+
+    /// The inode of /lost+found, creating it (in the plan) if needed.
+    fn lost_found(&mut self, w: &mut Walk) -> Option<u64> {
+        match self
+            .model
+            .dir_entries
+            .get(&ROOT_INO)
+            .and_then(|m| m.get(LOST_FOUND))
+        {
+            Some((ino, FileKind::Dir)) => return Some(*ino),
+            Some(_) => return None,
+            None => {}
+        }
+        let max_ino = self
+            .model
+            .inodes
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(ROOT_INO);
+        let counters = self.model.counters.unwrap_or(Counters {
+            ino_reserved: max_ino + 1,
+            gen_reserved: 1,
+        });
+        let ino = counters.ino_reserved.max(max_ino + 1);
+        self.model.counters = Some(Counters {
+            ino_reserved: ino + 1,
+            gen_reserved: counters.gen_reserved,
+        });
+        self.plan.put_counters = true;
+        let now = Timestamp::now();
+        let inode = Inode {
+            ino,
+            kind: FileKind::Dir,
+            perm: 0o700,
+            uid: 0,
+            gid: 0,
+            nlink: 2,
+            rdev: 0,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            generation: 1,
+            parent: ROOT_INO,
+            storage: Storage::None,
+            target: Vec::new(),
+        };
+        self.model.inodes.insert(ino, inode);
+        self.plan.put_inodes.insert(ino);
+        self.add_entry(w, ROOT_INO, LOST_FOUND, ino, FileKind::Dir);
+        Some(ino)
+    }
+
+    /// Plans deleting every record and the object of `ino`.
+    fn purge(&mut self, ino: u64) {
+        self.plan
+            .delete_keys
+            .insert(records::inode_key(ino).to_vec());
+        self.plan
+            .delete_keys
+            .insert(records::ino_prefix(prefix::ORPHAN, ino).to_vec());
+        if self.model.inline.remove(&ino).is_some() {
+            self.plan
+                .delete_keys
+                .insert(records::ino_prefix(prefix::INLINE, ino).to_vec());
+        }
+        for c in self.model.chunks.remove(&ino).unwrap_or_default().keys() {
+            self.plan
+                .delete_keys
+                .insert(records::chunk_key(ino, *c).to_vec());
+        }
+        for k in self.model.xattr_keys.remove(&ino).unwrap_or_default() {
+            self.plan.delete_keys.insert(k);
+        }
+        if let Some(i) = self.model.inodes.remove(&ino) {
+            if let Storage::Object(id) = i.storage {
+                self.plan.remove_objects.insert(id);
+            }
+        }
+        self.model.purged.insert(ino);
+    }
+
+    // ---- pass 4 ----
+
+    fn pass_sizes(&mut self, bs: u64) {
+        let inodes: Vec<Inode> = self.model.inodes.values().cloned().collect();
+        for inode in &inodes {
+            let ino = inode.ino;
+            match inode.kind {
+                FileKind::File => {
+                    self.report.files += 1;
+                    self.report.bytes = self.report.bytes.saturating_add(inode.size);
+                }
+                FileKind::Dir => self.report.directories += 1,
+                FileKind::Symlink => self.report.symlinks += 1,
+                _ => self.report.special += 1,
+            }
+            let has_inline = self.model.inline.contains_key(&ino);
+            let has_chunks = self.model.chunks.get(&ino).is_some_and(|m| !m.is_empty());
+            if inode.kind != FileKind::File {
+                if inode.storage != Storage::None {
+                    self.problem(
+                        ProblemKind::StorageMismatch,
+                        Some(ino),
+                        format!(
+                            "inode {ino} is a {:?} but has file storage {:?}",
+                            inode.kind, inode.storage
+                        ),
+                        Fixability::None,
+                        "none",
+                    );
+                }
+                if has_inline {
+                    self.stray_inline(ino, "not a regular file");
+                }
+                if has_chunks {
+                    self.stray_chunks(ino, "not a regular file");
+                }
+                continue;
+            }
+            match inode.storage {
+                Storage::Inline => {
+                    if has_chunks {
+                        self.stray_chunks(ino, "an inline file");
+                    }
+                    match self.model.inline.get(&ino).map(|d| d.len() as u64) {
+                        None if inode.size > 0 => {
+                            self.problem(
+                                ProblemKind::SizeMismatch,
+                                Some(ino),
+                                format!(
+                                    "inode {ino}: size {} but its inline data record is missing",
+                                    inode.size
+                                ),
+                                Fixability::None,
+                                "none possible: the contents are lost (reads return zeros)",
+                            );
+                        }
+                        Some(len) if len != inode.size => {
+                            let small = inode.size <= records::INLINE_MAX;
+                            let fix = self.problem(
+                                ProblemKind::SizeMismatch,
+                                Some(ino),
+                                format!("inode {ino}: size {} but {len} bytes of inline data", inode.size),
+                                if small { Fixability::Safe } else { Fixability::None },
+                                "resize the inline data to the file size (what reads already return)",
+                            );
+                            if fix {
+                                if let Some(mut d) = self.model.inline.get(&ino).cloned() {
+                                    d.resize(usize::try_from(inode.size).unwrap_or(0), 0);
+                                    self.plan.put_inline.insert(ino, d);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Storage::None => {
+                    if has_inline {
+                        self.stray_inline(ino, "a file without storage");
+                    }
+                    if has_chunks {
+                        self.stray_chunks(ino, "a file without a data object");
+                    }
+                    if inode.size > 0 {
+                        self.problem(
+                            ProblemKind::SizeMismatch,
+                            Some(ino),
+                            format!("inode {ino}: size {} but no stored data", inode.size),
+                            Fixability::None,
+                            "none (reads return zeros)",
+                        );
+                    }
+                }
+                Storage::Object(_) => {
+                    if has_inline {
+                        self.stray_inline(ino, "a file stored in an object");
+                    }
+                    self.check_beyond_size(inode, bs);
+                }
+            }
+        }
+        // Records of inodes that do not exist.
+        let missing = |m: &Model, i: &u64| !m.inodes.contains_key(i) && !m.purged.contains(i);
+        let stray_chunks: Vec<u64> = self
+            .model
+            .chunks
+            .keys()
+            .copied()
+            .filter(|i| missing(&self.model, i))
+            .collect();
+        for ino in stray_chunks {
+            self.stray_chunks(ino, "a missing inode");
+        }
+        let stray_inline: Vec<u64> = self
+            .model
+            .inline
+            .keys()
+            .copied()
+            .filter(|i| missing(&self.model, i))
+            .collect();
+        for ino in stray_inline {
+            self.stray_inline(ino, "a missing inode");
+        }
+        let stray_x: Vec<u64> = self
+            .model
+            .xattr_keys
+            .keys()
+            .copied()
+            .filter(|i| missing(&self.model, i))
+            .collect();
+        for ino in stray_x {
+            let fix = self.problem(
+                ProblemKind::StrayRecord,
+                Some(ino),
+                format!("xattrs of inode {ino}, which does not exist"),
+                Fixability::Unsafe,
+                "delete them",
+            );
+            if fix {
+                for k in self.model.xattr_keys.remove(&ino).unwrap_or_default() {
+                    self.plan.delete_keys.insert(k);
+                }
+            }
+        }
+    }
+
+    fn stray_inline(&mut self, ino: u64, owner: &str) {
+        let fix = self.problem(
+            ProblemKind::StrayRecord,
+            Some(ino),
+            format!("inline data record of inode {ino}, which is {owner}"),
+            Fixability::Unsafe,
+            "delete the record",
+        );
+        if fix {
+            self.model.inline.remove(&ino);
+            self.plan
+                .delete_keys
+                .insert(records::ino_prefix(prefix::INLINE, ino).to_vec());
+        }
+    }
+
+    fn stray_chunks(&mut self, ino: u64, owner: &str) {
+        let n = self.model.chunks.get(&ino).map(|m| m.len()).unwrap_or(0);
+        let fix = self.problem(
+            ProblemKind::StrayRecord,
+            Some(ino),
+            format!("{n} block map record(s) of inode {ino}, which is {owner}"),
+            Fixability::Unsafe,
+            "delete them",
+        );
+        if fix {
+            for c in self.model.chunks.remove(&ino).unwrap_or_default().keys() {
+                self.plan
+                    .delete_keys
+                    .insert(records::chunk_key(ino, *c).to_vec());
+            }
+        }
+    }
+
+    fn check_beyond_size(&mut self, inode: &Inode, bs: u64) {
+        let ino = inode.ino;
+        let keep = inode.size.div_ceil(bs);
+        let mut beyond = Vec::new();
+        for (c, ch) in self.model.chunks.get(&ino).into_iter().flatten() {
+            for slot in ch.entries.keys() {
+                let idx = block_index(*c, *slot);
+                if idx >= keep {
+                    beyond.push(idx);
+                }
+            }
+        }
+        if beyond.is_empty() {
+            return;
+        }
+        let fix = self.problem_blocks(
+            ProblemKind::BlocksBeyondSize,
+            Some(ino),
+            format!(
+                "inode {ino}: {} block entries beyond its size {}",
+                beyond.len(),
+                inode.size
+            ),
+            beyond,
+            Fixability::Safe,
+            "drop the entries (the data beyond the end of the file is never read)",
+        );
+        if fix {
+            if let Some(m) = self.model.chunks.get_mut(&ino) {
+                for (c, ch) in m.iter_mut() {
+                    let before = ch.entries.len();
+                    ch.entries.retain(|slot, _| block_index(*c, *slot) < keep);
+                    if ch.entries.len() != before {
+                        self.plan.put_chunks.insert((ino, *c), ch.clone());
+                    }
+                }
+                m.retain(|_, ch| !ch.entries.is_empty());
+            }
+        }
+    }
+
+    // ---- pass 5 ----
+
+    /// Returns the ids of the objects listed in the store.
+    fn pass_objects(&mut self, parts: &Parts) -> Result<BTreeSet<ObjectId>> {
+        let bs = u64::from(parts.superblock.block_size);
+        let listed: BTreeMap<ObjectId, u64> = parts.objects.list()?.into_iter().collect();
+        self.report.objects = listed.len() as u64;
+        let mut owner: BTreeMap<ObjectId, u64> = BTreeMap::new();
+        let mut jobs: Vec<Job> = Vec::new();
+        let inodes: Vec<Inode> = self.model.inodes.values().cloned().collect();
+        for inode in &inodes {
+            let (FileKind::File, Storage::Object(id)) = (inode.kind, inode.storage) else {
+                continue;
+            };
+            if let Some(other) = owner.get(&id) {
+                let other = *other;
+                self.problem(
+                    ProblemKind::SharedObject,
+                    Some(inode.ino),
+                    format!(
+                        "inodes {other} and {} both refer to object {}; at most one of them can read it",
+                        inode.ino,
+                        hex::encode(id)
+                    ),
+                    Fixability::None,
+                    "none",
+                );
+            } else {
+                owner.insert(id, inode.ino);
+            }
+            let mut entries: Vec<(u64, BlockEntry)> = Vec::new();
+            for (c, ch) in self.model.chunks.get(&inode.ino).into_iter().flatten() {
+                for (slot, e) in &ch.entries {
+                    entries.push((block_index(*c, *slot), *e));
+                }
+            }
+            match listed.get(&id) {
+                None if !entries.is_empty() => {
+                    let blocks: Vec<u64> = entries.iter().map(|(i, _)| *i).collect();
+                    let n = blocks.len();
+                    self.problem_blocks(
+                        ProblemKind::MissingObject,
+                        Some(inode.ino),
+                        format!("object {} of inode {} is missing: {n} stored blocks unreadable", hex::encode(id), inode.ino),
+                        blocks,
+                        Fixability::None,
+                        "none possible: reads of those blocks return EIO (restore the object from a backup)",
+                    );
+                }
+                None => {}
+                Some(&len) => {
+                    let need = inode.size.div_ceil(bs).saturating_mul(bs);
+                    if len > need {
+                        let fix = self.problem(
+                            ProblemKind::ObjectTooLong,
+                            Some(inode.ino),
+                            format!(
+                                "object {} is {len} bytes, its file needs {need}",
+                                hex::encode(id)
+                            ),
+                            Fixability::Safe,
+                            &format!("truncate it to {need} bytes"),
+                        );
+                        if fix {
+                            self.plan.truncate_objects.push((id, need));
+                        }
+                    }
+                    if !entries.is_empty() {
+                        jobs.push(Job {
+                            ino: inode.ino,
+                            id,
+                            len,
+                            entries,
+                        });
+                    }
+                }
+            }
+        }
+        for (id, len) in &listed {
+            if owner.contains_key(id) || self.plan.remove_objects.contains(id) {
+                continue;
+            }
+            let fix = self.problem(
+                ProblemKind::UnreferencedObject,
+                None,
+                format!("object {} ({len} bytes) belongs to no inode", hex::encode(id)),
+                Fixability::Unsafe,
+                "delete it (its contents are lost: without an inode record nothing can be reconnected)",
+            );
+            if fix {
+                self.plan.remove_objects.insert(*id);
+            }
+        }
+        let results = verify_objects(parts, &jobs, bs, self.opts.threads)?;
+        for (job, res) in jobs.iter().zip(results) {
+            self.report.blocks_verified += job.entries.len() as u64;
+            if res.bad.is_empty() {
+                continue;
+            }
+            let truncated = res.bad.iter().filter(|(_, t)| *t).count();
+            let blocks: Vec<u64> = res.bad.iter().map(|(i, _)| *i).collect();
+            let mut listed_blocks: Vec<String> = blocks
+                .iter()
+                .take(MAX_LISTED_BLOCKS)
+                .map(|b| b.to_string())
+                .collect();
+            if blocks.len() > MAX_LISTED_BLOCKS {
+                listed_blocks.push(format!("… ({} in all)", blocks.len()));
+            }
+            let mut detail = format!(
+                "inode {}: {} of {} blocks fail their integrity check (object {}): blocks {}",
+                job.ino,
+                blocks.len(),
+                job.entries.len(),
+                hex::encode(job.id),
+                listed_blocks.join(", ")
+            );
+            if truncated > 0 {
+                detail.push_str(&format!(
+                    "; {truncated} of them beyond the end of the truncated object"
+                ));
+            }
+            if blocks.len() == job.entries.len() && job.entries.len() > 1 && truncated == 0 {
+                detail
+                    .push_str("; no block verifies: the object was replaced, swapped or replayed");
+            }
+            self.problem_blocks(
+                ProblemKind::DamagedBlock,
+                Some(job.ino),
+                detail,
+                blocks,
+                Fixability::None,
+                "left in place: reads of exactly these blocks return EIO, the rest of the file stays readable",
+            );
+        }
+        Ok(listed.keys().copied().collect())
+    }
+
+    // ---- pass 6 ----
+
+    fn pass_backing(&mut self, dir: &BackingDir, _listed: &BTreeSet<ObjectId>) {
+        let root = dir.root().to_path_buf();
+        let Ok(rd) = std::fs::read_dir(&root) else {
+            return;
+        };
+        let mut names: Vec<(String, PathBuf, bool)> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.path(),
+                    e.path().is_dir(),
+                )
+            })
+            .collect();
+        names.sort();
+        for (name, path, is_dir) in names {
+            let expected_dir = name == META_DIR || name == OBJECTS_DIR;
+            let expected_file = name == SUPERBLOCK || name == SUPERBLOCK_BAK || name == LOCK_FILE;
+            if (expected_dir && is_dir) || (expected_file && !is_dir) {
+                continue;
+            }
+            self.unknown_file(
+                &path,
+                is_dir,
+                !is_dir && (name == "superblock.tmp" || name == "superblock.bak.tmp"),
+            );
+        }
+        let objects = dir.path(OBJECTS_DIR);
+        let Ok(rd) = std::fs::read_dir(&objects) else {
+            return;
+        };
+        let mut subs: Vec<(String, PathBuf, bool)> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.path(),
+                    e.path().is_dir(),
+                )
+            })
+            .collect();
+        subs.sort();
+        for (sub, path, is_dir) in subs {
+            let fanout = sub.len() == 2
+                && sub
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            if !fanout || !is_dir {
+                self.unknown_file(&path, is_dir, !is_dir && sub.ends_with(".tmp"));
+                continue;
+            }
+            let Ok(rd) = std::fs::read_dir(&path) else {
+                continue;
+            };
+            let mut files: Vec<(String, PathBuf, bool)> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        e.path(),
+                        e.path().is_dir(),
+                    )
+                })
+                .collect();
+            files.sort();
+            for (f, fpath, fdir) in files {
+                let ok = !fdir
+                    && f.len() == 32
+                    && f.starts_with(sub.as_str())
+                    && f.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+                if !ok {
+                    self.unknown_file(&fpath, fdir, !fdir && f.ends_with(".tmp"));
+                }
+            }
+        }
+    }
+
+    fn unknown_file(&mut self, path: &Path, is_dir: bool, tmp: bool) {
+        if tmp {
+            let fix = self.problem(
+                ProblemKind::StaleTemp,
+                None,
+                format!(
+                    "{}: temporary file left by an interrupted write",
+                    path.display()
+                ),
+                Fixability::Safe,
+                "delete it",
+            );
+            if fix {
+                self.plan.remove_files.push(path.to_path_buf());
+            }
+        } else {
+            self.problem(
+                ProblemKind::UnknownFile,
+                None,
+                format!(
+                    "{}: {} that is not part of a digimedfs backing directory",
+                    path.display(),
+                    if is_dir { "a directory" } else { "a file" }
+                ),
+                Fixability::None,
+                "left alone (not created by digimedfs; remove it by hand if it is not needed)",
+            );
+        }
+    }
+
+    // ---- apply ----
+
+    fn apply(&mut self, parts: &Parts, records: &Records) -> Result<()> {
+        let mut b = records.batch();
+        for k in &self.plan.delete_keys {
+            b.delete_key(k);
+        }
+        for (dir, name) in &self.plan.delete_dirents {
+            b.delete_dirent(*dir, name);
+        }
+        for ino in &self.plan.put_inodes {
+            if let Some(i) = self.model.inodes.get(ino) {
+                b.put_inode(i)?;
+            }
+        }
+        for (dir, d) in &self.plan.put_dirents {
+            b.put_dirent(*dir, d)?;
+        }
+        for ((ino, c), ch) in &self.plan.put_chunks {
+            b.put_chunk(*ino, *c, ch);
+        }
+        for (ino, d) in &self.plan.put_inline {
+            b.put_inline(*ino, d);
+        }
+        if self.plan.put_counters {
+            if let Some(c) = &self.model.counters {
+                b.put_counters(c);
+            }
+        }
+        b.commit()?;
+        records.flush()?;
+        if let Some(p) = &self.plan.create_objects_dir {
+            std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+        }
+        // Objects go only once no durable record names them.
+        for id in &self.plan.remove_objects {
+            parts.objects.remove(id)?;
+        }
+        for (id, len) in &self.plan.truncate_objects {
+            parts.objects.set_len(id, *len)?;
+            parts.objects.sync(id)?;
+        }
+        for f in &self.plan.remove_files {
+            match std::fs::remove_file(f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(f, e)),
+            }
+        }
+        if let Some(dir) = &parts.backing {
+            let mut sb = parts.superblock.clone();
+            sb.meta_digest = records.digest()?;
+            sb.flags |= FLAG_CLEAN;
+            sb.epoch += 1;
+            dir.write_superblock(&sb.encode(&parts.keys.superblock)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Walk {
+    reached: BTreeSet<u64>,
+    unattached: BTreeSet<u64>,
+    refs: HashMap<u64, u64>,
+    subdirs: HashMap<u64, u64>,
+    parent_of: HashMap<u64, u64>,
+}
+
+fn join_path(base: &str, name: &[u8]) -> String {
+    let name = String::from_utf8_lossy(name);
+    if base.ends_with('/') {
+        format!("{base}{name}")
+    } else {
+        format!("{base}/{name}")
+    }
+}
+
+fn record_ino(key: &[u8]) -> Option<u64> {
+    match key.first().copied() {
+        Some(prefix::INODE | prefix::XATTR | prefix::CHUNK | prefix::INLINE | prefix::ORPHAN) => {
+            key.get(1..9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+        }
+        _ => None,
+    }
+}
+
+/// Index of block `slot` of chunk `c` (saturating: chunk numbers come from disk).
+fn block_index(c: u64, slot: u8) -> u64 {
+    c.saturating_mul(CHUNK_BLOCKS)
+        .saturating_add(u64::from(slot))
+}
+
+/// Blocks of one object to verify.
+struct Job {
+    ino: u64,
+    id: ObjectId,
+    len: u64,
+    entries: Vec<(u64, BlockEntry)>,
+}
+
+#[derive(Default)]
+struct JobResult {
+    /// Failed blocks: (index, beyond the end of the object).
+    bad: Vec<(u64, bool)>,
+}
+
+/// Reads every object once, sequentially in large reads, and verifies its blocks; objects are
+/// spread over threads.
+fn verify_objects(parts: &Parts, jobs: &[Job], bs: u64, threads: usize) -> Result<Vec<JobResult>> {
+    let threads = if threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        threads
+    }
+    .min(jobs.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out: std::sync::Mutex<Vec<Option<Result<JobResult>>>> =
+        std::sync::Mutex::new((0..jobs.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else { break };
+                let r = verify_one(parts, job, bs);
+                if let Some(slot) = out.lock().unwrap_or_else(|p| p.into_inner()).get_mut(i) {
+                    *slot = Some(r);
+                }
+            });
+        }
+    });
+    out.into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::integrity("verification thread did not finish"))))
+        .collect()
+}
+
+fn verify_one(parts: &Parts, job: &Job, bs: u64) -> Result<JobResult> {
+    let keys = &parts.keys;
+    let bsz = usize::try_from(bs).map_err(|_| Error::format("block size"))?;
+    let per_read = (READ_CHUNK / bsz).max(1) as u64;
+    let mut res = JobResult::default();
+    let check = |idx: u64, e: &BlockEntry, block: &[u8]| -> bool {
+        let full = block.len() == bsz;
+        let ok_ver = |v: &crate::format::records::BlockVersion| {
+            full && keys
+                .blocks
+                .verify(job.ino, idx, v.generation, block, &v.tag)
+        };
+        ok_ver(&e.cur)
+            || match &e.prev {
+                Some(Some(p)) => ok_ver(p),
+                Some(None) => block.iter().all(|b| *b == 0),
+                None => false,
+            }
+    };
+    // Entries whose block starts at or beyond the end of the object read as nothing.
+    let within = |idx: u64| idx.checked_mul(bs).is_some_and(|off| off < job.len);
+    for (idx, e) in job.entries.iter().filter(|(i, _)| !within(*i)) {
+        if !check(*idx, e, &[]) {
+            res.bad.push((*idx, true));
+        }
+    }
+    let mut buf = vec![0u8; per_read as usize * bsz];
+    let mut entries = job.entries.iter().filter(|(i, _)| within(*i)).peekable();
+    while let Some(&&(first, _)) = entries.peek() {
+        let start = first - first % per_read;
+        let off = start * bs;
+        let read_len = (job.len - off).min(per_read * bs);
+        let slice = buf.get_mut(..read_len as usize).unwrap_or_default();
+        let got = parts.objects.read_at(&job.id, off, slice)?;
+        while let Some(&&(idx, e)) = entries.peek() {
+            if idx >= start + per_read {
+                break;
+            }
+            entries.next();
+            let lo = ((idx - start) * bs) as usize;
+            let have = got.saturating_sub(lo).min(bsz);
+            let block = buf.get(lo..lo + have).unwrap_or_default();
+            if !check(idx, &e, block) {
+                res.bad.push((idx, have != bsz));
+            }
+        }
+    }
+    res.bad.sort_unstable();
+    Ok(res)
+}

@@ -32,7 +32,14 @@ pub trait KeySource: Send + Sync {
     /// Wraps `master` into key slot number `index`.
     fn seal_slot(&self, index: u8, ctx: &SlotContext, master: &MasterKey) -> Result<KeySlot> {
         let wrapping = self.wrapping_key(&ctx.fs_uuid)?;
-        Ok(KeySlot::seal(index, self.kind(), Vec::new(), &wrapping, &ctx.fs_uuid, master))
+        Ok(KeySlot::seal(
+            index,
+            self.kind(),
+            Vec::new(),
+            &wrapping,
+            &ctx.fs_uuid,
+            master,
+        ))
     }
     /// Unwraps the master key from `slot`; `Ok(None)` if this source's key does not open it.
     fn open_slot(&self, slot: &KeySlot, ctx: &SlotContext) -> Result<Option<MasterKey>> {

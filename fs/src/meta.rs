@@ -81,7 +81,11 @@ impl SledStore {
         let tree = db
             .open_tree(b"records")
             .map_err(|e| Error::meta(format!("open tree in {}", path.display()), e))?;
-        Ok(SledStore { db, tree, path: path.to_path_buf() })
+        Ok(SledStore {
+            db,
+            tree,
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -225,15 +229,17 @@ impl MetaStore for MemStore {
     fn scan(&self, prefix: &[u8], after: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()> {
         let items: Vec<(Vec<u8>, Vec<u8>)> = {
             let st = lock(&self.state);
-            let range: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = match after {
-                Some(a) => Box::new(
-                    st.view.range::<[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-                ),
-                None => Box::new(st.view.range::<[u8], _>((
-                    std::ops::Bound::Included(prefix),
-                    std::ops::Bound::Unbounded,
-                ))),
-            };
+            let range: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> =
+                match after {
+                    Some(a) => Box::new(st.view.range::<[u8], _>((
+                        std::ops::Bound::Excluded(a),
+                        std::ops::Bound::Unbounded,
+                    ))),
+                    None => Box::new(st.view.range::<[u8], _>((
+                        std::ops::Bound::Included(prefix),
+                        std::ops::Bound::Unbounded,
+                    ))),
+                };
             range
                 .take_while(|(k, _)| k.starts_with(prefix))
                 .map(|(k, v)| (k.clone(), v.clone()))
@@ -270,18 +276,26 @@ impl MetaStore for MemStore {
 
 /// A readable name for a record key in messages (type and inode, never a secret).
 pub fn key_name(key: &[u8]) -> String {
-    let ino = key.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+    let ino = key
+        .get(1..9)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes);
     match (key.first().copied(), ino) {
         (Some(prefix::INODE), Some(i)) => format!("inode record {i}"),
         (Some(prefix::CHUNK), Some(i)) => {
-            let chunk =
-                key.get(9..17).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+            let chunk = key
+                .get(9..17)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
             format!("block map of inode {i} chunk {}", chunk.unwrap_or(0))
         }
         (Some(prefix::INLINE), Some(i)) => format!("inline data of inode {i}"),
         (Some(prefix::XATTR), Some(i)) => format!("xattr of inode {i}"),
         (Some(prefix::ORPHAN), Some(i)) => format!("orphan record {i}"),
-        (Some(prefix::DIRENT), _) => format!("directory entry {}", hex::encode(key.get(1..).unwrap_or(&[]))),
+        (Some(prefix::DIRENT), _) => format!(
+            "directory entry {}",
+            hex::encode(key.get(1..).unwrap_or(&[]))
+        ),
         (Some(prefix::COUNTERS), _) => "counters record".to_string(),
         _ => format!("record {}", hex::encode(key)),
     }
@@ -385,7 +399,11 @@ impl Records {
     pub fn new(store: Arc<dyn MetaStore>, keys: Arc<FsKeys>, fs_uuid: &[u8; 16]) -> Records {
         let mut ad_prefix = b"dgm1 rec".to_vec();
         ad_prefix.extend_from_slice(fs_uuid);
-        Records { store, keys, ad_prefix }
+        Records {
+            store,
+            keys,
+            ad_prefix,
+        }
     }
 
     /// The underlying store.
@@ -395,7 +413,10 @@ impl Records {
 
     /// A new empty batch.
     pub fn batch(&self) -> RecordBatch<'_> {
-        RecordBatch { records: self, batch: Batch::default() }
+        RecordBatch {
+            records: self,
+            batch: Batch::default(),
+        }
     }
 
     fn ad(&self, key: &[u8]) -> Vec<u8> {
@@ -439,7 +460,10 @@ impl Records {
     }
 
     fn dirent_key(&self, dir: u64, name: &[u8]) -> [u8; 25] {
-        records::dirent_key(&self.dir_pseudonym(dir), &self.keys.names.entry_key(dir, name))
+        records::dirent_key(
+            &self.dir_pseudonym(dir),
+            &self.keys.names.entry_key(dir, name),
+        )
     }
 
     /// The readdir cookie of entry `name` in `dir` (63 bits, never 0, 1 or 2).
@@ -534,10 +558,11 @@ impl Records {
     /// Keys of all records of type `p` belonging to `ino` (for deletion).
     pub fn keys_of(&self, p: u8, ino: u64) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
-        self.store.scan(&records::ino_prefix(p, ino), None, &mut |k, _| {
-            out.push(k.to_vec());
-            Ok(true)
-        })?;
+        self.store
+            .scan(&records::ino_prefix(p, ino), None, &mut |k, _| {
+                out.push(k.to_vec());
+                Ok(true)
+            })?;
         Ok(out)
     }
 
@@ -550,7 +575,12 @@ impl Records {
     }
 
     /// All chunk records of `ino` at or after chunk `from`, in order.
-    pub fn chunks_from(&self, ino: u64, from: u64, f: &mut dyn FnMut(u64, Chunk) -> Result<bool>) -> Result<()> {
+    pub fn chunks_from(
+        &self,
+        ino: u64,
+        from: u64,
+        f: &mut dyn FnMut(u64, Chunk) -> Result<bool>,
+    ) -> Result<()> {
         let pfx = records::ino_prefix(prefix::CHUNK, ino);
         let after = if from == 0 {
             None
@@ -570,7 +600,9 @@ impl Records {
 
     /// Reads inline data of `ino`.
     pub fn inline(&self, ino: u64) -> Result<Option<Vec<u8>>> {
-        Ok(self.get_open(&records::ino_prefix(prefix::INLINE, ino))?.map(|v| v.to_vec()))
+        Ok(self
+            .get_open(&records::ino_prefix(prefix::INLINE, ino))?
+            .map(|v| v.to_vec()))
     }
 
     /// All orphan inode numbers.

@@ -6,9 +6,7 @@ use crate::backing::{BackingDir, KNOWN_NAMES, META_DIR, OBJECTS_DIR};
 use crate::core::{format_uuid, FileKind, ROOT_INO};
 use crate::crypto::{FsKeys, MasterKey};
 use crate::format::records::{Counters, Inode, Storage, Timestamp};
-use crate::format::superblock::{
-    check_block_size, Superblock, CIPHER_SUITE_V1, FLAG_CLEAN,
-};
+use crate::format::superblock::{check_block_size, Superblock, CIPHER_SUITE_V1, FLAG_CLEAN};
 use crate::keysource::{KeySource, SlotContext};
 use crate::meta::{MetaStore, Records, SledStore};
 use crate::{Error, Result};
@@ -61,9 +59,15 @@ pub fn new_superblock(key: &dyn KeySource, opts: &MkfsOptions) -> Result<(Superb
     if opts.tenant.is_empty() || opts.tenant.len() > 128 {
         return Err(Error::invalid("tenant id must be 1 to 128 bytes"));
     }
-    let fs_uuid: [u8; 16] = rand::random();
+    let mut fs_uuid: [u8; 16] = rand::random();
+    // RFC 4122 version 4 (random) and variant bits.
+    fs_uuid[6] = (fs_uuid[6] & 0x0f) | 0x40;
+    fs_uuid[8] = (fs_uuid[8] & 0x3f) | 0x80;
     let master = MasterKey::generate();
-    let ctx = SlotContext { fs_uuid, tenant: opts.tenant.clone() };
+    let ctx = SlotContext {
+        fs_uuid,
+        tenant: opts.tenant.clone(),
+    };
     let slot = key.seal_slot(0, &ctx, &master)?;
     let sb = Superblock {
         flags: FLAG_CLEAN,

@@ -46,11 +46,15 @@ impl MemImage {
 
     /// A fresh filesystem whose storage writes count towards `crash`.
     pub fn create_with(block_size: u32, crash: Option<Arc<CrashPoint>>) -> Result<MemImage> {
-        let opts = MkfsOptions { block_size, ..Default::default() };
+        let opts = MkfsOptions {
+            block_size,
+            ..Default::default()
+        };
         let (sb, master) = new_superblock(&StaticKey([7; 32]), &opts)?;
         let keys = Arc::new(FsKeys::derive(&master, &sb.fs_uuid)?);
         let meta = Arc::new(MemStore::new());
-        init_records(meta.clone(), keys.clone(), &sb)?;
+        let mut sb = sb;
+        sb.meta_digest = init_records(meta.clone(), keys.clone(), &sb)?;
         let (meta, objects) = match crash {
             Some(c) => {
                 let m = Arc::new(MemStore::with_crash_point(c.clone()));
@@ -65,7 +69,12 @@ impl MemImage {
             }
             None => (meta, Arc::new(MemObjects::new())),
         };
-        Ok(MemImage { superblock: sb, keys, meta, objects })
+        Ok(MemImage {
+            superblock: sb,
+            keys,
+            meta,
+            objects,
+        })
     }
 
     /// Opens the filesystem on this image.
@@ -82,7 +91,11 @@ impl MemImage {
 
     /// The image a crash leaves: synced state only, plus `keep_meta` unflushed metadata batches
     /// and the unsynced data of objects for which `keep_obj` says so.
-    pub fn crash_image(&self, keep_meta: usize, keep_obj: &mut dyn FnMut(&[u8; 16]) -> bool) -> MemImage {
+    pub fn crash_image(
+        &self,
+        keep_meta: usize,
+        keep_obj: &mut dyn FnMut(&[u8; 16]) -> bool,
+    ) -> MemImage {
         MemImage {
             superblock: self.superblock.clone(),
             keys: self.keys.clone(),

@@ -18,7 +18,9 @@ fn errno<T: std::fmt::Debug>(r: digimedfs::Result<T>) -> i32 {
 #[test]
 fn create_write_read_small_and_large() {
     let (_img, fs) = fs();
-    let (a, fh) = fs.create(&ROOT, ROOT_INO, b"a", 0o644, 0o022, libc::O_RDWR).unwrap();
+    let (a, fh) = fs
+        .create(&ROOT, ROOT_INO, b"a", 0o644, 0o022, libc::O_RDWR)
+        .unwrap();
     assert_eq!(a.kind, FileKind::File);
     assert_eq!(a.perm, 0o644);
     fs.write(a.ino, fh, 0, b"hello").unwrap();
@@ -44,7 +46,9 @@ fn reopen_keeps_everything_synced() {
     {
         let fs = img.open(&OpenOptions::default()).unwrap();
         let d = fs.mkdir(&ROOT, ROOT_INO, b"dir", 0o755, 0).unwrap();
-        let (a, fh) = fs.create(&ROOT, d.ino, b"f", 0o600, 0, libc::O_RDWR).unwrap();
+        let (a, fh) = fs
+            .create(&ROOT, d.ino, b"f", 0o600, 0, libc::O_RDWR)
+            .unwrap();
         ino = a.ino;
         fs.write(a.ino, fh, 0, &data).unwrap();
         fs.setxattr(&ROOT, a.ino, b"user.k", b"v", 0).unwrap();
@@ -66,32 +70,117 @@ fn reopen_keeps_everything_synced() {
 fn errno_cases() {
     let (_img, fs) = fs();
     let d = fs.mkdir(&ROOT, ROOT_INO, b"d", 0o755, 0).unwrap();
-    let (f, fh) = fs.create(&ROOT, ROOT_INO, b"f", 0o644, 0, libc::O_RDWR).unwrap();
+    let (f, fh) = fs
+        .create(&ROOT, ROOT_INO, b"f", 0o644, 0, libc::O_RDWR)
+        .unwrap();
     fs.release(f.ino, fh).unwrap();
     assert_eq!(errno(fs.lookup(&ROOT, ROOT_INO, b"nope")), libc::ENOENT);
-    assert_eq!(errno(fs.mkdir(&ROOT, ROOT_INO, b"d", 0o755, 0)), libc::EEXIST);
-    assert_eq!(errno(fs.create(&ROOT, ROOT_INO, b"f", 0o644, 0, libc::O_EXCL | libc::O_RDWR)), libc::EEXIST);
-    fs.create(&ROOT, d.ino, b"x", 0o644, 0, libc::O_RDWR).unwrap();
+    assert_eq!(
+        errno(fs.mkdir(&ROOT, ROOT_INO, b"d", 0o755, 0)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(fs.create(&ROOT, ROOT_INO, b"f", 0o644, 0, libc::O_EXCL | libc::O_RDWR)),
+        libc::EEXIST
+    );
+    fs.create(&ROOT, d.ino, b"x", 0o644, 0, libc::O_RDWR)
+        .unwrap();
     assert_eq!(errno(fs.rmdir(&ROOT, ROOT_INO, b"d")), libc::ENOTEMPTY);
     assert_eq!(errno(fs.unlink(&ROOT, ROOT_INO, b"d")), libc::EISDIR);
     assert_eq!(errno(fs.rmdir(&ROOT, ROOT_INO, b"f")), libc::ENOTDIR);
     assert_eq!(errno(fs.lookup(&ROOT, f.ino, b"x")), libc::ENOTDIR);
-    assert_eq!(errno(fs.mkdir(&ROOT, ROOT_INO, &[b'a'; 256], 0o755, 0)), libc::ENAMETOOLONG);
-    assert_eq!(errno(fs.rename(&ROOT, ROOT_INO, b"d", d.ino, b"sub", 0)), libc::EINVAL);
-    assert_eq!(errno(fs.rename(&ROOT, ROOT_INO, b"f", ROOT_INO, b"d", 0)), libc::EISDIR);
-    assert_eq!(errno(fs.rename(&ROOT, ROOT_INO, b"f", ROOT_INO, b"d", libc::RENAME_NOREPLACE)), libc::EEXIST);
-    assert_eq!(errno(fs.rename(&ROOT, ROOT_INO, b"f", ROOT_INO, b"zz", libc::RENAME_EXCHANGE)), libc::ENOENT);
+    assert_eq!(
+        errno(fs.mkdir(&ROOT, ROOT_INO, &[b'a'; 256], 0o755, 0)),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(fs.rename(&ROOT, ROOT_INO, b"d", d.ino, b"sub", 0)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(fs.rename(&ROOT, ROOT_INO, b"f", ROOT_INO, b"d", 0)),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno(fs.rename(
+            &ROOT,
+            ROOT_INO,
+            b"f",
+            ROOT_INO,
+            b"d",
+            libc::RENAME_NOREPLACE
+        )),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(fs.rename(
+            &ROOT,
+            ROOT_INO,
+            b"f",
+            ROOT_INO,
+            b"zz",
+            libc::RENAME_EXCHANGE
+        )),
+        libc::ENOENT
+    );
     assert_eq!(errno(fs.link(&ROOT, d.ino, ROOT_INO, b"dl")), libc::EPERM);
-    assert_eq!(errno(fs.getxattr(&ROOT, f.ino, b"user.none")), libc::ENODATA);
-    assert_eq!(errno(fs.setxattr(&ROOT, f.ino, b"user.a", b"1", libc::XATTR_REPLACE)), libc::ENODATA);
-    fs.setxattr(&ROOT, f.ino, b"user.a", b"1", libc::XATTR_CREATE).unwrap();
-    assert_eq!(errno(fs.setxattr(&ROOT, f.ino, b"user.a", b"1", libc::XATTR_CREATE)), libc::EEXIST);
+    assert_eq!(
+        errno(fs.getxattr(&ROOT, f.ino, b"user.none")),
+        libc::ENODATA
+    );
+    assert_eq!(
+        errno(fs.setxattr(&ROOT, f.ino, b"user.a", b"1", libc::XATTR_REPLACE)),
+        libc::ENODATA
+    );
+    fs.setxattr(&ROOT, f.ino, b"user.a", b"1", libc::XATTR_CREATE)
+        .unwrap();
+    assert_eq!(
+        errno(fs.setxattr(&ROOT, f.ino, b"user.a", b"1", libc::XATTR_CREATE)),
+        libc::EEXIST
+    );
     assert_eq!(errno(fs.readlink(f.ino)), libc::EINVAL);
-    assert_eq!(errno(fs.setattr(&ROOT, d.ino, &SetAttr { size: Some(0), ..Default::default() })), libc::EISDIR);
-    let user = Ctx { uid: 1000, gid: 1000, pid: 1 };
-    assert_eq!(errno(fs.setattr(&user, f.ino, &SetAttr { mode: Some(0o777), ..Default::default() })), libc::EPERM);
-    assert_eq!(errno(fs.setattr(&user, f.ino, &SetAttr { uid: Some(1000), ..Default::default() })), libc::EPERM);
-    assert_eq!(errno(fs.mkdir(&user, ROOT_INO, b"u", 0o755, 0)), libc::EACCES);
+    assert_eq!(
+        errno(fs.setattr(
+            &ROOT,
+            d.ino,
+            &SetAttr {
+                size: Some(0),
+                ..Default::default()
+            }
+        )),
+        libc::EISDIR
+    );
+    let user = Ctx {
+        uid: 1000,
+        gid: 1000,
+        pid: 1,
+    };
+    assert_eq!(
+        errno(fs.setattr(
+            &user,
+            f.ino,
+            &SetAttr {
+                mode: Some(0o777),
+                ..Default::default()
+            }
+        )),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno(fs.setattr(
+            &user,
+            f.ino,
+            &SetAttr {
+                uid: Some(1000),
+                ..Default::default()
+            }
+        )),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno(fs.mkdir(&user, ROOT_INO, b"u", 0o755, 0)),
+        libc::EACCES
+    );
 }
 
 #[test]
@@ -99,11 +188,14 @@ fn rename_exchange_and_links() {
     let (_img, fs) = fs();
     let a = fs.mkdir(&ROOT, ROOT_INO, b"a", 0o755, 0).unwrap();
     let b = fs.mkdir(&ROOT, ROOT_INO, b"b", 0o755, 0).unwrap();
-    let (f, fh) = fs.create(&ROOT, a.ino, b"f", 0o644, 0, libc::O_RDWR).unwrap();
+    let (f, fh) = fs
+        .create(&ROOT, a.ino, b"f", 0o644, 0, libc::O_RDWR)
+        .unwrap();
     fs.write(f.ino, fh, 0, b"data").unwrap();
     fs.link(&ROOT, f.ino, b.ino, b"g").unwrap();
     assert_eq!(fs.getattr(f.ino).unwrap().nlink, 2);
-    fs.rename(&ROOT, ROOT_INO, b"a", ROOT_INO, b"b", libc::RENAME_EXCHANGE).unwrap();
+    fs.rename(&ROOT, ROOT_INO, b"a", ROOT_INO, b"b", libc::RENAME_EXCHANGE)
+        .unwrap();
     assert_eq!(fs.lookup(&ROOT, ROOT_INO, b"a").unwrap().ino, b.ino);
     assert_eq!(fs.lookup(&ROOT, ROOT_INO, b"b").unwrap().ino, a.ino);
     let sub = fs.mkdir(&ROOT, a.ino, b"sub", 0o755, 0).unwrap();
@@ -126,7 +218,15 @@ fn readdir_lists_all_with_cookies() {
     let (_img, fs) = fs();
     let d = fs.mkdir(&ROOT, ROOT_INO, b"d", 0o755, 0).unwrap();
     for i in 0..300 {
-        fs.mknod(&ROOT, d.ino, format!("n{i}").as_bytes(), libc::S_IFREG | 0o644, 0, 0).unwrap();
+        fs.mknod(
+            &ROOT,
+            d.ino,
+            format!("n{i}").as_bytes(),
+            libc::S_IFREG | 0o644,
+            0,
+            0,
+        )
+        .unwrap();
     }
     let mut names = Vec::new();
     let mut off = 0;
@@ -149,20 +249,46 @@ fn readdir_lists_all_with_cookies() {
 #[test]
 fn truncate_holes_fallocate_seek() {
     let (_img, fs) = fs();
-    let (f, fh) = fs.create(&ROOT, ROOT_INO, b"s", 0o644, 0, libc::O_RDWR).unwrap();
+    let (f, fh) = fs
+        .create(&ROOT, ROOT_INO, b"s", 0o644, 0, libc::O_RDWR)
+        .unwrap();
     fs.write(f.ino, fh, 1 << 20, b"end").unwrap();
     assert_eq!(fs.read(f.ino, fh, 0, 10).unwrap(), vec![0; 10]);
     fs.fsync(f.ino, fh, false).unwrap();
     assert_eq!(fs.lseek(f.ino, fh, 0, libc::SEEK_DATA).unwrap(), 1 << 20);
     assert_eq!(fs.lseek(f.ino, fh, 0, libc::SEEK_HOLE).unwrap(), 0);
     fs.write(f.ino, fh, 0, &vec![9u8; 20_000]).unwrap();
-    fs.fallocate(&ROOT, f.ino, fh, 100, 10_000, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE).unwrap();
+    fs.fallocate(
+        &ROOT,
+        f.ino,
+        fh,
+        100,
+        10_000,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    )
+    .unwrap();
     let got = fs.read(f.ino, fh, 0, 20_000).unwrap();
     assert!(got[..100].iter().all(|b| *b == 9));
     assert!(got[100..10_100].iter().all(|b| *b == 0));
     assert!(got[10_100..].iter().all(|b| *b == 9));
-    fs.setattr(&ROOT, f.ino, &SetAttr { size: Some(5000), ..Default::default() }).unwrap();
-    fs.setattr(&ROOT, f.ino, &SetAttr { size: Some(9000), ..Default::default() }).unwrap();
+    fs.setattr(
+        &ROOT,
+        f.ino,
+        &SetAttr {
+            size: Some(5000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fs.setattr(
+        &ROOT,
+        f.ino,
+        &SetAttr {
+            size: Some(9000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let got = fs.read(f.ino, fh, 0, 20_000).unwrap();
     assert_eq!(got.len(), 9000);
     assert!(got[..100].iter().all(|b| *b == 9));

@@ -1,1 +1,189 @@
-fn main() {}
+//! `fsck.digimed`: checks and repairs a digimedfs filesystem. A thin shell over
+//! [`digimedfs::check`]; exit status as fsck(8) (see [`exit`]).
+
+mod cli;
+mod exit;
+mod json;
+
+use clap::Parser;
+use digimedfs::check::{check, Answer, CheckOptions, CheckUi, Mode, Problem, Report};
+use digimedfs::keysource::KeyFile;
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(exit::USAGE),
+            };
+        }
+    };
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "fsck.digimed: {}", render(&err));
+            ExitCode::from(exit::OPERATIONAL)
+        }
+    }
+}
+
+/// Prints passes (-v) and asks questions (interactive mode) on the terminal.
+struct Terminal {
+    verbose: bool,
+    yes_to_all: bool,
+}
+
+impl CheckUi for Terminal {
+    fn pass(&mut self, n: u8, name: &str) {
+        if self.verbose {
+            eprintln!("Pass {n}: {name}");
+        }
+    }
+    fn ask(&mut self, problem: &Problem, action: &str) -> Answer {
+        if self.yes_to_all {
+            return Answer::Yes;
+        }
+        eprintln!("{}", describe(problem));
+        loop {
+            eprint!("  {action}? [y]es / [n]o / [a]ll / [q]uit: ");
+            let _ = std::io::stderr().flush();
+            let mut line = String::new();
+            match std::io::stdin().lock().read_line(&mut line) {
+                Ok(0) | Err(_) => return Answer::Quit,
+                Ok(_) => {}
+            }
+            match line.trim() {
+                "y" | "Y" | "yes" => return Answer::Yes,
+                "n" | "N" | "no" => return Answer::No,
+                "a" | "A" | "all" => {
+                    self.yes_to_all = true;
+                    return Answer::Yes;
+                }
+                "q" | "Q" | "quit" => return Answer::Quit,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn run(cli: &cli::Cli) -> anyhow::Result<u8> {
+    let mode = if cli.no {
+        Mode::Check
+    } else if cli.yes {
+        Mode::Repair
+    } else if cli.preen {
+        Mode::Preen
+    } else if std::io::stdin().is_terminal() && !cli.json {
+        Mode::Ask
+    } else {
+        Mode::Check
+    };
+    let key = KeyFile::open(&cli.key_file)?;
+    let mut ui = Terminal {
+        verbose: cli.verbose && !cli.json,
+        yes_to_all: false,
+    };
+    let opts = CheckOptions { mode, threads: 0 };
+    let report = check(&cli.backing_dir, &key, &opts, &mut ui)?;
+    let code = exit_code(&report);
+    let backing = cli.backing_dir.display().to_string();
+    if cli.json {
+        println!("{}", json::report(&backing, &report, code));
+    } else {
+        print_human(&backing, &report, cli.verbose);
+    }
+    Ok(code)
+}
+
+fn exit_code(r: &Report) -> u8 {
+    if r.cancelled {
+        return exit::CANCELLED;
+    }
+    let mut code = exit::CLEAN;
+    if r.fixed() > 0 {
+        code |= exit::CORRECTED;
+    }
+    if r.uncorrected() > 0 {
+        code |= exit::UNCORRECTED;
+    }
+    code
+}
+
+fn describe(p: &Problem) -> String {
+    let mut s = format!("{}:", p.kind);
+    if let Some(path) = &p.path {
+        s.push_str(&format!(" {path}"));
+    }
+    if let Some(ino) = p.ino {
+        s.push_str(&format!(" (inode {ino})"));
+    }
+    s.push_str(&format!(": {}", p.detail));
+    s
+}
+
+fn print_human(backing: &str, r: &Report, verbose: bool) {
+    if r.mounted {
+        eprintln!(
+            "fsck.digimed: {backing} is mounted; checked a snapshot of its metadata (problems in \
+             files being written may be transient)"
+        );
+    }
+    for p in &r.problems {
+        let outcome = if p.fixed { "FIXED" } else { "NOT FIXED" };
+        println!("{}\n  {outcome}: {}", describe(p), p.action);
+    }
+    if verbose {
+        println!(
+            "{} records, {} objects, {} blocks verified, superblock was {}",
+            r.records,
+            r.objects,
+            r.blocks_verified,
+            if r.was_clean {
+                "clean"
+            } else {
+                "not clean (last mount did not unmount)"
+            }
+        );
+    }
+    println!(
+        "{backing}: {} files, {} directories, {} symlinks, {} special, {} bytes",
+        r.files, r.directories, r.symlinks, r.special, r.bytes
+    );
+    let verdict = if r.cancelled {
+        "cancelled; nothing was changed"
+    } else if r.problems.is_empty() {
+        "clean"
+    } else if r.uncorrected() > 0 {
+        "errors left uncorrected"
+    } else {
+        "errors corrected"
+    };
+    println!(
+        "{backing}: {} problems found, {} fixed, {} left uncorrected: {verdict}",
+        r.problems.len(),
+        r.fixed(),
+        r.uncorrected()
+    );
+}
+
+/// The error and its causes, `: `-separated, without repeating a cause the message already ends with.
+fn render(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}

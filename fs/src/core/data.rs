@@ -19,6 +19,14 @@ use crate::objects::ObjectId;
 use crate::{Error, Result};
 use std::sync::atomic::Ordering;
 
+/// Ciphertext of one node ready to be written after its entries are durable.
+struct Prepared {
+    ino: u64,
+    id: ObjectId,
+    cipher: Vec<(u64, Box<[u8]>)>,
+    chunks: Vec<u64>,
+}
+
 enum Src {
     Dirty,
     Hole,
@@ -39,13 +47,32 @@ impl Inner {
         lock(&self.chunk_cache).put((ino, c), ch);
     }
 
-    fn entry(&self, ino: u64, idx: u64) -> Result<Option<BlockEntry>> {
-        let ch = self.chunk(ino, idx / CHUNK_BLOCKS)?;
-        Ok(ch.entries.get(&((idx % CHUNK_BLOCKS) as u8)).copied())
+    /// The entry of block `idx`, reusing `cur` when it already holds that block's chunk.
+    fn entry(
+        &self,
+        ino: u64,
+        idx: u64,
+        cur: &mut Option<(u64, Chunk)>,
+    ) -> Result<Option<BlockEntry>> {
+        let c = idx / CHUNK_BLOCKS;
+        if cur.as_ref().map(|(cc, _)| *cc) != Some(c) {
+            *cur = Some((c, self.chunk(ino, c)?));
+        }
+        Ok(cur
+            .as_ref()
+            .and_then(|(_, ch)| ch.entries.get(&((idx % CHUNK_BLOCKS) as u8)).copied()))
     }
 
     /// Verifies and decrypts one stored block in place. `got` is how many bytes the object had.
-    fn open_block(&self, ino: u64, id: &ObjectId, idx: u64, e: &BlockEntry, buf: &mut [u8], got: usize) -> Result<()> {
+    fn open_block(
+        &self,
+        ino: u64,
+        id: &ObjectId,
+        idx: u64,
+        e: &BlockEntry,
+        buf: &mut [u8],
+        got: usize,
+    ) -> Result<()> {
         let full = got == buf.len();
         let blocks = &self.keys.blocks;
         let try_version = |v: &BlockVersion, buf: &mut [u8]| -> Result<bool> {
@@ -59,24 +86,22 @@ impl Inner {
             return Ok(());
         }
         match &e.prev {
-            Some(Some(p)) => {
-                if try_version(p, buf)? {
-                    return Ok(());
-                }
+            Some(Some(p)) if try_version(p, buf)? => return Ok(()),
+            Some(None) if buf.get(..got).is_some_and(|b| b.iter().all(|x| *x == 0)) => {
+                buf.fill(0);
+                return Ok(());
             }
-            Some(None) => {
-                if buf.get(..got).is_some_and(|b| b.iter().all(|x| *x == 0)) {
-                    buf.fill(0);
-                    return Ok(());
-                }
-            }
-            None => {}
+            _ => {}
         }
         let what = format!(
             "inode {ino} block {idx} (object {}, offset {}): {}",
             hex::encode(id),
             idx * self.block_size,
-            if full { "tag mismatch" } else { "object truncated" }
+            if full {
+                "tag mismatch"
+            } else {
+                "object truncated"
+            }
         );
         tracing::warn!(ino, block = idx, object = %hex::encode(id), "integrity check failed: {what}");
         Err(Error::integrity(what))
@@ -95,7 +120,14 @@ impl Inner {
     }
 
     /// Reads `[offset, offset+len)` of an object-backed file into `out`.
-    fn read_object(&self, n: &Node, id: &ObjectId, offset: u64, len: u64, out: &mut Vec<u8>) -> Result<()> {
+    fn read_object(
+        &self,
+        n: &Node,
+        id: &ObjectId,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let bs = self.block_size;
         let ino = n.inode.ino;
         let end = offset + len;
@@ -103,12 +135,13 @@ impl Inner {
         let last = (end - 1) / bs;
         let mut idx = first;
         let mut buf = Vec::new();
+        let mut cur_chunk: Option<(u64, Chunk)> = None;
         while idx <= last {
             // Classify a run of blocks.
             let src = if n.dirty.contains_key(&idx) {
                 Src::Dirty
             } else {
-                match self.entry(ino, idx)? {
+                match self.entry(ino, idx, &mut cur_chunk)? {
                     Some(e) => Src::Stored(e),
                     None => Src::Hole,
                 }
@@ -118,7 +151,9 @@ impl Inner {
                     let start = if idx == first { offset - idx * bs } else { 0 };
                     let stop = if idx == last { end - idx * bs } else { bs };
                     match n.dirty.get(&idx) {
-                        Some(b) => out.extend_from_slice(b.get(start as usize..stop as usize).unwrap_or_default()),
+                        Some(b) => out.extend_from_slice(
+                            b.get(start as usize..stop as usize).unwrap_or_default(),
+                        ),
                         None => out.resize(out.len() + (stop - start) as usize, 0),
                     }
                     idx += 1;
@@ -127,7 +162,7 @@ impl Inner {
                     let mut entries = vec![e0];
                     let mut j = idx + 1;
                     while j <= last && entries.len() < 256 && !n.dirty.contains_key(&j) {
-                        match self.entry(ino, j)? {
+                        match self.entry(ino, j, &mut cur_chunk)? {
                             Some(e) => entries.push(e),
                             None => break,
                         }
@@ -142,11 +177,15 @@ impl Inner {
                         let lo = k * bs as usize;
                         let hi = lo + bs as usize;
                         let have = got.saturating_sub(lo).min(bs as usize);
-                        let block = buf.get_mut(lo..hi).ok_or_else(|| Error::integrity("read buffer"))?;
+                        let block = buf
+                            .get_mut(lo..hi)
+                            .ok_or_else(|| Error::integrity("read buffer"))?;
                         self.open_block(ino, id, b, e, block, have)?;
                         let start = if b == first { offset - b * bs } else { 0 };
                         let stop = if b == last { end - b * bs } else { bs };
-                        out.extend_from_slice(block.get(start as usize..stop as usize).unwrap_or_default());
+                        out.extend_from_slice(
+                            block.get(start as usize..stop as usize).unwrap_or_default(),
+                        );
                     }
                     idx += run;
                 }
@@ -159,7 +198,10 @@ impl Inner {
         let node = self.node(ino)?;
         let mut n = lock(&node);
         if n.inode.kind == super::FileKind::Dir {
-            return Err(posix(libc::EISDIR, format!("read inode {ino}: is a directory")));
+            return Err(posix(
+                libc::EISDIR,
+                format!("read inode {ino}: is a directory"),
+            ));
         }
         let fsize = n.inode.size;
         if offset >= fsize || size == 0 {
@@ -194,7 +236,9 @@ impl Inner {
         Ok(out.into_boxed_slice())
     }
 
-    /// Moves an inline file's contents into a new data object (as dirty block 0).
+    /// Moves an inline file's contents into a new data object. Contents that were stored
+    /// inline are written to the object and made durable before the inode stops pointing at
+    /// the inline record, so a crash never loses them.
     fn convert_to_object(&self, n: &mut Node) -> Result<ObjectId> {
         if let Storage::Object(id) = n.inode.storage {
             return Ok(id);
@@ -206,30 +250,56 @@ impl Inner {
         n.inode.storage = Storage::Object(id);
         n.inline_dirty = false;
         n.attr_dirty = true;
-        if !data.is_empty() {
-            let mut block = vec![0u8; self.block_size as usize];
-            let l = data.len().min(block.len());
-            if let (Some(d), Some(s)) = (block.get_mut(..l), data.get(..l)) {
-                d.copy_from_slice(s);
-            }
+        if data.is_empty() {
+            return Ok(id);
+        }
+        let ino = n.inode.ino;
+        let mut block = vec![0u8; self.block_size as usize];
+        let l = data.len().min(block.len());
+        if let (Some(d), Some(s)) = (block.get_mut(..l), data.get(..l)) {
+            d.copy_from_slice(s);
+        }
+        if !had_inline {
             n.dirty.insert(0, block.into_boxed_slice());
-            self.dirty_bytes.fetch_add(self.block_size as usize, Ordering::Relaxed);
+            self.dirty_bytes
+                .fetch_add(self.block_size as usize, Ordering::Relaxed);
+            return Ok(id);
         }
-        if had_inline {
-            // The inline record is dropped in the same batch that first stores the object.
-            let mut b = self.records.batch();
-            b.delete_key(&crate::format::records::ino_prefix(crate::format::records::prefix::INLINE, n.inode.ino));
-            b.put_inode(&n.inode)?;
-            // Block 0 is not stored yet: until it is, the file reads block 0 as a hole.
-            b.commit()?;
-            n.attr_dirty = false;
-        }
+        let gen = self.alloc_gens(1)?;
+        self.keys.data.encrypt_block(ino, gen, &mut block)?;
+        let tag = self.keys.blocks.tag(ino, 0, gen, &block);
+        self.objects.write_at(&id, 0, &block)?;
+        self.objects.sync(&id)?;
+        let mut ch = Chunk::default();
+        ch.entries.insert(
+            0,
+            BlockEntry {
+                cur: BlockVersion {
+                    generation: gen,
+                    tag,
+                },
+                prev: None,
+            },
+        );
+        let mut b = self.records.batch();
+        b.put_chunk(ino, 0, &ch);
+        b.delete_key(&crate::format::records::ino_prefix(
+            crate::format::records::prefix::INLINE,
+            ino,
+        ));
+        b.put_inode(&n.inode)?;
+        b.commit()?;
+        self.cache_chunk(ino, 0, ch);
+        n.attr_dirty = false;
         Ok(id)
     }
 
     pub(crate) fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
         self.check_writable("write")?;
         let node = self.node(ino)?;
+        if data.is_empty() {
+            return Ok(0);
+        }
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|e| *e <= i64::MAX as u64)
@@ -237,7 +307,10 @@ impl Inner {
         let over_limit = {
             let mut n = lock(&node);
             if n.inode.kind != super::FileKind::File {
-                return Err(posix(libc::EINVAL, format!("write inode {ino}: not a regular file")));
+                return Err(posix(
+                    libc::EINVAL,
+                    format!("write inode {ino}: not a regular file"),
+                ));
             }
             self.write_locked(&mut n, offset, data, end)?;
             let now = Inner::now();
@@ -256,7 +329,7 @@ impl Inner {
             self.dirty_bytes.load(Ordering::Relaxed) > self.max_dirty
         };
         if over_limit {
-            self.writeback_all(false)?;
+            self.writeback_dirty()?;
         }
         Ok(data.len() as u32)
     }
@@ -295,7 +368,11 @@ impl Inner {
                 self.dirty_bytes.fetch_add(bs as usize, Ordering::Relaxed);
             }
             let (head, rest) = src.split_at(take);
-            if let Some(d) = n.dirty.get_mut(&idx).and_then(|b| b.get_mut(within..within + take)) {
+            if let Some(d) = n
+                .dirty
+                .get_mut(&idx)
+                .and_then(|b| b.get_mut(within..within + take))
+            {
                 d.copy_from_slice(head);
             }
             src = rest;
@@ -307,22 +384,85 @@ impl Inner {
 
     /// Writes a node's dirty state back to storage (not necessarily durable).
     pub(crate) fn writeback(&self, node: &NodeRef) -> Result<()> {
+        let ino = lock(node).inode.ino;
+        self.writeback_nodes(vec![(ino, node.clone())])
+    }
+
+    /// Writes back several nodes in one cycle: one metadata batch, one metadata flush, then the
+    /// ciphertext. Every block entry is durable before its data can reach storage, so no
+    /// ciphertext exists on storage that its entry does not describe (see the module docs).
+    /// The nodes stay locked until their data is written, so readers never see an entry whose
+    /// data is still in flight.
+    pub(crate) fn writeback_nodes(&self, mut nodes: Vec<(u64, NodeRef)>) -> Result<()> {
+        nodes.sort_by_key(|(i, _)| *i);
+        nodes.dedup_by_key(|(i, _)| *i);
         let _wb = lock(&self.wb_lock);
-        let mut n = lock(node);
-        if n.purged {
+        let mut guards: Vec<std::sync::MutexGuard<'_, Node>> = Vec::with_capacity(nodes.len());
+        for (_, node) in &nodes {
+            let g = lock(node);
+            if g.is_dirty() && !g.purged {
+                guards.push(g);
+            }
+        }
+        if guards.is_empty() {
             return Ok(());
         }
-        let ino = n.inode.ino;
         let mut b = self.records.batch();
-        if n.dirty.is_empty() {
-            if n.attr_dirty || n.inline_dirty {
-                self.persist_into(&mut b, &mut n)?;
-                b.commit()?;
+        let mut prepared = Vec::new();
+        for g in guards.iter_mut() {
+            if let Some(p) = self.prepare_writeback(g, &mut b)? {
+                prepared.push(p);
             }
+        }
+        b.commit()?;
+        if prepared.is_empty() {
             return Ok(());
+        }
+        self.records.flush()?;
+        for (ino, c) in prepared
+            .iter()
+            .flat_map(|p| p.chunks.iter().map(move |c| (p.ino, *c)))
+        {
+            lock(&self.pending).insert((ino, c));
+        }
+        let bs = self.block_size;
+        for p in prepared {
+            // One write per run of consecutive blocks.
+            let mut i = 0;
+            let mut run = Vec::new();
+            while let Some((start, _)) = p.cipher.get(i) {
+                let start = *start;
+                run.clear();
+                let mut j = i;
+                while let Some((idx, blk)) = p.cipher.get(j) {
+                    if *idx != start + (j - i) as u64 || run.len() >= 8 << 20 {
+                        break;
+                    }
+                    run.extend_from_slice(blk);
+                    j += 1;
+                }
+                self.objects.write_at(&p.id, start * bs, &run)?;
+                i = j;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encrypts a node's dirty blocks and adds their entries (and the inode) to `b`.
+    fn prepare_writeback(
+        &self,
+        n: &mut Node,
+        b: &mut crate::meta::RecordBatch<'_>,
+    ) -> Result<Option<Prepared>> {
+        let ino = n.inode.ino;
+        if n.dirty.is_empty() {
+            self.persist_into(b, n)?;
+            return Ok(None);
         }
         let Storage::Object(id) = n.inode.storage else {
-            return Err(Error::integrity(format!("inode {ino}: dirty blocks without a data object")));
+            return Err(Error::integrity(format!(
+                "inode {ino}: dirty blocks without a data object"
+            )));
         };
         let dirty = std::mem::take(&mut n.dirty);
         let count = dirty.len() as u64;
@@ -330,73 +470,66 @@ impl Inner {
             .fetch_sub((count * self.block_size) as usize, Ordering::Relaxed);
         // A block whose entry still names a previous version must not be overwritten before
         // its current version is durable.
-        let touched: std::collections::BTreeSet<u64> = dirty.keys().map(|i| i / CHUNK_BLOCKS).collect();
+        let touched: std::collections::BTreeSet<u64> =
+            dirty.keys().map(|i| i / CHUNK_BLOCKS).collect();
         let needs_barrier = {
             let pend = lock(&self.pending);
             touched.iter().any(|c| pend.contains(&(ino, *c)))
         };
         if needs_barrier {
             self.objects.sync(&id)?;
-            self.clear_prev_of(ino, &mut b)?;
+            self.clear_prev_of(ino, b)?;
         }
         let first_gen = self.alloc_gens(count)?;
-        let mut overwrite = false;
         let mut chunks: std::collections::BTreeMap<u64, Chunk> = std::collections::BTreeMap::new();
         let mut cipher: Vec<(u64, Box<[u8]>)> = Vec::with_capacity(dirty.len());
         for (k, (idx, mut block)) in dirty.into_iter().enumerate() {
             let gen = first_gen + k as u64;
             let c = idx / CHUNK_BLOCKS;
-            if !chunks.contains_key(&c) {
-                let ch = self.chunk(ino, c)?;
-                chunks.insert(c, ch);
-            }
-            let ch = chunks.get_mut(&c).ok_or_else(|| Error::integrity("chunk map"))?;
+            let ch = match chunks.entry(c) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => v.insert(self.chunk(ino, c)?),
+            };
             self.keys.data.encrypt_block(ino, gen, &mut block)?;
             let tag = self.keys.blocks.tag(ino, idx, gen, &block);
             let slot = (idx % CHUNK_BLOCKS) as u8;
             let old = ch.entries.get(&slot).map(|e| e.cur);
-            overwrite |= old.is_some();
-            ch.entries.insert(slot, BlockEntry { cur: BlockVersion { generation: gen, tag }, prev: Some(old) });
+            ch.entries.insert(
+                slot,
+                BlockEntry {
+                    cur: BlockVersion {
+                        generation: gen,
+                        tag,
+                    },
+                    prev: Some(old),
+                },
+            );
             cipher.push((idx, block));
         }
-        for (c, ch) in &chunks {
-            b.put_chunk(ino, *c, ch);
-        }
-        self.persist_into(&mut b, &mut n)?;
-        b.commit()?;
+        let mut touched_chunks = Vec::with_capacity(chunks.len());
         for (c, ch) in chunks {
+            b.put_chunk(ino, c, &ch);
             self.cache_chunk(ino, c, ch);
-            lock(&self.pending).insert((ino, c));
+            touched_chunks.push(c);
         }
-        if overwrite {
-            self.records.flush()?;
-        }
-        // One write per run of consecutive blocks.
-        let bs = self.block_size;
-        let mut i = 0;
-        let mut run = Vec::new();
-        while let Some((start, _)) = cipher.get(i) {
-            let start = *start;
-            run.clear();
-            let mut j = i;
-            while let Some((idx, blk)) = cipher.get(j) {
-                if *idx != start + (j - i) as u64 || run.len() >= 8 << 20 {
-                    break;
-                }
-                run.extend_from_slice(blk);
-                j += 1;
-            }
-            self.objects.write_at(&id, start * bs, &run)?;
-            i = j;
-        }
-        Ok(())
+        self.persist_into(b, n)?;
+        Ok(Some(Prepared {
+            ino,
+            id,
+            cipher,
+            chunks: touched_chunks,
+        }))
     }
 
     /// Adds the clearing of `prev` versions of every pending chunk of `ino` to `b`.
     fn clear_prev_of(&self, ino: u64, b: &mut crate::meta::RecordBatch<'_>) -> Result<()> {
         let chunks: Vec<u64> = {
             let mut pend = lock(&self.pending);
-            let mine: Vec<u64> = pend.iter().filter(|(i, _)| *i == ino).map(|(_, c)| *c).collect();
+            let mine: Vec<u64> = pend
+                .iter()
+                .filter(|(i, _)| *i == ino)
+                .map(|(_, c)| *c)
+                .collect();
             for c in &mine {
                 pend.remove(&(ino, *c));
             }
@@ -478,7 +611,11 @@ impl Inner {
                     buf.resize(size as usize, 0);
                 }
                 n.inode.size = size;
-                n.inode.storage = if size == 0 && n.inode.storage == Storage::None { Storage::None } else { Storage::Inline };
+                n.inode.storage = if size == 0 && n.inode.storage == Storage::None {
+                    Storage::None
+                } else {
+                    Storage::Inline
+                };
                 n.inline_dirty = true;
             }
             Storage::None | Storage::Inline => {
@@ -489,7 +626,10 @@ impl Inner {
                 let bs = self.block_size;
                 if size == 0 {
                     self.drop_dirty_blocks(&mut n, 0);
-                    for k in self.records.keys_of(crate::format::records::prefix::CHUNK, ino)? {
+                    for k in self
+                        .records
+                        .keys_of(crate::format::records::prefix::CHUNK, ino)?
+                    {
                         b.delete_key(&k);
                     }
                     self.forget_chunks(ino, 0);
@@ -500,7 +640,7 @@ impl Inner {
                 } else if size < old {
                     let keep = size.div_ceil(bs);
                     self.drop_dirty_blocks(&mut n, keep);
-                    if size % bs != 0 {
+                    if !size.is_multiple_of(bs) {
                         let idx = keep - 1;
                         let mut block = match n.dirty.remove(&idx) {
                             Some(b) => {
@@ -522,6 +662,9 @@ impl Inner {
                     // Stale ciphertext beyond the new end may go only once no record names it.
                     self.records.flush()?;
                     self.objects.set_len(&id, keep * bs)?;
+                    // The dropped blocks must be gone from storage before any of them gets a
+                    // new version whose entry says "previously a hole".
+                    self.objects.sync(&id)?;
                     return Ok(());
                 } else {
                     n.inode.size = size;
@@ -540,8 +683,11 @@ impl Inner {
 
     fn forget_chunks(&self, ino: u64, from_chunk: u64) {
         let mut cache = lock(&self.chunk_cache);
-        let keys: Vec<(u64, u64)> =
-            cache.iter().filter(|((i, c), _)| *i == ino && *c >= from_chunk).map(|(k, _)| *k).collect();
+        let keys: Vec<(u64, u64)> = cache
+            .iter()
+            .filter(|((i, c), _)| *i == ino && *c >= from_chunk)
+            .map(|(k, _)| *k)
+            .collect();
         for k in keys {
             cache.pop(&k);
         }
@@ -549,18 +695,25 @@ impl Inner {
     }
 
     /// Removes every block entry at or after block `from`.
-    fn drop_entries_from(&self, ino: u64, from: u64, b: &mut crate::meta::RecordBatch<'_>) -> Result<()> {
+    fn drop_entries_from(
+        &self,
+        ino: u64,
+        from: u64,
+        b: &mut crate::meta::RecordBatch<'_>,
+    ) -> Result<()> {
         let first_chunk = from / CHUNK_BLOCKS;
         let mut changed = Vec::new();
-        self.records.chunks_from(ino, first_chunk, &mut |c, mut ch| {
-            if c == first_chunk {
-                ch.entries.retain(|slot, _| c * CHUNK_BLOCKS + u64::from(*slot) < from);
-            } else {
-                ch.entries.clear();
-            }
-            changed.push((c, ch));
-            Ok(true)
-        })?;
+        self.records
+            .chunks_from(ino, first_chunk, &mut |c, mut ch| {
+                if c == first_chunk {
+                    ch.entries
+                        .retain(|slot, _| c * CHUNK_BLOCKS + u64::from(*slot) < from);
+                } else {
+                    ch.entries.clear();
+                }
+                changed.push((c, ch));
+                Ok(true)
+            })?;
         // Entries written since the last store update are in the cache only.
         let cached: Vec<(u64, Chunk)> = lock(&self.chunk_cache)
             .iter()
@@ -570,7 +723,8 @@ impl Inner {
         self.forget_chunks(ino, first_chunk);
         for (c, mut ch) in cached {
             if !changed.iter().any(|(cc, _)| *cc == c) {
-                ch.entries.retain(|slot, _| c * CHUNK_BLOCKS + u64::from(*slot) < from);
+                ch.entries
+                    .retain(|slot, _| c * CHUNK_BLOCKS + u64::from(*slot) < from);
                 changed.push((c, ch));
             }
         }
@@ -588,9 +742,13 @@ impl Inner {
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
         let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
-        let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
         if mode & !known != 0 || (punch && zero) {
-            return Err(posix(libc::EOPNOTSUPP, format!("fallocate inode {ino}: mode {mode:#x} not supported")));
+            return Err(posix(
+                libc::EOPNOTSUPP,
+                format!("fallocate inode {ino}: mode {mode:#x} not supported"),
+            ));
         }
         if punch && !keep_size {
             return Err(posix(libc::EINVAL, "fallocate: PUNCH_HOLE needs KEEP_SIZE"));
@@ -606,7 +764,10 @@ impl Inner {
         {
             let n = lock(&node);
             if n.inode.kind != super::FileKind::File {
-                return Err(posix(libc::ENODEV, format!("fallocate inode {ino}: not a regular file")));
+                return Err(posix(
+                    libc::ENODEV,
+                    format!("fallocate inode {ino}: not a regular file"),
+                ));
             }
         }
         if punch || zero {
@@ -639,7 +800,11 @@ impl Inner {
         let ino = n.inode.ino;
         let Storage::Object(id) = n.inode.storage else {
             self.load_inline(&mut n)?;
-            if let Some(d) = n.inline.as_mut().and_then(|b| b.get_mut(start as usize..end as usize)) {
+            if let Some(d) = n
+                .inline
+                .as_mut()
+                .and_then(|b| b.get_mut(start as usize..end as usize))
+            {
                 d.fill(0);
             }
             n.inline_dirty = true;
@@ -660,7 +825,11 @@ impl Inner {
                 n.dirty.insert(idx, blk);
                 self.dirty_bytes.fetch_add(bs as usize, Ordering::Relaxed);
             }
-            if let Some(d) = n.dirty.get_mut(&idx).and_then(|b| b.get_mut(lo as usize..hi as usize)) {
+            if let Some(d) = n
+                .dirty
+                .get_mut(&idx)
+                .and_then(|b| b.get_mut(lo as usize..hi as usize))
+            {
                 d.fill(0);
             }
         }
@@ -687,7 +856,8 @@ impl Inner {
             }
             b.commit()?;
             self.records.flush()?;
-            self.objects.punch_hole(&id, first_full * bs, (end_full - first_full) * bs)?;
+            self.objects
+                .punch_hole(&id, first_full * bs, (end_full - first_full) * bs)?;
         }
         Ok(())
     }
@@ -696,15 +866,23 @@ impl Inner {
         let node = self.node(ino)?;
         let n = lock(&node);
         let size = n.inode.size;
-        let off = u64::try_from(offset).map_err(|_| posix(libc::EINVAL, "lseek: negative offset"))?;
+        let off =
+            u64::try_from(offset).map_err(|_| posix(libc::EINVAL, "lseek: negative offset"))?;
         if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
-            return Err(posix(libc::EINVAL, "lseek: only SEEK_DATA and SEEK_HOLE are handled here"));
+            return Err(posix(
+                libc::EINVAL,
+                "lseek: only SEEK_DATA and SEEK_HOLE are handled here",
+            ));
         }
         if off >= size {
             return Err(posix(libc::ENXIO, "lseek: offset beyond end of file"));
         }
         let Storage::Object(_) = n.inode.storage else {
-            return Ok(if whence == libc::SEEK_DATA { offset } else { size as i64 });
+            return Ok(if whence == libc::SEEK_DATA {
+                offset
+            } else {
+                size as i64
+            });
         };
         let bs = self.block_size;
         let last = (size - 1) / bs;
@@ -714,7 +892,8 @@ impl Inner {
             let ch = self.chunk(ino, c)?;
             let chunk_end = ((c + 1) * CHUNK_BLOCKS).min(last + 1);
             while idx < chunk_end {
-                let has = n.dirty.contains_key(&idx) || ch.entries.contains_key(&((idx % CHUNK_BLOCKS) as u8));
+                let has = n.dirty.contains_key(&idx)
+                    || ch.entries.contains_key(&((idx % CHUNK_BLOCKS) as u8));
                 if has == (whence == libc::SEEK_DATA) {
                     return Ok(off.max(idx * bs) as i64);
                 }

@@ -67,7 +67,7 @@ impl Default for OpenOptions {
             read_only: false,
             force_unlock: false,
             max_dirty_bytes: 64 << 20,
-            meta_cache_bytes: 64 << 20,
+            meta_cache_bytes: 32 << 20,
             check_permissions: true,
         }
     }
@@ -136,7 +136,7 @@ pub(crate) struct Inner {
     max_dirty: usize,
     superblock: Mutex<Superblock>,
     backing: Option<BackingDir>,
-    _lock: Option<MountLock>,
+    mount_lock: Mutex<Option<MountLock>>,
     nodes: Mutex<HashMap<u64, NodeRef>>,
     pub(crate) ns_lock: Mutex<()>,
     pub(crate) wb_lock: Mutex<()>,
@@ -170,7 +170,11 @@ impl Filesystem {
     ) -> Result<Filesystem> {
         let dir = BackingDir::new(backing);
         let (superblock, keys) = unlock_superblock(&dir, key)?;
-        let lock = if opts.read_only { None } else { Some(dir.lock(opts.force_unlock)?) };
+        let lock = if opts.read_only {
+            None
+        } else {
+            Some(dir.lock(opts.force_unlock)?)
+        };
         let meta_path = dir.path(META_DIR);
         if !meta_path.is_dir() {
             return Err(Error::format(format!(
@@ -180,13 +184,29 @@ impl Filesystem {
         }
         let meta = Arc::new(SledStore::open(&meta_path, opts.meta_cache_bytes)?);
         let objects = Arc::new(DirObjects::open(&dir.path(OBJECTS_DIR))?);
-        let parts = Parts { superblock, keys, meta, objects, backing: Some(dir) };
+        let parts = Parts {
+            superblock,
+            keys,
+            meta,
+            objects,
+            backing: Some(dir),
+        };
         Filesystem::from_parts(parts, lock, opts)
     }
 
     /// Opens a filesystem over explicit storage parts (tests, fsck).
-    pub fn from_parts(parts: Parts, mount_lock: Option<MountLock>, opts: &OpenOptions) -> Result<Filesystem> {
-        let Parts { mut superblock, keys, meta, objects, backing } = parts;
+    pub fn from_parts(
+        parts: Parts,
+        mount_lock: Option<MountLock>,
+        opts: &OpenOptions,
+    ) -> Result<Filesystem> {
+        let Parts {
+            mut superblock,
+            keys,
+            meta,
+            objects,
+            backing,
+        } = parts;
         let records = Records::new(meta, keys.clone(), &superblock.fs_uuid);
         let counters = records.counters()?.ok_or_else(|| {
             Error::integrity("counters record missing from the metadata store (run fsck.digimed)")
@@ -202,7 +222,8 @@ impl Filesystem {
                 b.write_superblock(&superblock.encode(&keys.superblock)?)?;
             }
         }
-        let chunk_cap = std::num::NonZeroUsize::new(CHUNK_CACHE).unwrap_or(std::num::NonZeroUsize::MIN);
+        let chunk_cap =
+            std::num::NonZeroUsize::new(CHUNK_CACHE).unwrap_or(std::num::NonZeroUsize::MIN);
         let inner = Arc::new(Inner {
             records,
             keys,
@@ -213,7 +234,7 @@ impl Filesystem {
             max_dirty: opts.max_dirty_bytes.max(1 << 20),
             superblock: Mutex::new(superblock),
             backing,
-            _lock: mount_lock,
+            mount_lock: Mutex::new(mount_lock),
             nodes: Mutex::new(HashMap::new()),
             ns_lock: Mutex::new(()),
             wb_lock: Mutex::new(()),
@@ -232,7 +253,10 @@ impl Filesystem {
             closed: AtomicBool::new(false),
             stop: (Mutex::new(false), Condvar::new()),
         });
-        let fs = Filesystem { inner: inner.clone(), flusher: Mutex::new(None) };
+        let fs = Filesystem {
+            inner: inner.clone(),
+            flusher: Mutex::new(None),
+        };
         if !opts.read_only {
             fs.inner.recover()?;
             let weak = Arc::downgrade(&inner);
@@ -286,24 +310,61 @@ impl Filesystem {
         let node = self.inner.node(ino)?;
         let n = lock(&node);
         if n.inode.kind != FileKind::Symlink {
-            return Err(posix(libc::EINVAL, format!("readlink inode {ino}: not a symlink")));
+            return Err(posix(
+                libc::EINVAL,
+                format!("readlink inode {ino}: not a symlink"),
+            ));
         }
         Ok(n.inode.target.clone())
     }
     /// Creates a file, fifo, socket or device node. `mode` includes the `S_IFMT` bits.
-    pub fn mknod(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32, umask: u32, rdev: u32) -> Result<Attr> {
+    pub fn mknod(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> Result<Attr> {
         let kind = FileKind::from_mode(mode).unwrap_or(FileKind::File);
         if kind == FileKind::Dir || kind == FileKind::Symlink {
             return Err(posix(libc::EINVAL, "mknod: use mkdir/symlink"));
         }
-        if matches!(kind, FileKind::CharDev | FileKind::BlockDev) && ctx.uid != 0 && self.inner.check_perms {
+        if matches!(kind, FileKind::CharDev | FileKind::BlockDev)
+            && ctx.uid != 0
+            && self.inner.check_perms
+        {
             return Err(posix(libc::EPERM, "mknod: device nodes need root"));
         }
-        self.inner.create_node(ctx, parent, name, kind, mode & !umask & 0o7777, rdev, Vec::new())
+        self.inner.create_node(
+            ctx,
+            parent,
+            name,
+            kind,
+            mode & !umask & 0o7777,
+            rdev,
+            Vec::new(),
+        )
     }
     /// Creates a directory.
-    pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32, umask: u32) -> Result<Attr> {
-        self.inner.create_node(ctx, parent, name, FileKind::Dir, mode & !umask & 0o7777, 0, Vec::new())
+    pub fn mkdir(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> Result<Attr> {
+        self.inner.create_node(
+            ctx,
+            parent,
+            name,
+            FileKind::Dir,
+            mode & !umask & 0o7777,
+            0,
+            Vec::new(),
+        )
     }
     /// Removes a non-directory entry.
     pub fn unlink(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> Result<()> {
@@ -319,13 +380,33 @@ impl Filesystem {
             return Err(posix(libc::ENOENT, "symlink: empty target"));
         }
         if target.len() > 4095 {
-            return Err(posix(libc::ENAMETOOLONG, "symlink: target longer than 4095 bytes"));
+            return Err(posix(
+                libc::ENAMETOOLONG,
+                "symlink: target longer than 4095 bytes",
+            ));
         }
-        self.inner.create_node(ctx, parent, name, FileKind::Symlink, 0o777, 0, target.to_vec())
+        self.inner.create_node(
+            ctx,
+            parent,
+            name,
+            FileKind::Symlink,
+            0o777,
+            0,
+            target.to_vec(),
+        )
     }
     /// Renames; `flags` takes `libc::RENAME_NOREPLACE` or `libc::RENAME_EXCHANGE`.
-    pub fn rename(&self, ctx: &Ctx, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> Result<()> {
-        self.inner.rename(ctx, parent, name, newparent, newname, flags)
+    pub fn rename(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        self.inner
+            .rename(ctx, parent, name, newparent, newname, flags)
     }
     /// Creates a hard link to `ino` as `newname` in `newparent`.
     pub fn link(&self, ctx: &Ctx, ino: u64, newparent: u64, newname: &[u8]) -> Result<Attr> {
@@ -337,7 +418,10 @@ impl Filesystem {
         {
             let n = lock(&node);
             if n.inode.kind == FileKind::Dir {
-                return Err(posix(libc::EISDIR, format!("open inode {ino}: is a directory")));
+                return Err(posix(
+                    libc::EISDIR,
+                    format!("open inode {ino}: is a directory"),
+                ));
             }
             if self.inner.check_perms {
                 let mask = match flags & libc::O_ACCMODE {
@@ -346,7 +430,10 @@ impl Filesystem {
                     _ => perms::R | perms::W,
                 };
                 if !perms::may_access(&n.inode, ctx, mask) {
-                    return Err(posix(libc::EACCES, format!("open inode {ino}: permission denied")));
+                    return Err(posix(
+                        libc::EACCES,
+                        format!("open inode {ino}: permission denied"),
+                    ));
                 }
             }
         }
@@ -356,8 +443,24 @@ impl Filesystem {
         Ok(self.inner.new_handle(&node, ino))
     }
     /// Creates and opens a regular file.
-    pub fn create(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32, umask: u32, flags: i32) -> Result<(Attr, u64)> {
-        let attr = match self.inner.create_node(ctx, parent, name, FileKind::File, mode & !umask & 0o7777, 0, Vec::new()) {
+    pub fn create(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> Result<(Attr, u64)> {
+        let attr = match self.inner.create_node(
+            ctx,
+            parent,
+            name,
+            FileKind::File,
+            mode & !umask & 0o7777,
+            0,
+            Vec::new(),
+        ) {
             Ok(a) => a,
             Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
                 let a = self.inner.lookup(ctx, parent, name)?;
@@ -383,7 +486,10 @@ impl Filesystem {
     }
     /// The last reference to a file handle is gone.
     pub fn release(&self, ino: u64, fh: u64) -> Result<()> {
-        let ino = lock(&self.inner.handles).remove(&fh).map(|h| h.ino).unwrap_or(ino);
+        let ino = lock(&self.inner.handles)
+            .remove(&fh)
+            .map(|h| h.ino)
+            .unwrap_or(ino);
         self.inner.release_node(ino)
     }
     /// Makes the file's data (and with `datasync == false` its metadata) durable.
@@ -395,10 +501,16 @@ impl Filesystem {
         let node = self.inner.node(ino)?;
         let n = lock(&node);
         if n.inode.kind != FileKind::Dir {
-            return Err(posix(libc::ENOTDIR, format!("opendir inode {ino}: not a directory")));
+            return Err(posix(
+                libc::ENOTDIR,
+                format!("opendir inode {ino}: not a directory"),
+            ));
         }
         if self.inner.check_perms && !perms::may_access(&n.inode, ctx, perms::R) {
-            return Err(posix(libc::EACCES, format!("opendir inode {ino}: permission denied")));
+            return Err(posix(
+                libc::EACCES,
+                format!("opendir inode {ino}: permission denied"),
+            ));
         }
         Ok(self.inner.next_fh.fetch_add(1, Ordering::Relaxed))
     }
@@ -407,12 +519,22 @@ impl Filesystem {
         self.inner.readdir(ino, offset, max)
     }
     /// Like readdir, with each entry's attributes (entries `.` and `..` included).
-    pub fn readdirplus(&self, ino: u64, _fh: u64, offset: i64, max: usize) -> Result<Vec<(DirEntry, Attr)>> {
+    pub fn readdirplus(
+        &self,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        max: usize,
+    ) -> Result<Vec<(DirEntry, Attr)>> {
         let entries = self.inner.readdir(ino, offset, max)?;
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
-            let attr = self.getattr(e.ino)?;
-            out.push((e, attr));
+            match self.getattr(e.ino) {
+                Ok(attr) => out.push((e, attr)),
+                // Removed between the scan and now: skip it, as a later readdir would.
+                Err(err) if err.errno() == libc::ENOENT => continue,
+                Err(err) => return Err(err),
+            }
         }
         Ok(out)
     }
@@ -429,7 +551,14 @@ impl Filesystem {
         self.inner.statfs()
     }
     /// Sets an xattr; `flags` takes `libc::XATTR_CREATE` / `libc::XATTR_REPLACE`.
-    pub fn setxattr(&self, ctx: &Ctx, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+    pub fn setxattr(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Result<()> {
         self.inner.setxattr(ctx, ino, name, value, flags)
     }
     /// Value of an xattr (ENODATA if absent).
@@ -461,7 +590,15 @@ impl Filesystem {
         Ok(())
     }
     /// fallocate(2): `mode` 0 (allocate, may extend), FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE|KEEP_SIZE, FALLOC_FL_ZERO_RANGE.
-    pub fn fallocate(&self, _ctx: &Ctx, ino: u64, _fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+    pub fn fallocate(
+        &self,
+        _ctx: &Ctx,
+        ino: u64,
+        _fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<()> {
         self.inner.fallocate(ino, offset, length, mode)
     }
     /// lseek(2) with SEEK_DATA / SEEK_HOLE (others are handled by the kernel).
@@ -497,6 +634,8 @@ impl Filesystem {
         if let Some(b) = &self.inner.backing {
             b.write_superblock(&sb.encode(&self.inner.keys.superblock)?)?;
         }
+        drop(sb);
+        lock(&self.inner.mount_lock).take();
         Ok(())
     }
 }
@@ -516,7 +655,10 @@ pub fn unlock_superblock(
 ) -> Result<(Superblock, Arc<FsKeys>)> {
     let primary = dir.read_superblock(SUPERBLOCK);
     let mut last_err = None;
-    for (name, bytes) in [(SUPERBLOCK, primary), (SUPERBLOCK_BAK, dir.read_superblock(SUPERBLOCK_BAK))] {
+    for (name, bytes) in [
+        (SUPERBLOCK, primary),
+        (SUPERBLOCK_BAK, dir.read_superblock(SUPERBLOCK_BAK)),
+    ] {
         let bytes = match bytes {
             Ok(b) => b,
             Err(e) => {
@@ -532,7 +674,10 @@ pub fn unlock_superblock(
                 continue;
             }
         };
-        let ctx = crate::keysource::SlotContext { fs_uuid: sb.fs_uuid, tenant: sb.tenant.clone() };
+        let ctx = crate::keysource::SlotContext {
+            fs_uuid: sb.fs_uuid,
+            tenant: sb.tenant.clone(),
+        };
         let mut master = None;
         for slot in sb.slots.iter().filter(|s| s.kind == key.kind()) {
             if let Some(m) = key.open_slot(slot, &ctx)? {
@@ -541,7 +686,12 @@ pub fn unlock_superblock(
             }
         }
         let Some(master) = master else {
-            return Err(Error::WrongKey {
+            // Try the other copy before blaming the key: this copy's slots may be damaged.
+            tracing::warn!(
+                file = name,
+                "no key slot of this superblock copy opens with the key"
+            );
+            last_err = Some(Error::WrongKey {
                 what: format!(
                     "{} does not unlock the filesystem in {} (uuid {})",
                     key.describe(),
@@ -549,6 +699,7 @@ pub fn unlock_superblock(
                     format_uuid(&sb.fs_uuid)
                 ),
             });
+            continue;
         };
         let keys = Arc::new(FsKeys::derive(&master, &sb.fs_uuid)?);
         match Superblock::verify(&bytes, &keys.superblock) {
@@ -565,7 +716,14 @@ pub fn unlock_superblock(
 /// Formats a UUID as 8-4-4-4-12 hex.
 pub fn format_uuid(u: &[u8; 16]) -> String {
     let h = hex::encode(u);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn flusher(weak: std::sync::Weak<Inner>) {
@@ -577,7 +735,9 @@ fn flusher(weak: std::sync::Weak<Inner>) {
             if *stopped {
                 return;
             }
-            let (stopped, _) = cv.wait_timeout(stopped, FLUSH_INTERVAL).unwrap_or_else(|p| p.into_inner());
+            let (stopped, _) = cv
+                .wait_timeout(stopped, FLUSH_INTERVAL)
+                .unwrap_or_else(|p| p.into_inner());
             if *stopped {
                 return;
             }
@@ -596,7 +756,10 @@ impl Inner {
     /// Removes orphans left by a crash and reserves fresh number ranges.
     fn recover(&self) -> Result<()> {
         for ino in self.records.orphans()? {
-            tracing::info!(ino, "removing inode left unlinked-but-open by an earlier mount");
+            tracing::info!(
+                ino,
+                "removing inode left unlinked-but-open by an earlier mount"
+            );
             if let Some(inode) = self.records.inode(ino)? {
                 self.purge_inode(&inode)?;
             } else {
@@ -616,7 +779,10 @@ impl Inner {
 
     fn store_counters(&self, c: &CounterState) -> Result<()> {
         let mut b = self.records.batch();
-        b.put_counters(&Counters { ino_reserved: c.ino_reserved, gen_reserved: c.gen_reserved });
+        b.put_counters(&Counters {
+            ino_reserved: c.ino_reserved,
+            gen_reserved: c.gen_reserved,
+        });
         b.commit()
     }
 
@@ -712,7 +878,11 @@ impl Inner {
             Storage::Inline => i.size.div_ceil(512),
             Storage::None => 0,
         };
-        let size = if i.kind == FileKind::Symlink { i.target.len() as u64 } else { i.size };
+        let size = if i.kind == FileKind::Symlink {
+            i.target.len() as u64
+        } else {
+            i.size
+        };
         Attr {
             ino: i.ino,
             size,
@@ -758,7 +928,10 @@ impl Inner {
     pub(crate) fn drop_dirty(&self, n: &mut Node) {
         let bytes = n.dirty.len() * self.block_size as usize;
         n.dirty.clear();
-        self.dirty_bytes.fetch_sub(bytes.min(self.dirty_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.dirty_bytes.fetch_sub(
+            bytes.min(self.dirty_bytes.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
         n.inline_dirty = false;
         n.attr_dirty = false;
     }
@@ -768,17 +941,27 @@ impl Inner {
         let ino = inode.ino;
         let mut b = self.records.batch();
         b.delete_key(&crate::format::records::inode_key(ino));
-        for p in [crate::format::records::prefix::CHUNK, crate::format::records::prefix::XATTR] {
+        for p in [
+            crate::format::records::prefix::CHUNK,
+            crate::format::records::prefix::XATTR,
+        ] {
             for k in self.records.keys_of(p, ino)? {
                 b.delete_key(&k);
             }
         }
-        b.delete_key(&crate::format::records::ino_prefix(crate::format::records::prefix::INLINE, ino));
+        b.delete_key(&crate::format::records::ino_prefix(
+            crate::format::records::prefix::INLINE,
+            ino,
+        ));
         b.set_orphan(ino, false);
         b.commit()?;
         {
             let mut cache = lock(&self.chunk_cache);
-            let keys: Vec<(u64, u64)> = cache.iter().filter(|((i, _), _)| *i == ino).map(|(k, _)| *k).collect();
+            let keys: Vec<(u64, u64)> = cache
+                .iter()
+                .filter(|((i, _), _)| *i == ino)
+                .map(|(k, _)| *k)
+                .collect();
             for k in keys {
                 cache.pop(&k);
             }
@@ -817,21 +1000,36 @@ impl Inner {
         })
     }
 
-    /// Writes back every dirty node; with `durable`, also syncs data and metadata.
+    /// Writes back every dirty node (not necessarily durable).
+    pub(crate) fn writeback_dirty(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let nodes: Vec<(u64, NodeRef)> = lock(&self.nodes)
+            .iter()
+            .map(|(i, n)| (*i, n.clone()))
+            .collect();
+        let dirty: Vec<(u64, NodeRef)> = nodes
+            .into_iter()
+            .filter(|(_, n)| n.try_lock().map(|g| g.is_dirty()).unwrap_or(true))
+            .collect();
+        self.writeback_nodes(dirty)
+    }
+
+    /// Writes back every dirty node and runs a data barrier; with `durable`, also flushes the
+    /// metadata store. Objects whose deletion is durable are removed.
     pub(crate) fn writeback_all(&self, durable: bool) -> Result<()> {
         if self.read_only {
             return Ok(());
         }
-        let nodes: Vec<NodeRef> = lock(&self.nodes).values().cloned().collect();
-        for node in nodes {
-            let dirty = lock(&node).is_dirty();
-            if dirty {
-                self.writeback(&node)?;
-            }
-        }
+        self.writeback_dirty()?;
         self.barrier()?;
-        if durable {
+        let doomed = !lock(&self.doomed).is_empty();
+        if durable || doomed {
             self.records.flush()?;
+        }
+        if doomed {
+            self.delete_doomed()?;
         }
         Ok(())
     }
@@ -856,11 +1054,11 @@ fn statvfs(path: &Path) -> Result<(u64, u64, u64, u64, u64, u64)> {
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let st = unsafe { st.assume_init() };
     Ok((
-        st.f_blocks as u64,
-        st.f_bfree as u64,
-        st.f_bavail as u64,
-        st.f_files as u64,
-        st.f_ffree as u64,
-        (st.f_frsize as u64).max(1),
+        st.f_blocks,
+        st.f_bfree,
+        st.f_bavail,
+        st.f_files,
+        st.f_ffree,
+        st.f_frsize.max(1),
     ))
 }

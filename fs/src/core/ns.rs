@@ -1,7 +1,10 @@
 //! Namespace operations: lookup, create, link, unlink, rename, readdir, setattr and xattrs.
 //! Every change is one atomic batch of records, so a crash never leaves a half-done rename.
 
-use super::{lock, perms, posix, Attr, Ctx, DirEntry, FileKind, Inner, Node, NodeRef, SetAttr, TimeSet, NAME_MAX, ROOT_INO};
+use super::{
+    lock, perms, posix, Attr, Ctx, DirEntry, FileKind, Inner, Node, NodeRef, SetAttr, TimeSet,
+    NAME_MAX, ROOT_INO,
+};
 use crate::format::records::{self, Dirent, Inode, Storage, Timestamp, Xattr};
 use crate::meta::RecordBatch;
 use crate::{Error, Result};
@@ -16,10 +19,16 @@ fn check_name(name: &[u8], op: &str) -> Result<()> {
         return Err(posix(libc::ENOENT, format!("{op}: empty name")));
     }
     if name.len() > NAME_MAX {
-        return Err(posix(libc::ENAMETOOLONG, format!("{op}: name longer than {NAME_MAX} bytes")));
+        return Err(posix(
+            libc::ENAMETOOLONG,
+            format!("{op}: name longer than {NAME_MAX} bytes"),
+        ));
     }
     if name.contains(&b'/') || name.contains(&0) {
-        return Err(posix(libc::EINVAL, format!("{op}: name contains '/' or NUL")));
+        return Err(posix(
+            libc::EINVAL,
+            format!("{op}: name contains '/' or NUL"),
+        ));
     }
     Ok(())
 }
@@ -41,7 +50,9 @@ struct Locked<'a> {
 
 impl<'a> Locked<'a> {
     fn new(nodes: &'a [(u64, NodeRef)]) -> Locked<'a> {
-        Locked { guards: nodes.iter().map(|(i, n)| (*i, lock(n))).collect() }
+        Locked {
+            guards: nodes.iter().map(|(i, n)| (*i, lock(n))).collect(),
+        }
     }
     fn get(&mut self, ino: u64) -> Result<&mut Node> {
         self.guards
@@ -58,22 +69,37 @@ impl Inner {
         let target = {
             let p = lock(&pnode);
             if p.inode.kind != FileKind::Dir {
-                return Err(posix(libc::ENOTDIR, format!("lookup in inode {parent}: not a directory")));
+                return Err(posix(
+                    libc::ENOTDIR,
+                    format!("lookup in inode {parent}: not a directory"),
+                ));
             }
             if self.check_perms && !perms::may_access(&p.inode, ctx, perms::X) {
-                return Err(posix(libc::EACCES, format!("lookup in inode {parent}: permission denied")));
+                return Err(posix(
+                    libc::EACCES,
+                    format!("lookup in inode {parent}: permission denied"),
+                ));
             }
             if name == b"." {
                 parent
             } else if name == b".." {
-                if parent == ROOT_INO { ROOT_INO } else { p.inode.parent }
+                if parent == ROOT_INO {
+                    ROOT_INO
+                } else {
+                    p.inode.parent
+                }
             } else {
                 if name.len() > NAME_MAX {
                     return Err(posix(libc::ENAMETOOLONG, "lookup: name too long"));
                 }
                 match self.records.dirent(parent, name)? {
                     Some(d) => d.ino,
-                    None => return Err(posix(libc::ENOENT, format!("lookup in inode {parent}: no such entry"))),
+                    None => {
+                        return Err(posix(
+                            libc::ENOENT,
+                            format!("lookup in inode {parent}: no such entry"),
+                        ))
+                    }
                 }
             }
         };
@@ -84,13 +110,22 @@ impl Inner {
 
     fn parent_for_change(&self, p: &Node, ctx: &Ctx, op: &str) -> Result<()> {
         if p.inode.kind != FileKind::Dir {
-            return Err(posix(libc::ENOTDIR, format!("{op}: inode {} is not a directory", p.inode.ino)));
+            return Err(posix(
+                libc::ENOTDIR,
+                format!("{op}: inode {} is not a directory", p.inode.ino),
+            ));
         }
         if p.inode.nlink == 0 {
-            return Err(posix(libc::ENOENT, format!("{op}: directory {} was removed", p.inode.ino)));
+            return Err(posix(
+                libc::ENOENT,
+                format!("{op}: directory {} was removed", p.inode.ino),
+            ));
         }
         if self.check_perms && !perms::may_access(&p.inode, ctx, perms::W | perms::X) {
-            return Err(posix(libc::EACCES, format!("{op}: no write permission on directory {}", p.inode.ino)));
+            return Err(posix(
+                libc::EACCES,
+                format!("{op}: no write permission on directory {}", p.inode.ino),
+            ));
         }
         Ok(())
     }
@@ -129,10 +164,16 @@ impl Inner {
         let mut p = lock(&pnode);
         self.parent_for_change(&p, ctx, "create")?;
         if self.records.dirent(parent, name)?.is_some() {
-            return Err(posix(libc::EEXIST, format!("create in directory {parent}: entry exists")));
+            return Err(posix(
+                libc::EEXIST,
+                format!("create in directory {parent}: entry exists"),
+            ));
         }
         if kind == FileKind::Dir && p.inode.nlink >= LINK_MAX {
-            return Err(posix(libc::EMLINK, format!("mkdir in directory {parent}: too many links")));
+            return Err(posix(
+                libc::EMLINK,
+                format!("mkdir in directory {parent}: too many links"),
+            ));
         }
         let ino = self.alloc_ino()?;
         let now = Inner::now();
@@ -167,7 +208,14 @@ impl Inner {
         }
         let mut b = self.records.batch();
         b.put_inode(&inode)?;
-        b.put_dirent(parent, &Dirent { name: name.to_vec(), ino, kind })?;
+        b.put_dirent(
+            parent,
+            &Dirent {
+                name: name.to_vec(),
+                ino,
+                kind,
+            },
+        )?;
         self.persist_into(&mut b, &mut p)?;
         b.commit()?;
         drop(p);
@@ -196,7 +244,13 @@ impl Inner {
         Ok(true)
     }
 
-    pub(crate) fn remove_entry(&self, ctx: &Ctx, parent: u64, name: &[u8], is_dir: bool) -> Result<()> {
+    pub(crate) fn remove_entry(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        is_dir: bool,
+    ) -> Result<()> {
         let op = if is_dir { "rmdir" } else { "unlink" };
         self.check_writable(op)?;
         check_name(name, op)?;
@@ -208,11 +262,16 @@ impl Inner {
         }
         let _ns = lock(&self.ns_lock);
         let _wb = lock(&self.wb_lock);
-        let entry = self
-            .records
-            .dirent(parent, name)?
-            .ok_or_else(|| posix(libc::ENOENT, format!("{op} in directory {parent}: no such entry")))?;
-        let nodes = lock_nodes(vec![(parent, self.node(parent)?), (entry.ino, self.node(entry.ino)?)]);
+        let entry = self.records.dirent(parent, name)?.ok_or_else(|| {
+            posix(
+                libc::ENOENT,
+                format!("{op} in directory {parent}: no such entry"),
+            )
+        })?;
+        let nodes = lock_nodes(vec![
+            (parent, self.node(parent)?),
+            (entry.ino, self.node(entry.ino)?),
+        ]);
         let mut l = Locked::new(&nodes);
         {
             let p = l.get(parent)?;
@@ -220,19 +279,31 @@ impl Inner {
         }
         let vkind = l.get(entry.ino)?.inode.kind;
         if is_dir && vkind != FileKind::Dir {
-            return Err(posix(libc::ENOTDIR, format!("rmdir inode {}: not a directory", entry.ino)));
+            return Err(posix(
+                libc::ENOTDIR,
+                format!("rmdir inode {}: not a directory", entry.ino),
+            ));
         }
         if !is_dir && vkind == FileKind::Dir {
-            return Err(posix(libc::EISDIR, format!("unlink inode {}: is a directory", entry.ino)));
+            return Err(posix(
+                libc::EISDIR,
+                format!("unlink inode {}: is a directory", entry.ino),
+            ));
         }
         if is_dir && !self.records.dir_is_empty(entry.ino)? {
-            return Err(posix(libc::ENOTEMPTY, format!("rmdir inode {}: directory not empty", entry.ino)));
+            return Err(posix(
+                libc::ENOTEMPTY,
+                format!("rmdir inode {}: directory not empty", entry.ino),
+            ));
         }
         if self.check_perms {
             let pi = l.get(parent)?.inode.clone();
             let vi = l.get(entry.ino)?.inode.clone();
             if !perms::may_delete(&pi, &vi, ctx) {
-                return Err(posix(libc::EPERM, format!("{op}: sticky directory {parent}")));
+                return Err(posix(
+                    libc::EPERM,
+                    format!("{op}: sticky directory {parent}"),
+                ));
             }
         }
         let now = Inner::now();
@@ -286,8 +357,11 @@ impl Inner {
         let ino = inode.ino;
         {
             let mut cache = lock(&self.chunk_cache);
-            let keys: Vec<(u64, u64)> =
-                cache.iter().filter(|((i, _), _)| *i == ino).map(|(k, _)| *k).collect();
+            let keys: Vec<(u64, u64)> = cache
+                .iter()
+                .filter(|((i, _), _)| *i == ino)
+                .map(|(k, _)| *k)
+                .collect();
             for k in keys {
                 cache.pop(&k);
             }
@@ -314,7 +388,9 @@ impl Inner {
             }
             ino = parent;
         }
-        Err(Error::integrity(format!("directory loop above inode {ino}")))
+        Err(Error::integrity(format!(
+            "directory loop above inode {ino}"
+        )))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -330,8 +406,12 @@ impl Inner {
         self.check_writable("rename")?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
-        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace) {
-            return Err(posix(libc::EINVAL, format!("rename: unsupported flags {flags:#x}")));
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace)
+        {
+            return Err(posix(
+                libc::EINVAL,
+                format!("rename: unsupported flags {flags:#x}"),
+            ));
         }
         check_name(name, "rename")?;
         check_name(newname, "rename")?;
@@ -340,19 +420,27 @@ impl Inner {
         }
         let _ns = lock(&self.ns_lock);
         let _wb = lock(&self.wb_lock);
-        let src = self
-            .records
-            .dirent(parent, name)?
-            .ok_or_else(|| posix(libc::ENOENT, format!("rename: no entry in directory {parent}")))?;
+        let src = self.records.dirent(parent, name)?.ok_or_else(|| {
+            posix(
+                libc::ENOENT,
+                format!("rename: no entry in directory {parent}"),
+            )
+        })?;
         let dst = self.records.dirent(newparent, newname)?;
         if parent == newparent && name == newname {
             return Ok(());
         }
         if noreplace && dst.is_some() {
-            return Err(posix(libc::EEXIST, format!("rename: target exists in directory {newparent}")));
+            return Err(posix(
+                libc::EEXIST,
+                format!("rename: target exists in directory {newparent}"),
+            ));
         }
         if exchange && dst.is_none() {
-            return Err(posix(libc::ENOENT, format!("rename exchange: no target in directory {newparent}")));
+            return Err(posix(
+                libc::ENOENT,
+                format!("rename exchange: no target in directory {newparent}"),
+            ));
         }
         if let Some(d) = &dst {
             if d.ino == src.ino {
@@ -361,13 +449,25 @@ impl Inner {
             }
         }
         // Moving a directory under itself.
-        if src.kind == FileKind::Dir && parent != newparent && self.is_ancestor(src.ino, newparent)? {
-            return Err(posix(libc::EINVAL, "rename: directory into its own subtree"));
+        if src.kind == FileKind::Dir
+            && parent != newparent
+            && self.is_ancestor(src.ino, newparent)?
+        {
+            return Err(posix(
+                libc::EINVAL,
+                "rename: directory into its own subtree",
+            ));
         }
         if exchange {
             if let Some(d) = &dst {
-                if d.kind == FileKind::Dir && parent != newparent && self.is_ancestor(d.ino, parent)? {
-                    return Err(posix(libc::EINVAL, "rename exchange: directory into its own subtree"));
+                if d.kind == FileKind::Dir
+                    && parent != newparent
+                    && self.is_ancestor(d.ino, parent)?
+                {
+                    return Err(posix(
+                        libc::EINVAL,
+                        "rename exchange: directory into its own subtree",
+                    ));
                 }
             }
         }
@@ -410,17 +510,39 @@ impl Inner {
                     return Err(posix(libc::EPERM, "rename: sticky target directory"));
                 }
             }
-            if src.kind == FileKind::Dir && parent != newparent && !perms::may_access(&si, ctx, perms::W) {
-                return Err(posix(libc::EACCES, "rename: moving a directory needs write permission on it"));
+            if src.kind == FileKind::Dir
+                && parent != newparent
+                && !perms::may_access(&si, ctx, perms::W)
+            {
+                return Err(posix(
+                    libc::EACCES,
+                    "rename: moving a directory needs write permission on it",
+                ));
             }
         }
         let now = Inner::now();
         let mut b = self.records.batch();
         let mut purge: Option<Inode> = None;
         if exchange {
-            let d = dst.clone().ok_or_else(|| posix(libc::ENOENT, "rename exchange"))?;
-            b.put_dirent(parent, &Dirent { name: name.to_vec(), ino: d.ino, kind: d.kind })?;
-            b.put_dirent(newparent, &Dirent { name: newname.to_vec(), ino: src.ino, kind: src.kind })?;
+            let d = dst
+                .clone()
+                .ok_or_else(|| posix(libc::ENOENT, "rename exchange"))?;
+            b.put_dirent(
+                parent,
+                &Dirent {
+                    name: name.to_vec(),
+                    ino: d.ino,
+                    kind: d.kind,
+                },
+            )?;
+            b.put_dirent(
+                newparent,
+                &Dirent {
+                    name: newname.to_vec(),
+                    ino: src.ino,
+                    kind: src.kind,
+                },
+            )?;
             if parent != newparent {
                 if src.kind == FileKind::Dir {
                     l.get(src.ino)?.inode.parent = newparent;
@@ -440,7 +562,14 @@ impl Inner {
             }
         } else {
             b.delete_dirent(parent, name);
-            b.put_dirent(newparent, &Dirent { name: newname.to_vec(), ino: src.ino, kind: src.kind })?;
+            b.put_dirent(
+                newparent,
+                &Dirent {
+                    name: newname.to_vec(),
+                    ino: src.ino,
+                    kind: src.kind,
+                },
+            )?;
             if let Some(d) = &dst {
                 let v = l.get(d.ino)?;
                 let dir_replaced = v.inode.kind == FileKind::Dir;
@@ -487,23 +616,38 @@ impl Inner {
             return Err(posix(libc::EEXIST, "link: . or .."));
         }
         let _ns = lock(&self.ns_lock);
-        let nodes = lock_nodes(vec![(ino, self.node(ino)?), (newparent, self.node(newparent)?)]);
+        let nodes = lock_nodes(vec![
+            (ino, self.node(ino)?),
+            (newparent, self.node(newparent)?),
+        ]);
         let mut l = Locked::new(&nodes);
         self.parent_for_change(l.get(newparent)?, ctx, "link")?;
         {
             let n = l.get(ino)?;
             if n.inode.kind == FileKind::Dir {
-                return Err(posix(libc::EPERM, format!("link inode {ino}: is a directory")));
+                return Err(posix(
+                    libc::EPERM,
+                    format!("link inode {ino}: is a directory"),
+                ));
             }
             if n.inode.nlink == 0 {
-                return Err(posix(libc::ENOENT, format!("link inode {ino}: was removed")));
+                return Err(posix(
+                    libc::ENOENT,
+                    format!("link inode {ino}: was removed"),
+                ));
             }
             if n.inode.nlink >= LINK_MAX {
-                return Err(posix(libc::EMLINK, format!("link inode {ino}: too many links")));
+                return Err(posix(
+                    libc::EMLINK,
+                    format!("link inode {ino}: too many links"),
+                ));
             }
         }
         if self.records.dirent(newparent, newname)?.is_some() {
-            return Err(posix(libc::EEXIST, format!("link in directory {newparent}: entry exists")));
+            return Err(posix(
+                libc::EEXIST,
+                format!("link in directory {newparent}: entry exists"),
+            ));
         }
         let now = Inner::now();
         let mut b = self.records.batch();
@@ -514,7 +658,14 @@ impl Inner {
             self.persist_into(&mut b, n)?;
             n.inode.kind
         };
-        b.put_dirent(newparent, &Dirent { name: newname.to_vec(), ino, kind })?;
+        b.put_dirent(
+            newparent,
+            &Dirent {
+                name: newname.to_vec(),
+                ino,
+                kind,
+            },
+        )?;
         {
             let p = l.get(newparent)?;
             p.inode.mtime = now;
@@ -531,26 +682,48 @@ impl Inner {
         let parent = {
             let n = lock(&node);
             if n.inode.kind != FileKind::Dir {
-                return Err(posix(libc::ENOTDIR, format!("readdir inode {ino}: not a directory")));
+                return Err(posix(
+                    libc::ENOTDIR,
+                    format!("readdir inode {ino}: not a directory"),
+                ));
             }
-            if ino == ROOT_INO { ROOT_INO } else { n.inode.parent }
+            if ino == ROOT_INO {
+                ROOT_INO
+            } else {
+                n.inode.parent
+            }
         };
         let mut out = Vec::new();
         if max == 0 {
             return Ok(out);
         }
         if offset < 1 {
-            out.push(DirEntry { ino, next_offset: 1, kind: FileKind::Dir, name: b".".to_vec() });
+            out.push(DirEntry {
+                ino,
+                next_offset: 1,
+                kind: FileKind::Dir,
+                name: b".".to_vec(),
+            });
         }
         if offset < 2 && out.len() < max {
-            out.push(DirEntry { ino: parent, next_offset: 2, kind: FileKind::Dir, name: b"..".to_vec() });
+            out.push(DirEntry {
+                ino: parent,
+                next_offset: 2,
+                kind: FileKind::Dir,
+                name: b"..".to_vec(),
+            });
         }
         if out.len() >= max {
             return Ok(out);
         }
         let after = if offset >= 3 { Some(offset) } else { None };
         self.records.scan_dir(ino, after, &mut |cookie, d| {
-            out.push(DirEntry { ino: d.ino, next_offset: cookie, kind: d.kind, name: d.name });
+            out.push(DirEntry {
+                ino: d.ino,
+                next_offset: cookie,
+                kind: d.kind,
+                name: d.name,
+            });
             Ok(out.len() < max)
         })?;
         Ok(out)
@@ -564,11 +737,27 @@ impl Inner {
                 let n = lock(&node);
                 match n.inode.kind {
                     FileKind::File => {}
-                    FileKind::Dir => return Err(posix(libc::EISDIR, format!("truncate inode {ino}: is a directory"))),
-                    _ => return Err(posix(libc::EINVAL, format!("truncate inode {ino}: not a regular file"))),
+                    FileKind::Dir => {
+                        return Err(posix(
+                            libc::EISDIR,
+                            format!("truncate inode {ino}: is a directory"),
+                        ))
+                    }
+                    _ => {
+                        return Err(posix(
+                            libc::EINVAL,
+                            format!("truncate inode {ino}: not a regular file"),
+                        ))
+                    }
                 }
-                if self.check_perms && set.fh.is_none() && !perms::may_access(&n.inode, ctx, perms::W) {
-                    return Err(posix(libc::EACCES, format!("truncate inode {ino}: permission denied")));
+                if self.check_perms
+                    && set.fh.is_none()
+                    && !perms::may_access(&n.inode, ctx, perms::W)
+                {
+                    return Err(posix(
+                        libc::EACCES,
+                        format!("truncate inode {ino}: permission denied"),
+                    ));
                 }
             }
             self.truncate(&node, size, false)?;
@@ -579,7 +768,10 @@ impl Inner {
         let mut changed = set.size.is_some();
         if let Some(mode) = set.mode {
             if self.check_perms && !perms::is_owner(&n.inode, ctx) {
-                return Err(posix(libc::EPERM, format!("chmod inode {ino}: not the owner")));
+                return Err(posix(
+                    libc::EPERM,
+                    format!("chmod inode {ino}: not the owner"),
+                ));
             }
             let mut perm = mode & 0o7777;
             if self.check_perms && ctx.uid != 0 && ctx.gid != n.inode.gid {
@@ -593,13 +785,21 @@ impl Inner {
             let new_gid = set.gid.unwrap_or(n.inode.gid);
             if self.check_perms && ctx.uid != 0 {
                 if new_uid != n.inode.uid {
-                    return Err(posix(libc::EPERM, format!("chown inode {ino}: only root may change the owner")));
+                    return Err(posix(
+                        libc::EPERM,
+                        format!("chown inode {ino}: only root may change the owner"),
+                    ));
                 }
                 if new_gid != n.inode.gid && (ctx.uid != n.inode.uid || new_gid != ctx.gid) {
-                    return Err(posix(libc::EPERM, format!("chown inode {ino}: not permitted")));
+                    return Err(posix(
+                        libc::EPERM,
+                        format!("chown inode {ino}: not permitted"),
+                    ));
                 }
             }
-            if n.inode.kind != FileKind::Dir && (new_uid != n.inode.uid || new_gid != n.inode.gid || ctx.uid != 0) {
+            if n.inode.kind != FileKind::Dir
+                && (new_uid != n.inode.uid || new_gid != n.inode.gid || ctx.uid != 0)
+            {
                 let mut perm = u32::from(n.inode.perm) & !libc::S_ISUID;
                 if perm & 0o010 != 0 {
                     perm &= !libc::S_ISGID;
@@ -614,11 +814,16 @@ impl Inner {
             let Some(value) = value else { continue };
             if self.check_perms {
                 let ok = match value {
-                    TimeSet::Now => perms::is_owner(&n.inode, ctx) || perms::may_access(&n.inode, ctx, perms::W),
+                    TimeSet::Now => {
+                        perms::is_owner(&n.inode, ctx) || perms::may_access(&n.inode, ctx, perms::W)
+                    }
                     TimeSet::At(_) => perms::is_owner(&n.inode, ctx),
                 };
                 if !ok {
-                    return Err(posix(libc::EPERM, format!("utimens inode {ino}: not permitted")));
+                    return Err(posix(
+                        libc::EPERM,
+                        format!("utimens inode {ino}: not permitted"),
+                    ));
                 }
             }
             let t = match value {
@@ -648,9 +853,14 @@ impl Inner {
         if name.len() > XATTR_NAME_MAX {
             return Err(posix(libc::ERANGE, "xattr: name longer than 255 bytes"));
         }
-        let ns_ok = [&b"user."[..], b"trusted.", b"security."].iter().any(|p| name.starts_with(p) && name.len() > p.len());
+        let ns_ok = [&b"user."[..], b"trusted.", b"security."]
+            .iter()
+            .any(|p| name.starts_with(p) && name.len() > p.len());
         if name.starts_with(b"system.") {
-            return Err(posix(libc::EOPNOTSUPP, "xattr: system.* (ACLs) not supported"));
+            return Err(posix(
+                libc::EOPNOTSUPP,
+                "xattr: system.* (ACLs) not supported",
+            ));
         }
         if !ns_ok {
             return Err(posix(libc::EOPNOTSUPP, "xattr: unknown namespace"));
@@ -660,17 +870,30 @@ impl Inner {
         }
         if name.starts_with(b"user.") {
             if write && !matches!(n.inode.kind, FileKind::File | FileKind::Dir) {
-                return Err(posix(libc::EPERM, "xattr: user.* only on files and directories"));
+                return Err(posix(
+                    libc::EPERM,
+                    "xattr: user.* only on files and directories",
+                ));
             }
             let mask = if write { perms::W } else { perms::R };
             if self.check_perms && !perms::may_access(&n.inode, ctx, mask) {
-                return Err(posix(libc::EACCES, format!("xattr on inode {}: permission denied", n.inode.ino)));
+                return Err(posix(
+                    libc::EACCES,
+                    format!("xattr on inode {}: permission denied", n.inode.ino),
+                ));
             }
         }
         Ok(())
     }
 
-    pub(crate) fn setxattr(&self, ctx: &Ctx, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+    pub(crate) fn setxattr(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Result<()> {
         self.check_writable("setxattr")?;
         if value.len() > XATTR_VALUE_MAX {
             return Err(posix(libc::E2BIG, "setxattr: value larger than 64 KiB"));
@@ -683,10 +906,19 @@ impl Inner {
             return Err(posix(libc::EEXIST, format!("setxattr inode {ino}: exists")));
         }
         if flags & libc::XATTR_REPLACE != 0 && !exists {
-            return Err(posix(libc::ENODATA, format!("setxattr inode {ino}: no such attribute")));
+            return Err(posix(
+                libc::ENODATA,
+                format!("setxattr inode {ino}: no such attribute"),
+            ));
         }
         let mut b = self.records.batch();
-        b.put_xattr(ino, &Xattr { name: name.to_vec(), value: value.to_vec() })?;
+        b.put_xattr(
+            ino,
+            &Xattr {
+                name: name.to_vec(),
+                value: value.to_vec(),
+            },
+        )?;
         n.inode.ctime = Inner::now();
         self.persist_into(&mut b, &mut n)?;
         b.commit()
@@ -698,7 +930,10 @@ impl Inner {
         self.xattr_check(ctx, &n, name, false)?;
         match self.records.xattr(ino, name)? {
             Some(x) => Ok(x.value),
-            None => Err(posix(libc::ENODATA, format!("getxattr inode {ino}: no such attribute"))),
+            None => Err(posix(
+                libc::ENODATA,
+                format!("getxattr inode {ino}: no such attribute"),
+            )),
         }
     }
 
@@ -708,7 +943,10 @@ impl Inner {
         let mut n = lock(&node);
         self.xattr_check(ctx, &n, name, true)?;
         if self.records.xattr(ino, name)?.is_none() {
-            return Err(posix(libc::ENODATA, format!("removexattr inode {ino}: no such attribute")));
+            return Err(posix(
+                libc::ENODATA,
+                format!("removexattr inode {ino}: no such attribute"),
+            ));
         }
         let mut b = self.records.batch();
         b.delete_xattr(ino, name);

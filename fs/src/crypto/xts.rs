@@ -64,7 +64,7 @@ fn tweak(file_id: u64, generation: u64) -> [u8; 16] {
 }
 
 fn check_len(len: usize) -> Result<()> {
-    if len < 16 || len % 16 != 0 {
+    if len < 16 || !len.is_multiple_of(16) {
         return Err(Error::invalid(format!(
             "XTS data unit of {len} bytes: must be a non-zero multiple of 16"
         )));

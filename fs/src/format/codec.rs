@@ -13,7 +13,9 @@ pub struct Writer {
 impl Writer {
     /// An empty writer with room for `cap` bytes.
     pub fn with_capacity(cap: usize) -> Writer {
-        Writer { buf: Vec::with_capacity(cap) }
+        Writer {
+            buf: Vec::with_capacity(cap),
+        }
     }
     /// Appends one byte.
     pub fn u8(&mut self, v: u8) -> &mut Self {
@@ -132,7 +134,8 @@ impl<'a> Reader<'a> {
     /// Reads a u32-length-prefixed byte string.
     pub fn bytes32(&mut self) -> Result<&'a [u8]> {
         let len = self.u32()?;
-        let len = usize::try_from(len).map_err(|_| Error::format(format!("{}: length", self.what)))?;
+        let len =
+            usize::try_from(len).map_err(|_| Error::format(format!("{}: length", self.what)))?;
         self.take(len)
     }
     /// Bytes not yet read.
@@ -144,7 +147,11 @@ impl<'a> Reader<'a> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(Error::format(format!("{}: {} trailing bytes", self.what, self.buf.len())))
+            Err(Error::format(format!(
+                "{}: {} trailing bytes",
+                self.what,
+                self.buf.len()
+            )))
         }
     }
 }

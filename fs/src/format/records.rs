@@ -104,13 +104,22 @@ impl Timestamp {
     /// From a `SystemTime`.
     pub fn from_system(t: std::time::SystemTime) -> Timestamp {
         match t.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+            Ok(d) => Timestamp {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
             Err(e) => {
                 let d = e.duration();
                 if d.subsec_nanos() == 0 {
-                    Timestamp { secs: -(d.as_secs() as i64), nanos: 0 }
+                    Timestamp {
+                        secs: -(d.as_secs() as i64),
+                        nanos: 0,
+                    }
                 } else {
-                    Timestamp { secs: -(d.as_secs() as i64) - 1, nanos: 1_000_000_000 - d.subsec_nanos() }
+                    Timestamp {
+                        secs: -(d.as_secs() as i64) - 1,
+                        nanos: 1_000_000_000 - d.subsec_nanos(),
+                    }
                 }
             }
         }
@@ -189,7 +198,11 @@ impl Inode {
     /// Encodes the record.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(128 + self.target.len());
-        w.u8(INODE_VERSION).u8(self.kind.code()).u16(self.perm).u32(self.uid).u32(self.gid);
+        w.u8(INODE_VERSION)
+            .u8(self.kind.code())
+            .u16(self.perm)
+            .u32(self.uid)
+            .u32(self.gid);
         w.u32(self.nlink).u32(self.rdev).u64(self.size);
         for t in [self.atime, self.mtime, self.ctime, self.crtime] {
             t.put(&mut w);
@@ -215,7 +228,9 @@ impl Inode {
         let mut r = Reader::new(bytes, "inode record");
         let version = r.u8()?;
         if version != INODE_VERSION {
-            return Err(Error::format(format!("inode {ino}: unknown record version {version}")));
+            return Err(Error::format(format!(
+                "inode {ino}: unknown record version {version}"
+            )));
         }
         let code = r.u8()?;
         let kind = FileKind::from_code(code)
@@ -237,7 +252,9 @@ impl Inode {
             1 => Storage::Inline,
             2 => Storage::Object(r.array()?),
             other => {
-                return Err(Error::format(format!("inode {ino}: unknown storage kind {other}")))
+                return Err(Error::format(format!(
+                    "inode {ino}: unknown storage kind {other}"
+                )))
             }
         };
         let target = r.bytes32()?.to_vec();
@@ -390,11 +407,17 @@ impl Chunk {
             if u64::from(idx) >= CHUNK_BLOCKS {
                 return Err(Error::format(format!("chunk record: block index {idx}")));
             }
-            let cur = BlockVersion { generation: r.u64()?, tag: r.array()? };
+            let cur = BlockVersion {
+                generation: r.u64()?,
+                tag: r.array()?,
+            };
             let prev = match r.u8()? {
                 0 => None,
                 1 => Some(None),
-                2 => Some(Some(BlockVersion { generation: r.u64()?, tag: r.array()? })),
+                2 => Some(Some(BlockVersion {
+                    generation: r.u64()?,
+                    tag: r.array()?,
+                })),
                 other => return Err(Error::format(format!("chunk record: prev kind {other}"))),
             };
             entries.insert(idx, BlockEntry { cur, prev });
@@ -426,7 +449,10 @@ impl Counters {
         if r.u8()? != 1 {
             return Err(Error::format("counters: unknown version"));
         }
-        let c = Counters { ino_reserved: r.u64()?, gen_reserved: r.u64()? };
+        let c = Counters {
+            ino_reserved: r.u64()?,
+            gen_reserved: r.u64()?,
+        };
         r.finish()?;
         Ok(c)
     }
@@ -466,10 +492,25 @@ mod tests {
     #[test]
     fn chunk_roundtrip() {
         let mut c = Chunk::default();
-        let v = BlockVersion { generation: 7, tag: [1; 16] };
+        let v = BlockVersion {
+            generation: 7,
+            tag: [1; 16],
+        };
         c.entries.insert(0, BlockEntry { cur: v, prev: None });
-        c.entries.insert(5, BlockEntry { cur: v, prev: Some(None) });
-        c.entries.insert(63, BlockEntry { cur: v, prev: Some(Some(v)) });
+        c.entries.insert(
+            5,
+            BlockEntry {
+                cur: v,
+                prev: Some(None),
+            },
+        );
+        c.entries.insert(
+            63,
+            BlockEntry {
+                cur: v,
+                prev: Some(Some(v)),
+            },
+        );
         let bytes = c.encode();
         assert_eq!(Chunk::decode(&bytes).unwrap(), c);
         let mut bad = bytes.clone();
@@ -479,7 +520,13 @@ mod tests {
 
     #[test]
     fn timestamps_roundtrip() {
-        for t in [Timestamp { secs: 0, nanos: 1 }, Timestamp { secs: -1, nanos: 999_999_999 }] {
+        for t in [
+            Timestamp { secs: 0, nanos: 1 },
+            Timestamp {
+                secs: -1,
+                nanos: 999_999_999,
+            },
+        ] {
             assert_eq!(Timestamp::from_system(t.to_system()), t);
         }
     }

@@ -80,7 +80,12 @@ impl KeySlot {
         fs_uuid: &[u8; 16],
         master: &MasterKey,
     ) -> KeySlot {
-        let mut slot = KeySlot { index, kind, key_id, wrapped: Vec::new() };
+        let mut slot = KeySlot {
+            index,
+            kind,
+            key_id,
+            wrapped: Vec::new(),
+        };
         slot.wrapped = slots::wrap_master(wrapping, fs_uuid, &slot.ad(fs_uuid), master);
         slot
     }
@@ -130,20 +135,31 @@ impl Superblock {
     /// Encodes the superblock and appends its MAC.
     pub fn encode(&self, mac: &RecordMac) -> Result<Vec<u8>> {
         if self.label.len() > MAX_LABEL {
-            return Err(Error::invalid(format!("label longer than {MAX_LABEL} bytes")));
+            return Err(Error::invalid(format!(
+                "label longer than {MAX_LABEL} bytes"
+            )));
         }
         if self.tenant.len() > MAX_TENANT {
-            return Err(Error::invalid(format!("tenant id longer than {MAX_TENANT} bytes")));
+            return Err(Error::invalid(format!(
+                "tenant id longer than {MAX_TENANT} bytes"
+            )));
         }
         let nslots = u8::try_from(self.slots.len())
             .ok()
             .filter(|n| usize::from(*n) <= MAX_SLOTS)
             .ok_or_else(|| Error::invalid(format!("more than {MAX_SLOTS} key slots")))?;
         let mut w = Writer::with_capacity(512);
-        w.raw(&MAGIC).u32(FORMAT_VERSION).u32(self.flags).raw(&self.fs_uuid);
-        w.u32(self.block_size).u16(self.cipher_suite).i64(self.created).u64(self.epoch);
+        w.raw(&MAGIC)
+            .u32(FORMAT_VERSION)
+            .u32(self.flags)
+            .raw(&self.fs_uuid);
+        w.u32(self.block_size)
+            .u16(self.cipher_suite)
+            .i64(self.created)
+            .u64(self.epoch);
         w.raw(&self.meta_digest);
-        w.bytes16(self.label.as_bytes())?.bytes16(self.tenant.as_bytes())?;
+        w.bytes16(self.label.as_bytes())?
+            .bytes16(self.tenant.as_bytes())?;
         w.u8(nslots);
         for slot in &self.slots {
             w.u8(slot.index).u8(slot.kind);
@@ -160,7 +176,9 @@ impl Superblock {
         let mut r = Reader::new(bytes, "superblock");
         let magic: [u8; 8] = r.array()?;
         if magic != MAGIC {
-            return Err(Error::format("superblock: bad magic, not a digimedfs filesystem"));
+            return Err(Error::format(
+                "superblock: bad magic, not a digimedfs filesystem",
+            ));
         }
         let version = r.u32()?;
         if version != FORMAT_VERSION {
@@ -175,7 +193,9 @@ impl Superblock {
         check_block_size(block_size).map_err(|e| Error::format(format!("superblock: {e}")))?;
         let cipher_suite = r.u16()?;
         if cipher_suite != CIPHER_SUITE_V1 {
-            return Err(Error::format(format!("superblock: unknown cipher suite {cipher_suite}")));
+            return Err(Error::format(format!(
+                "superblock: unknown cipher suite {cipher_suite}"
+            )));
         }
         let created = r.i64()?;
         let epoch = r.u64()?;
@@ -192,7 +212,12 @@ impl Superblock {
             let kind = r.u8()?;
             let key_id = r.bytes16()?.to_vec();
             let wrapped = r.bytes16()?.to_vec();
-            slots.push(KeySlot { index, kind, key_id, wrapped });
+            slots.push(KeySlot {
+                index,
+                kind,
+                key_id,
+                wrapped,
+            });
         }
         let _mac: [u8; MAC_LEN] = r.array()?;
         r.finish()?;
@@ -220,7 +245,9 @@ impl Superblock {
         if mac.verify(body, tag) {
             Ok(())
         } else {
-            Err(Error::integrity("superblock MAC mismatch: the superblock was modified"))
+            Err(Error::integrity(
+                "superblock MAC mismatch: the superblock was modified",
+            ))
         }
     }
 
@@ -311,7 +338,12 @@ mod tests {
         let keys = FsKeys::derive(&master, &[7u8; 16]).unwrap();
         let mut bytes = sample(&master, &wk).encode(&keys.superblock).unwrap();
         bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-        let err = Superblock::decode_unverified(&bytes).unwrap_err().to_string();
-        assert!(err.contains("unsupported on-disk format version 2"), "{err}");
+        let err = Superblock::decode_unverified(&bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unsupported on-disk format version 2"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,236 @@
+//! `digimed-keyservice`: initialize, administer and serve a digimedfs key service.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use digimedfs_keyservice::admin::Admin;
+use digimedfs_keyservice::server::{Server, ServerConfig};
+use digimedfs_keyservice::state::{Credential, StateDir};
+
+/// Key service for digimedfs (per-tenant KEKs that never leave the service).
+///
+/// The credential that unseals the root secret comes from --credential-file (the file's bytes)
+/// or else from the environment variable DIGIMED_KS_PASSPHRASE.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Read the credential from this file instead of DIGIMED_KS_PASSPHRASE.
+    #[arg(long, global = true)]
+    credential_file: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a state directory with a new sealed root secret; prints an admin token once.
+    Init {
+        state_dir: PathBuf,
+        /// Also write a demo CA and server certificate (localhost, 127.0.0.1) into STATE_DIR/tls.
+        #[arg(long)]
+        demo_tls: bool,
+    },
+    /// Serve the API over TLS.
+    Serve {
+        state_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        #[arg(long)]
+        tls_cert: PathBuf,
+        #[arg(long)]
+        tls_key: PathBuf,
+        /// Audit log (default STATE_DIR/audit.log).
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+        /// Maximum concurrent connections.
+        #[arg(long, default_value_t = 256)]
+        max_connections: usize,
+    },
+    /// Tenants.
+    Tenant {
+        #[command(subcommand)]
+        cmd: TenantCmd,
+    },
+    /// Tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Start a new key version for a tenant (new wraps use it; old versions still unwrap).
+    Rotate { state_dir: PathBuf, tenant: String },
+    /// Retire an old key version (unwraps under it are refused).
+    Retire {
+        state_dir: PathBuf,
+        tenant: String,
+        version: u32,
+    },
+    /// Allow a filesystem to go back to an older epoch once (after a deliberate restore).
+    AcceptRollback { state_dir: PathBuf, fs_uuid: String },
+    /// Tenants, tokens, and the audit chain.
+    Status {
+        state_dir: PathBuf,
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Add a tenant.
+    Add { state_dir: PathBuf, id: String },
+    /// List tenants.
+    List { state_dir: PathBuf },
+    /// Revoke a tenant (all its requests refused).
+    Revoke { state_dir: PathBuf, id: String },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Issue a token for a tenant; printed once.
+    Issue { state_dir: PathBuf, tenant: String },
+    /// Issue an admin token; printed once.
+    IssueAdmin { state_dir: PathBuf },
+    /// Revoke the token whose id starts with PREFIX (>= 8 hex digits), or the full token.
+    Revoke { state_dir: PathBuf, prefix: String },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Verify the hash chain; names the first bad line.
+    Verify {
+        state_dir: PathBuf,
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let cred = || Credential::from_file_or_env(cli.credential_file.as_deref());
+    let admin = |dir: &PathBuf| -> Result<Admin> {
+        Admin::open(dir, &cred()?).with_context(|| format!("unsealing {}", dir.display()))
+    };
+    match &cli.cmd {
+        Cmd::Init {
+            state_dir,
+            demo_tls,
+        } => {
+            StateDir::new(state_dir).init(&cred()?)?;
+            println!("initialized {}", state_dir.display());
+            let token = admin(state_dir)?.token_issue(None)?;
+            println!("admin token (shown once): {}", token.as_str());
+            if *demo_tls {
+                let d = digimedfs_keyservice::tls::write_demo(&state_dir.join("tls"))?;
+                println!(
+                    "demo TLS (not for production): CA {}, cert {}, key {}",
+                    d.ca.display(),
+                    d.cert.display(),
+                    d.key.display()
+                );
+            }
+        }
+        Cmd::Serve {
+            state_dir,
+            listen,
+            tls_cert,
+            tls_key,
+            audit_log,
+            max_connections,
+        } => {
+            let mut cfg = ServerConfig::new(
+                state_dir.clone(),
+                *listen,
+                tls_cert.clone(),
+                tls_key.clone(),
+            );
+            cfg.audit_log = audit_log.clone();
+            cfg.max_connections = *max_connections;
+            let cred = cred()?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let server = Server::bind(cfg, &cred).await?;
+                drop(cred);
+                tracing::info!(addr = %server.local_addr()?, "key service listening (TLS)");
+                server
+                    .run(async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    })
+                    .await?;
+                anyhow::Ok(())
+            })?;
+        }
+        Cmd::Tenant { cmd } => match cmd {
+            TenantCmd::Add { state_dir, id } => {
+                admin(state_dir)?.tenant_add(id)?;
+                println!("tenant {id} added (key version 1)");
+            }
+            TenantCmd::List { state_dir } => print!("{}", admin(state_dir)?.tenant_list()?),
+            TenantCmd::Revoke { state_dir, id } => {
+                admin(state_dir)?.tenant_revoke(id)?;
+                println!("tenant {id} revoked");
+            }
+        },
+        Cmd::Token { cmd } => match cmd {
+            TokenCmd::Issue { state_dir, tenant } => {
+                let t = admin(state_dir)?.token_issue(Some(tenant))?;
+                println!("{}", t.as_str());
+            }
+            TokenCmd::IssueAdmin { state_dir } => {
+                let t = admin(state_dir)?.token_issue(None)?;
+                println!("{}", t.as_str());
+            }
+            TokenCmd::Revoke { state_dir, prefix } => {
+                let id = admin(state_dir)?.token_revoke(prefix)?;
+                println!("token {id} revoked");
+            }
+        },
+        Cmd::Rotate { state_dir, tenant } => {
+            let v = admin(state_dir)?.rotate(tenant)?;
+            println!("tenant {tenant}: current key version is now {v}");
+        }
+        Cmd::Retire {
+            state_dir,
+            tenant,
+            version,
+        } => {
+            admin(state_dir)?.retire(tenant, *version)?;
+            println!("tenant {tenant}: key version {version} retired");
+        }
+        Cmd::AcceptRollback { state_dir, fs_uuid } => {
+            admin(state_dir)?.accept_rollback(fs_uuid)?;
+            println!("filesystem {fs_uuid}: the next older epoch will be accepted once");
+        }
+        Cmd::Status {
+            state_dir,
+            audit_log,
+        } => print!("{}", admin(state_dir)?.status(audit_log.as_deref())?),
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Verify {
+                    state_dir,
+                    audit_log,
+                },
+        } => {
+            let path = audit_log
+                .clone()
+                .unwrap_or_else(|| state_dir.join(digimedfs_keyservice::state::AUDIT_FILE));
+            let n = digimedfs_keyservice::audit::verify(&path)?;
+            println!("{}: {n} lines, chain intact", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! Key service API against a real server (TLS on 127.0.0.1:0).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use common::{contains, Env};
+use digimedfs_keyservice::Error;
+
+const FS1: [u8; 16] = [1; 16];
+const FS2: [u8; 16] = [2; 16];
+
+fn master() -> Vec<u8> {
+    (0..64u8)
+        .map(|i| i.wrapping_mul(37).wrapping_add(5))
+        .collect()
+}
+
+#[test]
+fn wrap_unwrap_roundtrip_and_tenant_separation() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let tb = env.tenant("B");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let b = env.client(&srv, "B", &tb);
+
+    let (v, wrapped) = a.wrap(&FS1, &master()).unwrap();
+    assert_eq!(v, 1);
+    assert!(!contains(&wrapped, &master()));
+    assert_eq!(a.unwrap(&FS1, v, &wrapped).unwrap().as_slice(), master());
+
+    // B's token cannot unwrap A's wrapped key.
+    let e = b.unwrap(&FS1, v, &wrapped).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+    // The wrap is bound to the filesystem.
+    let e = a.unwrap(&FS2, v, &wrapped).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+    // Unknown key version.
+    let e = a.unwrap(&FS1, 7, &wrapped).unwrap_err();
+    assert!(
+        matches!(e, Error::UnknownKeyVersion { version: 7, .. }),
+        "{e}"
+    );
+    // Bad token.
+    let bad = env.client(&srv, "A", &"00".repeat(32));
+    let e = bad.unwrap(&FS1, v, &wrapped).unwrap_err();
+    assert!(matches!(e, Error::BadCredential { .. }), "{e}");
+
+    let log = env.audit();
+    assert!(log.contains("\"tenant\":\"B\""), "{log}");
+    assert!(log.contains("unwrap_failed"), "{log}");
+    assert!(log.contains(&hex::encode(FS2)), "{log}");
+    assert!(log.contains("unknown_key_version"), "{log}");
+    assert!(log.contains("401 unauthorized"), "{log}");
+    assert_eq!(
+        digimedfs_keyservice::audit::verify(&env.state.join("audit.log")).unwrap(),
+        log.lines().count()
+    );
+}
+
+#[test]
+fn revocation_of_tenant_and_token() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let ta2 = env.admin.token_issue(Some("A")).unwrap().to_string();
+    let tb = env.tenant("B");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let a2 = env.client(&srv, "A", &ta2);
+    let b = env.client(&srv, "B", &tb);
+    let (v, w) = a.wrap(&FS1, &master()).unwrap();
+    let (vb, wb) = b.wrap(&FS1, &master()).unwrap();
+
+    // Revoke A's first token by the prefix of its id: only that token stops working.
+    let reg = env.admin.registry().unwrap();
+    let id = hex::encode(digimedfs_keyservice::registry::token_hash(&ta));
+    assert!(reg.tokens.iter().any(|t| t.hash == id));
+    env.admin.token_revoke(&id[..10]).unwrap();
+    let e = a.unwrap(&FS1, v, &w).unwrap_err();
+    assert!(matches!(e, Error::Revoked { .. }), "{e}");
+    assert_eq!(a2.unwrap(&FS1, v, &w).unwrap().as_slice(), master());
+
+    // Revoke tenant A: its other token stops too; B is unaffected.
+    env.admin.tenant_revoke("A").unwrap();
+    let e = a2.unwrap(&FS1, v, &w).unwrap_err();
+    assert!(matches!(e, Error::Revoked { .. }), "{e}");
+    let e = a2.wrap(&FS2, &master()).unwrap_err();
+    assert!(matches!(e, Error::Revoked { .. }), "{e}");
+    assert_eq!(b.unwrap(&FS1, vb, &wb).unwrap().as_slice(), master());
+    assert!(env.audit().contains("tenant_revoked"));
+}
+
+#[test]
+fn rotation_and_rewrap() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let (v1, w1) = a.wrap(&FS1, &master()).unwrap();
+    assert_eq!(v1, 1);
+    assert_eq!(env.admin.rotate("A").unwrap(), 2);
+    let (v2, w2) = a.rewrap(&FS1, v1, &w1).unwrap();
+    assert_eq!(v2, 2);
+    assert_eq!(a.unwrap(&FS1, 2, &w2).unwrap().as_slice(), master());
+    // The old version still unwraps until retired.
+    assert_eq!(a.unwrap(&FS1, 1, &w1).unwrap().as_slice(), master());
+    // A version-1 wrap presented as version 2 fails (version is bound).
+    assert!(a.unwrap(&FS1, 2, &w1).is_err());
+    // New wraps use version 2.
+    assert_eq!(a.wrap(&FS2, &master()).unwrap().0, 2);
+    env.admin.retire("A", 1).unwrap();
+    let e = a.unwrap(&FS1, 1, &w1).unwrap_err();
+    assert!(
+        matches!(e, Error::UnknownKeyVersion { version: 1, .. }),
+        "{e}"
+    );
+    assert!(env.admin.retire("A", 2).is_err());
+}
+
+#[test]
+fn restart_serves_same_keys_and_wrong_passphrase_fails() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let (v, w) = {
+        let srv = env.start();
+        env.client(&srv, "A", &ta).wrap(&FS1, &master()).unwrap()
+    };
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    assert_eq!(a.unwrap(&FS1, v, &w).unwrap().as_slice(), master());
+    // Two instances on one state dir serve the same keys.
+    let srv2 = env.start();
+    let a2 = env.client(&srv2, "A", &ta);
+    assert_eq!(a2.unwrap(&FS1, v, &w).unwrap().as_slice(), master());
+    assert!(digimedfs_keyservice::audit::verify(&env.state.join("audit.log")).is_ok());
+
+    let wrong = digimedfs_keyservice::state::Credential::passphrase("nope").unwrap();
+    let e = digimedfs_keyservice::server::BackgroundServer::start(env.config(), wrong)
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::WrongCredential { .. }), "{e}");
+    drop(srv);
+    // The service is unreachable once stopped.
+    let e = a.unwrap(&FS1, v, &w).unwrap_err();
+    assert!(matches!(e, Error::Unreachable { .. }), "{e}");
+}
+
+#[test]
+fn no_secret_bytes_in_state_or_audit() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let (v, w) = a.wrap(&FS1, &master()).unwrap();
+    a.unwrap(&FS1, v, &w).unwrap();
+    env.admin.rotate("A").unwrap();
+    a.rewrap(&FS1, v, &w).unwrap();
+    drop(srv);
+
+    // Derive the secrets the files must not contain.
+    let root = digimedfs_keyservice::state::StateDir::new(&env.state)
+        .unseal(&common::cred())
+        .unwrap();
+    let reg = env.admin.registry().unwrap();
+    let seed = reg.seed(&root, "A").unwrap();
+    let mut markers: Vec<(String, Vec<u8>)> = vec![
+        ("root".into(), root.expose().to_vec()),
+        ("seed".into(), seed.to_vec()),
+        ("master".into(), master()),
+        ("token".into(), ta.as_bytes().to_vec()),
+        ("token bytes".into(), hex::decode(&ta).unwrap()),
+        ("passphrase".into(), common::PASS.as_bytes().to_vec()),
+    ];
+    for ver in [1, 2] {
+        markers.push((
+            format!("kek v{ver}"),
+            root.kek("A", &seed, ver).unwrap().to_vec(),
+        ));
+    }
+    let b64 = |b: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(b)
+    };
+    let files = common::all_files(&env.state);
+    assert!(files.len() >= 3);
+    for (path, bytes) in &files {
+        for (name, m) in &markers {
+            for needle in [m.clone(), hex::encode(m).into_bytes(), b64(m).into_bytes()] {
+                // Any 16-byte window of the secret would already be a leak.
+                for win in needle.windows(16.min(needle.len())) {
+                    assert!(!contains(bytes, win), "{name} found in {}", path.display());
+                }
+            }
+        }
+    }
+}
+
+fn raw(env: &Env, srv: &digimedfs_keyservice::server::BackgroundServer, req: &str) -> u16 {
+    let c = env.client(srv, "A", "x");
+    c.exchange(req.as_bytes()).unwrap().status
+}
+
+#[test]
+fn bad_input_is_refused_and_service_keeps_serving() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let post = |ct: &str, body: &str| {
+        format!(
+            "POST /v1/wrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ta}\r\n\
+             Content-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let key64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([7u8; 64])
+    };
+    let fs = hex::encode(FS1);
+    assert_eq!(raw(&env, &srv, &post("application/json", "{not json")), 400);
+    assert_eq!(
+        raw(
+            &env,
+            &srv,
+            &post(
+                "application/json",
+                &format!(r#"{{"fs_uuid":"{fs}","key":"{key64}","extra":1}}"#)
+            )
+        ),
+        400
+    );
+    assert_eq!(
+        raw(
+            &env,
+            &srv,
+            &post(
+                "application/json",
+                &format!(r#"{{"fs_uuid":"{fs}","key":"AAAA"}}"#)
+            )
+        ),
+        400
+    );
+    assert_eq!(
+        raw(
+            &env,
+            &srv,
+            &post(
+                "text/plain",
+                &format!(r#"{{"fs_uuid":"{fs}","key":"{key64}"}}"#)
+            )
+        ),
+        415
+    );
+    let big = format!(r#"{{"fs_uuid":"{fs}","key":"{}"}}"#, "A".repeat(20_000));
+    assert_eq!(raw(&env, &srv, &post("application/json", &big)), 413);
+    // Chunked body over the limit (no Content-Length).
+    let chunk = "B".repeat(17_000);
+    let chunked = format!(
+        "POST /v1/wrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ta}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         {:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    assert_eq!(raw(&env, &srv, &chunked), 413);
+    assert_eq!(
+        raw(
+            &env,
+            &srv,
+            "GET /v1/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ),
+        404
+    );
+    assert_eq!(
+        raw(
+            &env,
+            &srv,
+            "GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ),
+        200
+    );
+
+    // Plaintext HTTP on the TLS port: no HTTP answer, connection closed.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(srv.addr()).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        assert!(!contains(&buf, b"HTTP/1.1 200"));
+    }
+    // A client trusting another CA refuses the server.
+    {
+        let other = tempfile::tempdir().unwrap();
+        let tls2 = digimedfs_keyservice::tls::write_demo(other.path()).unwrap();
+        let c =
+            digimedfs_keyservice::client::KeyService::new(&srv.url(), "A", &ta, &tls2.ca).unwrap();
+        let e = c.wrap(&FS1, &[7u8; 64]).unwrap_err();
+        assert!(matches!(e, Error::Tls { .. }), "{e}");
+    }
+
+    // Still serving.
+    let (v, w) = a.wrap(&FS1, &[7u8; 64]).unwrap();
+    assert_eq!(a.unwrap(&FS1, v, &w).unwrap().as_slice(), &[7u8; 64]);
+}
+
+#[test]
+fn failed_auth_is_rate_limited() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let srv = env.start();
+    let bad = env.client(&srv, "A", &"ab".repeat(32));
+    for _ in 0..10 {
+        let e = bad.wrap(&FS1, &master()).unwrap_err();
+        assert!(matches!(e, Error::BadCredential { .. }), "{e}");
+    }
+    let e = bad.wrap(&FS1, &master()).unwrap_err();
+    assert!(matches!(e, Error::RateLimited(_)), "{e}");
+    // The limit is per address: the good token from the same address is limited too.
+    let a = env.client(&srv, "A", &ta);
+    assert!(matches!(
+        a.wrap(&FS1, &master()),
+        Err(Error::RateLimited(_))
+    ));
+}
+
+#[test]
+fn audit_chain_detects_edits_and_unwritable_log_refuses() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let (v, w) = a.wrap(&FS1, &master()).unwrap();
+    for _ in 0..3 {
+        a.unwrap(&FS1, v, &w).unwrap();
+    }
+    let path = env.state.join("audit.log");
+    assert_eq!(digimedfs_keyservice::audit::verify(&path).unwrap(), 4);
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(!log.contains(&ta));
+
+    // Edit line 2: verify names line 2.
+    let mut lines: Vec<String> = log.lines().map(str::to_string).collect();
+    lines[1] = lines[1].replace("\"unwrap\"", "\"wrap\"");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let e = digimedfs_keyservice::audit::verify(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 2 "), "{e}");
+    // Remove line 3: line 3 (the old line 4) no longer chains.
+    std::fs::write(&path, &log).unwrap();
+    let mut lines: Vec<&str> = log.lines().collect();
+    lines.remove(2);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let e = digimedfs_keyservice::audit::verify(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 3 "), "{e}");
+    std::fs::write(&path, &log).unwrap();
+
+    // The CLI names the bad line too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_digimed-keyservice"))
+        .args(["audit", "verify"])
+        .arg(&env.state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Unwritable audit log: replace it by a directory; requests fail with 500.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let e = a.unwrap(&FS1, v, &w).unwrap_err();
+    assert!(matches!(e, Error::Service { status: 500, .. }), "{e}");
+}
+
+#[test]
+fn rollback_anchor() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let tb = env.tenant("B");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    a.record_anchor(&FS1, 5, &[1; 32]).unwrap();
+    a.verify_anchor(&FS1, 5).unwrap();
+    a.verify_anchor(&FS1, 6).unwrap();
+    assert!(a.verify_anchor(&FS1, 4).is_err());
+    assert!(a.record_anchor(&FS1, 4, &[1; 32]).is_err());
+    // Another tenant cannot move A's anchor.
+    let b = env.client(&srv, "B", &tb);
+    assert!(matches!(
+        b.record_anchor(&FS1, 9, &[1; 32]),
+        Err(Error::WrongTenant { .. })
+    ));
+    env.admin.accept_rollback(&hex::encode(FS1)).unwrap();
+    a.verify_anchor(&FS1, 4).unwrap();
+    a.record_anchor(&FS1, 4, &[2; 32]).unwrap();
+    assert!(a.verify_anchor(&FS1, 3).is_err());
+}

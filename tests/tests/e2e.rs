@@ -1,0 +1,16 @@
+//! End-to-end tests of digimedfs: the real binaries, a real FUSE mount, real syscalls.
+//!
+//! Build the binaries first: `cargo build --workspace --bins`. The tests need root, /dev/fuse
+//! and fusermount3. Each test makes its own key, backing directory and mountpoint, so they may
+//! run in parallel.
+
+#[path = "e2e/cli.rs"]
+mod cli;
+#[path = "e2e/integrity.rs"]
+mod integrity;
+#[path = "e2e/persistence.rs"]
+mod persistence;
+#[path = "e2e/posix.rs"]
+mod posix;
+#[path = "e2e/workload.rs"]
+mod workload;

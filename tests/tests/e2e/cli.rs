@@ -1,0 +1,199 @@
+//! The command lines: mkfs-digimed's checks, keygen, mount option errors.
+
+use digimedfs_tests::{bin, is_mounted, random_bytes, run, TestFs};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn mkfs(key: &Path, backing: &Path, extra: &[&str]) -> Output {
+    run(Command::new(bin("mkfs-digimed"))
+        .args(extra)
+        .args(["--tenant", "cli-test", "--key-file"])
+        .arg(key)
+        .arg(backing))
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn mkfs_rejects_bad_block_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    run(Command::new(bin("digimedfs")).arg("keygen").arg(&key));
+    let backing = dir.path().join("b");
+    fs::create_dir(&backing).unwrap();
+    for bad in ["1000", "2048", "131072", "5000", "abc"] {
+        let out = mkfs(&key, &backing, &["-b", bad]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "-b {bad}: {} ({})",
+            out.status,
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).to_lowercase().contains("block size"),
+            "-b {bad}: message does not mention the block size: {:?}",
+            stderr(&out)
+        );
+        assert!(
+            fs::read_dir(&backing).unwrap().next().is_none(),
+            "-b {bad} wrote something"
+        );
+    }
+}
+
+#[test]
+fn mkfs_nonempty_dir_needs_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    run(Command::new(bin("digimedfs")).arg("keygen").arg(&key));
+    let backing = dir.path().join("b");
+    fs::create_dir(&backing).unwrap();
+    fs::write(backing.join("precious"), b"do not lose me").unwrap();
+
+    let out = mkfs(&key, &backing, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "non-empty dir without -f: {}",
+        out.status
+    );
+    assert!(
+        !stderr(&out).trim().is_empty(),
+        "no message for a non-empty dir"
+    );
+    assert_eq!(
+        fs::read(backing.join("precious")).unwrap(),
+        b"do not lose me"
+    );
+    assert!(!backing.join("superblock").exists());
+
+    let out = mkfs(&key, &backing, &["-f"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "with -f: {} ({})",
+        out.status,
+        stderr(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("digimedfs filesystem created"),
+        "mkfs output: {stdout:?}"
+    );
+    assert!(backing.join("superblock").exists());
+
+    // An existing filesystem is also protected without -f.
+    let out = mkfs(&key, &backing, &["-q"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "mkfs over a filesystem without -f: {}",
+        out.status
+    );
+    let out = mkfs(&key, &backing, &["-q", "-f", "-L", "relabelled"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        out.stdout.is_empty(),
+        "-q printed {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Missing required argument: exit 1 too.
+    let out = run(Command::new(bin("mkfs-digimed"))
+        .arg("--key-file")
+        .arg(&key)
+        .arg(&backing));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "missing --tenant: {}",
+        out.status
+    );
+}
+
+#[test]
+fn mkfs_force_reformats_and_64k_blocks_work() {
+    let mut fs = TestFs::unmounted(&[]);
+    fs.mount();
+    fs::write(fs.path("old"), b"old data").unwrap();
+    fs.unmount();
+    let out = mkfs(fs.key_file(), fs.backing(), &["-q", "-f", "-b", "64K"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    fs.mount();
+    assert!(!fs.path("old").exists(), "mkfs -f kept old data");
+    let data = random_bytes(300_000);
+    fs::write(fs.path("big"), &data).unwrap();
+    fs.remount();
+    assert!(fs::read(fs.path("big")).unwrap() == data);
+}
+
+#[test]
+fn keygen_and_mount_option_errors() {
+    let fs = TestFs::unmounted(&[]);
+    let key = fs.root_dir().join("k2");
+    let out = run(Command::new(bin("digimedfs")).arg("keygen").arg(&key));
+    assert!(out.status.success(), "keygen: {}", stderr(&out));
+    let text = fs::read_to_string(&key).unwrap();
+    assert!(
+        text.starts_with("digimedfs-key-v1 "),
+        "key file format: {text:?}"
+    );
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = run(Command::new(bin("digimedfs")).arg("keygen").arg(&key));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "keygen over an existing file must fail"
+    );
+    assert_eq!(
+        fs::read_to_string(&key).unwrap(),
+        text,
+        "keygen overwrote a key"
+    );
+
+    let out = run(&mut fs.mount_command(fs.key_file(), fs.mountpoint(), &["bogus_option"]));
+    assert_eq!(out.status.code(), Some(1), "unknown option: {}", out.status);
+    assert!(
+        stderr(&out).contains("bogus_option"),
+        "message: {:?}",
+        stderr(&out)
+    );
+    assert!(!is_mounted(fs.mountpoint()));
+
+    let out = run(&mut fs.mount_command(fs.key_file(), &fs.root_dir().join("no-such-dir"), &[]));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "missing mountpoint: {}",
+        out.status
+    );
+    assert!(!stderr(&out).trim().is_empty());
+}
+
+#[test]
+fn read_only_mount() {
+    let mut fs = TestFs::unmounted(&["ro"]);
+    // Put something in first through a read-write mount.
+    let out = run(&mut fs.mount_command(fs.key_file(), fs.mountpoint(), &["rw"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    fs.mark_mounted();
+    fs::write(fs.path("f"), b"written rw").unwrap();
+    fs.unmount();
+    fs.mount();
+    assert_eq!(fs::read(fs.path("f")).unwrap(), b"written rw");
+    let e = fs::write(fs.path("g"), b"x").unwrap_err();
+    assert_eq!(digimedfs_tests::errno_of(&e), libc::EROFS);
+    let e = fs::OpenOptions::new()
+        .write(true)
+        .open(fs.path("f"))
+        .unwrap_err();
+    assert_eq!(digimedfs_tests::errno_of(&e), libc::EROFS);
+}
