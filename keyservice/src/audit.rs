@@ -199,7 +199,7 @@ pub fn verify(path: &Path) -> Result<usize> {
             return Err(bad("prev does not match the hash of the line before (a line was removed, reordered or edited)"));
         }
         // The line must end with ,"hash":"<64 hex>"}
-        const SUFFIX_LEN: usize = 10 + 64 + 2;
+        const SUFFIX_LEN: usize = 9 + 64 + 2;
         let split = line
             .len()
             .checked_sub(SUFFIX_LEN)
