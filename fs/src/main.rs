@@ -96,6 +96,9 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         let open = OpenOptions {
             read_only: opts.read_only,
             force_unlock: opts.force_unlock,
+            // The mount always uses default_permissions: the kernel checks permissions with
+            // the caller's supplementary groups, which the core cannot see.
+            check_permissions: false,
             ..Default::default()
         };
         Filesystem::open(&backing, &key, &open)

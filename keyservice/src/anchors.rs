@@ -52,6 +52,7 @@ fn with_anchors<T>(state: &StateDir, write: bool, f: impl FnOnce(&mut Anchors) -
         .write(true)
         .open(&lock_path)
         .map_err(|e| Error::io(&lock_path, e))?;
+    // SAFETY: flock on a valid fd owned by `lock`; the lock is released when it is dropped.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(Error::io(&lock_path, std::io::Error::last_os_error()));
     }

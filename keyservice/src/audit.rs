@@ -143,6 +143,7 @@ impl AuditLog {
             .map_err(|_| Error::Audit("audit lock poisoned".into()))?;
         let err = |e: std::io::Error| Error::Audit(format!("{}: {e}", self.path.display()));
         let mut f = open_append(&self.path).map_err(err)?;
+        // SAFETY: flock on a valid fd owned by `f`; released when `f` is dropped.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(err(std::io::Error::last_os_error()));
         }

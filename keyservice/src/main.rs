@@ -187,6 +187,11 @@ fn main() -> Result<()> {
         Cmd::Token { cmd } => match cmd {
             TokenCmd::Issue { state_dir, tenant } => {
                 let t = admin(state_dir)?.token_issue(Some(tenant))?;
+                let hash = hex::encode(digimedfs_keyservice::registry::token_hash(&t));
+                eprintln!(
+                    "token id {} for tenant {tenant} (token shown once on stdout)",
+                    digimedfs_keyservice::registry::token_id(&hash)
+                );
                 println!("{}", t.as_str());
             }
             TokenCmd::IssueAdmin { state_dir } => {

@@ -248,7 +248,7 @@ pub fn modify<T>(
         .write(true)
         .open(&lock_path)
         .map_err(|e| Error::io(&lock_path, e))?;
-    // SAFETY-free: flock on an fd we own; released when `lock` is dropped.
+    // SAFETY: flock on a valid fd owned by `lock`; the lock is released when it is dropped.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(Error::io(&lock_path, std::io::Error::last_os_error()));
     }
