@@ -33,8 +33,8 @@ pub struct Cli {
         value_parser = parse_block_size
     )]
     pub block_size: u32,
-    /// Tenant the filesystem belongs to (1 to 128 bytes; required).
-    #[arg(long = "tenant", value_name = "ID")]
+    /// Tenant the filesystem belongs to (1 to 128 bytes).
+    #[arg(long = "tenant", value_name = "ID", default_value = "default")]
     pub tenant: String,
     /// Key file whose key wraps the new filesystem's master key (see `digimedfs keygen`).
     #[arg(long = "key-file", value_name = "PATH")]
@@ -122,7 +122,8 @@ mod tests {
         assert_eq!(cli.block_size, DEFAULT_BLOCK_SIZE);
         assert!(!cli.force && !cli.quiet && cli.label.is_empty());
         assert!(Cli::try_parse_from(["mkfs.digimed", "--tenant", "t", "/srv/b"]).is_err());
-        assert!(Cli::try_parse_from(["mkfs.digimed", "--key-file", "/k", "/srv/b"]).is_err());
+        let cli = Cli::try_parse_from(["mkfs.digimed", "--key-file", "/k", "/srv/b"]).unwrap();
+        assert_eq!(cli.tenant, "default");
         assert!(
             Cli::try_parse_from(["mkfs.digimed", "-b", "3K", "--key-file", "/k", "/b"]).is_err()
         );
