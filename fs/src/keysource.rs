@@ -54,6 +54,11 @@ pub trait KeySource: Send + Sync {
     fn check_anchor(&self, _ctx: &SlotContext, _epoch: u64) -> Result<()> {
         Ok(())
     }
+    /// A handle the open filesystem keeps to record its epoch when it closes; `None` for
+    /// sources that keep no anchor (a key file).
+    fn anchor_handle(&self) -> Option<std::sync::Arc<dyn KeySource>> {
+        None
+    }
 }
 
 /// The first bytes of every key file, before the 64 hex digits of the key.

@@ -137,6 +137,8 @@ pub(crate) struct Inner {
     superblock: Mutex<Superblock>,
     backing: Option<BackingDir>,
     mount_lock: Mutex<Option<MountLock>>,
+    /// Where the epoch is recorded outside the storage (key service), if anywhere.
+    anchor: Mutex<Option<Arc<dyn crate::keysource::KeySource>>>,
     nodes: Mutex<HashMap<u64, NodeRef>>,
     pub(crate) ns_lock: Mutex<()>,
     pub(crate) wb_lock: Mutex<()>,
@@ -182,6 +184,12 @@ impl Filesystem {
                 meta_path.display()
             )));
         }
+        let ctx = crate::keysource::SlotContext {
+            fs_uuid: superblock.fs_uuid,
+            tenant: superblock.tenant.clone(),
+        };
+        // A backing directory older than what the anchor last saw is a rollback.
+        key.check_anchor(&ctx, superblock.epoch)?;
         let meta = Arc::new(SledStore::open(&meta_path, opts.meta_cache_bytes)?);
         let objects = Arc::new(DirObjects::open(&dir.path(OBJECTS_DIR))?);
         let parts = Parts {
@@ -191,7 +199,15 @@ impl Filesystem {
             objects,
             backing: Some(dir),
         };
-        Filesystem::from_parts(parts, lock, opts)
+        let fs = Filesystem::from_parts(parts, lock, opts)?;
+        if !opts.read_only {
+            if let Some(anchor) = key.anchor_handle() {
+                let sb = fs.superblock();
+                anchor.anchor(&ctx, sb.epoch, &sb.meta_digest)?;
+                *self::lock(&fs.inner.anchor) = Some(anchor);
+            }
+        }
+        Ok(fs)
     }
 
     /// Opens a filesystem over explicit storage parts (tests, fsck).
@@ -235,6 +251,7 @@ impl Filesystem {
             superblock: Mutex::new(superblock),
             backing,
             mount_lock: Mutex::new(mount_lock),
+            anchor: Mutex::new(None),
             nodes: Mutex::new(HashMap::new()),
             ns_lock: Mutex::new(()),
             wb_lock: Mutex::new(()),
@@ -634,7 +651,15 @@ impl Filesystem {
         if let Some(b) = &self.inner.backing {
             b.write_superblock(&sb.encode(&self.inner.keys.superblock)?)?;
         }
+        let (epoch, digest) = (sb.epoch, sb.meta_digest);
+        let ctx = crate::keysource::SlotContext {
+            fs_uuid: sb.fs_uuid,
+            tenant: sb.tenant.clone(),
+        };
         drop(sb);
+        if let Some(anchor) = lock(&self.inner.anchor).take() {
+            anchor.anchor(&ctx, epoch, &digest)?;
+        }
         lock(&self.inner.mount_lock).take();
         Ok(())
     }
@@ -679,10 +704,24 @@ pub fn unlock_superblock(
             tenant: sb.tenant.clone(),
         };
         let mut master = None;
+        let mut slot_err = None;
         for slot in sb.slots.iter().filter(|s| s.kind == key.kind()) {
-            if let Some(m) = key.open_slot(slot, &ctx)? {
-                master = Some(m);
-                break;
+            match key.open_slot(slot, &ctx) {
+                Ok(Some(m)) => {
+                    master = Some(m);
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    slot_err.get_or_insert(e);
+                }
+            }
+        }
+        if master.is_none() {
+            if let Some(e) = slot_err {
+                // The key source refused or failed (service down, revoked, wrong tenant): its
+                // own error says more than "wrong key".
+                return Err(e);
             }
         }
         let Some(master) = master else {
