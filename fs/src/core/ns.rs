@@ -139,6 +139,10 @@ impl Inner {
             }
             n.inline_dirty = false;
         }
+        if n.open_count == 0 {
+            // Stored now; keep memory bounded by not caching contents of closed files.
+            n.inline = None;
+        }
         n.attr_dirty = false;
         Ok(())
     }
