@@ -66,7 +66,17 @@ pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
     path: std::path::PathBuf,
+    /// One writer at a time: sled 0.34 can deadlock when many threads seal log buffers while
+    /// the log file shrinks (sled issue 1412: the truncation task queues behind writer tasks
+    /// that wait for the lock its waiter holds). Serializing our writes keeps the number of
+    /// concurrently sealed buffers small.
+    writer: Mutex<()>,
 }
+
+/// sled log segment size of new stores: large segments mean fewer sealed buffers and fewer
+/// log truncations (see [`SledStore`]). Fixed at creation; sled refuses to open a store with
+/// another value.
+pub const SLED_SEGMENT_SIZE: usize = 8 << 20;
 
 impl SledStore {
     /// Opens (or creates) the store in directory `path`.
@@ -74,7 +84,9 @@ impl SledStore {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(1000))
+            .segment_size(SLED_SEGMENT_SIZE)
+            // Durability points are ours: fsync, the 5 s writeback cycle, unmount.
+            .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| Error::meta(format!("open metadata store {}", path.display()), e))?;
@@ -85,6 +97,7 @@ impl SledStore {
             db,
             tree,
             path: path.to_path_buf(),
+            writer: Mutex::new(()),
         })
     }
 }
@@ -126,12 +139,14 @@ impl MetaStore for SledStore {
                 None => b.remove(k.as_slice()),
             }
         }
+        let _one_writer = lock(&self.writer);
         self.tree
             .apply_batch(b)
             .map_err(|e| Error::meta(format!("write batch of {} records", batch.len()), e))
     }
 
     fn flush(&self) -> Result<()> {
+        let _one_writer = lock(&self.writer);
         self.db
             .flush()
             .map(|_| ())

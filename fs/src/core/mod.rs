@@ -781,7 +781,7 @@ fn flusher(weak: std::sync::Weak<Inner>) {
                 return;
             }
         }
-        if let Err(e) = inner.writeback_all(false) {
+        if let Err(e) = inner.writeback_all() {
             tracing::error!(error = %e, "background writeback failed");
         }
     }
@@ -1055,18 +1055,18 @@ impl Inner {
         self.writeback_nodes(dirty)
     }
 
-    /// Writes back every dirty node and runs a data barrier; with `durable`, also flushes the
-    /// metadata store. Objects whose deletion is durable are removed.
-    pub(crate) fn writeback_all(&self, durable: bool) -> Result<()> {
+    /// Writes back every dirty node, runs a data barrier and flushes the metadata store; then
+    /// removes objects whose deletion is durable.
+    pub(crate) fn writeback_all(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
         }
         self.writeback_dirty()?;
         self.barrier()?;
         let doomed = !lock(&self.doomed).is_empty();
-        if durable || doomed {
-            self.records.flush()?;
-        }
+        // Every cycle ends durable: the metadata store has no flusher of its own, so this is the
+        // commit interval (as ext4's 5 s journal commit).
+        self.records.flush()?;
         if doomed {
             self.delete_doomed()?;
         }
@@ -1074,7 +1074,7 @@ impl Inner {
     }
 
     fn sync_all(&self) -> Result<()> {
-        self.writeback_all(true)?;
+        self.writeback_all()?;
         self.delete_doomed()
     }
 }
