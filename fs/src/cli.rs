@@ -27,6 +27,34 @@ pub enum Command {
     /// Mount a digimedfs filesystem. `digimedfs BACKING_DIR MOUNTPOINT -o OPTIONS` (the form
     /// mount(8) uses for type fuse.digimedfs) means the same.
     Mount(MountArgs),
+    /// Move the filesystem's key service slot to the tenant's newest key version (after
+    /// `digimed-keyservice rotate`), without touching data. The filesystem must not be mounted.
+    Rewrap {
+        /// The key service to use (all four options are required).
+        #[command(flatten)]
+        service: KeyServiceArgs,
+        /// The backing directory holding the filesystem.
+        backing_dir: PathBuf,
+    },
+}
+
+/// The key service options shared by `mount` and `rewrap`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KeyServiceArgs {
+    /// Unlock through the key service at URL (`https://host:port`) instead of a key file (same
+    /// as -o keyservice=URL); needs --tenant, --token-file and --ca-file.
+    #[arg(long = "keyservice", value_name = "URL")]
+    pub url: Option<String>,
+    /// The tenant at the key service (same as -o tenant=ID).
+    #[arg(long, value_name = "ID")]
+    pub tenant: Option<String>,
+    /// File holding the tenant's key service token (same as -o token_file=PATH).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) the key service's certificate must chain to (same as -o
+    /// ca_file=PATH).
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Arguments of `digimedfs mount`.
@@ -36,8 +64,9 @@ pub struct MountArgs {
     /// serve it from a background process).
     #[arg(short = 'f', long = "foreground")]
     pub foreground: bool,
-    /// Comma-separated mount options: key_file=PATH, ro, rw, allow_other, debug, force_unlock
-    /// (take over the lock of a mount that no longer runs). Generic mount(8) options (dev,
+    /// Comma-separated mount options: key_file=PATH, keyservice=URL, tenant=ID,
+    /// token_file=PATH, ca_file=PATH, ro, rw, allow_other, debug, force_unlock (take over the
+    /// lock of a mount that no longer runs). Generic mount(8) options (dev,
     /// suid, nodev, nosuid, exec, noexec, auto, noauto, user, nouser, users, _netdev, nofail,
     /// defaults, x-*) are accepted and ignored. May be given more than once.
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -45,6 +74,9 @@ pub struct MountArgs {
     /// The key file that unlocks the filesystem (same as -o key_file=PATH).
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
+    /// Unlock through the key service instead of a key file.
+    #[command(flatten)]
+    pub service: KeyServiceArgs,
     /// Internal: the background process reports readiness on this file descriptor.
     #[arg(long, hide = true, value_name = "FD")]
     pub ready_fd: Option<i32>,
@@ -55,7 +87,16 @@ pub struct MountArgs {
 }
 
 /// The subcommand names and top-level flags clap understands itself.
-const KNOWN_FIRST_ARGS: &[&str] = &["keygen", "mount", "help", "-h", "--help", "-V", "--version"];
+const KNOWN_FIRST_ARGS: &[&str] = &[
+    "keygen",
+    "mount",
+    "rewrap",
+    "help",
+    "-h",
+    "--help",
+    "-V",
+    "--version",
+];
 
 /// Rewrites `argv` so the mount(8) helper form `digimedfs BACKING MOUNTPOINT -o OPTS` (and any
 /// other invocation that does not start with a subcommand) is parsed as `digimedfs mount ...`.
@@ -75,6 +116,8 @@ pub fn normalize_args(mut args: Vec<OsString>) -> Vec<OsString> {
 pub struct MountOptions {
     /// `key_file=PATH`.
     pub key_file: Option<PathBuf>,
+    /// `keyservice=URL`, `tenant=ID`, `token_file=PATH`, `ca_file=PATH`.
+    pub service: KeyServiceOptions,
     /// `ro` (the last of `ro`/`rw` wins).
     pub read_only: bool,
     /// `allow_other`.
@@ -85,11 +128,29 @@ pub struct MountOptions {
     pub force_unlock: bool,
 }
 
+/// The key service options given with `-o`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyServiceOptions {
+    /// `keyservice=URL`.
+    pub url: Option<String>,
+    /// `tenant=ID`.
+    pub tenant: Option<String>,
+    /// `token_file=PATH`.
+    pub token_file: Option<PathBuf>,
+    /// `ca_file=PATH`.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// Generic options mount(8) and mount.fuse3 pass along that mean nothing to us.
 const IGNORED_OPTIONS: &[&str] = &[
     "dev", "suid", "nodev", "nosuid", "exec", "noexec", "auto", "noauto", "user", "nouser",
     "users", "_netdev", "nofail", "defaults",
 ];
+
+/// The supported options, for error messages.
+const SUPPORTED: &str = "supported: key_file=PATH, keyservice=URL, tenant=ID, token_file=PATH, \
+                         ca_file=PATH, ro, rw, allow_other, debug, force_unlock, and the generic \
+                         mount(8) options, which are ignored";
 
 /// Parses the `-o` arguments (each a comma-separated list).
 pub fn parse_mount_options(lists: &[String]) -> anyhow::Result<MountOptions> {
@@ -99,11 +160,19 @@ pub fn parse_mount_options(lists: &[String]) -> anyhow::Result<MountOptions> {
         if opt.is_empty() || IGNORED_OPTIONS.contains(&opt) || opt.starts_with("x-") {
             continue;
         }
-        if let Some(path) = opt.strip_prefix("key_file=") {
-            if path.is_empty() {
-                bail!("mount option key_file= needs a path");
+        if let Some((name, value)) = opt.split_once('=') {
+            if value.is_empty() {
+                bail!("mount option {name}= needs a value");
             }
-            opts.key_file = Some(PathBuf::from(path));
+            let ks = &mut opts.service;
+            match name {
+                "key_file" => opts.key_file = Some(PathBuf::from(value)),
+                "keyservice" => ks.url = Some(value.to_string()),
+                "tenant" => ks.tenant = Some(value.to_string()),
+                "token_file" => ks.token_file = Some(PathBuf::from(value)),
+                "ca_file" => ks.ca_file = Some(PathBuf::from(value)),
+                _ => bail!("unknown mount option '{opt}' ({SUPPORTED})"),
+            }
             continue;
         }
         match opt {
@@ -112,29 +181,110 @@ pub fn parse_mount_options(lists: &[String]) -> anyhow::Result<MountOptions> {
             "allow_other" => opts.allow_other = true,
             "debug" => opts.debug = true,
             "force_unlock" => opts.force_unlock = true,
-            "key_file" => bail!("mount option key_file needs a value: key_file=PATH"),
-            other => bail!(
-                "unknown mount option '{other}' (supported: key_file=PATH, ro, rw, allow_other, \
-                 debug, force_unlock, and the generic mount(8) options, which are ignored)"
-            ),
+            "key_file" | "keyservice" | "tenant" | "token_file" | "ca_file" => {
+                bail!("mount option {opt} needs a value: {opt}=...")
+            }
+            other => bail!("unknown mount option '{other}' ({SUPPORTED})"),
         }
     }
     Ok(opts)
 }
 
-/// The key file to use: `--key-file` or `-o key_file=`; both must agree if both are given.
-pub fn key_file(args: &MountArgs, opts: &MountOptions) -> anyhow::Result<PathBuf> {
-    match (&args.key_file, &opts.key_file) {
-        (Some(a), Some(b)) if a != b => bail!(
-            "--key-file {} and -o key_file={} disagree; give one",
-            a.display(),
-            b.display()
-        ),
-        (Some(a), _) => Ok(a.clone()),
-        (None, Some(b)) => Ok(b.clone()),
-        (None, None) => {
-            bail!("no key file given: use --key-file PATH or -o key_file=PATH")
+/// Where the key that unlocks a filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySpec {
+    /// A local key file (key slot kind 1).
+    File(PathBuf),
+    /// The key service (key slot kind 2).
+    Service(ServiceSpec),
+}
+
+/// A complete key service configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// `https://host:port`.
+    pub url: String,
+    /// Tenant id.
+    pub tenant: String,
+    /// Token file.
+    pub token_file: PathBuf,
+    /// CA certificate file.
+    pub ca_file: PathBuf,
+}
+
+/// One setting given on the command line and/or with `-o`; both must agree if both are given.
+fn merge<T: Clone + PartialEq + std::fmt::Debug>(
+    flag: &str,
+    opt: &str,
+    cli: &Option<T>,
+    o: &Option<T>,
+) -> anyhow::Result<Option<T>> {
+    match (cli, o) {
+        (Some(a), Some(b)) if a != b => {
+            bail!("--{flag} {a:?} and -o {opt}={b:?} disagree; give one")
         }
+        (Some(a), _) => Ok(Some(a.clone())),
+        (None, b) => Ok(b.clone()),
+    }
+}
+
+/// The complete key service configuration from the flags, or `None` if no key service option
+/// was given at all; an error if only some were.
+pub fn service_spec(
+    args: &KeyServiceArgs,
+    opts: &KeyServiceOptions,
+) -> anyhow::Result<Option<ServiceSpec>> {
+    let url = merge("keyservice", "keyservice", &args.url, &opts.url)?;
+    let tenant = merge("tenant", "tenant", &args.tenant, &opts.tenant)?;
+    let token_file = merge(
+        "token-file",
+        "token_file",
+        &args.token_file,
+        &opts.token_file,
+    )?;
+    let ca_file = merge("ca-file", "ca_file", &args.ca_file, &opts.ca_file)?;
+    match (url, tenant, token_file, ca_file) {
+        (None, None, None, None) => Ok(None),
+        (Some(url), Some(tenant), Some(token_file), Some(ca_file)) => Ok(Some(ServiceSpec {
+            url,
+            tenant,
+            token_file,
+            ca_file,
+        })),
+        (url, tenant, token, ca) => {
+            let missing: Vec<&str> = [
+                (url.is_none(), "--keyservice URL (-o keyservice=URL)"),
+                (tenant.is_none(), "--tenant ID (-o tenant=ID)"),
+                (token.is_none(), "--token-file PATH (-o token_file=PATH)"),
+                (ca.is_none(), "--ca-file PATH (-o ca_file=PATH)"),
+            ]
+            .into_iter()
+            .filter_map(|(m, name)| m.then_some(name))
+            .collect();
+            bail!(
+                "incomplete key service options: also give {}",
+                missing.join(", ")
+            )
+        }
+    }
+}
+
+/// The key to use: a key file (`--key-file` or `-o key_file=`) or the key service; exactly one.
+pub fn key_spec(args: &MountArgs, opts: &MountOptions) -> anyhow::Result<KeySpec> {
+    let file = merge("key-file", "key_file", &args.key_file, &opts.key_file)?;
+    let service = service_spec(&args.service, &opts.service)?;
+    match (file, service) {
+        (Some(_), Some(_)) => bail!(
+            "a key file and the key service are mutually exclusive: give either --key-file \
+             (-o key_file=) or the key service options"
+        ),
+        (Some(f), None) => Ok(KeySpec::File(f)),
+        (None, Some(s)) => Ok(KeySpec::Service(s)),
+        (None, None) => bail!(
+            "no key given: use --key-file PATH (-o key_file=PATH), or --keyservice URL --tenant \
+             ID --token-file PATH --ca-file PATH (-o keyservice=URL,tenant=ID,token_file=PATH,\
+             ca_file=PATH)"
+        ),
     }
 }
 
@@ -248,7 +398,10 @@ mod tests {
         assert_eq!(m.key_file, Some(PathBuf::from("/k")));
         let o = parse_mount_options(&m.options).unwrap();
         assert!(o.read_only && o.debug && !o.allow_other);
-        assert_eq!(key_file(&m, &o).unwrap(), PathBuf::from("/k"));
+        assert_eq!(
+            key_spec(&m, &o).unwrap(),
+            KeySpec::File(PathBuf::from("/k"))
+        );
     }
 
     #[test]
@@ -297,17 +450,117 @@ mod tests {
             key_file: Some("/a".into()),
             ..Default::default()
         };
-        assert!(key_file(&m, &same).is_ok());
+        assert!(key_spec(&m, &same).is_ok());
         let other = MountOptions {
             key_file: Some("/b".into()),
             ..Default::default()
         };
-        assert!(key_file(&m, &other).is_err());
+        assert!(key_spec(&m, &other).is_err());
         let cli = parse_args(os(&["digimedfs", "b", "m"])).unwrap();
         let Command::Mount(m) = cli.command else {
             panic!("not mount")
         };
-        assert!(key_file(&m, &MountOptions::default()).is_err());
+        assert!(key_spec(&m, &MountOptions::default()).is_err());
+    }
+
+    #[test]
+    fn key_service_options() {
+        let service = ServiceSpec {
+            url: "https://ks:8443".into(),
+            tenant: "A".into(),
+            token_file: "/t".into(),
+            ca_file: "/ca".into(),
+        };
+        // As flags.
+        let cli = parse_args(os(&[
+            "digimedfs",
+            "mount",
+            "--keyservice",
+            "https://ks:8443",
+            "--tenant",
+            "A",
+            "--token-file",
+            "/t",
+            "--ca-file",
+            "/ca",
+            "b",
+            "m",
+        ]))
+        .unwrap();
+        let Command::Mount(m) = cli.command else {
+            panic!("not mount")
+        };
+        let o = parse_mount_options(&m.options).unwrap();
+        assert_eq!(key_spec(&m, &o).unwrap(), KeySpec::Service(service.clone()));
+        // As -o options (the mount(8) / fstab form).
+        let cli = parse_args(os(&[
+            "digimedfs",
+            "b",
+            "m",
+            "-o",
+            "keyservice=https://ks:8443,tenant=A,token_file=/t,ca_file=/ca,_netdev",
+        ]))
+        .unwrap();
+        let Command::Mount(m) = cli.command else {
+            panic!("not mount")
+        };
+        let o = parse_mount_options(&m.options).unwrap();
+        assert_eq!(key_spec(&m, &o).unwrap(), KeySpec::Service(service));
+        // Incomplete: names what is missing.
+        let o = parse_mount_options(&["keyservice=https://ks:1,tenant=A".into()]).unwrap();
+        let cli = parse_args(os(&["digimedfs", "b", "m"])).unwrap();
+        let Command::Mount(bare) = cli.command else {
+            panic!("not mount")
+        };
+        let e = key_spec(&bare, &o).unwrap_err().to_string();
+        assert!(e.contains("--token-file") && e.contains("--ca-file"), "{e}");
+        assert!(!e.contains("--tenant"), "{e}");
+        // Exclusive with a key file.
+        let mut both = parse_mount_options(&m.options).unwrap();
+        both.key_file = Some("/k".into());
+        let e = key_spec(&m, &both).unwrap_err().to_string();
+        assert!(e.contains("mutually exclusive"), "{e}");
+        // Flag and option must agree.
+        let cli = parse_args(os(&["digimedfs", "--tenant", "B", "b", "m"])).unwrap();
+        let Command::Mount(m2) = cli.command else {
+            panic!("not mount")
+        };
+        let e = key_spec(&m2, &parse_mount_options(&m.options).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("disagree"), "{e}");
+        for bad in ["tenant", "keyservice=", "token_file", "ca_file="] {
+            assert!(parse_mount_options(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rewrap_parses() {
+        let cli = parse_args(os(&[
+            "digimedfs",
+            "rewrap",
+            "--keyservice",
+            "https://ks:8443",
+            "--tenant",
+            "A",
+            "--token-file",
+            "/t",
+            "--ca-file",
+            "/ca",
+            "/srv/b",
+        ]))
+        .unwrap();
+        let Command::Rewrap {
+            service,
+            backing_dir,
+        } = cli.command
+        else {
+            panic!("not rewrap")
+        };
+        assert_eq!(backing_dir, PathBuf::from("/srv/b"));
+        assert!(service_spec(&service, &KeyServiceOptions::default())
+            .unwrap()
+            .is_some());
     }
 
     #[test]

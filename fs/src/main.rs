@@ -1,5 +1,7 @@
-//! The `digimedfs` binary: `keygen` writes a key file, `mount` opens a filesystem and serves
-//! it over FUSE. A thin shell over the library; see `docs/operations.md`.
+//! The `digimedfs` binary: `keygen` writes a key file, `mount` opens a filesystem (unlocked by a
+//! key file or the key service) and serves it over FUSE, `rewrap` moves a filesystem's key
+//! service slot to the tenant's newest key version. A thin shell over the library; see
+//! `docs/operations.md` and `docs/keyservice.md`.
 //!
 //! Without `-f`, `mount` returns only once the mount is live: it re-runs itself as a
 //! background process (`mount -f --ready-fd 1`, stdout and stderr being a socket back to us),
@@ -12,10 +14,10 @@
 mod cli;
 
 use anyhow::{anyhow, Context};
-use cli::{Command, MountArgs, MountOptions};
+use cli::{Command, KeySpec, MountArgs, MountOptions, ServiceSpec};
 use digimedfs::core::{Filesystem, OpenOptions};
 use digimedfs::fuse::{mount_foreground, MountOpts};
-use digimedfs::keysource::KeyFile;
+use digimedfs::keysource::{KeyFile, KeyService, KeySource};
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -53,6 +55,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen { path } => KeyFile::create_new(&path).map_err(anyhow::Error::from),
         Command::Mount(args) => mount(args),
+        Command::Rewrap {
+            service,
+            backing_dir,
+        } => rewrap(&service, &backing_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,7 +74,7 @@ fn main() -> ExitCode {
 /// `digimedfs mount`.
 fn mount(args: MountArgs) -> anyhow::Result<()> {
     let opts = cli::parse_mount_options(&args.options)?;
-    let key_path = cli::key_file(&args, &opts)?;
+    let key_spec = cli::key_spec(&args, &opts)?;
     if !args.foreground {
         return spawn_background(&args);
     }
@@ -83,8 +89,9 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
 
     let backing = canonical(&args.backing_dir, "backing directory")?;
     let mountpoint = canonical(&args.mountpoint, "mountpoint")?;
-    let key_path = canonical(&key_path, "key file")?;
     let log_file = init_logging(&opts, ready_fd.is_some(), &mountpoint);
+    // Read the key file, or the token and CA files, before leaving the working directory.
+    let key = key_source(&key_spec)?;
     if ready_fd.is_some() {
         // Do not keep the caller's working directory busy.
         let _ = std::env::set_current_dir("/");
@@ -92,7 +99,6 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
 
     // Open before mounting: a wrong key or a filesystem in use fails here, with nothing mounted.
     let fs = {
-        let key = KeyFile::open(&key_path)?;
         let open = OpenOptions {
             read_only: opts.read_only,
             force_unlock: opts.force_unlock,
@@ -101,15 +107,16 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
             check_permissions: false,
             ..Default::default()
         };
-        Filesystem::open(&backing, &key, &open)
+        Filesystem::open(&backing, key.as_ref(), &open)
             .with_context(|| format!("opening {}", backing.display()))?
     };
     tracing::info!(
-        "opened {} with key file {}; mounting on {}",
+        "opened {} with {}; mounting on {}",
         backing.display(),
-        key_path.display(),
+        key.describe(),
         mountpoint.display()
     );
+    drop(key);
 
     let mount_opts = MountOpts {
         read_only: opts.read_only,
@@ -122,6 +129,58 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         }
     })
     .with_context(|| format!("serving {}", mountpoint.display()))
+}
+
+/// Opens the key source `spec` names.
+fn key_source(spec: &KeySpec) -> anyhow::Result<Box<dyn KeySource>> {
+    Ok(match spec {
+        KeySpec::File(path) => {
+            let path = canonical(path, "key file")?;
+            Box::new(KeyFile::open(&path)?)
+        }
+        KeySpec::Service(s) => Box::new(key_service(s)?),
+    })
+}
+
+/// The key service client for `spec`.
+fn key_service(spec: &ServiceSpec) -> anyhow::Result<KeyService> {
+    KeyService::from_files(&spec.url, &spec.tenant, &spec.token_file, &spec.ca_file)
+        .map_err(|e| anyhow::Error::from(digimedfs::Error::from(e)))
+}
+
+/// `digimedfs rewrap`.
+fn rewrap(args: &cli::KeyServiceArgs, backing: &Path) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let Some(spec) = cli::service_spec(args, &cli::KeyServiceOptions::default())? else {
+        return Err(anyhow!(
+            "rewrap needs the key service: --keyservice URL --tenant ID --token-file PATH \
+             --ca-file PATH"
+        ));
+    };
+    let ks = key_service(&spec)?;
+    let report = digimedfs::keysource::service::rewrap_filesystem(backing, &ks)
+        .with_context(|| format!("rewrapping the key slot of {}", backing.display()))?;
+    for s in &report.slots {
+        if s.from == s.to {
+            println!(
+                "filesystem {} (tenant {}): key slot {} already uses key version {}, the \
+                 newest; nothing to do",
+                report.fs_uuid, report.tenant, s.index, s.to
+            );
+        } else {
+            println!(
+                "filesystem {} (tenant {}): key slot {} rewrapped from key version {} to {}; \
+                 data untouched",
+                report.fs_uuid, report.tenant, s.index, s.from, s.to
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The canonical form of a path given on the command line.
@@ -145,6 +204,19 @@ fn spawn_background(args: &MountArgs) -> anyhow::Result<()> {
     }
     if let Some(key) = &args.key_file {
         cmd.arg("--key-file").arg(key);
+    }
+    let ks = &args.service;
+    if let Some(url) = &ks.url {
+        cmd.arg("--keyservice").arg(url);
+    }
+    if let Some(tenant) = &ks.tenant {
+        cmd.arg("--tenant").arg(tenant);
+    }
+    if let Some(token) = &ks.token_file {
+        cmd.arg("--token-file").arg(token);
+    }
+    if let Some(ca) = &ks.ca_file {
+        cmd.arg("--ca-file").arg(ca);
     }
     cmd.arg("--").arg(&args.backing_dir).arg(&args.mountpoint);
     cmd.stdin(Stdio::null())

@@ -1,16 +1,15 @@
-//! The one error type of the key service crate.
+//! The one error type of the key service (server and admin side).
 //!
-//! Client-side variants map one to one onto the failures a caller must tell apart (service
-//! unreachable, TLS failure, bad credential, revoked tenant, wrong tenant, unknown key version);
-//! [`From<Error> for digimedfs::Error`] carries them into the filesystem's error type with text
-//! that says what to do.
+//! The client's errors (service unreachable, TLS failure, bad credential, revoked tenant, wrong
+//! tenant, unknown key version, rollback) are `digimedfs::keysource::service::ServiceError`,
+//! re-exported as [`crate::client::ServiceError`].
 
 use std::path::PathBuf;
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in the key service and its client.
+/// Everything that can go wrong in the key service.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -48,65 +47,6 @@ pub enum Error {
     /// The audit log cannot be written or does not verify.
     #[error("audit log: {0}")]
     Audit(String),
-    /// The key service cannot be reached (connect failed, timed out, connection closed).
-    #[error("key service {url} unreachable: {what}")]
-    Unreachable {
-        /// The service URL.
-        url: String,
-        /// What failed.
-        what: String,
-    },
-    /// The TLS handshake with the key service failed (certificate not trusted, name mismatch).
-    #[error("TLS handshake with key service {url} failed: {what}")]
-    Tls {
-        /// The service URL.
-        url: String,
-        /// What failed.
-        what: String,
-    },
-    /// The key service rejected the token (HTTP 401).
-    #[error("key service rejected the credential for tenant {tenant:?}: {what}")]
-    BadCredential {
-        /// The tenant the client is configured for.
-        tenant: String,
-        /// The service's reason.
-        what: String,
-    },
-    /// The tenant or the token is revoked (HTTP 403).
-    #[error("tenant {tenant:?} or its token is revoked at the key service: {what}")]
-    Revoked {
-        /// The tenant.
-        tenant: String,
-        /// The service's reason.
-        what: String,
-    },
-    /// The wrapped key does not belong to this tenant or this filesystem.
-    #[error("wrong tenant for this filesystem: {what}")]
-    WrongTenant {
-        /// Details.
-        what: String,
-    },
-    /// The key version named by the slot is unknown to the service (HTTP 404).
-    #[error("key version {version} unknown to the key service for tenant {tenant:?}")]
-    UnknownKeyVersion {
-        /// The tenant.
-        tenant: String,
-        /// The version.
-        version: u32,
-    },
-    /// Too many failed requests from this address (HTTP 429).
-    #[error("key service rate limit: {0}")]
-    RateLimited(String),
-    /// Any other refusal or malformed answer of the service.
-    #[error("key service {url} answered {status}: {what}")]
-    Service {
-        /// The service URL.
-        url: String,
-        /// HTTP status.
-        status: u16,
-        /// The service's reason.
-        what: String,
-    },
 }
 
 impl Error {
@@ -131,22 +71,13 @@ impl From<Error> for digimedfs::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::Io { path, source } => digimedfs::Error::io(path, source),
-            Error::Unreachable { .. } => digimedfs::Error::posix(libc::EHOSTUNREACH, e.to_string()),
-            Error::Tls { .. } => digimedfs::Error::posix(libc::EPROTO, e.to_string()),
-            Error::BadCredential { .. }
-            | Error::Revoked { .. }
-            | Error::WrongTenant { .. }
-            | Error::UnknownKeyVersion { .. }
-            | Error::WrongCredential { .. } => digimedfs::Error::WrongKey {
+            Error::WrongCredential { .. } => digimedfs::Error::WrongKey {
                 what: e.to_string(),
             },
-            Error::RateLimited(_) => digimedfs::Error::posix(libc::EAGAIN, e.to_string()),
             Error::BadState { .. } | Error::Audit(_) | Error::Crypto(_) => {
                 digimedfs::Error::format(e.to_string())
             }
-            Error::Invalid(_) | Error::TlsConfig(_) | Error::Service { .. } => {
-                digimedfs::Error::invalid(e.to_string())
-            }
+            Error::Invalid(_) | Error::TlsConfig(_) => digimedfs::Error::invalid(e.to_string()),
         }
     }
 }

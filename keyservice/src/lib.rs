@@ -8,7 +8,9 @@
 //!
 //! Modules: [`keys`] (key hierarchy), [`state`] (state directory, sealed root), [`registry`]
 //! (tenants and tokens), [`audit`] (hash-chained audit log), [`anchors`] (rollback anchors),
-//! [`tls`], [`server`] (HTTPS API), [`client`] (blocking client, `KeySource` kind 2).
+//! [`tls`], [`server`] (HTTPS API). The blocking client (`KeySource` kind 2) lives in the
+//! filesystem library, so that `digimedfs` and `mkfs.digimed` can use it; it is re-exported
+//! here as [`client`].
 
 #![deny(
     clippy::unwrap_used,
@@ -20,7 +22,6 @@
 pub mod admin;
 pub mod anchors;
 pub mod audit;
-pub mod client;
 pub mod error;
 pub mod keys;
 pub mod registry;
@@ -28,4 +29,5 @@ pub mod server;
 pub mod state;
 pub mod tls;
 
+pub use digimedfs::keysource::service as client;
 pub use error::{Error, Result};

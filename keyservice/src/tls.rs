@@ -1,4 +1,5 @@
-//! TLS configuration: server certificates, the client's CA root store, demo certificates.
+//! TLS configuration: server certificates and demo certificates (the client's CA root store is
+//! built by [`crate::client::client_config`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -42,22 +43,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(cfg))
 }
 
-/// Client TLS config trusting only the CA certificate(s) in `ca` (PEM).
-pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in load_certs(ca)? {
-        roots
-            .add(c)
-            .map_err(|e| Error::TlsConfig(format!("{}: {e}", ca.display())))?;
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::TlsConfig(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
+/// Client TLS config trusting only the CA certificate(s) in `ca` (PEM); see
+/// [`crate::client::client_config`].
+pub use crate::client::client_config;
 
 /// Paths of demo TLS material written by [`write_demo`].
 pub struct DemoTls {

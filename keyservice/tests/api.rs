@@ -4,7 +4,7 @@
 mod common;
 
 use common::{contains, Env};
-use digimedfs_keyservice::Error;
+use digimedfs_keyservice::client::ServiceError as Error;
 
 const FS1: [u8; 16] = [1; 16];
 const FS2: [u8; 16] = [2; 16];
@@ -138,7 +138,10 @@ fn restart_serves_same_keys_and_wrong_passphrase_fails() {
     let e = digimedfs_keyservice::server::BackgroundServer::start(env.config(), wrong)
         .err()
         .unwrap();
-    assert!(matches!(e, Error::WrongCredential { .. }), "{e}");
+    assert!(
+        matches!(e, digimedfs_keyservice::Error::WrongCredential { .. }),
+        "{e}"
+    );
     drop(srv);
     // The service is unreachable once stopped.
     let e = a.unwrap(&FS1, v, &w).unwrap_err();

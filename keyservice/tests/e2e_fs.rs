@@ -64,3 +64,40 @@ fn mkfs_and_open_through_key_service() {
     };
     assert!(e.to_string().contains("unreachable"), "{e}");
 }
+
+#[test]
+fn rewrap_filesystem_moves_slot_to_newest_version() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let backing = env.dir.path().join("backing");
+    let opts = digimedfs::mkfs::MkfsOptions {
+        tenant: "A".into(),
+        ..Default::default()
+    };
+    digimedfs::mkfs::mkfs(&backing, &a, &opts).unwrap();
+    let meta_before = common::all_files(&backing.join("meta"));
+
+    // Nothing to do at the newest version.
+    let r = digimedfs::keysource::service::rewrap_filesystem(&backing, &a).unwrap();
+    assert!(!r.changed);
+    assert_eq!((r.slots[0].from, r.slots[0].to), (1, 1));
+
+    env.admin.rotate("A").unwrap();
+    let r = digimedfs::keysource::service::rewrap_filesystem(&backing, &a).unwrap();
+    assert!(r.changed);
+    assert_eq!((r.slots[0].from, r.slots[0].to), (1, 2));
+    assert_eq!(common::all_files(&backing.join("meta")), meta_before);
+    env.admin.retire("A", 1).unwrap();
+    let fs = digimedfs::core::Filesystem::open(&backing, &a, &Default::default()).unwrap();
+    assert!(fs
+        .superblock()
+        .slots
+        .iter()
+        .any(|s| s.kind == 2 && s.key_id == 2u32.to_le_bytes()));
+    // Refused while open (mounted).
+    let e = digimedfs::keysource::service::rewrap_filesystem(&backing, &a).unwrap_err();
+    assert!(matches!(e, digimedfs::Error::Busy { .. }), "{e}");
+    fs.close().unwrap();
+}

@@ -33,12 +33,33 @@ pub struct Cli {
         value_parser = parse_block_size
     )]
     pub block_size: u32,
-    /// Tenant the filesystem belongs to (1 to 128 bytes).
-    #[arg(long = "tenant", value_name = "ID", default_value = "default")]
-    pub tenant: String,
-    /// Key file whose key wraps the new filesystem's master key (see `digimedfs keygen`).
-    #[arg(long = "key-file", value_name = "PATH")]
-    pub key_file: PathBuf,
+    /// Tenant the filesystem belongs to (1 to 128 bytes); with --keyservice also the tenant at
+    /// the key service (required there). Default with --key-file: `default`.
+    #[arg(long = "tenant", value_name = "ID")]
+    pub tenant: Option<String>,
+    /// Key file whose key wraps the new filesystem's master key (see `digimedfs keygen`); the
+    /// single-machine default. Exactly one of --key-file and --keyservice.
+    #[arg(
+        long = "key-file",
+        value_name = "PATH",
+        required_unless_present = "keyservice",
+        conflicts_with = "keyservice"
+    )]
+    pub key_file: Option<PathBuf>,
+    /// Wrap the master key at the key service at URL (`https://host:port`) instead; needs
+    /// --tenant, --token-file and --ca-file.
+    #[arg(
+        long = "keyservice",
+        value_name = "URL",
+        requires_all = ["tenant", "token_file", "ca_file"]
+    )]
+    pub keyservice: Option<String>,
+    /// File holding the tenant's key service token.
+    #[arg(long = "token-file", value_name = "PATH", requires = "keyservice")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) the key service's certificate must chain to.
+    #[arg(long = "ca-file", value_name = "PATH", requires = "keyservice")]
+    pub ca_file: Option<PathBuf>,
     /// The backing directory to create the filesystem in.
     pub backing_dir: PathBuf,
 }
@@ -109,9 +130,12 @@ mod tests {
         ])
         .unwrap();
         assert!(cli.force && cli.quiet);
-        assert_eq!((cli.label.as_str(), cli.tenant.as_str()), ("cardio", "t1"));
+        assert_eq!(
+            (cli.label.as_str(), cli.tenant.as_deref()),
+            ("cardio", Some("t1"))
+        );
         assert_eq!(cli.block_size, 65536);
-        assert_eq!(cli.key_file, PathBuf::from("/k"));
+        assert_eq!(cli.key_file, Some(PathBuf::from("/k")));
         assert_eq!(cli.backing_dir, PathBuf::from("/srv/b"));
     }
 
@@ -123,9 +147,48 @@ mod tests {
         assert!(!cli.force && !cli.quiet && cli.label.is_empty());
         assert!(Cli::try_parse_from(["mkfs.digimed", "--tenant", "t", "/srv/b"]).is_err());
         let cli = Cli::try_parse_from(["mkfs.digimed", "--key-file", "/k", "/srv/b"]).unwrap();
-        assert_eq!(cli.tenant, "default");
+        assert_eq!(cli.tenant, None);
         assert!(
             Cli::try_parse_from(["mkfs.digimed", "-b", "3K", "--key-file", "/k", "/b"]).is_err()
         );
+    }
+
+    #[test]
+    fn key_service_options() {
+        let ks = [
+            "mkfs.digimed",
+            "--keyservice",
+            "https://127.0.0.1:8443",
+            "--tenant",
+            "A",
+            "--token-file",
+            "/t",
+            "--ca-file",
+            "/ca",
+            "/b",
+        ];
+        let cli = Cli::try_parse_from(ks).unwrap();
+        assert_eq!(cli.keyservice.as_deref(), Some("https://127.0.0.1:8443"));
+        assert_eq!(cli.key_file, None);
+        // Exactly one of --key-file and --keyservice.
+        let mut both = ks.to_vec();
+        both.splice(1..1, ["--key-file", "/k"]);
+        assert!(Cli::try_parse_from(both).is_err());
+        // --keyservice needs --tenant, --token-file and --ca-file.
+        for skip in [3, 5, 7] {
+            let mut v = ks.to_vec();
+            v.drain(skip..skip + 2);
+            assert!(Cli::try_parse_from(v).is_err(), "without {}", ks[skip]);
+        }
+        // --token-file / --ca-file only with --keyservice.
+        assert!(Cli::try_parse_from([
+            "mkfs.digimed",
+            "--key-file",
+            "/k",
+            "--token-file",
+            "/t",
+            "/b"
+        ])
+        .is_err());
     }
 }

@@ -1,11 +1,11 @@
-//! `mkfs.digimed`: creates a digimedfs filesystem in a backing directory. A thin shell over
-//! [`digimedfs::mkfs::mkfs`]. Exit status as mkfs(8): 0 on success, 1 on any error.
+//! `mkfs.digimed`: creates a digimedfs filesystem in a backing directory, its master key wrapped
+//! by a key file or by the key service. A thin shell over [`digimedfs::mkfs::mkfs`]. Exit status as mkfs(8): 0 on success, 1 on any error.
 
 mod cli;
 
 use anyhow::Context;
 use clap::Parser;
-use digimedfs::keysource::KeyFile;
+use digimedfs::keysource::{KeyFile, KeyService, KeySource};
 use digimedfs::mkfs::{mkfs, MkfsOptions};
 use std::io::Write;
 use std::process::ExitCode;
@@ -33,14 +33,27 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &cli::Cli) -> anyhow::Result<()> {
-    let key = KeyFile::open(&cli.key_file)?;
+    let key: Box<dyn KeySource> = match (&cli.key_file, &cli.keyservice) {
+        (Some(path), None) => Box::new(KeyFile::open(path)?),
+        (None, Some(url)) => {
+            let (Some(tenant), Some(token), Some(ca)) =
+                (&cli.tenant, &cli.token_file, &cli.ca_file)
+            else {
+                anyhow::bail!("--keyservice needs --tenant, --token-file and --ca-file");
+            };
+            let ks =
+                KeyService::from_files(url, tenant, token, ca).map_err(digimedfs::Error::from)?;
+            Box::new(ks)
+        }
+        _ => anyhow::bail!("give exactly one of --key-file PATH and --keyservice URL"),
+    };
     let opts = MkfsOptions {
         block_size: cli.block_size,
         label: cli.label.clone(),
-        tenant: cli.tenant.clone(),
+        tenant: cli.tenant.clone().unwrap_or_else(|| "default".into()),
         force: cli.force,
     };
-    let report = mkfs(&cli.backing_dir, &key, &opts)
+    let report = mkfs(&cli.backing_dir, key.as_ref(), &opts)
         .with_context(|| format!("creating a filesystem in {}", cli.backing_dir.display()))?;
     if !cli.quiet {
         println!(

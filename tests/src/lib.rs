@@ -423,3 +423,58 @@ pub fn errno_of(e: &std::io::Error) -> i32 {
 pub fn cpath(p: impl AsRef<OsStr>) -> std::ffi::CString {
     std::ffi::CString::new(p.as_ref().as_encoded_bytes()).expect("path has no NUL")
 }
+
+/// Unmounts `mountpoint` with `fusermount3 -u` (retrying while busy, then lazily) and waits for
+/// its `digimedfs` daemon to exit, so everything has been written back (for mounts made outside
+/// [`TestFs`], e.g. through the key service).
+pub fn unmount_and_wait(mountpoint: &Path) -> Result<(), String> {
+    let pids = daemon_pids(mountpoint);
+    let start = Instant::now();
+    let mut last_err = String::new();
+    while is_mounted(mountpoint) {
+        let out = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mountpoint)
+            .output()
+            .map_err(|e| format!("cannot run fusermount3: {e}"))?;
+        if out.status.success() {
+            break;
+        }
+        last_err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(mountpoint)
+                .output();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !wait_until(TIMEOUT, || !is_mounted(mountpoint)) {
+        return Err(format!(
+            "{} still mounted: {last_err}",
+            mountpoint.display()
+        ));
+    }
+    if !wait_until(TIMEOUT, || pids.iter().all(|&p| !process_alive(p))) {
+        return Err(format!(
+            "digimedfs daemon(s) {pids:?} for {} did not exit after unmount",
+            mountpoint.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Every regular file under `dir` as (relative path, contents), sorted: a before/after
+/// comparison of two snapshots shows whether anything changed.
+pub fn snapshot_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<(PathBuf, Vec<u8>)> = walk_files(dir)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("read {p:?}: {e}"));
+            (p.strip_prefix(dir).unwrap_or(&p).to_path_buf(), bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}

@@ -8,6 +8,8 @@
 mod cli;
 #[path = "e2e/integrity.rs"]
 mod integrity;
+#[path = "e2e/keyservice.rs"]
+mod keyservice;
 #[path = "e2e/persistence.rs"]
 mod persistence;
 #[path = "e2e/posix.rs"]

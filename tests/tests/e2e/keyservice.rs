@@ -1,0 +1,408 @@
+//! Mounting through the key service: a real `digimed-keyservice` server (in-process, TLS on
+//! 127.0.0.1 with a demo CA), the real `mkfs-digimed` and `digimedfs` binaries, real FUSE mounts.
+//! Tenant isolation, revocation, rotation + `digimedfs rewrap`, and rollback detection.
+
+use digimedfs_keyservice::admin::Admin;
+use digimedfs_keyservice::server::{BackgroundServer, ServerConfig};
+use digimedfs_keyservice::state::{Credential, StateDir};
+use digimedfs_tests::{
+    bin, is_mounted, run, snapshot_files, unmount_and_wait, wait_until, TIMEOUT,
+};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const PASS: &str = "e2e key service passphrase";
+
+/// A key service with its state directory, demo TLS and a running server; plus a private
+/// directory for backing dirs and mountpoints. Mounts are undone before the server stops.
+struct Ks {
+    dir: tempfile::TempDir,
+    ca: PathBuf,
+    admin: Admin,
+    mounts: std::cell::RefCell<Vec<PathBuf>>,
+    server: Option<BackgroundServer>,
+}
+
+impl Ks {
+    fn new() -> Ks {
+        let dir = tempfile::Builder::new()
+            .prefix("digimedfs-e2e-ks-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let state = dir.path().join("state");
+        let cred = || Credential::passphrase(PASS).unwrap();
+        StateDir::new(&state).init(&cred()).unwrap();
+        let tls = digimedfs_keyservice::tls::write_demo(&dir.path().join("tls")).unwrap();
+        let admin = Admin::open(&state, &cred()).unwrap();
+        let cfg = ServerConfig::new(
+            state.clone(),
+            "127.0.0.1:0".parse().unwrap(),
+            tls.cert.clone(),
+            tls.key.clone(),
+        );
+        let server = BackgroundServer::start(cfg, cred()).unwrap();
+        Ks {
+            dir,
+            ca: tls.ca,
+            admin,
+            mounts: Default::default(),
+            server: Some(server),
+        }
+    }
+
+    fn url(&self) -> String {
+        self.server.as_ref().expect("server running").url()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Adds tenant `id` and writes a token for it to a 0600 file; returns the file.
+    fn tenant(&self, id: &str) -> PathBuf {
+        self.admin.tenant_add(id).unwrap();
+        self.token(id)
+    }
+
+    /// Issues another token for `id` into a new 0600 file.
+    fn token(&self, id: &str) -> PathBuf {
+        let token = self.admin.token_issue(Some(id)).unwrap();
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let path = self.path(&format!("token-{id}-{n}"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, format!("{}\n", token.as_str()).as_bytes()).unwrap();
+        path
+    }
+
+    /// `--keyservice URL --tenant T --token-file F --ca-file CA`.
+    fn flags(&self, tenant: &str, token: &Path) -> Vec<String> {
+        vec![
+            "--keyservice".into(),
+            self.url(),
+            "--tenant".into(),
+            tenant.into(),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--ca-file".into(),
+            self.ca.display().to_string(),
+        ]
+    }
+
+    /// mkfs through the key service; returns the backing dir and the filesystem UUID.
+    fn mkfs(&self, name: &str, tenant: &str, token: &Path) -> (PathBuf, String) {
+        let backing = self.path(name);
+        let out = run(Command::new(bin("mkfs-digimed"))
+            .args(self.flags(tenant, token))
+            .arg(&backing));
+        assert!(out.status.success(), "mkfs failed: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let uuid = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("uuid="))
+            .unwrap_or_else(|| panic!("no uuid in {text:?}"))
+            .to_string();
+        (backing, uuid)
+    }
+
+    /// `digimedfs mount` with the key service flags.
+    fn mount(&self, backing: &Path, mnt: &Path, tenant: &str, token: &Path) -> Output {
+        std::fs::create_dir_all(mnt).unwrap();
+        let out = run(Command::new(bin("digimedfs"))
+            .arg("mount")
+            .args(self.flags(tenant, token))
+            .arg(backing)
+            .arg(mnt));
+        self.note(mnt, &out);
+        out
+    }
+
+    /// The mount(8) form: `digimedfs BACKING MNT -o keyservice=...,tenant=...,...`.
+    fn mount_o(&self, backing: &Path, mnt: &Path, tenant: &str, token: &Path) -> Output {
+        std::fs::create_dir_all(mnt).unwrap();
+        let opts = format!(
+            "keyservice={},tenant={tenant},token_file={},ca_file={},_netdev",
+            self.url(),
+            token.display(),
+            self.ca.display()
+        );
+        let out = run(Command::new(bin("digimedfs"))
+            .arg(backing)
+            .arg(mnt)
+            .arg("-o")
+            .arg(opts));
+        self.note(mnt, &out);
+        out
+    }
+
+    fn note(&self, mnt: &Path, out: &Output) {
+        if out.status.success() {
+            assert!(
+                wait_until(TIMEOUT, || is_mounted(mnt)),
+                "mount returned 0 but nothing is mounted"
+            );
+            self.mounts.borrow_mut().push(mnt.to_path_buf());
+        }
+    }
+
+    fn mount_ok(&self, backing: &Path, mnt: &Path, tenant: &str, token: &Path) {
+        let out = self.mount(backing, mnt, tenant, token);
+        assert!(out.status.success(), "mount failed: {}", stderr(&out));
+    }
+
+    /// Asserts that a mount attempt failed cleanly and its message contains `needle`.
+    fn refused(&self, out: &Output, mnt: &Path, needle: &str) {
+        assert!(
+            !out.status.success(),
+            "mount succeeded, expected {needle:?}"
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let e = stderr(out);
+        assert!(
+            e.to_lowercase().contains(needle),
+            "expected {needle:?} in {e:?}"
+        );
+        assert!(
+            !is_mounted(mnt),
+            "something is mounted after a refused mount"
+        );
+    }
+
+    fn unmount(&self, mnt: &Path) {
+        unmount_and_wait(mnt).unwrap();
+        self.mounts.borrow_mut().retain(|m| m != mnt);
+    }
+
+    fn audit(&self) -> String {
+        std::fs::read_to_string(self.path("state").join("audit.log")).unwrap()
+    }
+}
+
+impl Drop for Ks {
+    fn drop(&mut self) {
+        // Unmount while the server still runs: the daemons anchor their epoch at unmount.
+        for m in self.mounts.borrow().iter() {
+            if let Err(e) = unmount_and_wait(m) {
+                eprintln!("Ks drop: {e}");
+            }
+        }
+        drop(self.server.take());
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn mount_through_key_service_and_tenant_isolation() {
+    let ks = Ks::new();
+    let ta = ks.tenant("A");
+    let tb = ks.tenant("B");
+    let (backing, _uuid) = ks.mkfs("a", "A", &ta);
+    let mnt = ks.path("mnt");
+
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("hello.txt"), b"cohort A, sample 17").unwrap();
+    ks.unmount(&mnt);
+    // Remount in the mount(8) / fstab form.
+    let out = ks.mount_o(&backing, &mnt, "A", &ta);
+    assert!(out.status.success(), "mount -o failed: {}", stderr(&out));
+    assert_eq!(
+        std::fs::read(mnt.join("hello.txt")).unwrap(),
+        b"cohort A, sample 17"
+    );
+    ks.unmount(&mnt);
+    let log = ks.audit();
+    assert!(log.contains("\"op\":\"unwrap\""), "{log}");
+    assert!(log.contains("\"op\":\"anchor\""), "{log}");
+
+    // Tenant B (its own token) cannot mount A's filesystem.
+    let out = ks.mount(&backing, &mnt, "B", &tb);
+    ks.refused(&out, &mnt, "wrong tenant");
+    // Nor B's token presented as tenant A: the service refuses to unwrap.
+    let out = ks.mount(&backing, &mnt, "A", &tb);
+    ks.refused(&out, &mnt, "wrong tenant");
+    assert!(ks.audit().contains("unwrap_failed"));
+
+    // A bad token, a CA that did not sign the server, a service that is not there.
+    let bogus = ks.path("bogus-token");
+    std::fs::write(&bogus, "00".repeat(32)).unwrap();
+    let out = ks.mount(&backing, &mnt, "A", &bogus);
+    ks.refused(&out, &mnt, "rejected the credential");
+    let other = digimedfs_keyservice::tls::write_demo(&ks.path("other-ca")).unwrap();
+    let out = run(Command::new(bin("digimedfs"))
+        .args([
+            "mount",
+            "--keyservice",
+            &ks.url(),
+            "--tenant",
+            "A",
+            "--token-file",
+        ])
+        .arg(&ta)
+        .arg("--ca-file")
+        .arg(&other.ca)
+        .arg(&backing)
+        .arg(&mnt));
+    ks.refused(&out, &mnt, "tls handshake");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("https://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = run(Command::new(bin("digimedfs"))
+        .args([
+            "mount",
+            "--keyservice",
+            &dead,
+            "--tenant",
+            "A",
+            "--token-file",
+        ])
+        .arg(&ta)
+        .arg("--ca-file")
+        .arg(&ks.ca)
+        .arg(&backing)
+        .arg(&mnt));
+    ks.refused(&out, &mnt, "unreachable");
+
+    // A key file and the key service together are refused by mkfs.
+    let key = ks.path("k");
+    run(Command::new(bin("digimedfs")).arg("keygen").arg(&key));
+    let out = run(Command::new(bin("mkfs-digimed"))
+        .arg("--key-file")
+        .arg(&key)
+        .args(ks.flags("A", &ta))
+        .arg(ks.path("x")));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    // Still mounts for A.
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    ks.unmount(&mnt);
+}
+
+#[test]
+fn revoked_token_or_tenant_cannot_mount() {
+    let ks = Ks::new();
+    let ta = ks.tenant("A");
+    let (backing, _) = ks.mkfs("a", "A", &ta);
+    let mnt = ks.path("mnt");
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    ks.unmount(&mnt);
+
+    // Revoke the token (by the full token): refused; a new token works.
+    let token = std::fs::read_to_string(&ta).unwrap();
+    ks.admin.token_revoke(token.trim()).unwrap();
+    let out = ks.mount(&backing, &mnt, "A", &ta);
+    ks.refused(&out, &mnt, "revoked");
+    let ta2 = ks.token("A");
+    ks.mount_ok(&backing, &mnt, "A", &ta2);
+    ks.unmount(&mnt);
+
+    // Revoke the tenant: every token of it is refused.
+    ks.admin.tenant_revoke("A").unwrap();
+    let out = ks.mount(&backing, &mnt, "A", &ta2);
+    ks.refused(&out, &mnt, "revoked");
+    assert!(ks.audit().contains("tenant_revoked"));
+}
+
+#[test]
+fn rotate_then_rewrap_moves_the_slot_without_touching_data() {
+    let ks = Ks::new();
+    let ta = ks.tenant("A");
+    let (backing, uuid) = ks.mkfs("a", "A", &ta);
+    let (backing2, _) = ks.mkfs("b", "A", &ta);
+    let mnt = ks.path("mnt");
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(mnt.join("data.bin"), &data).unwrap();
+    ks.unmount(&mnt);
+
+    assert_eq!(ks.admin.rotate("A").unwrap(), 2);
+    let objects_before = snapshot_files(&backing.join("objects"));
+    let meta_before = snapshot_files(&backing.join("meta"));
+    assert!(!objects_before.is_empty());
+    let superblock_before = std::fs::read(backing.join("superblock")).unwrap();
+
+    let rewrap = |b: &Path| {
+        run(Command::new(bin("digimedfs"))
+            .arg("rewrap")
+            .args(ks.flags("A", &ta))
+            .arg(b))
+    };
+    let out = rewrap(&backing);
+    assert!(out.status.success(), "rewrap failed: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(&uuid) && text.contains("from key version 1 to 2"),
+        "{text}"
+    );
+    assert_eq!(snapshot_files(&backing.join("objects")), objects_before);
+    assert_eq!(snapshot_files(&backing.join("meta")), meta_before);
+    assert_ne!(
+        std::fs::read(backing.join("superblock")).unwrap(),
+        superblock_before
+    );
+    assert!(ks.audit().contains("from version 1 to 2"));
+    // A second rewrap has nothing to do.
+    let out = rewrap(&backing);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to do"));
+
+    // Retire version 1: the rewrapped filesystem mounts (version 2), the other does not.
+    ks.admin.retire("A", 1).unwrap();
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    assert_eq!(std::fs::read(mnt.join("data.bin")).unwrap(), data);
+    // Rewrap refuses a mounted filesystem.
+    let out = rewrap(&backing);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("mounted"), "{}", stderr(&out));
+    ks.unmount(&mnt);
+    let out = ks.mount(&backing2, &mnt, "A", &ta);
+    ks.refused(&out, &mnt, "key version 1 unknown");
+}
+
+#[test]
+fn rollback_is_refused_until_accepted() {
+    let ks = Ks::new();
+    let ta = ks.tenant("A");
+    let (backing, uuid) = ks.mkfs("a", "A", &ta);
+    let mnt = ks.path("mnt");
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("v1.txt"), b"first").unwrap();
+    ks.unmount(&mnt);
+
+    // An old copy, taken while unmounted.
+    let old = ks.path("old");
+    let cp = |from: &Path, to: &Path| {
+        let out = run(Command::new("cp").arg("-a").arg(from).arg(to));
+        assert!(out.status.success(), "cp: {}", stderr(&out));
+    };
+    cp(&backing, &old);
+    // Mount, write, unmount: the epoch advances and the service records it.
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("v2.txt"), b"second").unwrap();
+    ks.unmount(&mnt);
+
+    // Storage swaps the old copy back in: refused as a rollback.
+    std::fs::remove_dir_all(&backing).unwrap();
+    cp(&old, &backing);
+    let out = ks.mount(&backing, &mnt, "A", &ta);
+    ks.refused(&out, &mnt, "rollback");
+    assert!(stderr(&out).contains("accept-rollback"), "{}", stderr(&out));
+
+    // The admin accepts the restore: it mounts, and shows the old state.
+    ks.admin.accept_rollback(&uuid).unwrap();
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    assert_eq!(std::fs::read(mnt.join("v1.txt")).unwrap(), b"first");
+    assert!(!mnt.join("v2.txt").exists());
+    ks.unmount(&mnt);
+    // And keeps mounting afterwards (the anchor moved to the restored line).
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    ks.unmount(&mnt);
+}
