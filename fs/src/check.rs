@@ -38,6 +38,11 @@ use std::sync::Arc;
 pub const LOST_FOUND: &[u8] = b"lost+found";
 /// Bytes read from an object at a time while verifying it.
 const READ_CHUNK: usize = 8 << 20;
+/// Objects are verified in segments of at most this many bytes, so one large file is spread
+/// over all threads and no thread holds more than one segment's block entries.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// Records decoded between two progress reports in pass 2.
+const RECORD_PROGRESS_EVERY: u64 = 1 << 16;
 /// Most block numbers listed in one problem's detail text.
 const MAX_LISTED_BLOCKS: usize = 16;
 
@@ -94,6 +99,10 @@ pub enum Answer {
 pub trait CheckUi {
     /// Pass `n` (1–7) named `name` starts.
     fn pass(&mut self, _n: u8, _name: &str) {}
+    /// Progress within pass `n`: `done` of `total` units (records in pass 2, bytes of object
+    /// data in pass 5; `total` 0 when unknown). Called from the checking thread at most every
+    /// ~100 ms during long passes, and once with `done == total` at the end of pass 5.
+    fn progress(&mut self, _n: u8, _done: u64, _total: u64) {}
     /// [`Mode::Ask`]: whether to apply `action` to `problem`.
     fn ask(&mut self, _problem: &Problem, _action: &str) -> Answer {
         Answer::No
@@ -540,8 +549,12 @@ struct Plan {
     put_inodes: BTreeSet<u64>,
     put_dirents: Vec<(u64, Dirent)>,
     delete_dirents: Vec<(u64, Vec<u8>)>,
-    put_chunks: BTreeMap<(u64, u64), Chunk>,
-    put_inline: BTreeMap<u64, Vec<u8>>,
+    /// Inode → number of blocks to keep: block entries at or beyond it are dropped.
+    trim_chunks: BTreeMap<u64, u64>,
+    /// Inodes whose block map records are all deleted.
+    delete_chunks: BTreeSet<u64>,
+    /// Inode → new length of its inline data.
+    resize_inline: BTreeMap<u64, u64>,
     put_counters: bool,
     remove_objects: BTreeSet<ObjectId>,
     truncate_objects: Vec<(ObjectId, u64)>,
@@ -556,8 +569,9 @@ impl Plan {
             && self.put_inodes.is_empty()
             && self.put_dirents.is_empty()
             && self.delete_dirents.is_empty()
-            && self.put_chunks.is_empty()
-            && self.put_inline.is_empty()
+            && self.trim_chunks.is_empty()
+            && self.delete_chunks.is_empty()
+            && self.resize_inline.is_empty()
             && !self.put_counters
             && self.remove_objects.is_empty()
             && self.truncate_objects.is_empty()
@@ -565,6 +579,15 @@ impl Plan {
             && self.create_objects_dir.is_none()
             && !self.rewrite_superblock
     }
+}
+
+/// What pass 2 keeps of an inode's block map records.
+#[derive(Debug, Clone, Copy, Default)]
+struct ChunkSummary {
+    /// Number of (decodable) chunk records.
+    records: u64,
+    /// Highest block index with an entry.
+    max_block: u64,
 }
 
 /// One directory entry record as found.
@@ -580,9 +603,16 @@ struct Model {
     /// Entry records by directory pseudonym.
     entries: BTreeMap<[u8; 8], Vec<EntryRec>>,
     xattr_keys: BTreeMap<u64, Vec<Vec<u8>>>,
-    chunks: BTreeMap<u64, BTreeMap<u64, Chunk>>,
-    inline: BTreeMap<u64, Vec<u8>>,
+    /// Per inode, a summary of its block map records (the entries stay in the store: pass 5
+    /// reads them again segment by segment, so memory does not grow with the data).
+    chunks: BTreeMap<u64, ChunkSummary>,
+    /// Highest block generation in any block map record.
+    max_gen: u64,
+    /// Inline data lengths.
+    inline: BTreeMap<u64, u64>,
     orphans: BTreeSet<u64>,
+    /// Orphan inodes (unlinked while open) left in place; their records go with them.
+    orphan_inodes: BTreeSet<u64>,
     counters: Option<Counters>,
     /// Accepted entries per directory: name → (ino, kind).
     dir_entries: BTreeMap<u64, BTreeMap<Vec<u8>, (u64, FileKind)>>,
@@ -723,9 +753,9 @@ impl<'u> Checker<'u> {
         self.ui.pass(3, "directory tree");
         self.pass_tree(&records, &parts.keys);
         self.ui.pass(4, "sizes and storage");
-        self.pass_sizes(u64::from(parts.superblock.block_size));
+        self.pass_sizes(&records, u64::from(parts.superblock.block_size));
         self.ui.pass(5, "data objects");
-        let listed = self.pass_objects(parts)?;
+        let listed = self.pass_objects(parts, &records)?;
         if let Some(dir) = &parts.backing {
             self.ui.pass(6, "backing directory");
             self.pass_backing(dir, &listed);
@@ -799,26 +829,30 @@ impl<'u> Checker<'u> {
     // ---- pass 2 ----
 
     fn pass_records(&mut self, records: &Records, keys: &FsKeys) -> Result<()> {
-        let mut raw: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        records.store().scan(&[], None, &mut |k, v| {
-            raw.push((k.to_vec(), v.to_vec()));
-            Ok(true)
-        })?;
-        self.report.records = raw.len() as u64;
-        for (key, value) in raw {
-            if let Err(e) = self.decode_record(records, keys, &key, &value) {
+        // Records are decoded as the scan reads them: nothing but the model is kept.
+        let mut n = 0u64;
+        let mut last = std::time::Instant::now();
+        records.store().scan(&[], None, &mut |key, value| {
+            n += 1;
+            if let Err(e) = self.decode_record(records, keys, key, value) {
                 let fix = self.problem(
                     ProblemKind::BadRecord,
-                    record_ino(&key),
-                    format!("{}: {e}", key_name(&key)),
+                    record_ino(key),
+                    format!("{}: {e}", key_name(key)),
                     Fixability::Unsafe,
                     "delete the record",
                 );
                 if fix {
-                    self.plan.delete_keys.insert(key);
+                    self.plan.delete_keys.insert(key.to_vec());
                 }
             }
-        }
+            if n.is_multiple_of(RECORD_PROGRESS_EVERY) && last.elapsed().as_millis() >= 100 {
+                self.ui.progress(2, n, 0);
+                last = std::time::Instant::now();
+            }
+            Ok(true)
+        })?;
+        self.report.records = n;
         Ok(())
     }
 
@@ -903,10 +937,18 @@ impl<'u> Checker<'u> {
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
                     .map(u64::from_be_bytes)
                     .unwrap_or(0);
-                self.model.chunks.entry(ino).or_default().insert(idx, c);
+                let sum = self.model.chunks.entry(ino).or_default();
+                sum.records += 1;
+                for (slot, e) in &c.entries {
+                    sum.max_block = sum.max_block.max(block_index(idx, *slot));
+                    self.model.max_gen = self.model.max_gen.max(e.cur.generation);
+                    if let Some(Some(p)) = e.prev {
+                        self.model.max_gen = self.model.max_gen.max(p.generation);
+                    }
+                }
             }
             prefix::INLINE => {
-                self.model.inline.insert(ino, plain.to_vec());
+                self.model.inline.insert(ino, plain.len() as u64);
             }
             prefix::ORPHAN => {
                 if !plain.is_empty() {
@@ -1075,15 +1117,7 @@ impl<'u> Checker<'u> {
             .next_back()
             .copied()
             .unwrap_or(ROOT_INO);
-        let mut max_gen = 0u64;
-        for c in self.model.chunks.values().flat_map(|m| m.values()) {
-            for e in c.entries.values() {
-                max_gen = max_gen.max(e.cur.generation);
-                if let Some(Some(p)) = e.prev {
-                    max_gen = max_gen.max(p.generation);
-                }
-            }
-        }
+        let max_gen = self.model.max_gen;
         match self.model.counters {
             None => {
                 let fix = self.problem(
@@ -1166,6 +1200,7 @@ impl<'u> Checker<'u> {
                 self.purge(o);
             } else {
                 w.unattached.insert(o);
+                self.model.orphan_inodes.insert(o);
             }
         }
 
@@ -1447,10 +1482,8 @@ impl<'u> Checker<'u> {
                 .delete_keys
                 .insert(records::ino_prefix(prefix::INLINE, ino).to_vec());
         }
-        for c in self.model.chunks.remove(&ino).unwrap_or_default().keys() {
-            self.plan
-                .delete_keys
-                .insert(records::chunk_key(ino, *c).to_vec());
+        if self.model.chunks.remove(&ino).is_some() {
+            self.plan.delete_chunks.insert(ino);
         }
         for k in self.model.xattr_keys.remove(&ino).unwrap_or_default() {
             self.plan.delete_keys.insert(k);
@@ -1465,7 +1498,7 @@ impl<'u> Checker<'u> {
 
     // ---- pass 4 ----
 
-    fn pass_sizes(&mut self, bs: u64) {
+    fn pass_sizes(&mut self, records: &Records, bs: u64) {
         let inodes: Vec<Inode> = self.model.inodes.values().cloned().collect();
         for inode in &inodes {
             let ino = inode.ino;
@@ -1478,8 +1511,12 @@ impl<'u> Checker<'u> {
                 FileKind::Symlink => self.report.symlinks += 1,
                 _ => self.report.special += 1,
             }
-            let has_inline = self.model.inline.contains_key(&ino);
-            let has_chunks = self.model.chunks.get(&ino).is_some_and(|m| !m.is_empty());
+            // An orphan left in place goes with all its records when it is removed: records
+            // that would be stray on a live file (e.g. an inline record an interrupted
+            // conversion left) are part of that one problem.
+            let orphan = self.model.orphan_inodes.contains(&ino);
+            let has_inline = self.model.inline.contains_key(&ino) && !orphan;
+            let has_chunks = self.model.chunks.get(&ino).is_some_and(|m| m.records > 0) && !orphan;
             if inode.kind != FileKind::File {
                 if inode.storage != Storage::None {
                     self.problem(
@@ -1506,7 +1543,7 @@ impl<'u> Checker<'u> {
                     if has_chunks {
                         self.stray_chunks(ino, "an inline file");
                     }
-                    match self.model.inline.get(&ino).map(|d| d.len() as u64) {
+                    match self.model.inline.get(&ino).copied() {
                         None if inode.size > 0 => {
                             self.problem(
                                 ProblemKind::SizeMismatch,
@@ -1529,17 +1566,17 @@ impl<'u> Checker<'u> {
                                 "resize the inline data to the file size (what reads already return)",
                             );
                             if fix {
-                                if let Some(mut d) = self.model.inline.get(&ino).cloned() {
-                                    d.resize(usize::try_from(inode.size).unwrap_or(0), 0);
-                                    self.plan.put_inline.insert(ino, d);
-                                }
+                                self.plan.resize_inline.insert(ino, inode.size);
                             }
                         }
                         _ => {}
                     }
                 }
                 Storage::None => {
-                    if has_inline {
+                    // The core stores an empty inline record for an empty file without
+                    // storage (truncated to 0): consistent, not stray.
+                    let empty_inline = self.model.inline.get(&ino) == Some(&0);
+                    if has_inline && !(empty_inline && inode.size == 0) {
                         self.stray_inline(ino, "a file without storage");
                     }
                     if has_chunks {
@@ -1559,7 +1596,7 @@ impl<'u> Checker<'u> {
                     if has_inline {
                         self.stray_inline(ino, "a file stored in an object");
                     }
-                    self.check_beyond_size(inode, bs);
+                    self.check_beyond_size(records, inode, bs);
                 }
             }
         }
@@ -1625,7 +1662,7 @@ impl<'u> Checker<'u> {
     }
 
     fn stray_chunks(&mut self, ino: u64, owner: &str) {
-        let n = self.model.chunks.get(&ino).map(|m| m.len()).unwrap_or(0);
+        let n = self.model.chunks.get(&ino).map(|m| m.records).unwrap_or(0);
         let fix = self.problem(
             ProblemKind::StrayRecord,
             Some(ino),
@@ -1634,26 +1671,29 @@ impl<'u> Checker<'u> {
             "delete them",
         );
         if fix {
-            for c in self.model.chunks.remove(&ino).unwrap_or_default().keys() {
-                self.plan
-                    .delete_keys
-                    .insert(records::chunk_key(ino, *c).to_vec());
-            }
+            self.model.chunks.remove(&ino);
+            self.plan.delete_chunks.insert(ino);
         }
     }
 
-    fn check_beyond_size(&mut self, inode: &Inode, bs: u64) {
+    fn check_beyond_size(&mut self, records: &Records, inode: &Inode, bs: u64) {
         let ino = inode.ino;
         let keep = inode.size.div_ceil(bs);
+        match self.model.chunks.get(&ino) {
+            Some(sum) if sum.records > 0 && sum.max_block >= keep => {}
+            _ => return,
+        }
+        // Rare: only now list the entries (from the store, not from memory).
         let mut beyond = Vec::new();
-        for (c, ch) in self.model.chunks.get(&ino).into_iter().flatten() {
+        let _ = scan_chunks(records, ino, keep / CHUNK_BLOCKS, &mut |c, ch| {
             for slot in ch.entries.keys() {
-                let idx = block_index(*c, *slot);
+                let idx = block_index(c, *slot);
                 if idx >= keep {
                     beyond.push(idx);
                 }
             }
-        }
+            true
+        });
         if beyond.is_empty() {
             return;
         }
@@ -1670,15 +1710,9 @@ impl<'u> Checker<'u> {
             "drop the entries (the data beyond the end of the file is never read)",
         );
         if fix {
-            if let Some(m) = self.model.chunks.get_mut(&ino) {
-                for (c, ch) in m.iter_mut() {
-                    let before = ch.entries.len();
-                    ch.entries.retain(|slot, _| block_index(*c, *slot) < keep);
-                    if ch.entries.len() != before {
-                        self.plan.put_chunks.insert((ino, *c), ch.clone());
-                    }
-                }
-                m.retain(|_, ch| !ch.entries.is_empty());
+            self.plan.trim_chunks.insert(ino, keep);
+            if let Some(sum) = self.model.chunks.get_mut(&ino) {
+                sum.max_block = keep.saturating_sub(1);
             }
         }
     }
@@ -1686,79 +1720,70 @@ impl<'u> Checker<'u> {
     // ---- pass 5 ----
 
     /// Returns the ids of the objects listed in the store.
-    fn pass_objects(&mut self, parts: &Parts) -> Result<BTreeSet<ObjectId>> {
+    fn pass_objects(&mut self, parts: &Parts, records: &Records) -> Result<BTreeSet<ObjectId>> {
         let bs = u64::from(parts.superblock.block_size);
         let listed: BTreeMap<ObjectId, u64> = parts.objects.list()?.into_iter().collect();
         self.report.objects = listed.len() as u64;
         let mut owner: BTreeMap<ObjectId, u64> = BTreeMap::new();
-        let mut jobs: Vec<Job> = Vec::new();
-        let inodes: Vec<Inode> = self.model.inodes.values().cloned().collect();
-        for inode in &inodes {
-            let (FileKind::File, Storage::Object(id)) = (inode.kind, inode.storage) else {
-                continue;
-            };
+        // One small record per object-backed file; the block entries are read per segment.
+        let mut files: Vec<FileJob> = Vec::new();
+        let object_files: Vec<(u64, ObjectId, u64)> = self
+            .model
+            .inodes
+            .values()
+            .filter_map(|i| match (i.kind, i.storage) {
+                (FileKind::File, Storage::Object(id)) => Some((i.ino, id, i.size)),
+                _ => None,
+            })
+            .collect();
+        for (ino, id, size) in object_files {
             if let Some(other) = owner.get(&id) {
                 let other = *other;
                 self.problem(
                     ProblemKind::SharedObject,
-                    Some(inode.ino),
+                    Some(ino),
                     format!(
-                        "inodes {other} and {} both refer to object {}; at most one of them can read it",
-                        inode.ino,
+                        "inodes {other} and {ino} both refer to object {}; at most one of them can read it",
                         hex::encode(id)
                     ),
                     Fixability::None,
                     "none",
                 );
             } else {
-                owner.insert(id, inode.ino);
+                owner.insert(id, ino);
             }
-            let mut entries: Vec<(u64, BlockEntry)> = Vec::new();
-            for (c, ch) in self.model.chunks.get(&inode.ino).into_iter().flatten() {
-                for (slot, e) in &ch.entries {
-                    entries.push((block_index(*c, *slot), *e));
-                }
-            }
-            match listed.get(&id) {
-                None if !entries.is_empty() => {
-                    let blocks: Vec<u64> = entries.iter().map(|(i, _)| *i).collect();
-                    let n = blocks.len();
-                    self.problem_blocks(
-                        ProblemKind::MissingObject,
-                        Some(inode.ino),
-                        format!("object {} of inode {} is missing: {n} stored blocks unreadable", hex::encode(id), inode.ino),
-                        blocks,
-                        Fixability::None,
-                        "none possible: reads of those blocks return EIO (restore the object from a backup)",
+            let max_block = match self.model.chunks.get(&ino) {
+                Some(sum) if sum.records > 0 => Some(sum.max_block),
+                _ => None,
+            };
+            let len = listed.get(&id).copied();
+            if let Some(len) = len {
+                let need = size.div_ceil(bs).saturating_mul(bs);
+                if len > need {
+                    let fix = self.problem(
+                        ProblemKind::ObjectTooLong,
+                        Some(ino),
+                        format!(
+                            "object {} is {len} bytes, its file needs {need}",
+                            hex::encode(id)
+                        ),
+                        Fixability::Safe,
+                        &format!("truncate it to {need} bytes"),
                     );
-                }
-                None => {}
-                Some(&len) => {
-                    let need = inode.size.div_ceil(bs).saturating_mul(bs);
-                    if len > need {
-                        let fix = self.problem(
-                            ProblemKind::ObjectTooLong,
-                            Some(inode.ino),
-                            format!(
-                                "object {} is {len} bytes, its file needs {need}",
-                                hex::encode(id)
-                            ),
-                            Fixability::Safe,
-                            &format!("truncate it to {need} bytes"),
-                        );
-                        if fix {
-                            self.plan.truncate_objects.push((id, need));
-                        }
-                    }
-                    if !entries.is_empty() {
-                        jobs.push(Job {
-                            ino: inode.ino,
-                            id,
-                            len,
-                            entries,
-                        });
+                    if fix {
+                        self.plan.truncate_objects.push((id, need));
                     }
                 }
+            }
+            if let Some(max_block) = max_block {
+                files.push(FileJob {
+                    ino,
+                    id,
+                    len: len.unwrap_or(0),
+                    missing: len.is_none(),
+                    keep: self.plan.trim_chunks.get(&ino).copied(),
+                    end_block: max_block.saturating_add(1),
+                });
             }
         }
         for (id, len) in &listed {
@@ -1776,14 +1801,30 @@ impl<'u> Checker<'u> {
                 self.plan.remove_objects.insert(*id);
             }
         }
-        let results = verify_objects(parts, &jobs, bs, self.opts.threads)?;
-        for (job, res) in jobs.iter().zip(results) {
-            self.report.blocks_verified += job.entries.len() as u64;
+        let results = verify_objects(parts, records, &files, bs, self.opts.threads, &mut *self.ui)?;
+        for (job, res) in files.iter().zip(results) {
+            self.report.blocks_verified += res.entries;
             if res.bad.is_empty() {
                 continue;
             }
             let truncated = res.bad.iter().filter(|(_, t)| *t).count();
             let blocks: Vec<u64> = res.bad.iter().map(|(i, _)| *i).collect();
+            if job.missing {
+                let n = blocks.len();
+                self.problem_blocks(
+                    ProblemKind::MissingObject,
+                    Some(job.ino),
+                    format!(
+                        "object {} of inode {} is missing: {n} stored blocks unreadable",
+                        hex::encode(job.id),
+                        job.ino
+                    ),
+                    blocks,
+                    Fixability::None,
+                    "none possible: reads of those blocks return EIO (restore the object from a backup)",
+                );
+                continue;
+            }
             let mut listed_blocks: Vec<String> = blocks
                 .iter()
                 .take(MAX_LISTED_BLOCKS)
@@ -1796,7 +1837,7 @@ impl<'u> Checker<'u> {
                 "inode {}: {} of {} blocks fail their integrity check (object {}): blocks {}",
                 job.ino,
                 blocks.len(),
-                job.entries.len(),
+                res.entries,
                 hex::encode(job.id),
                 listed_blocks.join(", ")
             );
@@ -1805,7 +1846,7 @@ impl<'u> Checker<'u> {
                     "; {truncated} of them beyond the end of the truncated object"
                 ));
             }
-            if blocks.len() == job.entries.len() && job.entries.len() > 1 && truncated == 0 {
+            if blocks.len() as u64 == res.entries && res.entries > 1 && truncated == 0 {
                 detail
                     .push_str("; no block verifies: the object was replaced, swapped or replayed");
             }
@@ -1950,11 +1991,31 @@ impl<'u> Checker<'u> {
         for (dir, d) in &self.plan.put_dirents {
             b.put_dirent(*dir, d)?;
         }
-        for ((ino, c), ch) in &self.plan.put_chunks {
-            b.put_chunk(*ino, *c, ch);
+        for ino in &self.plan.delete_chunks {
+            for k in records.keys_of(prefix::CHUNK, *ino)? {
+                b.delete_key(&k);
+            }
         }
-        for (ino, d) in &self.plan.put_inline {
-            b.put_inline(*ino, d);
+        for (ino, keep) in &self.plan.trim_chunks {
+            let mut trimmed: Vec<(u64, Chunk)> = Vec::new();
+            scan_chunks(records, *ino, keep / CHUNK_BLOCKS, &mut |c, mut ch| {
+                let before = ch.entries.len();
+                ch.entries.retain(|slot, _| block_index(c, *slot) < *keep);
+                if ch.entries.len() != before {
+                    trimmed.push((c, ch));
+                }
+                true
+            })?;
+            for (c, ch) in &trimmed {
+                // An emptied chunk record is deleted.
+                b.put_chunk(*ino, *c, ch);
+            }
+        }
+        for (ino, size) in &self.plan.resize_inline {
+            if let Some(mut d) = records.inline(*ino)? {
+                d.resize(usize::try_from(*size).unwrap_or(0), 0);
+                b.put_inline(*ino, &d);
+            }
         }
         if self.plan.put_counters {
             if let Some(c) = &self.model.counters {
@@ -2027,23 +2088,107 @@ fn block_index(c: u64, slot: u8) -> u64 {
         .saturating_add(u64::from(slot))
 }
 
-/// Blocks of one object to verify.
-struct Job {
+/// Scans the block map records of `ino` from chunk `from` on, skipping records that do not
+/// open or decode (pass 2 reported those); `f` returns whether to go on.
+fn scan_chunks(
+    records: &Records,
+    ino: u64,
+    from: u64,
+    f: &mut dyn FnMut(u64, Chunk) -> bool,
+) -> Result<()> {
+    let pfx = records::ino_prefix(prefix::CHUNK, ino);
+    let after = if from == 0 {
+        None
+    } else {
+        Some(records::chunk_key(ino, from - 1).to_vec())
+    };
+    records.store().scan(&pfx, after.as_deref(), &mut |k, v| {
+        let Some(idx) = k
+            .get(9..17)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+        else {
+            return Ok(true);
+        };
+        if k.len() != 17 {
+            return Ok(true);
+        }
+        match records.open(k, v).and_then(|p| Chunk::decode(&p)) {
+            Ok(c) => Ok(f(idx, c)),
+            Err(_) => Ok(true),
+        }
+    })
+}
+
+/// One object-backed file to verify (a small record: the entries stay in the store).
+struct FileJob {
     ino: u64,
     id: ObjectId,
+    /// Object length (0 when missing).
     len: u64,
-    entries: Vec<(u64, BlockEntry)>,
+    /// The object does not exist: entries must accept a hole.
+    missing: bool,
+    /// Entries at or beyond this block are being dropped (planned repair): not verified.
+    keep: Option<u64>,
+    /// One past the highest block index with an entry.
+    end_block: u64,
+}
+
+/// A range of blocks of one file: the unit of work of a verification thread.
+struct Segment {
+    file: usize,
+    first: u64,
+    end: u64,
 }
 
 #[derive(Default)]
 struct JobResult {
+    /// Block entries checked.
+    entries: u64,
     /// Failed blocks: (index, beyond the end of the object).
     bad: Vec<(u64, bool)>,
 }
 
-/// Reads every object once, sequentially in large reads, and verifies its blocks; objects are
-/// spread over threads.
-fn verify_objects(parts: &Parts, jobs: &[Job], bs: u64, threads: usize) -> Result<Vec<JobResult>> {
+/// Verifies every block entry of `files`: each object is read once, front to back, in
+/// [`READ_CHUNK`] reads, split into [`SEGMENT_BYTES`] segments that threads (one per core
+/// unless `threads` says otherwise) take in order, so large files use every core and small
+/// ones are read one after the other. Memory: one read buffer and one segment's entries per
+/// thread, plus a small result per file. The calling thread reports progress in bytes.
+fn verify_objects(
+    parts: &Parts,
+    records: &Records,
+    files: &[FileJob],
+    bs: u64,
+    threads: usize,
+    ui: &mut dyn CheckUi,
+) -> Result<Vec<JobResult>> {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    let seg_blocks = (SEGMENT_BYTES / bs).max(1);
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut total_bytes = 0u64;
+    for (i, f) in files.iter().enumerate() {
+        let end = f.keep.map_or(f.end_block, |k| k.min(f.end_block));
+        // Blocks at or beyond the object's end read as nothing: one segment checks them all.
+        let data_end = end.min(f.len.div_ceil(bs));
+        total_bytes = total_bytes.saturating_add(f.len.min(data_end.saturating_mul(bs)));
+        let mut first = 0;
+        loop {
+            let seg_end = if first + seg_blocks >= data_end {
+                end
+            } else {
+                first + seg_blocks
+            };
+            segments.push(Segment {
+                file: i,
+                first,
+                end: seg_end,
+            });
+            if seg_end >= end {
+                break;
+            }
+            first = seg_end;
+        }
+    }
     let threads = if threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -2051,34 +2196,85 @@ fn verify_objects(parts: &Parts, jobs: &[Job], bs: u64, threads: usize) -> Resul
     } else {
         threads
     }
-    .min(jobs.len().max(1));
-    let next = std::sync::atomic::AtomicUsize::new(0);
+    .min(segments.len().max(1));
+    let next = AtomicUsize::new(0);
+    let done_bytes = AtomicU64::new(0);
     let out: std::sync::Mutex<Vec<Option<Result<JobResult>>>> =
-        std::sync::Mutex::new((0..jobs.len()).map(|_| None).collect());
+        std::sync::Mutex::new((0..segments.len()).map(|_| None).collect());
     std::thread::scope(|s| {
+        let (alive, finished) = std::sync::mpsc::channel::<()>();
         for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(job) = jobs.get(i) else { break };
-                let r = verify_one(parts, job, bs);
-                if let Some(slot) = out.lock().unwrap_or_else(|p| p.into_inner()).get_mut(i) {
-                    *slot = Some(r);
+            let alive = alive.clone();
+            let (next, done_bytes, out, segments) = (&next, &done_bytes, &out, &segments);
+            s.spawn(move || {
+                let _alive = alive;
+                let mut buf = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(seg) = segments.get(i) else { break };
+                    let Some(file) = files.get(seg.file) else {
+                        break;
+                    };
+                    let r = verify_segment(parts, records, file, seg, bs, &mut buf, done_bytes);
+                    if let Some(slot) = out.lock().unwrap_or_else(|p| p.into_inner()).get_mut(i) {
+                        *slot = Some(r);
+                    }
                 }
             });
         }
+        drop(alive);
+        // Every sender gone (all threads done) ends the wait at once.
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            finished.recv_timeout(std::time::Duration::from_millis(100))
+        {
+            ui.progress(5, done_bytes.load(Ordering::Relaxed), total_bytes);
+        }
     });
-    out.into_inner()
-        .unwrap_or_else(|p| p.into_inner())
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(Error::integrity("verification thread did not finish"))))
-        .collect()
+    ui.progress(5, total_bytes, total_bytes);
+    let mut results: Vec<JobResult> = (0..files.len()).map(|_| JobResult::default()).collect();
+    let seg_results = out.into_inner().unwrap_or_else(|p| p.into_inner());
+    for (seg, r) in segments.iter().zip(seg_results) {
+        let r = r.unwrap_or_else(|| Err(Error::integrity("verification thread did not finish")))?;
+        if let Some(res) = results.get_mut(seg.file) {
+            res.entries += r.entries;
+            res.bad.extend(r.bad);
+        }
+    }
+    for r in &mut results {
+        r.bad.sort_unstable();
+    }
+    Ok(results)
 }
 
-fn verify_one(parts: &Parts, job: &Job, bs: u64) -> Result<JobResult> {
+fn verify_segment(
+    parts: &Parts,
+    records: &Records,
+    job: &FileJob,
+    seg: &Segment,
+    bs: u64,
+    buf: &mut Vec<u8>,
+    done_bytes: &std::sync::atomic::AtomicU64,
+) -> Result<JobResult> {
     let keys = &parts.keys;
     let bsz = usize::try_from(bs).map_err(|_| Error::format("block size"))?;
     let per_read = (READ_CHUNK / bsz).max(1) as u64;
     let mut res = JobResult::default();
+    // This segment's entries, from the store.
+    let mut entries: Vec<(u64, BlockEntry)> = Vec::new();
+    let end = job.keep.map_or(seg.end, |k| k.min(seg.end));
+    scan_chunks(records, job.ino, seg.first / CHUNK_BLOCKS, &mut |c, ch| {
+        if block_index(c, 0) >= end {
+            return false;
+        }
+        for (slot, e) in &ch.entries {
+            let idx = block_index(c, *slot);
+            if idx >= seg.first && idx < end {
+                entries.push((idx, *e));
+            }
+        }
+        true
+    })?;
+    res.entries = entries.len() as u64;
     let check = |idx: u64, e: &BlockEntry, block: &[u8]| -> bool {
         let full = block.len() == bsz;
         let ok_ver = |v: &crate::format::records::BlockVersion| {
@@ -2095,32 +2291,39 @@ fn verify_one(parts: &Parts, job: &Job, bs: u64) -> Result<JobResult> {
     };
     // Entries whose block starts at or beyond the end of the object read as nothing.
     let within = |idx: u64| idx.checked_mul(bs).is_some_and(|off| off < job.len);
-    for (idx, e) in job.entries.iter().filter(|(i, _)| !within(*i)) {
+    for (idx, e) in entries.iter().filter(|(i, _)| !within(*i)) {
         if !check(*idx, e, &[]) {
-            res.bad.push((*idx, true));
+            res.bad.push((*idx, !job.missing));
         }
     }
-    let mut buf = vec![0u8; per_read as usize * bsz];
-    let mut entries = job.entries.iter().filter(|(i, _)| within(*i)).peekable();
-    while let Some(&&(first, _)) = entries.peek() {
-        let start = first - first % per_read;
-        let off = start * bs;
-        let read_len = (job.len - off).min(per_read * bs);
+    if buf.len() < per_read as usize * bsz {
+        buf.resize(per_read as usize * bsz, 0);
+    }
+    // Read the segment's range of the object front to back (whole reads, also across holes in
+    // the block map, so the object is read sequentially).
+    let data_end = end.min(job.len.div_ceil(bs));
+    let mut pos = seg.first;
+    let mut it = entries.iter().filter(|(i, _)| within(*i)).peekable();
+    while pos < data_end {
+        let n = per_read.min(data_end - pos);
+        let off = pos * bs;
+        let read_len = (job.len - off).min(n * bs);
         let slice = buf.get_mut(..read_len as usize).unwrap_or_default();
         let got = parts.objects.read_at(&job.id, off, slice)?;
-        while let Some(&&(idx, e)) = entries.peek() {
-            if idx >= start + per_read {
+        done_bytes.fetch_add(read_len, std::sync::atomic::Ordering::Relaxed);
+        while let Some(&&(idx, e)) = it.peek() {
+            if idx >= pos + n {
                 break;
             }
-            entries.next();
-            let lo = ((idx - start) * bs) as usize;
+            it.next();
+            let lo = ((idx - pos) * bs) as usize;
             let have = got.saturating_sub(lo).min(bsz);
             let block = buf.get(lo..lo + have).unwrap_or_default();
             if !check(idx, &e, block) {
                 res.bad.push((idx, have != bsz));
             }
         }
+        pos += n;
     }
-    res.bad.sort_unstable();
     Ok(res)
 }

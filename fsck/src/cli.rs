@@ -29,9 +29,30 @@ pub struct Cli {
     /// Print a machine-readable JSON report on standard output.
     #[arg(long = "json")]
     pub json: bool,
-    /// Key file that unlocks the filesystem.
-    #[arg(long = "key-file", value_name = "PATH")]
-    pub key_file: PathBuf,
+    /// Key file that unlocks the filesystem. Exactly one of --key-file and --keyservice.
+    #[arg(
+        long = "key-file",
+        value_name = "PATH",
+        required_unless_present = "keyservice",
+        conflicts_with = "keyservice"
+    )]
+    pub key_file: Option<PathBuf>,
+    /// Key service that unwraps the filesystem's key (with --tenant, --token-file, --ca-file).
+    #[arg(
+        long = "keyservice",
+        value_name = "URL",
+        requires_all = ["tenant", "token_file", "ca_file"]
+    )]
+    pub keyservice: Option<String>,
+    /// Tenant at the key service.
+    #[arg(long = "tenant", value_name = "ID", requires = "keyservice")]
+    pub tenant: Option<String>,
+    /// File holding the tenant's key service token.
+    #[arg(long = "token-file", value_name = "PATH", requires = "keyservice")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate that signed the key service's TLS certificate.
+    #[arg(long = "ca-file", value_name = "PATH", requires = "keyservice")]
+    pub ca_file: Option<PathBuf>,
     /// The backing directory of the filesystem.
     pub backing_dir: PathBuf,
 }

@@ -7,7 +7,8 @@ mod json;
 
 use clap::Parser;
 use digimedfs::check::{check, Answer, CheckOptions, CheckUi, Mode, Problem, Report};
-use digimedfs::keysource::KeyFile;
+use digimedfs::keysource::{KeyFile, KeyService, KeySource};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -33,19 +34,65 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints passes (-v) and asks questions (interactive mode) on the terminal.
+/// Prints passes (-v), a progress bar (stderr is a terminal) and asks questions (interactive
+/// mode) on the terminal.
 struct Terminal {
     verbose: bool,
     yes_to_all: bool,
+    /// Whether to draw progress bars (stderr is a terminal, not --json).
+    show_progress: bool,
+    bar: Option<ProgressBar>,
+    pass_name: String,
+}
+
+impl Terminal {
+    fn clear_bar(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 impl CheckUi for Terminal {
     fn pass(&mut self, n: u8, name: &str) {
+        self.clear_bar();
+        self.pass_name = format!("Pass {n}: {name}");
         if self.verbose {
-            eprintln!("Pass {n}: {name}");
+            eprintln!("{}", self.pass_name);
         }
     }
+    fn progress(&mut self, _n: u8, done: u64, total: u64) {
+        if !self.show_progress {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = if total > 0 {
+                ProgressBar::new(total).with_style(
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                )
+            } else {
+                ProgressBar::new_spinner().with_style(
+                    ProgressStyle::with_template("{spinner} {msg}: {pos} records")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                )
+            };
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            bar.set_message(self.pass_name.clone());
+            bar
+        });
+        if total > 0 {
+            bar.set_length(total);
+        } else {
+            bar.tick();
+        }
+        bar.set_position(done);
+    }
     fn ask(&mut self, problem: &Problem, action: &str) -> Answer {
+        self.clear_bar();
         if self.yes_to_all {
             return Answer::Yes;
         }
@@ -84,13 +131,31 @@ fn run(cli: &cli::Cli) -> anyhow::Result<u8> {
     } else {
         Mode::Check
     };
-    let key = KeyFile::open(&cli.key_file)?;
+    let key: Box<dyn KeySource> = match (&cli.key_file, &cli.keyservice) {
+        (Some(path), None) => Box::new(KeyFile::open(path)?),
+        (None, Some(url)) => {
+            let (Some(tenant), Some(token), Some(ca)) =
+                (&cli.tenant, &cli.token_file, &cli.ca_file)
+            else {
+                anyhow::bail!("--keyservice needs --tenant, --token-file and --ca-file");
+            };
+            Box::new(
+                KeyService::from_files(url, tenant, token, ca).map_err(digimedfs::Error::from)?,
+            )
+        }
+        _ => anyhow::bail!("give exactly one of --key-file PATH and --keyservice URL"),
+    };
     let mut ui = Terminal {
         verbose: cli.verbose && !cli.json,
         yes_to_all: false,
+        show_progress: std::io::stderr().is_terminal() && !cli.json,
+        bar: None,
+        pass_name: String::new(),
     };
     let opts = CheckOptions { mode, threads: 0 };
-    let report = check(&cli.backing_dir, &key, &opts, &mut ui)?;
+    let report = check(&cli.backing_dir, key.as_ref(), &opts, &mut ui);
+    ui.clear_bar();
+    let report = report?;
     let code = exit_code(&report);
     let backing = cli.backing_dir.display().to_string();
     if cli.json {

@@ -251,6 +251,17 @@ impl Inner {
         n.inline_dirty = false;
         n.attr_dirty = true;
         if data.is_empty() {
+            if had_inline {
+                // An empty inline record must not outlive the switch to an object.
+                let mut b = self.records.batch();
+                b.delete_key(&crate::format::records::ino_prefix(
+                    crate::format::records::prefix::INLINE,
+                    n.inode.ino,
+                ));
+                b.put_inode(&n.inode)?;
+                b.commit()?;
+                n.attr_dirty = false;
+            }
             return Ok(id);
         }
         let ino = n.inode.ino;
@@ -616,7 +627,8 @@ impl Inner {
                 } else {
                     Storage::Inline
                 };
-                n.inline_dirty = true;
+                // A file without storage gets no (empty) inline record.
+                n.inline_dirty = n.inode.storage == Storage::Inline;
             }
             Storage::None | Storage::Inline => {
                 self.convert_to_object(&mut n)?;
