@@ -153,7 +153,7 @@ mod tests {
     // Changing these changes the on-disk format.
     const PINNED_ENTRY: &str = "6dcdbc33b38d71644e5d91d106d011f1";
     const PINNED_XATTR: &str = "de0c38e1ef9e650f882b6e3350f82277";
-    const PINNED_BLOCK: &str = "7c6e9751ab1782ff64fe95bba0c27a9f";
+    const PINNED_BLOCK: &str = "a05da9daab05a693c0c54ec79c4b794c";
     const PINNED_SUPERBLOCK: &str =
         "c5aa88fecee22fbe35d9beb6e76e5e7abcfea44d0b71cd691cce9ec4c98caf6f";
     const PINNED_DIGEST: &str = "11b9075bc13297d625594c17d6d7adee024e8bdc27c3eeef475d16d73083e983";
