@@ -16,7 +16,7 @@
 #   RAND_SECS   fio runtime per run, s    [10]
 #   TREE_SRC    dirs packed into the tree tarball (see default below)
 #   RESULTS     results file              [bench/results/results-<date>.md]
-#   STEP_TIMEOUT  seconds before a single step counts as hung  [900]
+#   STEP_TIMEOUT  seconds before a single step counts as hung  [300]
 #   NO_BUILD=1  do not run cargo build (use existing target/release binaries)
 #   NO_INSTALL=1 do not apt-get install missing peers
 #   KEEP_SCRATCH=1 leave the scratch directory behind
@@ -33,7 +33,7 @@ SEQ_MB="${SEQ_MB:-1024}"
 RAND_MB="${RAND_MB:-256}"
 RAND_SECS="${RAND_SECS:-10}"
 TREE_SRC="${TREE_SRC:-/usr/include /usr/share/doc /usr/lib/python3 /usr/share/vim /usr/share/perl /usr/share/zoneinfo /usr/share/mime /usr/share/i18n}"
-STEP_TIMEOUT="${STEP_TIMEOUT:-900}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-300}"
 STAMP="$(date +%Y%m%d-%H%M%S)"
 RESULTS="${RESULTS:-$HERE/results/results-$STAMP.md}"
 PW=pw
@@ -67,7 +67,7 @@ fi
 
 mkdir -p "$SCRATCH" || die "cannot create $SCRATCH"
 SCRATCH="$(cd "$SCRATCH" && pwd)"
-fstype="$(stat -f -c %T "$SCRATCH")"
+fstype="$(findmnt -n -o FSTYPE -T "$SCRATCH")"
 [[ "$fstype" == tmpfs || "$fstype" == ramfs ]] && die "$SCRATCH is on $fstype; use a disk-backed dir"
 
 # Snapshot the binaries: others may rebuild target/ while we run.
@@ -139,7 +139,9 @@ fs_mount() { # fs
     bindfs) bindfs "$B" "$M" ;;
     digimedfs) "$BIN/digimedfs" mount --key-file "$SCRATCH/digimed.key" "$B" "$M" ;;
     gocryptfs) gocryptfs -q -extpass "echo $PW" "$B" "$M" ;;
-    cryfs) echo "$PW" | cryfs --cipher aes-256-gcm --blocksize 32768 "$B" "$M" ;;
+    # --allow-replaced-filesystem: CryFS remembers each basedir's fs id (~/.local/share/cryfs)
+    # and refuses a new fs created at a path it has seen before, as on every re-run here.
+    cryfs) echo "$PW" | cryfs --cipher aes-256-gcm --blocksize 32768 --allow-replaced-filesystem "$B" "$M" ;;
     securefs) securefs mount -b --pass "$PW" "$B" "$M" ;;
     esac || return 1
     local i
@@ -156,7 +158,7 @@ daemon_pid() { # fs
     for p in /proc/[0-9]*; do
         p=${p#/proc/}
         [[ $p == "$$" || $p == "$BASHPID" ]] && continue
-        if tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | grep -qxF -- "$M"; then
+        if { tr '\0' '\n' <"/proc/$p/cmdline"; } 2>/dev/null | grep -qxF -- "$M"; then
             case "$(cat "/proc/$p/comm" 2>/dev/null)" in
             digimedfs* | gocryptfs* | cryfs* | securefs* | bindfs*) echo "$p"; return 0 ;;
             esac
@@ -180,7 +182,12 @@ fs_umount() { # fs
     [[ $fs == raw ]] && return 0
     note_mem "$fs"
     pid=$(daemon_pid "$fs") || pid=
-    fusermount3 -u "$M" || { sleep 2; fusermount3 -u "$M"; } || return 1
+    # EBUSY right after a workload is usually transient (a closing fd); retry before giving up.
+    for ((i = 0; i < 20; i++)); do
+        fusermount3 -u "$M" 2>/dev/null && break
+        sleep 1
+    done
+    ((i < 20)) || { fusermount3 -u "$M"; fuser -vm "$M" 2>&1 | head -5; return 1; }
     for ((i = 0; i < 1200; i++)); do
         if ! mountpoint -q "$M" && { [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; }; then
             return 0
@@ -191,6 +198,17 @@ fs_umount() { # fs
     return 0
 }
 
+# After a failed/hung step: kill the daemon (which aborts the FUSE connection and
+# releases blocked callers) and lazily unmount, so the run can go on with the next fs.
+fs_abort() { # fs
+    local fs=$1 M="$SCRATCH/mnt/$1" pid
+    [[ $fs == raw ]] && return 0
+    note_mem "$fs"
+    pid=$(daemon_pid "$fs") && { log "aborting $fs: kill -9 daemon $pid"; kill -KILL "$pid"; sleep 1; }
+    fusermount3 -u "$M" 2>/dev/null || fusermount3 -uz "$M" 2>/dev/null || umount -l "$M" 2>/dev/null
+    return 0
+}
+
 workdir() { [[ $1 == raw ]] && echo "$SCRATCH/back/raw" || echo "$SCRATCH/mnt/$1"; }
 
 # timed FS METRIC REP CMD...  -> prints seconds on success
@@ -198,10 +216,21 @@ timed() {
     local fs=$1 metric=$2 rep=$3
     shift 3
     local lf="$SCRATCH/logs/$fs.$metric.$rep.log" t0 t1
+    local rc=0 dpid wd=
+    # Watchdog: a caller blocked in a hung FUSE request ignores even SIGKILL; only the
+    # death of the daemon releases it. So kill the daemon 15 s after the step's timeout.
+    if [[ $fs != raw ]] && dpid=$(daemon_pid "$fs"); then
+        (
+            for ((i = 0; i < STEP_TIMEOUT + 15; i++)); do sleep 1; done
+            kill -KILL "$dpid" 2>/dev/null && echo "watchdog killed daemon $dpid" >>"$lf"
+        ) </dev/null >/dev/null 2>&1 &
+        wd=$!
+    fi
     t0=$(now)
-    if ! timeout "$STEP_TIMEOUT" "$@" >"$lf" 2>&1; then
-        local rc=$?
-        echo "exit status $rc (124 = timed out after ${STEP_TIMEOUT}s)" >>"$lf"
+    timeout -k 5 "$STEP_TIMEOUT" "$@" >"$lf" 2>&1 || rc=$?
+    [[ -n "$wd" ]] && { kill "$wd" 2>/dev/null; wait "$wd" 2>/dev/null; }
+    if ((rc != 0)); then
+        echo "exit status $rc (124/137 = killed after STEP_TIMEOUT=${STEP_TIMEOUT}s)" >>"$lf"
         fail "$fs" "$metric" "$rep" "$*" "$lf"
         return 1
     fi
@@ -215,16 +244,19 @@ wl_seq() { # fs rep
     W=$(workdir "$fs")
     rm -f "$W/seq.bin"
     drop_caches
-    if s=$(timed "$fs" seq_write "$r" dd if=/dev/zero of="$W/seq.bin" bs=1M count="$SEQ_MB" conv=fsync); then
+    if s=$(timed "$fs" seq_write_MBps "$r" dd if=/dev/zero of="$W/seq.bin" bs=1M count="$SEQ_MB" conv=fsync); then
         record "$fs" seq_write_MBps "$r" "$(awk -v s="$s" -v n="$SEQ_MB" 'BEGIN{printf "%.1f", n*1048576/1e6/s}')"
         drop_caches
-        if s=$(timed "$fs" seq_read "$r" dd if="$W/seq.bin" of=/dev/null bs=1M); then
+        if s=$(timed "$fs" seq_read_MBps "$r" dd if="$W/seq.bin" of=/dev/null bs=1M); then
             record "$fs" seq_read_MBps "$r" "$(awk -v s="$s" -v n="$SEQ_MB" 'BEGIN{printf "%.1f", n*1048576/1e6/s}')"
+        else
+            return 1
         fi
     else
         record "$fs" seq_read_MBps "$r" FAIL
+        return 1
     fi
-    rm -f "$W/seq.bin"
+    timeout "$STEP_TIMEOUT" rm -f "$W/seq.bin"
 }
 
 fio_run() { # fs metric rep rw file
@@ -253,30 +285,31 @@ wl_rand() { # fs rep
     local fs=$1 r=$2 W
     W=$(workdir "$fs")
     drop_caches
-    fio_run "$fs" rand_read_iops "$r" randread "$W/rand.bin"
+    fio_run "$fs" rand_read_iops "$r" randread "$W/rand.bin" || return 1
     drop_caches
-    fio_run "$fs" rand_write_iops "$r" randwrite "$W/rand.bin"
+    fio_run "$fs" rand_write_iops "$r" randwrite "$W/rand.bin" || return 1
 }
 
 wl_tree() { # fs rep
     local fs=$1 r=$2 W s
     W=$(workdir "$fs")
-    rm -rf "$W/tree"
+    timeout "$STEP_TIMEOUT" rm -rf "$W/tree"
     mkdir -p "$W/tree" || { fail "$fs" tree_extract_s "$r" "mkdir $W/tree" /dev/null; return 1; }
     drop_caches
     s=$(timed "$fs" tree_extract_s "$r" tar -xf "$SCRATCH/tree.tar" -C "$W/tree") || return 1
     record "$fs" tree_extract_s "$r" "$s"
     drop_caches
-    s=$(timed "$fs" tree_ls_s "$r" sh -c "ls -lR '$W/tree' > /dev/null") && record "$fs" tree_ls_s "$r" "$s"
+    s=$(timed "$fs" tree_ls_s "$r" sh -c "ls -lR '$W/tree' > /dev/null") || return 1
+    record "$fs" tree_ls_s "$r" "$s"
     # read every file after a remount (cold daemon + cold page cache)
     fs_umount "$fs" || { fail "$fs" tree_cat_s "$r" "fusermount3 -u" /dev/null; return 1; }
     fs_mount "$fs" || { fail "$fs" tree_cat_s "$r" "remount" /dev/null; return 1; }
     drop_caches
-    s=$(timed "$fs" tree_cat_s "$r" sh -c "cd '$W/tree' && find . -type f -exec cat {} + > /dev/null") &&
-        record "$fs" tree_cat_s "$r" "$s"
+    s=$(timed "$fs" tree_cat_s "$r" sh -c "cd '$W/tree' && find . -type f -exec cat {} + > /dev/null") || return 1
+    record "$fs" tree_cat_s "$r" "$s"
     drop_caches
-    s=$(timed "$fs" tree_rm_s "$r" rm -rf "$W/tree") && record "$fs" tree_rm_s "$r" "$s"
-    return 0
+    s=$(timed "$fs" tree_rm_s "$r" rm -rf "$W/tree") || return 1
+    record "$fs" tree_rm_s "$r" "$s"
 }
 
 # ------------------------------------------------------------ main
@@ -303,22 +336,26 @@ for fs in $FS; do
     if ! fs_mount "$fs" >"$SCRATCH/logs/$fs.mount.log" 2>&1; then
         fail "$fs" mount 0 "mount $fs" "$SCRATCH/logs/$fs.mount.log"; continue
     fi
+    # On the first failure of a FUSE fs the daemon is killed and the fs is skipped from
+    # then on: after an error or a hang its state is not trustworthy.
+    ok=1
     if has seq "$WORKLOADS"; then
-        for ((r = 1; r <= REPS; r++)); do log "$fs seq rep $r"; wl_seq "$fs" "$r"; done
+        for ((r = 1; r <= REPS && ok; r++)); do log "$fs seq rep $r"; wl_seq "$fs" "$r" || ok=0; done
     fi
-    if has rand "$WORKLOADS"; then
+    if ((ok)) && has rand "$WORKLOADS"; then
         if wl_rand_prep "$fs"; then
-            for ((r = 1; r <= REPS; r++)); do log "$fs rand rep $r"; wl_rand "$fs" "$r"; done
+            for ((r = 1; r <= REPS && ok; r++)); do log "$fs rand rep $r"; wl_rand "$fs" "$r" || ok=0; done
+        else
+            ok=0
         fi
-        rm -f "$(workdir "$fs")/rand.bin"
+        ((ok)) && timeout "$STEP_TIMEOUT" rm -f "$(workdir "$fs")/rand.bin"
     fi
-    if has tree "$WORKLOADS"; then
-        for ((r = 1; r <= REPS; r++)); do
-            log "$fs tree rep $r"
-            wl_tree "$fs" "$r" || { mountpoint -q "$SCRATCH/mnt/$fs" || [[ $fs == raw ]] || break; }
-        done
+    if ((ok)) && has tree "$WORKLOADS"; then
+        for ((r = 1; r <= REPS && ok; r++)); do log "$fs tree rep $r"; wl_tree "$fs" "$r" || ok=0; done
     fi
-    if [[ $fs != raw ]] && mountpoint -q "$SCRATCH/mnt/$fs"; then
+    if ((!ok)); then
+        fs_abort "$fs"
+    elif [[ $fs != raw ]] && mountpoint -q "$SCRATCH/mnt/$fs"; then
         fs_umount "$fs" || log "WARN: unmount of $fs failed"
     fi
     rm -rf "$SCRATCH/back/$fs"
@@ -335,6 +372,7 @@ mkdir -p "$(dirname "$RESULTS")"
     echo "- scratch: $SCRATCH on $(df --output=source "$SCRATCH" | tail -1) ($fstype; mount opts: $(findmnt -n -o OPTIONS -T "$SCRATCH"))"
     echo "- digimedfs: $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && [[ -n "$(git status --porcelain -- fs mkfs 2>/dev/null)" ]] && echo ' (+uncommitted changes in fs/ or mkfs/)')"
     echo "- peers: $(gocryptfs -version 2>/dev/null | cut -d';' -f1); $(cryfs --version 2>/dev/null | head -1); securefs $(dpkg-query -W -f='${Version}' securefs 2>/dev/null); $(bindfs --version 2>/dev/null | head -1); $(fio --version)"
+    echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg) (other CPU load skews every number)"
     echo "- REPS=$REPS, SEQ_MB=$SEQ_MB, RAND_MB=$RAND_MB, RAND_SECS=$RAND_SECS, FS='$FS', WORKLOADS='$WORKLOADS'; wall time ${ELAPSED}s"
     if has tree "$WORKLOADS"; then
         echo "- tree: tar of \`$TREE_SRC\` (--hard-dereference): $TREE_FILES files, $TREE_DIRS dirs, $TREE_LINKS symlinks, $((TREE_BYTES / 1048576)) MiB"
