@@ -126,6 +126,8 @@ pub struct MountOptions {
     pub debug: bool,
     /// `force_unlock`: take over a stale lock.
     pub force_unlock: bool,
+    /// `remount`: change the flags of an existing mount (mount -o remount,ro).
+    pub remount: bool,
 }
 
 /// The key service options given with `-o`.
@@ -142,9 +144,41 @@ pub struct KeyServiceOptions {
 }
 
 /// Generic options mount(8) and mount.fuse3 pass along that mean nothing to us.
+/// The access-time options are the kernel's business (it keeps atime for FUSE mounts); `sync`,
+/// `dirsync` and `lazytime` are accepted like on other FUSE filesystems but writes are not made
+/// synchronous: use fsync (documented in operations.md).
 const IGNORED_OPTIONS: &[&str] = &[
-    "dev", "suid", "nodev", "nosuid", "exec", "noexec", "auto", "noauto", "user", "nouser",
-    "users", "_netdev", "nofail", "defaults",
+    "dev",
+    "suid",
+    "nodev",
+    "nosuid",
+    "exec",
+    "noexec",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "defaults",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "diratime",
+    "nodiratime",
+    "lazytime",
+    "nolazytime",
+    "sync",
+    "async",
+    "dirsync",
+    "iversion",
+    "noiversion",
+    "silent",
+    "loud",
 ];
 
 /// The supported options, for error messages.
@@ -181,6 +215,7 @@ pub fn parse_mount_options(lists: &[String]) -> anyhow::Result<MountOptions> {
             "allow_other" => opts.allow_other = true,
             "debug" => opts.debug = true,
             "force_unlock" => opts.force_unlock = true,
+            "remount" => opts.remount = true,
             "key_file" | "keyservice" | "tenant" | "token_file" | "ca_file" => {
                 bail!("mount option {opt} needs a value: {opt}=...")
             }
@@ -431,7 +466,7 @@ mod tests {
 
     #[test]
     fn bad_mount_options_are_rejected() {
-        for bad in ["sync", "key_file=", "key_file", "allow_root", "blah=1"] {
+        for bad in ["nosync_please", "key_file=", "key_file", "allow_root", "blah=1"] {
             let err = parse_mount_options(&[bad.into()]).unwrap_err().to_string();
             assert!(
                 err.contains("key_file") || err.contains(bad),

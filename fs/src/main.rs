@@ -74,6 +74,9 @@ fn main() -> ExitCode {
 /// `digimedfs mount`.
 fn mount(args: MountArgs) -> anyhow::Result<()> {
     let opts = cli::parse_mount_options(&args.options)?;
+    if opts.remount {
+        return remount(&args.mountpoint, opts.read_only);
+    }
     let key_spec = cli::key_spec(&args, &opts)?;
     if !args.foreground {
         return spawn_background(&args);
@@ -371,4 +374,31 @@ fn render(err: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out
+}
+
+/// `mount -o remount,ro|rw`: the daemon keeps running; the kernel changes the mount's flags.
+fn remount(mountpoint: &Path, read_only: bool) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .context("mountpoint contains a NUL byte")?;
+    let mut flags = libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    // SAFETY: `target` is a valid NUL-terminated path; source, type and data may be null for
+    // MS_REMOUNT, and the kernel reads nothing else from our memory.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("remounting {}", mountpoint.display()));
+    }
+    Ok(())
 }

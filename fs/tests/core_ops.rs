@@ -298,3 +298,32 @@ fn truncate_holes_fallocate_seek() {
     fs.write(f.ino, fh, (5 << 30) - 3, b"xyz").unwrap();
     assert_eq!(fs.read(f.ino, fh, (5 << 30) - 3, 10).unwrap(), b"xyz");
 }
+
+#[test]
+fn removed_directory_stays_statable_while_open() {
+    let (_img, fs) = fs();
+    let d = fs.mkdir(&ROOT, ROOT_INO, b"d", 0o755, 0).unwrap();
+    let fh = fs.opendir(&ROOT, d.ino, 0).unwrap();
+    fs.rmdir(&ROOT, ROOT_INO, b"d").unwrap();
+    let attr = fs.getattr(d.ino).unwrap();
+    assert_eq!(attr.nlink, 0);
+    assert_eq!(errno(fs.mkdir(&ROOT, d.ino, b"x", 0o755, 0)), libc::ENOENT);
+    fs.releasedir(d.ino, fh).unwrap();
+    assert_eq!(errno(fs.getattr(d.ino)), libc::ENOENT);
+}
+
+#[test]
+fn data_limits_and_privilege_dropping() {
+    let (_img, fs) = fs();
+    let (f, fh) = fs.create(&ROOT, ROOT_INO, b"f", 0o6666, 0, libc::O_RDWR).unwrap();
+    // Data beyond 16 TiB cannot be stored in a backing file: refused, not lost.
+    assert_eq!(errno(fs.write(f.ino, fh, 1 << 44, b"x")), libc::EFBIG);
+    // A sparse size beyond it is fine.
+    fs.setattr(&ROOT, f.ino, &SetAttr { size: Some(1 << 50), ..Default::default() }).unwrap();
+    // An allocation larger than the free space fails at once.
+    assert_eq!(errno(fs.fallocate(&ROOT, f.ino, fh, 0, u64::MAX >> 2, 0)), libc::ENOSPC);
+    // A user outside the file's group modifying it drops setuid and setgid.
+    let user = Ctx { uid: 1000, gid: 1000, pid: 1 };
+    fs.fallocate(&user, f.ino, fh, 0, 4096, libc::FALLOC_FL_KEEP_SIZE).unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().perm, 0o666);
+}

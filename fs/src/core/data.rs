@@ -19,6 +19,10 @@ use crate::objects::ObjectId;
 use crate::{Error, Result};
 use std::sync::atomic::Ordering;
 
+/// Largest end offset of file data: objects are files of the backing filesystem, and ext4
+/// (4 KiB blocks) stops at 16 TiB. Sizes beyond it are allowed for sparse files; data is not.
+pub(crate) const MAX_DATA_END: u64 = (1 << 44) - (1 << 16);
+
 /// Ciphertext of one node ready to be written after its entries are durable.
 struct Prepared {
     ino: u64,
@@ -313,8 +317,13 @@ impl Inner {
         }
         let end = offset
             .checked_add(data.len() as u64)
-            .filter(|e| *e <= i64::MAX as u64)
-            .ok_or_else(|| posix(libc::EFBIG, format!("write inode {ino}: offset too large")))?;
+            .filter(|e| *e <= MAX_DATA_END)
+            .ok_or_else(|| {
+                posix(
+                    libc::EFBIG,
+                    format!("write inode {ino}: data beyond {MAX_DATA_END} bytes (16 TiB) is not supported"),
+                )
+            })?;
         let over_limit = {
             let mut n = lock(&node);
             if n.inode.kind != super::FileKind::File {
@@ -652,7 +661,15 @@ impl Inner {
                 } else if size < old {
                     let keep = size.div_ceil(bs);
                     self.drop_dirty_blocks(&mut n, keep);
-                    if !size.is_multiple_of(bs) {
+                    let tail_has_data = !size.is_multiple_of(bs) && {
+                        let idx = keep - 1;
+                        n.dirty.contains_key(&idx)
+                            || self
+                                .chunk(ino, idx / CHUNK_BLOCKS)?
+                                .entries
+                                .contains_key(&((idx % CHUNK_BLOCKS) as u8))
+                    };
+                    if tail_has_data {
                         let idx = keep - 1;
                         let mut block = match n.dirty.remove(&idx) {
                             Some(b) => {
@@ -749,7 +766,14 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+    pub(crate) fn fallocate(
+        &self,
+        ctx: &super::Ctx,
+        ino: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<()> {
         self.check_writable("fallocate")?;
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
@@ -782,6 +806,18 @@ impl Inner {
                 ));
             }
         }
+        if !punch && !zero {
+            // Space is allocated lazily (holes until written), but a request that cannot fit
+            // must fail now, as on ext4.
+            let st = self.statfs()?;
+            let free = st.bavail.saturating_mul(u64::from(st.frsize));
+            if length > free {
+                return Err(posix(
+                    libc::ENOSPC,
+                    format!("fallocate inode {ino}: {length} bytes requested, {free} free"),
+                ));
+            }
+        }
         if punch || zero {
             let size = lock(&node).inode.size;
             let zend = end.min(size);
@@ -799,6 +835,15 @@ impl Inner {
         let now = Inner::now();
         if punch || zero {
             n.inode.mtime = now;
+        }
+        // Modifying a file drops setuid, and setgid where Linux does (group-executable, or the
+        // caller is not in the file's group), unless the caller is root.
+        if ctx.uid != 0 {
+            let mut perm = u32::from(n.inode.perm) & !libc::S_ISUID;
+            if perm & 0o010 != 0 || ctx.gid != n.inode.gid {
+                perm &= !libc::S_ISGID;
+            }
+            n.inode.perm = perm as u16;
         }
         n.inode.ctime = now;
         n.attr_dirty = true;

@@ -516,20 +516,23 @@ impl Filesystem {
     /// Opens a directory; returns a handle.
     pub fn opendir(&self, ctx: &Ctx, ino: u64, _flags: i32) -> Result<u64> {
         let node = self.inner.node(ino)?;
-        let n = lock(&node);
-        if n.inode.kind != FileKind::Dir {
-            return Err(posix(
-                libc::ENOTDIR,
-                format!("opendir inode {ino}: not a directory"),
-            ));
+        {
+            let n = lock(&node);
+            if n.inode.kind != FileKind::Dir {
+                return Err(posix(
+                    libc::ENOTDIR,
+                    format!("opendir inode {ino}: not a directory"),
+                ));
+            }
+            if self.inner.check_perms && !perms::may_access(&n.inode, ctx, perms::R) {
+                return Err(posix(
+                    libc::EACCES,
+                    format!("opendir inode {ino}: permission denied"),
+                ));
+            }
         }
-        if self.inner.check_perms && !perms::may_access(&n.inode, ctx, perms::R) {
-            return Err(posix(
-                libc::EACCES,
-                format!("opendir inode {ino}: permission denied"),
-            ));
-        }
-        Ok(self.inner.next_fh.fetch_add(1, Ordering::Relaxed))
+        // Counted like an open file, so a removed directory stays stat-able while open.
+        Ok(self.inner.new_handle(&node, ino))
     }
     /// Lists entries after cookie `offset` (0 = start, including `.` and `..`), at most `max`.
     pub fn readdir(&self, ino: u64, _fh: u64, offset: i64, max: usize) -> Result<Vec<DirEntry>> {
@@ -556,8 +559,8 @@ impl Filesystem {
         Ok(out)
     }
     /// Releases a directory handle.
-    pub fn releasedir(&self, _ino: u64, _fh: u64) -> Result<()> {
-        Ok(())
+    pub fn releasedir(&self, ino: u64, fh: u64) -> Result<()> {
+        self.release(ino, fh)
     }
     /// Makes a directory's entries durable.
     pub fn fsyncdir(&self, _ino: u64, _fh: u64, _datasync: bool) -> Result<()> {
@@ -609,14 +612,14 @@ impl Filesystem {
     /// fallocate(2): `mode` 0 (allocate, may extend), FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE|KEEP_SIZE, FALLOC_FL_ZERO_RANGE.
     pub fn fallocate(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         ino: u64,
         _fh: u64,
         offset: u64,
         length: u64,
         mode: i32,
     ) -> Result<()> {
-        self.inner.fallocate(ino, offset, length, mode)
+        self.inner.fallocate(ctx, ino, offset, length, mode)
     }
     /// lseek(2) with SEEK_DATA / SEEK_HOLE (others are handled by the kernel).
     pub fn lseek(&self, ino: u64, _fh: u64, offset: i64, whence: i32) -> Result<i64> {
@@ -1021,10 +1024,10 @@ impl Inner {
         Ok(())
     }
 
-    fn statfs(&self) -> Result<StatFs> {
+    pub(crate) fn statfs(&self) -> Result<StatFs> {
         let (blocks, bfree, bavail, files, ffree, frsize) = match &self.backing {
             Some(b) => statvfs(b.root())?,
-            None => (1 << 20, 1 << 19, 1 << 19, 1 << 20, 1 << 19, 4096),
+            None => (1 << 32, 1 << 31, 1 << 31, 1 << 20, 1 << 19, 4096),
         };
         let scale = |v: u64| v.saturating_mul(frsize) / self.block_size;
         Ok(StatFs {
