@@ -466,7 +466,13 @@ mod tests {
 
     #[test]
     fn bad_mount_options_are_rejected() {
-        for bad in ["nosync_please", "key_file=", "key_file", "allow_root", "blah=1"] {
+        for bad in [
+            "nosync_please",
+            "key_file=",
+            "key_file",
+            "allow_root",
+            "blah=1",
+        ] {
             let err = parse_mount_options(&[bad.into()]).unwrap_err().to_string();
             assert!(
                 err.contains("key_file") || err.contains(bad),

@@ -315,15 +315,33 @@ fn removed_directory_stays_statable_while_open() {
 #[test]
 fn data_limits_and_privilege_dropping() {
     let (_img, fs) = fs();
-    let (f, fh) = fs.create(&ROOT, ROOT_INO, b"f", 0o6666, 0, libc::O_RDWR).unwrap();
+    let (f, fh) = fs
+        .create(&ROOT, ROOT_INO, b"f", 0o6666, 0, libc::O_RDWR)
+        .unwrap();
     // Data beyond 16 TiB cannot be stored in a backing file: refused, not lost.
     assert_eq!(errno(fs.write(f.ino, fh, 1 << 44, b"x")), libc::EFBIG);
     // A sparse size beyond it is fine.
-    fs.setattr(&ROOT, f.ino, &SetAttr { size: Some(1 << 50), ..Default::default() }).unwrap();
+    fs.setattr(
+        &ROOT,
+        f.ino,
+        &SetAttr {
+            size: Some(1 << 50),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     // An allocation larger than the free space fails at once.
-    assert_eq!(errno(fs.fallocate(&ROOT, f.ino, fh, 0, u64::MAX >> 2, 0)), libc::ENOSPC);
+    assert_eq!(
+        errno(fs.fallocate(&ROOT, f.ino, fh, 0, u64::MAX >> 2, 0)),
+        libc::ENOSPC
+    );
     // A user outside the file's group modifying it drops setuid and setgid.
-    let user = Ctx { uid: 1000, gid: 1000, pid: 1 };
-    fs.fallocate(&user, f.ino, fh, 0, 4096, libc::FALLOC_FL_KEEP_SIZE).unwrap();
+    let user = Ctx {
+        uid: 1000,
+        gid: 1000,
+        pid: 1,
+    };
+    fs.fallocate(&user, f.ino, fh, 0, 4096, libc::FALLOC_FL_KEEP_SIZE)
+        .unwrap();
     assert_eq!(fs.getattr(f.ino).unwrap().perm, 0o666);
 }

@@ -252,7 +252,7 @@ impl Inner {
         let data = n.inline.take().unwrap_or_default();
         let id: ObjectId = rand::random();
         n.inode.storage = Storage::Object(id);
-        n.inline_dirty = false;
+        self.set_inline_dirty(n, false);
         n.attr_dirty = true;
         if data.is_empty() {
             if had_inline {
@@ -346,7 +346,7 @@ impl Inner {
                 n.inode.perm = p as u16;
             }
             n.attr_dirty = true;
-            self.dirty_bytes.load(Ordering::Relaxed) > self.max_dirty
+            self.over_dirty_limit()
         };
         if over_limit {
             self.writeback_dirty()?;
@@ -367,7 +367,7 @@ impl Inner {
             }
             n.inode.size = n.inode.size.max(end);
             n.inode.storage = Storage::Inline;
-            n.inline_dirty = true;
+            self.set_inline_dirty(n, true);
             return Ok(());
         }
         let id = self.convert_to_object(n)?;
@@ -637,7 +637,8 @@ impl Inner {
                     Storage::Inline
                 };
                 // A file without storage gets no (empty) inline record.
-                n.inline_dirty = n.inode.storage == Storage::Inline;
+                let dirty = n.inode.storage == Storage::Inline;
+                self.set_inline_dirty(&mut n, dirty);
             }
             Storage::None | Storage::Inline => {
                 self.convert_to_object(&mut n)?;
@@ -864,7 +865,7 @@ impl Inner {
             {
                 d.fill(0);
             }
-            n.inline_dirty = true;
+            self.set_inline_dirty(&mut n, true);
             return Ok(());
         };
         let bs = self.block_size;

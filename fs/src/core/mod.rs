@@ -66,8 +66,8 @@ impl Default for OpenOptions {
         OpenOptions {
             read_only: false,
             force_unlock: false,
-            max_dirty_bytes: 64 << 20,
-            meta_cache_bytes: 32 << 20,
+            max_dirty_bytes: 48 << 20,
+            meta_cache_bytes: 24 << 20,
             check_permissions: true,
         }
     }
@@ -133,7 +133,7 @@ pub(crate) struct Inner {
     pub(crate) block_size: u64,
     pub(crate) read_only: bool,
     pub(crate) check_perms: bool,
-    max_dirty: usize,
+    pub(crate) max_dirty: usize,
     superblock: Mutex<Superblock>,
     backing: Option<BackingDir>,
     mount_lock: Mutex<Option<MountLock>>,
@@ -146,6 +146,9 @@ pub(crate) struct Inner {
     next_fh: AtomicU64,
     counters: Mutex<CounterState>,
     pub(crate) dirty_bytes: AtomicUsize,
+    /// Nodes whose inline contents are not yet stored (each counts as up to 4 KiB of dirty
+    /// memory towards `max_dirty`).
+    pub(crate) inline_dirty_nodes: AtomicUsize,
     /// Chunks whose entries carry a `prev` version (data not yet known durable).
     pub(crate) pending: Mutex<HashSet<(u64, u64)>>,
     pub(crate) chunk_cache: Mutex<lru::LruCache<(u64, u64), Chunk>>,
@@ -264,6 +267,7 @@ impl Filesystem {
                 gen_reserved: counters.gen_reserved,
             }),
             dirty_bytes: AtomicUsize::new(0),
+            inline_dirty_nodes: AtomicUsize::new(0),
             pending: Mutex::new(HashSet::new()),
             chunk_cache: Mutex::new(lru::LruCache::new(chunk_cap)),
             doomed: Mutex::new(Vec::new()),
@@ -967,6 +971,25 @@ impl Inner {
         Ok(())
     }
 
+    /// Sets a node's inline-dirty flag, keeping the dirty-memory account right.
+    pub(crate) fn set_inline_dirty(&self, n: &mut Node, dirty: bool) {
+        if n.inline_dirty != dirty {
+            if dirty {
+                self.inline_dirty_nodes.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.inline_dirty_nodes.fetch_sub(1, Ordering::Relaxed);
+            }
+            n.inline_dirty = dirty;
+        }
+    }
+
+    /// Whether buffered writes exceed the dirty-memory bound.
+    pub(crate) fn over_dirty_limit(&self) -> bool {
+        let inline = self.inline_dirty_nodes.load(Ordering::Relaxed)
+            * crate::format::records::INLINE_MAX as usize;
+        self.dirty_bytes.load(Ordering::Relaxed) + inline > self.max_dirty
+    }
+
     pub(crate) fn drop_dirty(&self, n: &mut Node) {
         let bytes = n.dirty.len() * self.block_size as usize;
         n.dirty.clear();
@@ -974,7 +997,7 @@ impl Inner {
             bytes.min(self.dirty_bytes.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
-        n.inline_dirty = false;
+        self.set_inline_dirty(n, false);
         n.attr_dirty = false;
     }
 

@@ -137,7 +137,7 @@ impl Inner {
             if let Some(data) = &n.inline {
                 b.put_inline(n.inode.ino, data);
             }
-            n.inline_dirty = false;
+            self.set_inline_dirty(n, false);
         }
         if n.open_count == 0 {
             // Stored now; keep memory bounded by not caching contents of closed files.
