@@ -132,6 +132,16 @@ impl MetaStore for SledStore {
     }
 
     fn apply(&self, batch: &Batch) -> Result<()> {
+        if let [(k, v)] = batch.ops.as_slice() {
+            // A single change is atomic on its own; sled's batches roll the log buffer twice
+            // (two writes to the log file each), single inserts do not.
+            let _one_writer = lock(&self.writer);
+            let res = match v {
+                Some(v) => self.tree.insert(k.as_slice(), v.as_slice()).map(|_| ()),
+                None => self.tree.remove(k.as_slice()).map(|_| ()),
+            };
+            return res.map_err(|e| Error::meta(format!("write {}", key_name(k)), e));
+        }
         let mut b = sled::Batch::default();
         for (k, v) in &batch.ops {
             match v {

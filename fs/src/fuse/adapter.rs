@@ -216,6 +216,11 @@ impl fuser::Filesystem for DigimedFuse {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(&ctx(req), parent.0, name.as_bytes()) {
             Ok(a) => reply.entry(&TTL, &convert(&a), Generation(a.generation)),
+            // A negative entry (node id 0) lets the kernel cache the miss: only this mount
+            // changes the namespace (the mount lock), so the kernel sees every later create.
+            Err(e) if e.errno() == libc::ENOENT => {
+                reply.entry(&TTL, &convert(&negative_attr()), Generation(0))
+            }
             Err(e) => reply.error(errno("lookup", parent.0, &e)),
         }
     }
@@ -777,5 +782,26 @@ mod tests {
         assert_eq!(errno("lookup", 1, &e).code(), libc::ENOENT);
         let e = Error::integrity("inode 5 block 0");
         assert_eq!(errno("read", 5, &e).code(), libc::EIO);
+    }
+}
+
+/// Attributes of a negative lookup reply (node id 0).
+fn negative_attr() -> core::Attr {
+    core::Attr {
+        ino: 0,
+        size: 0,
+        blocks: 0,
+        atime: std::time::UNIX_EPOCH,
+        mtime: std::time::UNIX_EPOCH,
+        ctime: std::time::UNIX_EPOCH,
+        crtime: std::time::UNIX_EPOCH,
+        kind: core::FileKind::File,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        generation: 0,
     }
 }
