@@ -710,6 +710,27 @@ impl DigimedFuse {
     }
 }
 
+/// Attributes of a negative lookup reply (node id 0).
+fn negative_attr() -> core::Attr {
+    core::Attr {
+        ino: 0,
+        size: 0,
+        blocks: 0,
+        atime: std::time::UNIX_EPOCH,
+        mtime: std::time::UNIX_EPOCH,
+        ctime: std::time::UNIX_EPOCH,
+        crtime: std::time::UNIX_EPOCH,
+        kind: core::FileKind::File,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        generation: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -782,26 +803,5 @@ mod tests {
         assert_eq!(errno("lookup", 1, &e).code(), libc::ENOENT);
         let e = Error::integrity("inode 5 block 0");
         assert_eq!(errno("read", 5, &e).code(), libc::EIO);
-    }
-}
-
-/// Attributes of a negative lookup reply (node id 0).
-fn negative_attr() -> core::Attr {
-    core::Attr {
-        ino: 0,
-        size: 0,
-        blocks: 0,
-        atime: std::time::UNIX_EPOCH,
-        mtime: std::time::UNIX_EPOCH,
-        ctime: std::time::UNIX_EPOCH,
-        crtime: std::time::UNIX_EPOCH,
-        kind: core::FileKind::File,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        generation: 0,
     }
 }
