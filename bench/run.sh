@@ -75,6 +75,9 @@ BIN="$SCRATCH/bin"
 mkdir -p "$BIN" "$SCRATCH/logs" "$SCRATCH/mnt" "$SCRATCH/back"
 if has digimedfs "$FS"; then
     cp "$REPO/target/release/digimedfs" "$REPO/target/release/mkfs-digimed" "$BIN/" || die "digimedfs binaries missing"
+    # Record what was snapshotted: HEAD may move while the benchmark runs.
+    BIN_REV="$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && [[ -n "$(git status --porcelain -- fs mkfs 2>/dev/null)" ]] && echo ' (+uncommitted changes in fs/ or mkfs/)')"
+    BIN_TIME="$(date -r "$REPO/target/release/digimedfs" '+%F %T')"
 fi
 DATA="$SCRATCH/data.tsv"      # fs \t metric \t rep \t value
 FAILS="$SCRATCH/failures.txt"
@@ -370,7 +373,7 @@ mkdir -p "$(dirname "$RESULTS")"
     echo
     echo "- host: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
     echo "- scratch: $SCRATCH on $(df --output=source "$SCRATCH" | tail -1) ($fstype; mount opts: $(findmnt -n -o OPTIONS -T "$SCRATCH"))"
-    echo "- digimedfs: $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && [[ -n "$(git status --porcelain -- fs mkfs 2>/dev/null)" ]] && echo ' (+uncommitted changes in fs/ or mkfs/)')"
+    echo "- digimedfs: binary snapshotted at start, built ${BIN_TIME:-?}; HEAD then ${BIN_REV:-?}, at the end $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)"
     echo "- peers: $(gocryptfs -version 2>/dev/null | cut -d';' -f1); $(cryfs --version 2>/dev/null | head -1); securefs $(dpkg-query -W -f='${Version}' securefs 2>/dev/null); $(bindfs --version 2>/dev/null | head -1); $(fio --version)"
     echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg) (other CPU load skews every number)"
     echo "- REPS=$REPS, SEQ_MB=$SEQ_MB, RAND_MB=$RAND_MB, RAND_SECS=$RAND_SECS, FS='$FS', WORKLOADS='$WORKLOADS'; wall time ${ELAPSED}s"

@@ -669,3 +669,160 @@ impl Records {
         self.store.flush()
     }
 }
+
+/// Group commit over another [`MetaStore`]: changes are applied in memory (atomically per
+/// batch, visible to every reader at once) and reach the inner store as one batch at the next
+/// [`MetaStore::flush`], or earlier when many accumulate. Each operation then costs a map
+/// insert instead of a sled batch (which rolls sled's log buffer twice), and because the whole
+/// group is one inner batch, a crash keeps or loses whole operations, never parts of one.
+pub struct BufferedStore {
+    inner: Arc<dyn MetaStore>,
+    /// Changes not yet handed to the inner store.
+    pending: Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// Changes being handed over right now; still visible to readers until applied.
+    flushing: Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// Serializes hand-overs so groups reach the inner store in order.
+    handover: Mutex<()>,
+    limit: usize,
+}
+
+impl BufferedStore {
+    /// Buffers up to `limit` changed keys before handing them over unasked.
+    pub fn new(inner: Arc<dyn MetaStore>, limit: usize) -> BufferedStore {
+        BufferedStore {
+            inner,
+            pending: Mutex::new(BTreeMap::new()),
+            flushing: Mutex::new(BTreeMap::new()),
+            handover: Mutex::new(()),
+            limit: limit.max(1),
+        }
+    }
+
+    /// Hands the buffered changes to the inner store as one batch (not made durable).
+    fn hand_over(&self) -> Result<()> {
+        let _order = lock(&self.handover);
+        let group = {
+            let mut pending = lock(&self.pending);
+            let mut flushing = lock(&self.flushing);
+            *flushing = std::mem::take(&mut *pending);
+            flushing.clone()
+        };
+        if group.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        batch.ops = group.into_iter().collect();
+        let res = self.inner.apply(&batch);
+        if res.is_err() {
+            // Keep the changes visible and retry with the next group.
+            let mut pending = lock(&self.pending);
+            let mut flushing = lock(&self.flushing);
+            for (k, v) in std::mem::take(&mut *flushing) {
+                pending.entry(k).or_insert(v);
+            }
+            return res;
+        }
+        lock(&self.flushing).clear();
+        Ok(())
+    }
+
+    /// The buffered view of `[start, ..)` restricted to `prefix`, newest change first.
+    fn overlay(&self, prefix: &[u8], after: Option<&[u8]>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        use std::ops::Bound;
+        let range = |m: &BTreeMap<Vec<u8>, Option<Vec<u8>>>| -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+            let lower = match after {
+                Some(a) => Bound::Excluded(a),
+                None => Bound::Included(prefix),
+            };
+            m.range::<[u8], _>((lower, Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            range(&lock(&self.flushing)).into_iter().collect();
+        for (k, v) in range(&lock(&self.pending)) {
+            merged.insert(k, v);
+        }
+        merged.into_iter().collect()
+    }
+}
+
+impl MetaStore for BufferedStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = lock(&self.pending).get(key) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = lock(&self.flushing).get(key) {
+            return Ok(v.clone());
+        }
+        self.inner.get(key)
+    }
+
+    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()> {
+        let overlay = self.overlay(prefix, after);
+        let mut next = 0usize;
+        let mut stopped = false;
+        self.inner.scan(prefix, after, &mut |k, v| {
+            // Buffered keys before this one come first.
+            while let Some((ok, ov)) = overlay.get(next) {
+                if ok.as_slice() >= k {
+                    break;
+                }
+                next += 1;
+                if let Some(ov) = ov {
+                    if !f(ok, ov)? {
+                        stopped = true;
+                        return Ok(false);
+                    }
+                }
+            }
+            if let Some((ok, ov)) = overlay.get(next) {
+                if ok.as_slice() == k {
+                    next += 1;
+                    return match ov {
+                        Some(ov) => {
+                            let go = f(ok, ov)?;
+                            stopped = !go;
+                            Ok(go)
+                        }
+                        None => Ok(true),
+                    };
+                }
+            }
+            let go = f(k, v)?;
+            stopped = !go;
+            Ok(go)
+        })?;
+        if stopped {
+            return Ok(());
+        }
+        for (ok, ov) in overlay.get(next..).unwrap_or_default() {
+            if let Some(ov) = ov {
+                if !f(ok, ov)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<()> {
+        let full = {
+            let mut pending = lock(&self.pending);
+            for (k, v) in &batch.ops {
+                pending.insert(k.clone(), v.clone());
+            }
+            pending.len() >= self.limit
+        };
+        if full {
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.hand_over()?;
+        self.inner.flush()
+    }
+}

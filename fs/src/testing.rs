@@ -82,7 +82,8 @@ impl MemImage {
         let parts = Parts {
             superblock: self.superblock.clone(),
             keys: self.keys.clone(),
-            meta: self.meta.clone() as Arc<dyn MetaStore>,
+            // The same group commit as a real mount, over the crash-modelling store.
+            meta: Arc::new(crate::meta::BufferedStore::new(self.meta.clone(), 64)),
             objects: self.objects.clone() as Arc<dyn ObjectStore>,
             backing: None,
         };

@@ -345,3 +345,61 @@ fn data_limits_and_privilege_dropping() {
         .unwrap();
     assert_eq!(fs.getattr(f.ino).unwrap().perm, 0o666);
 }
+
+#[test]
+fn buffered_store_matches_a_plain_map() {
+    use digimedfs::meta::{Batch, BufferedStore, MemStore, MetaStore};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    let inner = Arc::new(MemStore::new());
+    let store = BufferedStore::new(inner.clone(), 7);
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for step in 0..3000u32 {
+        let key = vec![b'a' + (rnd() % 3) as u8, (rnd() % 16) as u8];
+        let mut b = Batch::default();
+        if rnd() % 3 == 0 {
+            b.delete(&key);
+            model.remove(&key);
+        } else {
+            let v = step.to_le_bytes().to_vec();
+            b.ops_push(key.clone(), v.clone());
+            model.insert(key, v);
+        }
+        store.apply(&b).unwrap();
+        if rnd() % 50 == 0 {
+            store.flush().unwrap();
+        }
+        let prefix = [b'a' + (rnd() % 3) as u8];
+        let after = if rnd() % 2 == 0 {
+            Some(vec![prefix[0], (rnd() % 16) as u8])
+        } else {
+            None
+        };
+        let mut got = Vec::new();
+        let limit = (rnd() % 20) as usize + 1;
+        store
+            .scan(&prefix, after.as_deref(), &mut |k, v| {
+                got.push((k.to_vec(), v.to_vec()));
+                Ok(got.len() < limit)
+            })
+            .unwrap();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = model
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix) && after.as_ref().is_none_or(|a| k > &a))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(got, want, "step {step}");
+        let probe = vec![b'a' + (rnd() % 3) as u8, (rnd() % 16) as u8];
+        assert_eq!(store.get(&probe).unwrap(), model.get(&probe).cloned());
+    }
+    store.flush().unwrap();
+    assert_eq!(inner.dump(), model);
+}

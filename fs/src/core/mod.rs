@@ -43,6 +43,8 @@ const GEN_RESERVE: u64 = 1 << 20;
 const NODE_CACHE: usize = 16_384;
 const CHUNK_CACHE: usize = 8_192;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// Changed metadata keys buffered in memory before they are handed to sled as one batch.
+const META_GROUP_KEYS: usize = 4096;
 
 /// Options for opening (mounting) a filesystem.
 #[derive(Debug, Clone)]
@@ -193,7 +195,9 @@ impl Filesystem {
         };
         // A backing directory older than what the anchor last saw is a rollback.
         key.check_anchor(&ctx, superblock.epoch)?;
-        let meta = Arc::new(SledStore::open(&meta_path, opts.meta_cache_bytes)?);
+        let sled: Arc<dyn MetaStore> =
+            Arc::new(SledStore::open(&meta_path, opts.meta_cache_bytes)?);
+        let meta = Arc::new(crate::meta::BufferedStore::new(sled, META_GROUP_KEYS));
         let objects = Arc::new(DirObjects::open(&dir.path(OBJECTS_DIR))?);
         let parts = Parts {
             superblock,
