@@ -710,8 +710,7 @@ impl BufferedStore {
         if group.is_empty() {
             return Ok(());
         }
-        let mut batch = Batch::default();
-        batch.ops = group.into_iter().collect();
+        let batch = Batch { ops: group.into_iter().collect() };
         let res = self.inner.apply(&batch);
         if res.is_err() {
             // Keep the changes visible and retry with the next group.
