@@ -710,7 +710,9 @@ impl BufferedStore {
         if group.is_empty() {
             return Ok(());
         }
-        let batch = Batch { ops: group.into_iter().collect() };
+        let batch = Batch {
+            ops: group.into_iter().collect(),
+        };
         let res = self.inner.apply(&batch);
         if res.is_err() {
             // Keep the changes visible and retry with the next group.
