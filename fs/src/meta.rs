@@ -81,15 +81,35 @@ pub const SLED_SEGMENT_SIZE: usize = 8 << 20;
 impl SledStore {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<SledStore> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
             .segment_size(SLED_SEGMENT_SIZE)
             // Durability points are ours: fsync, the 5 s writeback cycle, unmount.
             .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| Error::meta(format!("open metadata store {}", path.display()), e))?;
+            .mode(sled::Mode::HighThroughput);
+        // sled releases its file lock only when its last background task lets go of the
+        // database, a moment after the handle is dropped: a reopen in the same process (mkfs
+        // then mount, fsck repair then mount) waits briefly for it. Other processes are kept
+        // out by our own mount lock before we get here.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if tries < 40 && e.to_string().contains("could not acquire lock") =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(Error::meta(
+                        format!("open metadata store {}", path.display()),
+                        e,
+                    ))
+                }
+            }
+        };
         let tree = db
             .open_tree(b"records")
             .map_err(|e| Error::meta(format!("open tree in {}", path.display()), e))?;
