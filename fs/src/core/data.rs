@@ -31,6 +31,21 @@ struct Prepared {
     chunks: Vec<u64>,
 }
 
+/// A block being written back: index, generation, plaintext (ciphertext after sealing), tag.
+type SealItem = (u64, u64, Box<[u8]>, [u8; crate::crypto::TAG_LEN]);
+
+/// Stored blocks read from an object, still to be verified and decrypted.
+struct Run {
+    ino: u64,
+    id: ObjectId,
+    idx: u64,
+    entries: Vec<BlockEntry>,
+    buf: Vec<u8>,
+    got: usize,
+    /// Per block: position in the output, and the byte range of the block wanted.
+    slices: Vec<(usize, usize, usize)>,
+}
+
 enum Src {
     Dirty,
     Hole,
@@ -123,7 +138,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Reads `[offset, offset+len)` of an object-backed file into `out`.
+    /// Reads `[offset, offset+len)` of an object-backed file into `out`. Stored blocks are
+    /// only read from storage here (under the node lock, so no writeback can overwrite them
+    /// mid-read); their verification and decryption is left in `runs`, with zeros in `out` at
+    /// their place, so callers can do the crypto after releasing the lock ([`Inner::finish_runs`]).
     fn read_object(
         &self,
         n: &Node,
@@ -131,17 +149,21 @@ impl Inner {
         offset: u64,
         len: u64,
         out: &mut Vec<u8>,
+        runs: &mut Vec<Run>,
     ) -> Result<()> {
         let bs = self.block_size;
         let ino = n.inode.ino;
         let end = offset + len;
         let first = offset / bs;
         let last = (end - 1) / bs;
+        let span = |b: u64| {
+            let start = if b == first { offset - b * bs } else { 0 };
+            let stop = if b == last { end - b * bs } else { bs };
+            (start as usize, stop as usize)
+        };
         let mut idx = first;
-        let mut buf = Vec::new();
         let mut cur_chunk: Option<(u64, Chunk)> = None;
         while idx <= last {
-            // Classify a run of blocks.
             let src = if n.dirty.contains_key(&idx) {
                 Src::Dirty
             } else {
@@ -152,13 +174,10 @@ impl Inner {
             };
             match src {
                 Src::Dirty | Src::Hole => {
-                    let start = if idx == first { offset - idx * bs } else { 0 };
-                    let stop = if idx == last { end - idx * bs } else { bs };
+                    let (start, stop) = span(idx);
                     match n.dirty.get(&idx) {
-                        Some(b) => out.extend_from_slice(
-                            b.get(start as usize..stop as usize).unwrap_or_default(),
-                        ),
-                        None => out.resize(out.len() + (stop - start) as usize, 0),
+                        Some(b) => out.extend_from_slice(b.get(start..stop).unwrap_or_default()),
+                        None => out.resize(out.len() + (stop - start), 0),
                     }
                     idx += 1;
                 }
@@ -172,27 +191,49 @@ impl Inner {
                         }
                         j += 1;
                     }
-                    let run = entries.len() as u64;
-                    buf.clear();
-                    buf.resize((run * bs) as usize, 0);
+                    let count = entries.len() as u64;
+                    let mut buf = vec![0u8; (count * bs) as usize];
                     let got = self.objects.read_at(id, idx * bs, &mut buf)?;
-                    for (k, e) in entries.iter().enumerate() {
-                        let b = idx + k as u64;
-                        let lo = k * bs as usize;
-                        let hi = lo + bs as usize;
-                        let have = got.saturating_sub(lo).min(bs as usize);
-                        let block = buf
-                            .get_mut(lo..hi)
-                            .ok_or_else(|| Error::integrity("read buffer"))?;
-                        self.open_block(ino, id, b, e, block, have)?;
-                        let start = if b == first { offset - b * bs } else { 0 };
-                        let stop = if b == last { end - b * bs } else { bs };
-                        out.extend_from_slice(
-                            block.get(start as usize..stop as usize).unwrap_or_default(),
-                        );
+                    let mut slices = Vec::with_capacity(entries.len());
+                    for k in 0..count {
+                        let (start, stop) = span(idx + k);
+                        slices.push((out.len(), start, stop));
+                        out.resize(out.len() + (stop - start), 0);
                     }
-                    idx += run;
+                    runs.push(Run {
+                        ino,
+                        id: *id,
+                        idx,
+                        entries,
+                        buf,
+                        got,
+                        slices,
+                    });
+                    idx += count;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies and decrypts the blocks left in `runs` and copies them into `out`.
+    fn finish_runs(&self, runs: Vec<Run>, out: &mut [u8]) -> Result<()> {
+        let bs = self.block_size as usize;
+        for mut run in runs {
+            for (k, (e, (pos, start, stop))) in
+                run.entries.iter().zip(run.slices.iter()).enumerate()
+            {
+                let lo = k * bs;
+                let have = run.got.saturating_sub(lo).min(bs);
+                let block = run
+                    .buf
+                    .get_mut(lo..lo + bs)
+                    .ok_or_else(|| Error::integrity("read buffer"))?;
+                self.open_block(run.ino, &run.id, run.idx + k as u64, e, block, have)?;
+                let dst = out
+                    .get_mut(*pos..*pos + (stop - start))
+                    .ok_or_else(|| Error::integrity("read output"))?;
+                dst.copy_from_slice(block.get(*start..*stop).unwrap_or_default());
             }
         }
         Ok(())
@@ -214,7 +255,13 @@ impl Inner {
         let len = u64::from(size).min(fsize - offset);
         let mut out = Vec::with_capacity(len as usize);
         match n.inode.storage {
-            Storage::Object(id) => self.read_object(&n, &id, offset, len, &mut out)?,
+            Storage::Object(id) => {
+                let mut runs = Vec::new();
+                self.read_object(&n, &id, offset, len, &mut out, &mut runs)?;
+                // Crypto without the node lock: concurrent reads of one file use every core.
+                drop(n);
+                self.finish_runs(runs, &mut out)?;
+            }
             Storage::None | Storage::Inline => {
                 self.load_inline(&mut n)?;
                 let data = n.inline.as_deref().unwrap_or_default();
@@ -234,7 +281,9 @@ impl Inner {
         let size = n.inode.size;
         if idx * bs < size {
             let len = (size - idx * bs).min(bs);
-            self.read_object(n, id, idx * bs, len, &mut out)?;
+            let mut runs = Vec::new();
+            self.read_object(n, id, idx * bs, len, &mut out, &mut runs)?;
+            self.finish_runs(runs, &mut out)?;
         }
         out.resize(bs as usize, 0);
         Ok(out.into_boxed_slice())
@@ -501,17 +550,28 @@ impl Inner {
             self.clear_prev_of(ino, b)?;
         }
         let first_gen = self.alloc_gens(count)?;
+        // Encrypt and tag on every core: blocks are independent.
+        let mut sealed: Vec<SealItem> = dirty
+            .into_iter()
+            .enumerate()
+            .map(|(k, (idx, block))| {
+                (
+                    idx,
+                    first_gen + k as u64,
+                    block,
+                    [0u8; crate::crypto::TAG_LEN],
+                )
+            })
+            .collect();
+        self.seal_blocks(ino, &mut sealed)?;
         let mut chunks: std::collections::BTreeMap<u64, Chunk> = std::collections::BTreeMap::new();
-        let mut cipher: Vec<(u64, Box<[u8]>)> = Vec::with_capacity(dirty.len());
-        for (k, (idx, mut block)) in dirty.into_iter().enumerate() {
-            let gen = first_gen + k as u64;
+        let mut cipher: Vec<(u64, Box<[u8]>)> = Vec::with_capacity(sealed.len());
+        for (idx, gen, block, tag) in sealed {
             let c = idx / CHUNK_BLOCKS;
             let ch = match chunks.entry(c) {
                 std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => v.insert(self.chunk(ino, c)?),
             };
-            self.keys.data.encrypt_block(ino, gen, &mut block)?;
-            let tag = self.keys.blocks.tag(ino, idx, gen, &block);
             let slot = (idx % CHUNK_BLOCKS) as u8;
             let old = ch.entries.get(&slot).map(|e| e.cur);
             ch.entries.insert(
@@ -539,6 +599,36 @@ impl Inner {
             cipher,
             chunks: touched_chunks,
         }))
+    }
+
+    /// Encrypts each `(block index, generation, plaintext, tag out)` in place and fills in its
+    /// tag, spreading large batches over the available cores.
+    fn seal_blocks(&self, ino: u64, items: &mut [SealItem]) -> Result<()> {
+        let seal = |part: &mut [SealItem]| -> Result<()> {
+            for (idx, gen, block, tag) in part.iter_mut() {
+                self.keys.data.encrypt_block(ino, *gen, block)?;
+                *tag = self.keys.blocks.tag(ino, *idx, *gen, block);
+            }
+            Ok(())
+        };
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        if cores < 2 || items.len() < 64 {
+            return seal(items);
+        }
+        let per = items.len().div_ceil(cores);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = items
+                .chunks_mut(per)
+                .map(|part| s.spawn(move || seal(part)))
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| Error::integrity("block encryption thread panicked"))??;
+            }
+            Ok(())
+        })
     }
 
     /// Adds the clearing of `prev` versions of every pending chunk of `ino` to `b`.
