@@ -1007,38 +1007,10 @@ impl Inner {
 
     /// Deletes every record of `inode` and schedules its object for deletion.
     pub(crate) fn purge_inode(&self, inode: &Inode) -> Result<()> {
-        let ino = inode.ino;
         let mut b = self.records.batch();
-        b.delete_key(&crate::format::records::inode_key(ino));
-        for p in [
-            crate::format::records::prefix::CHUNK,
-            crate::format::records::prefix::XATTR,
-        ] {
-            for k in self.records.keys_of(p, ino)? {
-                b.delete_key(&k);
-            }
-        }
-        b.delete_key(&crate::format::records::ino_prefix(
-            crate::format::records::prefix::INLINE,
-            ino,
-        ));
-        b.set_orphan(ino, false);
+        self.purge_into(&mut b, inode)?;
         b.commit()?;
-        {
-            let mut cache = lock(&self.chunk_cache);
-            let keys: Vec<(u64, u64)> = cache
-                .iter()
-                .filter(|((i, _), _)| *i == ino)
-                .map(|(k, _)| *k)
-                .collect();
-            for k in keys {
-                cache.pop(&k);
-            }
-        }
-        lock(&self.pending).retain(|(i, _)| *i != ino);
-        if let Storage::Object(id) = inode.storage {
-            lock(&self.doomed).push(id);
-        }
+        self.after_purge(inode);
         Ok(())
     }
 

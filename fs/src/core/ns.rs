@@ -359,7 +359,9 @@ impl Inner {
     /// Cache and object bookkeeping after a purge was committed.
     pub(crate) fn after_purge(&self, inode: &Inode) {
         let ino = inode.ino;
-        {
+        // Only object-backed files have block maps: skip the cache sweep (linear in the cache
+        // size) for everything else, which is most of an `rm -rf`.
+        if let Storage::Object(id) = inode.storage {
             let mut cache = lock(&self.chunk_cache);
             let keys: Vec<(u64, u64)> = cache
                 .iter()
@@ -369,9 +371,8 @@ impl Inner {
             for k in keys {
                 cache.pop(&k);
             }
-        }
-        lock(&self.pending).retain(|(i, _)| *i != ino);
-        if let Storage::Object(id) = inode.storage {
+            drop(cache);
+            lock(&self.pending).retain(|(i, _)| *i != ino);
             lock(&self.doomed).push(id);
         }
     }
