@@ -121,3 +121,22 @@ impl Error {
         }
     }
 }
+
+/// An error and its causes, `: `-separated like anyhow's `{:#}`, without repeating a cause the
+/// text before it already ends with (library errors include their source's text). The binaries
+/// print their errors with it.
+pub fn render_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}

@@ -14,10 +14,10 @@
 mod cli;
 
 use anyhow::{anyhow, Context};
-use cli::{Command, KeySpec, MountArgs, MountOptions, ServiceSpec};
+use cli::{Command, KeySpec, MountArgs, MountOptions};
 use digimedfs::core::{Filesystem, OpenOptions};
 use digimedfs::fuse::{mount_foreground, MountOpts};
-use digimedfs::keysource::{KeyFile, KeyService, KeySource};
+use digimedfs::keysource::{open_key_source, KeyFile, KeyService, KeySource};
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -65,7 +65,11 @@ fn main() -> ExitCode {
         Err(err) if err.is::<AlreadyReported>() => ExitCode::from(1),
         Err(err) => {
             // The background process has no terminal any more; stderr may be gone.
-            let _ = writeln!(std::io::stderr(), "digimedfs: {}", render(&err));
+            let _ = writeln!(
+                std::io::stderr(),
+                "digimedfs: {}",
+                digimedfs::error::render_chain(err.as_ref())
+            );
             ExitCode::from(1)
         }
     }
@@ -139,16 +143,16 @@ fn key_source(spec: &KeySpec) -> anyhow::Result<Box<dyn KeySource>> {
     Ok(match spec {
         KeySpec::File(path) => {
             let path = canonical(path, "key file")?;
-            Box::new(KeyFile::open(&path)?)
+            open_key_source(Some(&path), None, None, None, None)?
         }
-        KeySpec::Service(s) => Box::new(key_service(s)?),
+        KeySpec::Service(s) => open_key_source(
+            None,
+            Some(&s.url),
+            Some(&s.tenant),
+            Some(&s.token_file),
+            Some(&s.ca_file),
+        )?,
     })
-}
-
-/// The key service client for `spec`.
-fn key_service(spec: &ServiceSpec) -> anyhow::Result<KeyService> {
-    KeyService::from_files(&spec.url, &spec.tenant, &spec.token_file, &spec.ca_file)
-        .map_err(|e| anyhow::Error::from(digimedfs::Error::from(e)))
 }
 
 /// `digimedfs rewrap`.
@@ -165,7 +169,8 @@ fn rewrap(args: &cli::KeyServiceArgs, backing: &Path) -> anyhow::Result<()> {
              --ca-file PATH"
         ));
     };
-    let ks = key_service(&spec)?;
+    let ks = KeyService::from_files(&spec.url, &spec.tenant, &spec.token_file, &spec.ca_file)
+        .map_err(digimedfs::Error::from)?;
     let report = digimedfs::keysource::service::rewrap_filesystem(backing, &ks)
         .with_context(|| format!("rewrapping the key slot of {}", backing.display()))?;
     for s in &report.slots {
@@ -357,23 +362,6 @@ fn open_log_file(name: &str) -> Option<(PathBuf, File)> {
         }
     }
     None
-}
-
-/// The error and its causes, `: `-separated, like `{:#}`, but without repeating a cause that
-/// the message before it already ends with (library errors include their source's text).
-fn render(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.ends_with(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
 
 /// `mount -o remount,ro|rw`: the daemon keeps running; the kernel changes the mount's flags.

@@ -7,7 +7,7 @@ mod json;
 
 use clap::Parser;
 use digimedfs::check::{check, Answer, CheckOptions, CheckUi, Mode, Problem, Report};
-use digimedfs::keysource::{KeyFile, KeyService, KeySource};
+use digimedfs::keysource::open_key_source;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -28,7 +28,11 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            let _ = writeln!(std::io::stderr(), "fsck.digimed: {}", render(&err));
+            let _ = writeln!(
+                std::io::stderr(),
+                "fsck.digimed: {}",
+                digimedfs::error::render_chain(err.as_ref())
+            );
             ExitCode::from(exit::OPERATIONAL)
         }
     }
@@ -131,20 +135,13 @@ fn run(cli: &cli::Cli) -> anyhow::Result<u8> {
     } else {
         Mode::Check
     };
-    let key: Box<dyn KeySource> = match (&cli.key_file, &cli.keyservice) {
-        (Some(path), None) => Box::new(KeyFile::open(path)?),
-        (None, Some(url)) => {
-            let (Some(tenant), Some(token), Some(ca)) =
-                (&cli.tenant, &cli.token_file, &cli.ca_file)
-            else {
-                anyhow::bail!("--keyservice needs --tenant, --token-file and --ca-file");
-            };
-            Box::new(
-                KeyService::from_files(url, tenant, token, ca).map_err(digimedfs::Error::from)?,
-            )
-        }
-        _ => anyhow::bail!("give exactly one of --key-file PATH and --keyservice URL"),
-    };
+    let key = open_key_source(
+        cli.key_file.as_deref(),
+        cli.keyservice.as_deref(),
+        cli.tenant.as_deref(),
+        cli.token_file.as_deref(),
+        cli.ca_file.as_deref(),
+    )?;
     let mut ui = Terminal {
         verbose: cli.verbose && !cli.json,
         yes_to_all: false,
@@ -235,20 +232,4 @@ fn print_human(backing: &str, r: &Report, verbose: bool) {
         r.fixed(),
         r.uncorrected()
     );
-}
-
-/// The error and its causes, `: `-separated, without repeating a cause the message already ends with.
-fn render(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.ends_with(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }

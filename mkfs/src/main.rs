@@ -5,7 +5,7 @@ mod cli;
 
 use anyhow::Context;
 use clap::Parser;
-use digimedfs::keysource::{KeyFile, KeyService, KeySource};
+use digimedfs::keysource::open_key_source;
 use digimedfs::mkfs::{mkfs, MkfsOptions};
 use std::io::Write;
 use std::process::ExitCode;
@@ -26,27 +26,24 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let _ = writeln!(std::io::stderr(), "mkfs.digimed: {}", render(&err));
+            let _ = writeln!(
+                std::io::stderr(),
+                "mkfs.digimed: {}",
+                digimedfs::error::render_chain(err.as_ref())
+            );
             ExitCode::from(1)
         }
     }
 }
 
 fn run(cli: &cli::Cli) -> anyhow::Result<()> {
-    let key: Box<dyn KeySource> = match (&cli.key_file, &cli.keyservice) {
-        (Some(path), None) => Box::new(KeyFile::open(path)?),
-        (None, Some(url)) => {
-            let (Some(tenant), Some(token), Some(ca)) =
-                (&cli.tenant, &cli.token_file, &cli.ca_file)
-            else {
-                anyhow::bail!("--keyservice needs --tenant, --token-file and --ca-file");
-            };
-            let ks =
-                KeyService::from_files(url, tenant, token, ca).map_err(digimedfs::Error::from)?;
-            Box::new(ks)
-        }
-        _ => anyhow::bail!("give exactly one of --key-file PATH and --keyservice URL"),
-    };
+    let key = open_key_source(
+        cli.key_file.as_deref(),
+        cli.keyservice.as_deref(),
+        cli.tenant.as_deref(),
+        cli.token_file.as_deref(),
+        cli.ca_file.as_deref(),
+    )?;
     let opts = MkfsOptions {
         block_size: cli.block_size,
         label: cli.label.clone(),
@@ -62,21 +59,4 @@ fn run(cli: &cli::Cli) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The error and its causes, `: `-separated, like `{:#}`, but without repeating a cause that
-/// the message before it already ends with (library errors include their source's text).
-fn render(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.ends_with(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }

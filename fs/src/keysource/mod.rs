@@ -67,3 +67,29 @@ pub trait KeySource: Send + Sync {
         None
     }
 }
+
+/// Opens the key source a command line names: a key file, or the key service with its tenant,
+/// token file and CA certificate. Exactly one of `key_file` and `keyservice_url` must be given.
+/// Shared by `digimedfs`, `mkfs.digimed` and `fsck.digimed`.
+pub fn open_key_source(
+    key_file: Option<&std::path::Path>,
+    keyservice_url: Option<&str>,
+    tenant: Option<&str>,
+    token_file: Option<&std::path::Path>,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Box<dyn KeySource>> {
+    match (key_file, keyservice_url) {
+        (Some(path), None) => Ok(Box::new(KeyFile::open(path)?)),
+        (None, Some(url)) => {
+            let (Some(tenant), Some(token), Some(ca)) = (tenant, token_file, ca_file) else {
+                return Err(crate::Error::invalid(
+                    "--keyservice needs --tenant, --token-file and --ca-file",
+                ));
+            };
+            Ok(Box::new(KeyService::from_files(url, tenant, token, ca)?))
+        }
+        _ => Err(crate::Error::invalid(
+            "give exactly one of --key-file PATH and --keyservice URL",
+        )),
+    }
+}
