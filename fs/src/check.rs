@@ -1086,24 +1086,7 @@ impl<'u> Checker<'u> {
         );
         if fix {
             let now = Timestamp::now();
-            let root = Inode {
-                ino: ROOT_INO,
-                kind: FileKind::Dir,
-                perm: 0o755,
-                uid: 0,
-                gid: 0,
-                nlink: 2,
-                rdev: 0,
-                size: 0,
-                atime: now,
-                mtime: now,
-                ctime: now,
-                crtime: now,
-                generation: 1,
-                parent: ROOT_INO,
-                storage: Storage::None,
-                target: Vec::new(),
-            };
+            let root = Inode::new(ROOT_INO, FileKind::Dir, 0o755, 0, 0, ROOT_INO, now);
             self.model.inodes.insert(ROOT_INO, root);
             self.plan.put_inodes.insert(ROOT_INO);
         }
@@ -1445,24 +1428,7 @@ impl<'u> Checker<'u> {
         });
         self.plan.put_counters = true;
         let now = Timestamp::now();
-        let inode = Inode {
-            ino,
-            kind: FileKind::Dir,
-            perm: 0o700,
-            uid: 0,
-            gid: 0,
-            nlink: 2,
-            rdev: 0,
-            size: 0,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            generation: 1,
-            parent: ROOT_INO,
-            storage: Storage::None,
-            target: Vec::new(),
-        };
+        let inode = Inode::new(ino, FileKind::Dir, 0o700, 0, 0, ROOT_INO, now);
         self.model.inodes.insert(ino, inode);
         self.plan.put_inodes.insert(ino);
         self.add_entry(w, ROOT_INO, LOST_FOUND, ino, FileKind::Dir);

@@ -5,7 +5,7 @@
 use crate::backing::{BackingDir, KNOWN_NAMES, META_DIR, OBJECTS_DIR};
 use crate::core::{format_uuid, FileKind, ROOT_INO};
 use crate::crypto::{FsKeys, MasterKey};
-use crate::format::records::{Counters, Inode, Storage, Timestamp};
+use crate::format::records::{Counters, Inode, Timestamp};
 use crate::format::superblock::{check_block_size, Superblock, CIPHER_SUITE_V1, FLAG_CLEAN};
 use crate::keysource::{KeySource, SlotContext};
 use crate::meta::{MetaStore, Records, SledStore};
@@ -92,24 +92,7 @@ pub fn init_records(
 ) -> Result<[u8; 32]> {
     let records = Records::new(meta, keys, &sb.fs_uuid);
     let now = Timestamp::now();
-    let root = Inode {
-        ino: ROOT_INO,
-        kind: FileKind::Dir,
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-        nlink: 2,
-        rdev: 0,
-        size: 0,
-        atime: now,
-        mtime: now,
-        ctime: now,
-        crtime: now,
-        generation: 1,
-        parent: ROOT_INO,
-        storage: Storage::None,
-        target: Vec::new(),
-    };
+    let root = Inode::new(ROOT_INO, FileKind::Dir, 0o755, 0, 0, ROOT_INO, now);
     let mut b = records.batch();
     b.put_inode(&root)?;
     b.put_counters(&Counters {

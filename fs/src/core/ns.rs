@@ -188,22 +188,9 @@ impl Inner {
             perm |= libc::S_ISGID;
         }
         let inode = Inode {
-            ino,
-            kind,
-            perm: (perm & 0o7777) as u16,
-            uid: ctx.uid,
-            gid,
-            nlink: if kind == FileKind::Dir { 2 } else { 1 },
             rdev,
-            size: 0,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            generation: 1,
-            parent: if kind == FileKind::Dir { parent } else { 0 },
-            storage: Storage::None,
             target,
+            ..Inode::new(ino, kind, perm as u16, ctx.uid, gid, parent, now)
         };
         p.inode.mtime = now;
         p.inode.ctime = now;

@@ -195,6 +195,39 @@ pub struct Inode {
 }
 
 impl Inode {
+    /// A new, empty inode: link count 1 (2 for a directory, whose `parent` is `parent`), no
+    /// contents, every time set to `now`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ino: u64,
+        kind: FileKind,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        parent: u64,
+        now: Timestamp,
+    ) -> Inode {
+        let dir = kind == FileKind::Dir;
+        Inode {
+            ino,
+            kind,
+            perm: perm & 0o7777,
+            uid,
+            gid,
+            nlink: if dir { 2 } else { 1 },
+            rdev: 0,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            generation: 1,
+            parent: if dir { parent } else { 0 },
+            storage: Storage::None,
+            target: Vec::new(),
+        }
+    }
+
     /// Encodes the record.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(128 + self.target.len());
