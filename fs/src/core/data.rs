@@ -699,7 +699,7 @@ impl Inner {
     }
 
     /// Sets the size of a regular file.
-    pub(crate) fn truncate(&self, node: &NodeRef, size: u64, _from_open: bool) -> Result<()> {
+    pub(crate) fn truncate(&self, node: &NodeRef, size: u64) -> Result<()> {
         self.check_writable("truncate")?;
         if size > i64::MAX as u64 {
             return Err(posix(libc::EFBIG, "truncate: size too large"));
@@ -919,7 +919,7 @@ impl Inner {
         if !keep_size {
             let size = lock(&node).inode.size;
             if end > size {
-                self.truncate(&node, end, false)?;
+                self.truncate(&node, end)?;
             }
         }
         let mut n = lock(&node);

@@ -463,7 +463,7 @@ impl Filesystem {
             }
         }
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
-            self.inner.truncate(&node, 0, true)?;
+            self.inner.truncate(&node, 0)?;
         }
         Ok(self.inner.new_handle(&node, ino))
     }

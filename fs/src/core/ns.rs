@@ -752,7 +752,7 @@ impl Inner {
                     ));
                 }
             }
-            self.truncate(&node, size, false)?;
+            self.truncate(&node, size)?;
         }
         let _ns = lock(&self.ns_lock);
         let mut n = lock(&node);
