@@ -1,11 +1,24 @@
 //! The backing directory: where a filesystem's superblock, metadata store, data objects and
 //! lock file live, and how the superblock is replaced atomically (write, fsync, rename, fsync
 //! the directory; a redundant copy is kept in `superblock.bak`).
+//!
+//! Fencing ([`Fence`]): on shared storage a host can lose its mount lock while its daemon still
+//! runs (its storage session evicted, an NFS lease expired during a partition) and another host
+//! can then take the filesystem over. Every read-write open writes a superblock with a new
+//! epoch, so a mount remembers the superblock it wrote last and, before each metadata commit
+//! (each group handed to the metadata store and each flush) and before each superblock write,
+//! re-reads the superblock on storage. If it is no longer the one this mount wrote, another
+//! mount took over: this mount is fenced and from then on refuses every write (EIO at the
+//! commit, EROFS for new changes) and writes nothing to the metadata store, the objects or the
+//! superblock again. The window that remains (a commit already past its check) is described in
+//! docs/operations.md.
 
+use crate::meta::{Batch, MetaStore, ScanFn};
 use crate::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Primary superblock file name.
 pub const SUPERBLOCK: &str = "superblock";
@@ -17,8 +30,17 @@ pub const META_DIR: &str = "meta";
 pub const OBJECTS_DIR: &str = "objects";
 /// Mount lock file.
 pub const LOCK_FILE: &str = "lock";
+/// Backup points and requests (see `crate::backup`).
+pub const BACKUP_DIR: &str = "backup";
 /// Every name a backing directory may contain.
-pub const KNOWN_NAMES: [&str; 5] = [SUPERBLOCK, SUPERBLOCK_BAK, META_DIR, OBJECTS_DIR, LOCK_FILE];
+pub const KNOWN_NAMES: [&str; 6] = [
+    SUPERBLOCK,
+    SUPERBLOCK_BAK,
+    META_DIR,
+    OBJECTS_DIR,
+    LOCK_FILE,
+    BACKUP_DIR,
+];
 const MAX_SUPERBLOCK: u64 = 64 * 1024;
 /// How long (in 100 ms steps) a mount waits for a lock held by a daemon that is shutting down.
 const LOCK_WAIT_TRIES: u32 = 30;
@@ -27,6 +49,8 @@ const LOCK_WAIT_TRIES: u32 = 30;
 #[derive(Debug, Clone)]
 pub struct BackingDir {
     root: PathBuf,
+    /// Shared by every clone: the fence of the mount that uses this directory.
+    fence: Arc<Fence>,
 }
 
 impl BackingDir {
@@ -34,7 +58,27 @@ impl BackingDir {
     pub fn new(root: &Path) -> BackingDir {
         BackingDir {
             root: root.to_path_buf(),
+            fence: Arc::new(Fence::new(root)),
         }
+    }
+
+    /// The fence of this directory (armed by the first superblock write through it).
+    pub fn fence(&self) -> &Arc<Fence> {
+        &self.fence
+    }
+
+    /// `store` with every write checked against this directory's fence ([`FencedMeta`]).
+    pub fn fenced(&self, store: Arc<dyn MetaStore>) -> Arc<dyn MetaStore> {
+        Arc::new(FencedMeta {
+            inner: Some(store),
+            fence: self.fence.clone(),
+        })
+    }
+
+    /// The error a change must fail with once this directory's mount is fenced (None while it
+    /// is not).
+    pub fn fenced_error(&self, op: &str) -> Option<Error> {
+        self.fence.refusal(op)
     }
     /// The directory itself.
     pub fn root(&self) -> &Path {
@@ -65,8 +109,11 @@ impl BackingDir {
         Ok(bytes)
     }
 
-    /// Atomically replaces both superblock copies with `bytes`.
+    /// Atomically replaces both superblock copies with `bytes`. Refused once a mount through
+    /// this directory is fenced or finds that another mount replaced the superblock it wrote;
+    /// after the primary copy is replaced, `bytes` is what the fence expects on storage.
     pub fn write_superblock(&self, bytes: &[u8]) -> Result<()> {
+        self.fence.check()?;
         for name in [SUPERBLOCK, SUPERBLOCK_BAK] {
             let tmp = self.path(&format!("{name}.tmp"));
             let dst = self.path(name);
@@ -79,6 +126,9 @@ impl BackingDir {
             f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
             f.sync_all().map_err(|e| Error::io(&tmp, e))?;
             std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+            if name == SUPERBLOCK {
+                self.fence.arm(bytes);
+            }
             self.sync_dir()?;
         }
         Ok(())
@@ -144,9 +194,12 @@ impl BackingDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        // The path names the storage mount this host reaches the directory through, which
+        // tells apart two mounts on one machine (two storage clients) as well.
         let info = format!(
-            "host {host} pid {} since unix time {now}\n",
-            std::process::id()
+            "host {host} pid {} path {} since unix time {now}\n",
+            std::process::id(),
+            self.root.display()
         );
         file.set_len(0).map_err(|e| Error::io(&path, e))?;
         std::os::unix::fs::FileExt::write_all_at(&file, info.as_bytes(), 0)
@@ -159,4 +212,227 @@ impl BackingDir {
 #[derive(Debug)]
 pub struct MountLock {
     _file: File,
+}
+
+/// How a mount notices that another mount took its filesystem over (see the module docs).
+///
+/// Armed with the superblock bytes a read-write mount wrote last; [`Fence::check`] compares
+/// them with the primary superblock on storage. Once a difference is seen the fence stays shut
+/// for the life of the process.
+#[derive(Debug)]
+pub struct Fence {
+    root: PathBuf,
+    state: Mutex<FenceState>,
+}
+
+#[derive(Debug, Default)]
+struct FenceState {
+    /// The superblock this mount wrote last; None: not armed (read-only use, tools).
+    ours: Option<Vec<u8>>,
+    /// Set once fenced: the log line's text, repeated in every refusal.
+    fenced: Option<String>,
+}
+
+impl Fence {
+    /// An unarmed fence for the backing directory at `root`.
+    pub fn new(root: &Path) -> Fence {
+        Fence {
+            root: root.to_path_buf(),
+            state: Mutex::new(FenceState::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FenceState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers `superblock` as what this mount last wrote to storage.
+    pub fn arm(&self, superblock: &[u8]) {
+        let mut st = self.state();
+        if st.fenced.is_none() {
+            st.ours = Some(superblock.to_vec());
+        }
+    }
+
+    /// Whether another mount took over (as far as this process has seen).
+    pub fn is_fenced(&self) -> bool {
+        self.state().fenced.is_some()
+    }
+
+    /// The error for a change attempted after this mount was fenced.
+    pub fn refusal(&self, op: &str) -> Option<Error> {
+        self.state()
+            .fenced
+            .as_ref()
+            .map(|why| Error::posix(libc::EROFS, format!("{op}: {why}")))
+    }
+
+    /// Ok if this fence is unarmed or the superblock on storage is still the one this mount
+    /// wrote; otherwise the mount is fenced (logged once) and this and every later check fail
+    /// with EIO. A superblock that cannot be read fails this check (the commit is not made)
+    /// without fencing the mount.
+    pub fn check(&self) -> Result<()> {
+        let mut st = self.state();
+        if let Some(why) = &st.fenced {
+            return Err(Error::posix(libc::EIO, why.clone()));
+        }
+        let Some(ours) = &st.ours else {
+            return Ok(());
+        };
+        let path = self.root.join(SUPERBLOCK);
+        let mut on_disk = Vec::with_capacity(ours.len());
+        File::open(&path)
+            .and_then(|f| f.take(MAX_SUPERBLOCK).read_to_end(&mut on_disk))
+            .map_err(|e| Error::io(&path, e))?;
+        if on_disk == *ours {
+            return Ok(());
+        }
+        let epoch = crate::format::superblock::Superblock::decode_unverified(&on_disk)
+            .map(|sb| sb.epoch.to_string())
+            .unwrap_or_else(|_| "unknown (the superblock on storage does not decode)".into());
+        let mut holder = String::new();
+        let _ = File::open(self.root.join(LOCK_FILE))
+            .and_then(|f| f.take(4096).read_to_string(&mut holder));
+        let holder = match holder.trim() {
+            "" => "unknown".to_string(),
+            h => h.to_string(),
+        };
+        let why = format!(
+            "fenced: another host took over this filesystem at epoch {epoch} (holder {holder}); \
+             {} is no longer written by this mount (unmount it)",
+            self.root.display()
+        );
+        tracing::error!("{why}");
+        st.fenced = Some(why.clone());
+        Err(Error::posix(libc::EIO, why))
+    }
+}
+
+/// A [`MetaStore`] whose writes pass [`Fence::check`] first: every group handed over and every
+/// flush. Once fenced, the inner store is never written again, not even when dropped (sled
+/// writes its buffers on drop, so a fenced store is leaked instead).
+pub struct FencedMeta {
+    inner: Option<Arc<dyn MetaStore>>,
+    fence: Arc<Fence>,
+}
+
+impl FencedMeta {
+    fn inner(&self) -> Result<&Arc<dyn MetaStore>> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| Error::invalid("metadata store already closed"))
+    }
+}
+
+impl MetaStore for FencedMeta {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner()?.get(key)
+    }
+    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()> {
+        self.inner()?.scan(prefix, after, f)
+    }
+    fn apply(&self, batch: &Batch) -> Result<()> {
+        self.fence.check()?;
+        self.inner()?.apply(batch)
+    }
+    fn flush(&self) -> Result<()> {
+        self.fence.check()?;
+        self.inner()?.flush()
+    }
+}
+
+impl Drop for FencedMeta {
+    fn drop(&mut self) {
+        if self.fence.is_fenced() {
+            if let Some(inner) = self.inner.take() {
+                tracing::warn!(
+                    "fenced: the metadata store is abandoned without writing its buffers"
+                );
+                std::mem::forget(inner);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::MemStore;
+
+    fn fixture() -> (tempfile::TempDir, BackingDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = BackingDir::new(dir.path());
+        (dir, b)
+    }
+
+    #[test]
+    fn unarmed_fence_lets_everything_through() {
+        let (_t, b) = fixture();
+        assert!(b.fence().check().is_ok(), "no superblock, not armed: no check");
+        assert!(b.fenced_error("write").is_none());
+    }
+
+    #[test]
+    fn own_superblock_passes_and_a_takeover_fences_for_good() {
+        let (_t, a) = fixture();
+        a.write_superblock(b"epoch 5 of host a").expect("write");
+        a.fence().check().expect("our own superblock");
+        let store = a.fenced(Arc::new(MemStore::new()));
+        let mut batch = Batch::default();
+        batch.ops_push(b"k".to_vec(), b"v".to_vec());
+        store.apply(&batch).expect("apply before takeover");
+        store.flush().expect("flush before takeover");
+
+        // Host B opens the same directory (its own BackingDir, its own fence) and bumps the
+        // epoch.
+        let b = BackingDir::new(a.root());
+        b.write_superblock(b"epoch 6 of host b").expect("b writes");
+
+        let err = store.apply(&batch).expect_err("apply after takeover");
+        assert_eq!(err.errno(), libc::EIO);
+        assert!(err.to_string().contains("fenced: another host took over"), "{err}");
+        assert!(a.fence().is_fenced());
+        assert_eq!(
+            a.fenced_error("mkdir").map(|e| e.errno()),
+            Some(libc::EROFS)
+        );
+        assert!(store.flush().is_err());
+        // A's superblock write (its unmount) must not overwrite B's.
+        assert!(a.write_superblock(b"epoch 7 of host a").is_err());
+        assert_eq!(
+            std::fs::read(a.path(SUPERBLOCK)).expect("read"),
+            b"epoch 6 of host b"
+        );
+        // Fenced for good, even if the superblock went back to what A wrote.
+        std::fs::write(a.path(SUPERBLOCK), b"epoch 5 of host a").expect("write back");
+        assert!(a.fence().check().is_err());
+        // B is not fenced by its own writes.
+        b.fence().check().expect("b's own superblock");
+        b.write_superblock(b"epoch 7 of host b").expect("b writes again");
+        b.fence().check().expect("b still holds it");
+    }
+
+    #[test]
+    fn unreadable_superblock_fails_the_check_without_fencing() {
+        let (_t, a) = fixture();
+        a.write_superblock(b"sb").expect("write");
+        std::fs::remove_file(a.path(SUPERBLOCK)).expect("rm");
+        assert!(a.fence().check().is_err());
+        assert!(!a.fence().is_fenced());
+        std::fs::write(a.path(SUPERBLOCK), b"sb").expect("restore");
+        a.fence().check().expect("readable again");
+    }
+
+    #[test]
+    fn lock_holder_names_host_pid_and_path() {
+        let (_t, a) = fixture();
+        let _lock = a.lock(false).expect("lock");
+        let text = std::fs::read_to_string(a.path(LOCK_FILE)).expect("read lock");
+        assert!(text.starts_with("host "), "{text}");
+        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        assert!(
+            text.contains(&format!("path {}", a.root().display())),
+            "{text}"
+        );
+    }
 }

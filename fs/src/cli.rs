@@ -36,6 +36,70 @@ pub enum Command {
         /// The backing directory holding the filesystem.
         backing_dir: PathBuf,
     },
+    /// Backup points: consistent copies of a live filesystem for ordinary backup tools, keyless
+    /// verification and restore (docs/backup.md).
+    Backup {
+        /// What to do.
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+}
+
+/// `digimedfs backup` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a backup point: flush, dump the metadata, freeze the data objects (copy-on-write)
+    /// in BACKING/backup/point/, and print what to copy. Works from any host that sees the
+    /// backing directory, without keys, while the filesystem is mounted (the daemon takes the
+    /// point); an unmounted filesystem needs the key options. Replaces an earlier point.
+    Begin {
+        /// Seconds to wait for the daemon's answer.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Key file, for a filesystem that is not mounted.
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+        /// Key service, for a filesystem that is not mounted.
+        #[command(flatten)]
+        service: KeyServiceArgs,
+        /// The backing directory (or, on the host that mounts it, the mountpoint).
+        target: PathBuf,
+    },
+    /// End the current backup point once the copy is done: its links are removed and
+    /// copy-on-write stops. No keys needed.
+    End {
+        /// Seconds to wait for the daemon's answer.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// The backing directory (or the mountpoint).
+        target: PathBuf,
+    },
+    /// Show the current backup point, if any.
+    Status {
+        /// The backing directory (or the mountpoint).
+        target: PathBuf,
+    },
+    /// Check a copy of a point against its manifest without keys (every file present, same
+    /// length and hash, nothing extra); with key options, also the manifest's MAC. Exits 1 and
+    /// names every missing, changed or foreign file.
+    Verify {
+        /// Key file, to check the manifest MAC too.
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+        /// Key service, to check the manifest MAC too.
+        #[command(flatten)]
+        service: KeyServiceArgs,
+        /// The copy (what was copied from BACKING/backup/point/).
+        copy: PathBuf,
+    },
+    /// Turn a verified copy of a point into a new backing directory (no keys needed). With the
+    /// key service, the admin must accept the rollback before it mounts (docs/backup.md).
+    Restore {
+        /// The copy of a point.
+        copy: PathBuf,
+        /// The new backing directory (must be missing or empty).
+        target: PathBuf,
+    },
 }
 
 /// The key service options shared by `mount` and `rewrap`.
@@ -91,6 +155,7 @@ const KNOWN_FIRST_ARGS: &[&str] = &[
     "keygen",
     "mount",
     "rewrap",
+    "backup",
     "help",
     "-h",
     "--help",
@@ -320,6 +385,20 @@ pub fn key_spec(args: &MountArgs, opts: &MountOptions) -> anyhow::Result<KeySpec
              ID --token-file PATH --ca-file PATH (-o keyservice=URL,tenant=ID,token_file=PATH,\
              ca_file=PATH)"
         ),
+    }
+}
+
+/// The key source given by a key file option and the key service options, if any.
+pub fn optional_key_spec(
+    key_file: &Option<PathBuf>,
+    service: &KeyServiceArgs,
+) -> anyhow::Result<Option<KeySpec>> {
+    let service = service_spec(service, &KeyServiceOptions::default())?;
+    match (key_file, service) {
+        (Some(_), Some(_)) => bail!("a key file and the key service are mutually exclusive"),
+        (Some(f), None) => Ok(Some(KeySpec::File(f.clone()))),
+        (None, Some(s)) => Ok(Some(KeySpec::Service(s))),
+        (None, None) => Ok(None),
     }
 }
 

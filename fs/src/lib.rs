@@ -6,10 +6,12 @@
 //! - [`keysource`]: where the wrapping key of a filesystem comes from (key file, key service).
 //! - [`meta`]: the metadata store (sled) holding only sealed records.
 //! - [`objects`]: the data object store (ciphertext files in the backing directory).
+//! - [`backup`]: backup points (consistent copies of a live filesystem), keyless verify, restore.
 //! - [`core`]: the FUSE-independent filesystem (lookup, create, read, write, rename, ...).
 //! - [`fuse`]: the thin `fuser` adapter over [`core`].
 
 pub mod backing;
+pub mod backup;
 pub mod check;
 pub mod core;
 pub mod crypto;

@@ -351,6 +351,8 @@ pub struct Records {
     store: Arc<dyn MetaStore>,
     keys: Arc<FsKeys>,
     ad_prefix: Vec<u8>,
+    /// Held shared by every commit; a backup point holds it exclusively while it dumps.
+    gate: Arc<std::sync::RwLock<()>>,
 }
 
 /// A batch of typed changes, sealed as they are added.
@@ -435,6 +437,7 @@ impl RecordBatch<'_> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        let _gate = self.records.gate.read().unwrap_or_else(|p| p.into_inner());
         self.records.store.apply(&self.batch)
     }
 }
@@ -448,7 +451,14 @@ impl Records {
             store,
             keys,
             ad_prefix,
+            gate: Arc::new(std::sync::RwLock::new(())),
         }
+    }
+
+    /// Makes commits share `gate` (the object store's point gate), so a backup point that holds
+    /// it exclusively sees no metadata change either.
+    pub fn set_gate(&mut self, gate: Arc<std::sync::RwLock<()>>) {
+        self.gate = gate;
     }
 
     /// The underlying store.

@@ -5,6 +5,13 @@
 //! Block `i` of a file lives at byte `i * block_size` of its object; never-written blocks are
 //! holes of the backing file. [`ObjectStore`] is the seam to storage: [`DirObjects`] in
 //! production, [`MemObjects`] in crash tests.
+//!
+//! Backup points: [`ObjectStore::freeze_into`] hard-links every object into a point directory;
+//! from then on [`DirObjects`] copies an object that is still shared with a point (link count
+//! above one) to a fresh file and renames that over the live name before its first change, so
+//! the point's link keeps the bytes it had at the point (copy-on-write per object). Every
+//! mutation holds the shared side of the point gate ([`ObjectStore::point_gate`]), which the
+//! point takes exclusively while it dumps the metadata and links the objects.
 
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -13,7 +20,7 @@ use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Above this many dirty objects a data barrier uses syncfs(2).
 const SYNCFS_THRESHOLD: usize = 16;
@@ -40,6 +47,22 @@ pub trait ObjectStore: Send + Sync {
     fn remove(&self, id: &ObjectId) -> Result<()>;
     /// Every object with its length.
     fn list(&self) -> Result<Vec<(ObjectId, u64)>>;
+    /// The gate every mutation holds shared; a backup point holds it exclusively. `None`: this
+    /// store cannot take backup points.
+    fn point_gate(&self) -> Option<Arc<RwLock<()>>> {
+        None
+    }
+    /// Hard-links every object into `dest/XX/<id>` and keeps those links' contents unchanged
+    /// from then on (copy-on-write). The caller holds the point gate exclusively. Returns every
+    /// frozen object with its length.
+    fn freeze_into(&self, dest: &Path) -> Result<Vec<(ObjectId, u64)>> {
+        Err(Error::invalid(format!(
+            "{}: this object store cannot take backup points",
+            dest.display()
+        )))
+    }
+    /// Tells the store whether a backup point exists (whose links must be kept unchanged).
+    fn set_point_active(&self, _active: bool) {}
 }
 
 /// Parses a hex object name.
@@ -53,6 +76,14 @@ pub struct DirObjects {
     root: PathBuf,
     files: Mutex<lru::LruCache<ObjectId, Arc<File>>>,
     dirty: Mutex<std::collections::HashSet<ObjectId>>,
+    /// Shared by every mutation, exclusive while a backup point is taken.
+    gate: Arc<RwLock<()>>,
+    /// A backup point may share objects (hard links): mutations must check before writing.
+    point_active: AtomicBool,
+    /// Objects known not to be shared with a point since it was taken.
+    private: Mutex<std::collections::HashSet<ObjectId>>,
+    /// Serializes copy-on-write so one object is copied once.
+    cow: Mutex<()>,
 }
 
 impl DirObjects {
@@ -60,11 +91,67 @@ impl DirObjects {
     pub fn open(root: &Path) -> Result<DirObjects> {
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let cap = NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN);
+        // A point left by an earlier mount (or one taken offline) still shares objects: every
+        // writer, fsck's repairs included, must copy before changing them.
+        let point_active = root
+            .parent()
+            .is_some_and(|b| b.join(crate::backing::BACKUP_DIR).exists());
         Ok(DirObjects {
             root: root.to_path_buf(),
             files: Mutex::new(lru::LruCache::new(cap)),
             dirty: Mutex::new(Default::default()),
+            gate: Arc::new(RwLock::new(())),
+            point_active: AtomicBool::new(point_active),
+            private: Mutex::new(Default::default()),
+            cow: Mutex::new(()),
         })
+    }
+
+    /// Before the first change of an object after a point: if the object is still shared with
+    /// the point (more than one link), copy it to a fresh file and rename that over the live
+    /// name, so the point keeps the old bytes. The copy is durable before the rename, so a
+    /// crash leaves either the old or the copied file under the live name, both complete.
+    fn unshare(&self, id: &ObjectId) -> Result<()> {
+        if !self.point_active.load(Ordering::Acquire) || lock(&self.private).contains(id) {
+            return Ok(());
+        }
+        let _one = lock(&self.cow);
+        if lock(&self.private).contains(id) {
+            return Ok(());
+        }
+        let path = self.path_of(id);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                lock(&self.private).insert(*id);
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        use std::os::unix::fs::MetadataExt;
+        if meta.nlink() > 1 {
+            let tmp = path.with_extension("cow");
+            let src = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let dst = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(|e| Error::io(&tmp, e))?;
+            copy_sparse(&src, &path, &dst, &tmp)?;
+            dst.sync_all().map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| Error::io(dir, e))?;
+            }
+            lock(&self.files).put(*id, Arc::new(dst));
+            tracing::debug!(object = %hex::encode(id), "object copied on write (shared with a backup point)");
+        }
+        lock(&self.private).insert(*id);
+        Ok(())
     }
 
     /// Path of object `id`.
@@ -138,6 +225,8 @@ impl ObjectStore for DirObjects {
     }
 
     fn write_at(&self, id: &ObjectId, offset: u64, data: &[u8]) -> Result<()> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        self.unshare(id)?;
         let f = self
             .file(id, true)?
             .ok_or_else(|| Error::integrity("object vanished"))?;
@@ -148,6 +237,8 @@ impl ObjectStore for DirObjects {
     }
 
     fn set_len(&self, id: &ObjectId, len: u64) -> Result<()> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        self.unshare(id)?;
         let f = self
             .file(id, true)?
             .ok_or_else(|| Error::integrity("object vanished"))?;
@@ -157,6 +248,8 @@ impl ObjectStore for DirObjects {
     }
 
     fn punch_hole(&self, id: &ObjectId, offset: u64, len: u64) -> Result<()> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        self.unshare(id)?;
         let Some(f) = self.file(id, false)? else {
             return Ok(());
         };
@@ -227,8 +320,10 @@ impl ObjectStore for DirObjects {
     }
 
     fn remove(&self, id: &ObjectId) -> Result<()> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         lock(&self.files).pop(id);
         lock(&self.dirty).remove(id);
+        lock(&self.private).remove(id);
         let path = self.path_of(id);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -257,6 +352,96 @@ impl ObjectStore for DirObjects {
         }
         Ok(out)
     }
+
+    fn point_gate(&self) -> Option<Arc<RwLock<()>>> {
+        Some(self.gate.clone())
+    }
+
+    fn freeze_into(&self, dest: &Path) -> Result<Vec<(ObjectId, u64)>> {
+        let objects = self.list()?;
+        // Mark first: from here on every mutation checks the link count.
+        self.point_active.store(true, Ordering::Release);
+        lock(&self.private).clear();
+        for (id, _) in &objects {
+            let name = hex::encode(id);
+            let dir = dest.join(name.get(..2).unwrap_or("00"));
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let link = dir.join(&name);
+            std::fs::hard_link(self.path_of(id), &link).map_err(|e| Error::io(&link, e))?;
+        }
+        Ok(objects)
+    }
+
+    fn set_point_active(&self, active: bool) {
+        self.point_active.store(active, Ordering::Release);
+        lock(&self.private).clear();
+    }
+}
+
+/// Copies `src` to `dst` keeping holes: only the data ranges (SEEK_DATA/SEEK_HOLE) are copied,
+/// and `dst` gets `src`'s length. Paths are for error messages.
+pub fn copy_sparse(src: &File, src_path: &Path, dst: &File, dst_path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = src.metadata().map_err(|e| Error::io(src_path, e))?.len();
+    dst.set_len(0).map_err(|e| Error::io(dst_path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < len {
+        let Ok(off) = i64::try_from(pos) else { break };
+        // SAFETY: lseek on a valid, open descriptor owned by `src`; no memory is passed.
+        let data = unsafe { libc::lseek(src.as_raw_fd(), off, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole remains
+            }
+            if err.raw_os_error() == Some(libc::EINVAL) {
+                // No SEEK_DATA support: copy everything.
+                copy_range(src, src_path, dst, dst_path, pos, len, &mut buf)?;
+                break;
+            }
+            return Err(Error::io(src_path, err));
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(src.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let (start, end) = (
+            data as u64,
+            if hole < 0 {
+                len
+            } else {
+                (hole as u64).min(len)
+            },
+        );
+        copy_range(src, src_path, dst, dst_path, start, end, &mut buf)?;
+        pos = end.max(start + 1);
+    }
+    dst.set_len(len).map_err(|e| Error::io(dst_path, e))
+}
+
+fn copy_range(
+    src: &File,
+    src_path: &Path,
+    dst: &File,
+    dst_path: &Path,
+    start: u64,
+    end: u64,
+    buf: &mut [u8],
+) -> Result<()> {
+    let mut pos = start;
+    while pos < end {
+        let want = ((end - pos) as usize).min(buf.len());
+        let chunk = buf.get_mut(..want).unwrap_or_default();
+        let n = src
+            .read_at(chunk, pos)
+            .map_err(|e| Error::io(src_path, e))?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(chunk.get(..n).unwrap_or_default(), pos)
+            .map_err(|e| Error::io(dst_path, e))?;
+        pos += n as u64;
+    }
+    Ok(())
 }
 
 /// Counts writes across the stores of one crash test and "crashes" at the N-th: from then on

@@ -14,9 +14,11 @@
 //! close. The block-versioning protocol that keeps every block verifiable across crashes is
 //! described in docs/integrity.md and implemented in `data.rs`.
 
+mod backup;
 mod data;
 mod ns;
 pub mod perms;
+pub use backup::PointInfo;
 mod types;
 
 pub use types::{Attr, Ctx, DirEntry, FileKind, SetAttr, StatFs, TimeSet};
@@ -93,6 +95,7 @@ pub struct Parts {
 pub struct Filesystem {
     inner: Arc<Inner>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    backup_watcher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 pub(crate) struct Node {
@@ -230,7 +233,10 @@ impl Filesystem {
             objects,
             backing,
         } = parts;
-        let records = Records::new(meta, keys.clone(), &superblock.fs_uuid);
+        let mut records = Records::new(meta, keys.clone(), &superblock.fs_uuid);
+        if let Some(gate) = objects.point_gate() {
+            records.set_gate(gate);
+        }
         let counters = records.counters()?.ok_or_else(|| {
             Error::integrity("counters record missing from the metadata store (run fsck.digimed)")
         })?;
@@ -281,6 +287,7 @@ impl Filesystem {
         let fs = Filesystem {
             inner: inner.clone(),
             flusher: Mutex::new(None),
+            backup_watcher: Mutex::new(None),
         };
         if !opts.read_only {
             fs.inner.recover()?;
@@ -290,6 +297,14 @@ impl Filesystem {
                 .spawn(move || flusher(weak))
                 .map_err(|e| Error::io("flusher thread", e))?;
             *lock(&fs.flusher) = Some(handle);
+            if fs.inner.backing.is_some() {
+                let weak = Arc::downgrade(&inner);
+                let handle = std::thread::Builder::new()
+                    .name("digimedfs-backup".into())
+                    .spawn(move || backup_watcher(weak))
+                    .map_err(|e| Error::io("backup request thread", e))?;
+                *lock(&fs.backup_watcher) = Some(handle);
+            }
         }
         Ok(fs)
     }
@@ -650,6 +665,9 @@ impl Filesystem {
         if let Some(h) = lock(&self.flusher).take() {
             let _ = h.join();
         }
+        if let Some(h) = lock(&self.backup_watcher).take() {
+            let _ = h.join();
+        }
         if self.inner.read_only {
             return Ok(());
         }
@@ -776,25 +794,39 @@ pub fn format_uuid(u: &[u8; 16]) -> String {
     )
 }
 
+/// Waits `interval` or until the filesystem is closed; returns false once closed.
+fn wait_or_stop(inner: &Inner, interval: Duration) -> bool {
+    let (m, cv) = &inner.stop;
+    let stopped = lock(m);
+    if *stopped {
+        return false;
+    }
+    let (stopped, _) = cv
+        .wait_timeout(stopped, interval)
+        .unwrap_or_else(|p| p.into_inner());
+    !*stopped
+}
+
 fn flusher(weak: std::sync::Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        {
-            let (m, cv) = &inner.stop;
-            let stopped = lock(m);
-            if *stopped {
-                return;
-            }
-            let (stopped, _) = cv
-                .wait_timeout(stopped, FLUSH_INTERVAL)
-                .unwrap_or_else(|p| p.into_inner());
-            if *stopped {
-                return;
-            }
+        if !wait_or_stop(&inner, FLUSH_INTERVAL) {
+            return;
         }
         if let Err(e) = inner.writeback_all() {
             tracing::error!(error = %e, "background writeback failed");
         }
+    }
+}
+
+/// Serves backup requests that backup jobs leave in the backing directory.
+fn backup_watcher(weak: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if !wait_or_stop(&inner, backup::REQUEST_POLL) {
+            return;
+        }
+        inner.serve_backup_request();
     }
 }
 

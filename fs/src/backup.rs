@@ -1,0 +1,902 @@
+//! Backup points: a consistent, self-contained state of a live filesystem that backup jobs copy
+//! with ordinary tools, verify without keys, and restore to a mountable backing directory.
+//!
+//! A point lives in `BACKING/backup/point/` (see docs/backup.md and docs/format.md):
+//!
+//! - `superblock`: the superblock as of the point (clean, with the digest of the dumped records);
+//! - `meta.dump`: every sealed metadata record as stored, sorted by key, so unchanged records
+//!   are unchanged bytes between points and delta tools send only what changed;
+//! - `objects/XX/<id>`: hard links to the data objects, kept unchanged by copy-on-write in the
+//!   object store until the point is ended or replaced;
+//! - `MANIFEST`: every file above with its length and BLAKE3 hash, and a MAC for key holders.
+//!
+//! The daemon takes and ends points on request: `digimedfs backup begin` (on any host that sees
+//! the backing directory, without keys) writes `backup/request` and waits for `backup/reply`.
+//! This module holds the formats, the request protocol, keyless verification and restore; the
+//! point itself is taken by the core (`Filesystem::backup_begin`).
+
+use crate::backing::{BackingDir, META_DIR, OBJECTS_DIR};
+use crate::crypto::RecordMac;
+use crate::meta::{Batch, MetaStore, SledStore};
+use crate::objects::{copy_sparse, parse_object_name};
+use crate::{Error, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use crate::backing::BACKUP_DIR;
+/// The current point, inside [`BACKUP_DIR`].
+pub const POINT_DIR: &str = "point";
+/// A point being built, inside [`BACKUP_DIR`]; renamed to [`POINT_DIR`] when complete.
+pub const POINT_NEW_DIR: &str = "point.new";
+/// The manifest of a point.
+pub const MANIFEST: &str = "MANIFEST";
+/// The metadata dump of a point.
+pub const DUMP: &str = "meta.dump";
+/// The superblock of a point.
+pub const POINT_SUPERBLOCK: &str = "superblock";
+/// A request to the daemon, inside [`BACKUP_DIR`].
+pub const REQUEST: &str = "request";
+/// The daemon's reply, inside [`BACKUP_DIR`].
+pub const REPLY: &str = "reply";
+
+const MANIFEST_MAGIC: &str = "digimedfs-backup-point 1";
+const DUMP_MAGIC: &[u8; 8] = b"DGMDUMP1";
+const DUMP_END: &[u8; 4] = b"END!";
+/// Largest key and value a dump may hold (records are far smaller).
+const MAX_DUMP_KEY: usize = 1 << 16;
+const MAX_DUMP_VALUE: usize = 1 << 24;
+/// Domain label of the manifest MAC (under the superblock MAC key).
+const MANIFEST_MAC_LABEL: &[u8] = b"dgm1 backup manifest";
+
+/// One file of a point, as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestEntry {
+    /// Path relative to the point directory.
+    pub path: String,
+    /// Length in bytes.
+    pub len: u64,
+    /// BLAKE3 hash of the contents.
+    pub hash: [u8; 32],
+    /// Identity of the stored file when hashed (`inode.mtime_ns`), so the next point can reuse
+    /// the hash of an object that did not change.
+    pub stamp: Option<String>,
+}
+
+/// The manifest of a point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The filesystem's UUID.
+    pub fs_uuid: [u8; 16],
+    /// Random id of the point (hex).
+    pub point: String,
+    /// When the point was taken (seconds since the epoch).
+    pub taken: u64,
+    /// The superblock epoch the point holds.
+    pub epoch: u64,
+    /// Every file of the point.
+    pub entries: Vec<ManifestEntry>,
+}
+
+impl Manifest {
+    /// The manifest text without its MAC line.
+    pub fn body(&self) -> String {
+        let mut s = format!(
+            "{MANIFEST_MAGIC}\nfs {}\npoint {}\ntaken {}\nepoch {}\n",
+            hex::encode(self.fs_uuid),
+            self.point,
+            self.taken,
+            self.epoch
+        );
+        for e in &self.entries {
+            s.push_str(&format!(
+                "file {} {} {}",
+                e.path,
+                e.len,
+                hex::encode(e.hash)
+            ));
+            if let Some(stamp) = &e.stamp {
+                s.push(' ');
+                s.push_str(stamp);
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// The manifest text with its MAC line (MAC under the superblock MAC key).
+    pub fn encode(&self, mac: &RecordMac) -> String {
+        let body = self.body();
+        let tag = mac.mac_parts(&[MANIFEST_MAC_LABEL, body.as_bytes()]);
+        format!("{body}mac {}\n", hex::encode(tag))
+    }
+
+    /// Parses a manifest; returns it with its MAC (absent if the text has none).
+    pub fn parse(text: &str) -> Result<(Manifest, Option<[u8; 32]>)> {
+        let bad = |what: &str| Error::format(format!("backup manifest: {what}"));
+        let mut lines = text.lines();
+        if lines.next() != Some(MANIFEST_MAGIC) {
+            return Err(bad(&format!(
+                "does not start with \"{MANIFEST_MAGIC}\" (not a digimedfs backup point, or an unsupported version)"
+            )));
+        }
+        let mut field = |name: &str| -> Result<String> {
+            let line = lines.next().unwrap_or_default();
+            line.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(' '))
+                .map(str::to_string)
+                .ok_or_else(|| bad(&format!("expected \"{name} …\", found {line:?}")))
+        };
+        let fs_hex = field("fs")?;
+        let fs_uuid: [u8; 16] = hex::decode(&fs_hex)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad("bad fs uuid"))?;
+        let point = field("point")?;
+        let taken = field("taken")?.parse().map_err(|_| bad("bad taken time"))?;
+        let epoch = field("epoch")?.parse().map_err(|_| bad("bad epoch"))?;
+        let mut entries = Vec::new();
+        let mut mac = None;
+        for line in lines {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts.as_slice() {
+                ["file", path, len, hash, rest @ ..] if rest.len() <= 1 => {
+                    let hash: [u8; 32] = hex::decode(hash)
+                        .ok()
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| bad(&format!("bad hash of {path}")))?;
+                    if !safe_relative(path) {
+                        return Err(bad(&format!("unsafe path {path:?}")));
+                    }
+                    entries.push(ManifestEntry {
+                        path: (*path).to_string(),
+                        len: len
+                            .parse()
+                            .map_err(|_| bad(&format!("bad length of {path}")))?,
+                        hash,
+                        stamp: rest.first().map(|s| (*s).to_string()),
+                    });
+                }
+                ["mac", tag] if mac.is_none() => {
+                    mac = Some(
+                        hex::decode(tag)
+                            .ok()
+                            .and_then(|b| b.try_into().ok())
+                            .ok_or_else(|| bad("bad mac"))?,
+                    );
+                }
+                _ => return Err(bad(&format!("unexpected line {line:?}"))),
+            }
+        }
+        Ok((
+            Manifest {
+                fs_uuid,
+                point,
+                taken,
+                epoch,
+                entries,
+            },
+            mac,
+        ))
+    }
+
+    /// Whether `tag` is this manifest's MAC under `mac` (the superblock MAC key).
+    pub fn verify_mac(&self, tag: &[u8; 32], mac: &RecordMac) -> bool {
+        let want = mac.mac_parts(&[MANIFEST_MAC_LABEL, self.body().as_bytes()]);
+        use subtle::ConstantTimeEq;
+        bool::from(want.ct_eq(tag))
+    }
+}
+
+/// A manifest path: relative, `/`-separated, no `.`/`..`, only safe characters.
+fn safe_relative(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && path.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        })
+}
+
+/// BLAKE3 of a file's contents and its length.
+pub fn hash_file(path: &Path) -> Result<([u8; 32], u64)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        hasher.update(buf.get(..n).unwrap_or_default());
+        len += n as u64;
+    }
+    Ok((*hasher.finalize().as_bytes(), len))
+}
+
+/// Identity of a stored file for hash reuse: inode number and modification time.
+pub fn file_stamp(path: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    Ok(format!(
+        "{}.{}",
+        m.ino(),
+        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
+    ))
+}
+
+/// Writes a metadata dump: `DGMDUMP1 ‖ fs_uuid ‖ (le32 klen ‖ key ‖ le32 vlen ‖ value)* ‖
+/// END! ‖ le64 count`, records in the order given (ascending keys).
+pub struct DumpWriter {
+    out: BufWriter<File>,
+    path: PathBuf,
+    count: u64,
+}
+
+impl DumpWriter {
+    /// Creates the dump file at `path`.
+    pub fn create(path: &Path, fs_uuid: &[u8; 16]) -> Result<DumpWriter> {
+        let file = File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut w = DumpWriter {
+            out: BufWriter::with_capacity(1 << 20, file),
+            path: path.to_path_buf(),
+            count: 0,
+        };
+        w.put(DUMP_MAGIC)?;
+        w.put(fs_uuid)?;
+        Ok(w)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Appends one record.
+    pub fn record(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let (Ok(kl), Ok(vl)) = (u32::try_from(key.len()), u32::try_from(value.len())) else {
+            return Err(Error::invalid("metadata record too large to dump"));
+        };
+        self.put(&kl.to_le_bytes())?;
+        self.put(key)?;
+        self.put(&vl.to_le_bytes())?;
+        self.put(value)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Writes the trailer and makes the file durable; returns the record count.
+    pub fn finish(mut self) -> Result<u64> {
+        self.put(DUMP_END)?;
+        let count = self.count;
+        self.put(&count.to_le_bytes())?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        Ok(count)
+    }
+}
+
+/// Reads a metadata dump, calling `f` for each record; returns the dump's fs UUID and count.
+/// A truncated or malformed dump is an error naming the offset.
+pub fn read_dump(
+    path: &Path,
+    f: &mut dyn FnMut(Vec<u8>, Vec<u8>) -> Result<()>,
+) -> Result<([u8; 16], u64)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut offset = 0u64;
+    let mut read = |n: usize, offset: &mut u64| -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; n];
+        r.read_exact(&mut buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::format(format!(
+                    "{}: metadata dump truncated at byte {offset}",
+                    path.display()
+                ))
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+        *offset += n as u64;
+        Ok(buf)
+    };
+    if read(8, &mut offset)?.as_slice() != DUMP_MAGIC {
+        return Err(Error::format(format!(
+            "{}: not a digimedfs metadata dump",
+            path.display()
+        )));
+    }
+    let uuid: [u8; 16] = read(16, &mut offset)?
+        .try_into()
+        .map_err(|_| Error::format("dump uuid"))?;
+    let mut count = 0u64;
+    loop {
+        let head = read(4, &mut offset)?;
+        if head.as_slice() == DUMP_END {
+            let n = read(8, &mut offset)?;
+            let want = u64::from_le_bytes(n.try_into().map_err(|_| Error::format("dump count"))?);
+            if want != count {
+                return Err(Error::format(format!(
+                    "{}: metadata dump holds {count} records, its trailer says {want}",
+                    path.display()
+                )));
+            }
+            return Ok((uuid, count));
+        }
+        let kl = u32::from_le_bytes(
+            head.try_into()
+                .map_err(|_| Error::format("dump key length"))?,
+        ) as usize;
+        if kl == 0 || kl > MAX_DUMP_KEY {
+            return Err(Error::format(format!(
+                "{}: bad key length {kl} at byte {offset}",
+                path.display()
+            )));
+        }
+        let key = read(kl, &mut offset)?;
+        let vl = u32::from_le_bytes(
+            read(4, &mut offset)?
+                .try_into()
+                .map_err(|_| Error::format("dump value length"))?,
+        ) as usize;
+        if vl > MAX_DUMP_VALUE {
+            return Err(Error::format(format!(
+                "{}: bad value length {vl} at byte {offset}",
+                path.display()
+            )));
+        }
+        let value = read(vl, &mut offset)?;
+        f(key, value)?;
+        count += 1;
+    }
+}
+
+/// What a keyless check of a point copy found.
+#[derive(Debug)]
+pub struct VerifyReport {
+    /// The copy's manifest.
+    pub manifest: Manifest,
+    /// The manifest's MAC, if it has one.
+    pub mac: Option<[u8; 32]>,
+    /// Files checked and their total length.
+    pub files: usize,
+    /// Bytes hashed.
+    pub bytes: u64,
+    /// Every problem, one line each, naming the file.
+    pub problems: Vec<String>,
+}
+
+/// Checks a copy of a point against its manifest without keys: every listed file present with
+/// its recorded length and hash, nothing else present. The MAC is not checked here (it needs
+/// keys; see [`verify_manifest_mac`]).
+pub fn verify_copy(copy: &Path) -> Result<VerifyReport> {
+    let manifest_path = copy.join(MANIFEST);
+    let text = match std::fs::read_to_string(&manifest_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::format(format!(
+                "{}: no {MANIFEST}: not a copy of a digimedfs backup point (copy BACKING/{BACKUP_DIR}/{POINT_DIR}/ after `digimedfs backup begin`)",
+                copy.display()
+            )))
+        }
+        Err(e) => return Err(Error::io(&manifest_path, e)),
+    };
+    let (manifest, mac) = Manifest::parse(&text)?;
+    let mut problems = Vec::new();
+    let mut bytes = 0u64;
+    let listed: BTreeSet<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
+    for e in &manifest.entries {
+        let path = copy.join(&e.path);
+        match std::fs::symlink_metadata(&path) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                problems.push(format!("missing: {}", e.path));
+                continue;
+            }
+            Err(err) => {
+                problems.push(format!("unreadable: {}: {err}", e.path));
+                continue;
+            }
+            Ok(m) if !m.is_file() => {
+                problems.push(format!("not a regular file: {}", e.path));
+                continue;
+            }
+            Ok(m) if m.len() != e.len => {
+                problems.push(format!(
+                    "changed: {} (length {}, the point recorded {})",
+                    e.path,
+                    m.len(),
+                    e.len
+                ));
+                continue;
+            }
+            Ok(_) => {}
+        }
+        match hash_file(&path) {
+            Ok((hash, len)) => {
+                bytes += len;
+                if hash != e.hash || len != e.len {
+                    problems.push(format!(
+                        "changed: {} (contents differ from point {})",
+                        e.path, manifest.point
+                    ));
+                }
+            }
+            Err(err) => problems.push(format!("unreadable: {}: {err}", e.path)),
+        }
+    }
+    for rel in walk_relative(copy)? {
+        if rel != MANIFEST && !listed.contains(rel.as_str()) {
+            problems.push(format!("not part of point {}: {rel}", manifest.point));
+        }
+    }
+    Ok(VerifyReport {
+        files: manifest.entries.len(),
+        manifest,
+        mac,
+        bytes,
+        problems,
+    })
+}
+
+/// Checks the manifest MAC of a copy with the filesystem's keys (from the copy's superblock).
+pub fn verify_manifest_mac(
+    copy: &Path,
+    report: &VerifyReport,
+    key: &dyn crate::keysource::KeySource,
+) -> Result<()> {
+    let dir = BackingDir::new(copy);
+    let (sb, keys) = crate::core::unlock_superblock(&dir, key)?;
+    if sb.fs_uuid != report.manifest.fs_uuid {
+        return Err(Error::integrity(format!(
+            "{}: the superblock belongs to filesystem {}, the manifest to {}",
+            copy.display(),
+            crate::core::format_uuid(&sb.fs_uuid),
+            crate::core::format_uuid(&report.manifest.fs_uuid)
+        )));
+    }
+    match &report.mac {
+        Some(tag) if report.manifest.verify_mac(tag, &keys.superblock) => Ok(()),
+        Some(_) => Err(Error::integrity(format!(
+            "{}: the manifest's MAC does not verify: the manifest was changed or forged",
+            copy.join(MANIFEST).display()
+        ))),
+        None => Err(Error::integrity(format!(
+            "{}: the manifest has no MAC",
+            copy.join(MANIFEST).display()
+        ))),
+    }
+}
+
+/// Every regular file (and anything else that is not a directory) under `root`, as relative
+/// `/`-separated paths.
+fn walk_relative(root: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        for ent in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let ent = ent.map_err(|e| Error::io(&dir, e))?;
+            let child = rel.join(ent.file_name());
+            let ty = ent.file_type().map_err(|e| Error::io(ent.path(), e))?;
+            if ty.is_dir() {
+                stack.push(child);
+            } else {
+                out.push(child.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// What a restore did.
+#[derive(Debug)]
+pub struct RestoreReport {
+    /// The restored point's manifest.
+    pub manifest: Manifest,
+    /// Metadata records imported.
+    pub records: u64,
+    /// Data objects copied.
+    pub objects: usize,
+}
+
+/// Turns a verified copy of a point into a new backing directory at `target` (missing or
+/// empty). Needs no keys: every byte is copied as stored. The copy is checked first; a copy
+/// with problems is refused.
+pub fn restore(copy: &Path, target: &Path) -> Result<RestoreReport> {
+    let report = verify_copy(copy)?;
+    if !report.problems.is_empty() {
+        return Err(Error::integrity(format!(
+            "{}: the copy does not match its manifest ({} problems; first: {}); run `digimedfs backup verify` for the list",
+            copy.display(),
+            report.problems.len(),
+            report.problems.first().map(String::as_str).unwrap_or_default()
+        )));
+    }
+    let manifest = report.manifest;
+    std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
+    if std::fs::read_dir(target)
+        .map_err(|e| Error::io(target, e))?
+        .next()
+        .is_some()
+    {
+        return Err(Error::invalid(format!(
+            "{}: restore target is not empty",
+            target.display()
+        )));
+    }
+    let dir = BackingDir::new(target);
+    let sb_bytes = std::fs::read(copy.join(POINT_SUPERBLOCK))
+        .map_err(|e| Error::io(copy.join(POINT_SUPERBLOCK), e))?;
+    let sb = crate::format::superblock::Superblock::decode_unverified(&sb_bytes)?;
+    if sb.fs_uuid != manifest.fs_uuid {
+        return Err(Error::integrity(format!(
+            "{}: superblock of filesystem {} in a point of {}",
+            copy.display(),
+            crate::core::format_uuid(&sb.fs_uuid),
+            crate::core::format_uuid(&manifest.fs_uuid)
+        )));
+    }
+
+    // Objects first, the superblock last: a half-done restore is not a filesystem.
+    let mut objects = 0usize;
+    for e in &manifest.entries {
+        let Some(rest) = e.path.strip_prefix("objects/") else {
+            continue;
+        };
+        let name = rest.rsplit('/').next().unwrap_or_default();
+        if parse_object_name(name).is_none() {
+            return Err(Error::format(format!(
+                "backup manifest: bad object path {}",
+                e.path
+            )));
+        }
+        let src_path = copy.join(&e.path);
+        let dst_dir = dir.path(OBJECTS_DIR).join(name.get(..2).unwrap_or("00"));
+        std::fs::create_dir_all(&dst_dir).map_err(|e| Error::io(&dst_dir, e))?;
+        let dst_path = dst_dir.join(name);
+        let src = File::open(&src_path).map_err(|e| Error::io(&src_path, e))?;
+        let dst = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&dst_path)
+            .map_err(|e| Error::io(&dst_path, e))?;
+        copy_sparse(&src, &src_path, &dst, &dst_path)?;
+        dst.sync_all().map_err(|e| Error::io(&dst_path, e))?;
+        objects += 1;
+    }
+    std::fs::create_dir_all(dir.path(OBJECTS_DIR))
+        .map_err(|e| Error::io(dir.path(OBJECTS_DIR), e))?;
+
+    let meta_path = dir.path(META_DIR);
+    let store = SledStore::open(&meta_path, 64 << 20)?;
+    let mut batch = Batch::default();
+    let (dump_uuid, records) = read_dump(&copy.join(DUMP), &mut |k, v| {
+        batch.ops_push(k, v);
+        if batch.len() >= 4096 {
+            store.apply(&batch)?;
+            batch = Batch::default();
+        }
+        Ok(())
+    })?;
+    if !batch.is_empty() {
+        store.apply(&batch)?;
+    }
+    store.flush()?;
+    drop(store);
+    if dump_uuid != manifest.fs_uuid {
+        return Err(Error::integrity(format!(
+            "{}: metadata dump of filesystem {} in a point of {}",
+            copy.display(),
+            crate::core::format_uuid(&dump_uuid),
+            crate::core::format_uuid(&manifest.fs_uuid)
+        )));
+    }
+    dir.write_superblock(&sb_bytes)?;
+    Ok(RestoreReport {
+        manifest,
+        records,
+        objects,
+    })
+}
+
+/// What the daemon is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Take a point (replacing any existing one).
+    Begin,
+    /// End the current point.
+    End,
+}
+
+impl Action {
+    fn word(self) -> &'static str {
+        match self {
+            Action::Begin => "begin",
+            Action::End => "end",
+        }
+    }
+}
+
+/// Whether a daemon holds the mount lock of `backing` (on any host that honours flock there).
+pub fn daemon_holds_lock(backing: &Path) -> Result<bool> {
+    let path = backing.join(crate::backing::LOCK_FILE);
+    let file = match OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Asks the daemon serving `backing` (on whichever host) to carry out `action`; waits up to
+/// `timeout` for its reply and returns the daemon's message.
+pub fn request(backing: &Path, action: Action, timeout: Duration) -> Result<String> {
+    let dir = backing.join(BACKUP_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    write_atomically(&dir.join(REQUEST), &format!("{} {nonce}\n", action.word()))?;
+    let reply_path = dir.join(REPLY);
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&reply_path) {
+            let mut parts = text.trim_end().splitn(3, ' ');
+            if parts.next() == Some(nonce.as_str()) {
+                let status = parts.next().unwrap_or_default();
+                let msg = parts.next().unwrap_or_default().replace("\\n", "\n");
+                return if status == "ok" {
+                    Ok(msg)
+                } else {
+                    Err(Error::invalid(format!("the daemon refused: {msg}")))
+                };
+            }
+        }
+        if start.elapsed() > timeout {
+            let _ = std::fs::remove_file(dir.join(REQUEST));
+            return Err(Error::Busy {
+                what: format!(
+                    "no answer from the daemon serving {} within {} s (is it mounted read-write?)",
+                    backing.display(),
+                    timeout.as_secs()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The backing directory `path` names: a backing directory itself, or the mountpoint of a
+/// digimedfs mount on this host (whose /proc/mounts source is its backing directory).
+pub fn resolve_backing(path: &Path) -> Result<PathBuf> {
+    let canon = path.canonicalize().map_err(|e| Error::io(path, e))?;
+    if canon.join(crate::backing::SUPERBLOCK).is_file() {
+        return Ok(canon);
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for line in mounts.lines() {
+        let mut f = line.split(' ');
+        let (Some(src), Some(mnt), Some(ty)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if ty == "fuse.digimedfs" && Path::new(mnt) == canon {
+            let src = PathBuf::from(src);
+            if src.join(crate::backing::SUPERBLOCK).is_file() {
+                return Ok(src);
+            }
+        }
+    }
+    Err(Error::invalid(format!(
+        "{}: neither a digimedfs backing directory nor the mountpoint of one on this host",
+        path.display()
+    )))
+}
+
+/// Takes a point of `backing`: through the daemon that serves it (any host), or, if none
+/// does, in this process with `key`.
+pub fn begin(
+    backing: &Path,
+    key: Option<&dyn crate::keysource::KeySource>,
+    timeout: Duration,
+) -> Result<String> {
+    if daemon_holds_lock(backing)? {
+        return request(backing, Action::Begin, timeout);
+    }
+    let Some(key) = key else {
+        return Err(Error::invalid(format!(
+            "{} is not mounted anywhere (no daemon holds its lock): give the key options              (--key-file, or the key service options) to take the point offline",
+            backing.display()
+        )));
+    };
+    let fs = crate::core::Filesystem::open(backing, key, &crate::core::OpenOptions::default())?;
+    let info = fs.backup_begin()?;
+    fs.close()?;
+    Ok(info.to_string())
+}
+
+/// Ends the point of `backing`: through the daemon, or directly if none runs.
+pub fn end(backing: &Path, timeout: Duration) -> Result<String> {
+    if daemon_holds_lock(backing)? {
+        return request(backing, Action::End, timeout);
+    }
+    let dir = backing.join(BACKUP_DIR);
+    let existed = remove_tree(&dir.join(POINT_DIR))?;
+    remove_tree(&dir.join(POINT_NEW_DIR))?;
+    Ok(if existed {
+        "backup point ended".into()
+    } else {
+        "no backup point was active".into()
+    })
+}
+
+/// Daemon side: takes a pending request out of `backing` (removing it).
+pub fn take_request(backing: &Path) -> Result<Option<(Action, String)>> {
+    let path = backing.join(BACKUP_DIR).join(REQUEST);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+    let mut parts = text.split_whitespace();
+    let action = match parts.next() {
+        Some("begin") => Action::Begin,
+        Some("end") => Action::End,
+        _ => {
+            tracing::warn!(request = %text.trim(), "ignoring a malformed backup request");
+            return Ok(None);
+        }
+    };
+    let nonce = parts.next().unwrap_or_default();
+    if nonce.is_empty() || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        tracing::warn!("ignoring a backup request without a valid nonce");
+        return Ok(None);
+    }
+    Ok(Some((action, nonce.to_string())))
+}
+
+/// Daemon side: answers the request `nonce`.
+pub fn write_reply(backing: &Path, nonce: &str, result: &Result<String>) -> Result<()> {
+    let (status, msg) = match result {
+        Ok(m) => ("ok", m.clone()),
+        Err(e) => ("error", crate::error::render_chain(e)),
+    };
+    write_atomically(
+        &backing.join(BACKUP_DIR).join(REPLY),
+        &format!("{nonce} {status} {}\n", msg.replace('\n', "\\n")),
+    )
+}
+
+/// The manifest of the current point of `backing`, if there is one.
+pub fn current_point(backing: &Path) -> Result<Option<Manifest>> {
+    let path = backing.join(BACKUP_DIR).join(POINT_DIR).join(MANIFEST);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(Manifest::parse(&text)?.0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+/// Hashes of the current point's objects, by path, for reuse by the next point.
+pub(crate) fn previous_hashes(backing: &Path) -> BTreeMap<String, ManifestEntry> {
+    match current_point(backing) {
+        Ok(Some(m)) => m
+            .entries
+            .into_iter()
+            .filter(|e| e.stamp.is_some())
+            .map(|e| (e.path.clone(), e))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// Removes a directory tree if it exists.
+pub(crate) fn remove_tree(path: &Path) -> Result<bool> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            fs_uuid: [7; 16],
+            point: "00ff".into(),
+            taken: 1_700_000_000,
+            epoch: 42,
+            entries: vec![
+                ManifestEntry {
+                    path: "superblock".into(),
+                    len: 300,
+                    hash: [1; 32],
+                    stamp: None,
+                },
+                ManifestEntry {
+                    path: "objects/ab/abcd".into(),
+                    len: 8192,
+                    hash: [2; 32],
+                    stamp: Some("12.345".into()),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips_and_its_mac_binds_every_line() {
+        let mac = RecordMac::new(&[9; 32]);
+        let text = sample().encode(&mac);
+        let (m, tag) = Manifest::parse(&text).expect("parse");
+        assert_eq!(m, sample());
+        let tag = tag.expect("mac line");
+        assert!(m.verify_mac(&tag, &mac));
+        assert!(!m.verify_mac(&tag, &RecordMac::new(&[8; 32])));
+        let mut changed = m.clone();
+        changed.entries[1].len += 1;
+        assert!(!changed.verify_mac(&tag, &mac));
+    }
+
+    #[test]
+    fn manifest_refuses_unsafe_paths_and_garbage() {
+        let text = sample()
+            .encode(&RecordMac::new(&[9; 32]))
+            .replace("objects/ab/abcd", "../../etc/passwd");
+        assert!(Manifest::parse(&text).is_err());
+        assert!(Manifest::parse("hello\n").is_err());
+        assert!(Manifest::parse("").is_err());
+    }
+
+    #[test]
+    fn dump_round_trips_and_detects_truncation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("d");
+        let mut w = DumpWriter::create(&path, &[3; 16]).expect("create");
+        w.record(b"Ia", b"value one").expect("record");
+        w.record(b"Ib", b"").expect("record");
+        assert_eq!(w.finish().expect("finish"), 2);
+        let mut seen = Vec::new();
+        let (uuid, n) = read_dump(&path, &mut |k, v| {
+            seen.push((k, v));
+            Ok(())
+        })
+        .expect("read");
+        assert_eq!((uuid, n), ([3; 16], 2));
+        assert_eq!(seen[0], (b"Ia".to_vec(), b"value one".to_vec()));
+        let bytes = std::fs::read(&path).expect("read file");
+        for cut in [0, 10, 24, 30, bytes.len() - 1] {
+            std::fs::write(&path, &bytes[..cut]).expect("write");
+            let err = read_dump(&path, &mut |_, _| Ok(())).expect_err("truncated dump accepted");
+            assert!(err.to_string().contains("truncated") || err.to_string().contains("not a"));
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Taking and ending backup points on a live filesystem (formats in [`crate::backup`]).
+//!
+//! A point is consistent because it is taken while the point gate is held exclusively: no
+//! metadata batch is applied and no object is changed while the metadata is dumped and the
+//! objects are hard-linked. The pair (dump, links) is then exactly the state a crash at that
+//! instant would leave, which the writeback protocol makes a valid filesystem (entries before
+//! data; `prev` versions cover blocks whose new data had not been written yet). Hashing the
+//! frozen objects happens after the gate is released: copy-on-write keeps them unchanged.
+
+use super::{lock, Filesystem, Inner};
+use crate::backup::{
+    self, file_stamp, hash_file, DumpWriter, Manifest, ManifestEntry, BACKUP_DIR, DUMP, MANIFEST,
+    POINT_DIR, POINT_NEW_DIR, POINT_SUPERBLOCK,
+};
+use crate::format::superblock::FLAG_CLEAN;
+use crate::{Error, Result};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How often the daemon looks for a backup request in the backing directory.
+pub(super) const REQUEST_POLL: Duration = Duration::from_secs(1);
+
+/// Serializes points of one process.
+static POINT_LOCK: Mutex<()> = Mutex::new(());
+
+/// A point that was taken.
+#[derive(Debug, Clone)]
+pub struct PointInfo {
+    /// The point's id.
+    pub id: String,
+    /// The superblock epoch it holds.
+    pub epoch: u64,
+    /// Metadata records dumped.
+    pub records: u64,
+    /// Data objects frozen.
+    pub objects: usize,
+    /// Total bytes the point's files hold.
+    pub bytes: u64,
+    /// Objects whose hash came from the previous point (unchanged since).
+    pub reused_hashes: usize,
+    /// The directory a backup job copies.
+    pub dir: std::path::PathBuf,
+}
+
+impl std::fmt::Display for PointInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "point {} (epoch {}): {} metadata records, {} data objects, {} bytes; copy everything in {} (and nothing else of the backing directory)",
+            self.id,
+            self.epoch,
+            self.records,
+            self.objects,
+            self.bytes,
+            self.dir.display()
+        )
+    }
+}
+
+impl Filesystem {
+    /// Takes a backup point now, replacing any existing one (see docs/backup.md).
+    pub fn backup_begin(&self) -> Result<PointInfo> {
+        self.inner.take_point()
+    }
+
+    /// Ends the current point (its links are removed; copy-on-write stops). Returns whether
+    /// there was one.
+    pub fn backup_end(&self) -> Result<bool> {
+        self.inner.end_point()
+    }
+}
+
+impl Inner {
+    fn backing_root(&self) -> Result<&Path> {
+        self.backing
+            .as_ref()
+            .map(|b| b.root())
+            .ok_or_else(|| Error::invalid("backup points need a backing directory"))
+    }
+
+    pub(super) fn take_point(&self) -> Result<PointInfo> {
+        self.check_writable("backup begin")?;
+        let _one = lock(&POINT_LOCK);
+        let root = self.backing_root()?.to_path_buf();
+        let gate = self
+            .objects
+            .point_gate()
+            .ok_or_else(|| Error::invalid("this object store cannot take backup points"))?;
+        // Everything acknowledged so far goes into the point, and the freeze below stays short.
+        self.sync_all()?;
+
+        let bdir = root.join(BACKUP_DIR);
+        std::fs::create_dir_all(&bdir).map_err(|e| Error::io(&bdir, e))?;
+        let new = bdir.join(POINT_NEW_DIR);
+        backup::remove_tree(&new)?;
+        std::fs::create_dir(&new).map_err(|e| Error::io(&new, e))?;
+        let previous = backup::previous_hashes(&root);
+        let fs_uuid = lock(&self.superblock).fs_uuid;
+
+        let (records, digest, frozen) = {
+            let _frozen = gate.write().unwrap_or_else(|p| p.into_inner());
+            self.records.flush()?;
+            let mut dump = DumpWriter::create(&new.join(DUMP), &fs_uuid)?;
+            let mut digest = [0u8; 32];
+            let mut failed = None;
+            self.records.store().scan(&[], None, &mut |k, v| {
+                let m = self.keys.digest.mac_parts(&[k, v]);
+                for (a, b) in digest.iter_mut().zip(m.iter()) {
+                    *a ^= b;
+                }
+                if let Err(e) = dump.record(k, v) {
+                    failed = Some(e);
+                    return Ok(false);
+                }
+                Ok(true)
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let records = dump.finish()?;
+            let frozen = self.objects.freeze_into(&new.join("objects"))?;
+            (records, digest, frozen)
+        };
+
+        // The point's superblock: clean, with the digest of the dumped records. The live
+        // filesystem moves to the next epoch, so the key service's anchor is newer than the
+        // point and a restore is a rollback an admin must accept.
+        let (point_sb, ctx, live_epoch) = {
+            let mut sb = lock(&self.superblock);
+            let mut point_sb = sb.clone();
+            point_sb.flags |= FLAG_CLEAN;
+            point_sb.meta_digest = digest;
+            sb.epoch += 1;
+            if let Some(b) = &self.backing {
+                b.write_superblock(&sb.encode(&self.keys.superblock)?)?;
+            }
+            let ctx = crate::keysource::SlotContext {
+                fs_uuid: sb.fs_uuid,
+                tenant: sb.tenant.clone(),
+            };
+            (point_sb, ctx, sb.epoch)
+        };
+        let anchor = lock(&self.anchor).clone();
+        if let Some(anchor) = anchor {
+            anchor.anchor(&ctx, live_epoch, &digest)?;
+        }
+        let sb_path = new.join(POINT_SUPERBLOCK);
+        write_durable(&sb_path, &point_sb.encode(&self.keys.superblock)?)?;
+
+        let mut entries = Vec::with_capacity(frozen.len() + 2);
+        let mut bytes = 0u64;
+        for name in [POINT_SUPERBLOCK, DUMP] {
+            let (hash, len) = hash_file(&new.join(name))?;
+            bytes += len;
+            entries.push(ManifestEntry {
+                path: name.to_string(),
+                len,
+                hash,
+                stamp: None,
+            });
+        }
+        let mut reused = 0usize;
+        let mut objects: Vec<_> = frozen.iter().map(|(id, _)| hex::encode(id)).collect();
+        objects.sort();
+        for name in objects {
+            let rel = format!("objects/{}/{name}", name.get(..2).unwrap_or("00"));
+            let path = new.join(&rel);
+            let stamp = file_stamp(&path)?;
+            let len = std::fs::metadata(&path)
+                .map_err(|e| Error::io(&path, e))?
+                .len();
+            let hash = match previous.get(&rel) {
+                Some(p) if p.len == len && p.stamp.as_deref() == Some(stamp.as_str()) => {
+                    reused += 1;
+                    p.hash
+                }
+                _ => hash_file(&path)?.0,
+            };
+            bytes += len;
+            entries.push(ManifestEntry {
+                path: rel,
+                len,
+                hash,
+                stamp: Some(stamp),
+            });
+        }
+        let manifest = Manifest {
+            fs_uuid,
+            point: hex::encode(rand::random::<[u8; 8]>()),
+            taken: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            epoch: point_sb.epoch,
+            entries,
+        };
+        write_durable(
+            &new.join(MANIFEST),
+            manifest.encode(&self.keys.superblock).as_bytes(),
+        )?;
+        // The links and directories of the point are durable before it is announced.
+        sync_filesystem(&new)?;
+        let cur = bdir.join(POINT_DIR);
+        backup::remove_tree(&cur)?;
+        std::fs::rename(&new, &cur).map_err(|e| Error::io(&cur, e))?;
+        sync_dir(&bdir)?;
+        let info = PointInfo {
+            id: manifest.point.clone(),
+            epoch: manifest.epoch,
+            records,
+            objects: frozen.len(),
+            bytes,
+            reused_hashes: reused,
+            dir: cur,
+        };
+        tracing::info!(point = %info.id, epoch = info.epoch, objects = info.objects, records = info.records, "backup point taken");
+        Ok(info)
+    }
+
+    pub(super) fn end_point(&self) -> Result<bool> {
+        let _one = lock(&POINT_LOCK);
+        let bdir = self.backing_root()?.join(BACKUP_DIR);
+        let existed = backup::remove_tree(&bdir.join(POINT_DIR))?;
+        backup::remove_tree(&bdir.join(POINT_NEW_DIR))?;
+        self.objects.set_point_active(false);
+        if existed {
+            tracing::info!("backup point ended");
+        }
+        Ok(existed)
+    }
+
+    /// Carries out a backup request found in the backing directory, if any.
+    pub(super) fn serve_backup_request(&self) {
+        let Some(root) = self.backing.as_ref().map(|b| b.root().to_path_buf()) else {
+            return;
+        };
+        let (action, nonce) = match backup::take_request(&root) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the backup request");
+                return;
+            }
+        };
+        let result = match action {
+            backup::Action::Begin => self.take_point().map(|p| p.to_string()),
+            backup::Action::End => self.end_point().map(|existed| {
+                if existed {
+                    "backup point ended".to_string()
+                } else {
+                    "no backup point was active".to_string()
+                }
+            }),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "backup request failed");
+        }
+        if let Err(e) = backup::write_reply(&root, &nonce, &result) {
+            tracing::error!(error = %e, "cannot write the backup reply");
+        }
+    }
+}
+
+fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
+fn sync_filesystem(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = std::fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
+    // SAFETY: syncfs on a valid, open descriptor owned by `d`; no memory is passed.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(Error::io(dir, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
