@@ -368,7 +368,10 @@ mod tests {
     #[test]
     fn unarmed_fence_lets_everything_through() {
         let (_t, b) = fixture();
-        assert!(b.fence().check().is_ok(), "no superblock, not armed: no check");
+        assert!(
+            b.fence().check().is_ok(),
+            "no superblock, not armed: no check"
+        );
         assert!(b.fenced_error("write").is_none());
     }
 
@@ -390,7 +393,10 @@ mod tests {
 
         let err = store.apply(&batch).expect_err("apply after takeover");
         assert_eq!(err.errno(), libc::EIO);
-        assert!(err.to_string().contains("fenced: another host took over"), "{err}");
+        assert!(
+            err.to_string().contains("fenced: another host took over"),
+            "{err}"
+        );
         assert!(a.fence().is_fenced());
         assert_eq!(
             a.fenced_error("mkdir").map(|e| e.errno()),
@@ -406,9 +412,11 @@ mod tests {
         // Fenced for good, even if the superblock went back to what A wrote.
         std::fs::write(a.path(SUPERBLOCK), b"epoch 5 of host a").expect("write back");
         assert!(a.fence().check().is_err());
+        std::fs::write(a.path(SUPERBLOCK), b"epoch 6 of host b").expect("undo");
         // B is not fenced by its own writes.
         b.fence().check().expect("b's own superblock");
-        b.write_superblock(b"epoch 7 of host b").expect("b writes again");
+        b.write_superblock(b"epoch 7 of host b")
+            .expect("b writes again");
         b.fence().check().expect("b still holds it");
     }
 
@@ -429,7 +437,10 @@ mod tests {
         let _lock = a.lock(false).expect("lock");
         let text = std::fs::read_to_string(a.path(LOCK_FILE)).expect("read lock");
         assert!(text.starts_with("host "), "{text}");
-        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
         assert!(
             text.contains(&format!("path {}", a.root().display())),
             "{text}"
