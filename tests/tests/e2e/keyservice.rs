@@ -406,3 +406,70 @@ fn rollback_is_refused_until_accepted() {
     ks.mount_ok(&backing, &mnt, "A", &ta);
     ks.unmount(&mnt);
 }
+
+/// A backup point copied and restored elsewhere is older than what the key service last saw:
+/// its mount is refused as a rollback until the admin accepts it, then it shows the state of
+/// the point. Tenant B's credentials cannot mount tenant A's restored copy.
+#[test]
+fn restored_backup_mounts_only_after_accepted_rollback() {
+    let ks = Ks::new();
+    let ta = ks.tenant("A");
+    let tb = ks.tenant("B");
+    let (backing, uuid) = ks.mkfs("a", "A", &ta);
+    let mnt = ks.path("mnt");
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("before.txt"), b"in the point").unwrap();
+    std::fs::write(mnt.join("big.bin"), vec![7u8; 100_000]).unwrap();
+
+    // The backup job: begin (no keys), copy the point, end.
+    let begin = run(Command::new(bin("digimedfs"))
+        .args(["backup", "begin"])
+        .arg(&backing));
+    assert!(begin.status.success(), "backup begin: {}", stderr(&begin));
+    let copy = ks.path("copy");
+    let out = run(Command::new("cp")
+        .arg("-a")
+        .arg(backing.join("backup/point"))
+        .arg(&copy));
+    assert!(out.status.success(), "cp: {}", stderr(&out));
+    let end = run(Command::new(bin("digimedfs"))
+        .args(["backup", "end"])
+        .arg(&backing));
+    assert!(end.status.success(), "backup end: {}", stderr(&end));
+    std::fs::write(mnt.join("after.txt"), b"not in the point").unwrap();
+    ks.unmount(&mnt);
+
+    let restored = ks.path("restored");
+    let out = run(Command::new(bin("digimedfs"))
+        .args(["backup", "restore"])
+        .arg(&copy)
+        .arg(&restored));
+    assert!(out.status.success(), "restore: {}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("accept-rollback"),
+        "restore does not tell the admin about the rollback"
+    );
+
+    let rmnt = ks.path("rmnt");
+    let out = ks.mount(&restored, &rmnt, "A", &ta);
+    ks.refused(&out, &rmnt, "rollback");
+    let out = ks.mount(&restored, &rmnt, "B", &tb);
+    assert!(!out.status.success(), "tenant B mounted tenant A's copy");
+    assert!(!is_mounted(&rmnt));
+
+    ks.admin.accept_rollback(&uuid).unwrap();
+    ks.mount_ok(&restored, &rmnt, "A", &ta);
+    assert_eq!(
+        std::fs::read(rmnt.join("before.txt")).unwrap(),
+        b"in the point"
+    );
+    assert_eq!(
+        std::fs::read(rmnt.join("big.bin")).unwrap(),
+        vec![7u8; 100_000]
+    );
+    assert!(
+        !rmnt.join("after.txt").exists(),
+        "the restore holds a file written after the point"
+    );
+    ks.unmount(&rmnt);
+}
