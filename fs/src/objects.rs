@@ -95,7 +95,8 @@ impl DirObjects {
         // writer, fsck's repairs included, must copy before changing them.
         let point_active = root
             .parent()
-            .is_some_and(|b| b.join(crate::backing::BACKUP_DIR).exists());
+            .map(|b| b.join(crate::backing::BACKUP_DIR))
+            .is_some_and(|d| d.join("point").exists() || d.join("point.new").exists());
         Ok(DirObjects {
             root: root.to_path_buf(),
             files: Mutex::new(lru::LruCache::new(cap)),
