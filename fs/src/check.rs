@@ -1847,7 +1847,8 @@ impl<'u> Checker<'u> {
             .collect();
         names.sort();
         for (name, path, is_dir) in names {
-            let expected_dir = name == META_DIR || name == OBJECTS_DIR;
+            let expected_dir =
+                name == META_DIR || name == OBJECTS_DIR || name == crate::backing::BACKUP_DIR;
             let expected_file = name == SUPERBLOCK || name == SUPERBLOCK_BAK || name == LOCK_FILE;
             if (expected_dir && is_dir) || (expected_file && !is_dir) {
                 continue;
@@ -1903,7 +1904,9 @@ impl<'u> Checker<'u> {
                     && f.bytes()
                         .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
                 if !ok {
-                    self.unknown_file(&fpath, fdir, !fdir && f.ends_with(".tmp"));
+                    // `.cow`: a copy-on-write copy interrupted by a crash (format.md).
+                    let leftover = f.ends_with(".tmp") || f.ends_with(".cow");
+                    self.unknown_file(&fpath, fdir, !fdir && leftover);
                 }
             }
         }

@@ -41,18 +41,24 @@ pub struct PointInfo {
     pub reused_hashes: usize,
     /// The directory a backup job copies.
     pub dir: std::path::PathBuf,
+    /// How long writers were held at the point gate.
+    pub frozen_for: Duration,
+    /// How long taking the point took in all.
+    pub took: Duration,
 }
 
 impl std::fmt::Display for PointInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "point {} (epoch {}): {} metadata records, {} data objects, {} bytes; copy everything in {} (and nothing else of the backing directory)",
+            "point {} (epoch {}): {} metadata records, {} data objects, {} bytes; writers held {} ms, took {} ms; copy everything in {} (and nothing else of the backing directory)",
             self.id,
             self.epoch,
             self.records,
             self.objects,
             self.bytes,
+            self.frozen_for.as_millis(),
+            self.took.as_millis(),
             self.dir.display()
         )
     }
@@ -82,6 +88,7 @@ impl Inner {
     pub(super) fn take_point(&self) -> Result<PointInfo> {
         self.check_writable("backup begin")?;
         let _one = lock(&POINT_LOCK);
+        let started = std::time::Instant::now();
         let root = self.backing_root()?.to_path_buf();
         let gate = self
             .objects
@@ -98,8 +105,9 @@ impl Inner {
         let previous = backup::previous_hashes(&root);
         let fs_uuid = lock(&self.superblock).fs_uuid;
 
-        let (records, digest, frozen) = {
+        let (records, digest, frozen, frozen_for) = {
             let _frozen = gate.write().unwrap_or_else(|p| p.into_inner());
+            let freeze_start = std::time::Instant::now();
             self.records.flush()?;
             let mut dump = DumpWriter::create(&new.join(DUMP), &fs_uuid)?;
             let mut digest = [0u8; 32];
@@ -120,7 +128,7 @@ impl Inner {
             }
             let records = dump.finish()?;
             let frozen = self.objects.freeze_into(&new.join("objects"))?;
-            (records, digest, frozen)
+            (records, digest, frozen, freeze_start.elapsed())
         };
 
         // The point's superblock: clean, with the digest of the dumped records. The live
@@ -213,6 +221,8 @@ impl Inner {
             bytes,
             reused_hashes: reused,
             dir: cur,
+            frozen_for,
+            took: started.elapsed(),
         };
         tracing::info!(point = %info.id, epoch = info.epoch, objects = info.objects, records = info.records, "backup point taken");
         Ok(info)
