@@ -42,6 +42,8 @@ pub const KNOWN_NAMES: [&str; 6] = [
     BACKUP_DIR,
 ];
 const MAX_SUPERBLOCK: u64 = 64 * 1024;
+/// sled's log file inside [`META_DIR`] (sled 0.34 keeps everything in it).
+const SLED_LOG: &str = "db";
 /// How long (in 100 ms steps) a mount waits for a lock held by a daemon that is shutting down.
 const LOCK_WAIT_TRIES: u32 = 30;
 
@@ -67,12 +69,17 @@ impl BackingDir {
         &self.fence
     }
 
-    /// `store` with every write checked against this directory's fence ([`FencedMeta`]).
-    pub fn fenced(&self, store: Arc<dyn MetaStore>) -> Arc<dyn MetaStore> {
-        Arc::new(FencedMeta {
+    /// The metadata store (sled, in `meta/`) with every write checked against this
+    /// directory's fence, and every flush completed by an fsync of sled's log file
+    /// ([`FencedMeta`]).
+    pub fn fenced(&self, store: Arc<dyn MetaStore>) -> Result<Arc<dyn MetaStore>> {
+        let log_path = self.path(META_DIR).join(SLED_LOG);
+        let log = File::open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+        Ok(Arc::new(FencedMeta {
             inner: Some(store),
             fence: self.fence.clone(),
-        })
+            log: Some((log_path, log)),
+        }))
     }
 
     /// The error a change must fail with once this directory's mount is fenced (None while it
@@ -311,9 +318,16 @@ impl Fence {
 /// A [`MetaStore`] whose writes pass [`Fence::check`] first: every group handed over and every
 /// flush. Once fenced, the inner store is never written again, not even when dropped (sled
 /// writes its buffers on drop, so a fenced store is leaked instead).
+///
+/// A flush also fsyncs sled's log file: sled 0.34 makes its writes stable with
+/// `sync_file_range(2)` only, which neither persists the file's size nor reaches a network
+/// filesystem's client (ceph-fuse keeps the data in its own cache, lost if the client is
+/// evicted or dies), so "flushed" would not mean durable on shared storage.
 pub struct FencedMeta {
     inner: Option<Arc<dyn MetaStore>>,
     fence: Arc<Fence>,
+    /// sled's log file, fsynced after every flush (None in tests over other stores).
+    log: Option<(PathBuf, File)>,
 }
 
 impl FencedMeta {
@@ -337,7 +351,11 @@ impl MetaStore for FencedMeta {
     }
     fn flush(&self) -> Result<()> {
         self.fence.check()?;
-        self.inner()?.flush()
+        self.inner()?.flush()?;
+        if let Some((path, log)) = &self.log {
+            log.sync_all().map_err(|e| Error::io(path, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -380,7 +398,11 @@ mod tests {
         let (_t, a) = fixture();
         a.write_superblock(b"epoch 5 of host a").expect("write");
         a.fence().check().expect("our own superblock");
-        let store = a.fenced(Arc::new(MemStore::new()));
+        let store: Arc<dyn MetaStore> = Arc::new(FencedMeta {
+            inner: Some(Arc::new(MemStore::new())),
+            fence: a.fence().clone(),
+            log: None,
+        });
         let mut batch = Batch::default();
         batch.ops_push(b"k".to_vec(), b"v".to_vec());
         store.apply(&batch).expect("apply before takeover");

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 /// How long mounts, unmounts and daemon exits may take before a test gives up.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Environment variable: put the backing directories of [`TestFs::unmounted`] (and so of
+/// [`TestFs::new`]) under this directory, e.g. a CephFS mount, instead of a local temp dir.
+pub const BACKING_ROOT_ENV: &str = "DIGIMEDFS_TEST_BACKING_ROOT";
+
 /// The directory holding the workspace's built binaries (`target/debug`).
 ///
 /// The test binary lives in `target/debug/deps/`, so its grandparent directory is where cargo
@@ -156,6 +160,9 @@ pub fn process_alive(pid: i32) -> bool {
 /// directory made by `mkfs-digimed`, and a mountpoint. Unmounted when dropped.
 pub struct TestFs {
     dir: tempfile::TempDir,
+    /// The directory holding the backing directory when it lives under another root than
+    /// `dir` (shared storage); removed after the unmount.
+    _backing_dir: Option<tempfile::TempDir>,
     key: PathBuf,
     backing: PathBuf,
     mnt: PathBuf,
@@ -176,8 +183,23 @@ impl TestFs {
         fs
     }
 
-    /// A fresh filesystem (key made, mkfs run), not mounted yet.
+    /// A fresh filesystem (key made, mkfs run), not mounted yet. The backing directory goes
+    /// under `$DIGIMEDFS_TEST_BACKING_ROOT` if that is set (e.g. a CephFS mount), else next to
+    /// the key and the mountpoint in a local temporary directory.
     pub fn unmounted(options: &[&str]) -> Self {
+        match std::env::var_os(BACKING_ROOT_ENV) {
+            Some(root) if !root.is_empty() => Self::unmounted_on(Path::new(&root), options),
+            _ => Self::unmounted_in(None, options),
+        }
+    }
+
+    /// A fresh filesystem, not mounted yet, whose backing directory is a new directory under
+    /// `root` (for example a CephFS mount); the key and the mountpoint stay local.
+    pub fn unmounted_on(root: &Path, options: &[&str]) -> Self {
+        Self::unmounted_in(Some(root), options)
+    }
+
+    fn unmounted_in(root: Option<&Path>, options: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("digimedfs-e2e-")
             .tempdir()
@@ -186,7 +208,16 @@ impl TestFs {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod temp dir");
         let key = dir.path().join("key");
-        let backing = dir.path().join("backing");
+        let backing_dir = root.map(|root| {
+            tempfile::Builder::new()
+                .prefix("digimedfs-e2e-")
+                .tempdir_in(root)
+                .unwrap_or_else(|e| panic!("create a temp dir under {}: {e}", root.display()))
+        });
+        let backing = match &backing_dir {
+            Some(d) => d.path().join("backing"),
+            None => dir.path().join("backing"),
+        };
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&backing).expect("mkdir backing");
         std::fs::create_dir(&mnt).expect("mkdir mnt");
@@ -199,6 +230,7 @@ impl TestFs {
         );
         TestFs {
             dir,
+            _backing_dir: backing_dir,
             key,
             backing,
             mnt,

@@ -198,8 +198,10 @@ impl Filesystem {
         };
         // A backing directory older than what the anchor last saw is a rollback.
         key.check_anchor(&ctx, superblock.epoch)?;
-        let sled: Arc<dyn MetaStore> =
-            Arc::new(SledStore::open(&meta_path, opts.meta_cache_bytes)?);
+        let sled: Arc<dyn MetaStore> = dir.fenced(Arc::new(SledStore::open(
+            &meta_path,
+            opts.meta_cache_bytes,
+        )?))?;
         let meta = Arc::new(crate::meta::BufferedStore::new(sled, META_GROUP_KEYS));
         let objects = Arc::new(DirObjects::open(&dir.path(OBJECTS_DIR))?);
         let parts = Parts {
@@ -895,6 +897,8 @@ impl Inner {
     pub(crate) fn check_writable(&self, op: &str) -> Result<()> {
         if self.read_only {
             Err(posix(libc::EROFS, format!("{op}: read-only filesystem")))
+        } else if let Some(e) = self.backing.as_ref().and_then(|b| b.fenced_error(op)) {
+            Err(e)
         } else {
             Ok(())
         }
