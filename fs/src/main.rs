@@ -326,6 +326,14 @@ fn spawn_background(args: &MountArgs) -> anyhow::Result<()> {
         cmd.arg("--ca-file").arg(ca);
     }
     cmd.arg("--").arg(&args.backing_dir).arg(&args.mountpoint);
+    // glibc gives each of the FUSE threads its own malloc arena (up to 8 per core); blocks
+    // allocated by one thread and freed by the writeback thread then stay spread over many
+    // arenas. Two arenas cut the daemon's peak memory from 254 to 222 MiB (1 GiB dd, then
+    // extracting /usr/include and /usr/share/doc); dd and tar timings moved less than the
+    // machine's noise. An explicit setting by the admin wins.
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        cmd.env("MALLOC_ARENA_MAX", "2");
+    }
     cmd.stdin(Stdio::null())
         .stdout(OwnedFd::from(to_child))
         .stderr(OwnedFd::from(to_child_err));
