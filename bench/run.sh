@@ -11,6 +11,9 @@
 #               (mem = record peak VmHWM of each daemon; it piggybacks on the others)
 #   REPS        repetitions per workload  [3]
 #   SCRATCH     scratch dir (not tmpfs)   [/var/tmp/digimedfs-bench]
+#   BACKING_ROOT  where every peer's backing dir (and raw's work dir) goes  [$SCRATCH/back]
+#               e.g. a CephFS mount: BACKING_ROOT=$DIGIMEDFS_CEPH_A/bench (tests/cephfs/cluster);
+#               mountpoints, logs, binaries and the tarball stay in SCRATCH
 #   SEQ_MB      sequential file size, MiB [1024]
 #   RAND_MB     fio file size, MiB        [256]
 #   RAND_SECS   fio runtime per run, s    [10]
@@ -67,12 +70,17 @@ fi
 
 mkdir -p "$SCRATCH" || die "cannot create $SCRATCH"
 SCRATCH="$(cd "$SCRATCH" && pwd)"
+BACK="${BACKING_ROOT:-$SCRATCH/back}"
+mkdir -p "$BACK" || die "cannot create $BACK"
+BACK="$(cd "$BACK" && pwd)"
+back_fstype="$(findmnt -n -o FSTYPE -T "$BACK")"
+[[ "$back_fstype" == tmpfs || "$back_fstype" == ramfs ]] && die "$BACK is on $back_fstype; use a disk-backed or network dir"
 fstype="$(findmnt -n -o FSTYPE -T "$SCRATCH")"
 [[ "$fstype" == tmpfs || "$fstype" == ramfs ]] && die "$SCRATCH is on $fstype; use a disk-backed dir"
 
 # Snapshot the binaries: others may rebuild target/ while we run.
 BIN="$SCRATCH/bin"
-mkdir -p "$BIN" "$SCRATCH/logs" "$SCRATCH/mnt" "$SCRATCH/back"
+mkdir -p "$BIN" "$SCRATCH/logs" "$SCRATCH/mnt"
 if has digimedfs "$FS"; then
     cp "$REPO/target/release/digimedfs" "$REPO/target/release/mkfs-digimed" "$BIN/" || die "digimedfs binaries missing"
     # Record what was snapshotted: HEAD may move while the benchmark runs.
@@ -93,7 +101,8 @@ cleanup() {
         fi
     done
     if [[ -z "${KEEP_SCRATCH:-}" && -n "$SCRATCH" ]]; then
-        rm -rf "$SCRATCH/back" "$SCRATCH/mnt" "$SCRATCH/tree.tar" 2>/dev/null
+        rm -rf "$SCRATCH/mnt" "$SCRATCH/tree.tar" 2>/dev/null
+        if [[ "$BACK" == "$SCRATCH/back" ]]; then rm -rf "$BACK" 2>/dev/null; else rmdir "$BACK" 2>/dev/null; fi
     fi
 }
 trap cleanup EXIT
@@ -119,7 +128,7 @@ fail() {
 # ------------------------------------------------------------ per-fs ops
 # Each fs has: backing dir B, mountpoint M, and the dir the workloads use (W).
 fs_init() { # fs
-    local fs=$1 B="$SCRATCH/back/$1"
+    local fs=$1 B="$BACK/$1"
     rm -rf "$B"
     mkdir -p "$B" "$SCRATCH/mnt/$fs"
     case $fs in
@@ -136,7 +145,7 @@ fs_init() { # fs
 }
 
 fs_mount() { # fs
-    local fs=$1 B="$SCRATCH/back/$1" M="$SCRATCH/mnt/$1"
+    local fs=$1 B="$BACK/$1" M="$SCRATCH/mnt/$1"
     case $fs in
     raw) return 0 ;;
     bindfs) bindfs "$B" "$M" ;;
@@ -212,7 +221,7 @@ fs_abort() { # fs
     return 0
 }
 
-workdir() { [[ $1 == raw ]] && echo "$SCRATCH/back/raw" || echo "$SCRATCH/mnt/$1"; }
+workdir() { [[ $1 == raw ]] && echo "$BACK/raw" || echo "$SCRATCH/mnt/$1"; }
 
 # timed FS METRIC REP CMD...  -> prints seconds on success
 timed() {
@@ -317,7 +326,7 @@ wl_tree() { # fs rep
 
 # ------------------------------------------------------------ main
 T_START=$(now)
-log "scratch $SCRATCH ($fstype on $(df --output=source "$SCRATCH" | tail -1)); FS='$FS' WORKLOADS='$WORKLOADS' REPS=$REPS"
+log "scratch $SCRATCH ($fstype on $(df --output=source "$SCRATCH" | tail -1)); backing dirs in $BACK ($back_fstype); FS='$FS' WORKLOADS='$WORKLOADS' REPS=$REPS"
 
 if has tree "$WORKLOADS"; then
     log "building tree tarball from: $TREE_SRC"
@@ -361,7 +370,7 @@ for fs in $FS; do
     elif [[ $fs != raw ]] && mountpoint -q "$SCRATCH/mnt/$fs"; then
         fs_umount "$fs" || log "WARN: unmount of $fs failed"
     fi
-    rm -rf "$SCRATCH/back/$fs"
+    rm -rf "${BACK:?}/$fs"
 done
 
 ELAPSED=$(awk -v a="$T_START" -v b="$(now)" 'BEGIN{printf "%.0f", b-a}')
@@ -373,6 +382,7 @@ mkdir -p "$(dirname "$RESULTS")"
     echo
     echo "- host: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
     echo "- scratch: $SCRATCH on $(df --output=source "$SCRATCH" | tail -1) ($fstype; mount opts: $(findmnt -n -o OPTIONS -T "$SCRATCH"))"
+    echo "- backing dirs (and raw's work dir): $BACK on $(findmnt -n -o SOURCE -T "$BACK") ($back_fstype; mount opts: $(findmnt -n -o OPTIONS -T "$BACK"))"
     echo "- digimedfs: binary snapshotted at start, built ${BIN_TIME:-?}; HEAD then ${BIN_REV:-?}, at the end $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)"
     echo "- peers: $(gocryptfs -version 2>/dev/null | cut -d';' -f1); $(cryfs --version 2>/dev/null | head -1); securefs $(dpkg-query -W -f='${Version}' securefs 2>/dev/null); $(bindfs --version 2>/dev/null | head -1); $(fio --version)"
     echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg) (other CPU load skews every number)"

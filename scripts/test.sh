@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit/integration tests and the end-to-end tests on
-# real FUSE mounts. Needs fuse3 (fusermount3) and /dev/fuse; run as root for the mount tests.
+# real FUSE mounts, including the ones on a live CephFS shared by two clients (a throwaway
+# cluster from tests/cephfs/cluster, started here and stopped on exit). Needs fuse3
+# (fusermount3) and /dev/fuse; run as root for the mount tests and the cluster.
+#
+# DIGIMEDFS_SKIP_CEPH=1 skips the cluster and the CephFS tests (they say so when skipped).
+# A cluster that already runs (tests/cephfs/cluster start by hand) is used and left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
+if [[ "${DIGIMEDFS_SKIP_CEPH:-}" != 1 ]]; then
+    if ! tests/cephfs/cluster status >/dev/null 2>&1; then
+        trap 'tests/cephfs/cluster stop' EXIT
+        tests/cephfs/cluster start
+    fi
+    eval "$(tests/cephfs/cluster env)"
+fi
 cargo test --workspace
