@@ -377,6 +377,8 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Every problem, one line each, naming the file.
     pub problems: Vec<String>,
+    /// Whether the manifest MAC was checked (with keys) and verified.
+    pub mac_verified: bool,
 }
 
 /// Checks a copy of a point against its manifest without keys: every listed file present with
@@ -448,6 +450,82 @@ pub fn verify_copy(copy: &Path) -> Result<VerifyReport> {
         mac,
         bytes,
         problems,
+        mac_verified: false,
+    })
+}
+
+/// [`verify_copy`], plus the manifest MAC if `key` is given (a MAC failure is an error).
+pub fn verify(copy: &Path, key: Option<&dyn crate::keysource::KeySource>) -> Result<VerifyReport> {
+    let mut report = verify_copy(copy)?;
+    if let Some(key) = key {
+        verify_manifest_mac(copy, &report, key)?;
+        report.mac_verified = true;
+    }
+    Ok(report)
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.problems {
+            writeln!(f, "{p}")?;
+        }
+        if self.problems.is_empty() {
+            write!(
+                f,
+                "complete copy of point {} ({} files, {} bytes, all hashes match{})",
+                self.manifest.point,
+                self.files,
+                self.bytes,
+                if self.mac_verified {
+                    ", manifest MAC verified"
+                } else {
+                    ""
+                }
+            )
+        } else {
+            write!(
+                f,
+                "{} problem(s): the copy is not point {} as taken",
+                self.problems.len(),
+                self.manifest.point
+            )
+        }
+    }
+}
+
+impl std::fmt::Display for RestoreReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uuid = crate::core::format_uuid(&self.manifest.fs_uuid);
+        write!(
+            f,
+            "restored point {} of filesystem {uuid} (epoch {}, taken at unix time {}) into {}: \
+             {} metadata records, {} data objects.\nCheck it with `fsck.digimed -n {}`. A \
+             filesystem unlocked by the key service will be refused as a rollback until an admin \
+             runs `digimed-keyservice accept-rollback STATE_DIR {uuid}`.",
+            self.manifest.point,
+            self.manifest.epoch,
+            self.manifest.taken,
+            self.target.display(),
+            self.records,
+            self.objects,
+            self.target.display(),
+        )
+    }
+}
+
+/// One line about the current point of `backing`.
+pub fn status(backing: &Path) -> Result<String> {
+    Ok(match current_point(backing)? {
+        Some(m) => format!(
+            "point {} of filesystem {} taken at unix time {} (epoch {}), {} files; copy {}",
+            m.point,
+            crate::core::format_uuid(&m.fs_uuid),
+            m.taken,
+            m.epoch,
+            m.entries.len(),
+            backing.join(BACKUP_DIR).join(POINT_DIR).display()
+        ),
+        None => format!("no backup point in {}", backing.display()),
     })
 }
 
@@ -511,6 +589,8 @@ pub struct RestoreReport {
     pub records: u64,
     /// Data objects copied.
     pub objects: usize,
+    /// The new backing directory.
+    pub target: PathBuf,
 }
 
 /// Turns a verified copy of a point into a new backing directory at `target` (missing or
@@ -611,6 +691,7 @@ pub fn restore(copy: &Path, target: &Path) -> Result<RestoreReport> {
         manifest,
         records,
         objects,
+        target: target.to_path_buf(),
     })
 }
 

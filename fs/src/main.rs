@@ -222,69 +222,25 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
             println!("{}", b::end(&backing, Duration::from_secs(timeout))?);
         }
         cli::BackupCommand::Status { target } => {
-            let backing = b::resolve_backing(&target)?;
-            match b::current_point(&backing)? {
-                Some(m) => println!(
-                    "point {} of filesystem {} taken at unix time {} (epoch {}), {} files; copy {}",
-                    m.point,
-                    digimedfs::core::format_uuid(&m.fs_uuid),
-                    m.taken,
-                    m.epoch,
-                    m.entries.len(),
-                    backing.join(b::BACKUP_DIR).join(b::POINT_DIR).display()
-                ),
-                None => println!("no backup point in {}", backing.display()),
-            }
+            println!("{}", b::status(&b::resolve_backing(&target)?)?);
         }
         cli::BackupCommand::Verify {
             key_file,
             service,
             copy,
         } => {
-            let report = b::verify_copy(&copy)?;
-            for p in &report.problems {
-                println!("{p}");
-            }
-            let mac = match cli::optional_key_spec(&key_file, &service)? {
-                Some(spec) => {
-                    let key = key_source(&spec)?;
-                    b::verify_manifest_mac(&copy, &report, key.as_ref())?;
-                    ", manifest MAC verified"
-                }
-                None => "",
+            let key = match cli::optional_key_spec(&key_file, &service)? {
+                Some(spec) => Some(key_source(&spec)?),
+                None => None,
             };
+            let report = b::verify(&copy, key.as_deref())?;
+            println!("{report}");
             if !report.problems.is_empty() {
-                anyhow::bail!(
-                    "{}: {} problem(s): the copy is not point {} as taken",
-                    copy.display(),
-                    report.problems.len(),
-                    report.manifest.point
-                );
+                return Err(AlreadyReported.into());
             }
-            println!(
-                "{}: complete copy of point {} ({} files, {} bytes, all hashes match{mac})",
-                copy.display(),
-                report.manifest.point,
-                report.files,
-                report.bytes
-            );
         }
         cli::BackupCommand::Restore { copy, target } => {
-            let r = b::restore(&copy, &target)?;
-            println!(
-                "restored point {} of filesystem {} (epoch {}, taken at unix time {}) into {}: {} metadata records, {} data objects.\n\
-                 Check it with `fsck.digimed -n {}`. A filesystem unlocked by the key service will be refused as a rollback until an admin runs \
-                 `digimed-keyservice accept-rollback STATE_DIR {}`.",
-                r.manifest.point,
-                digimedfs::core::format_uuid(&r.manifest.fs_uuid),
-                r.manifest.epoch,
-                r.manifest.taken,
-                target.display(),
-                r.records,
-                r.objects,
-                target.display(),
-                digimedfs::core::format_uuid(&r.manifest.fs_uuid),
-            );
+            println!("{}", b::restore(&copy, &target)?);
         }
     }
     Ok(())
