@@ -4,6 +4,8 @@
 //! and fusermount3. Each test makes its own key, backing directory and mountpoint, so they may
 //! run in parallel.
 
+#[path = "e2e/backup.rs"]
+mod backup;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/integrity.rs"]
