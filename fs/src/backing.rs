@@ -132,9 +132,11 @@ impl BackingDir {
                 .map_err(|e| Error::io(&tmp, e))?;
             f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
             f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+            let rename = || std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e));
             if name == SUPERBLOCK {
-                self.fence.arm(bytes);
+                self.fence.replacing(bytes, rename)?;
+            } else {
+                rename()?;
             }
             self.sync_dir()?;
         }
@@ -253,12 +255,16 @@ impl Fence {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Remembers `superblock` as what this mount last wrote to storage.
-    pub fn arm(&self, superblock: &[u8]) {
+    /// Runs `replace` (which puts `superblock` on storage) and remembers it as this mount's,
+    /// holding the fence's state throughout: a check on another thread must never read the new
+    /// superblock while this mount still expects the old one (it would fence itself).
+    pub fn replacing(&self, superblock: &[u8], replace: impl FnOnce() -> Result<()>) -> Result<()> {
         let mut st = self.state();
+        replace()?;
         if st.fenced.is_none() {
             st.ours = Some(superblock.to_vec());
         }
+        Ok(())
     }
 
     /// Whether another mount took over (as far as this process has seen).

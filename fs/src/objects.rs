@@ -52,10 +52,14 @@ pub trait ObjectStore: Send + Sync {
     fn point_gate(&self) -> Option<Arc<RwLock<()>>> {
         None
     }
-    /// Hard-links every object into `dest/XX/<id>` and keeps those links' contents unchanged
-    /// from then on (copy-on-write). The caller holds the point gate exclusively. Returns every
-    /// frozen object with its length.
-    fn freeze_into(&self, dest: &Path) -> Result<Vec<(ObjectId, u64)>> {
+    /// Hard-links every object that `wanted` accepts into `dest/XX/<id>` and keeps those
+    /// links' contents unchanged from then on (copy-on-write). The caller holds the point gate
+    /// exclusively. Returns every frozen object with its length.
+    fn freeze_into(
+        &self,
+        dest: &Path,
+        _wanted: &dyn Fn(&ObjectId) -> bool,
+    ) -> Result<Vec<(ObjectId, u64)>> {
         Err(Error::invalid(format!(
             "{}: this object store cannot take backup points",
             dest.display()
@@ -358,8 +362,13 @@ impl ObjectStore for DirObjects {
         Some(self.gate.clone())
     }
 
-    fn freeze_into(&self, dest: &Path) -> Result<Vec<(ObjectId, u64)>> {
-        let objects = self.list()?;
+    fn freeze_into(
+        &self,
+        dest: &Path,
+        wanted: &dyn Fn(&ObjectId) -> bool,
+    ) -> Result<Vec<(ObjectId, u64)>> {
+        let mut objects = self.list()?;
+        objects.retain(|(id, _)| wanted(id));
         // Mark first: from here on every mutation checks the link count.
         self.point_active.store(true, Ordering::Release);
         lock(&self.private).clear();

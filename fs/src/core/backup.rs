@@ -112,7 +112,33 @@ impl Inner {
             let mut dump = DumpWriter::create(&new.join(DUMP), &fs_uuid)?;
             let mut digest = [0u8; 32];
             let mut failed = None;
+            // Only objects an inode of the dump refers to belong to the point: a deleted file's
+            // object is removed only after the deletion is durable, and a file moving out of
+            // inline storage gets its object before its inode points at it.
+            let mut referenced = std::collections::HashSet::new();
             self.records.store().scan(&[], None, &mut |k, v| {
+                if k.first() == Some(&crate::format::records::prefix::INODE) {
+                    let ino = k
+                        .get(1..9)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    let inode = self
+                        .records
+                        .open(k, v)
+                        .and_then(|plain| crate::format::records::Inode::decode(ino, &plain));
+                    match inode {
+                        Ok(inode) => {
+                            if let crate::format::records::Storage::Object(id) = inode.storage {
+                                referenced.insert(id);
+                            }
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            return Ok(false);
+                        }
+                    }
+                }
                 let m = self.keys.digest.mac_parts(&[k, v]);
                 for (a, b) in digest.iter_mut().zip(m.iter()) {
                     *a ^= b;
@@ -127,7 +153,9 @@ impl Inner {
                 return Err(e);
             }
             let records = dump.finish()?;
-            let frozen = self.objects.freeze_into(&new.join("objects"))?;
+            let frozen = self
+                .objects
+                .freeze_into(&new.join("objects"), &|id| referenced.contains(id))?;
             (records, digest, frozen, freeze_start.elapsed())
         };
 

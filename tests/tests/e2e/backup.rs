@@ -396,7 +396,7 @@ fn safe_update_workload(root: PathBuf, stop: Arc<AtomicBool>) -> Vec<Op> {
         }
         s += 1;
         // Busy, but not so busy that checking four restored copies takes minutes.
-        if s % 2 == 0 {
+        if s.is_multiple_of(2) {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
