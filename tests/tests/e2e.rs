@@ -6,6 +6,8 @@
 
 #[path = "e2e/backup.rs"]
 mod backup;
+#[path = "e2e/cephfs.rs"]
+mod cephfs;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/integrity.rs"]
