@@ -318,33 +318,53 @@ impl Inner {
             return Ok(id);
         }
         let ino = n.inode.ino;
-        let mut block = vec![0u8; self.block_size as usize];
-        let l = data.len().min(block.len());
-        if let (Some(d), Some(s)) = (block.get_mut(..l), data.get(..l)) {
-            d.copy_from_slice(s);
-        }
+        let bs = self.block_size as usize;
+        // The inline contents as whole blocks (the last one zero-padded).
+        let blocks: Vec<Box<[u8]>> = data
+            .chunks(bs)
+            .map(|part| {
+                let mut block = vec![0u8; bs];
+                if let Some(d) = block.get_mut(..part.len()) {
+                    d.copy_from_slice(part);
+                }
+                block.into_boxed_slice()
+            })
+            .collect();
         if !had_inline {
-            n.dirty.insert(0, block.into_boxed_slice());
-            self.dirty_bytes
-                .fetch_add(self.block_size as usize, Ordering::Relaxed);
+            for (idx, block) in blocks.into_iter().enumerate() {
+                n.dirty.insert(idx as u64, block);
+                self.dirty_bytes.fetch_add(bs, Ordering::Relaxed);
+            }
             return Ok(id);
         }
-        let gen = self.alloc_gens(1)?;
-        self.keys.data.encrypt_block(ino, gen, &mut block)?;
-        let tag = self.keys.blocks.tag(ino, 0, gen, &block);
-        self.objects.write_at(&id, 0, &block)?;
-        self.objects.sync(&id)?;
+        let count = blocks.len() as u64;
+        if count > CHUNK_BLOCKS {
+            return Err(Error::integrity(format!(
+                "inode {ino}: inline contents of {} bytes exceed one chunk",
+                data.len()
+            )));
+        }
+        let first_gen = self.alloc_gens(count)?;
+        let mut ciphertext = Vec::with_capacity(blocks.len() * bs);
         let mut ch = Chunk::default();
-        ch.entries.insert(
-            0,
-            BlockEntry {
-                cur: BlockVersion {
-                    generation: gen,
-                    tag,
+        for (idx, mut block) in blocks.into_iter().enumerate() {
+            let gen = first_gen + idx as u64;
+            self.keys.data.encrypt_block(ino, gen, &mut block)?;
+            let tag = self.keys.blocks.tag(ino, idx as u64, gen, &block);
+            ciphertext.extend_from_slice(&block);
+            ch.entries.insert(
+                idx as u8,
+                BlockEntry {
+                    cur: BlockVersion {
+                        generation: gen,
+                        tag,
+                    },
+                    prev: None,
                 },
-                prev: None,
-            },
-        );
+            );
+        }
+        self.objects.write_at(&id, 0, &ciphertext)?;
+        self.objects.sync(&id)?;
         let mut b = self.records.batch();
         b.put_chunk(ino, 0, &ch);
         b.delete_key(&crate::format::records::ino_prefix(

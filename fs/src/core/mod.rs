@@ -106,6 +106,8 @@ pub(crate) struct Node {
     /// Loaded inline contents (storage None/Inline), with `inline_dirty` if not yet stored.
     pub(crate) inline: Option<Vec<u8>>,
     pub(crate) inline_dirty: bool,
+    /// Bytes this node counts towards the dirty-memory bound for its unstored inline contents.
+    pub(crate) inline_charge: usize,
     /// Plaintext of blocks written but not yet written back, each exactly one block long.
     pub(crate) dirty: BTreeMap<u64, Box<[u8]>>,
     /// The inode was deleted (purged); the node must not be written.
@@ -151,9 +153,8 @@ pub(crate) struct Inner {
     next_fh: AtomicU64,
     counters: Mutex<CounterState>,
     pub(crate) dirty_bytes: AtomicUsize,
-    /// Nodes whose inline contents are not yet stored (each counts as up to 4 KiB of dirty
-    /// memory towards `max_dirty`).
-    pub(crate) inline_dirty_nodes: AtomicUsize,
+    /// Bytes of inline contents not yet stored (towards `max_dirty`).
+    pub(crate) inline_dirty_bytes: AtomicUsize,
     /// Chunks whose entries carry a `prev` version (data not yet known durable).
     pub(crate) pending: Mutex<HashSet<(u64, u64)>>,
     pub(crate) chunk_cache: Mutex<lru::LruCache<(u64, u64), Chunk>>,
@@ -279,7 +280,7 @@ impl Filesystem {
                 gen_reserved: counters.gen_reserved,
             }),
             dirty_bytes: AtomicUsize::new(0),
-            inline_dirty_nodes: AtomicUsize::new(0),
+            inline_dirty_bytes: AtomicUsize::new(0),
             pending: Mutex::new(HashSet::new()),
             chunk_cache: Mutex::new(lru::LruCache::new(chunk_cap)),
             doomed: Mutex::new(Vec::new()),
@@ -939,6 +940,7 @@ impl Inner {
             open_count: 0,
             inline: None,
             inline_dirty: false,
+            inline_charge: 0,
             dirty: BTreeMap::new(),
             purged: false,
         }));
@@ -993,6 +995,10 @@ impl Inner {
         let purge = {
             let mut n = lock(&node);
             n.open_count = n.open_count.saturating_sub(1);
+            if n.open_count == 0 && !n.inline_dirty {
+                // Stored: keep memory bounded by not caching contents of closed files.
+                n.inline = None;
+            }
             n.open_count == 0 && n.inode.nlink == 0 && !n.purged
         };
         if purge {
@@ -1011,23 +1017,29 @@ impl Inner {
         Ok(())
     }
 
-    /// Sets a node's inline-dirty flag, keeping the dirty-memory account right.
+    /// Sets a node's inline-dirty flag and recounts its unstored inline bytes (call it again
+    /// after changing dirty inline contents).
     pub(crate) fn set_inline_dirty(&self, n: &mut Node, dirty: bool) {
-        if n.inline_dirty != dirty {
-            if dirty {
-                self.inline_dirty_nodes.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.inline_dirty_nodes.fetch_sub(1, Ordering::Relaxed);
-            }
-            n.inline_dirty = dirty;
+        n.inline_dirty = dirty;
+        let charge = if dirty {
+            n.inline.as_ref().map_or(0, Vec::len).max(512)
+        } else {
+            0
+        };
+        if charge >= n.inline_charge {
+            self.inline_dirty_bytes
+                .fetch_add(charge - n.inline_charge, Ordering::Relaxed);
+        } else {
+            self.inline_dirty_bytes
+                .fetch_sub(n.inline_charge - charge, Ordering::Relaxed);
         }
+        n.inline_charge = charge;
     }
 
     /// Whether buffered writes exceed the dirty-memory bound.
     pub(crate) fn over_dirty_limit(&self) -> bool {
-        let inline = self.inline_dirty_nodes.load(Ordering::Relaxed)
-            * crate::format::records::INLINE_MAX as usize;
-        self.dirty_bytes.load(Ordering::Relaxed) + inline > self.max_dirty
+        self.dirty_bytes.load(Ordering::Relaxed) + self.inline_dirty_bytes.load(Ordering::Relaxed)
+            > self.max_dirty
     }
 
     pub(crate) fn drop_dirty(&self, n: &mut Node) {

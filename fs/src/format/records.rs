@@ -31,8 +31,12 @@ pub mod prefix {
 
 /// Blocks described by one chunk record.
 pub const CHUNK_BLOCKS: u64 = 64;
-/// Files up to this size live inline in the metadata store, with no data object.
-pub const INLINE_MAX: u64 = 4096;
+/// Files up to this size live inline in the metadata store, with no data object. On shared
+/// storage every object costs round trips to the metadata server (create, open, unlink); most
+/// research small files (sources, configs, notes, small tables) fit here. At most
+/// [`CHUNK_BLOCKS`] blocks of the smallest block size, so a file leaving inline storage needs
+/// one chunk record.
+pub const INLINE_MAX: u64 = 64 * 1024;
 const INODE_VERSION: u8 = 1;
 const CHUNK_VERSION: u8 = 1;
 
