@@ -88,6 +88,10 @@ pub struct DirObjects {
     private: Mutex<std::collections::HashSet<ObjectId>>,
     /// Serializes copy-on-write so one object is copied once.
     cow: Mutex<()>,
+    /// Whether syncfs(2) on the backing filesystem makes written data durable. Not on FUSE
+    /// (ceph-fuse keeps written data in its own cache until each file is fsynced) nor on
+    /// network filesystems; there every dirty object gets its own fdatasync.
+    syncfs_is_durable: bool,
 }
 
 impl DirObjects {
@@ -109,6 +113,7 @@ impl DirObjects {
             point_active: AtomicBool::new(point_active),
             private: Mutex::new(Default::default()),
             cow: Mutex::new(()),
+            syncfs_is_durable: local_filesystem(root),
         })
     }
 
@@ -304,7 +309,7 @@ impl ObjectStore for DirObjects {
 
     fn sync_all(&self) -> Result<()> {
         let ids: Vec<ObjectId> = lock(&self.dirty).drain().collect();
-        if ids.len() > SYNCFS_THRESHOLD {
+        if ids.len() > SYNCFS_THRESHOLD && self.syncfs_is_durable {
             // One syncfs(2) of the backing filesystem beats thousands of fdatasync calls (one
             // journal commit instead of one per object).
             use std::os::fd::AsRawFd;
@@ -386,6 +391,26 @@ impl ObjectStore for DirObjects {
         self.point_active.store(active, Ordering::Release);
         lock(&self.private).clear();
     }
+}
+
+/// Whether `path` is on a local disk filesystem whose syncfs(2) is a full data barrier.
+fn local_filesystem(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const LOCAL: [i64; 5] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0x2FC1_2FC1, // zfs
+    ];
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs with a valid NUL-terminated path and a zeroed, properly sized out-struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `st` outlives the call.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && LOCAL.contains(&(st.f_type as i64))
 }
 
 /// Copies `src` to `dst` keeping holes: only the data ranges (SEEK_DATA/SEEK_HOLE) are copied,
@@ -664,5 +689,55 @@ impl ObjectStore for MemObjects {
             .iter()
             .map(|(k, v)| (*k, v.view.len() as u64))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syncfs_is_trusted_only_on_local_disk_filesystems() {
+        // procfs is no disk filesystem; FUSE and network mounts are refused the same way.
+        assert!(!local_filesystem(Path::new("/proc")));
+        assert!(!local_filesystem(Path::new("/no/such/path")));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let on_disk = local_filesystem(dir.path());
+        let fs_type = std::process::Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(dir.path())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let expected = ["ext2/ext3", "xfs", "btrfs", "tmpfs", "zfs"].contains(&fs_type.as_str());
+        assert_eq!(on_disk, expected, "temp dir on {fs_type}");
+    }
+
+    #[test]
+    fn copy_sparse_keeps_contents_length_and_holes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let src = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&a)
+            .expect("create a");
+        src.write_all_at(b"head", 0).expect("write");
+        src.write_all_at(b"tail", 10 << 20).expect("write");
+        src.set_len((12 << 20) + 3).expect("len");
+        let dst = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&b)
+            .expect("create b");
+        copy_sparse(&src, &a, &dst, &b).expect("copy");
+        assert_eq!(std::fs::read(&a).expect("a"), std::fs::read(&b).expect("b"));
+        use std::os::unix::fs::MetadataExt;
+        let blocks = dst.metadata().expect("meta").blocks();
+        assert!(blocks < 1024, "the hole was filled: {blocks} sectors");
     }
 }
