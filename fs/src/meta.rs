@@ -714,6 +714,16 @@ pub struct BufferedStore {
     /// Serializes hand-overs so groups reach the inner store in order.
     handover: Mutex<()>,
     limit: usize,
+    /// Bytes (keys and values) in `pending`: a group is also handed over when it holds this
+    /// many, so large inline records cannot pile up in memory.
+    pending_bytes: std::sync::atomic::AtomicUsize,
+}
+
+/// Bytes of buffered changes that trigger a hand-over regardless of their number.
+const GROUP_BYTES: usize = 2 << 20;
+
+fn entry_bytes(k: &[u8], v: &Option<Vec<u8>>) -> usize {
+    k.len() + v.as_ref().map_or(0, Vec::len)
 }
 
 impl BufferedStore {
@@ -725,6 +735,7 @@ impl BufferedStore {
             flushing: Mutex::new(BTreeMap::new()),
             handover: Mutex::new(()),
             limit: limit.max(1),
+            pending_bytes: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -735,6 +746,8 @@ impl BufferedStore {
             let mut pending = lock(&self.pending);
             let mut flushing = lock(&self.flushing);
             *flushing = std::mem::take(&mut *pending);
+            self.pending_bytes
+                .store(0, std::sync::atomic::Ordering::Relaxed);
             flushing.clone()
         };
         if group.is_empty() {
@@ -751,6 +764,9 @@ impl BufferedStore {
             for (k, v) in std::mem::take(&mut *flushing) {
                 pending.entry(k).or_insert(v);
             }
+            let bytes = pending.iter().map(|(k, v)| entry_bytes(k, v)).sum();
+            self.pending_bytes
+                .store(bytes, std::sync::atomic::Ordering::Relaxed);
             return res;
         }
         lock(&self.flushing).clear();
@@ -840,11 +856,20 @@ impl MetaStore for BufferedStore {
 
     fn apply(&self, batch: &Batch) -> Result<()> {
         let full = {
+            use std::sync::atomic::Ordering::Relaxed;
             let mut pending = lock(&self.pending);
             for (k, v) in &batch.ops {
-                pending.insert(k.clone(), v.clone());
+                let added = entry_bytes(k, v);
+                let removed = pending
+                    .insert(k.clone(), v.clone())
+                    .map_or(0, |old| entry_bytes(k, &old));
+                if added >= removed {
+                    self.pending_bytes.fetch_add(added - removed, Relaxed);
+                } else {
+                    self.pending_bytes.fetch_sub(removed - added, Relaxed);
+                }
             }
-            pending.len() >= self.limit
+            pending.len() >= self.limit || self.pending_bytes.load(Relaxed) >= GROUP_BYTES
         };
         if full {
             self.hand_over()?;

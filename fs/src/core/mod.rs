@@ -43,7 +43,7 @@ pub const NAME_MAX: usize = 255;
 const INO_RESERVE: u64 = 1 << 16;
 const GEN_RESERVE: u64 = 1 << 20;
 const NODE_CACHE: usize = 16_384;
-const CHUNK_CACHE: usize = 8_192;
+const CHUNK_CACHE: usize = 4_096;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// Changed metadata keys buffered in memory before they are handed to sled as one batch.
 const META_GROUP_KEYS: usize = 4096;
@@ -70,8 +70,8 @@ impl Default for OpenOptions {
         OpenOptions {
             read_only: false,
             force_unlock: false,
-            max_dirty_bytes: 48 << 20,
-            meta_cache_bytes: 24 << 20,
+            max_dirty_bytes: 32 << 20,
+            meta_cache_bytes: 16 << 20,
             check_permissions: true,
         }
     }
