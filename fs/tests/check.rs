@@ -7,7 +7,7 @@
 use digimedfs::backing::BackingDir;
 use digimedfs::check::{check, check_parts, CheckOptions, Mode, ProblemKind, Report};
 use digimedfs::core::{unlock_superblock, Ctx, Filesystem, OpenOptions, Parts, ROOT_INO};
-use digimedfs::format::records::{inode_key, prefix, Dirent, Storage};
+use digimedfs::format::records::{inode_key, prefix, Dirent, Storage, INLINE_MAX};
 use digimedfs::meta::{MetaStore, Records, SledStore};
 use digimedfs::mkfs::{mkfs, MkfsOptions};
 use digimedfs::testing::{MemImage, StaticKey};
@@ -83,6 +83,7 @@ fn build() -> Pristine {
     mkfs(&dir, &KEY, &MkfsOptions::default()).unwrap();
     let fs = Filesystem::open(&dir, &KEY, &OpenOptions::default()).unwrap();
     let mut files = Vec::new();
+    // Files up to INLINE_MAX live in the sealed metadata store, larger ones in a data object.
     for (i, (name, len)) in [
         ("small", 100),
         ("inline", 4000),
@@ -104,7 +105,7 @@ fn build() -> Pristine {
     }
     let d = fs.mkdir(&ROOT, ROOT_INO, b"d", 0o755, 0).unwrap().ino;
     let e = fs.mkdir(&ROOT, d, b"e", 0o755, 0).unwrap().ino;
-    let data = content(9, 70_000);
+    let data = content(9, INLINE_MAX as usize + 4464);
     let ino = write_file(&fs, e, "f", &data);
     files.push(TestFile {
         path: "/d/e/f".into(),
@@ -121,6 +122,12 @@ fn build() -> Pristine {
             let h = hex::encode(id);
             f.object = Some(PathBuf::from("objects").join(&h[..2]).join(&h));
         }
+        assert_eq!(
+            f.object.is_some(),
+            f.data.len() as u64 > INLINE_MAX,
+            "{}: storage kind",
+            f.path
+        );
     }
     fs.close().unwrap();
     drop(fs);
@@ -647,7 +654,9 @@ fn orphans_in_memory_image() {
     let (a, fh) = fs
         .create(&ROOT, ROOT_INO, b"gone", 0o644, 0, libc::O_RDWR)
         .unwrap();
-    fs.write(a.ino, fh, 0, &content(3, 50_000)).unwrap();
+    // Over INLINE_MAX: the orphan has a data object, which the repair must remove too.
+    fs.write(a.ino, fh, 0, &content(3, INLINE_MAX as usize + 50_000))
+        .unwrap();
     fs.fsync(a.ino, fh, false).unwrap();
     fs.unlink(&ROOT, ROOT_INO, b"gone").unwrap();
     fs.sync_all().unwrap();
@@ -664,6 +673,13 @@ fn orphans_in_memory_image() {
         objects: i.objects.clone() as Arc<dyn digimedfs::objects::ObjectStore>,
         backing: None,
     };
+    assert_eq!(
+        digimedfs::objects::ObjectStore::list(&*crashed.objects)
+            .unwrap()
+            .len(),
+        1,
+        "the orphan's data object"
+    );
     let r = check_parts(&parts(&crashed), &CheckOptions::default(), &mut ()).unwrap();
     assert_eq!(kinds(&r), [ProblemKind::OrphanInode]);
     assert_eq!(r.problems[0].ino, Some(a.ino));

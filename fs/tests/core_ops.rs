@@ -1,6 +1,8 @@
 //! Core operations one by one over the in-memory stores, including their errno cases.
 
 use digimedfs::core::{Ctx, FileKind, OpenOptions, SetAttr, ROOT_INO};
+use digimedfs::format::records::INLINE_MAX;
+use digimedfs::objects::ObjectStore;
 use digimedfs::testing::MemImage;
 
 const ROOT: Ctx = Ctx::ROOT;
@@ -17,7 +19,7 @@ fn errno<T: std::fmt::Debug>(r: digimedfs::Result<T>) -> i32 {
 
 #[test]
 fn create_write_read_small_and_large() {
-    let (_img, fs) = fs();
+    let (img, fs) = fs();
     let (a, fh) = fs
         .create(&ROOT, ROOT_INO, b"a", 0o644, 0o022, libc::O_RDWR)
         .unwrap();
@@ -25,7 +27,9 @@ fn create_write_read_small_and_large() {
     assert_eq!(a.perm, 0o644);
     fs.write(a.ino, fh, 0, b"hello").unwrap();
     assert_eq!(fs.read(a.ino, fh, 0, 100).unwrap(), b"hello");
+    // Grows the inline file past INLINE_MAX: its contents move to a data object.
     let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    assert!(10 + big.len() as u64 > INLINE_MAX);
     fs.write(a.ino, fh, 10, &big).unwrap();
     let got = fs.read(a.ino, fh, 0, 200_000).unwrap();
     assert_eq!(got.len(), 100_010);
@@ -34,6 +38,7 @@ fn create_write_read_small_and_large() {
     fs.fsync(a.ino, fh, false).unwrap();
     let got = fs.read(a.ino, fh, 4000, 10_000).unwrap();
     assert_eq!(&got[..], &big[3990..13990]);
+    assert_eq!(img.objects.list().unwrap().len(), 1, "no data object");
     fs.release(a.ino, fh).unwrap();
     assert_eq!(fs.getattr(a.ino).unwrap().size, 100_010);
 }
@@ -41,7 +46,10 @@ fn create_write_read_small_and_large() {
 #[test]
 fn reopen_keeps_everything_synced() {
     let img = MemImage::create(4096).unwrap();
-    let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7) as u8).collect();
+    // Over INLINE_MAX: a data object and its block map.
+    let data: Vec<u8> = (0..INLINE_MAX as u32 + 50_000)
+        .map(|i| (i * 7) as u8)
+        .collect();
     let ino;
     {
         let fs = img.open(&OpenOptions::default()).unwrap();
@@ -60,7 +68,8 @@ fn reopen_keeps_everything_synced() {
     let d = fs.lookup(&ROOT, ROOT_INO, b"dir").unwrap();
     let a = fs.lookup(&ROOT, d.ino, b"f").unwrap();
     assert_eq!(a.ino, ino);
-    assert_eq!(fs.read(a.ino, 0, 0, 100_000).unwrap(), data);
+    assert_eq!(img.objects.list().unwrap().len(), 1, "no data object");
+    assert_eq!(fs.read(a.ino, 0, 0, 1 << 20).unwrap(), data);
     assert_eq!(fs.getxattr(&ROOT, a.ino, b"user.k").unwrap(), b"v");
     let l = fs.lookup(&ROOT, d.ino, b"ln").unwrap();
     assert_eq!(fs.readlink(l.ino).unwrap(), b"f");

@@ -9,7 +9,8 @@
 //! back exactly its fsynced contents.
 
 use digimedfs::core::{Ctx, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO};
-use digimedfs::objects::CrashPoint;
+use digimedfs::format::records::INLINE_MAX;
+use digimedfs::objects::{CrashPoint, ObjectStore};
 use digimedfs::testing::MemImage;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -97,13 +98,14 @@ fn workload(img: &MemImage, crash: &CrashPoint, seed: u64) -> Outcome {
 
 type StepsFn = fn(&Filesystem, &mut Outcome, u64) -> digimedfs::Result<()>;
 
-/// Seed 0: the minimal sequence behind the truncate bug: a synced 3-block file is truncated
+/// Seed 0: the minimal sequence behind the truncate bug: a synced object-backed file (just
+/// over [`INLINE_MAX`], so it has a data object; blocks 0 and 1 among its blocks) is truncated
 /// into block 0 (entries dropped and flushed, the object's set_len not synced), then blocks 0
 /// and 1 are rewritten. After a crash, block 1's entry says "new version, or a hole", but the
 /// synced object still holds block 1's stale pre-truncate ciphertext, so it reads as EIO.
 fn truncate_steps(fs: &Filesystem, out: &mut Outcome, _seed: u64) -> digimedfs::Result<()> {
     let (a, fh) = fs.create(&ROOT, ROOT_INO, b"f", 0o644, 0, libc::O_RDWR)?;
-    fs.write(a.ino, fh, 0, &[1u8; 12288])?;
+    fs.write(a.ino, fh, 0, &vec![1u8; INLINE_MAX as usize + 8192])?;
     fs.fsync(a.ino, fh, false)?;
     out.ops = 1;
     fs.setattr(
@@ -132,11 +134,13 @@ fn steps(fs: &Filesystem, out: &mut Outcome, seed: u64) -> digimedfs::Result<()>
         let parent = dir_of(&path, d);
         let choice = rng.below(100);
         if !files.contains_key(&path) || choice < 15 {
-            // Create (or replace via O_TRUNC) with inline or object-backed contents.
-            let len = if rng.below(3) == 0 {
-                rng.below(4000)
-            } else {
-                4097 + rng.below(150_000)
+            // Create (or replace via O_TRUNC) with inline or object-backed contents: small
+            // inline files, inline files near INLINE_MAX (later writes and truncates move them
+            // to a data object), and files over INLINE_MAX (a data object from the start).
+            let len = match rng.below(6) {
+                0 | 1 => rng.below(4000),
+                2 => INLINE_MAX - rng.below(8000),
+                _ => INLINE_MAX + 1 + rng.below(150_000),
             } as usize;
             let data = bytes(&mut rng, len);
             out.synced.remove(&path);
@@ -266,11 +270,12 @@ fn check_image(img: &MemImage, synced: &BTreeMap<String, Vec<u8>>, what: &str) {
             want.len()
         );
     }
-    // The recovered image keeps working: write, sync, reopen.
+    // The recovered image keeps working: write (a new data object), sync, reopen.
     let (a, fh) = fs
         .create(&ROOT, ROOT_INO, b"after-crash", 0o644, 0, libc::O_RDWR)
         .unwrap();
-    fs.write(a.ino, fh, 0, &[7u8; 10_000]).unwrap();
+    fs.write(a.ino, fh, 0, &vec![7u8; INLINE_MAX as usize + 10_000])
+        .unwrap();
     fs.release(a.ino, fh).unwrap();
     fs.close()
         .unwrap_or_else(|e| panic!("{what}: close after recovery: {e}"));
@@ -319,7 +324,13 @@ fn crash_at_every_write_seed_4() {
 }
 
 fn crash_at_every_write(seed: u64) {
-    assert!(!crashes(u64::MAX, seed));
+    let (full, out) = crashed_at(u64::MAX, seed).expect("image without a crash point");
+    assert!(!out.crashed);
+    // The workload must exercise block writeback to data objects, not only inline records.
+    assert!(
+        !full.objects.list().unwrap().is_empty(),
+        "seed {seed}: the workload left no data object (files over INLINE_MAX)"
+    );
     // Total number of writes K: crashed_at(n) crashes iff n <= K.
     let (mut lo, mut hi) = (0u64, 1u64);
     while crashes(hi, seed) {

@@ -17,6 +17,7 @@
 
 use digimedfs::check::{check_parts, CheckOptions, Mode, Problem, ProblemKind, Report};
 use digimedfs::core::{Ctx, FileKind, Filesystem, OpenOptions, Parts, SetAttr, ROOT_INO};
+use digimedfs::format::records::INLINE_MAX;
 use digimedfs::format::superblock::FLAG_CLEAN;
 use digimedfs::meta::MetaStore;
 use digimedfs::objects::{CrashPoint, ObjectStore};
@@ -119,10 +120,12 @@ fn steps(fs: &Filesystem, seed: u64) -> digimedfs::Result<()> {
         let parent = dir_of(&path, d);
         let choice = rng.below(100);
         if !files.contains_key(&path) || choice < 15 {
-            let len = if rng.below(3) == 0 {
-                rng.below(4000)
-            } else {
-                4097 + rng.below(100_000)
+            // Small inline files, inline files near INLINE_MAX (later writes and truncates move
+            // them to a data object), and files over INLINE_MAX (a data object from the start).
+            let len = match rng.below(6) {
+                0 | 1 => rng.below(4000),
+                2 => INLINE_MAX - rng.below(8000),
+                _ => INLINE_MAX + 1 + rng.below(100_000),
             } as usize;
             let data = bytes(&mut rng, len);
             let (a, fh) = fs.create(
@@ -277,7 +280,8 @@ fn open_and_read_all(img: &MemImage, what: &str) {
     let (a, fh) = fs
         .create(&ROOT, ROOT_INO, b"after-fsck", 0o644, 0, libc::O_RDWR)
         .unwrap();
-    fs.write(a.ino, fh, 0, &[7u8; 10_000]).unwrap();
+    fs.write(a.ino, fh, 0, &vec![7u8; INLINE_MAX as usize + 10_000])
+        .unwrap();
     fs.release(a.ino, fh).unwrap();
     fs.close()
         .unwrap_or_else(|e| panic!("{what}: close after repair: {e}"));
@@ -327,7 +331,13 @@ fn check_crash_image(img: &MemImage, what: &str) -> BTreeSet<ProblemKind> {
 }
 
 fn crash_then_fsck(seed: u64) {
-    assert!(!crashes(u64::MAX, seed));
+    let (full, crashed) = crashed_at(u64::MAX, seed).expect("image without a crash point");
+    assert!(!crashed);
+    // The workload must exercise block writeback to data objects, not only inline records.
+    assert!(
+        !full.objects.list().unwrap().is_empty(),
+        "seed {seed}: the workload left no data object (files over INLINE_MAX)"
+    );
     let (mut lo, mut hi) = (0u64, 1u64);
     while crashes(hi, seed) {
         lo = hi;

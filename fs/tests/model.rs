@@ -7,9 +7,11 @@
 //! kinds, contents, sizes, link counts, hard-link identity, `..` entries, xattrs) matches the
 //! model after every reopen and at the end. Names come from a tiny namespace so collisions,
 //! replacements and `ENOTEMPTY`/`EISDIR`/`ENOTDIR` cases happen often; write offsets and sizes
-//! cover both inline (<= 4096 bytes) and object-backed files.
+//! cover both inline (<= [`INLINE_MAX`] bytes) and object-backed files, and inline files growing
+//! (or truncated) across `INLINE_MAX` into a data object.
 
 use digimedfs::core::{Ctx, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO};
+use digimedfs::format::records::INLINE_MAX;
 use digimedfs::testing::MemImage;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -108,14 +110,17 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     // Mostly the root, so that most operations find their parent.
     let p = || prop_oneof![2 => Just(0usize), 1 => Just(1usize), 1 => Just(2usize)];
     let n = || 0usize..5;
-    let off = || prop_oneof![0u64..4096, 0u64..200_000];
+    // Small offsets, offsets around INLINE_MAX (inline files growing into a data object) and
+    // offsets anywhere in files of a few times INLINE_MAX (object-backed).
+    let near_limit = || (INLINE_MAX - 8192)..(INLINE_MAX + 8192);
+    let off = || prop_oneof![3 => 0u64..4096, 1 => near_limit(), 2 => 0u64..INLINE_MAX * 3];
     // Zero-length writes are left to `zero_length_write_does_not_extend` (a known bug).
-    let len = || prop_oneof![1usize..4096, 1usize..20_000];
+    let len = || prop_oneof![3 => 1usize..4096, 1 => 1usize..INLINE_MAX as usize * 3];
     prop_oneof![
         5 => (p(), n(), 0usize..3).prop_map(|(p, n, f)| Op::Create { p, n, f }),
         8 => (p(), n(), off(), len(), any::<u8>()).prop_map(|(p, n, off, len, seed)| Op::Write { p, n, off, len, seed }),
-        3 => (p(), n(), prop_oneof![0u64..5000, 0u64..220_000]).prop_map(|(p, n, size)| Op::Truncate { p, n, size }),
-        3 => (p(), n(), 0u64..220_000, 0u32..70_000).prop_map(|(p, n, off, len)| Op::Read { p, n, off, len }),
+        3 => (p(), n(), prop_oneof![0u64..5000, near_limit(), 0u64..INLINE_MAX * 3 + 20_000]).prop_map(|(p, n, size)| Op::Truncate { p, n, size }),
+        3 => (p(), n(), 0u64..INLINE_MAX * 4, 0u32..INLINE_MAX as u32 + 5000).prop_map(|(p, n, off, len)| Op::Read { p, n, off, len }),
         5 => (p(), n(), p(), n(), 0usize..3).prop_map(|(p, n, np, nn, f)| Op::Rename { p, n, np, nn, f }),
         3 => (p(), n(), p(), n()).prop_map(|(p, n, np, nn)| Op::Link { p, n, np, nn }),
         3 => (p(), n()).prop_map(|(p, n)| Op::Unlink { p, n }),
@@ -829,7 +834,8 @@ fn run(ops: &[Op]) {
     };
     h.inos.insert(MROOT, ROOT_INO);
     let mut model = Model::new();
-    // A starting tree, so that most random operations find something to act on.
+    // A starting tree, so that most random operations find something to act on (/d1/b with a
+    // data object).
     let prelude = [
         Op::Mkdir { p: 0, n: 3 },
         Op::Mkdir { p: 0, n: 4 },
@@ -839,7 +845,7 @@ fn run(ops: &[Op]) {
             p: 1,
             n: 1,
             off: 0,
-            len: 10_000,
+            len: INLINE_MAX as usize + 10_000,
             seed: 9,
         },
         Op::Create { p: 2, n: 2, f: 0 },
@@ -849,8 +855,20 @@ fn run(ops: &[Op]) {
         let (got, new_ino) = h.apply(op);
         assert_eq!(got, want, "op #{i} {op:?}: core and model disagree");
         if std::env::var_os("MODEL_STATS").is_some() {
+            // For data operations that succeeded: whether the file is now over INLINE_MAX.
+            let size_class = match (op, &got) {
+                (Op::Write { p, n, .. } | Op::Truncate { p, n, .. }, Out::Done) => {
+                    let ino = h.target(*p, *n).unwrap();
+                    if h.fs().getattr(ino).unwrap().size > INLINE_MAX {
+                        " over-inline-max"
+                    } else {
+                        " inline"
+                    }
+                }
+                _ => "",
+            };
             eprintln!(
-                "STAT {} {}",
+                "STAT {} {}{size_class}",
                 format!("{op:?}").split([' ', '{']).next().unwrap(),
                 match &got {
                     Out::Err(e) => format!("E{e}"),
@@ -910,11 +928,12 @@ fn fixed_sequences() {
     run(&[
         Mkdir { p: 0, n: 3 },
         Create { p: 1, n: 0, f: 0 },
+        // Object-backed (over INLINE_MAX), starting with a partial block of hole.
         Write {
             p: 1,
             n: 0,
             off: 5000,
-            len: 9000,
+            len: INLINE_MAX as usize + 9000,
             seed: 1,
         },
         Link {
@@ -1002,6 +1021,34 @@ fn zero_length_write_does_not_extend() {
             p: 0,
             n: 0,
             off: 70_000,
+            len: 0,
+            seed: 0,
+        },
+    ]);
+    // The same past INLINE_MAX: on an empty file, and on an object-backed one.
+    run(&[
+        Create { p: 0, n: 0, f: 0 },
+        Write {
+            p: 0,
+            n: 0,
+            off: INLINE_MAX + 50_000,
+            len: 0,
+            seed: 0,
+        },
+    ]);
+    run(&[
+        Create { p: 0, n: 0, f: 0 },
+        Write {
+            p: 0,
+            n: 0,
+            off: 0,
+            len: INLINE_MAX as usize + 9000,
+            seed: 1,
+        },
+        Write {
+            p: 0,
+            n: 0,
+            off: INLINE_MAX + 70_000,
             len: 0,
             seed: 0,
         },

@@ -9,7 +9,7 @@
 
 use digimedfs::backing::BackingDir;
 use digimedfs::core::{unlock_superblock, Ctx, FileKind, Filesystem, OpenOptions, ROOT_INO};
-use digimedfs::format::records::{inode_key, Storage};
+use digimedfs::format::records::{inode_key, prefix, Storage, INLINE_MAX};
 use digimedfs::mkfs::{mkfs, MkfsOptions};
 use digimedfs::testing::{MemImage, StaticKey};
 use digimedfs::Error;
@@ -56,12 +56,14 @@ fn build() -> Pristine {
     mkfs(&dir, &KEY, &MkfsOptions::default()).unwrap();
     let fs = Filesystem::open(&dir, &KEY, &OpenOptions::default()).unwrap();
     let mut files = Vec::new();
+    // Files up to INLINE_MAX live in the sealed metadata store, larger ones in a data object.
     for (i, (name, len)) in [
         ("small", 100),
         ("inline", 4000),
         ("big1", 200_000),
         ("big2", 100_000),
         ("big3", 300_000),
+        ("inline_max", INLINE_MAX as usize),
     ]
     .into_iter()
     .enumerate()
@@ -82,7 +84,11 @@ fn build() -> Pristine {
             }
             _ => None,
         };
-        assert_eq!(object.is_some(), len > 4096, "{name}: storage kind");
+        assert_eq!(
+            object.is_some(),
+            len as u64 > INLINE_MAX,
+            "{name}: storage kind"
+        );
         files.push(TestFile { name, data, object });
     }
     fs.close().unwrap();
@@ -421,11 +427,12 @@ fn mem_fs() -> MemFs {
     let d = fs.mkdir(&ROOT, ROOT_INO, b"d", 0o755, 0).unwrap();
     expect.insert("/d".to_string(), None);
     inos.insert("/d".to_string(), d.ino);
+    // f1 and f3 inline, f2 and f4 object-backed (block map chunk records).
     for (parent, pname, name, len) in [
         (ROOT_INO, "", "f1", 100),
-        (ROOT_INO, "", "f2", 50_000),
+        (ROOT_INO, "", "f2", INLINE_MAX as usize + 50_000),
         (d.ino, "/d", "f3", 3000),
-        (d.ino, "/d", "f4", 20_000),
+        (d.ino, "/d", "f4", INLINE_MAX as usize + 20_000),
     ] {
         let (a, fh) = fs
             .create(&ROOT, parent, name.as_bytes(), 0o644, 0, libc::O_RDWR)
@@ -538,6 +545,13 @@ fn every_damaged_record_is_detected() {
     }
     let dump = m.img.meta.dump();
     assert!(dump.len() > 10);
+    for kind in [prefix::INLINE, prefix::CHUNK] {
+        assert!(
+            dump.keys().any(|k| k.first() == Some(&kind)),
+            "no {:?} record to damage",
+            kind as char
+        );
+    }
     for (key, value) in &dump {
         for damage in ["flip", "garbage", "truncate"] {
             let img = copy_img(&m.img);

@@ -4,6 +4,7 @@
 //! a job ignores the procedure and copies the live backing directory, how small an incremental
 //! copy of a point is, how damage to a copy is named, and that a copy holds no plaintext.
 
+use digimedfs::format::records::INLINE_MAX;
 use digimedfs_tests::{
     bin, cpath, daemon_pids, errno_of, is_mounted, process_alive, random_bytes, random_hex, run,
     run_ok, unmount_and_wait, wait_until, walk_files, TestFs, TIMEOUT,
@@ -222,11 +223,21 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// The deterministic contents C_i of workload file `i`: lengths from 1 byte (stored inline)
-/// to ~70 KiB (a data object), bytes from a generator seeded by `i`, so any mix-up of two
-/// files or any stale block shows.
+/// The deterministic contents C_i of workload file `i`: lengths from 1 byte to INLINE_MAX
+/// (stored inline), around INLINE_MAX (either) and up to ~2 × INLINE_MAX (a data object), bytes
+/// from a generator seeded by `i`, so any mix-up of two files or any stale block shows.
 fn content(i: u64) -> Vec<u8> {
-    const LENS: [usize; 8] = [1, 17, 1000, 4096, 5000, 12_288, 40_000, 70_001];
+    const M: usize = INLINE_MAX as usize;
+    const LENS: [usize; 8] = [
+        1,
+        17,
+        1000,
+        12_288,
+        M - 500,
+        M + 1,
+        M + 12_288,
+        2 * M + 4465,
+    ];
     let len = LENS[(i % 8) as usize] + (i.wrapping_mul(131) % 977) as usize;
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
     let mut out = Vec::with_capacity(len + 8);
@@ -916,8 +927,13 @@ fn verify_without_keys_names_damage() {
     let work = fs.root_dir().join("work");
     fs::create_dir(&work).unwrap();
     fs::write(fs.path("small"), b"tiny").unwrap();
-    fs::write(fs.path("mid"), random_bytes(10_000)).unwrap();
-    fs::write(fs.path("changing"), random_bytes(50_000)).unwrap();
+    // Three files over INLINE_MAX, so with a data object each.
+    fs::write(fs.path("mid"), random_bytes(INLINE_MAX as usize + 10_000)).unwrap();
+    fs::write(
+        fs.path("changing"),
+        random_bytes(INLINE_MAX as usize + 50_000),
+    )
+    .unwrap();
     fs::write(fs.path("large"), random_bytes(300_000)).unwrap();
     File::open(fs.mountpoint()).unwrap().sync_all().unwrap();
     for f in ["small", "mid", "changing", "large"] {
@@ -933,7 +949,7 @@ fn verify_without_keys_names_damage() {
     let objects: Vec<&String> = files.keys().filter(|p| p.starts_with("objects/")).collect();
     assert!(
         objects.len() >= 3,
-        "expected objects for the files over 4 KiB, the manifest lists {objects:?}"
+        "expected objects for the files over INLINE_MAX, the manifest lists {objects:?}"
     );
     let victim = files
         .iter()
@@ -1105,7 +1121,12 @@ fn backup_copy_has_no_plaintext_and_other_key_cannot_mount() {
         big[off..off + marker.len()].copy_from_slice(marker.as_bytes());
     }
     fs::write(fs.path("big"), &big).unwrap();
-    fs::write(fs.path("repeated"), marker.repeat(3000)).unwrap();
+    // Low-entropy contents over INLINE_MAX (a data object).
+    fs::write(
+        fs.path("repeated"),
+        marker.repeat(3000 + INLINE_MAX as usize / marker.len()),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(format!("/target/{marker}"), fs.path("link")).unwrap();
     set_xattr(
         &fs.path("big"),

@@ -8,6 +8,7 @@
 //! unless `DIGIMEDFS_SKIP_CEPH=1` says to skip them on purpose. The fencing test on a local
 //! directory needs no cluster.
 
+use digimedfs::format::records::INLINE_MAX;
 use digimedfs_tests::{
     bin, daemon_pids, errno_of, is_mounted, mounts_at, process_alive, random_bytes, random_hex,
     run, run_ok, snapshot_files, unmount_and_wait, wait_until, walk_files, TestFs, TIMEOUT,
@@ -279,7 +280,8 @@ fn posix_smoke_and_persistence_on_cephfs() {
     fs::write(fs.path("a/small"), b"small file").unwrap();
     let big = random_bytes(3 * 1024 * 1024 + 123);
     write_synced(&fs.path("a/b/big"), &big);
-    let mid = random_bytes(70_000);
+    // Just over INLINE_MAX: a data object.
+    let mid = random_bytes(INLINE_MAX as usize + 4464);
     fs::write(fs.path("a/b/c/mid"), &mid).unwrap();
     fs::rename(fs.path("a/small"), fs.path("a/b/renamed")).unwrap();
     fs::hard_link(fs.path("a/b/c/mid"), fs.path("a/mid-link")).unwrap();
@@ -299,7 +301,12 @@ fn posix_smoke_and_persistence_on_cephfs() {
     f.write_all(b"appended").unwrap();
     f.sync_data().unwrap();
     drop(f);
-    fs::write(fs.path("a/trunc"), random_bytes(20_000)).unwrap();
+    // Truncating a file with a data object (over INLINE_MAX) into its first blocks.
+    fs::write(
+        fs.path("a/trunc"),
+        random_bytes(INLINE_MAX as usize + 20_000),
+    )
+    .unwrap();
     OpenOptions::new()
         .write(true)
         .open(fs.path("a/trunc"))
@@ -350,8 +357,9 @@ fn no_plaintext_on_cephfs() {
         m("xattr value"),
     ];
     fs::write(fs.path("f"), markers[0].1.as_bytes()).unwrap();
+    // Over INLINE_MAX: a data object.
     let mut large = markers[1].1.repeat(2000).into_bytes();
-    large.extend(random_bytes(10_000));
+    large.extend(random_bytes(INLINE_MAX as usize + 10_000));
     fs::write(fs.path("large"), &large).unwrap();
     fs::write(fs.path(&markers[2].1), b"x").unwrap();
     fs::create_dir(fs.path(&markers[3].1)).unwrap();
@@ -509,7 +517,12 @@ fn crashed_host_is_taken_over(evict: bool) {
     write_synced(&mnt_x.join("dir/small"), b"small and synced");
     sync_dir(&mnt_x.join("dir"));
     sync_dir(&mnt_x);
-    fs::write(mnt_x.join("unsynced"), random_bytes(50_000)).unwrap();
+    // Written, not fsynced, over INLINE_MAX (a data object) when the host dies.
+    fs::write(
+        mnt_x.join("unsynced"),
+        random_bytes(INLINE_MAX as usize + 50_000),
+    )
+    .unwrap();
 
     // The VM dies: its CephFS client first, so no unlock reaches the MDS (a daemon dying on a
     // live client would release its flock through that client), then the daemon.
@@ -569,7 +582,13 @@ fn sled_on_cephfs_survives_daemon_crash_mid_workload() {
                     return;
                 }
                 let rel = PathBuf::from(format!("d{}/f{i}", i % 7));
-                let data = random_bytes(if i.is_multiple_of(5) { 40_000 } else { 300 });
+                // Every fifth file over INLINE_MAX (a data object), the others inline.
+                let len = if i.is_multiple_of(5) {
+                    INLINE_MAX as usize + 4000
+                } else {
+                    300
+                };
+                let data = random_bytes(len);
                 let Ok(mut f) = File::create(mnt.join(&rel)) else {
                     return;
                 };

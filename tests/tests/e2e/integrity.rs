@@ -2,6 +2,7 @@
 //! wrong keys refused, tampering detected, single-mount locking, crash recovery.
 
 use crate::workload::{git, git_commit, have};
+use digimedfs::format::records::INLINE_MAX;
 use digimedfs_tests::{
     cpath, daemon_pids, errno_of, is_mounted, process_alive, random_bytes, random_hex, run,
     wait_until, walk_files, TestFs, TIMEOUT,
@@ -81,8 +82,8 @@ fn no_plaintext_in_backing_after_workload() {
     .collect();
     let m = |what: &str| markers.iter().find(|(w, _)| *w == what).unwrap().1.clone();
 
-    // Contents: an inline-sized file and a large one with the marker at several offsets,
-    // including across a block boundary.
+    // Contents: an inline-sized file (at most INLINE_MAX bytes) and a large one (a data object)
+    // with the marker at several offsets, including across a block boundary.
     fs::write(fs.path("small"), format!("secret: {}", m("small content"))).unwrap();
     let mut big = random_bytes(300_000);
     for off in [0usize, 4090, 100_000, 299_000] {
@@ -90,8 +91,12 @@ fn no_plaintext_in_backing_after_workload() {
         big[off..off + mk.len()].copy_from_slice(mk.as_bytes());
     }
     fs::write(fs.path("big"), &big).unwrap();
-    // Also text-like content made of the marker repeated (compressible, low entropy).
+    // Also text-like content made of the marker repeated (compressible, low entropy): once
+    // inline, once over INLINE_MAX (a data object).
     fs::write(fs.path("repeated"), m("large content").repeat(2000)).unwrap();
+    let mk = m("large content");
+    let repeated_big = mk.repeat(2000 + INLINE_MAX as usize / mk.len());
+    fs::write(fs.path("repeated-big"), &repeated_big).unwrap();
     // Names, targets, xattrs.
     fs::create_dir(fs.path(m("dir name"))).unwrap();
     fs::write(
@@ -138,7 +143,7 @@ fn no_plaintext_in_backing_after_workload() {
         );
     }
     // Everything durable while still mounted...
-    for f in ["small", "big", "repeated"] {
+    for f in ["small", "big", "repeated", "repeated-big"] {
         File::open(fs.path(f)).unwrap().sync_all().unwrap();
     }
     let live = find_markers(fs.backing(), &markers);
@@ -160,6 +165,7 @@ fn no_plaintext_in_backing_after_workload() {
     // The data is all still there, so the scan looked at the real thing.
     fs.mount();
     assert_eq!(fs::read(fs.path("big")).unwrap(), big);
+    assert!(fs::read(fs.path("repeated-big")).unwrap() == repeated_big.as_bytes());
     assert_eq!(
         fs::read_link(fs.path("link")).unwrap(),
         PathBuf::from(m("symlink target"))

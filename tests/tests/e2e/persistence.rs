@@ -1,17 +1,21 @@
 //! A tree built on the mount survives unmount and remount exactly: compared path by path with
 //! the same tree built on the ordinary disk.
 
+use digimedfs::format::records::INLINE_MAX;
 use digimedfs_tests::{cpath, random_bytes, TestFs};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-/// The random contents both trees share.
+/// The random contents both trees share: sizes around the block size (4096), around INLINE_MAX
+/// (the largest file stored inline, without a data object) and larger.
 struct Blobs {
     s4095: Vec<u8>,
     s4096: Vec<u8>,
     s4097: Vec<u8>,
+    inline_max: Vec<u8>,
+    over_inline_max: Vec<u8>,
     s100k: Vec<u8>,
     s3m: Vec<u8>,
     xattr_big: Vec<u8>,
@@ -115,6 +119,8 @@ fn build_tree(root: &Path, b: &Blobs) {
     fs::write(p("s4095"), &b.s4095).unwrap();
     fs::write(p("a/s4096"), &b.s4096).unwrap();
     fs::write(p("a/b/s4097"), &b.s4097).unwrap();
+    fs::write(p("a/inline_max"), &b.inline_max).unwrap();
+    fs::write(p("a/b/over_inline_max"), &b.over_inline_max).unwrap();
     fs::write(p("a/s100k"), &b.s100k).unwrap();
     fs::write(p("a/b/c/s3m"), &b.s3m).unwrap();
     fs::write(p("name with spaces & ünïcödé"), b"odd name").unwrap();
@@ -122,6 +128,7 @@ fn build_tree(root: &Path, b: &Blobs) {
     std::os::unix::fs::symlink("/nonexistent/absolute/target", p("link_abs")).unwrap();
     std::os::unix::fs::symlink("b/c", p("a/dirlink")).unwrap();
     fs::hard_link(p("a/b/s4097"), p("hl_s4097")).unwrap();
+    fs::hard_link(p("a/b/over_inline_max"), p("hl_over_inline_max")).unwrap();
     fs::hard_link(p("a/s100k"), p("a/b/c/hl_s100k")).unwrap();
     fs::hard_link(p("a/s100k"), p("hl_s100k_2")).unwrap();
     set_xattr(&p("s1"), "user.colour", b"blue");
@@ -132,10 +139,12 @@ fn build_tree(root: &Path, b: &Blobs) {
     set_mode(&p("s1"), 0o755);
     set_mode(&p("s4095"), 0o400);
     set_mode(&p("a/s4096"), 0o4755);
+    set_mode(&p("a/inline_max"), 0o640);
     set_mode(&p("a/b"), 0o700);
     set_mode(&p("empty"), 0o711);
     set_mode(&p("sticky"), 0o1777);
     std::os::unix::fs::chown(p("a/b/s4097"), Some(1234), Some(5678)).unwrap();
+    std::os::unix::fs::chown(p("a/b/over_inline_max"), Some(4321), Some(8765)).unwrap();
     std::os::unix::fs::lchown(p("link_abs"), Some(42), Some(43)).unwrap();
 
     // Times last, deepest first, so creating entries does not move them again.
@@ -258,6 +267,8 @@ fn tree_survives_remount() {
         s4095: random_bytes(4095),
         s4096: random_bytes(4096),
         s4097: random_bytes(4097),
+        inline_max: random_bytes(INLINE_MAX as usize),
+        over_inline_max: random_bytes(INLINE_MAX as usize + 1),
         s100k: random_bytes(100 * 1024),
         s3m: random_bytes(3 << 20),
         xattr_big: random_bytes(1000),
@@ -269,7 +280,7 @@ fn tree_survives_remount() {
     build_tree(&fs.path("tree"), &blobs);
 
     let want = snapshot(&reference);
-    assert!(want.len() >= 19, "reference tree too small: {}", want.len());
+    assert!(want.len() >= 22, "reference tree too small: {}", want.len());
     diff(
         "mounted tree vs reference (before remount)",
         &want,

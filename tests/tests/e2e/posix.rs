@@ -2,6 +2,7 @@
 //! symlinks, permissions as a non-root user, xattrs, fifos, mmap, fsync, O_APPEND, unlinked
 //! open files, huge sparse files and big directories.
 
+use digimedfs::format::records::INLINE_MAX;
 use digimedfs_tests::{cpath, errno_of, random_bytes, TestFs};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -42,16 +43,25 @@ fn create_read_write_append() {
     drop(f);
     assert_eq!(fs::read(&p).unwrap(), b"HELLO world");
 
-    // Overwrites at unaligned offsets across block boundaries, checked against a model.
+    // Overwrites at unaligned offsets across block boundaries of a data object (the file is
+    // over INLINE_MAX), checked against a model.
     let big = fs.path("big.bin");
-    let mut model = random_bytes(3 * 4096 + 123);
+    let mut model = random_bytes(INLINE_MAX as usize + 3 * 4096 + 123);
     fs::write(&big, &model).unwrap();
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&big)
         .unwrap();
-    for (off, len) in [(4000usize, 1000usize), (0, 1), (8191, 2), (12000, 500)] {
+    let m = INLINE_MAX as usize;
+    for (off, len) in [
+        (4000usize, 1000usize),
+        (0, 1),
+        (8191, 2),
+        (12000, 500),
+        (m - 10, 20),
+        (m + 3 * 4096 + 100, 5000),
+    ] {
         let chunk = random_bytes(len);
         f.write_all_at(&chunk, off as u64).unwrap();
         if model.len() < off + len {
@@ -174,26 +184,35 @@ fn seek_past_end_reads_holes_as_zeros() {
 #[test]
 fn truncate_up_and_down() {
     let mut fs = TestFs::new();
-    let p = fs.path("t");
-    let orig = random_bytes(10_000);
-    fs::write(&p, &orig).unwrap();
-    let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
-    f.set_len(5000).unwrap();
-    assert_eq!(f.metadata().unwrap().len(), 5000);
-    assert!(fs::read(&p).unwrap() == orig[..5000]);
-    f.set_len(20_000).unwrap();
-    let data = fs::read(&p).unwrap();
-    assert_eq!(data.len(), 20_000);
-    assert!(data[..5000] == orig[..5000]);
-    assert!(
-        data[5000..].iter().all(|&b| b == 0),
-        "truncate down then up must not resurrect old data"
-    );
-    drop(f);
+    // Down then up, on a file with a data object ("t", over INLINE_MAX) and on an inline one
+    // ("t-inline"): (name, size grown to, original contents).
+    let m = INLINE_MAX as usize;
+    let cases: Vec<(&str, usize, Vec<u8>)> = vec![
+        ("t", m + 20_000, random_bytes(m + 10_000)),
+        ("t-inline", 20_000, random_bytes(10_000)),
+    ];
+    for (name, up, orig) in &cases {
+        let p = fs.path(name);
+        fs::write(&p, orig).unwrap();
+        let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        f.set_len(5000).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 5000);
+        assert!(fs::read(&p).unwrap() == orig[..5000]);
+        f.set_len(*up as u64).unwrap();
+        let data = fs::read(&p).unwrap();
+        assert_eq!(data.len(), *up);
+        assert!(data[..5000] == orig[..5000]);
+        assert!(
+            data[5000..].iter().all(|&b| b == 0),
+            "{name}: truncate down then up must not resurrect old data"
+        );
+        drop(f);
+    }
 
-    // Truncate at a block boundary and inside the first block, then grow.
+    // Truncate at a block boundary and inside the first block, then grow (a file with a data
+    // object: over INLINE_MAX).
     let q = fs.path("t2");
-    let orig2 = random_bytes(3 * 4096);
+    let orig2 = random_bytes(m + 3 * 4096);
     fs::write(&q, &orig2).unwrap();
     let f = OpenOptions::new().write(true).open(&q).unwrap();
     f.set_len(4096).unwrap();
@@ -212,7 +231,7 @@ fn truncate_up_and_down() {
 
     // O_TRUNC and truncate to zero.
     let r = fs.path("t3");
-    fs::write(&r, random_bytes(50_000)).unwrap();
+    fs::write(&r, random_bytes(m + 50_000)).unwrap();
     drop(
         OpenOptions::new()
             .write(true)
@@ -224,9 +243,14 @@ fn truncate_up_and_down() {
     assert!(fs::read(&r).unwrap().is_empty());
 
     fs.remount();
-    let data = fs::read(&p).unwrap();
-    assert_eq!(data.len(), 20_000);
-    assert!(data[..5000] == orig[..5000] && data[5000..].iter().all(|&b| b == 0));
+    for (name, up, orig) in &cases {
+        let data = fs::read(fs.path(name)).unwrap();
+        assert_eq!(data.len(), *up, "{name}");
+        assert!(
+            data[..5000] == orig[..5000] && data[5000..].iter().all(|&b| b == 0),
+            "{name} after remount"
+        );
+    }
     let data = fs::read(&q).unwrap();
     assert_eq!(data.len(), 3 * 4096 + 1);
     assert!(data[..100] == orig2[..100] && data[100..].iter().all(|&b| b == 0));
@@ -1001,7 +1025,8 @@ fn mkfifo_passes_data() {
 fn mmap_read_and_shared_write() {
     let mut fs = TestFs::new();
     let p = fs.path("mapped");
-    let len = 3 * 4096 + 100;
+    // Over INLINE_MAX: a data object.
+    let len = INLINE_MAX as usize + 3 * 4096 + 100;
     let orig = random_bytes(len);
     fs::write(&p, &orig).unwrap();
 
@@ -1081,7 +1106,9 @@ fn o_append_from_two_processes() {
     let fs = TestFs::new();
     let p = fs.path("log");
     fs::write(&p, b"").unwrap();
-    const LINES: usize = 300;
+    // 2 × 600 lines of 68 bytes: the file grows past INLINE_MAX (from inline to a data object)
+    // while both append.
+    const LINES: usize = 600;
     let pad = "p".repeat(60);
     let script = format!(
         "exec 3>>\"$1\"; i=0; while [ $i -lt {LINES} ]; do printf '%s-%04d-{pad}\\n' \"$2\" $i >&3; i=$((i+1)); done"
@@ -1127,13 +1154,16 @@ fn o_append_from_two_processes() {
         );
     }
     assert_eq!(fs::metadata(&p).unwrap().len() as usize, text.len());
+    assert!(text.len() as u64 > INLINE_MAX);
 }
 
 #[test]
 fn unlinked_open_file_stays_usable() {
     let fs = TestFs::new();
     let p = fs.path("ghost");
-    let data = random_bytes(50_000);
+    // Over INLINE_MAX: a data object.
+    let m = INLINE_MAX;
+    let data = random_bytes(m as usize + 50_000);
     fs::write(&p, &data).unwrap();
     let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
     fs::remove_file(&p).unwrap();
@@ -1146,11 +1176,11 @@ fn unlinked_open_file_stays_usable() {
         read_at_exact(&f, 0, data.len()) == data,
         "unlinked file unreadable"
     );
-    f.write_all_at(b"still writable", 60_000).unwrap();
-    assert_eq!(read_at_exact(&f, 60_000, 14), b"still writable");
-    let m = f.metadata().unwrap();
-    assert_eq!(m.nlink(), 0);
-    assert_eq!(m.len(), 60_014);
+    f.write_all_at(b"still writable", m + 60_000).unwrap();
+    assert_eq!(read_at_exact(&f, m + 60_000, 14), b"still writable");
+    let meta = f.metadata().unwrap();
+    assert_eq!(meta.nlink(), 0);
+    assert_eq!(meta.len(), m + 60_014);
     // A new file may take the name meanwhile.
     fs::write(&p, b"new").unwrap();
     assert!(read_at_exact(&f, 0, 100) == data[..100]);

@@ -50,13 +50,19 @@ pub fn git(home: &Path, dir: &Path) -> Command {
     cmd
 }
 
+/// The text file of [`git_commit`]'s repository: over INLINE_MAX, so its work-tree copy is
+/// object-backed (git's compressed blob of it is small and inline).
+fn lib_txt() -> String {
+    "line\n".repeat(digimedfs::format::records::INLINE_MAX as usize / 5 + 5000)
+}
+
 /// Runs git init/add/commit in `repo` with one file holding `content` and commit message
 /// `message`; returns the commit id.
 pub fn git_commit(home: &Path, repo: &Path, content: &str, message: &str) -> String {
     fs::create_dir_all(repo.join("src")).unwrap();
     check("git init", run(git(home, repo).arg("init").arg("-q")));
     fs::write(repo.join("README"), content).unwrap();
-    fs::write(repo.join("src/lib.txt"), "line\n".repeat(5000)).unwrap();
+    fs::write(repo.join("src/lib.txt"), lib_txt()).unwrap();
     fs::write(repo.join("big.bin"), digimedfs_tests::random_bytes(300_000)).unwrap();
     check("git add", run(git(home, repo).args(["add", "-A"])));
     check(
@@ -126,7 +132,7 @@ fn git_init_commit_clone_fsck() {
     );
     assert_eq!(
         fs::read_to_string(clone.join("src/moved.txt")).unwrap(),
-        "line\n".repeat(5000)
+        lib_txt()
     );
     let status = check(
         "git status",
