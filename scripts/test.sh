@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit/integration tests and the end-to-end tests on
-# real FUSE mounts, including the ones on a live CephFS shared by two clients (a throwaway
+# real FUSE mounts (installing fuse3, rsync and restic if missing), including the ones on a
+# live CephFS shared by two clients (a throwaway
 # cluster from tests/cephfs/cluster, started here and stopped on exit). Needs fuse3
 # (fusermount3) and /dev/fuse; run as root for the mount tests and the cluster.
 #
@@ -8,6 +9,15 @@
 # A cluster that already runs (tests/cephfs/cluster start by hand) is used and left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Tools the end-to-end tests drive: fusermount3, and the backup tools a backup job uses.
+missing=()
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+command -v restic >/dev/null 2>&1 || missing+=(restic)
+if ((${#missing[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
