@@ -205,8 +205,7 @@ fn safe_relative(path: &str) -> bool {
 
 /// BLAKE3 of a file's contents and its length.
 pub fn hash_file(path: &Path) -> Result<([u8; 32], u64)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut reader = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
@@ -223,15 +222,17 @@ pub fn hash_file(path: &Path) -> Result<([u8; 32], u64)> {
     Ok((*hasher.finalize().as_bytes(), len))
 }
 
-/// Identity of a stored file for hash reuse: inode number and modification time.
-pub fn file_stamp(path: &Path) -> Result<String> {
+/// Identity of a stored file for hash reuse (inode number and modification time), and its
+/// length.
+pub fn file_stamp(path: &Path) -> Result<(String, u64)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    Ok(format!(
+    let stamp = format!(
         "{}.{}",
         m.ino(),
         m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
-    ))
+    );
+    Ok((stamp, m.len()))
 }
 
 /// Writes a metadata dump: `DGMDUMP1 ‖ fs_uuid ‖ (le32 klen ‖ key ‖ le32 vlen ‖ value)* ‖
@@ -716,7 +717,8 @@ impl Action {
 /// Whether a daemon holds the mount lock of `backing` (on any host that honours flock there).
 pub fn daemon_holds_lock(backing: &Path) -> Result<bool> {
     let path = backing.join(crate::backing::LOCK_FILE);
-    let file = match OpenOptions::new().read(true).write(true).open(&path) {
+    // flock needs no write access: a backup operator may only read the backing directory.
+    let file = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io(&path, e)),
@@ -839,12 +841,15 @@ pub fn end(backing: &Path, timeout: Duration) -> Result<String> {
 /// Daemon side: takes a pending request out of `backing` (removing it).
 pub fn take_request(backing: &Path) -> Result<Option<(Action, String)>> {
     let path = backing.join(BACKUP_DIR).join(REQUEST);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    // Claimed by a rename, so a request written while this one is read is not removed unread.
+    let claimed = path.with_extension("taken");
+    match std::fs::rename(&path, &claimed) {
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(&path, e)),
-    };
-    std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+    }
+    let text = std::fs::read_to_string(&claimed).map_err(|e| Error::io(&claimed, e))?;
+    std::fs::remove_file(&claimed).map_err(|e| Error::io(&claimed, e))?;
     let mut parts = text.split_whitespace();
     let action = match parts.next() {
         Some("begin") => Action::Begin,

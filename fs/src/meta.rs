@@ -685,13 +685,18 @@ impl Records {
     pub fn digest(&self) -> Result<[u8; 32]> {
         let mut acc = [0u8; 32];
         self.store.scan(&[], None, &mut |k, v| {
-            let m = self.keys.digest.mac_parts(&[k, v]);
-            for (a, b) in acc.iter_mut().zip(m.iter()) {
-                *a ^= b;
-            }
+            self.add_to_digest(&mut acc, k, v);
             Ok(true)
         })?;
         Ok(acc)
+    }
+
+    /// Adds one (key, sealed value) pair to a digest being computed (see [`Records::digest`]).
+    pub fn add_to_digest(&self, acc: &mut [u8; 32], key: &[u8], sealed: &[u8]) {
+        let m = self.keys.digest.mac_parts(&[key, sealed]);
+        for (a, b) in acc.iter_mut().zip(m.iter()) {
+            *a ^= b;
+        }
     }
 
     /// Makes everything applied so far durable.

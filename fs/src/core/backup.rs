@@ -139,10 +139,7 @@ impl Inner {
                         }
                     }
                 }
-                let m = self.keys.digest.mac_parts(&[k, v]);
-                for (a, b) in digest.iter_mut().zip(m.iter()) {
-                    *a ^= b;
-                }
+                self.records.add_to_digest(&mut digest, k, v);
                 if let Err(e) = dump.record(k, v) {
                     failed = Some(e);
                     return Ok(false);
@@ -202,10 +199,7 @@ impl Inner {
         for name in objects {
             let rel = format!("objects/{}/{name}", name.get(..2).unwrap_or("00"));
             let path = new.join(&rel);
-            let stamp = file_stamp(&path)?;
-            let len = std::fs::metadata(&path)
-                .map_err(|e| Error::io(&path, e))?
-                .len();
+            let (stamp, len) = file_stamp(&path)?;
             let hash = match previous.get(&rel) {
                 Some(p) if p.len == len && p.stamp.as_deref() == Some(stamp.as_str()) => {
                     reused += 1;
