@@ -510,3 +510,25 @@ pub fn snapshot_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files.sort();
     files
 }
+
+/// Sets xattr `name` of `p` to `value`; panics with the path, name and error if that fails.
+pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    let (cp, cn) = (cpath(p), cpath(name));
+    // SAFETY: valid C strings and a value buffer of the given length.
+    let r = unsafe {
+        libc::setxattr(
+            cp.as_ptr(),
+            cn.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {} {name}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}

@@ -7,7 +7,7 @@
 use digimedfs::format::records::INLINE_MAX;
 use digimedfs_tests::{
     bin, cpath, daemon_pids, errno_of, is_mounted, process_alive, random_bytes, random_hex, run,
-    run_ok, unmount_and_wait, wait_until, walk_files, TestFs, TIMEOUT,
+    run_ok, set_xattr, unmount_and_wait, wait_until, walk_files, TestFs, TIMEOUT,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -318,21 +318,6 @@ fn manifest_files(dir: &Path) -> BTreeMap<String, (u64, String)> {
             })
         })
         .collect()
-}
-
-fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let (cp, cn) = (cpath(p), cpath(name));
-    // SAFETY: valid C strings and a value buffer of the given length.
-    let r = unsafe {
-        libc::setxattr(
-            cp.as_ptr(),
-            cn.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
 }
 
 fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {

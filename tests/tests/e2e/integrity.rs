@@ -4,7 +4,7 @@
 use crate::workload::{git, git_commit, have};
 use digimedfs::format::records::INLINE_MAX;
 use digimedfs_tests::{
-    cpath, daemon_pids, errno_of, is_mounted, process_alive, random_bytes, random_hex, run,
+    daemon_pids, errno_of, is_mounted, process_alive, random_bytes, random_hex, run, set_xattr,
     wait_until, walk_files, TestFs, TIMEOUT,
 };
 use std::collections::BTreeSet;
@@ -45,21 +45,6 @@ fn find_markers(dir: &Path, markers: &[(&str, String)]) -> Vec<String> {
         }
     }
     findings
-}
-
-fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let (cp, cn) = (cpath(p), cpath(name));
-    // SAFETY: valid C strings and a value buffer of the given length.
-    let r = unsafe {
-        libc::setxattr(
-            cp.as_ptr(),
-            cn.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
 }
 
 #[test]

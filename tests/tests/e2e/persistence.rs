@@ -2,7 +2,7 @@
 //! the same tree built on the ordinary disk.
 
 use digimedfs::format::records::INLINE_MAX;
-use digimedfs_tests::{cpath, random_bytes, TestFs};
+use digimedfs_tests::{cpath, random_bytes, set_xattr, TestFs};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -50,27 +50,6 @@ fn set_times(p: &Path, sec: i64, nsec: i64) {
         r,
         0,
         "utimensat {}: {}",
-        p.display(),
-        std::io::Error::last_os_error()
-    );
-}
-
-fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let (cp, cn) = (cpath(p), cpath(name));
-    // SAFETY: valid C strings and a value buffer of the given length.
-    let r = unsafe {
-        libc::setxattr(
-            cp.as_ptr(),
-            cn.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "setxattr {} {name}: {}",
         p.display(),
         std::io::Error::last_os_error()
     );
