@@ -28,7 +28,7 @@ use crate::format::records::{
 use crate::format::superblock::{Superblock, FLAG_CLEAN};
 use crate::keysource::KeySource;
 use crate::meta::{key_name, MetaStore, Records, SledStore};
-use crate::objects::{parse_object_name, DirObjects, ObjectId, ObjectStore};
+use crate::objects::{DirObjects, ObjectId, ObjectStore};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,9 @@ const READ_CHUNK: usize = 8 << 20;
 /// Objects are verified in segments of at most this many bytes, so one large file is spread
 /// over all threads and no thread holds more than one segment's block entries.
 const SEGMENT_BYTES: u64 = 64 << 20;
+/// A file spanning more verification segments than this has them listed from its block map
+/// (only those with entries), so a sparse file of 2^63 bytes is not read hole by hole.
+const SPARSE_SEGMENTS: u64 = 1 << 14;
 /// Records decoded between two progress reports in pass 2.
 const RECORD_PROGRESS_EVERY: u64 = 1 << 16;
 /// Most block numbers listed in one problem's detail text.
@@ -262,8 +265,8 @@ pub struct Report {
     pub symlinks: u64,
     /// Fifos, sockets, device nodes.
     pub special: u64,
-    /// Sum of regular file sizes.
-    pub bytes: u64,
+    /// Sum of regular file sizes (u128: sparse files reach 2^63 − 1 bytes each).
+    pub bytes: u128,
     /// Data objects.
     pub objects: u64,
     /// Metadata records.
@@ -364,9 +367,7 @@ pub fn check(
     } else if opts.mode.may_write() {
         Arc::new(DirObjects::open(&objects_path)?)
     } else {
-        Arc::new(ReadOnlyObjects {
-            root: objects_path.clone(),
-        })
+        Arc::new(DirObjects::open_read_only(&objects_path))
     };
     if !objects_path.is_dir() {
         let fix = c.problem(
@@ -464,82 +465,6 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Objects read with read-only descriptors (fsck -n); every write fails.
-struct ReadOnlyObjects {
-    root: PathBuf,
-}
-
-impl ReadOnlyObjects {
-    fn path_of(&self, id: &ObjectId) -> PathBuf {
-        let name = hex::encode(id);
-        self.root
-            .join(name.get(..2).unwrap_or_default())
-            .join(&name)
-    }
-    fn refuse(&self) -> Result<()> {
-        Err(Error::posix(libc::EROFS, "fsck -n: objects are read-only"))
-    }
-}
-
-impl ObjectStore for ReadOnlyObjects {
-    fn read_at(&self, id: &ObjectId, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let path = self.path_of(id);
-        let f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(Error::io(&path, e)),
-        };
-        let mut done = 0;
-        while done < buf.len() {
-            let rest = buf.get_mut(done..).unwrap_or_default();
-            match f.read_at(rest, offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(&path, e)),
-            }
-        }
-        Ok(done)
-    }
-    fn write_at(&self, _: &ObjectId, _: u64, _: &[u8]) -> Result<()> {
-        self.refuse()
-    }
-    fn set_len(&self, _: &ObjectId, _: u64) -> Result<()> {
-        self.refuse()
-    }
-    fn punch_hole(&self, _: &ObjectId, _: u64, _: u64) -> Result<()> {
-        self.refuse()
-    }
-    fn sync(&self, _: &ObjectId) -> Result<()> {
-        Ok(())
-    }
-    fn sync_all(&self) -> Result<()> {
-        Ok(())
-    }
-    fn remove(&self, _: &ObjectId) -> Result<()> {
-        self.refuse()
-    }
-    fn list(&self) -> Result<Vec<(ObjectId, u64)>> {
-        let mut out = Vec::new();
-        for sub in std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))? {
-            let sub = sub.map_err(|e| Error::io(&self.root, e))?;
-            let p = sub.path();
-            if !p.is_dir() {
-                continue;
-            }
-            for ent in std::fs::read_dir(&p).map_err(|e| Error::io(&p, e))? {
-                let ent = ent.map_err(|e| Error::io(&p, e))?;
-                if let Some(id) = ent.file_name().to_str().and_then(parse_object_name) {
-                    let len = ent.metadata().map_err(|e| Error::io(ent.path(), e))?.len();
-                    out.push((id, len));
-                }
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// Changes decided during analysis, applied at the end.
@@ -1471,7 +1396,7 @@ impl<'u> Checker<'u> {
             match inode.kind {
                 FileKind::File => {
                     self.report.files += 1;
-                    self.report.bytes = self.report.bytes.saturating_add(inode.size);
+                    self.report.bytes = self.report.bytes.saturating_add(u128::from(inode.size));
                 }
                 FileKind::Dir => self.report.directories += 1,
                 FileKind::Symlink => self.report.symlinks += 1,
@@ -1898,17 +1823,51 @@ impl<'u> Checker<'u> {
                 .collect();
             files.sort();
             for (f, fpath, fdir) in files {
-                let ok = !fdir
-                    && f.len() == 32
-                    && f.starts_with(sub.as_str())
-                    && f.bytes()
-                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+                let is_object_name = |n: &str| {
+                    n.len() == 32
+                        && n.starts_with(sub.as_str())
+                        && n.bytes()
+                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                };
+                if fdir
+                    && f.strip_suffix(crate::objects::SEGMENT_DIR_SUFFIX)
+                        .is_some_and(is_object_name)
+                {
+                    self.check_segment_dir(&fpath);
+                    continue;
+                }
+                let ok = !fdir && is_object_name(&f);
                 if !ok {
                     // `.cow`: a copy-on-write copy interrupted by a crash (format.md).
                     let leftover = f.ends_with(".tmp") || f.ends_with(".cow");
                     self.unknown_file(&fpath, fdir, !fdir && leftover);
                 }
             }
+        }
+    }
+
+    /// The segment files of one object (`objects/XX/<id>.seg/<k>`, format.md).
+    fn check_segment_dir(&mut self, dir: &Path) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut files: Vec<(String, PathBuf, bool)> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.path(),
+                    e.path().is_dir(),
+                )
+            })
+            .collect();
+        files.sort();
+        for (f, fpath, fdir) in files {
+            if !fdir && crate::objects::parse_segment_name(&f).is_some() {
+                continue;
+            }
+            let leftover = f.ends_with(".tmp") || f.ends_with(".cow");
+            self.unknown_file(&fpath, fdir, !fdir && leftover);
         }
     }
 
@@ -2139,6 +2098,30 @@ fn verify_objects(
         let end = f.keep.map_or(f.end_block, |k| k.min(f.end_block));
         // Blocks at or beyond the object's end read as nothing: one segment checks them all.
         let data_end = end.min(f.len.div_ceil(bs));
+        if data_end / seg_blocks > SPARSE_SEGMENTS {
+            // A huge sparse file (up to 2^63 bytes): only the segments its block map names
+            // are read, not the holes between them.
+            let mut firsts: BTreeSet<u64> = BTreeSet::new();
+            scan_chunks(records, f.ino, 0, &mut |c, _| {
+                let first_block = block_index(c, 0);
+                if first_block >= end {
+                    return false;
+                }
+                firsts.insert(first_block / seg_blocks * seg_blocks);
+                true
+            })?;
+            for first in firsts {
+                let seg_end = first.saturating_add(seg_blocks).min(end);
+                let span = seg_end.min(data_end).saturating_sub(first);
+                total_bytes = total_bytes.saturating_add(span.saturating_mul(bs));
+                segments.push(Segment {
+                    file: i,
+                    first,
+                    end: seg_end,
+                });
+            }
+            continue;
+        }
         total_bytes = total_bytes.saturating_add(f.len.min(data_end.saturating_mul(bs)));
         let mut first = 0;
         loop {

@@ -6,6 +6,13 @@
 //! holes of the backing file. [`ObjectStore`] is the seam to storage: [`DirObjects`] in
 //! production, [`MemObjects`] in crash tests.
 //!
+//! Segments: an object is addressed like one file of up to 2^63 bytes, but backing
+//! filesystems stop much earlier (ext4 with 4 KiB blocks at [`SEGMENT_LEN`], 16 TiB − 4 KiB).
+//! [`DirObjects`] therefore keeps object bytes `[0, SEGMENT_LEN)` in the object file itself and
+//! bytes `[k × SEGMENT_LEN, (k+1) × SEGMENT_LEN)` for `k ≥ 1` in segment file
+//! `objects/XX/<id>.seg/<k>` (decimal `k`), which exists only once something was written there.
+//! A missing or short segment below the object's end reads as zeros, like a hole.
+//!
 //! Backup points: [`ObjectStore::freeze_into`] hard-links every object into a point directory;
 //! from then on [`DirObjects`] copies an object that is still shared with a point (link count
 //! above one) to a fresh file and renames that over the live name before its first change, so
@@ -24,6 +31,39 @@ use std::sync::{Arc, Mutex, RwLock};
 
 /// Above this many dirty objects a data barrier uses syncfs(2).
 const SYNCFS_THRESHOLD: usize = 16;
+
+/// Bytes of an object kept in one file of the backing filesystem: ext4's largest file with
+/// 4 KiB blocks ((2^32 − 1) × 4096). Objects of earlier versions never reached it on ext4, so
+/// they are exactly segment 0.
+pub const SEGMENT_LEN: u64 = (1 << 44) - (1 << 12);
+
+/// Suffix of the directory holding an object's segments `1, 2, …`.
+pub const SEGMENT_DIR_SUFFIX: &str = ".seg";
+
+/// Splits `[offset, offset + len)` of an object into per-segment pieces:
+/// (segment, offset within the segment, range of the buffer).
+fn pieces(offset: u64, len: usize) -> Vec<(u64, u64, std::ops::Range<usize>)> {
+    let mut out = Vec::with_capacity(1);
+    let mut done = 0usize;
+    while done < len {
+        let pos = offset.saturating_add(done as u64);
+        let seg = pos / SEGMENT_LEN;
+        let within = pos % SEGMENT_LEN;
+        let room = SEGMENT_LEN - within;
+        let take = ((len - done) as u64).min(room) as usize;
+        out.push((seg, within, done..done + take));
+        done += take;
+    }
+    out
+}
+
+/// Parses a segment file name (`1`, `2`, …; no leading zeros).
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    if name.is_empty() || name.starts_with('0') || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok().filter(|k| *k >= 1)
+}
 
 /// Identifier of a data object.
 pub type ObjectId = [u8; 16];
@@ -78,20 +118,24 @@ pub fn parse_object_name(name: &str) -> Option<ObjectId> {
 /// [`ObjectStore`] on a POSIX directory.
 pub struct DirObjects {
     root: PathBuf,
-    files: Mutex<lru::LruCache<ObjectId, Arc<File>>>,
-    dirty: Mutex<std::collections::HashSet<ObjectId>>,
+    /// Open files by (object, segment).
+    files: Mutex<lru::LruCache<(ObjectId, u64), Arc<File>>>,
+    /// Written (object, segment) files not yet synced.
+    dirty: Mutex<std::collections::HashSet<(ObjectId, u64)>>,
     /// Shared by every mutation, exclusive while a backup point is taken.
     gate: Arc<RwLock<()>>,
     /// A backup point may share objects (hard links): mutations must check before writing.
     point_active: AtomicBool,
-    /// Objects known not to be shared with a point since it was taken.
-    private: Mutex<std::collections::HashSet<ObjectId>>,
+    /// Object files (object, segment) known not to be shared with a point since it was taken.
+    private: Mutex<std::collections::HashSet<(ObjectId, u64)>>,
     /// Serializes copy-on-write so one object is copied once.
     cow: Mutex<()>,
     /// Whether syncfs(2) on the backing filesystem makes written data durable. Not on FUSE
     /// (ceph-fuse keeps written data in its own cache until each file is fsynced) nor on
     /// network filesystems; there every dirty object gets its own fdatasync.
     syncfs_is_durable: bool,
+    /// Opened for reading only (fsck -n): every change fails with EROFS.
+    read_only: bool,
 }
 
 impl DirObjects {
@@ -114,33 +158,120 @@ impl DirObjects {
             private: Mutex::new(Default::default()),
             cow: Mutex::new(()),
             syncfs_is_durable: local_filesystem(root),
+            read_only: false,
         })
+    }
+
+    /// The store rooted at `root`, read-only: nothing is created, files are opened for
+    /// reading, and every change fails with EROFS (fsck -n).
+    pub fn open_read_only(root: &Path) -> DirObjects {
+        DirObjects {
+            root: root.to_path_buf(),
+            files: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            )),
+            dirty: Mutex::new(Default::default()),
+            gate: Arc::new(RwLock::new(())),
+            point_active: AtomicBool::new(false),
+            private: Mutex::new(Default::default()),
+            cow: Mutex::new(()),
+            syncfs_is_durable: false,
+            read_only: true,
+        }
+    }
+
+    fn refuse_read_only(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::posix(libc::EROFS, "objects are opened read-only"));
+        }
+        Ok(())
+    }
+
+    /// Directory of object `id`'s segments `1, 2, …`.
+    pub fn segment_dir(&self, id: &ObjectId) -> PathBuf {
+        let name = hex::encode(id);
+        self.root
+            .join(&name[..2])
+            .join(format!("{name}{SEGMENT_DIR_SUFFIX}"))
+    }
+
+    /// Path of segment `seg` of object `id` (segment 0 is the object file).
+    pub fn segment_path(&self, id: &ObjectId, seg: u64) -> PathBuf {
+        if seg == 0 {
+            self.path_of(id)
+        } else {
+            self.segment_dir(id).join(seg.to_string())
+        }
+    }
+
+    /// The segments `k ≥ 1` of object `id` that exist, with their lengths, in order.
+    fn segments(&self, id: &ObjectId) -> Result<Vec<(u64, u64)>> {
+        let dir = self.segment_dir(id);
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| Error::io(&dir, e))?;
+            if let Some(k) = ent.file_name().to_str().and_then(parse_segment_name) {
+                let len = ent.metadata().map_err(|e| Error::io(ent.path(), e))?.len();
+                out.push((k, len));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Length of object `id` as one address space: the end of its last segment's data.
+    fn logical_len(&self, id: &ObjectId) -> Result<u64> {
+        let base = match std::fs::metadata(self.path_of(id)) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(Error::io(self.path_of(id), e)),
+        };
+        Ok(self
+            .segments(id)?
+            .into_iter()
+            .map(|(k, len)| k.saturating_mul(SEGMENT_LEN).saturating_add(len))
+            .fold(base, u64::max))
+    }
+
+    /// Forgets the open file and the bookkeeping of one object file.
+    fn forget(&self, id: &ObjectId, seg: u64) {
+        lock(&self.files).pop(&(*id, seg));
+        lock(&self.dirty).remove(&(*id, seg));
+        lock(&self.private).remove(&(*id, seg));
     }
 
     /// Before the first change of an object after a point: if the object is still shared with
     /// the point (more than one link), copy it to a fresh file and rename that over the live
     /// name, so the point keeps the old bytes. The copy is durable before the rename, so a
     /// crash leaves either the old or the copied file under the live name, both complete.
-    fn unshare(&self, id: &ObjectId) -> Result<()> {
-        if !self.point_active.load(Ordering::Acquire) || lock(&self.private).contains(id) {
+    fn unshare(&self, id: &ObjectId, seg: u64) -> Result<()> {
+        let key = (*id, seg);
+        if !self.point_active.load(Ordering::Acquire) || lock(&self.private).contains(&key) {
             return Ok(());
         }
         let _one = lock(&self.cow);
-        if lock(&self.private).contains(id) {
+        if lock(&self.private).contains(&key) {
             return Ok(());
         }
-        let path = self.path_of(id);
+        let path = self.segment_path(id, seg);
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                lock(&self.private).insert(*id);
+                lock(&self.private).insert(key);
                 return Ok(());
             }
             Err(e) => return Err(Error::io(&path, e)),
         };
         use std::os::unix::fs::MetadataExt;
         if meta.nlink() > 1 {
-            let tmp = path.with_extension("cow");
+            let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+            tmp_name.push(".cow");
+            let tmp = path.with_file_name(tmp_name);
             let src = File::open(&path).map_err(|e| Error::io(&path, e))?;
             let dst = OpenOptions::new()
                 .read(true)
@@ -157,10 +288,10 @@ impl DirObjects {
                     .and_then(|d| d.sync_all())
                     .map_err(|e| Error::io(dir, e))?;
             }
-            lock(&self.files).put(*id, Arc::new(dst));
-            tracing::debug!(object = %hex::encode(id), "object copied on write (shared with a backup point)");
+            lock(&self.files).put(key, Arc::new(dst));
+            tracing::debug!(object = %hex::encode(id), segment = seg, "object copied on write (shared with a backup point)");
         }
-        lock(&self.private).insert(*id);
+        lock(&self.private).insert(key);
         Ok(())
     }
 
@@ -170,14 +301,14 @@ impl DirObjects {
         self.root.join(&name[..2]).join(name)
     }
 
-    fn file(&self, id: &ObjectId, create: bool) -> Result<Option<Arc<File>>> {
-        if let Some(f) = lock(&self.files).get(id) {
+    fn file(&self, id: &ObjectId, seg: u64, create: bool) -> Result<Option<Arc<File>>> {
+        if let Some(f) = lock(&self.files).get(&(*id, seg)) {
             return Ok(Some(f.clone()));
         }
-        let path = self.path_of(id);
+        let path = self.segment_path(id, seg);
         let opened = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!self.read_only)
             .open(&path)
             .or_else(|e| {
                 // A read-only backing directory (ro mount, fsck -n on a snapshot) can still be read.
@@ -207,66 +338,18 @@ impl DirObjects {
             Err(e) => return Err(Error::io(&path, e)),
         };
         let file = Arc::new(file);
-        lock(&self.files).put(*id, file.clone());
+        lock(&self.files).put((*id, seg), file.clone());
         Ok(Some(file))
     }
-}
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl ObjectStore for DirObjects {
-    fn read_at(&self, id: &ObjectId, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let Some(f) = self.file(id, false)? else {
-            return Ok(0);
-        };
-        let mut done = 0;
-        while done < buf.len() {
-            let rest = buf.get_mut(done..).unwrap_or_default();
-            match f.read_at(rest, offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(self.path_of(id), e)),
-            }
-        }
-        Ok(done)
-    }
-
-    fn write_at(&self, id: &ObjectId, offset: u64, data: &[u8]) -> Result<()> {
-        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        self.unshare(id)?;
-        let f = self
-            .file(id, true)?
-            .ok_or_else(|| Error::integrity("object vanished"))?;
-        f.write_all_at(data, offset)
-            .map_err(|e| Error::io(self.path_of(id), e))?;
-        lock(&self.dirty).insert(*id);
-        Ok(())
-    }
-
-    fn set_len(&self, id: &ObjectId, len: u64) -> Result<()> {
-        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        self.unshare(id)?;
-        let f = self
-            .file(id, true)?
-            .ok_or_else(|| Error::integrity("object vanished"))?;
-        f.set_len(len).map_err(|e| Error::io(self.path_of(id), e))?;
-        lock(&self.dirty).insert(*id);
-        Ok(())
-    }
-
-    fn punch_hole(&self, id: &ObjectId, offset: u64, len: u64) -> Result<()> {
-        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        self.unshare(id)?;
-        let Some(f) = self.file(id, false)? else {
+    /// Makes `[offset, offset+len)` of one object file read as zeros.
+    fn punch_file(&self, id: &ObjectId, seg: u64, offset: u64, len: u64) -> Result<()> {
+        self.unshare(id, seg)?;
+        let Some(f) = self.file(id, seg, false)? else {
             return Ok(());
         };
-        let size = f
-            .metadata()
-            .map_err(|e| Error::io(self.path_of(id), e))?
-            .len();
+        let path = self.segment_path(id, seg);
+        let size = f.metadata().map_err(|e| Error::io(&path, e))?.len();
         if offset >= size {
             return Ok(());
         }
@@ -291,25 +374,147 @@ impl ObjectStore for DirObjects {
             while pos < offset + len {
                 let n = (offset + len - pos).min(zeros.len() as u64) as usize;
                 f.write_all_at(zeros.get(..n).unwrap_or_default(), pos)
-                    .map_err(|e| Error::io(self.path_of(id), e))?;
+                    .map_err(|e| Error::io(&path, e))?;
                 pos += n as u64;
             }
         }
-        lock(&self.dirty).insert(*id);
+        lock(&self.dirty).insert((*id, seg));
+        Ok(())
+    }
+
+    fn sync_file(&self, id: &ObjectId, seg: u64) -> Result<()> {
+        if let Some(f) = self.file(id, seg, false)? {
+            f.sync_data()
+                .map_err(|e| Error::io(self.segment_path(id, seg), e))?;
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ObjectStore for DirObjects {
+    fn read_at(&self, id: &ObjectId, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut short = false;
+        for (seg, within, range) in pieces(offset, buf.len()) {
+            let part = buf.get_mut(range).unwrap_or_default();
+            let mut done = 0;
+            if let Some(f) = self.file(id, seg, false)? {
+                while done < part.len() {
+                    let rest = part.get_mut(done..).unwrap_or_default();
+                    match f.read_at(rest, within + done as u64) {
+                        Ok(0) => break,
+                        Ok(n) => done += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(Error::io(self.segment_path(id, seg), e)),
+                    }
+                }
+            }
+            if done < part.len() {
+                // A hole up to a later segment, or the end of the object.
+                part.get_mut(done..).unwrap_or_default().fill(0);
+                short = true;
+            }
+        }
+        if !short {
+            return Ok(buf.len());
+        }
+        let end = self.logical_len(id)?;
+        Ok(end.saturating_sub(offset).min(buf.len() as u64) as usize)
+    }
+
+    fn write_at(&self, id: &ObjectId, offset: u64, data: &[u8]) -> Result<()> {
+        self.refuse_read_only()?;
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        for (seg, within, range) in pieces(offset, data.len()) {
+            self.unshare(id, seg)?;
+            let f = self
+                .file(id, seg, true)?
+                .ok_or_else(|| Error::integrity("object vanished"))?;
+            f.write_all_at(data.get(range).unwrap_or_default(), within)
+                .map_err(|e| Error::io(self.segment_path(id, seg), e))?;
+            lock(&self.dirty).insert((*id, seg));
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, id: &ObjectId, len: u64) -> Result<()> {
+        self.refuse_read_only()?;
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let last = len.saturating_sub(1) / SEGMENT_LEN;
+        // Segments wholly beyond the new end go; the one holding the end gets its length.
+        let segments = self.segments(id)?;
+        let mut kept = 0usize;
+        for (seg, _) in &segments {
+            if *seg > last {
+                self.forget(id, *seg);
+                let path = self.segment_path(id, *seg);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(path, e)),
+                }
+            } else {
+                kept += 1;
+            }
+        }
+        if kept == 0 && !segments.is_empty() && last == 0 {
+            // Best effort: an empty directory is harmless, but tidier gone.
+            let _ = std::fs::remove_dir(self.segment_dir(id));
+        }
+        self.unshare(id, last)?;
+        let f = self
+            .file(id, last, true)?
+            .ok_or_else(|| Error::integrity("object vanished"))?;
+        f.set_len(len - last * SEGMENT_LEN)
+            .map_err(|e| Error::io(self.segment_path(id, last), e))?;
+        lock(&self.dirty).insert((*id, last));
+        Ok(())
+    }
+
+    fn punch_hole(&self, id: &ObjectId, offset: u64, len: u64) -> Result<()> {
+        self.refuse_read_only()?;
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let end = offset.saturating_add(len);
+        let mut pos = offset;
+        while pos < end {
+            let seg = pos / SEGMENT_LEN;
+            let within = pos % SEGMENT_LEN;
+            let take = (end - pos).min(SEGMENT_LEN - within);
+            if seg == 0 || self.segment_path(id, seg).exists() {
+                self.punch_file(id, seg, within, take)?;
+            }
+            pos += take;
+        }
         Ok(())
     }
 
     fn sync(&self, id: &ObjectId) -> Result<()> {
-        if let Some(f) = self.file(id, false)? {
-            f.sync_data().map_err(|e| Error::io(self.path_of(id), e))?;
+        self.sync_file(id, 0)?;
+        let segs: Vec<u64> = {
+            let mut dirty = lock(&self.dirty);
+            dirty.remove(&(*id, 0));
+            let segs: Vec<u64> = dirty
+                .iter()
+                .filter(|(i, _)| i == id)
+                .map(|(_, s)| *s)
+                .collect();
+            for s in &segs {
+                dirty.remove(&(*id, *s));
+            }
+            segs
+        };
+        for seg in segs {
+            self.sync_file(id, seg)?;
         }
-        lock(&self.dirty).remove(id);
         Ok(())
     }
 
     fn sync_all(&self) -> Result<()> {
-        let ids: Vec<ObjectId> = lock(&self.dirty).drain().collect();
-        if ids.len() > SYNCFS_THRESHOLD && self.syncfs_is_durable {
+        let files: Vec<(ObjectId, u64)> = lock(&self.dirty).drain().collect();
+        if files.len() > SYNCFS_THRESHOLD && self.syncfs_is_durable {
             // One syncfs(2) of the backing filesystem beats thousands of fdatasync calls (one
             // journal commit instead of one per object).
             use std::os::fd::AsRawFd;
@@ -321,29 +526,44 @@ impl ObjectStore for DirObjects {
             }
             tracing::warn!(error = %std::io::Error::last_os_error(), "syncfs failed; syncing objects one by one");
         }
-        for id in ids {
-            if let Some(f) = self.file(&id, false)? {
-                f.sync_data().map_err(|e| Error::io(self.path_of(&id), e))?;
-            }
+        for (id, seg) in files {
+            self.sync_file(&id, seg)?;
         }
         Ok(())
     }
 
     fn remove(&self, id: &ObjectId) -> Result<()> {
+        self.refuse_read_only()?;
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        lock(&self.files).pop(id);
-        lock(&self.dirty).remove(id);
-        lock(&self.private).remove(id);
+        {
+            let mut files = lock(&self.files);
+            let open: Vec<(ObjectId, u64)> = files
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|(i, _)| i == id)
+                .collect();
+            for k in open {
+                files.pop(&k);
+            }
+        }
+        lock(&self.dirty).retain(|(i, _)| i != id);
+        lock(&self.private).retain(|(i, _)| i != id);
         let path = self.path_of(id);
         match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        let dir = self.segment_dir(id);
+        match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(path, e)),
+            Err(e) => Err(Error::io(dir, e)),
         }
     }
 
     fn list(&self) -> Result<Vec<(ObjectId, u64)>> {
-        let mut out = Vec::new();
+        let mut out: HashMap<ObjectId, u64> = HashMap::new();
         let top = std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))?;
         for sub in top {
             let sub = sub.map_err(|e| Error::io(&self.root, e))?;
@@ -354,13 +574,27 @@ impl ObjectStore for DirObjects {
             for ent in std::fs::read_dir(&p).map_err(|e| Error::io(&p, e))? {
                 let ent = ent.map_err(|e| Error::io(&p, e))?;
                 let name = ent.file_name();
-                if let Some(id) = name.to_str().and_then(parse_object_name) {
+                let Some(name) = name.to_str() else { continue };
+                if let Some(id) = parse_object_name(name) {
                     let len = ent.metadata().map_err(|e| Error::io(ent.path(), e))?.len();
-                    out.push((id, len));
+                    let e = out.entry(id).or_insert(0);
+                    *e = (*e).max(len);
+                } else if let Some(id) = name
+                    .strip_suffix(SEGMENT_DIR_SUFFIX)
+                    .and_then(parse_object_name)
+                {
+                    let end = self
+                        .segments(&id)?
+                        .into_iter()
+                        .map(|(k, len)| k.saturating_mul(SEGMENT_LEN).saturating_add(len))
+                        .max()
+                        .unwrap_or(0);
+                    let e = out.entry(id).or_insert(0);
+                    *e = (*e).max(end);
                 }
             }
         }
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 
     fn point_gate(&self) -> Option<Arc<RwLock<()>>> {
@@ -374,6 +608,17 @@ impl ObjectStore for DirObjects {
     ) -> Result<Vec<(ObjectId, u64)>> {
         let mut objects = self.list()?;
         objects.retain(|(id, _)| wanted(id));
+        // A point is one file per object (its manifest, verification and restore know no
+        // segments): refuse rather than take a point that silently lacks data.
+        if let Some((id, _)) = objects.iter().find(|(id, _)| self.segment_dir(id).exists()) {
+            return Err(Error::posix(
+                libc::EFBIG,
+                format!(
+                    "backup point: object {} holds data beyond {SEGMENT_LEN} bytes (16 TiB), which backup points cannot carry yet",
+                    hex::encode(id)
+                ),
+            ));
+        }
         // Mark first: from here on every mutation checks the link count.
         self.point_active.store(true, Ordering::Release);
         lock(&self.private).clear();

@@ -14,6 +14,8 @@ mod cli;
 mod integrity;
 #[path = "e2e/keyservice.rs"]
 mod keyservice;
+#[path = "e2e/large_offsets.rs"]
+mod large_offsets;
 #[path = "e2e/persistence.rs"]
 mod persistence;
 #[path = "e2e/posix.rs"]

@@ -19,9 +19,9 @@ use crate::objects::ObjectId;
 use crate::{Error, Result};
 use std::sync::atomic::Ordering;
 
-/// Largest end offset of file data: objects are files of the backing filesystem, and ext4
-/// (4 KiB blocks) stops at 16 TiB. Sizes beyond it are allowed for sparse files; data is not.
-pub(crate) const MAX_DATA_END: u64 = (1 << 44) - (1 << 16);
+/// Largest end offset of file data: the largest file size (objects are split into segment
+/// files below the backing filesystem's limit, see objects.rs).
+pub(crate) const MAX_DATA_END: u64 = i64::MAX as u64;
 
 /// Ciphertext of one node ready to be written after its entries are durable.
 struct Prepared {
@@ -390,7 +390,7 @@ impl Inner {
             .ok_or_else(|| {
                 posix(
                     libc::EFBIG,
-                    format!("write inode {ino}: data beyond {MAX_DATA_END} bytes (16 TiB) is not supported"),
+                    format!("write inode {ino}: data beyond {MAX_DATA_END} bytes"),
                 )
             })?;
         let over_limit = {
