@@ -610,6 +610,20 @@ impl Records {
         Ok(out)
     }
 
+    /// Whether `ino` has at least one xattr.
+    pub fn has_xattrs(&self, ino: u64) -> Result<bool> {
+        let mut found = false;
+        self.store.scan(
+            &records::ino_prefix(prefix::XATTR, ino),
+            None,
+            &mut |_, _| {
+                found = true;
+                Ok(false)
+            },
+        )?;
+        Ok(found)
+    }
+
     /// Keys of all records of type `p` belonging to `ino` (for deletion).
     pub fn keys_of(&self, p: u8, ino: u64) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();

@@ -13,7 +13,8 @@
 //! durable. Barriers run at fsync, every few seconds, and at unmount; they then clear the
 //! previous versions, which closes the replay window they open.
 
-use super::{lock, posix, Inner, Node, NodeRef};
+use super::{lock, perms, posix, Ctx, Inner, Node, NodeRef};
+use crate::crypto::TAG_LEN;
 use crate::format::records::{BlockEntry, BlockVersion, Chunk, Storage, CHUNK_BLOCKS, INLINE_MAX};
 use crate::objects::ObjectId;
 use crate::{Error, Result};
@@ -220,16 +221,39 @@ impl Inner {
     fn finish_runs(&self, runs: Vec<Run>, out: &mut [u8]) -> Result<()> {
         let bs = self.block_size as usize;
         for mut run in runs {
+            // Check the current version of every whole block in one batch (the fast path);
+            // a block that fails goes through `open_block`, which also tries older versions.
+            let current_ok = {
+                let checks: Vec<(u64, u64, &[u8], &[u8; TAG_LEN])> = run
+                    .entries
+                    .iter()
+                    .zip(run.buf.chunks(bs))
+                    .enumerate()
+                    .filter(|(k, _)| run.got >= (k + 1) * bs)
+                    .map(|(k, (e, block))| {
+                        (run.idx + k as u64, e.cur.generation, block, &e.cur.tag)
+                    })
+                    .collect();
+                self.keys.blocks.verify_many(run.ino, &checks)
+            };
+            let mut current_ok = current_ok.into_iter();
             for (k, (e, (pos, start, stop))) in
                 run.entries.iter().zip(run.slices.iter()).enumerate()
             {
                 let lo = k * bs;
                 let have = run.got.saturating_sub(lo).min(bs);
+                let verified = have == bs && current_ok.next().unwrap_or(false);
                 let block = run
                     .buf
                     .get_mut(lo..lo + bs)
                     .ok_or_else(|| Error::integrity("read buffer"))?;
-                self.open_block(run.ino, &run.id, run.idx + k as u64, e, block, have)?;
+                if verified {
+                    self.keys
+                        .data
+                        .decrypt_block(run.ino, e.cur.generation, block)?;
+                } else {
+                    self.open_block(run.ino, &run.id, run.idx + k as u64, e, block, have)?;
+                }
                 let dst = out
                     .get_mut(*pos..*pos + (stop - start))
                     .ok_or_else(|| Error::integrity("read output"))?;
@@ -378,7 +402,16 @@ impl Inner {
         Ok(id)
     }
 
-    pub(crate) fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
+    /// Writes `data` at `offset`. `kill_suidgid` names the writer when the kernel asks for
+    /// setuid/setgid to be dropped (a writer without CAP_FSETID, FUSE_WRITE_KILL_SUIDGID); page
+    /// cache writeback never asks, since the kernel sends writes to such files through.
+    pub(crate) fn write(
+        &self,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: Option<&Ctx>,
+    ) -> Result<u32> {
         self.check_writable("write")?;
         let node = self.node(ino)?;
         if data.is_empty() {
@@ -405,14 +438,8 @@ impl Inner {
             let now = Inner::now();
             n.inode.mtime = now;
             n.inode.ctime = now;
-            // Writing clears setuid (and setgid with group exec), as on Linux.
-            let perm = u32::from(n.inode.perm);
-            if perm & (libc::S_ISUID | libc::S_ISGID) != 0 {
-                let mut p = perm & !libc::S_ISUID;
-                if p & 0o010 != 0 {
-                    p &= !libc::S_ISGID;
-                }
-                n.inode.perm = p as u16;
+            if let Some(writer) = kill_suidgid {
+                n.inode.perm = perms::perm_after_modification(&n.inode, writer);
             }
             n.attr_dirty = true;
             self.over_dirty_limit()
@@ -625,9 +652,16 @@ impl Inner {
     /// tag, spreading large batches over the available cores.
     fn seal_blocks(&self, ino: u64, items: &mut [SealItem]) -> Result<()> {
         let seal = |part: &mut [SealItem]| -> Result<()> {
-            for (idx, gen, block, tag) in part.iter_mut() {
+            for (_, gen, block, _) in part.iter_mut() {
                 self.keys.data.encrypt_block(ino, *gen, block)?;
-                *tag = self.keys.blocks.tag(ino, *idx, *gen, block);
+            }
+            let fields: Vec<(u64, u64, &[u8])> = part
+                .iter()
+                .map(|(idx, gen, block, _)| (*idx, *gen, &block[..]))
+                .collect();
+            let tags = self.keys.blocks.tags(ino, &fields);
+            for ((_, _, _, tag), t) in part.iter_mut().zip(tags) {
+                *tag = t;
             }
             Ok(())
         };
@@ -884,7 +918,7 @@ impl Inner {
         offset: u64,
         length: u64,
         mode: i32,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.check_writable("fallocate")?;
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
@@ -947,18 +981,12 @@ impl Inner {
         if punch || zero {
             n.inode.mtime = now;
         }
-        // Modifying a file drops setuid, and setgid where Linux does (group-executable, or the
-        // caller is not in the file's group), unless the caller is root.
-        if ctx.uid != 0 {
-            let mut perm = u32::from(n.inode.perm) & !libc::S_ISUID;
-            if perm & 0o010 != 0 || ctx.gid != n.inode.gid {
-                perm &= !libc::S_ISGID;
-            }
-            n.inode.perm = perm as u16;
-        }
+        let perm = perms::perm_after_modification(&n.inode, ctx);
+        let mode_changed = perm != n.inode.perm;
+        n.inode.perm = perm;
         n.inode.ctime = now;
         n.attr_dirty = true;
-        Ok(())
+        Ok(mode_changed)
     }
 
     /// Makes `[start, end)` (within the file) read as zeros, dropping whole blocks.

@@ -112,6 +112,10 @@ pub(crate) struct Node {
     pub(crate) dirty: BTreeMap<u64, Box<[u8]>>,
     /// The inode was deleted (purged); the node must not be written.
     pub(crate) purged: bool,
+    /// The inode is known to have no xattrs, so lookups of one need not touch the store. The
+    /// kernel asks for `security.capability` on a file's first write and on chown, and `ls -l`
+    /// for `security.selinux` on every entry: nearly always for files that have none.
+    pub(crate) xattrs_absent: bool,
 }
 
 impl Node {
@@ -520,12 +524,21 @@ impl Filesystem {
         self.inner.read(ino, offset, size)
     }
     /// Writes `data` at `offset` (the kernel resolves O_APPEND offsets); returns bytes written.
+    /// Leaves the mode alone (page-cache writeback, or a writer with CAP_FSETID).
     pub fn write(&self, ino: u64, _fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
-        self.inner.write(ino, offset, data)
+        self.inner.write(ino, offset, data, None)
     }
-    /// Called on every close(2) of a descriptor.
-    pub fn flush(&self, _ino: u64, _fh: u64) -> Result<()> {
-        Ok(())
+    /// [`Filesystem::write`] by `writer`, dropping setuid/setgid as Linux does for a writer
+    /// without CAP_FSETID (see [`perms::perm_after_modification`]).
+    pub fn write_dropping_suidgid(
+        &self,
+        writer: &Ctx,
+        ino: u64,
+        _fh: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32> {
+        self.inner.write(ino, offset, data, Some(writer))
     }
     /// The last reference to a file handle is gone.
     pub fn release(&self, ino: u64, fh: u64) -> Result<()> {
@@ -636,6 +649,7 @@ impl Filesystem {
         Ok(())
     }
     /// fallocate(2): `mode` 0 (allocate, may extend), FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE|KEEP_SIZE, FALLOC_FL_ZERO_RANGE.
+    /// Returns whether the file's mode changed (setuid/setgid dropped).
     pub fn fallocate(
         &self,
         ctx: &Ctx,
@@ -644,7 +658,7 @@ impl Filesystem {
         offset: u64,
         length: u64,
         mode: i32,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.inner.fallocate(ctx, ino, offset, length, mode)
     }
     /// lseek(2) with SEEK_DATA / SEEK_HOLE (others are handled by the kernel).
@@ -834,8 +848,24 @@ fn backup_watcher(weak: std::sync::Weak<Inner>) {
 }
 
 impl Inner {
+    /// The time stamped on inodes: the kernel's coarse clock (one tick resolution), the clock
+    /// it uses itself for the times it sets under FUSE_WRITEBACK_CACHE (c/mtime on write,
+    /// ctime on link and unlink). Stamping with a finer clock could give a later change an
+    /// earlier time than one the kernel stamped just before (xfstests generic/423).
     pub(crate) fn now() -> Timestamp {
-        Timestamp::now()
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec through the valid pointer it is given.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+        match u32::try_from(ts.tv_nsec) {
+            Ok(nanos) if rc == 0 && nanos < 1_000_000_000 => Timestamp {
+                secs: ts.tv_sec,
+                nanos,
+            },
+            _ => Timestamp::now(),
+        }
     }
 
     /// Removes orphans left by a crash and reserves fresh number ranges.
@@ -917,7 +947,8 @@ impl Inner {
         Ok(self.insert_node(inode, false))
     }
 
-    pub(crate) fn insert_node(&self, inode: Inode, attr_dirty: bool) -> NodeRef {
+    /// Caches the node of `inode`; `created` says it was just created (so it has no xattrs).
+    pub(crate) fn insert_node(&self, inode: Inode, created: bool) -> NodeRef {
         let ino = inode.ino;
         let mut nodes = lock(&self.nodes);
         if let Some(n) = nodes.get(&ino) {
@@ -936,13 +967,14 @@ impl Inner {
         }
         let node = Arc::new(Mutex::new(Node {
             inode,
-            attr_dirty,
+            attr_dirty: false,
             open_count: 0,
             inline: None,
             inline_dirty: false,
             inline_charge: 0,
             dirty: BTreeMap::new(),
             purged: false,
+            xattrs_absent: created,
         }));
         nodes.insert(ino, node.clone());
         node

@@ -211,7 +211,7 @@ impl Inner {
         b.commit()?;
         drop(p);
         let attr = self.attr_of(&inode);
-        self.insert_node(inode, false);
+        self.insert_node(inode, true);
         Ok(attr)
     }
 
@@ -758,6 +758,11 @@ impl Inner {
         let mut n = lock(&node);
         let now = Inner::now();
         let mut changed = set.size.is_some();
+        if set.size.is_some() {
+            // Truncation is a modification: the kernel (FUSE_HANDLE_KILLPRIV_V2) leaves dropping
+            // setuid/setgid to us.
+            n.inode.perm = perms::perm_after_modification(&n.inode, ctx);
+        }
         if let Some(mode) = set.mode {
             if self.check_perms && !perms::is_owner(&n.inode, ctx) {
                 return Err(posix(
@@ -903,6 +908,7 @@ impl Inner {
                 format!("setxattr inode {ino}: no such attribute"),
             ));
         }
+        n.xattrs_absent = false;
         let mut b = self.records.batch();
         b.put_xattr(
             ino,
@@ -918,9 +924,18 @@ impl Inner {
 
     pub(crate) fn getxattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
-        let n = lock(&node);
+        let mut n = lock(&node);
         self.xattr_check(ctx, &n, name, false)?;
-        match self.records.xattr(ino, name)? {
+        let found = if n.xattrs_absent {
+            None
+        } else {
+            let found = self.records.xattr(ino, name)?;
+            if found.is_none() && !self.records.has_xattrs(ino)? {
+                n.xattrs_absent = true;
+            }
+            found
+        };
+        match found {
             Some(x) => Ok(x.value),
             None => Err(posix(
                 libc::ENODATA,

@@ -44,3 +44,19 @@ pub fn may_delete(dir: &Inode, victim: &Inode, ctx: &Ctx) -> bool {
 pub fn is_owner(inode: &Inode, ctx: &Ctx) -> bool {
     ctx.uid == 0 || ctx.uid == inode.uid
 }
+
+/// The mode bits left after a modification of `inode`'s contents by `ctx` (write, truncate,
+/// fallocate), as Linux leaves them (`setattr_should_drop_suidgid`): setuid goes, setgid goes
+/// if the file is group-executable or `ctx` is not in its group; root (standing in for
+/// CAP_FSETID) keeps both. Only the primary group of `ctx` is known here.
+pub fn perm_after_modification(inode: &Inode, ctx: &Ctx) -> u16 {
+    let perm = u32::from(inode.perm);
+    if ctx.uid == 0 || perm & (libc::S_ISUID | libc::S_ISGID) == 0 {
+        return inode.perm;
+    }
+    let mut kept = perm & !libc::S_ISUID;
+    if kept & 0o010 != 0 || ctx.gid != inode.gid {
+        kept &= !libc::S_ISGID;
+    }
+    kept as u16
+}

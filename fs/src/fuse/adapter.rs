@@ -9,7 +9,7 @@ use crate::core::{self, Attr, Ctx, FileKind, SetAttr, TimeSet};
 use crate::Error;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
@@ -17,7 +17,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// How long the kernel may cache attributes and directory entries.
@@ -41,6 +41,7 @@ const WANTED_CAPABILITIES: &[(InitFlags, &str)] = &[
     (InitFlags::FUSE_READDIRPLUS_AUTO, "adaptive readdirplus"),
     (InitFlags::FUSE_PARALLEL_DIROPS, "parallel dirops"),
     (InitFlags::FUSE_MAX_PAGES, "max pages"),
+    (InitFlags::FUSE_HANDLE_KILLPRIV_V2, "kill privileges v2"),
 ];
 
 /// The FUSE adapter over one open [`core::Filesystem`].
@@ -49,6 +50,8 @@ pub struct DigimedFuse {
     /// Set once [`core::Filesystem::close`] has run, so that it runs exactly once whether the
     /// session's `destroy` or the mount driver gets there first.
     closed: Arc<AtomicBool>,
+    /// The session's channel for invalidating the kernel's caches, once the session exists.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl DigimedFuse {
@@ -57,6 +60,23 @@ impl DigimedFuse {
         DigimedFuse {
             fs,
             closed: Arc::new(AtomicBool::new(false)),
+            notifier: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Where the mount driver puts the session's notifier once the session is up.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Drops the kernel's cached attributes of `ino`; a failure only leaves them cached until
+    /// their TTL ends, so it is logged, not returned.
+    fn invalidate_attributes(&self, ino: INodeNo) {
+        if let Some(notifier) = self.notifier.get() {
+            // A negative offset invalidates the attributes only, not the page cache.
+            if let Err(e) = notifier.inval_inode(ino, -1, 0) {
+                tracing::debug!("invalidating attributes of inode {}: {e}", ino.0);
+            }
         }
     }
 
@@ -437,17 +457,26 @@ impl fuser::Filesystem for DigimedFuse {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(ino.0, fh.0, offset, data) {
+        // With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves dropping setuid/setgid on write to us
+        // and says when (a writer without CAP_FSETID); that spares a GETXATTR and a GETATTR
+        // round trip on most writes and chowns.
+        let written = if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            self.fs
+                .write_dropping_suidgid(&ctx(req), ino.0, fh.0, offset, data)
+        } else {
+            self.fs.write(ino.0, fh.0, offset, data)
+        };
+        match written {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", ino.0, &e)),
         }
@@ -456,15 +485,15 @@ impl fuser::Filesystem for DigimedFuse {
     fn flush(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
+        _ino: INodeNo,
+        _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush(ino.0, fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("flush", ino.0, &e)),
-        }
+        // Nothing to do at close(2): the kernel has already written the file's dirty pages
+        // back and reported their errors before it sends FLUSH. ENOSYS tells it never to send
+        // FLUSH again, which saves a round trip on every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -663,7 +692,14 @@ impl fuser::Filesystem for DigimedFuse {
             .fs
             .fallocate(&ctx(req), ino.0, fh.0, offset, length, mode)
         {
-            Ok(()) => reply.ok(),
+            Ok(mode_changed) => {
+                if mode_changed {
+                    // The kernel refreshes only size and times after fallocate; without this
+                    // it would show the old setuid/setgid bits for the attribute TTL.
+                    self.invalidate_attributes(ino);
+                }
+                reply.ok()
+            }
             Err(e) => reply.error(errno("fallocate", ino.0, &e)),
         }
     }

@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 
 /// Name of the filesystem type; the mount shows up as `fuse.digimedfs`.
@@ -107,7 +107,8 @@ pub fn mount_foreground(
 ) -> Result<()> {
     let adapter = DigimedFuse::new(fs);
     let closer = adapter.closer();
-    let served = serve(adapter, mountpoint, opts, ready);
+    let notifier_slot = adapter.notifier_slot();
+    let served = serve(adapter, notifier_slot, mountpoint, opts, ready);
     let closed = closer.close();
     match (served, closed) {
         (Ok(()), Ok(_)) => Ok(()),
@@ -123,6 +124,7 @@ pub fn mount_foreground(
 /// Mounts, calls `ready`, and waits for the end of the session.
 fn serve(
     adapter: DigimedFuse,
+    notifier_slot: Arc<OnceLock<fuser::Notifier>>,
     mountpoint: &Path,
     opts: &MountOpts,
     ready: impl FnOnce(),
@@ -165,6 +167,7 @@ fn serve(
             return Err(Error::io(&mountpoint, e));
         }
     };
+    let _ = notifier_slot.set(session.notifier());
     tracing::info!(
         "mounted on {} ({} threads{}{})",
         mountpoint.display(),

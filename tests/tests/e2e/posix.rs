@@ -982,7 +982,15 @@ fn xattrs() {
     assert_eq!(removexattr(&f, "user.bin"), Err(libc::ENODATA));
     assert_eq!(listxattr(&f), ["user.a", "user.big", "user.empty"]);
 
+    let bare = fs.path("bare");
+    fs::write(&bare, b"no xattrs").unwrap();
+
     fs.remount();
+    // Misses are remembered per inode: a later set must still be found.
+    assert_eq!(getxattr(&bare, "user.later"), Err(libc::ENODATA));
+    assert_eq!(getxattr(&bare, "security.capability"), Err(libc::ENODATA));
+    setxattr(&bare, "user.later", b"set after a miss", 0).unwrap();
+    assert_eq!(getxattr(&bare, "user.later").unwrap(), b"set after a miss");
     assert_eq!(listxattr(&f), ["user.a", "user.big", "user.empty"]);
     assert_eq!(getxattr(&f, "user.a").unwrap(), b"replaced");
     assert_eq!(getxattr(&f, "user.big").unwrap(), big);
@@ -1258,4 +1266,74 @@ fn ten_thousand_files_in_one_directory() {
     }
     assert!(fs::read_dir(&d).unwrap().next().is_none());
     fs::remove_dir(&d).unwrap();
+}
+
+/// Writing, truncating and fallocating drop setuid, and setgid where Linux does (the file is
+/// group-executable or the writer is not in its group), and the new mode shows at once; root
+/// (CAP_FSETID) keeps both. The kernel leaves this to the filesystem (FUSE_HANDLE_KILLPRIV_V2).
+#[test]
+fn modification_drops_setuid_and_setgid_as_linux_does() {
+    const U: u32 = 1000;
+    let mut fs = TestFs::with_options(&["allow_other"]);
+    let mode_of = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    let cases: [(&str, u32, u32); 2] = [("plain", 0o6666, 0o666), ("gexec", 0o6777, 0o777)];
+    for (name, before, after) in cases {
+        for op in ["append", "truncate", "fallocate"] {
+            let p = fs.path(format!("{name}-{op}"));
+            fs::write(&p, b"data").unwrap();
+            set_mode(&p, before);
+            assert_eq!(mode_of(&p), before, "{name}-{op}: mode before");
+            let c = cpath(&p);
+            let status = as_user(U, || {
+                // SAFETY: plain syscalls on a C string prepared before the fork.
+                unsafe {
+                    let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
+                    if fd < 0 {
+                        return rc(fd);
+                    }
+                    let r = match op {
+                        "append" => {
+                            if libc::write(fd, b"x".as_ptr().cast(), 1) == 1 {
+                                0
+                            } else {
+                                -1
+                            }
+                        }
+                        "truncate" => libc::ftruncate(fd, 2),
+                        _ => libc::fallocate(fd, 0, 0, 8192),
+                    };
+                    let e = rc(r);
+                    libc::close(fd);
+                    e
+                }
+            });
+            assert_eq!(status, 0, "{name}-{op} as user {U}: {}", errname(status));
+            assert_eq!(
+                mode_of(&p),
+                after,
+                "{name}-{op} by a user outside the group: mode {:o}, expected {after:o}",
+                mode_of(&p)
+            );
+        }
+    }
+    // Root writing keeps both bits.
+    let p = fs.path("root-writes");
+    fs::write(&p, b"data").unwrap();
+    set_mode(&p, 0o6755);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
+    assert_eq!(mode_of(&p), 0o6755, "root's write must keep setuid/setgid");
+    // The mode survives a remount as shown.
+    let shown: Vec<(String, u32)> = ["plain-append", "gexec-fallocate", "root-writes"]
+        .iter()
+        .map(|n| (n.to_string(), mode_of(&fs.path(n))))
+        .collect();
+    fs.remount();
+    for (n, m) in shown {
+        assert_eq!(mode_of(&fs.path(&n)), m, "{n}: mode after remount");
+    }
 }
