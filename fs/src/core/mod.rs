@@ -1088,7 +1088,7 @@ impl Inner {
     /// Deletes every record of `inode` and schedules its object for deletion.
     pub(crate) fn purge_inode(&self, inode: &Inode) -> Result<()> {
         let mut b = self.records.batch();
-        self.purge_into(&mut b, inode)?;
+        self.purge_into(&mut b, inode, false)?;
         b.commit()?;
         self.after_purge(inode);
         Ok(())
