@@ -402,20 +402,21 @@ impl Inner {
         Ok(id)
     }
 
-    /// Writes `data` at `offset`. `kill_suidgid` names the writer when the kernel asks for
-    /// setuid/setgid to be dropped (a writer without CAP_FSETID, FUSE_WRITE_KILL_SUIDGID); page
-    /// cache writeback never asks, since the kernel sends writes to such files through.
+    /// Writes `data` at `offset`; returns the bytes written and whether the mode changed.
+    /// `kill_suidgid` names the writer when the kernel asks for setuid/setgid to be dropped (a
+    /// writer without CAP_FSETID, FUSE_WRITE_KILL_SUIDGID); page cache writeback never asks,
+    /// since the kernel sends writes to such files through.
     pub(crate) fn write(
         &self,
         ino: u64,
         offset: u64,
         data: &[u8],
         kill_suidgid: Option<&Ctx>,
-    ) -> Result<u32> {
+    ) -> Result<(u32, bool)> {
         self.check_writable("write")?;
         let node = self.node(ino)?;
         if data.is_empty() {
-            return Ok(0);
+            return Ok((0, false));
         }
         let end = offset
             .checked_add(data.len() as u64)
@@ -438,16 +439,20 @@ impl Inner {
             let now = Inner::now();
             n.inode.mtime = now;
             n.inode.ctime = now;
+            let mut mode_changed = false;
             if let Some(writer) = kill_suidgid {
-                n.inode.perm = perms::perm_after_modification(&n.inode, writer);
+                let perm = perms::perm_after_modification(&n.inode, writer);
+                mode_changed = perm != n.inode.perm;
+                n.inode.perm = perm;
             }
             n.attr_dirty = true;
-            self.over_dirty_limit()
+            (self.over_dirty_limit(), mode_changed)
         };
+        let (over_limit, mode_changed) = over_limit;
         if over_limit {
             self.writeback_dirty()?;
         }
-        Ok(data.len() as u32)
+        Ok((data.len() as u32, mode_changed))
     }
 
     fn write_locked(&self, n: &mut Node, offset: u64, data: &[u8], end: u64) -> Result<()> {

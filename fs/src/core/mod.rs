@@ -526,10 +526,11 @@ impl Filesystem {
     /// Writes `data` at `offset` (the kernel resolves O_APPEND offsets); returns bytes written.
     /// Leaves the mode alone (page-cache writeback, or a writer with CAP_FSETID).
     pub fn write(&self, ino: u64, _fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
-        self.inner.write(ino, offset, data, None)
+        Ok(self.inner.write(ino, offset, data, None)?.0)
     }
     /// [`Filesystem::write`] by `writer`, dropping setuid/setgid as Linux does for a writer
-    /// without CAP_FSETID (see [`perms::perm_after_modification`]).
+    /// without CAP_FSETID (see [`perms::perm_after_modification`]). Returns the bytes written
+    /// and whether the mode changed.
     pub fn write_dropping_suidgid(
         &self,
         writer: &Ctx,
@@ -537,7 +538,7 @@ impl Filesystem {
         _fh: u64,
         offset: u64,
         data: &[u8],
-    ) -> Result<u32> {
+    ) -> Result<(u32, bool)> {
         self.inner.write(ino, offset, data, Some(writer))
     }
     /// The last reference to a file handle is gone.

@@ -810,9 +810,10 @@ impl Inner {
                     ));
                 }
             }
-            if n.inode.kind != FileKind::Dir
-                && (new_uid != n.inode.uid || new_gid != n.inode.gid || ctx.uid != 0)
-            {
+            // Linux drops setuid (and setgid with group exec) on every chown of a
+            // non-directory, by root too and even to the same owner; with
+            // FUSE_HANDLE_KILLPRIV_V2 the kernel leaves that to us.
+            if n.inode.kind != FileKind::Dir {
                 let mut perm = u32::from(n.inode.perm) & !libc::S_ISUID;
                 if perm & 0o010 != 0 {
                     perm &= !libc::S_ISGID;
@@ -850,8 +851,8 @@ impl Inner {
             }
             changed = true;
         }
-        if changed {
-            n.inode.ctime = now;
+        if changed || set.ctime.is_some() {
+            n.inode.ctime = set.ctime.map(Timestamp::from_system).unwrap_or(now);
             let mut b = self.records.batch();
             self.persist_into(&mut b, &mut n)?;
             b.commit()?;

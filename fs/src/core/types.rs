@@ -144,6 +144,9 @@ pub struct SetAttr {
     pub atime: Option<TimeSet>,
     /// New modification time.
     pub mtime: Option<TimeSet>,
+    /// The change time the kernel stamped (it keeps c/mtime of regular files itself under
+    /// FUSE_WRITEBACK_CACHE and sends them with every change); `None`: now.
+    pub ctime: Option<SystemTime>,
     /// The file handle when called through an open file (ftruncate, futimens).
     pub fh: Option<u64>,
 }

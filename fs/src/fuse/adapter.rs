@@ -266,7 +266,7 @@ impl fuser::Filesystem for DigimedFuse {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -281,6 +281,7 @@ impl fuser::Filesystem for DigimedFuse {
             size,
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
+            ctime,
             fh: fh.map(|h| h.0),
         };
         match self.fs.setattr(&ctx(req), ino.0, &set) {
@@ -473,6 +474,14 @@ impl fuser::Filesystem for DigimedFuse {
         let written = if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
             self.fs
                 .write_dropping_suidgid(&ctx(req), ino.0, fh.0, offset, data)
+                .map(|(n, mode_changed)| {
+                    if mode_changed {
+                        // The kernel does not refresh the mode after a write; without this it
+                        // would show the dropped bits for the attribute TTL.
+                        self.invalidate_attributes(ino);
+                    }
+                    n
+                })
         } else {
             self.fs.write(ino.0, fh.0, offset, data)
         };

@@ -1327,6 +1327,46 @@ fn modification_drops_setuid_and_setgid_as_linux_does() {
         .write_all(b"more")
         .unwrap();
     assert_eq!(mode_of(&p), 0o6755, "root's write must keep setuid/setgid");
+    // chown of a non-directory drops setuid, and setgid with group exec, even by root to the
+    // same owner (generic/193).
+    for (before, after) in [(0o6755, 0o755), (0o6744, 0o2744)] {
+        let c = fs.path(format!("chown-{before:o}"));
+        fs::write(&c, b"data").unwrap();
+        set_mode(&c, before);
+        std::os::unix::fs::chown(&c, Some(0), Some(0)).unwrap();
+        assert_eq!(mode_of(&c), after, "chown of a {before:o} file");
+    }
+    // A write by a user without CAP_FSETID through O_DIRECT drops the bits too, and the new
+    // mode shows at once (generic/355).
+    let d = fs.path("direct");
+    fs::write(&d, vec![1u8; 4096]).unwrap();
+    set_mode(&d, 0o6666);
+    let cd = cpath(&d);
+    let status = as_user(U, || {
+        let mut buf = vec![0u8; 8192];
+        let off = buf.as_ptr().align_offset(4096);
+        let aligned = buf[off..off + 4096].as_mut_ptr();
+        // SAFETY: plain syscalls; `aligned` points to 4096 writable bytes inside `buf`.
+        unsafe {
+            let fd = libc::open(cd.as_ptr(), libc::O_WRONLY | libc::O_DIRECT);
+            if fd < 0 {
+                return rc(fd);
+            }
+            let r = libc::pwrite(fd, aligned.cast(), 4096, 0);
+            libc::close(fd);
+            if r == 4096 {
+                0
+            } else {
+                rc(-1)
+            }
+        }
+    });
+    assert_eq!(status, 0, "O_DIRECT write as user {U}: {}", errname(status));
+    assert_eq!(
+        mode_of(&d),
+        0o666,
+        "after an O_DIRECT write by a non-member"
+    );
     // The mode survives a remount as shown.
     let shown: Vec<(String, u32)> = ["plain-append", "gexec-fallocate", "root-writes"]
         .iter()
