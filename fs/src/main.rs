@@ -113,6 +113,9 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
             // The mount always uses default_permissions: the kernel checks permissions with
             // the caller's supplementary groups, which the core cannot see.
             check_permissions: false,
+            // The kernel leaves atime of FUSE inodes to us.
+            atime: opts.atime.mode(),
+            diratime: !opts.atime.nodiratime,
             ..Default::default()
         };
         Filesystem::open(&backing, key.as_ref(), &open)
@@ -294,7 +297,7 @@ fn spawn_background(args: &MountArgs) -> anyhow::Result<()> {
     // after which the daemon's multi-MiB write buffers and sled's 8 MiB log buffers come from
     // the heap and leave it fragmented. A fixed threshold keeps them in their own mappings,
     // returned at free: peak memory of dd + fio + extracting the benchmark tree went from
-    // 220-235 to 156-158 MiB (performance.md). An explicit setting by the admin wins.
+    // 218-230 to 153-155 MiB (performance.md). An explicit setting by the admin wins.
     if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none()
         && std::env::var_os("GLIBC_TUNABLES").is_none()
     {

@@ -1,0 +1,35 @@
+# Shared setup of the probes: scratch dir, binaries, key, tarball of the benchmark tree.
+# Knobs: PROBE_DIR [/var/tmp/digimedfs-probe], BIN [<repo>/target/release], TREE_TAR
+# [$PROBE_DIR/tree.tar, built like bench/run.sh's on first use].
+set -uo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+Q="${PROBE_DIR:-/var/tmp/digimedfs-probe}"
+BIN="${BIN:-$REPO/target/release}"
+TREE_TAR="${TREE_TAR:-$Q/tree.tar}"
+mkdir -p "$Q"
+[[ -f $Q/k ]] || "$BIN/digimedfs" keygen "$Q/k" >/dev/null
+if [[ ! -f $TREE_TAR ]]; then
+    tar -cf "$TREE_TAR" --hard-dereference --ignore-failed-read /usr/include /usr/share/doc \
+        /usr/lib/python3 /usr/share/vim /usr/share/perl /usr/share/zoneinfo /usr/share/mime \
+        /usr/share/i18n 2>/dev/null
+fi
+
+# fresh_mount NAME [mount args...]: new filesystem in $Q/back-NAME mounted on $Q/mnt-NAME;
+# sets B, M and P (daemon pid).
+fresh_mount() {
+    local name=$1; shift
+    B=$Q/back-$name M=$Q/mnt-$name
+    fusermount3 -u "$M" 2>/dev/null
+    sleep 0.5
+    rm -rf "$B"; mkdir -p "$B" "$M"
+    "$BIN/mkfs-digimed" --tenant probe --key-file "$Q/k" "$B" >/dev/null
+    "$BIN/digimedfs" mount --key-file "$Q/k" "$@" "$B" "$M" || exit 1
+    P=$(pgrep -f "digimedfs mount -f.*$B" | head -1)
+}
+
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+timed() { # label cmd...: prints label and wall seconds
+    local label=$1 s e; shift
+    s=$(date +%s.%N); "$@"; e=$(date +%s.%N)
+    printf '%-10s %7.2f s\n' "$label" "$(echo "$e - $s" | bc)"
+}
