@@ -4,6 +4,7 @@
 
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
+use digimedfs::core::AtimeMode;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -130,7 +131,8 @@ pub struct MountArgs {
     pub foreground: bool,
     /// Comma-separated mount options: key_file=PATH, keyservice=URL, tenant=ID,
     /// token_file=PATH, ca_file=PATH, ro, rw, allow_other, debug, force_unlock (take over the
-    /// lock of a mount that no longer runs). Generic mount(8) options (dev,
+    /// lock of a mount that no longer runs), and when reads update access times: relatime
+    /// (default), strictatime, noatime, nodiratime. Other generic mount(8) options (dev,
     /// suid, nodev, nosuid, exec, noexec, auto, noauto, user, nouser, users, _netdev, nofail,
     /// defaults, x-*) are accepted and ignored. May be given more than once.
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -193,6 +195,35 @@ pub struct MountOptions {
     pub force_unlock: bool,
     /// `remount`: change the flags of an existing mount (mount -o remount,ro).
     pub remount: bool,
+    /// The access-time options, as the kernel combines them: `strictatime` wins, then
+    /// `noatime`, else `relatime` (the default).
+    pub atime: AtimeFlags,
+}
+
+/// The access-time mount options given, as mount(8) turns them into mount flags: each
+/// option sets or clears one flag, whatever the order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AtimeFlags {
+    /// `noatime` (cleared by `atime`).
+    pub noatime: bool,
+    /// `strictatime` (cleared by `nostrictatime`).
+    pub strictatime: bool,
+    /// `nodiratime` (cleared by `diratime`).
+    pub nodiratime: bool,
+}
+
+impl AtimeFlags {
+    /// The atime mode these flags give, as Linux decides it for a mount: `strictatime` beats
+    /// `noatime`; without either it is `relatime` (`relatime` and `norelatime` change nothing).
+    pub fn mode(&self) -> AtimeMode {
+        if self.strictatime {
+            AtimeMode::Strict
+        } else if self.noatime {
+            AtimeMode::Never
+        } else {
+            AtimeMode::Relatime
+        }
+    }
 }
 
 /// The key service options given with `-o`.
@@ -208,10 +239,10 @@ pub struct KeyServiceOptions {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Generic options mount(8) and mount.fuse3 pass along that mean nothing to us.
-/// The access-time options are the kernel's business (it keeps atime for FUSE mounts); `sync`,
+/// Generic options mount(8) and mount.fuse3 pass along that mean nothing to us. `sync`,
 /// `dirsync` and `lazytime` are accepted like on other FUSE filesystems but writes are not made
-/// synchronous: use fsync (documented in operations.md).
+/// synchronous: use fsync (documented in operations.md). (The access-time options are not
+/// here: the kernel leaves atime of FUSE inodes to the filesystem, see [`AtimeFlags`].)
 const IGNORED_OPTIONS: &[&str] = &[
     "dev",
     "suid",
@@ -227,14 +258,9 @@ const IGNORED_OPTIONS: &[&str] = &[
     "_netdev",
     "nofail",
     "defaults",
-    "atime",
-    "noatime",
+    // The kernel's default whatever these say: relatime unless strictatime or noatime.
     "relatime",
     "norelatime",
-    "strictatime",
-    "nostrictatime",
-    "diratime",
-    "nodiratime",
     "lazytime",
     "nolazytime",
     "sync",
@@ -248,8 +274,9 @@ const IGNORED_OPTIONS: &[&str] = &[
 
 /// The supported options, for error messages.
 const SUPPORTED: &str = "supported: key_file=PATH, keyservice=URL, tenant=ID, token_file=PATH, \
-                         ca_file=PATH, ro, rw, allow_other, debug, force_unlock, and the generic \
-                         mount(8) options, which are ignored";
+                         ca_file=PATH, ro, rw, allow_other, debug, force_unlock, relatime, \
+                         strictatime, noatime, nodiratime, and the other generic mount(8) \
+                         options, which are ignored";
 
 /// Parses the `-o` arguments (each a comma-separated list).
 pub fn parse_mount_options(lists: &[String]) -> anyhow::Result<MountOptions> {
@@ -281,6 +308,12 @@ pub fn parse_mount_options(lists: &[String]) -> anyhow::Result<MountOptions> {
             "debug" => opts.debug = true,
             "force_unlock" => opts.force_unlock = true,
             "remount" => opts.remount = true,
+            "atime" => opts.atime.noatime = false,
+            "noatime" => opts.atime.noatime = true,
+            "strictatime" => opts.atime.strictatime = true,
+            "nostrictatime" => opts.atime.strictatime = false,
+            "diratime" => opts.atime.nodiratime = false,
+            "nodiratime" => opts.atime.nodiratime = true,
             "key_file" | "keyservice" | "tenant" | "token_file" | "ca_file" => {
                 bail!("mount option {opt} needs a value: {opt}=...")
             }
@@ -541,6 +574,28 @@ mod tests {
         assert!(parse_mount_options(&["rw,ro".into()])
             .map(|o| o.read_only)
             .unwrap());
+    }
+
+    #[test]
+    fn atime_options() {
+        let parsed = |o: &str| parse_mount_options(&[o.into()]).unwrap().atime;
+        let mode = |o: &str| parsed(o).mode();
+        assert_eq!(mode("rw"), AtimeMode::Relatime);
+        assert_eq!(mode("relatime"), AtimeMode::Relatime);
+        assert_eq!(mode("norelatime"), AtimeMode::Relatime);
+        assert_eq!(mode("strictatime"), AtimeMode::Strict);
+        assert_eq!(mode("noatime"), AtimeMode::Never);
+        assert_eq!(mode("noatime,atime"), AtimeMode::Relatime);
+        assert_eq!(mode("strictatime,nostrictatime"), AtimeMode::Relatime);
+        // As the kernel combines the flags: strictatime wins over noatime in any order, and
+        // relatime does not clear noatime.
+        assert_eq!(mode("noatime,strictatime"), AtimeMode::Strict);
+        assert_eq!(mode("strictatime,noatime"), AtimeMode::Strict);
+        assert_eq!(mode("noatime,relatime"), AtimeMode::Never);
+        assert!(!parsed("relatime").nodiratime);
+        assert!(parsed("nodiratime").nodiratime);
+        assert!(!parsed("nodiratime,diratime").nodiratime);
+        assert_eq!(mode("nodiratime"), AtimeMode::Relatime);
     }
 
     #[test]

@@ -113,6 +113,9 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
             // The mount always uses default_permissions: the kernel checks permissions with
             // the caller's supplementary groups, which the core cannot see.
             check_permissions: false,
+            // The kernel leaves atime of FUSE inodes to us.
+            atime: opts.atime.mode(),
+            diratime: !opts.atime.nodiratime,
             ..Default::default()
         };
         Filesystem::open(&backing, key.as_ref(), &open)

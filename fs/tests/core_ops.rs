@@ -415,3 +415,140 @@ fn buffered_store_matches_a_plain_map() {
     store.flush().unwrap();
     assert_eq!(inner.dump(), model);
 }
+
+#[test]
+fn reads_update_atime_per_mode() {
+    use digimedfs::core::{AtimeMode, TimeSet};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let at = |secs: u64| TimeSet::At(UNIX_EPOCH + Duration::from_secs(secs));
+    let set_times = |fs: &digimedfs::core::Filesystem, ino: u64, atime: u64, mtime: u64| {
+        fs.setattr(
+            &ROOT,
+            ino,
+            &SetAttr {
+                atime: Some(at(atime)),
+                mtime: Some(at(mtime)),
+                // The kernel's ctime, as it sends one; keeps ctime before atime.
+                ctime: Some(UNIX_EPOCH + Duration::from_secs(mtime)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    };
+    let atime = |fs: &digimedfs::core::Filesystem, ino: u64| fs.getattr(ino).unwrap().atime;
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    // A second early: the filesystem's coarse clock may lag the real one by a tick.
+    let now = secs(SystemTime::now()) - 1;
+    let img = MemImage::create(4096).unwrap();
+    let (f, d);
+    {
+        // relatime (the default).
+        let fs = img.open(&OpenOptions::default()).unwrap();
+        let dir = fs.mkdir(&ROOT, ROOT_INO, b"d", 0o755, 0).unwrap();
+        let (a, fh) = fs
+            .create(&ROOT, dir.ino, b"f", 0o644, 0, libc::O_RDWR)
+            .unwrap();
+        fs.write(a.ino, fh, 0, b"data").unwrap();
+        fs.release(a.ino, fh).unwrap();
+        (f, d) = (a.ino, dir.ino);
+        // atime before mtime: the next read updates it.
+        set_times(&fs, f, 1000, 2000);
+        let fh = fs.open_file(&ROOT, f, libc::O_RDONLY).unwrap();
+        assert!(secs(atime(&fs, f)) >= now, "relatime: read after a change");
+        // A read-only open counts as a read (the kernel may serve the data from its cache).
+        set_times(&fs, f, 1000, 2000);
+        let (fh2, changed) = fs
+            .open_file_reporting_atime(&ROOT, f, libc::O_RDONLY)
+            .unwrap();
+        assert!(
+            changed && secs(atime(&fs, f)) >= now,
+            "relatime: open for reading"
+        );
+        fs.release(f, fh2).unwrap();
+        // atime after mtime and ctime, and recent: reads leave it alone.
+        set_times(&fs, f, now - 10, now - 20);
+        fs.read(f, fh, 0, 10).unwrap();
+        assert_eq!(secs(atime(&fs, f)), now - 10, "relatime: no change since");
+        // ... unless it is a day old.
+        set_times(&fs, f, now - 2 * 86_400, now - 3 * 86_400);
+        fs.read(f, fh, 0, 10).unwrap();
+        assert!(secs(atime(&fs, f)) >= now, "relatime: day-old atime");
+        // The kernel filling its cache for a write, and write-only opens, are not reads.
+        set_times(&fs, f, 1000, 2000);
+        fs.read_for_write(f, fh, 0, 10).unwrap();
+        let (wfh, changed) = fs
+            .open_file_reporting_atime(&ROOT, f, libc::O_WRONLY)
+            .unwrap();
+        assert!(!changed);
+        fs.release(f, wfh).unwrap();
+        assert_eq!(secs(atime(&fs, f)), 1000, "not reads");
+        fs.release(f, fh).unwrap();
+        // Listing a directory counts for it.
+        set_times(&fs, d, 1000, 2000);
+        fs.readdir(d, 0, 0, 100).unwrap();
+        assert!(secs(atime(&fs, d)) >= now, "relatime: readdir");
+        // The last update is kept over a close and reopen.
+        set_times(&fs, f, 1000, 2000);
+        let fh = fs.open_file(&ROOT, f, libc::O_RDONLY).unwrap();
+        fs.release(f, fh).unwrap();
+    }
+    {
+        let fs = img.open(&OpenOptions::default()).unwrap();
+        assert!(secs(atime(&fs, f)) >= now, "atime after reopen");
+    }
+    {
+        // noatime, nodiratime: nothing changes.
+        let fs = img
+            .open(&OpenOptions {
+                atime: AtimeMode::Never,
+                diratime: false,
+                ..Default::default()
+            })
+            .unwrap();
+        set_times(&fs, f, 1000, 2000);
+        set_times(&fs, d, 1000, 2000);
+        let fh = fs.open_file(&ROOT, f, libc::O_RDONLY).unwrap();
+        fs.read(f, fh, 0, 10).unwrap();
+        fs.release(f, fh).unwrap();
+        fs.readdir(d, 0, 0, 100).unwrap();
+        assert_eq!(secs(atime(&fs, f)), 1000, "noatime: file");
+        assert_eq!(secs(atime(&fs, d)), 1000, "noatime: directory");
+    }
+    let strict = {
+        // strictatime: every read, even with atime after mtime; nodiratime spares directories.
+        let fs = img
+            .open(&OpenOptions {
+                atime: AtimeMode::Strict,
+                diratime: false,
+                ..Default::default()
+            })
+            .unwrap();
+        set_times(&fs, f, now - 10, now - 20);
+        let fh = fs.open_file(&ROOT, f, libc::O_RDWR).unwrap();
+        fs.read(f, fh, 0, 10).unwrap();
+        fs.release(f, fh).unwrap();
+        assert!(secs(atime(&fs, f)) >= now, "strictatime: read");
+        set_times(&fs, d, now - 10, now - 20);
+        fs.readdir(d, 0, 0, 100).unwrap();
+        assert_eq!(secs(atime(&fs, d)), now - 10, "nodiratime: directory");
+        atime(&fs, f)
+    };
+    {
+        // Read-only: never, and nothing to write back.
+        let fs = img
+            .open(&OpenOptions {
+                read_only: true,
+                atime: AtimeMode::Strict,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(atime(&fs, f), strict, "the strictatime update was kept");
+        let dir_before = atime(&fs, d);
+        let fh = fs.open_file(&ROOT, f, libc::O_RDONLY).unwrap();
+        fs.read(f, fh, 0, 10).unwrap();
+        fs.release(f, fh).unwrap();
+        fs.readdir(d, 0, 0, 100).unwrap();
+        assert_eq!(atime(&fs, f), strict, "read-only: file");
+        assert_eq!(atime(&fs, d), dir_before, "read-only: directory");
+    }
+}

@@ -263,7 +263,15 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// Reads up to `size` bytes at `offset`; `touch_atime`: the read is a program's and counts
+    /// for atime (Linux records reads at end of file too).
+    pub(crate) fn read(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        touch_atime: bool,
+    ) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
         let mut n = lock(&node);
         if n.inode.kind == super::FileKind::Dir {
@@ -271,6 +279,9 @@ impl Inner {
                 libc::EISDIR,
                 format!("read inode {ino}: is a directory"),
             ));
+        }
+        if touch_atime {
+            self.touch_atime(&mut n);
         }
         let fsize = n.inode.size;
         if offset >= fsize || size == 0 {

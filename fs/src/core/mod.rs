@@ -21,7 +21,7 @@ pub mod perms;
 pub use backup::PointInfo;
 mod types;
 
-pub use types::{Attr, Ctx, DirEntry, FileKind, SetAttr, StatFs, TimeSet};
+pub use types::{AtimeMode, Attr, Ctx, DirEntry, FileKind, SetAttr, StatFs, TimeSet};
 
 use crate::backing::{BackingDir, MountLock, META_DIR, OBJECTS_DIR, SUPERBLOCK, SUPERBLOCK_BAK};
 use crate::crypto::FsKeys;
@@ -45,6 +45,8 @@ const GEN_RESERVE: u64 = 1 << 20;
 const NODE_CACHE: usize = 16_384;
 const CHUNK_CACHE: usize = 4_096;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// Under `relatime`, an atime this many seconds old is updated on the next read anyway.
+const RELATIME_MAX_AGE: i64 = 24 * 60 * 60;
 /// Changed metadata keys buffered in memory before they are handed to sled as one batch.
 const META_GROUP_KEYS: usize = 4096;
 
@@ -63,6 +65,10 @@ pub struct OpenOptions {
     /// enforces them (`default_permissions`) with the caller's supplementary groups, which the
     /// core does not see.
     pub check_permissions: bool,
+    /// When reads of files update their atime (mount options relatime, strictatime, noatime).
+    pub atime: AtimeMode,
+    /// Whether reading a directory updates its atime too (`nodiratime` turns this off).
+    pub diratime: bool,
 }
 
 impl Default for OpenOptions {
@@ -73,6 +79,8 @@ impl Default for OpenOptions {
             max_dirty_bytes: 32 << 20,
             meta_cache_bytes: 16 << 20,
             check_permissions: true,
+            atime: AtimeMode::Relatime,
+            diratime: true,
         }
     }
 }
@@ -144,6 +152,9 @@ pub(crate) struct Inner {
     pub(crate) block_size: u64,
     pub(crate) read_only: bool,
     pub(crate) check_perms: bool,
+    /// Atime updates on reads of files and directories (`OpenOptions::atime`, `diratime`).
+    pub(crate) atime: AtimeMode,
+    pub(crate) diratime: bool,
     pub(crate) max_dirty: usize,
     superblock: Mutex<Superblock>,
     backing: Option<BackingDir>,
@@ -267,6 +278,8 @@ impl Filesystem {
             block_size,
             read_only: opts.read_only,
             check_perms: opts.check_permissions,
+            atime: opts.atime,
+            diratime: opts.diratime,
             max_dirty: opts.max_dirty_bytes.max(1 << 20),
             superblock: Mutex::new(superblock),
             backing,
@@ -459,11 +472,28 @@ impl Filesystem {
     pub fn link(&self, ctx: &Ctx, ino: u64, newparent: u64, newname: &[u8]) -> Result<Attr> {
         self.inner.link(ctx, ino, newparent, newname)
     }
-    /// Opens a file; returns a file handle. `flags` are the open(2) flags.
+    /// Opens a file; returns a file handle. `flags` are the open(2) flags. An open for reading
+    /// only counts as a read for atime; see [`Filesystem::open_file_reporting_atime`].
     pub fn open_file(&self, ctx: &Ctx, ino: u64, flags: i32) -> Result<u64> {
+        self.open_file_reporting_atime(ctx, ino, flags)
+            .map(|(fh, _)| fh)
+    }
+    /// [`Filesystem::open_file`], also saying whether the open changed the file's atime. An
+    /// open for reading only (`O_RDONLY`) updates atime as a read does (per
+    /// [`OpenOptions::atime`]): the FUSE kernel serves reads of pages it has cached
+    /// (`FOPEN_KEEP_CACHE`) without asking the filesystem, so the read itself may never
+    /// arrive. Reads that do arrive count as well ([`Filesystem::read`]). When atime changed,
+    /// the kernel's cached attributes of the file should be invalidated.
+    pub fn open_file_reporting_atime(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        flags: i32,
+    ) -> Result<(u64, bool)> {
         let node = self.inner.node(ino)?;
+        let mut atime_changed = false;
         {
-            let n = lock(&node);
+            let mut n = lock(&node);
             if n.inode.kind == FileKind::Dir {
                 return Err(posix(
                     libc::EISDIR,
@@ -483,11 +513,14 @@ impl Filesystem {
                     ));
                 }
             }
+            if flags & libc::O_ACCMODE == libc::O_RDONLY {
+                atime_changed = self.inner.touch_atime(&mut n);
+            }
         }
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.inner.truncate(&node, 0)?;
         }
-        Ok(self.inner.new_handle(&node, ino))
+        Ok((self.inner.new_handle(&node, ino), atime_changed))
     }
     /// Creates and opens a regular file.
     pub fn create(
@@ -519,9 +552,16 @@ impl Filesystem {
         let node = self.inner.node(attr.ino)?;
         Ok((attr, self.inner.new_handle(&node, attr.ino)))
     }
-    /// Reads up to `size` bytes at `offset`; short only at end of file.
+    /// Reads up to `size` bytes at `offset`; short only at end of file. A program's read: it
+    /// updates atime as [`OpenOptions::atime`] says.
     pub fn read(&self, ino: u64, _fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        self.inner.read(ino, offset, size)
+        self.inner.read(ino, offset, size, true)
+    }
+    /// [`Filesystem::read`] that leaves atime alone: the kernel filling its page cache before
+    /// a partial-page write through a write-only handle (writeback cache), not a program's
+    /// read.
+    pub fn read_for_write(&self, ino: u64, _fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.inner.read(ino, offset, size, false)
     }
     /// Writes `data` at `offset` (the kernel resolves O_APPEND offsets); returns bytes written.
     /// Leaves the mode alone (page-cache writeback, or a writer with CAP_FSETID).
@@ -575,6 +615,7 @@ impl Filesystem {
         Ok(self.inner.new_handle(&node, ino))
     }
     /// Lists entries after cookie `offset` (0 = start, including `.` and `..`), at most `max`.
+    /// Counts as a read of the directory for its atime (unless `nodiratime`).
     pub fn readdir(&self, ino: u64, _fh: u64, offset: i64, max: usize) -> Result<Vec<DirEntry>> {
         self.inner.readdir(ino, offset, max)
     }
@@ -867,6 +908,38 @@ impl Inner {
             },
             _ => Timestamp::now(),
         }
+    }
+
+    /// Records a read of `n` (a file's data, or a directory's entries) in its atime as the
+    /// mount's atime mode says, the way Linux's `touch_atime` does: under `relatime` only when
+    /// atime is not later than mtime or ctime or is a day old, under `strictatime` always,
+    /// under `noatime` (and `nodiratime` for directories) or read-only never. Cheap: the node
+    /// is only marked dirty and goes to the store with the next writeback (the 5 s flusher,
+    /// fsync, unmount), never from here. Returns whether atime changed.
+    pub(crate) fn touch_atime(&self, n: &mut Node) -> bool {
+        if self.read_only || n.purged {
+            return false;
+        }
+        let i = &n.inode;
+        if i.kind == FileKind::Dir && !self.diratime {
+            return false;
+        }
+        let now = Inner::now();
+        let due = match self.atime {
+            AtimeMode::Never => false,
+            AtimeMode::Strict => true,
+            AtimeMode::Relatime => {
+                i.atime <= i.mtime
+                    || i.atime <= i.ctime
+                    || now.secs.saturating_sub(i.atime.secs) >= RELATIME_MAX_AGE
+            }
+        };
+        if !due || i.atime == now {
+            return false;
+        }
+        n.inode.atime = now;
+        n.attr_dirty = true;
+        true
     }
 
     /// Removes orphans left by a crash and reserves fresh number ranges.

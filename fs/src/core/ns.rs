@@ -688,13 +688,15 @@ impl Inner {
     pub(crate) fn readdir(&self, ino: u64, offset: i64, max: usize) -> Result<Vec<DirEntry>> {
         let node = self.node(ino)?;
         let parent = {
-            let n = lock(&node);
+            let mut n = lock(&node);
             if n.inode.kind != FileKind::Dir {
                 return Err(posix(
                     libc::ENOTDIR,
                     format!("readdir inode {ino}: not a directory"),
                 ));
             }
+            // Reading a directory counts for its atime, as getdents does on Linux.
+            self.touch_atime(&mut n);
             if ino == ROOT_INO {
                 ROOT_INO
             } else {

@@ -129,6 +129,20 @@ pub enum TimeSet {
     At(SystemTime),
 }
 
+/// When reads update access times: the mount options `relatime` (Linux's default),
+/// `strictatime` and `noatime`. The kernel leaves atime of FUSE inodes to the filesystem.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AtimeMode {
+    /// Update when atime is not later than mtime or ctime, or is a day old (Linux's
+    /// `relatime`): a read after each change, and once a day, is recorded.
+    #[default]
+    Relatime,
+    /// Update on every read (`strictatime`).
+    Strict,
+    /// Never update on reads (`noatime`); utimensat still sets atime.
+    Never,
+}
+
 /// The changes of one `setattr` call; `None` leaves a field alone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SetAttr {

@@ -408,8 +408,16 @@ impl fuser::Filesystem for DigimedFuse {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open_file(&ctx(req), ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+        match self.fs.open_file_reporting_atime(&ctx(req), ino.0, flags.0) {
+            Ok((fh, atime_changed)) => {
+                if atime_changed {
+                    // The kernel drops its cached atime after a READ, but a read served from
+                    // its page cache sends none; without this it would show the old atime for
+                    // the attribute TTL.
+                    self.invalidate_attributes(ino);
+                }
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Err(e) => reply.error(errno("open", ino.0, &e)),
         }
     }
@@ -446,11 +454,19 @@ impl fuser::Filesystem for DigimedFuse {
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino.0, fh.0, offset, size) {
+        // `flags` are those of the file the kernel reads through. Through a write-only file it
+        // only fills its page cache for a partial-page write (writeback cache): not a read that
+        // counts for atime.
+        let data = if flags.0 & libc::O_ACCMODE == libc::O_WRONLY {
+            self.fs.read_for_write(ino.0, fh.0, offset, size)
+        } else {
+            self.fs.read(ino.0, fh.0, offset, size)
+        };
+        match data {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno("read", ino.0, &e)),
         }

@@ -1377,3 +1377,181 @@ fn modification_drops_setuid_and_setgid_as_linux_does() {
         assert_eq!(mode_of(&fs.path(&n)), m, "{n}: mode after remount");
     }
 }
+
+/// Access times (B11, xfstests generic/003). The kernel leaves atime of FUSE inodes to the
+/// daemon: under `relatime` (the default) a read updates atime when it is not later than
+/// mtime or ctime, under `strictatime` every read does, under `noatime` none does;
+/// `nodiratime` leaves directories alone, and a read-only mount never updates. Reads served
+/// from the kernel's page cache count too (the open is what reaches the daemon), a listing
+/// counts for the directory, and the updates survive a remount.
+#[test]
+fn atime_relatime_strictatime_noatime() {
+    use std::time::Duration;
+    fn atime(p: &Path) -> (i64, i64) {
+        let m = fs::metadata(p).unwrap();
+        (m.atime(), m.atime_nsec())
+    }
+    fn mc_times(p: &Path) -> (i64, i64, i64, i64) {
+        let m = fs::metadata(p).unwrap();
+        (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+    }
+    fn list(d: &Path) -> usize {
+        fs::read_dir(d).unwrap().count()
+    }
+    // Long enough for the clocks (the daemon's coarse one included) to move on.
+    let pause = || std::thread::sleep(Duration::from_millis(120));
+    // Makes a file (its data stays in the page cache) and a directory with an entry.
+    fn setup(fs: &TestFs) -> (std::path::PathBuf, std::path::PathBuf) {
+        let f = fs.path("f");
+        fs::write(&f, b"some data").unwrap();
+        let d = fs.path("d");
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("x"), b"x").unwrap();
+        (f, d)
+    }
+
+    // relatime, the default.
+    let mut fs = TestFs::new();
+    let (f, d) = setup(&fs);
+    let (a0, t0) = (atime(&f), mc_times(&f));
+    pause();
+    assert_eq!(fs::read(&f).unwrap(), b"some data");
+    let a1 = atime(&f);
+    assert!(
+        a1 > a0,
+        "relatime: first read after the write: {a0:?} -> {a1:?}"
+    );
+    assert_eq!(mc_times(&f), t0, "a read changed mtime or ctime");
+    pause();
+    fs::read(&f).unwrap();
+    let mut buf = [0u8; 4];
+    File::open(&f).unwrap().read_exact_at(&mut buf, 2).unwrap();
+    assert_eq!(
+        atime(&f),
+        a1,
+        "relatime: reads with no change since the last one"
+    );
+    pause();
+    OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"!")
+        .unwrap();
+    assert_eq!(atime(&f), a1, "a write must not change atime");
+    pause();
+    fs::read(&f).unwrap();
+    let a2 = atime(&f);
+    assert!(
+        a2 > a1,
+        "relatime: first read after a change: {a1:?} -> {a2:?}"
+    );
+    let d0 = atime(&d);
+    pause();
+    assert_eq!(list(&d), 1);
+    let d1 = atime(&d);
+    assert!(
+        d1 > d0,
+        "relatime: listing a changed directory: {d0:?} -> {d1:?}"
+    );
+    pause();
+    list(&d);
+    assert_eq!(atime(&d), d1, "relatime: listing an unchanged directory");
+    fs.remount();
+    assert_eq!(atime(&f), a2, "file atime after remount");
+    assert_eq!(atime(&d), d1, "directory atime after remount");
+    // Cold cache now: the read reaches the daemon, still no update without a change.
+    fs::read(&f).unwrap();
+    assert_eq!(
+        atime(&f),
+        a2,
+        "relatime: read after remount without a change"
+    );
+    // A read-only mount never updates atime, even with strictatime.
+    fs.unmount();
+    let mnt = fs.mountpoint().to_path_buf();
+    digimedfs_tests::run_ok(&mut fs.mount_command(fs.key_file(), &mnt, &["ro", "strictatime"]));
+    assert!(digimedfs_tests::wait_until(Duration::from_secs(30), || {
+        digimedfs_tests::is_mounted(&mnt)
+    }));
+    fs.mark_mounted();
+    pause();
+    fs::read(&f).unwrap();
+    list(&d);
+    assert_eq!(atime(&f), a2, "read-only mount: file atime");
+    assert_eq!(atime(&d), d1, "read-only mount: directory atime");
+    fs.remount();
+    assert_eq!(atime(&f), a2, "file atime after the read-only mount");
+    drop(fs);
+
+    // strictatime: every read, also from the page cache, and every listing.
+    let mut fs = TestFs::with_options(&["strictatime"]);
+    let (f, d) = setup(&fs);
+    let mut last = atime(&f);
+    for i in 0..3 {
+        pause();
+        fs::read(&f).unwrap();
+        let now = atime(&f);
+        assert!(now > last, "strictatime: read {i}: {last:?} -> {now:?}");
+        last = now;
+    }
+    let mut last_d = atime(&d);
+    for i in 0..2 {
+        pause();
+        list(&d);
+        let now = atime(&d);
+        assert!(
+            now > last_d,
+            "strictatime: listing {i}: {last_d:?} -> {now:?}"
+        );
+        last_d = now;
+    }
+    fs.remount();
+    assert_eq!(atime(&f), last, "strictatime: file atime after remount");
+    assert_eq!(
+        atime(&d),
+        last_d,
+        "strictatime: directory atime after remount"
+    );
+    pause();
+    fs::read(&f).unwrap();
+    assert!(atime(&f) > last, "strictatime: read after remount");
+    drop(fs);
+
+    // noatime: neither files nor directories; utimensat still sets atime.
+    let mut fs = TestFs::with_options(&["noatime"]);
+    let (f, d) = setup(&fs);
+    let (a0, d0) = (atime(&f), atime(&d));
+    pause();
+    fs::read(&f).unwrap();
+    list(&d);
+    assert_eq!(
+        (atime(&f), atime(&d)),
+        (a0, d0),
+        "noatime: read and listing"
+    );
+    fs.remount();
+    pause();
+    fs::read(&f).unwrap();
+    assert_eq!(atime(&f), a0, "noatime: read from a cold cache");
+    let when = libc::timespec {
+        tv_sec: 1_000_000,
+        tv_nsec: 5,
+    };
+    let times = [when, when];
+    // SAFETY: a valid path and two timespecs for utimensat to read.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&f).as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(r, 0, "utimensat");
+    assert_eq!(atime(&f), (1_000_000, 5), "noatime: utimensat sets atime");
+    drop(fs);
+
+    // nodiratime: files as relatime, directories never.
+    let fs = TestFs::with_options(&["nodiratime"]);
+    let (f, d) = setup(&fs);
+    let (a0, d0) = (atime(&f), atime(&d));
+    pause();
+    fs::read(&f).unwrap();
+    list(&d);
+    assert!(atime(&f) > a0, "nodiratime: file read");
+    assert_eq!(atime(&d), d0, "nodiratime: directory listing");
+}
