@@ -878,6 +878,16 @@ impl Inner {
                 "xattr: system.* (ACLs) not supported",
             ));
         }
+        if name == b"security.selinux" {
+            // SELinux labels FUSE mounts by policy (genfscon), not from xattrs, so none are
+            // stored. EOPNOTSUPP rather than ENODATA also tells `ls -l`, which asks for every
+            // entry, that the filesystem has none: it stops asking (coreutils caches this per
+            // device), which spares a round trip per entry of `ls -lR`.
+            return Err(posix(
+                libc::EOPNOTSUPP,
+                "xattr: security.selinux (SELinux labels) not supported",
+            ));
+        }
         if !ns_ok {
             return Err(posix(libc::EOPNOTSUPP, "xattr: unknown namespace"));
         }

@@ -937,6 +937,13 @@ fn xattrs() {
 
     assert_eq!(listxattr(&f), Vec::<String>::new());
     assert_eq!(getxattr(&f, "user.missing"), Err(libc::ENODATA));
+    // No SELinux labels are stored (FUSE mounts are labelled by policy); EOPNOTSUPP makes
+    // `ls -l` stop asking for every entry.
+    assert_eq!(getxattr(&f, "security.selinux"), Err(libc::EOPNOTSUPP));
+    assert_eq!(
+        setxattr(&f, "security.selinux", b"system_u:object_r:fusefs_t:s0", 0),
+        Err(libc::EOPNOTSUPP)
+    );
     setxattr(&f, "user.a", b"alpha", 0).unwrap();
     let binary: Vec<u8> = vec![0, 1, 2, 0, 255, 0];
     setxattr(&f, "user.bin", &binary, 0).unwrap();
