@@ -1757,20 +1757,9 @@ impl<'u> Checker<'u> {
 
     fn pass_backing(&mut self, dir: &BackingDir, _listed: &BTreeSet<ObjectId>) {
         let root = dir.root().to_path_buf();
-        let Ok(rd) = std::fs::read_dir(&root) else {
+        let Some(names) = sorted_entries(&root) else {
             return;
         };
-        let mut names: Vec<(String, PathBuf, bool)> = rd
-            .filter_map(|e| e.ok())
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    e.path(),
-                    e.path().is_dir(),
-                )
-            })
-            .collect();
-        names.sort();
         for (name, path, is_dir) in names {
             let expected_dir =
                 name == META_DIR || name == OBJECTS_DIR || name == crate::backing::BACKUP_DIR;
@@ -1785,20 +1774,9 @@ impl<'u> Checker<'u> {
             );
         }
         let objects = dir.path(OBJECTS_DIR);
-        let Ok(rd) = std::fs::read_dir(&objects) else {
+        let Some(subs) = sorted_entries(&objects) else {
             return;
         };
-        let mut subs: Vec<(String, PathBuf, bool)> = rd
-            .filter_map(|e| e.ok())
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    e.path(),
-                    e.path().is_dir(),
-                )
-            })
-            .collect();
-        subs.sort();
         for (sub, path, is_dir) in subs {
             let fanout = sub.len() == 2
                 && sub
@@ -1808,20 +1786,9 @@ impl<'u> Checker<'u> {
                 self.unknown_file(&path, is_dir, !is_dir && sub.ends_with(".tmp"));
                 continue;
             }
-            let Ok(rd) = std::fs::read_dir(&path) else {
+            let Some(files) = sorted_entries(&path) else {
                 continue;
             };
-            let mut files: Vec<(String, PathBuf, bool)> = rd
-                .filter_map(|e| e.ok())
-                .map(|e| {
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        e.path(),
-                        e.path().is_dir(),
-                    )
-                })
-                .collect();
-            files.sort();
             for (f, fpath, fdir) in files {
                 let is_object_name = |n: &str| {
                     n.len() == 32
@@ -1848,20 +1815,9 @@ impl<'u> Checker<'u> {
 
     /// The segment files of one object (`objects/XX/<id>.seg/<k>`, format.md).
     fn check_segment_dir(&mut self, dir: &Path) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
+        let Some(files) = sorted_entries(dir) else {
             return;
         };
-        let mut files: Vec<(String, PathBuf, bool)> = rd
-            .filter_map(|e| e.ok())
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    e.path(),
-                    e.path().is_dir(),
-                )
-            })
-            .collect();
-        files.sort();
         for (f, fpath, fdir) in files {
             if !fdir && crate::objects::parse_segment_name(&f).is_some() {
                 continue;
@@ -2278,4 +2234,22 @@ fn verify_segment(
         pos += n;
     }
     Ok(res)
+}
+
+/// The entries of `dir` as (name, path, is a directory), sorted by name; `None` if it cannot
+/// be listed. Unreadable entries are skipped.
+fn sorted_entries(dir: &Path) -> Option<Vec<(String, PathBuf, bool)>> {
+    let mut out: Vec<(String, PathBuf, bool)> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.path(),
+                e.path().is_dir(),
+            )
+        })
+        .collect();
+    out.sort();
+    Some(out)
 }

@@ -511,8 +511,8 @@ pub fn snapshot_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-/// Sets xattr `name` of `p` to `value`; panics with the path, name and error if that fails.
-pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+/// setxattr(2) of `name` on `p` with `flags`; the errno on failure.
+pub fn try_set_xattr(p: &Path, name: &str, value: &[u8], flags: libc::c_int) -> Result<(), i32> {
     let (cp, cn) = (cpath(p), cpath(name));
     // SAFETY: valid C strings and a value buffer of the given length.
     let r = unsafe {
@@ -521,14 +521,23 @@ pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
             cn.as_ptr(),
             value.as_ptr().cast(),
             value.len(),
-            0,
+            flags,
         )
     };
-    assert_eq!(
-        r,
-        0,
-        "setxattr {} {name}: {}",
-        p.display(),
-        std::io::Error::last_os_error()
-    );
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+/// Sets xattr `name` of `p` to `value`; panics with the path, name and error if that fails.
+pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    if let Err(e) = try_set_xattr(p, name, value, 0) {
+        panic!(
+            "setxattr {} {name}: {}",
+            p.display(),
+            std::io::Error::from_raw_os_error(e)
+        );
+    }
 }

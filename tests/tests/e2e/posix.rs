@@ -879,22 +879,7 @@ fn getxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
 }
 
 fn setxattr(p: &Path, name: &str, value: &[u8], flags: libc::c_int) -> Result<(), i32> {
-    let (cp, cn) = (cpath(p), cpath(name));
-    // SAFETY: valid C strings and a value buffer of the given length.
-    let r = unsafe {
-        libc::setxattr(
-            cp.as_ptr(),
-            cn.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
-    }
+    digimedfs_tests::try_set_xattr(p, name, value, flags)
 }
 
 fn listxattr(p: &Path) -> Vec<String> {
