@@ -438,7 +438,7 @@ impl Inner {
                     format!("write inode {ino}: data beyond {MAX_DATA_END} bytes"),
                 )
             })?;
-        let over_limit = {
+        let (over_limit, mode_changed) = {
             let mut n = lock(&node);
             if n.inode.kind != super::FileKind::File {
                 return Err(posix(
@@ -459,7 +459,6 @@ impl Inner {
             n.attr_dirty = true;
             (self.over_dirty_limit(), mode_changed)
         };
-        let (over_limit, mode_changed) = over_limit;
         if over_limit {
             self.writeback_dirty()?;
         }

@@ -890,10 +890,13 @@ fn backup_watcher(weak: std::sync::Weak<Inner>) {
 }
 
 impl Inner {
-    /// The time stamped on inodes: the kernel's coarse clock (one tick resolution), the clock
-    /// it uses itself for the times it sets under FUSE_WRITEBACK_CACHE (c/mtime on write,
-    /// ctime on link and unlink). Stamping with a finer clock could give a later change an
-    /// earlier time than one the kernel stamped just before (xfstests generic/423).
+    /// The time the daemon stamps on inodes: the kernel's coarse clock (one tick resolution).
+    /// The kernel stamps the times it keeps under FUSE_WRITEBACK_CACHE (c/mtime on write,
+    /// ctime on link and unlink) from that clock too, unless someone looked at the inode's
+    /// times since (multigrain timestamps, Linux 6.13+, then give a fine time); a finer daemon
+    /// clock made a later change carry an earlier time than one the kernel had just stamped
+    /// (xfstests generic/423). The reverse, a kernel fine time followed within a tick by a
+    /// daemon change, can still order the two the wrong way round.
     pub(crate) fn now() -> Timestamp {
         let mut ts = libc::timespec {
             tv_sec: 0,

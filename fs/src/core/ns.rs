@@ -342,14 +342,14 @@ impl Inner {
     ) -> Result<()> {
         let ino = inode.ino;
         b.delete_key(&records::inode_key(ino));
-        let mut prefixes = Vec::with_capacity(2);
-        if matches!(inode.storage, Storage::Object(_)) {
-            prefixes.push(records::prefix::CHUNK);
-        }
-        if !xattrs_absent {
-            prefixes.push(records::prefix::XATTR);
-        }
-        for p in prefixes {
+        let searches = [
+            (
+                records::prefix::CHUNK,
+                matches!(inode.storage, Storage::Object(_)),
+            ),
+            (records::prefix::XATTR, !xattrs_absent),
+        ];
+        for (p, _) in searches.into_iter().filter(|(_, needed)| *needed) {
             for k in self.records.keys_of(p, ino)? {
                 b.delete_key(&k);
             }

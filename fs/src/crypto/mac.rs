@@ -1,4 +1,4 @@
-//! Keyed BLAKE3 PRFs: data-block tags, directory-entry / xattr-name keys and record MACs.
+//! Data-block tags (POLYVAL with an AES mask) and keyed BLAKE3 PRFs: directory-entry / xattr-name keys and record MACs.
 //!
 //! Every input is domain-separated by a 4-byte ASCII prefix (`blk1`, `dir1`, `xat1`) or, for
 //! [`RecordMac::mac_parts`], by length-prefixing each part, so no two distinct inputs of one
