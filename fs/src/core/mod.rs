@@ -177,7 +177,7 @@ pub(crate) struct Inner {
     pub(crate) inline_dirty_bytes: AtomicUsize,
     /// Chunks whose entries carry a `prev` version (data not yet known durable).
     pub(crate) pending: Mutex<HashSet<(u64, u64)>>,
-    pub(crate) chunk_cache: Mutex<lru::LruCache<(u64, u64), Chunk>>,
+    pub(crate) chunk_cache: Mutex<lru::LruCache<(u64, u64), Arc<Chunk>>>,
     /// Objects to delete once the metadata that dropped them is durable.
     pub(crate) doomed: Mutex<Vec<ObjectId>>,
     closed: AtomicBool,
@@ -1051,8 +1051,10 @@ impl Inner {
             // trim: with thousands of dirty nodes (access times of a tree being read, waiting
             // for the 5 s writeback) every insert rescanned them all, 7% of the daemon's time
             // reading the benchmark tree.
-            self.node_trim_at
-                .store(nodes.len().max(NODE_CACHE) + NODE_CACHE / 4, Ordering::Relaxed);
+            self.node_trim_at.store(
+                nodes.len().max(NODE_CACHE) + NODE_CACHE / 4,
+                Ordering::Relaxed,
+            );
         }
         let node = Arc::new(Mutex::new(Node {
             inode,
