@@ -329,6 +329,46 @@ mod tests {
         assert_eq!(&m.tag(1, 2, 3, &ct)[..], &want[..]);
     }
 
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn polyval_matches_rfc8452() {
+        use polyval::universal_hash::{KeyInit, UniversalHash};
+        // RFC 8452, Appendix A: POLYVAL(H, X_1, X_2).
+        let h: [u8; 16] = *b"\x25\x62\x93\x47\x58\x92\x42\x76\x1d\x31\xf8\x26\xba\x4b\x75\x7b";
+        let mut p = polyval::Polyval::new(&h.into());
+        let mut x = [0u8; 32];
+        x[..16]
+            .copy_from_slice(b"\x4f\x4f\x95\x66\x8c\x83\xdf\xb6\x40\x17\x62\xbb\x2d\x01\xa2\x62");
+        x[16..]
+            .copy_from_slice(b"\xd1\xa2\x4d\xdd\x27\x21\xd0\x06\xbb\xe4\x5f\x20\xd3\xc9\xf3\x62");
+        p.update_padded(&x);
+        assert_eq!(hex(&p.finalize()), "f7a3b47b846119fae5b7866cf5e5b77e");
+    }
+
+    #[test]
+    fn block_tags_known_answers() {
+        // Tags are stored in the metadata: a library update must not change a single one.
+        // (Values computed with polyval 0.6 before the move to 0.7.)
+        let m = BlockMac::new(&K);
+        let ct: Vec<u8> = (0..4096u32).map(|i| (i * 31 % 251) as u8).collect();
+        assert_eq!(
+            hex(&m.tag(5, 77, 9001, &ct)),
+            "4e3fad6047cda1021f8f1ba2291e6d68"
+        );
+        assert_eq!(
+            hex(&m.tag(5, 78, 9002, &ct[..100])),
+            "c92cdcda5b1a8b39f4452acbbc9f2337"
+        );
+        let blocks: Vec<(u64, u64, &[u8])> = (0..4).map(|i| (i, 50 + i, &ct[..])).collect();
+        assert_eq!(
+            hex(&m.tags(6, &blocks)[3]),
+            "886b4e763781bcdf8d177cdd761abc38"
+        );
+    }
+
     #[test]
     fn batched_tags_equal_single_tags() {
         let m = BlockMac::new(&K);
