@@ -5,24 +5,15 @@
 //! function (or of two functions sharing a key) hash the same byte string. Tags are truncated
 //! BLAKE3 keyed-mode outputs; verification is constant time (`subtle`).
 //!
-//! Guarantees: the 32-byte keys are held in a heap box that is zeroized on drop; the types are
-//! neither `Debug`, `Clone` nor `Copy`.
+//! Guarantees: the keys are held in heap boxes that are zeroized on drop (the BLAKE3 keys by
+//! us, the POLYVAL key and its powers by the `polyval` crate's `zeroize` feature); the types
+//! are neither `Debug`, `Clone` nor `Copy`.
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 /// Length of a data-block tag in bytes.
 pub const TAG_LEN: usize = 16;
-
-/// Blocks whose tags [`BlockMac::tags`] computes together.
-pub const TAG_LANES: usize = 4;
-
-/// Whether these blocks can be hashed interleaved: one length, whole 16-byte pieces, not empty.
-fn interleavable(lanes: &[(u64, u64, &[u8]); TAG_LANES]) -> bool {
-    let [(_, _, first), ..] = lanes;
-    let len = first.len();
-    len > 0 && len % 16 == 0 && lanes.iter().all(|(_, _, ct)| ct.len() == len)
-}
 
 /// A 32-byte BLAKE3 key, zeroized on drop.
 struct MacKey(Box<[u8; 32]>);
@@ -72,21 +63,24 @@ fn le64_len(data: &[u8]) -> [u8; 8] {
 /// generation, which is what the construction needs; tags are additionally kept only inside
 /// sealed metadata records, so storage never sees one.
 pub struct BlockMac {
-    hash_key: Box<[u8; 16]>,
+    /// POLYVAL keyed with `H`, powers of `H` expanded, nothing hashed: each tag starts from a
+    /// copy. Boxed so the key is not moved around; the crate zeroizes it on drop.
+    hash: Box<polyval::Polyval>,
     mask: aes::Aes256,
 }
 
 impl BlockMac {
     /// A block MAC under the 32-byte block MAC key.
     pub fn new(key: &[u8; 32]) -> BlockMac {
-        let mut h = Box::new([0u8; 16]);
+        let mut h = zeroize::Zeroizing::new([0u8; 16]);
         let mut k = zeroize::Zeroizing::new([0u8; 32]);
         // HKDF-SHA256 accepts outputs up to 8160 bytes: these lengths cannot fail.
         let _ = super::kdf::hkdf_sha256(key, &[], b"digimedfs v1 block tag polyval", &mut h[..]);
         let _ = super::kdf::hkdf_sha256(key, &[], b"digimedfs v1 block tag aes", &mut k[..]);
+        let hash = Box::new(polyval::Polyval::new((&*h).into()));
         use aes::cipher::KeyInit;
         BlockMac {
-            hash_key: h,
+            hash,
             mask: aes::Aes256::new((&*k).into()),
         }
     }
@@ -99,57 +93,21 @@ impl BlockMac {
         generation: u64,
         ciphertext: &[u8],
     ) -> [u8; TAG_LEN] {
-        use polyval::universal_hash::{KeyInit, UniversalHash};
-        let mut p = polyval::Polyval::new((&*self.hash_key).into());
+        use polyval::universal_hash::UniversalHash;
+        let mut p = polyval::Polyval::clone(&self.hash);
         p.update_padded(ciphertext);
         self.finish_tag(p, ino, block_index, generation, ciphertext.len())
     }
 
     /// Tags of several blocks of one inode, `(block_index, generation, ciphertext)` each, in
-    /// order; equal to calling [`BlockMac::tag`] on each. Blocks of equal length are hashed
-    /// [`TAG_LANES`] at a time with their POLYVAL chains interleaved: one chain waits on the
-    /// result of each carry-less multiply, several independent ones keep the multiplier busy
-    /// (about 2.3 times the throughput on 4 KiB blocks).
+    /// order; equal to calling [`BlockMac::tag`] on each. (polyval 0.7 hashes four 16-byte
+    /// pieces per reduction with precomputed powers of `H`, about 6 GB/s on 4 KiB blocks here,
+    /// faster than interleaving several blocks' one-piece-at-a-time chains, which 0.6 needed.)
     pub fn tags(&self, ino: u64, blocks: &[(u64, u64, &[u8])]) -> Vec<[u8; TAG_LEN]> {
-        let mut out = Vec::with_capacity(blocks.len());
-        for group in blocks.chunks(TAG_LANES) {
-            match <&[(u64, u64, &[u8]); TAG_LANES]>::try_from(group) {
-                Ok(lanes) if interleavable(lanes) => out.extend(self.tags_interleaved(ino, lanes)),
-                _ => out.extend(
-                    group
-                        .iter()
-                        .map(|(idx, gen, ct)| self.tag(ino, *idx, *gen, ct)),
-                ),
-            }
-        }
-        out
-    }
-
-    /// [`BlockMac::tags`] of [`TAG_LANES`] blocks of one length, a multiple of 16 bytes.
-    fn tags_interleaved(
-        &self,
-        ino: u64,
-        lanes: &[(u64, u64, &[u8]); TAG_LANES],
-    ) -> [[u8; TAG_LEN]; TAG_LANES] {
-        use polyval::universal_hash::{KeyInit, UniversalHash};
-        let mut hashes: [polyval::Polyval; TAG_LANES] =
-            std::array::from_fn(|_| polyval::Polyval::new((&*self.hash_key).into()));
-        let mut pieces: [std::slice::ChunksExact<'_, u8>; TAG_LANES] =
-            lanes.map(|(_, _, ct)| ct.chunks_exact(16));
-        // Lengths are equal (checked by `interleavable`), so the lanes run out together.
-        'blocks: loop {
-            for (hash, piece) in hashes.iter_mut().zip(pieces.iter_mut()) {
-                let Some(piece) = piece.next() else {
-                    break 'blocks;
-                };
-                hash.update(&[polyval::Block::clone_from_slice(piece)]);
-            }
-        }
-        let mut out = [[0u8; TAG_LEN]; TAG_LANES];
-        for ((o, hash), (idx, gen, ct)) in out.iter_mut().zip(hashes).zip(lanes.iter()) {
-            *o = self.finish_tag(hash, ino, *idx, *gen, ct.len());
-        }
-        out
+        blocks
+            .iter()
+            .map(|(idx, gen, ct)| self.tag(ino, *idx, *gen, ct))
+            .collect()
     }
 
     /// The tag from the POLYVAL state after the ciphertext: adds the length block, masks.
@@ -207,13 +165,6 @@ impl BlockMac {
             self.tag(ino, block_index, generation, ciphertext)
                 .ct_eq(tag),
         )
-    }
-}
-
-impl Drop for BlockMac {
-    #[inline(never)]
-    fn drop(&mut self) {
-        self.hash_key.as_mut_slice().zeroize();
     }
 }
 
@@ -305,8 +256,8 @@ mod tests {
 
     #[test]
     fn block_tag_matches_spec_layout() {
-        use aes::cipher::BlockEncrypt;
-        use polyval::universal_hash::{KeyInit, UniversalHash};
+        use aes::cipher::{BlockEncrypt, KeyInit};
+        use polyval::universal_hash::UniversalHash;
         let m = BlockMac::new(&K);
         let ct = [0x5au8; 64];
         let mut h = [0u8; 16];
@@ -335,7 +286,7 @@ mod tests {
 
     #[test]
     fn polyval_matches_rfc8452() {
-        use polyval::universal_hash::{KeyInit, UniversalHash};
+        use polyval::universal_hash::UniversalHash;
         // RFC 8452, Appendix A: POLYVAL(H, X_1, X_2).
         let h: [u8; 16] = *b"\x25\x62\x93\x47\x58\x92\x42\x76\x1d\x31\xf8\x26\xba\x4b\x75\x7b";
         let mut p = polyval::Polyval::new(&h.into());
