@@ -10,8 +10,8 @@
 //! foreign input, and returns plaintext only after the tag has verified, in a buffer that is
 //! zeroized on drop. The type is neither `Debug`, `Clone` nor `Copy`.
 
-use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+use aes_gcm_siv::aead::{AeadInOut, KeyInit};
+use aes_gcm_siv::Aes256GcmSiv;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
@@ -41,7 +41,7 @@ impl MetaSealer {
         let mut body = Zeroizing::new(plaintext.to_vec());
         let tag = self
             .0
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), ad, body.as_mut_slice())
+            .encrypt_inout_detached((&nonce).into(), ad, body.as_mut_slice().into())
             .expect(
                 "AES-GCM-SIV fails only for plaintext or AD above 2^36 bytes; records are tiny",
             );
@@ -59,12 +59,7 @@ impl MetaSealer {
         let (ct, tag) = rest.split_last_chunk::<AEAD_TAG_LEN>()?;
         let mut buf = Zeroizing::new(ct.to_vec());
         self.0
-            .decrypt_in_place_detached(
-                Nonce::from_slice(nonce),
-                ad,
-                buf.as_mut_slice(),
-                Tag::from_slice(tag),
-            )
+            .decrypt_inout_detached(nonce.into(), ad, buf.as_mut_slice().into(), tag.into())
             .ok()?;
         Some(buf)
     }
@@ -121,6 +116,27 @@ mod tests {
         let mut longer = sealed.clone();
         longer.push(0);
         assert!(s.open(b"ad", &longer).is_none());
+    }
+
+    #[test]
+    fn opens_a_record_sealed_by_an_earlier_build() {
+        // Sealed with aes-gcm-siv 0.11 (before the move to 0.12): stored records must stay
+        // readable across library versions.
+        let pt: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(7)).collect();
+        let sealed_hex = concat!(
+            "45d99b5fbb8e01b616248b5062bb6956288df4e8bc6b5e87f94c61ccf24d3d1d40d57307e480a19da5a4",
+            "c28fb90224f49a33cab263f206d4d35e22e7253937fdaef4884599d80689cdb98a44851fe4872aaf39cb",
+            "9a11b829cd9ddda992fc8e269f37400503a97af9a54e53d2b0879d7d62391e0b02fe698104398029b0b8",
+            "82d5"
+        );
+        let sealed: Vec<u8> = (0..sealed_hex.len() / 2)
+            .map(|i| u8::from_str_radix(&sealed_hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(
+            sealer().open(b"inode 42", &sealed).unwrap().as_slice(),
+            &pt[..]
+        );
+        assert!(sealer().open(b"inode 43", &sealed).is_none());
     }
 
     #[test]
