@@ -37,8 +37,10 @@ const WANTED_CAPABILITIES: &[(InitFlags, &str)] = &[
     (InitFlags::FUSE_ASYNC_READ, "async read"),
     (InitFlags::FUSE_BIG_WRITES, "big writes"),
     (InitFlags::FUSE_WRITEBACK_CACHE, "writeback cache"),
+    // Always READDIRPLUS, not FUSE_READDIRPLUS_AUTO: the kernel's adaptive mode fell back to
+    // plain READDIR for most directory reads, and find, rm -rf and cat then cost one LOOKUP
+    // round trip per entry (docs/design.md).
     (InitFlags::FUSE_DO_READDIRPLUS, "readdirplus"),
-    (InitFlags::FUSE_READDIRPLUS_AUTO, "adaptive readdirplus"),
     (InitFlags::FUSE_PARALLEL_DIROPS, "parallel dirops"),
     (InitFlags::FUSE_MAX_PAGES, "max pages"),
     (InitFlags::FUSE_HANDLE_KILLPRIV_V2, "kill privileges v2"),
