@@ -21,14 +21,14 @@ use crate::{Error, Result};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Largest end offset of file data: the largest file size (objects are split into segment
-/// files below the backing filesystem's limit, see objects.rs).
 /// Nodes written back in one metadata batch. sled applies a batch under one epoch guard, so
 /// the superseded copy of every tree page the batch touches stays allocated until the whole
 /// batch is in: a writeback of 23 000 atime updates in one batch took the daemon from 60 to
 /// over 200 MiB (performance.md, "Memory of access-time updates").
 const WRITEBACK_SLICE: usize = 256;
 
+/// Largest end offset of file data: the largest file size (objects are split into segment
+/// files below the backing filesystem's limit, see objects.rs).
 pub(crate) const MAX_DATA_END: u64 = i64::MAX as u64;
 
 /// Ciphertext of one node ready to be written after its entries are durable.
