@@ -440,6 +440,15 @@ fn reads_update_atime_per_mode() {
     // A second early: the filesystem's coarse clock may lag the real one by a tick.
     let now = secs(SystemTime::now()) - 1;
     let img = MemImage::create(4096).unwrap();
+    let open_with = |atime: AtimeMode, diratime: bool, read_only: bool| {
+        img.open(&OpenOptions {
+            atime,
+            diratime,
+            read_only,
+            ..Default::default()
+        })
+        .unwrap()
+    };
     let (f, d);
     {
         // relatime (the default).
@@ -498,13 +507,7 @@ fn reads_update_atime_per_mode() {
     }
     {
         // noatime, nodiratime: nothing changes.
-        let fs = img
-            .open(&OpenOptions {
-                atime: AtimeMode::Never,
-                diratime: false,
-                ..Default::default()
-            })
-            .unwrap();
+        let fs = open_with(AtimeMode::Never, false, false);
         set_times(&fs, f, 1000, 2000);
         set_times(&fs, d, 1000, 2000);
         let fh = fs.open_file(&ROOT, f, libc::O_RDONLY).unwrap();
@@ -516,13 +519,7 @@ fn reads_update_atime_per_mode() {
     }
     let strict = {
         // strictatime: every read, even with atime after mtime; nodiratime spares directories.
-        let fs = img
-            .open(&OpenOptions {
-                atime: AtimeMode::Strict,
-                diratime: false,
-                ..Default::default()
-            })
-            .unwrap();
+        let fs = open_with(AtimeMode::Strict, false, false);
         set_times(&fs, f, now - 10, now - 20);
         let fh = fs.open_file(&ROOT, f, libc::O_RDWR).unwrap();
         fs.read(f, fh, 0, 10).unwrap();
@@ -535,13 +532,7 @@ fn reads_update_atime_per_mode() {
     };
     {
         // Read-only: never, and nothing to write back.
-        let fs = img
-            .open(&OpenOptions {
-                read_only: true,
-                atime: AtimeMode::Strict,
-                ..Default::default()
-            })
-            .unwrap();
+        let fs = open_with(AtimeMode::Strict, true, true);
         assert_eq!(atime(&fs, f), strict, "the strictatime update was kept");
         let dir_before = atime(&fs, d);
         let fh = fs.open_file(&ROOT, f, libc::O_RDONLY).unwrap();

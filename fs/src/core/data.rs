@@ -40,7 +40,7 @@ struct Prepared {
 }
 
 /// A block being written back: index, generation, plaintext (ciphertext after sealing), tag.
-type SealItem = (u64, u64, Box<[u8]>, [u8; crate::crypto::TAG_LEN]);
+type SealItem = (u64, u64, Box<[u8]>, [u8; TAG_LEN]);
 
 /// Stored blocks read from an object, still to be verified and decrypted.
 struct Run {
@@ -235,42 +235,38 @@ impl Inner {
     fn finish_runs(&self, runs: Vec<Run>, out: &mut [u8]) -> Result<()> {
         let bs = self.block_size as usize;
         for mut run in runs {
-            // Check the current version of every whole block in one batch (the fast path);
-            // a block that fails goes through `open_block`, which also tries older versions.
-            let current_ok = {
-                let checks: Vec<(u64, u64, &[u8], &[u8; TAG_LEN])> = run
-                    .entries
-                    .iter()
-                    .zip(run.buf.chunks(bs))
-                    .enumerate()
-                    .filter(|(k, _)| run.got >= (k + 1) * bs)
-                    .map(|(k, (e, block))| {
-                        (run.idx + k as u64, e.cur.generation, block, &e.cur.tag)
-                    })
-                    .collect();
-                self.keys.blocks.verify_many(run.ino, &checks)
-            };
-            let mut current_ok = current_ok.into_iter();
             for (k, (e, (pos, start, stop))) in
                 run.entries.iter().zip(run.slices.iter()).enumerate()
             {
                 let lo = k * bs;
                 let have = run.got.saturating_sub(lo).min(bs);
-                let verified = have == bs && current_ok.next().unwrap_or(false);
-                let block = run
-                    .buf
-                    .get_mut(lo..lo + bs)
-                    .ok_or_else(|| Error::integrity("read buffer"))?;
+                let idx = run.idx + k as u64;
+                let block = run.buf.get_mut(lo..lo + bs).ok_or_else(|| {
+                    Error::integrity(format!(
+                        "inode {}: block {idx} outside the read buffer",
+                        run.ino
+                    ))
+                })?;
+                // The current version first (the fast path); a block that fails goes through
+                // `open_block`, which also tries the previous version.
+                let verified = have == bs
+                    && self
+                        .keys
+                        .blocks
+                        .verify(run.ino, idx, e.cur.generation, block, &e.cur.tag);
                 if verified {
                     self.keys
                         .data
                         .decrypt_block(run.ino, e.cur.generation, block)?;
                 } else {
-                    self.open_block(run.ino, &run.id, run.idx + k as u64, e, block, have)?;
+                    self.open_block(run.ino, &run.id, idx, e, block, have)?;
                 }
-                let dst = out
-                    .get_mut(*pos..*pos + (stop - start))
-                    .ok_or_else(|| Error::integrity("read output"))?;
+                let dst = out.get_mut(*pos..*pos + (stop - start)).ok_or_else(|| {
+                    Error::integrity(format!(
+                        "inode {}: block {idx} outside the read output",
+                        run.ino
+                    ))
+                })?;
                 dst.copy_from_slice(block.get(*start..*stop).unwrap_or_default());
             }
         }
@@ -639,14 +635,7 @@ impl Inner {
         let mut sealed: Vec<SealItem> = dirty
             .into_iter()
             .enumerate()
-            .map(|(k, (idx, block))| {
-                (
-                    idx,
-                    first_gen + k as u64,
-                    block,
-                    [0u8; crate::crypto::TAG_LEN],
-                )
-            })
+            .map(|(k, (idx, block))| (idx, first_gen + k as u64, block, [0u8; TAG_LEN]))
             .collect();
         self.seal_blocks(ino, &mut sealed)?;
         let mut chunks: std::collections::BTreeMap<u64, Chunk> = std::collections::BTreeMap::new();
@@ -692,16 +681,9 @@ impl Inner {
     /// tag, spreading large batches over the available cores.
     fn seal_blocks(&self, ino: u64, items: &mut [SealItem]) -> Result<()> {
         let seal = |part: &mut [SealItem]| -> Result<()> {
-            for (_, gen, block, _) in part.iter_mut() {
+            for (idx, gen, block, tag) in part.iter_mut() {
                 self.keys.data.encrypt_block(ino, *gen, block)?;
-            }
-            let fields: Vec<(u64, u64, &[u8])> = part
-                .iter()
-                .map(|(idx, gen, block, _)| (*idx, *gen, &block[..]))
-                .collect();
-            let tags = self.keys.blocks.tags(ino, &fields);
-            for ((_, _, _, tag), t) in part.iter_mut().zip(tags) {
-                *tag = t;
+                *tag = self.keys.blocks.tag(ino, *idx, *gen, block);
             }
             Ok(())
         };

@@ -129,9 +129,7 @@ mod tests {
             "9a11b829cd9ddda992fc8e269f37400503a97af9a54e53d2b0879d7d62391e0b02fe698104398029b0b8",
             "82d5"
         );
-        let sealed: Vec<u8> = (0..sealed_hex.len() / 2)
-            .map(|i| u8::from_str_radix(&sealed_hex[2 * i..2 * i + 2], 16).unwrap())
-            .collect();
+        let sealed = hex::decode(sealed_hex).unwrap();
         assert_eq!(
             sealer().open(b"inode 42", &sealed).unwrap().as_slice(),
             &pt[..]
