@@ -35,8 +35,28 @@ pub(crate) const MAX_DATA_END: u64 = i64::MAX as u64;
 struct Prepared {
     ino: u64,
     id: ObjectId,
-    cipher: Vec<(u64, Box<[u8]>)>,
+    blocks: Arc<InFlight>,
     chunks: Vec<u64>,
+}
+
+/// The blocks of one node's writeback, from the commit of their entries until the object
+/// holds them. The writeback releases the node once the entries are committed (so writers
+/// and readers of the file are not held up by the metadata flush and the object write), and
+/// the node keeps this for reads: the object may still hold the previous versions.
+pub(crate) struct InFlight {
+    /// `(block index, generation, ciphertext)`, by block index.
+    blocks: Vec<(u64, u64, Box<[u8]>)>,
+}
+
+impl InFlight {
+    /// Generation and ciphertext of block `idx`, if it is in flight.
+    fn get(&self, idx: u64) -> Option<(u64, &[u8])> {
+        let k = self
+            .blocks
+            .binary_search_by_key(&idx, |(i, _, _)| *i)
+            .ok()?;
+        self.blocks.get(k).map(|(_, g, c)| (*g, &c[..]))
+    }
 }
 
 /// A block being written back: index, generation, plaintext (ciphertext after sealing), tag.
@@ -54,9 +74,10 @@ struct Run {
     slices: Vec<(usize, usize, usize)>,
 }
 
-enum Src {
+enum Src<'a> {
     Dirty,
     Hole,
+    InFlight(u64, &'a [u8]),
     Stored(BlockEntry),
 }
 
@@ -178,9 +199,12 @@ impl Inner {
         };
         let mut idx = first;
         let mut cur_chunk: Option<(u64, Arc<Chunk>)> = None;
+        let in_flight = |i: u64| n.in_flight.as_ref().and_then(|f| f.get(i));
         while idx <= last {
             let src = if n.dirty.contains_key(&idx) {
                 Src::Dirty
+            } else if let Some((gen, cipher)) = in_flight(idx) {
+                Src::InFlight(gen, cipher)
             } else {
                 match self.entry(ino, idx, &mut cur_chunk)? {
                     Some(e) => Src::Stored(e),
@@ -196,10 +220,22 @@ impl Inner {
                     }
                     idx += 1;
                 }
+                Src::InFlight(gen, cipher) => {
+                    // Already authenticated by this daemon: it sealed the block itself.
+                    let mut block = cipher.to_vec();
+                    self.keys.data.decrypt_block(ino, gen, &mut block)?;
+                    let (start, stop) = span(idx);
+                    out.extend_from_slice(block.get(start..stop).unwrap_or_default());
+                    idx += 1;
+                }
                 Src::Stored(e0) => {
                     let mut entries = vec![e0];
                     let mut j = idx + 1;
-                    while j <= last && entries.len() < 256 && !n.dirty.contains_key(&j) {
+                    while j <= last
+                        && entries.len() < 256
+                        && !n.dirty.contains_key(&j)
+                        && in_flight(j).is_none()
+                    {
                         match self.entry(ino, j, &mut cur_chunk)? {
                             Some(e) => entries.push(e),
                             None => break,
@@ -448,7 +484,7 @@ impl Inner {
                     format!("write inode {ino}: data beyond {MAX_DATA_END} bytes"),
                 )
             })?;
-        let (over_limit, mode_changed) = {
+        let mode_changed = {
             let mut n = lock(&node);
             if n.inode.kind != super::FileKind::File {
                 return Err(posix(
@@ -467,11 +503,9 @@ impl Inner {
                 n.inode.perm = perm;
             }
             n.attr_dirty = true;
-            (self.over_dirty_limit(), mode_changed)
+            mode_changed
         };
-        if over_limit {
-            self.writeback_dirty()?;
-        }
+        self.after_write()?;
         Ok((data.len() as u32, mode_changed))
     }
 
@@ -532,60 +566,98 @@ impl Inner {
     /// Writes back several nodes, [`WRITEBACK_SLICE`] at a time, each slice in one cycle: one
     /// metadata batch, one metadata flush (if the slice has data), then the ciphertext. Every
     /// block entry is durable before its data can reach storage, so no ciphertext exists on
-    /// storage that its entry does not describe (see the module docs). The nodes stay locked
-    /// until their data is written, so readers never see an entry whose data is still in
-    /// flight.
-    pub(crate) fn writeback_nodes(&self, mut nodes: Vec<(u64, NodeRef)>) -> Result<()> {
+    /// storage that its entry does not describe (see the module docs). The nodes are released
+    /// once the batch is committed; until their data is written, their blocks in flight are
+    /// read from memory ([`InFlight`]), never from the object.
+    pub(crate) fn writeback_nodes(&self, nodes: Vec<(u64, NodeRef)>) -> Result<()> {
+        let wb = lock(&self.wb_lock);
+        self.writeback_nodes_locked(&wb, nodes)
+    }
+
+    /// [`Inner::writeback_nodes`] for a caller that holds `wb_lock` (`_wb` is its guard).
+    pub(crate) fn writeback_nodes_locked(
+        &self,
+        _wb: &std::sync::MutexGuard<'_, ()>,
+        mut nodes: Vec<(u64, NodeRef)>,
+    ) -> Result<()> {
         nodes.sort_by_key(|(i, _)| *i);
         nodes.dedup_by_key(|(i, _)| *i);
-        let _wb = lock(&self.wb_lock);
         for slice in nodes.chunks(WRITEBACK_SLICE) {
             self.writeback_slice(slice)?;
         }
         Ok(())
     }
 
-    /// One cycle of [`Inner::writeback_nodes`]; the caller holds `wb_lock`.
+    /// One cycle of [`Inner::writeback_nodes`]; the caller holds `wb_lock`, so no other
+    /// writeback, truncation, hole punch or deletion touches these objects until it returns.
     fn writeback_slice(&self, nodes: &[(u64, NodeRef)]) -> Result<()> {
-        let mut guards: Vec<std::sync::MutexGuard<'_, Node>> = Vec::with_capacity(nodes.len());
+        let mut locked: Vec<(&NodeRef, std::sync::MutexGuard<'_, Node>)> =
+            Vec::with_capacity(nodes.len());
         for (_, node) in nodes {
             let g = lock(node);
             if g.is_dirty() && !g.purged {
-                guards.push(g);
+                locked.push((node, g));
             }
         }
-        if guards.is_empty() {
+        if locked.is_empty() {
             return Ok(());
         }
         let mut b = self.records.batch();
-        let mut prepared = Vec::new();
-        for g in guards.iter_mut() {
+        let mut prepared: Vec<(NodeRef, Prepared)> = Vec::new();
+        for (node, g) in locked.iter_mut() {
             if let Some(p) = self.prepare_writeback(g, &mut b)? {
-                prepared.push(p);
+                g.in_flight = Some(Arc::clone(&p.blocks));
+                prepared.push((Arc::clone(node), p));
             }
         }
-        b.commit()?;
+        let committed = b.commit();
+        if committed.is_err() {
+            for (_, g) in locked.iter_mut() {
+                g.in_flight = None;
+            }
+        }
+        committed?;
+        // The metadata flush and the object writes below take most of a writeback's time;
+        // writes to these files meanwhile go to their dirty blocks (so a large sequential
+        // write keeps streaming while the previous part is stored).
+        drop(locked);
         if prepared.is_empty() {
             return Ok(());
         }
+        let stored = self.store_prepared(&prepared);
+        for (node, p) in &prepared {
+            let mut n = lock(node);
+            if n.in_flight
+                .as_ref()
+                .is_some_and(|f| Arc::ptr_eq(f, &p.blocks))
+            {
+                n.in_flight = None;
+            }
+        }
+        stored
+    }
+
+    /// Makes the committed entries of `prepared` durable, then writes their ciphertext.
+    fn store_prepared(&self, prepared: &[(NodeRef, Prepared)]) -> Result<()> {
         self.records.flush()?;
         for (ino, c) in prepared
             .iter()
-            .flat_map(|p| p.chunks.iter().map(move |c| (p.ino, *c)))
+            .flat_map(|(_, p)| p.chunks.iter().map(move |c| (p.ino, *c)))
         {
             lock(&self.pending).insert((ino, c));
         }
         let bs = self.block_size;
-        for p in prepared {
+        for (_, p) in prepared {
             // One write per run of consecutive blocks.
+            let blocks = &p.blocks.blocks;
             let mut i = 0;
             let mut run = Vec::new();
-            while let Some((start, _)) = p.cipher.get(i) {
+            while let Some((start, _, _)) = blocks.get(i) {
                 let start = *start;
                 run.clear();
                 let mut j = i;
-                while let Some((idx, blk)) = p.cipher.get(j) {
-                    if *idx != start + (j - i) as u64 || run.len() >= 8 << 20 {
+                while let Some((idx, _, blk)) = blocks.get(j) {
+                    if *idx != start + (j - i) as u64 || run.len() >= 1 << 20 {
                         break;
                     }
                     run.extend_from_slice(blk);
@@ -639,7 +711,7 @@ impl Inner {
             .collect();
         self.seal_blocks(ino, &mut sealed)?;
         let mut chunks: std::collections::BTreeMap<u64, Chunk> = std::collections::BTreeMap::new();
-        let mut cipher: Vec<(u64, Box<[u8]>)> = Vec::with_capacity(sealed.len());
+        let mut blocks: Vec<(u64, u64, Box<[u8]>)> = Vec::with_capacity(sealed.len());
         for (idx, gen, block, tag) in sealed {
             let c = idx / CHUNK_BLOCKS;
             let ch = match chunks.entry(c) {
@@ -660,7 +732,7 @@ impl Inner {
                     prev: Some(old),
                 },
             );
-            cipher.push((idx, block));
+            blocks.push((idx, gen, block));
         }
         let mut touched_chunks = Vec::with_capacity(chunks.len());
         for (c, ch) in chunks {
@@ -672,7 +744,7 @@ impl Inner {
         Ok(Some(Prepared {
             ino,
             id,
-            cipher,
+            blocks: Arc::new(InFlight { blocks }),
             chunks: touched_chunks,
         }))
     }

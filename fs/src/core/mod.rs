@@ -10,8 +10,8 @@
 //! (node table, handles, caches, counters).
 //!
 //! Durability: writes are buffered (bounded by [`OpenOptions::max_dirty_bytes`]) and written
-//! back by fsync, by a background flusher every few seconds, under memory pressure and at
-//! close. The block-versioning protocol that keeps every block verifiable across crashes is
+//! back by fsync, by a background flusher every few seconds and as soon as half the bound is
+//! used, by a writer that finds the bound reached, and at close. The block-versioning protocol that keeps every block verifiable across crashes is
 //! described in docs/integrity.md and implemented in `data.rs`.
 
 mod backup;
@@ -60,7 +60,9 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// Take over a lock left by a mount that no longer runs.
     pub force_unlock: bool,
-    /// Upper bound of dirty (not yet written back) file data kept in memory, in bytes.
+    /// Upper bound of dirty (not yet written back) file data kept in memory, in bytes. Past
+    /// half of it the flusher writes back in the background; a writer that reaches it writes
+    /// back before its write returns.
     pub max_dirty_bytes: usize,
     /// Upper bound of the metadata store's cache, in bytes.
     pub meta_cache_bytes: u64,
@@ -127,6 +129,9 @@ pub(crate) struct Node {
     /// kernel asks for `security.capability` on a file's first write and on chown, and `ls -l`
     /// for `security.selinux` on every entry: nearly always for files that have none.
     pub(crate) xattrs_absent: bool,
+    /// Blocks of a writeback that has released the node but not yet written them to the
+    /// object: their entries already name the new versions, so reads take them from here.
+    pub(crate) in_flight: Option<Arc<data::InFlight>>,
 }
 
 impl Node {
@@ -181,7 +186,23 @@ pub(crate) struct Inner {
     /// Objects to delete once the metadata that dropped them is durable.
     pub(crate) doomed: Mutex<Vec<ObjectId>>,
     closed: AtomicBool,
-    stop: (Mutex<bool>, Condvar),
+    /// Wakes the background threads: to stop, or (the flusher) to write back early.
+    signal: (Mutex<Signal>, Condvar),
+}
+
+/// What the background threads are asked to do.
+#[derive(Default)]
+struct Signal {
+    stopped: bool,
+    /// Buffered writes passed half the dirty-memory bound: the flusher should write back now.
+    writeback_wanted: bool,
+}
+
+/// Why the flusher woke.
+enum FlusherWake {
+    Stopped,
+    WritebackWanted,
+    Periodic,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -308,7 +329,7 @@ impl Filesystem {
             chunk_cache: Mutex::new(lru::LruCache::new(chunk_cap)),
             doomed: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
-            stop: (Mutex::new(false), Condvar::new()),
+            signal: (Mutex::new(Signal::default()), Condvar::new()),
         });
         let fs = Filesystem {
             inner: inner.clone(),
@@ -723,8 +744,8 @@ impl Filesystem {
             return Ok(());
         }
         {
-            let (m, cv) = &self.inner.stop;
-            *lock(m) = true;
+            let (m, cv) = &self.inner.signal;
+            lock(m).stopped = true;
             cv.notify_all();
         }
         if let Some(h) = lock(&self.flusher).take() {
@@ -861,24 +882,45 @@ pub fn format_uuid(u: &[u8; 16]) -> String {
 
 /// Waits `interval` or until the filesystem is closed; returns false once closed.
 fn wait_or_stop(inner: &Inner, interval: Duration) -> bool {
-    let (m, cv) = &inner.stop;
-    let stopped = lock(m);
-    if *stopped {
-        return false;
-    }
-    let (stopped, _) = cv
-        .wait_timeout(stopped, interval)
+    let (m, cv) = &inner.signal;
+    let (signal, _) = cv
+        .wait_timeout_while(lock(m), interval, |s| !s.stopped)
         .unwrap_or_else(|p| p.into_inner());
-    !*stopped
+    !signal.stopped
 }
 
+/// Waits until the filesystem is closed, a writer asks for an early writeback, or `interval`
+/// has passed.
+fn wait_for_flusher_work(inner: &Inner, interval: Duration) -> FlusherWake {
+    let (m, cv) = &inner.signal;
+    let (mut signal, _) = cv
+        .wait_timeout_while(lock(m), interval, |s| !s.stopped && !s.writeback_wanted)
+        .unwrap_or_else(|p| p.into_inner());
+    if signal.stopped {
+        FlusherWake::Stopped
+    } else if std::mem::take(&mut signal.writeback_wanted) {
+        FlusherWake::WritebackWanted
+    } else {
+        FlusherWake::Periodic
+    }
+}
+
+/// The commit cycle every [`FLUSH_INTERVAL`], and writebacks that writers ask for when half
+/// the dirty-memory bound is used, so that they rarely reach the bound and wait themselves.
 fn flusher(weak: std::sync::Weak<Inner>) {
+    let mut next_cycle = std::time::Instant::now() + FLUSH_INTERVAL;
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        if !wait_or_stop(&inner, FLUSH_INTERVAL) {
-            return;
-        }
-        if let Err(e) = inner.writeback_all() {
+        let wait = next_cycle.saturating_duration_since(std::time::Instant::now());
+        let done = match wait_for_flusher_work(&inner, wait) {
+            FlusherWake::Stopped => return,
+            FlusherWake::WritebackWanted => inner.writeback_over(inner.max_dirty / 2),
+            FlusherWake::Periodic => {
+                next_cycle = std::time::Instant::now() + FLUSH_INTERVAL;
+                inner.writeback_all()
+            }
+        };
+        if let Err(e) = done {
             tracing::error!(error = %e, "background writeback failed");
         }
     }
@@ -1066,6 +1108,7 @@ impl Inner {
             dirty: BTreeMap::new(),
             purged: false,
             xattrs_absent: created,
+            in_flight: None,
         }));
         nodes.insert(ino, node.clone());
         node
@@ -1159,10 +1202,28 @@ impl Inner {
         n.inline_charge = charge;
     }
 
-    /// Whether buffered writes exceed the dirty-memory bound.
-    pub(crate) fn over_dirty_limit(&self) -> bool {
+    /// Bytes of buffered writes (blocks and inline contents) not yet written back.
+    fn dirty_total(&self) -> usize {
         self.dirty_bytes.load(Ordering::Relaxed) + self.inline_dirty_bytes.load(Ordering::Relaxed)
-            > self.max_dirty
+    }
+
+    /// After a write: past half the dirty-memory bound the flusher is asked to write back (in
+    /// the background, while writers go on); past the bound the writer writes back itself.
+    pub(crate) fn after_write(&self) -> Result<()> {
+        let dirty = self.dirty_total();
+        if dirty > self.max_dirty {
+            self.writeback_over(self.max_dirty)
+        } else {
+            if dirty > self.max_dirty / 2 {
+                let (m, cv) = &self.signal;
+                let mut signal = lock(m);
+                if !signal.writeback_wanted {
+                    signal.writeback_wanted = true;
+                    cv.notify_all();
+                }
+            }
+            Ok(())
+        }
     }
 
     pub(crate) fn drop_dirty(&self, n: &mut Node) {
@@ -1217,15 +1278,34 @@ impl Inner {
         if self.read_only {
             return Ok(());
         }
+        self.writeback_nodes(self.dirty_nodes())
+    }
+
+    /// Writes back every dirty node if buffered writes still exceed `level` bytes once no
+    /// other writeback runs. Writers that cross the bound while a writeback is under way wait
+    /// for it and then find the bound met, instead of each running (and syncing the metadata
+    /// store for) a writeback of the few blocks written meanwhile.
+    fn writeback_over(&self, level: usize) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let wb = lock(&self.wb_lock);
+        if self.dirty_total() <= level {
+            return Ok(());
+        }
+        self.writeback_nodes_locked(&wb, self.dirty_nodes())
+    }
+
+    /// Nodes with changes not yet written back (and any node locked right now, which may).
+    fn dirty_nodes(&self) -> Vec<(u64, NodeRef)> {
         let nodes: Vec<(u64, NodeRef)> = lock(&self.nodes)
             .iter()
             .map(|(i, n)| (*i, n.clone()))
             .collect();
-        let dirty: Vec<(u64, NodeRef)> = nodes
+        nodes
             .into_iter()
             .filter(|(_, n)| n.try_lock().map(|g| g.is_dirty()).unwrap_or(true))
-            .collect();
-        self.writeback_nodes(dirty)
+            .collect()
     }
 
     /// Writes back every dirty node, runs a data barrier and flushes the metadata store; then

@@ -1,0 +1,233 @@
+//! Writeback while the file is in use: a writeback releases the file once its block entries
+//! are committed, so while its ciphertext is still on the way to the object, reads and writes
+//! of the file go on and see the newest data; and writers past half the dirty-memory bound
+//! get a background writeback instead of waiting for one.
+//!
+//! The object store here can hold every data write at a gate until the test opens it, so the
+//! window between "entries committed" and "object written" stays open as long as the test
+//! needs.
+
+use digimedfs::core::{Ctx, Filesystem, OpenOptions, Parts, ROOT_INO};
+use digimedfs::objects::{ObjectId, ObjectStore};
+use digimedfs::testing::MemImage;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+const ROOT: Ctx = Ctx::ROOT;
+const BS: usize = 4096;
+/// Blocks in the test file: beyond inline storage.
+const BLOCKS: usize = 32;
+
+/// Whether data writes must wait, and how many are waiting.
+#[derive(Default)]
+struct GateState {
+    closed: bool,
+    waiting: usize,
+}
+
+/// MemObjects whose `write_at` waits while the gate is closed.
+struct GatedObjects {
+    inner: Arc<dyn ObjectStore>,
+    gate: Mutex<GateState>,
+    changed: Condvar,
+}
+
+impl GatedObjects {
+    fn close(&self) {
+        self.gate.lock().unwrap().closed = true;
+    }
+    fn open(&self) {
+        self.gate.lock().unwrap().closed = false;
+        self.changed.notify_all();
+    }
+    /// Waits until a write is held at the closed gate.
+    fn wait_for_held_write(&self) {
+        let g = self.gate.lock().unwrap();
+        let (g, timeout) = self
+            .changed
+            .wait_timeout_while(g, Duration::from_secs(10), |s| s.waiting == 0)
+            .unwrap();
+        assert!(
+            !timeout.timed_out() && g.waiting > 0,
+            "no write reached the gate"
+        );
+    }
+}
+
+impl ObjectStore for GatedObjects {
+    fn read_at(&self, id: &ObjectId, offset: u64, buf: &mut [u8]) -> digimedfs::Result<usize> {
+        self.inner.read_at(id, offset, buf)
+    }
+    fn write_at(&self, id: &ObjectId, offset: u64, data: &[u8]) -> digimedfs::Result<()> {
+        let mut g = self.gate.lock().unwrap();
+        g.waiting += 1;
+        self.changed.notify_all();
+        let mut g = self.changed.wait_while(g, |s| s.closed).unwrap();
+        g.waiting -= 1;
+        drop(g);
+        self.inner.write_at(id, offset, data)
+    }
+    fn set_len(&self, id: &ObjectId, len: u64) -> digimedfs::Result<()> {
+        self.inner.set_len(id, len)
+    }
+    fn punch_hole(&self, id: &ObjectId, offset: u64, len: u64) -> digimedfs::Result<()> {
+        self.inner.punch_hole(id, offset, len)
+    }
+    fn sync(&self, id: &ObjectId) -> digimedfs::Result<()> {
+        self.inner.sync(id)
+    }
+    fn sync_all(&self) -> digimedfs::Result<()> {
+        self.inner.sync_all()
+    }
+    fn remove(&self, id: &ObjectId) -> digimedfs::Result<()> {
+        self.inner.remove(id)
+    }
+    fn list(&self) -> digimedfs::Result<Vec<(ObjectId, u64)>> {
+        self.inner.list()
+    }
+}
+
+fn open_gated(img: &MemImage) -> (Arc<Filesystem>, Arc<GatedObjects>) {
+    let gated = Arc::new(GatedObjects {
+        inner: img.objects.clone(),
+        gate: Mutex::new(GateState::default()),
+        changed: Condvar::new(),
+    });
+    let parts = Parts {
+        superblock: img.superblock.clone(),
+        keys: img.keys.clone(),
+        meta: Arc::new(digimedfs::meta::BufferedStore::new(img.meta.clone(), 64)),
+        objects: gated.clone(),
+        backing: None,
+    };
+    let fs = Filesystem::from_parts(parts, None, &OpenOptions::default()).unwrap();
+    (Arc::new(fs), gated)
+}
+
+/// Runs `f` on another thread and returns its result, failing if it takes over 10 s (the
+/// file would then still be locked by the writeback held at the gate).
+fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the file stayed locked while its writeback waited for the object write")
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+#[test]
+fn blocks_in_flight_read_and_change_while_the_object_write_waits() {
+    let img = MemImage::create(BS as u32).unwrap();
+    let (fs, gate) = open_gated(&img);
+    // Version A of every block, durable.
+    let (a, fh) = fs
+        .create(&ROOT, ROOT_INO, b"f", 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    let ino = a.ino;
+    let v_a = pattern(0xA0, BLOCKS * BS);
+    fs.write(ino, fh, 0, &v_a).unwrap();
+    fs.fsync(ino, fh, false).unwrap();
+    // Blocks 1 and 2 rewritten (version B); the fsync's writeback stops at the gate.
+    let v_b = pattern(0xB0, 2 * BS);
+    fs.write(ino, fh, BS as u64, &v_b).unwrap();
+    gate.close();
+    let syncing = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.fsync(ino, fh, false))
+    };
+    gate.wait_for_held_write();
+
+    // The object still holds version A of blocks 1 and 2, their entries name version B.
+    let mut want = v_a.clone();
+    want[BS..3 * BS].copy_from_slice(&v_b);
+    let got = {
+        let fs = fs.clone();
+        within_10s(move || fs.read(ino, fh, 0, (BLOCKS * BS) as u32).unwrap())
+    };
+    assert!(got == want, "a read during the object write saw stale data");
+
+    // A partial write into a block in flight starts from its new version.
+    let patch = pattern(0xC0, 100);
+    {
+        let fs = fs.clone();
+        let patch = patch.clone();
+        within_10s(move || fs.write(ino, fh, (2 * BS + 50) as u64, &patch).unwrap());
+    }
+    want[2 * BS + 50..2 * BS + 150].copy_from_slice(&patch);
+    let got = {
+        let fs = fs.clone();
+        within_10s(move || fs.read(ino, fh, 0, (BLOCKS * BS) as u32).unwrap())
+    };
+    assert!(
+        got == want,
+        "a partial write into a block in flight lost data"
+    );
+
+    gate.open();
+    syncing.join().unwrap().unwrap();
+    assert!(fs.read(ino, fh, 0, (BLOCKS * BS) as u32).unwrap() == want);
+    fs.fsync(ino, fh, false).unwrap();
+    fs.release(ino, fh).unwrap();
+    fs.close().unwrap();
+
+    // Everything is in storage: a fresh mount reads the same.
+    let fs = img.open(&OpenOptions::default()).unwrap();
+    let a = fs.lookup(&ROOT, ROOT_INO, b"f").unwrap();
+    let fh = fs.open_file(&ROOT, a.ino, libc::O_RDONLY).unwrap();
+    assert!(fs.read(a.ino, fh, 0, (BLOCKS * BS) as u32).unwrap() == want);
+    fs.close().unwrap();
+}
+
+/// Bytes the object store holds for the file's object (0 if it has none yet).
+fn stored_len(img: &MemImage) -> u64 {
+    img.objects
+        .list()
+        .unwrap()
+        .iter()
+        .map(|(_, len)| *len)
+        .sum()
+}
+
+#[test]
+fn writes_past_half_the_dirty_bound_are_written_back_in_the_background() {
+    let img = MemImage::create(BS as u32).unwrap();
+    let opts = OpenOptions {
+        max_dirty_bytes: 1 << 20,
+        ..OpenOptions::default()
+    };
+    let fs = img.open(&opts).unwrap();
+    let (a, fh) = fs
+        .create(&ROOT, ROOT_INO, b"f", 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    // A third of the bound: nothing asks for a writeback before the 5 s commit cycle.
+    let first = pattern(1, 340 << 10);
+    fs.write(a.ino, fh, 0, &first).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(stored_len(&img), 0, "written back below half the bound");
+    // Past half the bound (still below it, so the writer itself does not write back): the
+    // flusher does, well before its next commit cycle.
+    let second = pattern(2, 240 << 10);
+    fs.write(a.ino, fh, first.len() as u64, &second).unwrap();
+    let total = (first.len() + second.len()) as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while stored_len(&img) < total && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        stored_len(&img),
+        total,
+        "no background writeback past half the bound"
+    );
+    let mut want = first;
+    want.extend_from_slice(&second);
+    assert!(fs.read(a.ino, fh, 0, total as u32).unwrap() == want);
+    fs.release(a.ino, fh).unwrap();
+    fs.close().unwrap();
+}
