@@ -5,9 +5,10 @@
 //!
 //! The object store here can hold every data write at a gate until the test opens it, so the
 //! window between "entries committed" and "object written" stays open as long as the test
-//! needs.
+//! needs; the metadata store likewise holds flushes, for deletions committed during one.
 
 use digimedfs::core::{Ctx, Filesystem, OpenOptions, Parts, ROOT_INO};
+use digimedfs::meta::{Batch, MemStore, MetaStore, ScanFn};
 use digimedfs::objects::{ObjectId, ObjectStore};
 use digimedfs::testing::MemImage;
 use std::sync::mpsc;
@@ -229,5 +230,106 @@ fn writes_past_half_the_dirty_bound_are_written_back_in_the_background() {
     want.extend_from_slice(&second);
     assert!(fs.read(a.ino, fh, 0, total as u32).unwrap() == want);
     fs.release(a.ino, fh).unwrap();
+    fs.close().unwrap();
+}
+
+/// MemStore whose `flush` waits while its gate is closed.
+struct GatedMeta {
+    inner: Arc<MemStore>,
+    gate: Mutex<GateState>,
+    changed: Condvar,
+}
+
+impl MetaStore for GatedMeta {
+    fn get(&self, key: &[u8]) -> digimedfs::Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: &mut ScanFn<'_>,
+    ) -> digimedfs::Result<()> {
+        self.inner.scan(prefix, after, f)
+    }
+    fn apply(&self, batch: &Batch) -> digimedfs::Result<()> {
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> digimedfs::Result<()> {
+        let mut g = self.gate.lock().unwrap();
+        g.waiting += 1;
+        self.changed.notify_all();
+        let mut g = self.changed.wait_while(g, |s| s.closed).unwrap();
+        g.waiting -= 1;
+        drop(g);
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn objects_of_deletions_committed_during_a_flush_wait_for_the_next_one() {
+    let img = MemImage::create(BS as u32).unwrap();
+    let meta = Arc::new(GatedMeta {
+        inner: img.meta.clone(),
+        gate: Mutex::new(GateState::default()),
+        changed: Condvar::new(),
+    });
+    let parts = Parts {
+        superblock: img.superblock.clone(),
+        keys: img.keys.clone(),
+        meta: Arc::new(digimedfs::meta::BufferedStore::new(meta.clone(), 64)),
+        objects: img.objects.clone(),
+        backing: None,
+    };
+    let fs = Arc::new(Filesystem::from_parts(parts, None, &OpenOptions::default()).unwrap());
+    // Two files with data objects, durable.
+    let data = pattern(0x5A, BLOCKS * BS);
+    for name in [&b"g"[..], b"f"] {
+        let (a, fh) = fs
+            .create(&ROOT, ROOT_INO, name, 0o644, 0, libc::O_RDWR)
+            .unwrap();
+        fs.write(a.ino, fh, 0, &data).unwrap();
+        fs.fsync(a.ino, fh, false).unwrap();
+        fs.release(a.ino, fh).unwrap();
+    }
+    fs.sync_all().unwrap();
+    // g's object waits for its deletion to be durable; a commit cycle starts and its metadata
+    // flush is held at the gate.
+    fs.unlink(&ROOT, ROOT_INO, b"g").unwrap();
+    meta.gate.lock().unwrap().closed = true;
+    let cycle = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.sync_all())
+    };
+    {
+        let g = meta.gate.lock().unwrap();
+        let (g, _) = meta
+            .changed
+            .wait_timeout_while(g, Duration::from_secs(10), |s| s.waiting == 0)
+            .unwrap();
+        assert!(g.waiting > 0, "the commit cycle never flushed");
+    }
+    // f is deleted while that flush runs: its deletion is not in the flush.
+    fs.unlink(&ROOT, ROOT_INO, b"f").unwrap();
+    meta.gate.lock().unwrap().closed = false;
+    meta.changed.notify_all();
+    cycle.join().unwrap().unwrap();
+
+    // A crash now keeps only what was flushed: f still exists there, and so must its data.
+    let crashed = img.crash_image(0, &mut |_| true);
+    let fs2 = crashed.open(&OpenOptions::default()).unwrap();
+    let f = fs2.lookup(&ROOT, ROOT_INO, b"f").unwrap();
+    let fh = fs2.open_file(&ROOT, f.ino, libc::O_RDONLY).unwrap();
+    let got = fs2.read(f.ino, fh, 0, data.len() as u32);
+    assert!(
+        matches!(&got, Ok(d) if *d == data),
+        "the object of a deletion that was not yet durable is gone: {:?}",
+        got.map(|d| d.len())
+    );
+    assert!(
+        fs2.lookup(&ROOT, ROOT_INO, b"g").is_err(),
+        "g's deletion was flushed"
+    );
+    fs2.close().unwrap();
     fs.close().unwrap();
 }

@@ -1013,8 +1013,7 @@ impl Inner {
         c.gen_reserved = c.next_gen + GEN_RESERVE;
         self.store_counters(&c)?;
         drop(c);
-        self.records.flush()?;
-        self.delete_doomed()
+        self.flush_and_delete_doomed()
     }
 
     fn store_counters(&self, c: &CounterState) -> Result<()> {
@@ -1247,10 +1246,20 @@ impl Inner {
     }
 
     /// Deletes objects whose last reference is durably gone.
-    pub(crate) fn delete_doomed(&self) -> Result<()> {
+    /// Makes the metadata store durable, then removes the objects whose deletion it now
+    /// records. The list is taken before the flush: an object doomed by a deletion committed
+    /// during the flush waits for the next one (its deletion may not be in this flush).
+    pub(crate) fn flush_and_delete_doomed(&self) -> Result<()> {
         let doomed: Vec<ObjectId> = std::mem::take(&mut *lock(&self.doomed));
-        for id in doomed {
-            self.objects.remove(&id)?;
+        if let Err(e) = self.records.flush() {
+            lock(&self.doomed).extend(doomed);
+            return Err(e);
+        }
+        for (k, id) in doomed.iter().enumerate() {
+            if let Err(e) = self.objects.remove(id) {
+                lock(&self.doomed).extend(doomed.iter().skip(k).copied());
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -1316,19 +1325,13 @@ impl Inner {
         }
         self.writeback_dirty()?;
         self.barrier()?;
-        let doomed = !lock(&self.doomed).is_empty();
         // Every cycle ends durable: the metadata store has no flusher of its own, so this is the
         // commit interval (as ext4's 5 s journal commit).
-        self.records.flush()?;
-        if doomed {
-            self.delete_doomed()?;
-        }
-        Ok(())
+        self.flush_and_delete_doomed()
     }
 
     fn sync_all(&self) -> Result<()> {
-        self.writeback_all()?;
-        self.delete_doomed()
+        self.writeback_all()
     }
 }
 
