@@ -20,40 +20,53 @@ const BS: usize = 4096;
 /// Blocks in the test file: beyond inline storage.
 const BLOCKS: usize = 32;
 
-/// Whether data writes must wait, and how many are waiting.
+/// A point where storage calls wait while the test holds it closed.
 #[derive(Default)]
-struct GateState {
-    closed: bool,
-    waiting: usize,
+struct Gate {
+    /// Whether calls must wait, and how many are waiting.
+    state: Mutex<(bool, usize)>,
+    changed: Condvar,
+}
+
+/// Opens the gate when dropped, so a failing test does not leave a writeback (and the
+/// filesystem's shutdown) waiting forever.
+struct ClosedGate<'a>(&'a Gate);
+
+impl Drop for ClosedGate<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap().0 = false;
+        self.0.changed.notify_all();
+    }
+}
+
+impl Gate {
+    fn close(&self) -> ClosedGate<'_> {
+        self.state.lock().unwrap().0 = true;
+        ClosedGate(self)
+    }
+    /// Called by the storage: returns once the gate is open.
+    fn pass(&self) {
+        let mut g = self.state.lock().unwrap();
+        g.1 += 1;
+        self.changed.notify_all();
+        let mut g = self.changed.wait_while(g, |s| s.0).unwrap();
+        g.1 -= 1;
+    }
+    /// Waits until a call is held at the closed gate.
+    fn wait_for_held_call(&self) {
+        let g = self.state.lock().unwrap();
+        let (g, _) = self
+            .changed
+            .wait_timeout_while(g, Duration::from_secs(10), |s| s.1 == 0)
+            .unwrap();
+        assert!(g.1 > 0, "no storage call reached the gate");
+    }
 }
 
 /// MemObjects whose `write_at` waits while the gate is closed.
 struct GatedObjects {
     inner: Arc<dyn ObjectStore>,
-    gate: Mutex<GateState>,
-    changed: Condvar,
-}
-
-impl GatedObjects {
-    fn close(&self) {
-        self.gate.lock().unwrap().closed = true;
-    }
-    fn open(&self) {
-        self.gate.lock().unwrap().closed = false;
-        self.changed.notify_all();
-    }
-    /// Waits until a write is held at the closed gate.
-    fn wait_for_held_write(&self) {
-        let g = self.gate.lock().unwrap();
-        let (g, timeout) = self
-            .changed
-            .wait_timeout_while(g, Duration::from_secs(10), |s| s.waiting == 0)
-            .unwrap();
-        assert!(
-            !timeout.timed_out() && g.waiting > 0,
-            "no write reached the gate"
-        );
-    }
+    gate: Gate,
 }
 
 impl ObjectStore for GatedObjects {
@@ -61,12 +74,7 @@ impl ObjectStore for GatedObjects {
         self.inner.read_at(id, offset, buf)
     }
     fn write_at(&self, id: &ObjectId, offset: u64, data: &[u8]) -> digimedfs::Result<()> {
-        let mut g = self.gate.lock().unwrap();
-        g.waiting += 1;
-        self.changed.notify_all();
-        let mut g = self.changed.wait_while(g, |s| s.closed).unwrap();
-        g.waiting -= 1;
-        drop(g);
+        self.gate.pass();
         self.inner.write_at(id, offset, data)
     }
     fn set_len(&self, id: &ObjectId, len: u64) -> digimedfs::Result<()> {
@@ -92,8 +100,7 @@ impl ObjectStore for GatedObjects {
 fn open_gated(img: &MemImage) -> (Arc<Filesystem>, Arc<GatedObjects>) {
     let gated = Arc::new(GatedObjects {
         inner: img.objects.clone(),
-        gate: Mutex::new(GateState::default()),
-        changed: Condvar::new(),
+        gate: Gate::default(),
     });
     let parts = Parts {
         superblock: img.superblock.clone(),
@@ -138,12 +145,12 @@ fn blocks_in_flight_read_and_change_while_the_object_write_waits() {
     // Blocks 1 and 2 rewritten (version B); the fsync's writeback stops at the gate.
     let v_b = pattern(0xB0, 2 * BS);
     fs.write(ino, fh, BS as u64, &v_b).unwrap();
-    gate.close();
+    let closed = gate.gate.close();
     let syncing = {
         let fs = fs.clone();
         std::thread::spawn(move || fs.fsync(ino, fh, false))
     };
-    gate.wait_for_held_write();
+    gate.gate.wait_for_held_call();
 
     // The object still holds version A of blocks 1 and 2, their entries name version B.
     let mut want = v_a.clone();
@@ -171,7 +178,7 @@ fn blocks_in_flight_read_and_change_while_the_object_write_waits() {
         "a partial write into a block in flight lost data"
     );
 
-    gate.open();
+    drop(closed);
     syncing.join().unwrap().unwrap();
     assert!(fs.read(ino, fh, 0, (BLOCKS * BS) as u32).unwrap() == want);
     fs.fsync(ino, fh, false).unwrap();
@@ -183,6 +190,62 @@ fn blocks_in_flight_read_and_change_while_the_object_write_waits() {
     let a = fs.lookup(&ROOT, ROOT_INO, b"f").unwrap();
     let fh = fs.open_file(&ROOT, a.ino, libc::O_RDONLY).unwrap();
     assert!(fs.read(a.ino, fh, 0, (BLOCKS * BS) as u32).unwrap() == want);
+    fs.close().unwrap();
+}
+
+#[test]
+fn writers_wait_while_dirty_and_in_flight_data_exceed_the_bound() {
+    let img = MemImage::create(BS as u32).unwrap();
+    let gated = Arc::new(GatedObjects {
+        inner: img.objects.clone(),
+        gate: Gate::default(),
+    });
+    let parts = Parts {
+        superblock: img.superblock.clone(),
+        keys: img.keys.clone(),
+        meta: Arc::new(digimedfs::meta::BufferedStore::new(img.meta.clone(), 64)),
+        objects: gated.clone(),
+        backing: None,
+    };
+    let opts = OpenOptions {
+        max_dirty_bytes: 1 << 20,
+        ..OpenOptions::default()
+    };
+    let fs = Arc::new(Filesystem::from_parts(parts, None, &opts).unwrap());
+    let (a, fh) = fs
+        .create(&ROOT, ROOT_INO, b"f", 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    let ino = a.ino;
+    // 600 KiB: past half the bound, so the flusher writes it back and is held at the gate
+    // with those blocks in flight.
+    let closed = gated.gate.close();
+    fs.write(ino, fh, 0, &pattern(1, 600 << 10)).unwrap();
+    gated.gate.wait_for_held_call();
+    // 200 KiB more stays within the bound (in flight and dirty together)...
+    fs.write(ino, fh, 600 << 10, &pattern(2, 200 << 10))
+        .unwrap();
+    // ...300 KiB more does not: the writer waits for the writeback held at the gate.
+    let (tx, rx) = mpsc::channel();
+    {
+        let fs = fs.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(fs.write(ino, fh, 800 << 10, &pattern(3, 300 << 10)));
+        });
+    }
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a write past the bound returned while 600 KiB were still in flight"
+    );
+    drop(closed);
+    let written = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the waiting writer never resumed");
+    assert_eq!(written.unwrap(), 300 << 10);
+    let mut want = pattern(1, 600 << 10);
+    want.extend_from_slice(&pattern(2, 200 << 10));
+    want.extend_from_slice(&pattern(3, 300 << 10));
+    assert!(fs.read(ino, fh, 0, want.len() as u32).unwrap() == want);
+    fs.release(ino, fh).unwrap();
     fs.close().unwrap();
 }
 
@@ -236,8 +299,7 @@ fn writes_past_half_the_dirty_bound_are_written_back_in_the_background() {
 /// MemStore whose `flush` waits while its gate is closed.
 struct GatedMeta {
     inner: Arc<MemStore>,
-    gate: Mutex<GateState>,
-    changed: Condvar,
+    gate: Gate,
 }
 
 impl MetaStore for GatedMeta {
@@ -256,12 +318,7 @@ impl MetaStore for GatedMeta {
         self.inner.apply(batch)
     }
     fn flush(&self) -> digimedfs::Result<()> {
-        let mut g = self.gate.lock().unwrap();
-        g.waiting += 1;
-        self.changed.notify_all();
-        let mut g = self.changed.wait_while(g, |s| s.closed).unwrap();
-        g.waiting -= 1;
-        drop(g);
+        self.gate.pass();
         self.inner.flush()
     }
 }
@@ -271,8 +328,7 @@ fn objects_of_deletions_committed_during_a_flush_wait_for_the_next_one() {
     let img = MemImage::create(BS as u32).unwrap();
     let meta = Arc::new(GatedMeta {
         inner: img.meta.clone(),
-        gate: Mutex::new(GateState::default()),
-        changed: Condvar::new(),
+        gate: Gate::default(),
     });
     let parts = Parts {
         superblock: img.superblock.clone(),
@@ -296,23 +352,15 @@ fn objects_of_deletions_committed_during_a_flush_wait_for_the_next_one() {
     // g's object waits for its deletion to be durable; a commit cycle starts and its metadata
     // flush is held at the gate.
     fs.unlink(&ROOT, ROOT_INO, b"g").unwrap();
-    meta.gate.lock().unwrap().closed = true;
+    let closed = meta.gate.close();
     let cycle = {
         let fs = fs.clone();
         std::thread::spawn(move || fs.sync_all())
     };
-    {
-        let g = meta.gate.lock().unwrap();
-        let (g, _) = meta
-            .changed
-            .wait_timeout_while(g, Duration::from_secs(10), |s| s.waiting == 0)
-            .unwrap();
-        assert!(g.waiting > 0, "the commit cycle never flushed");
-    }
+    meta.gate.wait_for_held_call();
     // f is deleted while that flush runs: its deletion is not in the flush.
     fs.unlink(&ROOT, ROOT_INO, b"f").unwrap();
-    meta.gate.lock().unwrap().closed = false;
-    meta.changed.notify_all();
+    drop(closed);
     cycle.join().unwrap().unwrap();
 
     // A crash now keeps only what was flushed: f still exists there, and so must its data.

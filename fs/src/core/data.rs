@@ -617,6 +617,12 @@ impl Inner {
             }
         }
         committed?;
+        let in_flight_bytes = prepared
+            .iter()
+            .map(|(_, p)| p.blocks.blocks.len() * self.block_size as usize)
+            .sum::<usize>();
+        self.in_flight_bytes
+            .fetch_add(in_flight_bytes, Ordering::Relaxed);
         // The metadata flush and the object writes below take most of a writeback's time;
         // writes to these files meanwhile go to their dirty blocks (so a large sequential
         // write keeps streaming while the previous part is stored).
@@ -634,6 +640,8 @@ impl Inner {
                 n.in_flight = None;
             }
         }
+        self.in_flight_bytes
+            .fetch_sub(in_flight_bytes, Ordering::Relaxed);
         stored
     }
 

@@ -60,9 +60,10 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// Take over a lock left by a mount that no longer runs.
     pub force_unlock: bool,
-    /// Upper bound of dirty (not yet written back) file data kept in memory, in bytes. Past
-    /// half of it the flusher writes back in the background; a writer that reaches it writes
-    /// back before its write returns.
+    /// Upper bound of file data kept in memory until stored, in bytes: dirty (not yet written
+    /// back) and in flight (being written back). Past half of it in dirty data the flusher
+    /// writes back in the background; a writer that finds the bound reached waits for that
+    /// writeback (or writes back itself) before its write returns.
     pub max_dirty_bytes: usize,
     /// Upper bound of the metadata store's cache, in bytes.
     pub meta_cache_bytes: u64,
@@ -178,6 +179,9 @@ pub(crate) struct Inner {
     next_fh: AtomicU64,
     counters: Mutex<CounterState>,
     pub(crate) dirty_bytes: AtomicUsize,
+    /// Bytes of blocks on their way to storage ([`data::InFlight`]): with the dirty bytes,
+    /// what the dirty-memory bound limits.
+    pub(crate) in_flight_bytes: AtomicUsize,
     /// Bytes of inline contents not yet stored (towards `max_dirty`).
     pub(crate) inline_dirty_bytes: AtomicUsize,
     /// Chunks whose entries carry a `prev` version (data not yet known durable).
@@ -324,6 +328,7 @@ impl Filesystem {
                 gen_reserved: counters.gen_reserved,
             }),
             dirty_bytes: AtomicUsize::new(0),
+            in_flight_bytes: AtomicUsize::new(0),
             inline_dirty_bytes: AtomicUsize::new(0),
             pending: Mutex::new(HashSet::new()),
             chunk_cache: Mutex::new(lru::LruCache::new(chunk_cap)),
@@ -1207,20 +1212,23 @@ impl Inner {
     }
 
     /// After a write: past half the dirty-memory bound the flusher is asked to write back (in
-    /// the background, while writers go on); past the bound the writer writes back itself.
+    /// the background, while writers go on). A writer that finds dirty and in-flight bytes
+    /// together past the bound waits for the running writeback, and writes back itself if
+    /// dirty bytes alone are still past it: memory stays bounded while writes and writeback
+    /// overlap.
     pub(crate) fn after_write(&self) -> Result<()> {
         let dirty = self.dirty_total();
-        if dirty > self.max_dirty {
+        if dirty > self.max_dirty / 2 {
+            let (m, cv) = &self.signal;
+            let mut signal = lock(m);
+            if !signal.writeback_wanted {
+                signal.writeback_wanted = true;
+                cv.notify_all();
+            }
+        }
+        if dirty + self.in_flight_bytes.load(Ordering::Relaxed) > self.max_dirty {
             self.writeback_over(self.max_dirty)
         } else {
-            if dirty > self.max_dirty / 2 {
-                let (m, cv) = &self.signal;
-                let mut signal = lock(m);
-                if !signal.writeback_wanted {
-                    signal.writeback_wanted = true;
-                    cv.notify_all();
-                }
-            }
             Ok(())
         }
     }
