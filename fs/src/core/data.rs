@@ -486,6 +486,7 @@ impl Inner {
             })?;
         let mode_changed = {
             let mut n = lock(&node);
+            super::ensure_live(&n, "write")?;
             if n.inode.kind != super::FileKind::File {
                 return Err(posix(
                     libc::EINVAL,
@@ -862,6 +863,7 @@ impl Inner {
         }
         let _wb = lock(&self.wb_lock);
         let mut n = lock(node);
+        super::ensure_live(&n, "truncate")?;
         let ino = n.inode.ino;
         let old = n.inode.size;
         let now = Inner::now();
@@ -1095,6 +1097,7 @@ impl Inner {
     fn zero_range(&self, node: &NodeRef, start: u64, end: u64) -> Result<()> {
         let _wb = lock(&self.wb_lock);
         let mut n = lock(node);
+        super::ensure_live(&n, "fallocate")?;
         let ino = n.inode.ino;
         let Storage::Object(id) = n.inode.storage else {
             self.load_inline(&mut n)?;

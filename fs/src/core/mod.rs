@@ -209,6 +209,19 @@ enum FlusherWake {
     Periodic,
 }
 
+/// Fails with ENOENT if `n`'s inode was deleted (purged). An operation that found the node
+/// before the deletion and locked it after must not write the inode again: that would bring
+/// back an inode no name or orphan record refers to.
+pub(crate) fn ensure_live(n: &Node, op: &str) -> Result<()> {
+    if n.purged {
+        return Err(posix(
+            libc::ENOENT,
+            format!("{op} inode {}: deleted", n.inode.ino),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -429,15 +442,18 @@ impl Filesystem {
         {
             return Err(posix(libc::EPERM, "mknod: device nodes need root"));
         }
-        self.inner.create_node(
-            ctx,
-            parent,
-            name,
-            kind,
-            mode & !umask & 0o7777,
-            rdev,
-            Vec::new(),
-        )
+        self.inner
+            .create_node(
+                ctx,
+                parent,
+                name,
+                kind,
+                mode & !umask & 0o7777,
+                rdev,
+                Vec::new(),
+                false,
+            )
+            .map(|(attr, _)| attr)
     }
     /// Creates a directory.
     pub fn mkdir(
@@ -448,15 +464,18 @@ impl Filesystem {
         mode: u32,
         umask: u32,
     ) -> Result<Attr> {
-        self.inner.create_node(
-            ctx,
-            parent,
-            name,
-            FileKind::Dir,
-            mode & !umask & 0o7777,
-            0,
-            Vec::new(),
-        )
+        self.inner
+            .create_node(
+                ctx,
+                parent,
+                name,
+                FileKind::Dir,
+                mode & !umask & 0o7777,
+                0,
+                Vec::new(),
+                false,
+            )
+            .map(|(attr, _)| attr)
     }
     /// Removes a non-directory entry.
     pub fn unlink(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> Result<()> {
@@ -477,15 +496,18 @@ impl Filesystem {
                 "symlink: target longer than 4095 bytes",
             ));
         }
-        self.inner.create_node(
-            ctx,
-            parent,
-            name,
-            FileKind::Symlink,
-            0o777,
-            0,
-            target.to_vec(),
-        )
+        self.inner
+            .create_node(
+                ctx,
+                parent,
+                name,
+                FileKind::Symlink,
+                0o777,
+                0,
+                target.to_vec(),
+                false,
+            )
+            .map(|(attr, _)| attr)
     }
     /// Renames; `flags` takes `libc::RENAME_NOREPLACE` or `libc::RENAME_EXCHANGE`.
     pub fn rename(
@@ -552,7 +574,7 @@ impl Filesystem {
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.inner.truncate(&node, 0)?;
         }
-        Ok((self.inner.new_handle(&node, ino), atime_changed))
+        Ok((self.inner.new_handle(&node, ino)?, atime_changed))
     }
     /// Creates and opens a regular file.
     pub fn create(
@@ -564,7 +586,7 @@ impl Filesystem {
         umask: u32,
         flags: i32,
     ) -> Result<(Attr, u64)> {
-        let attr = match self.inner.create_node(
+        let created = self.inner.create_node(
             ctx,
             parent,
             name,
@@ -572,17 +594,18 @@ impl Filesystem {
             mode & !umask & 0o7777,
             0,
             Vec::new(),
-        ) {
-            Ok(a) => a,
+            true,
+        );
+        match created {
+            Ok((attr, Some(fh))) => Ok((attr, fh)),
             Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
                 let a = self.inner.lookup(ctx, parent, name)?;
                 let fh = self.open_file(ctx, a.ino, flags)?;
-                return Ok((self.getattr(a.ino)?, fh));
+                Ok((self.getattr(a.ino)?, fh))
             }
-            Err(e) => return Err(e),
-        };
-        let node = self.inner.node(attr.ino)?;
-        Ok((attr, self.inner.new_handle(&node, attr.ino)))
+            Ok((_, None)) => Err(Error::integrity("create: no handle for the new file")),
+            Err(e) => Err(e),
+        }
     }
     /// Reads up to `size` bytes at `offset`; short only at end of file. A program's read: it
     /// updates atime as [`OpenOptions::atime`] says.
@@ -644,7 +667,7 @@ impl Filesystem {
             }
         }
         // Counted like an open file, so a removed directory stays stat-able while open.
-        Ok(self.inner.new_handle(&node, ino))
+        self.inner.new_handle(&node, ino)
     }
     /// Lists entries after cookie `offset` (0 = start, including `.` and `..`), at most `max`.
     /// Counts as a read of the directory for its atime (unless `nodiratime`).
@@ -1122,11 +1145,17 @@ impl Inner {
         lock(&self.nodes).remove(&ino);
     }
 
-    fn new_handle(&self, node: &NodeRef, ino: u64) -> u64 {
-        lock(node).open_count += 1;
+    /// Registers an open handle of `node`; fails if the inode was deleted meanwhile (its
+    /// last name went while the caller was on its way here).
+    pub(crate) fn new_handle(&self, node: &NodeRef, ino: u64) -> Result<u64> {
+        {
+            let mut n = lock(node);
+            ensure_live(&n, "open")?;
+            n.open_count += 1;
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, Handle { ino });
-        fh
+        Ok(fh)
     }
 
     pub(crate) fn attr_of(&self, i: &Inode) -> Attr {

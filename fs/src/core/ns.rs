@@ -130,8 +130,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Persists a node's inode (and pending inline data) into `b`.
+    /// Persists a node's inode (and pending inline data) into `b`; fails for a deleted inode
+    /// ([`super::ensure_live`]).
     pub(crate) fn persist_into(&self, b: &mut RecordBatch<'_>, n: &mut Node) -> Result<()> {
+        super::ensure_live(n, "write")?;
         b.put_inode(&n.inode)?;
         if n.inline_dirty {
             if let Some(data) = &n.inline {
@@ -157,7 +159,8 @@ impl Inner {
         perm: u32,
         rdev: u32,
         target: Vec<u8>,
-    ) -> Result<Attr> {
+        open: bool,
+    ) -> Result<(Attr, Option<u64>)> {
         self.check_writable("create")?;
         check_name(name, "create")?;
         if is_dot(name) {
@@ -211,8 +214,15 @@ impl Inner {
         b.commit()?;
         drop(p);
         let attr = self.attr_of(&inode);
-        self.insert_node(inode, true);
-        Ok(attr)
+        let node = self.insert_node(inode, true);
+        // Opened before the namespace lock goes, so the new name cannot be removed (and the
+        // inode deleted) between its creation and its first open.
+        let fh = if open {
+            Some(self.new_handle(&node, ino)?)
+        } else {
+            None
+        };
+        Ok((attr, fh))
     }
 
     /// Decrements the link count of a node losing an entry; purges or orphans it at zero.
@@ -863,6 +873,9 @@ impl Inner {
     }
 
     fn xattr_check(&self, ctx: &Ctx, n: &Node, name: &[u8], write: bool) -> Result<()> {
+        if write {
+            super::ensure_live(n, "setxattr")?;
+        }
         if name.is_empty() {
             return Err(posix(libc::EINVAL, "xattr: empty name"));
         }
