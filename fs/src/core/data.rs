@@ -605,19 +605,19 @@ impl Inner {
         }
         let mut b = self.records.batch();
         let mut prepared: Vec<(NodeRef, Prepared)> = Vec::new();
-        for (node, g) in locked.iter_mut() {
+        let mut with_data = Vec::new();
+        for (k, (node, g)) in locked.iter_mut().enumerate() {
             if let Some(p) = self.prepare_writeback(g, &mut b)? {
-                g.in_flight = Some(Arc::clone(&p.blocks));
+                with_data.push(k);
                 prepared.push((Arc::clone(node), p));
             }
         }
-        let committed = b.commit();
-        if committed.is_err() {
-            for (_, g) in locked.iter_mut() {
-                g.in_flight = None;
+        b.commit()?;
+        for (k, (_, p)) in with_data.into_iter().zip(prepared.iter()) {
+            if let Some((_, g)) = locked.get_mut(k) {
+                g.in_flight = Some(Arc::clone(&p.blocks));
             }
         }
-        committed?;
         let in_flight_bytes = prepared
             .iter()
             .map(|(_, p)| p.blocks.blocks.len() * self.block_size as usize)
