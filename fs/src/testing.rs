@@ -79,15 +79,39 @@ impl MemImage {
 
     /// Opens the filesystem on this image.
     pub fn open(&self, opts: &OpenOptions) -> Result<Filesystem> {
+        self.open_over(self.meta.clone(), self.objects.clone(), opts)
+    }
+
+    /// Opens the filesystem on stores that wrap this image's (a test's stand-ins that hold
+    /// or observe calls), with the same group commit as a real mount.
+    pub fn open_over(
+        &self,
+        meta: Arc<dyn MetaStore>,
+        objects: Arc<dyn ObjectStore>,
+        opts: &OpenOptions,
+    ) -> Result<Filesystem> {
         let parts = Parts {
             superblock: self.superblock.clone(),
             keys: self.keys.clone(),
-            // The same group commit as a real mount, over the crash-modelling store.
-            meta: Arc::new(crate::meta::BufferedStore::new(self.meta.clone(), 64)),
-            objects: self.objects.clone() as Arc<dyn ObjectStore>,
+            meta: Arc::new(crate::meta::BufferedStore::new(meta, 64)),
+            objects,
             backing: None,
         };
         Filesystem::from_parts(parts, None, opts)
+    }
+
+    /// The image's stores as [`Parts`] for [`crate::check::check_parts`]. A `MemImage`'s
+    /// superblock never gets a digest of the records, so it is checked as not clean.
+    pub fn parts_to_check(&self) -> Parts {
+        let mut superblock = self.superblock.clone();
+        superblock.flags &= !crate::format::superblock::FLAG_CLEAN;
+        Parts {
+            superblock,
+            keys: self.keys.clone(),
+            meta: self.meta.clone(),
+            objects: self.objects.clone(),
+            backing: None,
+        }
     }
 
     /// The image a crash leaves: synced state only, plus `keep_meta` unflushed metadata batches

@@ -6,7 +6,7 @@
 
 use digimedfs::backing::BackingDir;
 use digimedfs::check::{check, check_parts, CheckOptions, Mode, ProblemKind, Report};
-use digimedfs::core::{unlock_superblock, Ctx, Filesystem, OpenOptions, Parts, ROOT_INO};
+use digimedfs::core::{unlock_superblock, Ctx, Filesystem, OpenOptions, ROOT_INO};
 use digimedfs::format::records::{inode_key, prefix, Dirent, Storage, INLINE_MAX};
 use digimedfs::meta::{MetaStore, Records, SledStore};
 use digimedfs::mkfs::{mkfs, MkfsOptions};
@@ -663,16 +663,6 @@ fn orphans_in_memory_image() {
     // "Crash" with the file still open: the orphan stays behind.
     let crashed = img.crash_image(usize::MAX, &mut |_| true);
     drop(fs);
-    // A MemImage's superblock never gets a digest: check it as not clean.
-    let mut sb = crashed.superblock.clone();
-    sb.flags &= !digimedfs::format::superblock::FLAG_CLEAN;
-    let parts = |i: &MemImage| Parts {
-        superblock: sb.clone(),
-        keys: i.keys.clone(),
-        meta: i.meta.clone() as Arc<dyn MetaStore>,
-        objects: i.objects.clone() as Arc<dyn digimedfs::objects::ObjectStore>,
-        backing: None,
-    };
     assert_eq!(
         digimedfs::objects::ObjectStore::list(&*crashed.objects)
             .unwrap()
@@ -680,11 +670,11 @@ fn orphans_in_memory_image() {
         1,
         "the orphan's data object"
     );
-    let r = check_parts(&parts(&crashed), &CheckOptions::default(), &mut ()).unwrap();
+    let r = check_parts(&crashed.parts_to_check(), &CheckOptions::default(), &mut ()).unwrap();
     assert_eq!(kinds(&r), [ProblemKind::OrphanInode]);
     assert_eq!(r.problems[0].ino, Some(a.ino));
     let r = check_parts(
-        &parts(&crashed),
+        &crashed.parts_to_check(),
         &CheckOptions {
             mode: Mode::Preen,
             threads: 2,
@@ -693,7 +683,7 @@ fn orphans_in_memory_image() {
     )
     .unwrap();
     assert_eq!(r.fixed(), 1);
-    let r = check_parts(&parts(&crashed), &CheckOptions::default(), &mut ()).unwrap();
+    let r = check_parts(&crashed.parts_to_check(), &CheckOptions::default(), &mut ()).unwrap();
     assert!(r.is_clean(), "{:#?}", r.problems);
     assert!(digimedfs::objects::ObjectStore::list(&*crashed.objects)
         .unwrap()

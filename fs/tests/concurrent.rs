@@ -4,10 +4,7 @@
 //! every operation. After a clean close, fsck finds nothing and a fresh mount reads every file.
 
 use digimedfs::check::{check_parts, CheckOptions, Mode};
-use digimedfs::core::{Ctx, Filesystem, OpenOptions, Parts, SetAttr, ROOT_INO};
-use digimedfs::format::superblock::FLAG_CLEAN;
-use digimedfs::meta::MetaStore;
-use digimedfs::objects::ObjectStore;
+use digimedfs::core::{Ctx, Filesystem, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs::testing::MemImage;
 use std::sync::Arc;
 
@@ -143,18 +140,8 @@ fn run(seed: u64) {
     }
     fs.close().unwrap();
 
-    // A MemImage's superblock carries no digest of the records: check it as not clean.
-    let mut superblock = img.superblock.clone();
-    superblock.flags &= !FLAG_CLEAN;
-    let parts = Parts {
-        superblock,
-        keys: img.keys.clone(),
-        meta: img.meta.clone() as Arc<dyn MetaStore>,
-        objects: img.objects.clone() as Arc<dyn ObjectStore>,
-        backing: None,
-    };
     let report = check_parts(
-        &parts,
+        &img.parts_to_check(),
         &CheckOptions {
             mode: Mode::Check,
             threads: 2,

@@ -16,12 +16,8 @@
 //! a digest anyway).
 
 use digimedfs::check::{check_parts, CheckOptions, Mode, Problem, ProblemKind, Report};
-use digimedfs::core::{
-    AtimeMode, Ctx, FileKind, Filesystem, OpenOptions, Parts, SetAttr, ROOT_INO,
-};
+use digimedfs::core::{AtimeMode, Ctx, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs::format::records::INLINE_MAX;
-use digimedfs::format::superblock::FLAG_CLEAN;
-use digimedfs::meta::MetaStore;
 use digimedfs::objects::{CrashPoint, ObjectStore};
 use digimedfs::testing::MemImage;
 use std::collections::{BTreeMap, BTreeSet};
@@ -228,20 +224,13 @@ fn crashes(n: u64, seed: u64) -> bool {
     crashed_at(n, seed).is_none_or(|(_, c)| c)
 }
 
-fn parts(img: &MemImage) -> Parts {
-    let mut superblock = img.superblock.clone();
-    superblock.flags &= !FLAG_CLEAN;
-    Parts {
-        superblock,
-        keys: img.keys.clone(),
-        meta: img.meta.clone() as Arc<dyn MetaStore>,
-        objects: img.objects.clone() as Arc<dyn ObjectStore>,
-        backing: None,
-    }
-}
-
 fn run(img: &MemImage, mode: Mode) -> Report {
-    check_parts(&parts(img), &CheckOptions { mode, threads: 2 }, &mut ()).unwrap()
+    check_parts(
+        &img.parts_to_check(),
+        &CheckOptions { mode, threads: 2 },
+        &mut (),
+    )
+    .unwrap()
 }
 
 fn describe(r: &Report) -> String {

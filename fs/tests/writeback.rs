@@ -7,7 +7,7 @@
 //! window between "entries committed" and "object written" stays open as long as the test
 //! needs; the metadata store likewise holds flushes, for deletions committed during one.
 
-use digimedfs::core::{Ctx, Filesystem, OpenOptions, Parts, ROOT_INO};
+use digimedfs::core::{Ctx, Filesystem, OpenOptions, ROOT_INO};
 use digimedfs::meta::{Batch, MemStore, MetaStore, ScanFn};
 use digimedfs::objects::{ObjectId, ObjectStore};
 use digimedfs::testing::MemImage;
@@ -97,19 +97,15 @@ impl ObjectStore for GatedObjects {
     }
 }
 
-fn open_gated(img: &MemImage) -> (Arc<Filesystem>, Arc<GatedObjects>) {
+/// Opens `img` with its object writes behind a gate.
+fn open_gated(img: &MemImage, opts: &OpenOptions) -> (Arc<Filesystem>, Arc<GatedObjects>) {
     let gated = Arc::new(GatedObjects {
         inner: img.objects.clone(),
         gate: Gate::default(),
     });
-    let parts = Parts {
-        superblock: img.superblock.clone(),
-        keys: img.keys.clone(),
-        meta: Arc::new(digimedfs::meta::BufferedStore::new(img.meta.clone(), 64)),
-        objects: gated.clone(),
-        backing: None,
-    };
-    let fs = Filesystem::from_parts(parts, None, &OpenOptions::default()).unwrap();
+    let fs = img
+        .open_over(img.meta.clone(), gated.clone(), opts)
+        .unwrap();
     (Arc::new(fs), gated)
 }
 
@@ -133,7 +129,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 #[test]
 fn blocks_in_flight_read_and_change_while_the_object_write_waits() {
     let img = MemImage::create(BS as u32).unwrap();
-    let (fs, gate) = open_gated(&img);
+    let (fs, gate) = open_gated(&img, &OpenOptions::default());
     // Version A of every block, durable.
     let (a, fh) = fs
         .create(&ROOT, ROOT_INO, b"f", 0o644, 0, libc::O_RDWR)
@@ -196,22 +192,11 @@ fn blocks_in_flight_read_and_change_while_the_object_write_waits() {
 #[test]
 fn writers_wait_while_dirty_and_in_flight_data_exceed_the_bound() {
     let img = MemImage::create(BS as u32).unwrap();
-    let gated = Arc::new(GatedObjects {
-        inner: img.objects.clone(),
-        gate: Gate::default(),
-    });
-    let parts = Parts {
-        superblock: img.superblock.clone(),
-        keys: img.keys.clone(),
-        meta: Arc::new(digimedfs::meta::BufferedStore::new(img.meta.clone(), 64)),
-        objects: gated.clone(),
-        backing: None,
-    };
     let opts = OpenOptions {
         max_dirty_bytes: 1 << 20,
         ..OpenOptions::default()
     };
-    let fs = Arc::new(Filesystem::from_parts(parts, None, &opts).unwrap());
+    let (fs, gated) = open_gated(&img, &opts);
     let (a, fh) = fs
         .create(&ROOT, ROOT_INO, b"f", 0o644, 0, libc::O_RDWR)
         .unwrap();
@@ -330,14 +315,10 @@ fn objects_of_deletions_committed_during_a_flush_wait_for_the_next_one() {
         inner: img.meta.clone(),
         gate: Gate::default(),
     });
-    let parts = Parts {
-        superblock: img.superblock.clone(),
-        keys: img.keys.clone(),
-        meta: Arc::new(digimedfs::meta::BufferedStore::new(meta.clone(), 64)),
-        objects: img.objects.clone(),
-        backing: None,
-    };
-    let fs = Arc::new(Filesystem::from_parts(parts, None, &OpenOptions::default()).unwrap());
+    let fs = Arc::new(
+        img.open_over(meta.clone(), img.objects.clone(), &OpenOptions::default())
+            .unwrap(),
+    );
     // Two files with data objects, durable.
     let data = pattern(0x5A, BLOCKS * BS);
     for name in [&b"g"[..], b"f"] {

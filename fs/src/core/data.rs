@@ -5,7 +5,7 @@
 //! data object, one AES-256-XTS block per file block, each block authenticated by a tag kept
 //! in the sealed chunk records of the metadata store.
 //!
-//! Writeback protocol (see docs/integrity.md): a block's entry holds its current version and,
+//! Writeback protocol (see docs/crypto.md, "Crash atomicity of data and tags"): a block's entry holds its current version and,
 //! until that version is known durable, the version the storage may still hold after a crash
 //! (the previous one, or "hole"). Before a block is overwritten in place, the entry naming both
 //! versions is made durable (metadata flush); a block whose entry still carries a previous
@@ -604,18 +604,19 @@ impl Inner {
             return Ok(());
         }
         let mut b = self.records.batch();
-        let mut prepared: Vec<(NodeRef, Prepared)> = Vec::new();
-        let mut with_data = Vec::new();
-        for (k, (node, g)) in locked.iter_mut().enumerate() {
+        // Each with the position of its node in `locked`.
+        let mut prepared: Vec<(usize, Prepared)> = Vec::new();
+        for (k, (_, g)) in locked.iter_mut().enumerate() {
             if let Some(p) = self.prepare_writeback(g, &mut b)? {
-                with_data.push(k);
-                prepared.push((Arc::clone(node), p));
+                prepared.push((k, p));
             }
         }
         b.commit()?;
-        for (k, (_, p)) in with_data.into_iter().zip(prepared.iter()) {
-            if let Some((_, g)) = locked.get_mut(k) {
+        let mut flying: Vec<(&NodeRef, &Arc<InFlight>)> = Vec::with_capacity(prepared.len());
+        for (k, p) in &prepared {
+            if let Some((node, g)) = locked.get_mut(*k) {
                 g.in_flight = Some(Arc::clone(&p.blocks));
+                flying.push((*node, &p.blocks));
             }
         }
         let in_flight_bytes = prepared
@@ -632,12 +633,9 @@ impl Inner {
             return Ok(());
         }
         let stored = self.store_prepared(&prepared);
-        for (node, p) in &prepared {
+        for (node, blocks) in flying {
             let mut n = lock(node);
-            if n.in_flight
-                .as_ref()
-                .is_some_and(|f| Arc::ptr_eq(f, &p.blocks))
-            {
+            if n.in_flight.as_ref().is_some_and(|f| Arc::ptr_eq(f, blocks)) {
                 n.in_flight = None;
             }
         }
@@ -647,7 +645,7 @@ impl Inner {
     }
 
     /// Makes the committed entries of `prepared` durable, then writes their ciphertext.
-    fn store_prepared(&self, prepared: &[(NodeRef, Prepared)]) -> Result<()> {
+    fn store_prepared(&self, prepared: &[(usize, Prepared)]) -> Result<()> {
         self.records.flush()?;
         for (ino, c) in prepared
             .iter()

@@ -11,8 +11,9 @@
 //!
 //! Durability: writes are buffered (bounded by [`OpenOptions::max_dirty_bytes`]) and written
 //! back by fsync, by a background flusher every few seconds and as soon as half the bound is
-//! used, by a writer that finds the bound reached, and at close. The block-versioning protocol that keeps every block verifiable across crashes is
-//! described in docs/integrity.md and implemented in `data.rs`.
+//! used, by a writer that finds the bound reached, and at close. The block-versioning
+//! protocol that keeps every block verifiable across crashes is described in docs/crypto.md
+//! ("Crash atomicity of data and tags") and implemented in `data.rs`.
 
 mod backup;
 mod data;
@@ -1282,7 +1283,6 @@ impl Inner {
         Ok(())
     }
 
-    /// Deletes objects whose last reference is durably gone.
     /// Makes the metadata store durable, then removes the objects whose deletion it now
     /// records. The list is taken before the flush: an object doomed by a deletion committed
     /// during the flush waits for the next one (its deletion may not be in this flush).

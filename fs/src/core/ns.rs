@@ -133,7 +133,7 @@ impl Inner {
     /// Persists a node's inode (and pending inline data) into `b`; fails for a deleted inode
     /// ([`super::ensure_live`]).
     pub(crate) fn persist_into(&self, b: &mut RecordBatch<'_>, n: &mut Node) -> Result<()> {
-        super::ensure_live(n, "write")?;
+        super::ensure_live(n, "store")?;
         b.put_inode(&n.inode)?;
         if n.inline_dirty {
             if let Some(data) = &n.inline {
