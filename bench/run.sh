@@ -7,6 +7,8 @@
 #
 # Environment knobs (defaults in brackets):
 #   FS          filesystems to run        ["raw bindfs digimedfs gocryptfs cryfs securefs"]
+#               digimedfs-uring: digimedfs mounted with -o uring (FUSE over io_uring); the
+#               run switches the fuse module's enable_uring on for it and back afterwards
 #   WORKLOADS   workloads to run          ["seq rand tree mem"]
 #               (mem = record peak VmHWM of each daemon; it piggybacks on the others)
 #   REPS        repetitions per workload  [3]
@@ -63,7 +65,10 @@ fi
 command -v fusermount3 >/dev/null || die "fusermount3 missing"
 command -v python3 >/dev/null || die "python3 missing (used for the report)"
 
-if [[ -z "${NO_BUILD:-}" ]] && has digimedfs "$FS"; then
+# Any digimedfs variant in FS.
+has_digimedfs() { has digimedfs "$FS" || has digimedfs-uring "$FS"; }
+
+if [[ -z "${NO_BUILD:-}" ]] && has_digimedfs; then
     log "building digimedfs (release)"
     (cd "$REPO" && cargo build --release --workspace --bins -q) || die "cargo build failed"
 fi
@@ -81,7 +86,7 @@ fstype="$(findmnt -n -o FSTYPE -T "$SCRATCH")"
 # Snapshot the binaries: others may rebuild target/ while we run.
 BIN="$SCRATCH/bin"
 mkdir -p "$BIN" "$SCRATCH/logs" "$SCRATCH/mnt"
-if has digimedfs "$FS"; then
+if has_digimedfs; then
     cp "$REPO/target/release/digimedfs" "$REPO/target/release/mkfs-digimed" "$BIN/" || die "digimedfs binaries missing"
     # Record what was snapshotted: HEAD may move while the benchmark runs.
     BIN_REV="$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && [[ -n "$(git status --porcelain -- fs mkfs 2>/dev/null)" ]] && echo ' (+uncommitted changes in fs/ or mkfs/)')"
@@ -100,12 +105,19 @@ cleanup() {
             fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
         fi
     done
+    [[ -n "${URING_WAS:-}" ]] && echo "$URING_WAS" >"$URING_SWITCH" 2>/dev/null
     if [[ -z "${KEEP_SCRATCH:-}" && -n "$SCRATCH" ]]; then
         rm -rf "$SCRATCH/mnt" "$SCRATCH/tree.tar" 2>/dev/null
         if [[ "$BACK" == "$SCRATCH/back" ]]; then rm -rf "$BACK" 2>/dev/null; else rmdir "$BACK" 2>/dev/null; fi
     fi
 }
 trap cleanup EXIT
+URING_SWITCH=/sys/module/fuse/parameters/enable_uring
+if has digimedfs-uring "$FS"; then
+    [[ -w $URING_SWITCH ]] || die "digimedfs-uring needs FUSE over io_uring ($URING_SWITCH)"
+    URING_WAS=$(cat "$URING_SWITCH")
+    echo 1 >"$URING_SWITCH"
+fi
 trap 'log "interrupted"; exit 130' INT TERM
 
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
@@ -133,7 +145,7 @@ fs_init() { # fs
     mkdir -p "$B" "$SCRATCH/mnt/$fs"
     case $fs in
     raw | bindfs) ;;
-    digimedfs)
+    digimedfs | digimedfs-uring)
         rm -f "$SCRATCH/digimed.key"
         "$BIN/digimedfs" keygen "$SCRATCH/digimed.key" &&
             "$BIN/mkfs-digimed" --tenant bench --key-file "$SCRATCH/digimed.key" "$B" ;;
@@ -150,6 +162,7 @@ fs_mount() { # fs
     raw) return 0 ;;
     bindfs) bindfs "$B" "$M" ;;
     digimedfs) "$BIN/digimedfs" mount --key-file "$SCRATCH/digimed.key" "$B" "$M" ;;
+    digimedfs-uring) "$BIN/digimedfs" mount -o uring --key-file "$SCRATCH/digimed.key" "$B" "$M" ;;
     gocryptfs) gocryptfs -q -extpass "echo $PW" "$B" "$M" ;;
     # --allow-replaced-filesystem: CryFS remembers each basedir's fs id (~/.local/share/cryfs)
     # and refuses a new fs created at a path it has seen before, as on every re-run here.

@@ -131,8 +131,10 @@ pub struct MountArgs {
     pub foreground: bool,
     /// Comma-separated mount options: key_file=PATH, keyservice=URL, tenant=ID,
     /// token_file=PATH, ca_file=PATH, ro, rw, allow_other, debug, force_unlock (take over the
-    /// lock of a mount that no longer runs), and when reads update access times: relatime
-    /// (default), strictatime, noatime, nodiratime. Other generic mount(8) options (dev,
+    /// lock of a mount that no longer runs), uring (serve requests over io_uring when the
+    /// kernel allows it: Linux 6.14+ with the fuse module's enable_uring on), and when reads
+    /// update access times: relatime (default), strictatime, noatime, nodiratime. Other
+    /// generic mount(8) options (dev,
     /// suid, nodev, nosuid, exec, noexec, auto, noauto, user, nouser, users, _netdev, nofail,
     /// defaults, x-*) are accepted and ignored. May be given more than once.
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -195,6 +197,8 @@ pub struct MountOptions {
     pub force_unlock: bool,
     /// `remount`: change the flags of an existing mount (mount -o remount,ro).
     pub remount: bool,
+    /// `uring`: serve requests over io_uring when the kernel allows it (cleared by `nouring`).
+    pub uring: bool,
     /// The access-time options, as the kernel combines them: `strictatime` wins, then
     /// `noatime`, else `relatime` (the default).
     pub atime: AtimeFlags,
@@ -274,8 +278,8 @@ const IGNORED_OPTIONS: &[&str] = &[
 
 /// The supported options, for error messages.
 const SUPPORTED: &str = "supported: key_file=PATH, keyservice=URL, tenant=ID, token_file=PATH, \
-                         ca_file=PATH, ro, rw, allow_other, debug, force_unlock, relatime, \
-                         strictatime, noatime, nodiratime, and the other generic mount(8) \
+                         ca_file=PATH, ro, rw, allow_other, debug, force_unlock, uring, \
+                         nouring, relatime, strictatime, noatime, nodiratime, and the other generic mount(8) \
                          options, which are ignored";
 
 /// Parses the `-o` arguments (each a comma-separated list).
@@ -308,6 +312,8 @@ pub fn parse_mount_options(lists: &[String]) -> anyhow::Result<MountOptions> {
             "debug" => opts.debug = true,
             "force_unlock" => opts.force_unlock = true,
             "remount" => opts.remount = true,
+            "uring" => opts.uring = true,
+            "nouring" => opts.uring = false,
             "atime" => opts.atime.noatime = false,
             "noatime" => opts.atime.noatime = true,
             "strictatime" => opts.atime.strictatime = true,

@@ -133,6 +133,7 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         read_only: opts.read_only,
         allow_other: opts.allow_other,
         fsname: cli::fsname_for(&backing),
+        uring: opts.uring,
     };
     mount_foreground(Arc::new(fs), &mountpoint, &mount_opts, || {
         if let Some(fd) = ready_fd {

@@ -17,6 +17,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// [`TestFs::new`]) under this directory, e.g. a CephFS mount, instead of a local temp dir.
 pub const BACKING_ROOT_ENV: &str = "DIGIMEDFS_TEST_BACKING_ROOT";
 
+/// Mount options added to every fixture mount (comma-separated), e.g. `uring` to run the
+/// whole suite over FUSE's io_uring transport.
+pub const MOUNT_OPTIONS_ENV: &str = "DIGIMEDFS_TEST_MOUNT_OPTIONS";
+
 /// The directory holding the workspace's built binaries (`target/debug`).
 ///
 /// The test binary lives in `target/debug/deps/`, so its grandparent directory is where cargo
@@ -234,7 +238,17 @@ impl TestFs {
             key,
             backing,
             mnt,
-            options: options.iter().map(|s| s.to_string()).collect(),
+            options: options
+                .iter()
+                .map(|s| s.to_string())
+                .chain(
+                    std::env::var(MOUNT_OPTIONS_ENV)
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|o| !o.is_empty())
+                        .map(str::to_string),
+                )
+                .collect(),
             mounted: false,
         }
     }

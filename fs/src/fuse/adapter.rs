@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 pub const TTL: Duration = Duration::from_secs(1);
 
 /// Largest write request we ask the kernel for.
-const MAX_WRITE: u32 = 1 << 20;
+pub const MAX_WRITE: u32 = 1 << 20;
 /// Readahead window we ask the kernel for.
 const MAX_READAHEAD: u32 = 1 << 20;
 /// Entries asked from the core per `readdir` call (a 4 KiB reply holds at most 128).
@@ -46,7 +46,9 @@ const WANTED_CAPABILITIES: &[(InitFlags, &str)] = &[
     (InitFlags::FUSE_HANDLE_KILLPRIV_V2, "kill privileges v2"),
 ];
 
-/// The FUSE adapter over one open [`core::Filesystem`].
+/// The FUSE adapter over one open [`core::Filesystem`]. Clones share the filesystem and
+/// state: the fuser session owns one, the io_uring queues ([`super::uring`]) another.
+#[derive(Clone)]
 pub struct DigimedFuse {
     fs: Arc<core::Filesystem>,
     /// Set once [`core::Filesystem::close`] has run, so that it runs exactly once whether the
@@ -54,6 +56,10 @@ pub struct DigimedFuse {
     closed: Arc<AtomicBool>,
     /// The session's channel for invalidating the kernel's caches, once the session exists.
     notifier: Arc<OnceLock<Notifier>>,
+    /// Whether to ask for FUSE over io_uring at INIT.
+    want_uring: bool,
+    /// Whether INIT agreed to it (set by `init`).
+    uring_agreed: Arc<AtomicBool>,
 }
 
 impl DigimedFuse {
@@ -63,7 +69,20 @@ impl DigimedFuse {
             fs,
             closed: Arc::new(AtomicBool::new(false)),
             notifier: Arc::new(OnceLock::new()),
+            want_uring: false,
+            uring_agreed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// This adapter, asking the kernel at INIT to deliver requests over io_uring.
+    pub fn with_uring(mut self) -> DigimedFuse {
+        self.want_uring = true;
+        self
+    }
+
+    /// Whether INIT agreed to FUSE over io_uring (the kernel offered it and we asked).
+    pub fn uring_agreed(&self) -> bool {
+        self.uring_agreed.load(Ordering::SeqCst)
     }
 
     /// Where the mount driver puts the session's notifier once the session is up.
@@ -186,22 +205,473 @@ fn cookie_from_kernel(offset: u64) -> i64 {
     i64::from_ne_bytes(offset.to_ne_bytes())
 }
 
-/// Replies to an xattr value or name-list request: the length for a size probe, `ERANGE` when
-/// the caller's buffer is too small, the data otherwise.
-fn reply_xattr(data: &[u8], size: u32, reply: ReplyXattr) {
+/// The answer to an xattr value or name-list request: its length for a size probe (`size`
+/// 0), the data otherwise.
+pub enum XattrReply {
+    /// Length of the value or list.
+    Size(u32),
+    /// The value or list.
+    Data(Vec<u8>),
+}
+
+/// `data` as the answer to a request that allows `size` bytes: the length for a size probe,
+/// `ERANGE` when the caller's buffer is too small, the data otherwise.
+fn xattr_reply(data: Vec<u8>, size: u32) -> Result<XattrReply, Errno> {
     let Ok(len) = u32::try_from(data.len()) else {
-        reply.error(Errno::from_i32(libc::E2BIG));
-        return;
+        return Err(Errno::from_i32(libc::E2BIG));
     };
     if size == 0 {
-        reply.size(len);
+        Ok(XattrReply::Size(len))
     } else if len > size {
-        reply.error(Errno::from_i32(libc::ERANGE));
+        Err(Errno::from_i32(libc::ERANGE))
     } else {
-        reply.data(data);
+        Ok(XattrReply::Data(data))
     }
 }
 
+/// What a request handler answers: the reply's content, or the errno.
+pub type OpResult<T> = Result<T, Errno>;
+
+/// The request handlers, independent of how requests reach the daemon: the `fuser` session
+/// over `/dev/fuse` (below) and the io_uring transport ([`super::uring`]) decode a request,
+/// call one of these and encode what it returns. Names are bytes, node ids and handles the
+/// kernel's numbers.
+impl DigimedFuse {
+    /// LOOKUP. A miss is a negative entry (node id 0), which lets the kernel cache it: only
+    /// this mount changes the namespace (the mount lock), so the kernel sees every later
+    /// create.
+    pub fn op_lookup(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> OpResult<Attr> {
+        match self.fs.lookup(ctx, parent, name) {
+            Ok(a) => Ok(a),
+            Err(e) if e.errno() == libc::ENOENT => Ok(negative_attr()),
+            Err(e) => Err(errno("lookup", parent, &e)),
+        }
+    }
+
+    /// GETATTR.
+    pub fn op_getattr(&self, ino: u64) -> OpResult<Attr> {
+        self.fs.getattr(ino).map_err(|e| errno("getattr", ino, &e))
+    }
+
+    /// SETATTR.
+    pub fn op_setattr(&self, ctx: &Ctx, ino: u64, set: &SetAttr) -> OpResult<Attr> {
+        self.fs
+            .setattr(ctx, ino, set)
+            .map_err(|e| errno("setattr", ino, &e))
+    }
+
+    /// READLINK.
+    pub fn op_readlink(&self, ino: u64) -> OpResult<Vec<u8>> {
+        self.fs
+            .readlink(ino)
+            .map_err(|e| errno("readlink", ino, &e))
+    }
+
+    /// MKNOD.
+    pub fn op_mknod(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> OpResult<Attr> {
+        self.fs
+            .mknod(ctx, parent, name, mode, umask, rdev)
+            .map_err(|e| errno("mknod", parent, &e))
+    }
+
+    /// MKDIR.
+    pub fn op_mkdir(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> OpResult<Attr> {
+        self.fs
+            .mkdir(ctx, parent, name, mode, umask)
+            .map_err(|e| errno("mkdir", parent, &e))
+    }
+
+    /// UNLINK.
+    pub fn op_unlink(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> OpResult<()> {
+        self.fs
+            .unlink(ctx, parent, name)
+            .map_err(|e| errno("unlink", parent, &e))
+    }
+
+    /// RMDIR.
+    pub fn op_rmdir(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> OpResult<()> {
+        self.fs
+            .rmdir(ctx, parent, name)
+            .map_err(|e| errno("rmdir", parent, &e))
+    }
+
+    /// SYMLINK: `name` in `parent`, pointing at `target`.
+    pub fn op_symlink(&self, ctx: &Ctx, parent: u64, name: &[u8], target: &[u8]) -> OpResult<Attr> {
+        self.fs
+            .symlink(ctx, parent, name, target)
+            .map_err(|e| errno("symlink", parent, &e))
+    }
+
+    /// RENAME and RENAME2.
+    pub fn op_rename(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> OpResult<()> {
+        self.fs
+            .rename(ctx, parent, name, newparent, newname, flags)
+            .map_err(|e| errno("rename", parent, &e))
+    }
+
+    /// LINK: a new name `newname` in `newparent` for `ino`.
+    pub fn op_link(&self, ctx: &Ctx, ino: u64, newparent: u64, newname: &[u8]) -> OpResult<Attr> {
+        self.fs
+            .link(ctx, ino, newparent, newname)
+            .map_err(|e| errno("link", ino, &e))
+    }
+
+    /// OPEN: the handle and the open flags for the kernel.
+    pub fn op_open(&self, ctx: &Ctx, ino: u64, flags: i32) -> OpResult<(u64, FopenFlags)> {
+        let (fh, atime_changed) = self
+            .fs
+            .open_file_reporting_atime(ctx, ino, flags)
+            .map_err(|e| errno("open", ino, &e))?;
+        if atime_changed {
+            // The kernel drops its cached atime after a READ, but a read served from its page
+            // cache sends none; without this it would show the old atime for the attribute TTL.
+            self.invalidate_attributes(INodeNo(ino));
+        }
+        Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
+    }
+
+    /// CREATE: the new file's attributes, its handle and the open flags for the kernel.
+    pub fn op_create(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> OpResult<(Attr, u64, FopenFlags)> {
+        let (a, fh) = self
+            .fs
+            .create(ctx, parent, name, mode, umask, flags)
+            .map_err(|e| errno("create", parent, &e))?;
+        Ok((a, fh, FopenFlags::FOPEN_KEEP_CACHE))
+    }
+
+    /// READ. `open_flags` are those of the file the kernel reads through: through a
+    /// write-only file it only fills its page cache for a partial-page write (writeback
+    /// cache), not a read that counts for atime.
+    pub fn op_read(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        open_flags: i32,
+    ) -> OpResult<Vec<u8>> {
+        let data = if open_flags & libc::O_ACCMODE == libc::O_WRONLY {
+            self.fs.read_for_write(ino, fh, offset, size)
+        } else {
+            self.fs.read(ino, fh, offset, size)
+        };
+        data.map_err(|e| errno("read", ino, &e))
+    }
+
+    /// WRITE. `kill_suidgid`: the kernel says the writer lacks CAP_FSETID; with
+    /// FUSE_HANDLE_KILLPRIV_V2 it leaves dropping setuid/setgid to us, which spares a
+    /// GETXATTR and a GETATTR round trip on most writes and chowns.
+    pub fn op_write(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> OpResult<u32> {
+        let written = if kill_suidgid {
+            self.fs
+                .write_dropping_suidgid(ctx, ino, fh, offset, data)
+                .map(|(n, mode_changed)| {
+                    if mode_changed {
+                        // The kernel does not refresh the mode after a write; without this it
+                        // would show the dropped bits for the attribute TTL.
+                        self.invalidate_attributes(INodeNo(ino));
+                    }
+                    n
+                })
+        } else {
+            self.fs.write(ino, fh, offset, data)
+        };
+        written.map_err(|e| errno("write", ino, &e))
+    }
+
+    /// FLUSH: nothing to do at close(2), since the kernel has already written the file's
+    /// dirty pages back and reported their errors before it sends FLUSH. ENOSYS tells it never
+    /// to send FLUSH again, which saves a round trip on every close.
+    pub fn op_flush(&self) -> OpResult<()> {
+        Err(Errno::ENOSYS)
+    }
+
+    /// RELEASE.
+    pub fn op_release(&self, ino: u64, fh: u64) -> OpResult<()> {
+        self.fs
+            .release(ino, fh)
+            .map_err(|e| errno("release", ino, &e))
+    }
+
+    /// FSYNC.
+    pub fn op_fsync(&self, ino: u64, fh: u64, datasync: bool) -> OpResult<()> {
+        self.fs
+            .fsync(ino, fh, datasync)
+            .map_err(|e| errno("fsync", ino, &e))
+    }
+
+    /// OPENDIR.
+    pub fn op_opendir(&self, ctx: &Ctx, ino: u64, flags: i32) -> OpResult<u64> {
+        self.fs
+            .opendir(ctx, ino, flags)
+            .map_err(|e| errno("opendir", ino, &e))
+    }
+
+    /// READDIR from the kernel's `offset`: hands each entry and the offset after it to `add`
+    /// until `add` says the reply is full.
+    pub fn op_readdir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&core::DirEntry, u64) -> bool,
+    ) -> OpResult<()> {
+        let entries = self
+            .fs
+            .readdir(ino, fh, cookie_from_kernel(offset), READDIR_BATCH)
+            .map_err(|e| errno("readdir", ino, &e))?;
+        for ent in &entries {
+            if add(ent, cookie_to_kernel(ent.next_offset)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// READDIRPLUS from the kernel's `offset`: hands each entry, the offset after it and its
+    /// attributes to `add` until `add` says the reply is full. Entries the reply did not take
+    /// give back the lookup reference the core took for them.
+    pub fn op_readdirplus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&core::DirEntry, u64, &Attr) -> bool,
+    ) -> OpResult<()> {
+        let entries = self
+            .fs
+            .readdirplus(ino, fh, cookie_from_kernel(offset), READDIRPLUS_BATCH)
+            .map_err(|e| errno("readdirplus", ino, &e))?;
+        let mut entries = entries.into_iter();
+        for (ent, attr) in entries.by_ref() {
+            if add(&ent, cookie_to_kernel(ent.next_offset), &attr) {
+                // This entry did not fit: the kernel never sees it, so it will never forget
+                // the lookup reference the core took for it.
+                self.forget_unsent(&ent);
+                break;
+            }
+        }
+        for (ent, _) in entries {
+            self.forget_unsent(&ent);
+        }
+        Ok(())
+    }
+
+    /// RELEASEDIR.
+    pub fn op_releasedir(&self, ino: u64, fh: u64) -> OpResult<()> {
+        self.fs
+            .releasedir(ino, fh)
+            .map_err(|e| errno("releasedir", ino, &e))
+    }
+
+    /// FSYNCDIR.
+    pub fn op_fsyncdir(&self, ino: u64, fh: u64, datasync: bool) -> OpResult<()> {
+        self.fs
+            .fsyncdir(ino, fh, datasync)
+            .map_err(|e| errno("fsyncdir", ino, &e))
+    }
+
+    /// STATFS.
+    pub fn op_statfs(&self, ino: u64) -> OpResult<core::StatFs> {
+        self.fs.statfs().map_err(|e| errno("statfs", ino, &e))
+    }
+
+    /// SETXATTR. Only macOS resource forks use a `position`.
+    pub fn op_setxattr(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+        position: u32,
+    ) -> OpResult<()> {
+        if position != 0 {
+            return Err(Errno::from_i32(libc::EINVAL));
+        }
+        self.fs
+            .setxattr(ctx, ino, name, value, flags)
+            .map_err(|e| errno("setxattr", ino, &e))
+    }
+
+    /// GETXATTR for a caller buffer of `size` bytes (0: a size probe).
+    pub fn op_getxattr(&self, ctx: &Ctx, ino: u64, name: &[u8], size: u32) -> OpResult<XattrReply> {
+        let value = self
+            .fs
+            .getxattr(ctx, ino, name)
+            .map_err(|e| errno("getxattr", ino, &e))?;
+        xattr_reply(value, size)
+    }
+
+    /// LISTXATTR for a caller buffer of `size` bytes (0: a size probe).
+    pub fn op_listxattr(&self, ctx: &Ctx, ino: u64, size: u32) -> OpResult<XattrReply> {
+        let names = self
+            .fs
+            .listxattr(ctx, ino)
+            .map_err(|e| errno("listxattr", ino, &e))?;
+        xattr_reply(names, size)
+    }
+
+    /// REMOVEXATTR.
+    pub fn op_removexattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> OpResult<()> {
+        self.fs
+            .removexattr(ctx, ino, name)
+            .map_err(|e| errno("removexattr", ino, &e))
+    }
+
+    /// ACCESS.
+    pub fn op_access(&self, ctx: &Ctx, ino: u64, mask: i32) -> OpResult<()> {
+        self.fs
+            .access(ctx, ino, mask)
+            .map_err(|e| errno("access", ino, &e))
+    }
+
+    /// FALLOCATE.
+    pub fn op_fallocate(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> OpResult<()> {
+        let mode_changed = self
+            .fs
+            .fallocate(ctx, ino, fh, offset, length, mode)
+            .map_err(|e| errno("fallocate", ino, &e))?;
+        if mode_changed {
+            // The kernel refreshes only size and times after fallocate; without this it would
+            // show the old setuid/setgid bits for the attribute TTL.
+            self.invalidate_attributes(INodeNo(ino));
+        }
+        Ok(())
+    }
+
+    /// IOCTL: none are supported. Programs probe with them all the time (isatty() sends TCGETS
+    /// on every open in many runtimes), so answer quietly like a plain file does.
+    pub fn op_ioctl(&self) -> OpResult<()> {
+        Err(Errno::from_i32(libc::ENOTTY))
+    }
+
+    /// LSEEK (SEEK_DATA, SEEK_HOLE).
+    pub fn op_lseek(&self, ino: u64, fh: u64, offset: i64, whence: i32) -> OpResult<i64> {
+        self.fs
+            .lseek(ino, fh, offset, whence)
+            .map_err(|e| errno("lseek", ino, &e))
+    }
+
+    /// FORGET and BATCH_FORGET.
+    pub fn op_forget(&self, ino: u64, nlookup: u64) {
+        self.fs.forget(ino, nlookup);
+    }
+
+    /// Returns the lookup reference the core took for a readdirplus entry that did not fit in
+    /// the reply. The kernel takes no reference for `.` and `..`, and neither does the core.
+    fn forget_unsent(&self, ent: &core::DirEntry) {
+        if ent.name != b"." && ent.name != b".." {
+            self.fs.forget(ent.ino, 1);
+        }
+    }
+}
+
+/// Sends a handler's answer with fuser's reply object: `ok` turns the content into the reply.
+fn answer<T, R: ReplyError>(result: OpResult<T>, reply: R, ok: impl FnOnce(T, R)) {
+    match result {
+        Ok(v) => ok(v, reply),
+        Err(e) => reply.fail(e),
+    }
+}
+
+/// fuser's reply objects all answer errors the same way.
+trait ReplyError {
+    fn fail(self, e: Errno);
+}
+
+macro_rules! reply_error {
+    ($($t:ty),*) => {$(
+        impl ReplyError for $t {
+            fn fail(self, e: Errno) {
+                self.error(e);
+            }
+        }
+    )*};
+}
+reply_error!(
+    ReplyEntry,
+    ReplyAttr,
+    ReplyData,
+    ReplyEmpty,
+    ReplyOpen,
+    ReplyCreate,
+    ReplyWrite,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyStatfs,
+    ReplyXattr,
+    ReplyLseek,
+    fuser::ReplyIoctl
+);
+
+fn entry(a: Attr, reply: ReplyEntry) {
+    reply.entry(&TTL, &convert(&a), Generation(a.generation));
+}
+
+fn attr(a: Attr, reply: ReplyAttr) {
+    reply.attr(&TTL, &convert(&a));
+}
+
+fn empty((): (), reply: ReplyEmpty) {
+    reply.ok();
+}
+
+fn xattr(x: XattrReply, reply: ReplyXattr) {
+    match x {
+        XattrReply::Size(n) => reply.size(n),
+        XattrReply::Data(d) => reply.data(&d),
+    }
+}
+
+/// The `/dev/fuse` transport: fuser decodes each request and this passes it to the handler.
 impl fuser::Filesystem for DigimedFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let offered = config.capabilities();
@@ -212,6 +682,23 @@ impl fuser::Filesystem for DigimedFuse {
                 }
             } else {
                 tracing::info!("kernel does not offer {name}; continuing without it");
+            }
+        }
+        if self.want_uring {
+            let offered = config
+                .capabilities()
+                .contains(InitFlags::FUSE_OVER_IO_URING);
+            if offered
+                && config
+                    .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                    .is_ok()
+            {
+                self.uring_agreed.store(true, Ordering::SeqCst);
+            } else {
+                tracing::warn!(
+                    "io_uring asked for, but the kernel does not offer it \
+                     (enable_uring off, or a kernel before 6.14): using /dev/fuse"
+                );
             }
         }
         if let Err(nearest) = config.set_max_write(MAX_WRITE) {
@@ -236,26 +723,19 @@ impl fuser::Filesystem for DigimedFuse {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(&ctx(req), parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &convert(&a), Generation(a.generation)),
-            // A negative entry (node id 0) lets the kernel cache the miss: only this mount
-            // changes the namespace (the mount lock), so the kernel sees every later create.
-            Err(e) if e.errno() == libc::ENOENT => {
-                reply.entry(&TTL, &convert(&negative_attr()), Generation(0))
-            }
-            Err(e) => reply.error(errno("lookup", parent.0, &e)),
-        }
+        answer(
+            self.op_lookup(&ctx(req), parent.0, name.as_bytes()),
+            reply,
+            entry,
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        self.op_forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &convert(&a)),
-            Err(e) => reply.error(errno("getattr", ino.0, &e)),
-        }
+        answer(self.op_getattr(ino.0), reply, attr);
     }
 
     fn setattr(
@@ -286,17 +766,11 @@ impl fuser::Filesystem for DigimedFuse {
             ctime,
             fh: fh.map(|h| h.0),
         };
-        match self.fs.setattr(&ctx(req), ino.0, &set) {
-            Ok(a) => reply.attr(&TTL, &convert(&a)),
-            Err(e) => reply.error(errno("setattr", ino.0, &e)),
-        }
+        answer(self.op_setattr(&ctx(req), ino.0, &set), reply, attr);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno("readlink", ino.0, &e)),
-        }
+        answer(self.op_readlink(ino.0), reply, |t, r| r.data(&t));
     }
 
     fn mknod(
@@ -309,13 +783,8 @@ impl fuser::Filesystem for DigimedFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self
-            .fs
-            .mknod(&ctx(req), parent.0, name.as_bytes(), mode, umask, rdev)
-        {
-            Ok(a) => reply.entry(&TTL, &convert(&a), Generation(a.generation)),
-            Err(e) => reply.error(errno("mknod", parent.0, &e)),
-        }
+        let res = self.op_mknod(&ctx(req), parent.0, name.as_bytes(), mode, umask, rdev);
+        answer(res, reply, entry);
     }
 
     fn mkdir(
@@ -327,27 +796,24 @@ impl fuser::Filesystem for DigimedFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self
-            .fs
-            .mkdir(&ctx(req), parent.0, name.as_bytes(), mode, umask)
-        {
-            Ok(a) => reply.entry(&TTL, &convert(&a), Generation(a.generation)),
-            Err(e) => reply.error(errno("mkdir", parent.0, &e)),
-        }
+        let res = self.op_mkdir(&ctx(req), parent.0, name.as_bytes(), mode, umask);
+        answer(res, reply, entry);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.unlink(&ctx(req), parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("unlink", parent.0, &e)),
-        }
+        answer(
+            self.op_unlink(&ctx(req), parent.0, name.as_bytes()),
+            reply,
+            empty,
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.rmdir(&ctx(req), parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rmdir", parent.0, &e)),
-        }
+        answer(
+            self.op_rmdir(&ctx(req), parent.0, name.as_bytes()),
+            reply,
+            empty,
+        );
     }
 
     fn symlink(
@@ -359,13 +825,8 @@ impl fuser::Filesystem for DigimedFuse {
         reply: ReplyEntry,
     ) {
         let target = target.as_os_str().as_bytes();
-        match self
-            .fs
-            .symlink(&ctx(req), parent.0, link_name.as_bytes(), target)
-        {
-            Ok(a) => reply.entry(&TTL, &convert(&a), Generation(a.generation)),
-            Err(e) => reply.error(errno("symlink", parent.0, &e)),
-        }
+        let res = self.op_symlink(&ctx(req), parent.0, link_name.as_bytes(), target);
+        answer(res, reply, entry);
     }
 
     fn rename(
@@ -378,7 +839,7 @@ impl fuser::Filesystem for DigimedFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let res = self.fs.rename(
+        let res = self.op_rename(
             &ctx(req),
             parent.0,
             name.as_bytes(),
@@ -386,10 +847,7 @@ impl fuser::Filesystem for DigimedFuse {
             newname.as_bytes(),
             flags.bits(),
         );
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rename", parent.0, &e)),
-        }
+        answer(res, reply, empty);
     }
 
     fn link(
@@ -400,28 +858,16 @@ impl fuser::Filesystem for DigimedFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self
-            .fs
-            .link(&ctx(req), ino.0, newparent.0, newname.as_bytes())
-        {
-            Ok(a) => reply.entry(&TTL, &convert(&a), Generation(a.generation)),
-            Err(e) => reply.error(errno("link", ino.0, &e)),
-        }
+        let res = self.op_link(&ctx(req), ino.0, newparent.0, newname.as_bytes());
+        answer(res, reply, entry);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open_file_reporting_atime(&ctx(req), ino.0, flags.0) {
-            Ok((fh, atime_changed)) => {
-                if atime_changed {
-                    // The kernel drops its cached atime after a READ, but a read served from
-                    // its page cache sends none; without this it would show the old atime for
-                    // the attribute TTL.
-                    self.invalidate_attributes(ino);
-                }
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
-            }
-            Err(e) => reply.error(errno("open", ino.0, &e)),
-        }
+        answer(
+            self.op_open(&ctx(req), ino.0, flags.0),
+            reply,
+            |(fh, f), r| r.opened(FileHandle(fh), f),
+        );
     }
 
     fn create(
@@ -434,19 +880,16 @@ impl fuser::Filesystem for DigimedFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .fs
-            .create(&ctx(req), parent.0, name.as_bytes(), mode, umask, flags)
-        {
-            Ok((a, fh)) => reply.created(
+        let res = self.op_create(&ctx(req), parent.0, name.as_bytes(), mode, umask, flags);
+        answer(res, reply, |(a, fh, f), r| {
+            r.created(
                 &TTL,
                 &convert(&a),
                 Generation(a.generation),
                 FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(errno("create", parent.0, &e)),
-        }
+                f,
+            )
+        });
     }
 
     fn read(
@@ -460,18 +903,8 @@ impl fuser::Filesystem for DigimedFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        // `flags` are those of the file the kernel reads through. Through a write-only file it
-        // only fills its page cache for a partial-page write (writeback cache): not a read that
-        // counts for atime.
-        let data = if flags.0 & libc::O_ACCMODE == libc::O_WRONLY {
-            self.fs.read_for_write(ino.0, fh.0, offset, size)
-        } else {
-            self.fs.read(ino.0, fh.0, offset, size)
-        };
-        match data {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno("read", ino.0, &e)),
-        }
+        let res = self.op_read(ino.0, fh.0, offset, size, flags.0);
+        answer(res, reply, |d, r| r.data(&d));
     }
 
     fn write(
@@ -486,27 +919,9 @@ impl fuser::Filesystem for DigimedFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        // With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves dropping setuid/setgid on write to us
-        // and says when (a writer without CAP_FSETID); that spares a GETXATTR and a GETATTR
-        // round trip on most writes and chowns.
-        let written = if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            self.fs
-                .write_dropping_suidgid(&ctx(req), ino.0, fh.0, offset, data)
-                .map(|(n, mode_changed)| {
-                    if mode_changed {
-                        // The kernel does not refresh the mode after a write; without this it
-                        // would show the dropped bits for the attribute TTL.
-                        self.invalidate_attributes(ino);
-                    }
-                    n
-                })
-        } else {
-            self.fs.write(ino.0, fh.0, offset, data)
-        };
-        match written {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno("write", ino.0, &e)),
-        }
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let res = self.op_write(&ctx(req), ino.0, fh.0, offset, data, kill);
+        answer(res, reply, |n, r| r.written(n));
     }
 
     fn flush(
@@ -517,10 +932,7 @@ impl fuser::Filesystem for DigimedFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing to do at close(2): the kernel has already written the file's dirty pages
-        // back and reported their errors before it sends FLUSH. ENOSYS tells it never to send
-        // FLUSH again, which saves a round trip on every close.
-        reply.error(Errno::ENOSYS);
+        answer(self.op_flush(), reply, empty);
     }
 
     fn release(
@@ -533,10 +945,7 @@ impl fuser::Filesystem for DigimedFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.release(ino.0, fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("release", ino.0, &e)),
-        }
+        answer(self.op_release(ino.0, fh.0), reply, empty);
     }
 
     fn fsync(
@@ -547,17 +956,15 @@ impl fuser::Filesystem for DigimedFuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync(ino.0, fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fsync", ino.0, &e)),
-        }
+        answer(self.op_fsync(ino.0, fh.0, datasync), reply, empty);
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(&ctx(req), ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno("opendir", ino.0, &e)),
-        }
+        answer(
+            self.op_opendir(&ctx(req), ino.0, flags.0),
+            reply,
+            |fh, r| r.opened(FileHandle(fh), FopenFlags::empty()),
+        );
     }
 
     fn readdir(
@@ -568,20 +975,11 @@ impl fuser::Filesystem for DigimedFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let offset = cookie_from_kernel(offset);
-        match self.fs.readdir(ino.0, fh.0, offset, READDIR_BATCH) {
-            Ok(entries) => {
-                for ent in entries {
-                    let name = OsStr::from_bytes(&ent.name);
-                    let next = cookie_to_kernel(ent.next_offset);
-                    if reply.add(INodeNo(ent.ino), next, file_type(ent.kind), name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(errno("readdir", ino.0, &e)),
-        }
+        let res = self.op_readdir(ino.0, fh.0, offset, |ent, next| {
+            let name = OsStr::from_bytes(&ent.name);
+            reply.add(INodeNo(ent.ino), next, file_type(ent.kind), name)
+        });
+        answer(res, reply, |(), r| r.ok());
     }
 
     fn readdirplus(
@@ -592,28 +990,12 @@ impl fuser::Filesystem for DigimedFuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let offset = cookie_from_kernel(offset);
-        match self.fs.readdirplus(ino.0, fh.0, offset, READDIRPLUS_BATCH) {
-            Ok(entries) => {
-                let mut entries = entries.into_iter();
-                for (ent, attr) in entries.by_ref() {
-                    let name = OsStr::from_bytes(&ent.name);
-                    let next = cookie_to_kernel(ent.next_offset);
-                    let gen = Generation(attr.generation);
-                    if reply.add(INodeNo(ent.ino), next, name, &TTL, &convert(&attr), gen) {
-                        // This entry did not fit: the kernel never sees it, so it will never
-                        // forget the lookup reference the core took for it.
-                        self.forget_unsent(&ent);
-                        break;
-                    }
-                }
-                for (ent, _) in entries {
-                    self.forget_unsent(&ent);
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(errno("readdirplus", ino.0, &e)),
-        }
+        let res = self.op_readdirplus(ino.0, fh.0, offset, |ent, next, a| {
+            let name = OsStr::from_bytes(&ent.name);
+            let gen = Generation(a.generation);
+            reply.add(INodeNo(ent.ino), next, name, &TTL, &convert(a), gen)
+        });
+        answer(res, reply, |(), r| r.ok());
     }
 
     fn releasedir(
@@ -624,10 +1006,7 @@ impl fuser::Filesystem for DigimedFuse {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        match self.fs.releasedir(ino.0, fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("releasedir", ino.0, &e)),
-        }
+        answer(self.op_releasedir(ino.0, fh.0), reply, empty);
     }
 
     fn fsyncdir(
@@ -638,19 +1017,15 @@ impl fuser::Filesystem for DigimedFuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsyncdir(ino.0, fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fsyncdir", ino.0, &e)),
-        }
+        answer(self.op_fsyncdir(ino.0, fh.0, datasync), reply, empty);
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        match self.fs.statfs() {
-            Ok(s) => reply.statfs(
+        answer(self.op_statfs(ino.0), reply, |s, r| {
+            r.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
-            ),
-            Err(e) => reply.error(errno("statfs", ino.0, &e)),
-        }
+            )
+        });
     }
 
     fn setxattr(
@@ -663,46 +1038,29 @@ impl fuser::Filesystem for DigimedFuse {
         position: u32,
         reply: ReplyEmpty,
     ) {
-        if position != 0 {
-            // Only macOS resource forks use a position.
-            reply.error(Errno::from_i32(libc::EINVAL));
-            return;
-        }
-        match self
-            .fs
-            .setxattr(&ctx(req), ino.0, name.as_bytes(), value, flags)
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("setxattr", ino.0, &e)),
-        }
+        let res = self.op_setxattr(&ctx(req), ino.0, name.as_bytes(), value, flags, position);
+        answer(res, reply, empty);
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.fs.getxattr(&ctx(req), ino.0, name.as_bytes()) {
-            Ok(value) => reply_xattr(&value, size, reply),
-            Err(e) => reply.error(errno("getxattr", ino.0, &e)),
-        }
+        let res = self.op_getxattr(&ctx(req), ino.0, name.as_bytes(), size);
+        answer(res, reply, xattr);
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(&ctx(req), ino.0) {
-            Ok(names) => reply_xattr(&names, size, reply),
-            Err(e) => reply.error(errno("listxattr", ino.0, &e)),
-        }
+        answer(self.op_listxattr(&ctx(req), ino.0, size), reply, xattr);
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.removexattr(&ctx(req), ino.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("removexattr", ino.0, &e)),
-        }
+        answer(
+            self.op_removexattr(&ctx(req), ino.0, name.as_bytes()),
+            reply,
+            empty,
+        );
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.fs.access(&ctx(req), ino.0, mask.bits()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("access", ino.0, &e)),
-        }
+        answer(self.op_access(&ctx(req), ino.0, mask.bits()), reply, empty);
     }
 
     fn fallocate(
@@ -715,20 +1073,8 @@ impl fuser::Filesystem for DigimedFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self
-            .fs
-            .fallocate(&ctx(req), ino.0, fh.0, offset, length, mode)
-        {
-            Ok(mode_changed) => {
-                if mode_changed {
-                    // The kernel refreshes only size and times after fallocate; without this
-                    // it would show the old setuid/setgid bits for the attribute TTL.
-                    self.invalidate_attributes(ino);
-                }
-                reply.ok()
-            }
-            Err(e) => reply.error(errno("fallocate", ino.0, &e)),
-        }
+        let res = self.op_fallocate(&ctx(req), ino.0, fh.0, offset, length, mode);
+        answer(res, reply, empty);
     }
 
     fn ioctl(
@@ -742,9 +1088,7 @@ impl fuser::Filesystem for DigimedFuse {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        // No ioctls are supported. Programs probe with them all the time (isatty() sends
-        // TCGETS on every open in many runtimes), so answer quietly like a plain file does.
-        reply.error(Errno::from_i32(libc::ENOTTY));
+        answer(self.op_ioctl(), reply, |(), r| r.ioctl(0, &[]));
     }
 
     fn lseek(
@@ -756,20 +1100,8 @@ impl fuser::Filesystem for DigimedFuse {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.fs.lseek(ino.0, fh.0, offset, whence) {
-            Ok(pos) => reply.offset(pos),
-            Err(e) => reply.error(errno("lseek", ino.0, &e)),
-        }
-    }
-}
-
-impl DigimedFuse {
-    /// Returns the lookup reference the core took for a readdirplus entry that did not fit in
-    /// the reply. The kernel takes no reference for `.` and `..`, and neither does the core.
-    fn forget_unsent(&self, ent: &core::DirEntry) {
-        if ent.name != b"." && ent.name != b".." {
-            self.fs.forget(ent.ino, 1);
-        }
+        let res = self.op_lseek(ino.0, fh.0, offset, whence);
+        answer(res, reply, |p, r| r.offset(p));
     }
 }
 

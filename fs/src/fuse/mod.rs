@@ -5,9 +5,12 @@
 //!   one core call, one reply).
 //! - [`mount`]: mount options and [`mount_foreground`], which serves a mount until it is
 //!   unmounted or the process is asked to stop, then closes the filesystem.
+//! - [`uring`]: FUSE over io_uring, the faster transport beside fuser's `/dev/fuse` loop
+//!   (mount option `uring`), calling the same request handlers as the adapter.
 
 pub mod adapter;
 pub mod mount;
+pub mod uring;
 
 pub use adapter::{convert, DigimedFuse, TTL};
 pub use mount::{mount_foreground, mount_options, MountOpts};

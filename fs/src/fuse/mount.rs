@@ -10,6 +10,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::ffi::CString;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
@@ -41,6 +42,9 @@ pub struct MountOpts {
     pub allow_other: bool,
     /// Source shown in /proc/mounts; `digimedfs` when `None`. Must not contain a comma.
     pub fsname: Option<String>,
+    /// Serve requests over io_uring when the kernel allows it (`uring`; see
+    /// [`super::uring`]), else over `/dev/fuse` as always.
+    pub uring: bool,
 }
 
 /// Number of threads serving requests: [`THREADS_PER_CPU`] per available CPU, at least
@@ -113,7 +117,11 @@ pub fn mount_foreground(
     opts: &MountOpts,
     ready: impl FnOnce(),
 ) -> Result<()> {
-    let adapter = DigimedFuse::new(fs);
+    let adapter = if opts.uring {
+        DigimedFuse::new(fs).with_uring()
+    } else {
+        DigimedFuse::new(fs)
+    };
     let closer = adapter.closer();
     let notifier_slot = adapter.notifier_slot();
     let served = serve(adapter, notifier_slot, mountpoint, opts, ready);
@@ -125,6 +133,30 @@ pub fn mount_foreground(
         (Err(e), Err(close_err)) => {
             tracing::error!("closing the filesystem failed: {close_err}");
             Err(e)
+        }
+    }
+}
+
+/// Registers the io_uring queues on `session`'s connection; on failure the mount stays on
+/// `/dev/fuse` (the kernel falls back by itself when a registration fails).
+fn start_uring(
+    session: &fuser::Session<DigimedFuse>,
+    handlers: DigimedFuse,
+) -> Option<super::uring::Uring> {
+    let device = match session.as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("io_uring: duplicating /dev/fuse failed: {e}; using /dev/fuse");
+            return None;
+        }
+    };
+    // The kernel wants room for the largest WRITE and READ it may send.
+    let payload = super::adapter::MAX_WRITE as usize;
+    match super::uring::Uring::start(device, handlers, payload) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            tracing::warn!("io_uring: {e}; using /dev/fuse");
+            None
         }
     }
 }
@@ -168,18 +200,37 @@ fn serve(
     };
 
     let config = mount_options(opts);
-    let session = match fuser::spawn_mount(adapter, &mountpoint, &config) {
+    let handlers = adapter.clone();
+    let session = match fuser::Session::new(adapter, &mountpoint, &config) {
         Ok(session) => session,
         Err(e) => {
             stop_signals();
             return Err(Error::io(&mountpoint, e));
         }
     };
+    // INIT is done: the queues can be registered before the session loop starts.
+    let uring = if handlers.uring_agreed() {
+        start_uring(&session, handlers)
+    } else {
+        None
+    };
+    let session = match session.spawn() {
+        Ok(session) => session,
+        Err(e) => {
+            let _ = unmount(&mountpoint);
+            stop_signals();
+            return Err(Error::io(&mountpoint, e));
+        }
+    };
     let _ = notifier_slot.set(session.notifier());
     tracing::info!(
-        "mounted on {} ({} threads{}{})",
+        "mounted on {} ({} threads{}{}{})",
         mountpoint.display(),
         config.n_threads.unwrap_or(1),
+        match &uring {
+            Some(u) => format!(", io_uring on {} CPUs", u.queues()),
+            None => String::new(),
+        },
         if opts.read_only { ", read-only" } else { "" },
         if opts.allow_other {
             ", allow_other"
@@ -330,6 +381,7 @@ mod tests {
             read_only: true,
             allow_other: true,
             fsname: Some("/srv/backing".into()),
+            uring: false,
         };
         let c = mount_options(&opts);
         assert!(c.mount_options.contains(&MountOption::RO));

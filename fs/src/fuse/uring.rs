@@ -1,0 +1,821 @@
+//! FUSE over io_uring (Linux 6.14+): the kernel hands each request to a queue of the CPU the
+//! caller runs on, and a thread pinned to that CPU answers it and fetches the next in one
+//! `io_uring_enter`. On a VM whose idle vCPUs halt, that halves the cost of a round trip
+//! against `/dev/fuse`, where the request and the reply each wake a thread on the other vCPU
+//! (docs/performance.md, "FUSE over io_uring halves the round trip here").
+//!
+//! fuser mounts and runs the session as before: it negotiates `FUSE_OVER_IO_URING` at INIT
+//! and keeps serving `/dev/fuse`, which the kernel still uses until every queue has an entry
+//! and afterwards for FORGET and INTERRUPT. [`Uring::start`] then registers the queues. Each
+//! request is decoded here from the kernel's wire format (the header and op structures of
+//! `<linux/fuse.h>`, protocol 7.42+), passed to the same handler the fuser adapter calls
+//! ([`DigimedFuse`]'s `op_*` methods) and its answer encoded into the entry's buffers.
+//!
+//! Nothing read from the kernel is trusted to be well formed: a short structure or a name
+//! without its NUL is answered with EINVAL, never a panic. If the kernel refuses the
+//! registration (for example because `enable_uring` was switched off meanwhile) it falls back
+//! to `/dev/fuse` for the whole connection, and so does this mount.
+
+use super::adapter::{DigimedFuse, OpResult, XattrReply, TTL};
+use crate::core::{Attr, Ctx, DirEntry, FileKind, SetAttr, TimeSet};
+use crate::{Error, Result};
+use fuser::{Errno, FopenFlags};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The kernel's switch for FUSE over io_uring.
+const ENABLE_PARAMETER: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Entries registered per queue: requests the kernel can hand a queue before one is answered.
+/// One thread serves a queue, so more only buffer; a few let background writeback and
+/// readahead queue up behind a request in service.
+const QUEUE_DEPTH: usize = 4;
+
+/// `FUSE_IO_URING_CMD_REGISTER` and `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`.
+const CMD_REGISTER: u32 = 1;
+const CMD_COMMIT_AND_FETCH: u32 = 2;
+
+/// Sizes of `struct fuse_uring_req_header`'s parts and of `fuse_out_header`.
+const IN_OUT_SIZE: usize = 128;
+const OP_IN_SIZE: usize = 128;
+const OUT_HEADER_SIZE: usize = 16;
+
+/// Whether the running kernel lets a FUSE server use io_uring (the fuse module's
+/// `enable_uring` parameter, off by default).
+pub fn kernel_allows() -> bool {
+    std::fs::read_to_string(ENABLE_PARAMETER)
+        .map(|v| matches!(v.trim(), "Y" | "y" | "1"))
+        .unwrap_or(false)
+}
+
+/// The running io_uring queues of one mount. Their threads end when the connection does.
+pub struct Uring {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Uring {
+    /// Registers one queue per CPU on the FUSE connection of `device` (a duplicate of the
+    /// session's `/dev/fuse` descriptor, after INIT negotiated `FUSE_OVER_IO_URING`), each
+    /// served by a thread pinned to its CPU. `payload` is the size of each entry's data
+    /// buffer: at least the larger of the negotiated `max_write` and `max_pages` pages.
+    pub fn start(device: OwnedFd, handlers: DigimedFuse, payload: usize) -> Result<Uring> {
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let device = std::sync::Arc::new(device);
+        let mut threads = Vec::with_capacity(cpus);
+        for qid in 0..cpus {
+            let queue = Queue::new(qid, payload)
+                .map_err(|e| Error::io(format!("io_uring queue {qid}"), e))?;
+            let device = std::sync::Arc::clone(&device);
+            let handlers = handlers.clone();
+            let handle = thread::Builder::new()
+                .name(format!("digimedfs-ring-{qid}"))
+                .spawn(move || queue.serve(device.as_raw_fd(), &handlers))
+                .map_err(|e| Error::io(format!("io_uring queue {qid} thread"), e))?;
+            threads.push(handle);
+        }
+        Ok(Uring { threads })
+    }
+
+    /// Number of queues.
+    pub fn queues(&self) -> usize {
+        self.threads.len()
+    }
+}
+
+/// `struct fuse_uring_req_header`: the request's `fuse_in_header` (and then the reply's
+/// `fuse_out_header`), the op's fixed-size arguments, and `fuse_uring_ent_in_out`.
+#[repr(C, align(8))]
+struct Header {
+    in_out: [u8; IN_OUT_SIZE],
+    op_in: [u8; OP_IN_SIZE],
+    ent: [u8; 32],
+}
+
+/// One registered entry: the kernel writes each request into its buffers and reads the reply
+/// from them, so they stay at one address (boxed) for the life of the queue.
+struct Entry {
+    header: Box<Header>,
+    payload: Vec<u8>,
+    iov: Box<[libc::iovec; 2]>,
+}
+
+// SAFETY: the raw pointers in `iov` point into the entry's own boxed buffers, which move with
+// it; the queue (and with it every entry) is used by one thread at a time.
+unsafe impl Send for Entry {}
+
+struct Queue {
+    qid: usize,
+    ring: IoUring<squeue::Entry128, cqueue::Entry32>,
+    entries: Vec<Entry>,
+}
+
+impl Queue {
+    fn new(qid: usize, payload: usize) -> std::io::Result<Queue> {
+        let ring = IoUring::builder().build((QUEUE_DEPTH * 2) as u32)?;
+        let mut entries = Vec::with_capacity(QUEUE_DEPTH);
+        for _ in 0..QUEUE_DEPTH {
+            let mut header = Box::new(Header {
+                in_out: [0; IN_OUT_SIZE],
+                op_in: [0; OP_IN_SIZE],
+                ent: [0; 32],
+            });
+            let mut payload = vec![0u8; payload];
+            let iov = Box::new([
+                libc::iovec {
+                    iov_base: (&mut *header as *mut Header).cast(),
+                    iov_len: std::mem::size_of::<Header>(),
+                },
+                libc::iovec {
+                    iov_base: payload.as_mut_ptr().cast(),
+                    iov_len: payload.len(),
+                },
+            ]);
+            entries.push(Entry {
+                header,
+                payload,
+                iov,
+            });
+        }
+        Ok(Queue { qid, ring, entries })
+    }
+
+    /// The queue's thread: pins itself, registers the entries, then answers requests until
+    /// the connection ends.
+    fn serve(mut self, device: i32, handlers: &DigimedFuse) {
+        pin_to_cpu(self.qid);
+        for k in 0..self.entries.len() {
+            if let Err(e) = self.push(device, CMD_REGISTER, k, 0) {
+                tracing::error!("io_uring queue {}: registering: {e}", self.qid);
+                return;
+            }
+        }
+        // Each pass submits the answers of the previous one and waits for the next request in
+        // one io_uring_enter: the caller is woken while this thread goes to sleep, not later.
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!("io_uring queue {}: {e}", self.qid);
+                    return;
+                }
+            }
+            let done: Vec<(u64, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
+            for (k, res) in done {
+                if res < 0 {
+                    // The connection is gone (unmount: ENOTCONN, or the kernel refused the
+                    // registration and fell back to /dev/fuse): nothing more will come.
+                    let err = std::io::Error::from_raw_os_error(-res);
+                    if res == -libc::ENOTCONN || res == -libc::ECANCELED {
+                        tracing::debug!("io_uring queue {}: {err}", self.qid);
+                    } else {
+                        tracing::warn!("io_uring queue {}: entry ended: {err}", self.qid);
+                    }
+                    return;
+                }
+                let Some(entry) = usize::try_from(k)
+                    .ok()
+                    .and_then(|k| self.entries.get_mut(k))
+                else {
+                    continue;
+                };
+                let commit_id = ne_u64(&entry.header.ent, 8).unwrap_or(0);
+                answer_request(entry, handlers);
+                if let Err(e) = self.push(device, CMD_COMMIT_AND_FETCH, k as usize, commit_id) {
+                    tracing::error!("io_uring queue {}: committing: {e}", self.qid);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Queues one command for entry `k`; the next `submit_and_wait` submits it.
+    fn push(&mut self, device: i32, cmd_op: u32, k: usize, commit_id: u64) -> std::io::Result<()> {
+        let Some(entry) = self.entries.get(k) else {
+            return Ok(());
+        };
+        // struct fuse_uring_cmd_req: flags, commit_id, qid, padding.
+        let mut cmd = [0u8; 80];
+        cmd[8..16].copy_from_slice(&commit_id.to_ne_bytes());
+        cmd[16..18].copy_from_slice(&(self.qid as u16).to_ne_bytes());
+        let sqe = opcode::UringCmd80::new(types::Fd(device), cmd_op)
+            .cmd(cmd)
+            .addr(Some(entry.iov.as_ptr() as u64))
+            .build()
+            .user_data(k as u64);
+        let sqe = with_len(sqe, 2);
+        // SAFETY: the iovecs and the buffers they describe live in `self.entries`, which the
+        // queue owns until its thread ends; the kernel stops using them when the command
+        // completes, which is before the thread ends (it only ends after a completion says
+        // the connection is gone) or at process exit.
+        unsafe { self.ring.submission().push(&sqe) }
+            .map_err(|_| std::io::Error::other("submission queue full"))
+    }
+}
+
+/// `sqe` with its `len` field set: io-uring's builder for `IORING_OP_URING_CMD` has no setter
+/// for it, and FUSE wants the number of iovecs there.
+fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
+    const LEN_OFFSET: usize = 24; // struct io_uring_sqe: opcode, flags, ioprio, fd, off, addr, len
+                                  // SAFETY: `squeue::Entry128` is `#[repr(C)]`: a 64-byte `io_uring_sqe` followed by the
+                                  // 64-byte command tail, so it is exactly 128 plain bytes with no invalid bit patterns.
+    let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+    raw[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&len.to_ne_bytes());
+    // SAFETY: as above; only the `len` field changed.
+    unsafe { std::mem::transmute(raw) }
+}
+
+/// Pins the calling thread to `cpu`; a failure only costs speed, so it is logged.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write inside it, and
+    // sched_setaffinity reads it for the calling thread (pid 0).
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        tracing::warn!(
+            "io_uring queue {cpu}: pinning to its CPU failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Decodes the request in `entry`, runs it and writes the reply into `entry`.
+fn answer_request(entry: &mut Entry, handlers: &DigimedFuse) {
+    let h = &entry.header;
+    let unique = ne_u64(&h.in_out, 8).unwrap_or(0);
+    let opcode = ne_u32(&h.in_out, 4).unwrap_or(0);
+    let payload_len = ne_u32(&h.ent, 16)
+        .map_or(0, |n| n as usize)
+        .min(entry.payload.len());
+    let req = Request {
+        nodeid: ne_u64(&h.in_out, 16).unwrap_or(0),
+        ctx: Ctx {
+            uid: ne_u32(&h.in_out, 24).unwrap_or(u32::MAX),
+            gid: ne_u32(&h.in_out, 28).unwrap_or(u32::MAX),
+            pid: ne_u32(&h.in_out, 32).unwrap_or(0),
+        },
+        op_in: h.op_in,
+    };
+    let mut out = Vec::new();
+    let result = dispatch(
+        handlers,
+        opcode,
+        &req,
+        entry.payload.get(..payload_len).unwrap_or(&[]),
+        &mut out,
+    );
+    let (error, body_len) = match result {
+        Ok(data) => {
+            // READ data comes back as its own buffer: copied once, into the entry.
+            let body = data.as_deref().unwrap_or(&out);
+            match entry.payload.get_mut(..body.len()) {
+                Some(dst) => {
+                    dst.copy_from_slice(body);
+                    (0i32, body.len())
+                }
+                None => (-libc::ERANGE, 0),
+            }
+        }
+        Err(e) => (-e.code(), 0),
+    };
+    let h = &mut entry.header;
+    h.in_out = [0; IN_OUT_SIZE];
+    let total = (OUT_HEADER_SIZE + body_len) as u32;
+    h.in_out[0..4].copy_from_slice(&total.to_ne_bytes());
+    h.in_out[4..8].copy_from_slice(&error.to_ne_bytes());
+    h.in_out[8..16].copy_from_slice(&unique.to_ne_bytes());
+    h.ent[16..20].copy_from_slice(&(body_len as u32).to_ne_bytes());
+}
+
+/// What a request carries besides its payload.
+struct Request {
+    nodeid: u64,
+    ctx: Ctx,
+    op_in: [u8; OP_IN_SIZE],
+}
+
+impl Request {
+    fn u32_at(&self, off: usize) -> OpResult<u32> {
+        ne_u32(&self.op_in, off).ok_or(einval())
+    }
+    fn u64_at(&self, off: usize) -> OpResult<u64> {
+        ne_u64(&self.op_in, off).ok_or(einval())
+    }
+}
+
+fn einval() -> Errno {
+    Errno::from_i32(libc::EINVAL)
+}
+
+fn ne_u32(b: &[u8], off: usize) -> Option<u32> {
+    b.get(off..off + 4)
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_ne_bytes)
+}
+
+fn ne_u64(b: &[u8], off: usize) -> Option<u64> {
+    b.get(off..off + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_ne_bytes)
+}
+
+/// The NUL-terminated string at the start of `b` and what follows its NUL.
+fn cstr(b: &[u8]) -> OpResult<(&[u8], &[u8])> {
+    let end = b.iter().position(|&c| c == 0).ok_or(einval())?;
+    Ok((&b[..end], b.get(end + 1..).unwrap_or(&[])))
+}
+
+/// FUSE opcodes served here (`enum fuse_opcode`).
+mod op {
+    pub const LOOKUP: u32 = 1;
+    pub const GETATTR: u32 = 3;
+    pub const SETATTR: u32 = 4;
+    pub const READLINK: u32 = 5;
+    pub const SYMLINK: u32 = 6;
+    pub const MKNOD: u32 = 8;
+    pub const MKDIR: u32 = 9;
+    pub const UNLINK: u32 = 10;
+    pub const RMDIR: u32 = 11;
+    pub const RENAME: u32 = 12;
+    pub const LINK: u32 = 13;
+    pub const OPEN: u32 = 14;
+    pub const READ: u32 = 15;
+    pub const WRITE: u32 = 16;
+    pub const STATFS: u32 = 17;
+    pub const RELEASE: u32 = 18;
+    pub const FSYNC: u32 = 20;
+    pub const SETXATTR: u32 = 21;
+    pub const GETXATTR: u32 = 22;
+    pub const LISTXATTR: u32 = 23;
+    pub const REMOVEXATTR: u32 = 24;
+    pub const FLUSH: u32 = 25;
+    pub const OPENDIR: u32 = 27;
+    pub const READDIR: u32 = 28;
+    pub const RELEASEDIR: u32 = 29;
+    pub const FSYNCDIR: u32 = 30;
+    pub const ACCESS: u32 = 34;
+    pub const CREATE: u32 = 35;
+    pub const IOCTL: u32 = 39;
+    pub const FALLOCATE: u32 = 43;
+    pub const READDIRPLUS: u32 = 44;
+    pub const RENAME2: u32 = 45;
+    pub const LSEEK: u32 = 46;
+}
+
+/// `fuse_setattr_in.valid` bits.
+mod fattr {
+    pub const MODE: u32 = 1 << 0;
+    pub const UID: u32 = 1 << 1;
+    pub const GID: u32 = 1 << 2;
+    pub const SIZE: u32 = 1 << 3;
+    pub const ATIME: u32 = 1 << 4;
+    pub const MTIME: u32 = 1 << 5;
+    pub const FH: u32 = 1 << 6;
+    pub const ATIME_NOW: u32 = 1 << 7;
+    pub const MTIME_NOW: u32 = 1 << 8;
+    pub const CTIME: u32 = 1 << 10;
+}
+
+/// `FUSE_WRITE_KILL_SUIDGID` in `fuse_write_in.write_flags`.
+const WRITE_KILL_SUIDGID: u32 = 1 << 2;
+/// `FUSE_FSYNC_FDATASYNC` in `fuse_fsync_in.fsync_flags`.
+const FSYNC_FDATASYNC: u32 = 1;
+
+/// Runs request `opcode`: its reply body is either returned (data the handler produced as
+/// one buffer) or appended to `out`.
+fn dispatch(
+    h: &DigimedFuse,
+    opcode: u32,
+    r: &Request,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> OpResult<Option<Vec<u8>>> {
+    let ino = r.nodeid;
+    let ctx = &r.ctx;
+    match opcode {
+        op::LOOKUP => put_entry(out, &h.op_lookup(ctx, ino, cstr(payload)?.0)?),
+        op::GETATTR => put_attr_out(out, &h.op_getattr(ino)?),
+        op::SETATTR => put_attr_out(out, &h.op_setattr(ctx, ino, &setattr_in(r)?)?),
+        op::READLINK => return h.op_readlink(ino).map(Some),
+        op::SYMLINK => {
+            let (name, rest) = cstr(payload)?;
+            let (target, _) = cstr(rest)?;
+            put_entry(out, &h.op_symlink(ctx, ino, name, target)?)
+        }
+        op::MKNOD => {
+            let (mode, rdev, umask) = (r.u32_at(0)?, r.u32_at(4)?, r.u32_at(8)?);
+            let name = cstr(payload)?.0;
+            put_entry(out, &h.op_mknod(ctx, ino, name, mode, umask, rdev)?)
+        }
+        op::MKDIR => {
+            let (mode, umask) = (r.u32_at(0)?, r.u32_at(4)?);
+            put_entry(out, &h.op_mkdir(ctx, ino, cstr(payload)?.0, mode, umask)?)
+        }
+        op::UNLINK => h.op_unlink(ctx, ino, cstr(payload)?.0)?,
+        op::RMDIR => h.op_rmdir(ctx, ino, cstr(payload)?.0)?,
+        op::RENAME | op::RENAME2 => {
+            let newdir = r.u64_at(0)?;
+            let flags = if opcode == op::RENAME2 {
+                r.u32_at(8)?
+            } else {
+                0
+            };
+            let (name, rest) = cstr(payload)?;
+            let (newname, _) = cstr(rest)?;
+            h.op_rename(ctx, ino, name, newdir, newname, flags)?
+        }
+        op::LINK => {
+            let old = r.u64_at(0)?;
+            put_entry(out, &h.op_link(ctx, old, ino, cstr(payload)?.0)?)
+        }
+        op::OPEN => {
+            let (fh, flags) = h.op_open(ctx, ino, r.u32_at(0)? as i32)?;
+            put_open_out(out, fh, flags)
+        }
+        op::CREATE => {
+            let (flags, mode, umask) = (r.u32_at(0)? as i32, r.u32_at(4)?, r.u32_at(8)?);
+            let name = cstr(payload)?.0;
+            let (a, fh, open_flags) = h.op_create(ctx, ino, name, mode, umask, flags)?;
+            put_entry(out, &a);
+            put_open_out(out, fh, open_flags)
+        }
+        op::READ => {
+            let (fh, offset, size) = (r.u64_at(0)?, r.u64_at(8)?, r.u32_at(16)?);
+            let flags = r.u32_at(32)? as i32;
+            return h.op_read(ino, fh, offset, size, flags).map(Some);
+        }
+        op::WRITE => {
+            let (fh, offset, size) = (r.u64_at(0)?, r.u64_at(8)?, r.u32_at(16)? as usize);
+            let kill = r.u32_at(20)? & WRITE_KILL_SUIDGID != 0;
+            let data = payload.get(..size).ok_or(einval())?;
+            let n = h.op_write(ctx, ino, fh, offset, data, kill)?;
+            put_u32s(out, &[n, 0])
+        }
+        op::FLUSH => h.op_flush()?,
+        op::RELEASE => h.op_release(ino, r.u64_at(0)?)?,
+        op::FSYNC => {
+            let datasync = r.u32_at(8)? & FSYNC_FDATASYNC != 0;
+            h.op_fsync(ino, r.u64_at(0)?, datasync)?
+        }
+        op::OPENDIR => {
+            let fh = h.op_opendir(ctx, ino, r.u32_at(0)? as i32)?;
+            put_open_out(out, fh, FopenFlags::empty())
+        }
+        op::READDIR => {
+            let (fh, offset, size) = (r.u64_at(0)?, r.u64_at(8)?, r.u32_at(16)? as usize);
+            h.op_readdir(ino, fh, offset, |ent, next| {
+                !put_dirent(out, size, ent, next)
+            })?
+        }
+        op::READDIRPLUS => {
+            let (fh, offset, size) = (r.u64_at(0)?, r.u64_at(8)?, r.u32_at(16)? as usize);
+            h.op_readdirplus(ino, fh, offset, |ent, next, a| {
+                !put_direntplus(out, size, ent, next, a)
+            })?
+        }
+        op::RELEASEDIR => h.op_releasedir(ino, r.u64_at(0)?)?,
+        op::FSYNCDIR => {
+            let datasync = r.u32_at(8)? & FSYNC_FDATASYNC != 0;
+            h.op_fsyncdir(ino, r.u64_at(0)?, datasync)?
+        }
+        op::STATFS => {
+            let s = h.op_statfs(ino)?;
+            for v in [s.blocks, s.bfree, s.bavail, s.files, s.ffree] {
+                out.extend_from_slice(&v.to_ne_bytes());
+            }
+            put_u32s(out, &[s.bsize, s.namelen, s.frsize, 0, 0, 0, 0, 0, 0, 0])
+        }
+        op::SETXATTR => {
+            let (size, flags) = (r.u32_at(0)? as usize, r.u32_at(4)? as i32);
+            let (name, rest) = cstr(payload)?;
+            let value = rest.get(..size).ok_or(einval())?;
+            h.op_setxattr(ctx, ino, name, value, flags, 0)?
+        }
+        op::GETXATTR => {
+            let size = r.u32_at(0)?;
+            put_xattr(out, h.op_getxattr(ctx, ino, cstr(payload)?.0, size)?)
+        }
+        op::LISTXATTR => put_xattr(out, h.op_listxattr(ctx, ino, r.u32_at(0)?)?),
+        op::REMOVEXATTR => h.op_removexattr(ctx, ino, cstr(payload)?.0)?,
+        op::ACCESS => h.op_access(ctx, ino, r.u32_at(0)? as i32)?,
+        op::FALLOCATE => {
+            let (fh, offset, length) = (r.u64_at(0)?, r.u64_at(8)?, r.u64_at(16)?);
+            let mode = r.u32_at(24)? as i32;
+            h.op_fallocate(ctx, ino, fh, offset, length, mode)?
+        }
+        op::IOCTL => h.op_ioctl()?,
+        op::LSEEK => {
+            let (fh, offset, whence) = (r.u64_at(0)?, r.u64_at(8)? as i64, r.u32_at(16)? as i32);
+            let pos = h.op_lseek(ino, fh, offset, whence)?;
+            out.extend_from_slice(&pos.to_ne_bytes())
+        }
+        _ => return Err(Errno::ENOSYS),
+    }
+    Ok(None)
+}
+
+/// The core's view of a `fuse_setattr_in`.
+fn setattr_in(r: &Request) -> OpResult<SetAttr> {
+    let valid = r.u32_at(0)?;
+    let has = |bit: u32| valid & bit != 0;
+    let time = |secs_at: usize, nsec_at: usize, now_bit: u32| -> OpResult<TimeSet> {
+        if has(now_bit) {
+            return Ok(TimeSet::Now);
+        }
+        Ok(TimeSet::At(system_time(
+            r.u64_at(secs_at)? as i64,
+            r.u32_at(nsec_at)?,
+        )))
+    };
+    Ok(SetAttr {
+        mode: if has(fattr::MODE) {
+            Some(r.u32_at(68)? & 0o7777)
+        } else {
+            None
+        },
+        uid: if has(fattr::UID) {
+            Some(r.u32_at(76)?)
+        } else {
+            None
+        },
+        gid: if has(fattr::GID) {
+            Some(r.u32_at(80)?)
+        } else {
+            None
+        },
+        size: if has(fattr::SIZE) {
+            Some(r.u64_at(16)?)
+        } else {
+            None
+        },
+        atime: if has(fattr::ATIME) {
+            Some(time(32, 56, fattr::ATIME_NOW)?)
+        } else {
+            None
+        },
+        mtime: if has(fattr::MTIME) {
+            Some(time(40, 60, fattr::MTIME_NOW)?)
+        } else {
+            None
+        },
+        ctime: if has(fattr::CTIME) {
+            Some(system_time(r.u64_at(48)? as i64, r.u32_at(64)?))
+        } else {
+            None
+        },
+        fh: if has(fattr::FH) {
+            Some(r.u64_at(8)?)
+        } else {
+            None
+        },
+    })
+}
+
+fn system_time(secs: i64, nsecs: u32) -> SystemTime {
+    let nsecs = Duration::from_nanos(u64::from(nsecs.min(999_999_999)));
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64) + nsecs
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nsecs
+    }
+}
+
+/// Seconds and nanoseconds since the epoch, as `fuse_attr` carries them.
+fn time_parts(t: SystemTime) -> (u64, u32) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs(), d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            let (mut secs, mut nanos) = (-(d.as_secs() as i64), d.subsec_nanos());
+            if nanos > 0 {
+                secs -= 1;
+                nanos = 1_000_000_000 - nanos;
+            }
+            (secs as u64, nanos)
+        }
+    }
+}
+
+fn type_bits(kind: FileKind) -> u32 {
+    match kind {
+        FileKind::File => libc::S_IFREG,
+        FileKind::Dir => libc::S_IFDIR,
+        FileKind::Symlink => libc::S_IFLNK,
+        FileKind::Fifo => libc::S_IFIFO,
+        FileKind::CharDev => libc::S_IFCHR,
+        FileKind::BlockDev => libc::S_IFBLK,
+        FileKind::Socket => libc::S_IFSOCK,
+    }
+}
+
+fn put_u32s(out: &mut Vec<u8>, vs: &[u32]) {
+    for v in vs {
+        out.extend_from_slice(&v.to_ne_bytes());
+    }
+}
+
+/// `struct fuse_attr` (88 bytes).
+fn put_attr(out: &mut Vec<u8>, a: &Attr) {
+    let (at, an) = time_parts(a.atime);
+    let (mt, mn) = time_parts(a.mtime);
+    let (ct, cn) = time_parts(a.ctime);
+    for v in [a.ino, a.size, a.blocks, at, mt, ct] {
+        out.extend_from_slice(&v.to_ne_bytes());
+    }
+    let mode = type_bits(a.kind) | u32::from(a.perm);
+    put_u32s(
+        out,
+        &[
+            an, mn, cn, mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize, 0,
+        ],
+    );
+}
+
+/// `struct fuse_entry_out` (128 bytes); a node id of 0 is a negative entry.
+fn put_entry(out: &mut Vec<u8>, a: &Attr) {
+    let ttl = TTL.as_secs();
+    for v in [a.ino, a.generation, ttl, ttl] {
+        out.extend_from_slice(&v.to_ne_bytes());
+    }
+    put_u32s(out, &[TTL.subsec_nanos(), TTL.subsec_nanos()]);
+    put_attr(out, a);
+}
+
+/// `struct fuse_attr_out` (104 bytes).
+fn put_attr_out(out: &mut Vec<u8>, a: &Attr) {
+    out.extend_from_slice(&TTL.as_secs().to_ne_bytes());
+    put_u32s(out, &[TTL.subsec_nanos(), 0]);
+    put_attr(out, a);
+}
+
+/// `struct fuse_open_out` (16 bytes).
+fn put_open_out(out: &mut Vec<u8>, fh: u64, flags: FopenFlags) {
+    out.extend_from_slice(&fh.to_ne_bytes());
+    put_u32s(out, &[flags.bits(), 0]);
+}
+
+fn put_xattr(out: &mut Vec<u8>, x: XattrReply) {
+    match x {
+        // struct fuse_getxattr_out
+        XattrReply::Size(n) => put_u32s(out, &[n, 0]),
+        XattrReply::Data(d) => out.extend_from_slice(&d),
+    }
+}
+
+/// `struct fuse_dirent` for `ent` if it fits within `limit` bytes of reply; false if not.
+fn put_dirent(out: &mut Vec<u8>, limit: usize, ent: &DirEntry, next: u64) -> bool {
+    let len = dirent_len(ent.name.len());
+    if out.len() + len > limit {
+        return false;
+    }
+    dirent_body(out, ent.ino, next, type_bits(ent.kind) >> 12, &ent.name);
+    true
+}
+
+/// `struct fuse_direntplus` (an entry_out, then the dirent) if it fits; false if not.
+fn put_direntplus(out: &mut Vec<u8>, limit: usize, ent: &DirEntry, next: u64, a: &Attr) -> bool {
+    let len = 128 + dirent_len(ent.name.len());
+    if out.len() + len > limit {
+        return false;
+    }
+    put_entry(out, a);
+    dirent_body(out, ent.ino, next, type_bits(ent.kind) >> 12, &ent.name);
+    true
+}
+
+/// Size of a `fuse_dirent` with a name of `n` bytes, padded to 8.
+fn dirent_len(n: usize) -> usize {
+    (24 + n + 7) & !7
+}
+
+fn dirent_body(out: &mut Vec<u8>, ino: u64, next: u64, dtype: u32, name: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(&ino.to_ne_bytes());
+    out.extend_from_slice(&next.to_ne_bytes());
+    put_u32s(out, &[name.len() as u32, dtype]);
+    out.extend_from_slice(name);
+    out.resize(start + dirent_len(name.len()), 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr() -> Attr {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        Attr {
+            ino: 7,
+            size: 100,
+            blocks: 1,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: FileKind::File,
+            perm: 0o640,
+            nlink: 1,
+            uid: 1000,
+            gid: 100,
+            rdev: 0,
+            blksize: 4096,
+            generation: 3,
+        }
+    }
+
+    #[test]
+    fn replies_have_the_kernels_sizes() {
+        let mut out = Vec::new();
+        put_attr(&mut out, &attr());
+        assert_eq!(out.len(), 88);
+        out.clear();
+        put_entry(&mut out, &attr());
+        assert_eq!(out.len(), 128);
+        assert_eq!(ne_u64(&out, 0), Some(7));
+        assert_eq!(ne_u64(&out, 8), Some(3));
+        // mode at 40 + 60
+        assert_eq!(ne_u32(&out, 100), Some(libc::S_IFREG | 0o640));
+        out.clear();
+        put_attr_out(&mut out, &attr());
+        assert_eq!(out.len(), 104);
+        out.clear();
+        put_open_out(&mut out, 9, FopenFlags::FOPEN_KEEP_CACHE);
+        assert_eq!(out.len(), 16);
+        assert_eq!(std::mem::size_of::<Header>(), 288);
+    }
+
+    #[test]
+    fn dirents_are_padded_and_stop_at_the_limit() {
+        let ent = DirEntry {
+            ino: 5,
+            next_offset: 1,
+            kind: FileKind::Dir,
+            name: b"abc".to_vec(),
+        };
+        let mut out = Vec::new();
+        assert!(put_dirent(&mut out, 64, &ent, 1));
+        assert_eq!(out.len(), 32);
+        assert_eq!(ne_u32(&out, 16), Some(3));
+        assert_eq!(ne_u32(&out, 20), Some(libc::DT_DIR as u32));
+        assert!(put_dirent(&mut out, 64, &ent, 2));
+        assert!(!put_dirent(&mut out, 64, &ent, 3));
+        assert_eq!(out.len(), 64);
+        let mut plus = Vec::new();
+        assert!(!put_direntplus(&mut plus, 150, &ent, 1, &attr()));
+        assert!(put_direntplus(&mut plus, 160, &ent, 1, &attr()));
+        assert_eq!(plus.len(), 160);
+    }
+
+    #[test]
+    fn times_round_trip_either_side_of_the_epoch() {
+        for t in [
+            UNIX_EPOCH + Duration::new(5, 7),
+            UNIX_EPOCH - Duration::new(5, 7),
+            UNIX_EPOCH,
+        ] {
+            let (s, n) = time_parts(t);
+            assert_eq!(system_time(s as i64, n), t);
+        }
+    }
+
+    #[test]
+    fn names_need_their_nul() {
+        assert_eq!(cstr(b"a\0b\0").ok(), Some((&b"a"[..], &b"b\0"[..])));
+        assert!(cstr(b"abc").is_err());
+    }
+
+    #[test]
+    fn setattr_decodes_the_fields_marked_valid() {
+        let mut op_in = [0u8; OP_IN_SIZE];
+        let valid = fattr::MODE | fattr::SIZE | fattr::MTIME | fattr::MTIME_NOW | fattr::FH;
+        op_in[0..4].copy_from_slice(&valid.to_ne_bytes());
+        op_in[8..16].copy_from_slice(&42u64.to_ne_bytes());
+        op_in[16..24].copy_from_slice(&4096u64.to_ne_bytes());
+        op_in[68..72].copy_from_slice(&(libc::S_IFREG | 0o4755).to_ne_bytes());
+        op_in[76..80].copy_from_slice(&1000u32.to_ne_bytes());
+        let r = Request {
+            nodeid: 1,
+            ctx: Ctx {
+                uid: 0,
+                gid: 0,
+                pid: 1,
+            },
+            op_in,
+        };
+        let s = setattr_in(&r).expect("decodes");
+        assert_eq!(s.mode, Some(0o4755));
+        assert_eq!(s.size, Some(4096));
+        assert_eq!(s.mtime, Some(TimeSet::Now));
+        assert_eq!(s.fh, Some(42));
+        assert_eq!((s.uid, s.gid, s.atime, s.ctime), (None, None, None, None));
+    }
+}

@@ -1,0 +1,118 @@
+//! The io_uring transport (mount option `uring`): when the kernel allows FUSE over io_uring
+//! (the fuse module's `enable_uring`), the daemon serves requests from one pinned ring thread
+//! per CPU, and every kind of request works through it; when it does not, the mount falls back
+//! to `/dev/fuse`. The rest of the suite runs over io_uring with
+//! `DIGIMEDFS_TEST_MOUNT_OPTIONS=uring` (scripts/test.sh does that pass when it can).
+
+use digimedfs_tests::{errno_of, set_xattr, TestFs};
+use std::fs;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+
+fn kernel_allows_uring() -> bool {
+    fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .map(|v| matches!(v.trim(), "Y" | "1"))
+        .unwrap_or(false)
+}
+
+/// Names of the daemon's threads.
+fn thread_names(pid: i32) -> Vec<String> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn uring_option_serves_every_request_kind_or_falls_back() {
+    let fs_ = TestFs::with_options(&["uring"]);
+    let pid = fs_.daemon_pid().expect("daemon pid");
+    let rings = thread_names(pid)
+        .iter()
+        .filter(|n| n.starts_with("digimedfs-ring"))
+        .count();
+    if kernel_allows_uring() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(
+            rings, cpus,
+            "one ring thread per CPU when the kernel allows it"
+        );
+    } else {
+        assert_eq!(
+            rings, 0,
+            "no ring threads when the kernel does not allow io_uring"
+        );
+    }
+
+    // Create, write, read back (beyond one block and at an offset), truncate.
+    let f = fs_.path("file");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(&f, &data).expect("write");
+    assert_eq!(fs::read(&f).expect("read"), data);
+    let h = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&f)
+        .expect("open");
+    h.write_all_at(b"xyz", 70_000).expect("pwrite");
+    let mut back = [0u8; 3];
+    h.read_exact_at(&mut back, 70_000).expect("pread");
+    assert_eq!(&back, b"xyz");
+    h.set_len(1000).expect("truncate");
+    h.sync_all().expect("fsync");
+    drop(h);
+    assert_eq!(fs::metadata(&f).expect("stat").len(), 1000);
+
+    // Directories, renames, links, symlinks, modes, xattrs, listing.
+    fs::create_dir(fs_.path("d")).expect("mkdir");
+    fs::rename(&f, fs_.path("d/moved")).expect("rename");
+    fs::hard_link(fs_.path("d/moved"), fs_.path("d/link")).expect("link");
+    assert_eq!(fs::metadata(fs_.path("d/link")).expect("stat").len(), 1000);
+    std::os::unix::fs::symlink("moved", fs_.path("d/sym")).expect("symlink");
+    assert_eq!(
+        fs::read_link(fs_.path("d/sym")).expect("readlink"),
+        std::path::Path::new("moved")
+    );
+    fs::set_permissions(fs_.path("d/moved"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert_eq!(
+        fs::metadata(fs_.path("d/moved"))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o600
+    );
+    set_xattr(&fs_.path("d/moved"), "user.k", b"v");
+    let mut names: Vec<String> = fs::read_dir(fs_.path("d"))
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["link", "moved", "sym"]);
+    let many = fs_.path("many");
+    fs::create_dir(&many).expect("mkdir many");
+    for i in 0..300 {
+        fs::write(many.join(format!("entry-with-a-longer-name-{i:04}")), b"x").expect("create");
+    }
+    assert_eq!(fs::read_dir(&many).expect("readdir").count(), 300);
+
+    // Errors come back as errnos.
+    let e = fs::read(fs_.path("missing")).expect_err("ENOENT");
+    assert_eq!(errno_of(&e), libc::ENOENT);
+    let e = fs::remove_dir(fs_.path("d")).expect_err("ENOTEMPTY");
+    assert_eq!(errno_of(&e), libc::ENOTEMPTY);
+
+    // Removal, and everything still there after a remount.
+    fs::remove_file(fs_.path("d/link")).expect("unlink");
+    let mut fs_ = fs_;
+    fs_.remount();
+    assert_eq!(fs::read(fs_.path("d/moved")).expect("read").len(), 1000);
+    assert_eq!(
+        fs::read_dir(fs_.path("many")).expect("readdir").count(),
+        300
+    );
+    fs::remove_dir_all(fs_.path("many")).expect("rm -r");
+    fs_.unmount();
+}
