@@ -527,57 +527,32 @@ fn dispatch(
 /// The core's view of a `fuse_setattr_in`.
 fn setattr_in(r: &Request) -> OpResult<SetAttr> {
     let valid = r.u32_at(0)?;
-    let has = |bit: u32| valid & bit != 0;
+    // The field decoded by `read` if `bit` is set in `valid`, else None.
+    fn field<T>(valid: u32, bit: u32, read: impl FnOnce() -> OpResult<T>) -> OpResult<Option<T>> {
+        if valid & bit != 0 {
+            read().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
     let time = |secs_at: usize, nsec_at: usize, now_bit: u32| -> OpResult<TimeSet> {
-        if has(now_bit) {
+        if valid & now_bit != 0 {
             return Ok(TimeSet::Now);
         }
-        Ok(TimeSet::At(system_time(
-            r.u64_at(secs_at)? as i64,
-            r.u32_at(nsec_at)?,
-        )))
+        let secs = r.u64_at(secs_at)? as i64;
+        Ok(TimeSet::At(system_time(secs, r.u32_at(nsec_at)?)))
     };
     Ok(SetAttr {
-        mode: if has(fattr::MODE) {
-            Some(r.u32_at(68)? & 0o7777)
-        } else {
-            None
-        },
-        uid: if has(fattr::UID) {
-            Some(r.u32_at(76)?)
-        } else {
-            None
-        },
-        gid: if has(fattr::GID) {
-            Some(r.u32_at(80)?)
-        } else {
-            None
-        },
-        size: if has(fattr::SIZE) {
-            Some(r.u64_at(16)?)
-        } else {
-            None
-        },
-        atime: if has(fattr::ATIME) {
-            Some(time(32, 56, fattr::ATIME_NOW)?)
-        } else {
-            None
-        },
-        mtime: if has(fattr::MTIME) {
-            Some(time(40, 60, fattr::MTIME_NOW)?)
-        } else {
-            None
-        },
-        ctime: if has(fattr::CTIME) {
-            Some(system_time(r.u64_at(48)? as i64, r.u32_at(64)?))
-        } else {
-            None
-        },
-        fh: if has(fattr::FH) {
-            Some(r.u64_at(8)?)
-        } else {
-            None
-        },
+        mode: field(valid, fattr::MODE, || Ok(r.u32_at(68)? & 0o7777))?,
+        uid: field(valid, fattr::UID, || r.u32_at(76))?,
+        gid: field(valid, fattr::GID, || r.u32_at(80))?,
+        size: field(valid, fattr::SIZE, || r.u64_at(16))?,
+        atime: field(valid, fattr::ATIME, || time(32, 56, fattr::ATIME_NOW))?,
+        mtime: field(valid, fattr::MTIME, || time(40, 60, fattr::MTIME_NOW))?,
+        ctime: field(valid, fattr::CTIME, || {
+            Ok(system_time(r.u64_at(48)? as i64, r.u32_at(64)?))
+        })?,
+        fh: field(valid, fattr::FH, || r.u64_at(8))?,
     })
 }
 
