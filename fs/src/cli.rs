@@ -134,9 +134,9 @@ pub struct MountArgs {
     /// lock of a mount that no longer runs), uring (serve requests over io_uring when the
     /// kernel allows it: Linux 6.14+ with the fuse module's enable_uring on), and when reads
     /// update access times: relatime (default), strictatime, noatime, nodiratime. Other
-    /// generic mount(8) options (dev,
-    /// suid, nodev, nosuid, exec, noexec, auto, noauto, user, nouser, users, _netdev, nofail,
-    /// defaults, x-*) are accepted and ignored. May be given more than once.
+    /// generic mount(8) options (dev, suid, nodev, nosuid, exec, noexec, auto, noauto, user,
+    /// nouser, users, _netdev, nofail, defaults, x-*) are accepted and ignored. May be given
+    /// more than once.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// The key file that unlocks the filesystem (same as -o key_file=PATH).
@@ -279,8 +279,8 @@ const IGNORED_OPTIONS: &[&str] = &[
 /// The supported options, for error messages.
 const SUPPORTED: &str = "supported: key_file=PATH, keyservice=URL, tenant=ID, token_file=PATH, \
                          ca_file=PATH, ro, rw, allow_other, debug, force_unlock, uring, \
-                         nouring, relatime, strictatime, noatime, nodiratime, and the other generic mount(8) \
-                         options, which are ignored";
+                         nouring, relatime, strictatime, noatime, nodiratime, and the other \
+                         generic mount(8) options, which are ignored";
 
 /// Parses the `-o` arguments (each a comma-separated list).
 pub fn parse_mount_options(lists: &[String]) -> anyhow::Result<MountOptions> {

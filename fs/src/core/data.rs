@@ -5,12 +5,12 @@
 //! data object, one AES-256-XTS block per file block, each block authenticated by a tag kept
 //! in the sealed chunk records of the metadata store.
 //!
-//! Writeback protocol (see docs/crypto.md, "Crash atomicity of data and tags"): a block's entry holds its current version and,
-//! until that version is known durable, the version the storage may still hold after a crash
-//! (the previous one, or "hole"). Before a block is overwritten in place, the entry naming both
-//! versions is made durable (metadata flush); a block whose entry still carries a previous
-//! version is never overwritten before a data barrier (fdatasync) has made the current version
-//! durable. Barriers run at fsync, every few seconds, and at unmount; they then clear the
+//! Writeback protocol (see docs/crypto.md, "Crash atomicity of data and tags"): a block's
+//! entry holds its current version and, until that version is known durable, the version the
+//! storage may still hold after a crash (the previous one, or "hole"). Before a block is
+//! overwritten in place, the entry naming both versions is made durable (metadata flush); a
+//! block whose entry still carries a previous version is never overwritten before a data
+//! barrier (fdatasync) has made the current version durable. Barriers run at fsync, every few seconds, and at unmount; they then clear the
 //! previous versions, which closes the replay window they open.
 
 use super::{lock, perms, posix, Ctx, Inner, Node, NodeRef};

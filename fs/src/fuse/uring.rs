@@ -1,8 +1,10 @@
 //! FUSE over io_uring (Linux 6.14+): the kernel hands each request to a queue of the CPU the
 //! caller runs on, and a thread pinned to that CPU answers it and fetches the next in one
 //! `io_uring_enter`. On a VM whose idle vCPUs halt, that halves the cost of a round trip
-//! against `/dev/fuse`, where the request and the reply each wake a thread on the other vCPU
-//! (docs/performance.md, "FUSE over io_uring halves the round trip here").
+//! against `/dev/fuse` for a caller that stays on its vCPU, where `/dev/fuse` wakes a thread
+//! on the other vCPU for the request and again for the reply. A caller woken while the ring
+//! thread still holds its vCPU is often moved to the other one, which costs a wake-up again
+//! (docs/performance.md, "The io_uring transport").
 //!
 //! fuser mounts and runs the session as before: it negotiates `FUSE_OVER_IO_URING` at INIT
 //! and keeps serving `/dev/fuse`, which the kernel still uses until every queue has an entry
@@ -22,7 +24,7 @@ use crate::{Error, Result};
 use fuser::{Errno, FopenFlags};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The kernel's switch for FUSE over io_uring.
@@ -50,9 +52,10 @@ pub fn kernel_allows() -> bool {
         .unwrap_or(false)
 }
 
-/// The running io_uring queues of one mount. Their threads end when the connection does.
+/// The running io_uring queues of one mount. Their threads end when the connection does, so
+/// nothing joins them.
 pub struct Uring {
-    threads: Vec<JoinHandle<()>>,
+    queues: usize,
 }
 
 impl Uring {
@@ -63,24 +66,22 @@ impl Uring {
     pub fn start(device: OwnedFd, handlers: DigimedFuse, payload: usize) -> Result<Uring> {
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
         let device = std::sync::Arc::new(device);
-        let mut threads = Vec::with_capacity(cpus);
         for qid in 0..cpus {
             let queue = Queue::new(qid, payload)
                 .map_err(|e| Error::io(format!("io_uring queue {qid}"), e))?;
             let device = std::sync::Arc::clone(&device);
             let handlers = handlers.clone();
-            let handle = thread::Builder::new()
+            thread::Builder::new()
                 .name(format!("digimedfs-ring-{qid}"))
                 .spawn(move || queue.serve(device.as_raw_fd(), &handlers))
                 .map_err(|e| Error::io(format!("io_uring queue {qid} thread"), e))?;
-            threads.push(handle);
         }
-        Ok(Uring { threads })
+        Ok(Uring { queues: cpus })
     }
 
     /// Number of queues.
     pub fn queues(&self) -> usize {
-        self.threads.len()
+        self.queues
     }
 }
 
@@ -109,6 +110,10 @@ struct Queue {
     qid: usize,
     ring: IoUring<squeue::Entry128, cqueue::Entry32>,
     entries: Vec<Entry>,
+    /// Reply bodies are built here before they are copied into their entry, and completions
+    /// collected here; both kept across requests so serving one allocates nothing here.
+    out: Vec<u8>,
+    done: Vec<(u64, i32)>,
 }
 
 impl Queue {
@@ -138,7 +143,13 @@ impl Queue {
                 iov,
             });
         }
-        Ok(Queue { qid, ring, entries })
+        Ok(Queue {
+            qid,
+            ring,
+            entries,
+            out: Vec::new(),
+            done: Vec::with_capacity(QUEUE_DEPTH * 2),
+        })
     }
 
     /// The queue's thread: pins itself, registers the entries, then answers requests until
@@ -162,12 +173,10 @@ impl Queue {
                     return;
                 }
             }
-            let done: Vec<(u64, i32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
-            for (k, res) in done {
+            let mut done = std::mem::take(&mut self.done);
+            done.clear();
+            done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            for &(k, res) in &done {
                 if res < 0 {
                     // The connection is gone (unmount: ENOTCONN, or the kernel refused the
                     // registration and fell back to /dev/fuse): nothing more will come.
@@ -186,12 +195,13 @@ impl Queue {
                     continue;
                 };
                 let commit_id = ne_u64(&entry.header.ent, 8).unwrap_or(0);
-                answer_request(entry, handlers);
+                answer_request(entry, handlers, &mut self.out);
                 if let Err(e) = self.push(device, CMD_COMMIT_AND_FETCH, k as usize, commit_id) {
                     tracing::error!("io_uring queue {}: committing: {e}", self.qid);
                     return;
                 }
             }
+            self.done = done;
         }
     }
 
@@ -222,9 +232,10 @@ impl Queue {
 /// `sqe` with its `len` field set: io-uring's builder for `IORING_OP_URING_CMD` has no setter
 /// for it, and FUSE wants the number of iovecs there.
 fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
-    const LEN_OFFSET: usize = 24; // struct io_uring_sqe: opcode, flags, ioprio, fd, off, addr, len
-                                  // SAFETY: `squeue::Entry128` is `#[repr(C)]`: a 64-byte `io_uring_sqe` followed by the
-                                  // 64-byte command tail, so it is exactly 128 plain bytes with no invalid bit patterns.
+    // Offset of `len` in struct io_uring_sqe: opcode, flags, ioprio, fd, off, addr, len.
+    const LEN_OFFSET: usize = 24;
+    // SAFETY: `squeue::Entry128` is `#[repr(C)]`: a 64-byte `io_uring_sqe` followed by the
+    // 64-byte command tail, so it is exactly 128 plain bytes with no invalid bit patterns.
     let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
     raw[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&len.to_ne_bytes());
     // SAFETY: as above; only the `len` field changed.
@@ -249,8 +260,9 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
-/// Decodes the request in `entry`, runs it and writes the reply into `entry`.
-fn answer_request(entry: &mut Entry, handlers: &DigimedFuse) {
+/// Decodes the request in `entry`, runs it and writes the reply into `entry`; `out` is scratch
+/// space for the reply body.
+fn answer_request(entry: &mut Entry, handlers: &DigimedFuse, out: &mut Vec<u8>) {
     let h = &entry.header;
     let unique = ne_u64(&h.in_out, 8).unwrap_or(0);
     let opcode = ne_u32(&h.in_out, 4).unwrap_or(0);
@@ -266,18 +278,18 @@ fn answer_request(entry: &mut Entry, handlers: &DigimedFuse) {
         },
         op_in: h.op_in,
     };
-    let mut out = Vec::new();
+    out.clear();
     let result = dispatch(
         handlers,
         opcode,
         &req,
         entry.payload.get(..payload_len).unwrap_or(&[]),
-        &mut out,
+        out,
     );
     let (error, body_len) = match result {
         Ok(data) => {
             // READ data comes back as its own buffer: copied once, into the entry.
-            let body = data.as_deref().unwrap_or(&out);
+            let body = data.as_deref().unwrap_or(out);
             match entry.payload.get_mut(..body.len()) {
                 Some(dst) => {
                     dst.copy_from_slice(body);

@@ -8,12 +8,6 @@ use digimedfs_tests::{errno_of, set_xattr, TestFs};
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 
-fn kernel_allows_uring() -> bool {
-    fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
-        .map(|v| matches!(v.trim(), "Y" | "1"))
-        .unwrap_or(false)
-}
-
 /// Names of the daemon's threads.
 fn thread_names(pid: i32) -> Vec<String> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -33,7 +27,7 @@ fn uring_option_serves_every_request_kind_or_falls_back() {
         .iter()
         .filter(|n| n.starts_with("digimedfs-ring"))
         .count();
-    if kernel_allows_uring() {
+    if digimedfs::fuse::uring::kernel_allows() {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(
             rings, cpus,
