@@ -181,11 +181,10 @@ impl Queue {
                     // The connection is gone (unmount: ENOTCONN, or the kernel refused the
                     // registration and fell back to /dev/fuse): nothing more will come.
                     let err = std::io::Error::from_raw_os_error(-res);
-                    if res == -libc::ENOTCONN || res == -libc::ECANCELED {
-                        tracing::debug!("io_uring queue {}: {err}", self.qid);
-                    } else {
-                        tracing::warn!("io_uring queue {}: entry ended: {err}", self.qid);
-                    }
+                    tracing::info!(
+                        "io_uring queue {}: entry ended ({err}); queue stops",
+                        self.qid
+                    );
                     return;
                 }
                 let Some(entry) = usize::try_from(k)

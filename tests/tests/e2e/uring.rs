@@ -2,7 +2,7 @@
 //! (the fuse module's `enable_uring`), the daemon serves requests from one pinned ring thread
 //! per CPU, and every kind of request works through it; when it does not, the mount falls back
 //! to `/dev/fuse`. The rest of the suite runs over io_uring with
-//! `DIGIMEDFS_TEST_MOUNT_OPTIONS=uring` (scripts/test.sh does that pass when it can).
+//! `DIGIMEDFS_TEST_MOUNT_OPTIONS=uring` (by hand for now: see scripts/test.sh).
 
 use digimedfs_tests::{errno_of, set_xattr, TestFs};
 use std::fs;
