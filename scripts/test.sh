@@ -7,7 +7,7 @@
 #
 # The end-to-end tests over FUSE's io_uring transport (mount option `uring`, Linux 6.14+) run
 # by hand, not here: one such pass in CI once found no ring threads in the uring test's daemon
-# (unexplained, not reproduced in six passes since), so it is kept out until that is understood:
+# (unexplained; three local passes of the same code passed), so it is kept out until understood:
 #   echo 1 >/sys/module/fuse/parameters/enable_uring
 #   DIGIMEDFS_TEST_MOUNT_OPTIONS=uring cargo test -p digimedfs-tests --test e2e -- --skip cephfs
 #   echo N >/sys/module/fuse/parameters/enable_uring
