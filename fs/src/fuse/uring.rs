@@ -52,6 +52,10 @@ pub fn kernel_allows() -> bool {
         .unwrap_or(false)
 }
 
+/// How a queue's thread tells [`Uring::start`] that its entries are registered, or which
+/// queue failed and why.
+type RegisteredTx = std::sync::mpsc::Sender<std::result::Result<(), (usize, std::io::Error)>>;
+
 /// The running io_uring queues of one mount. Their threads end when the connection does, so
 /// nothing joins them.
 pub struct Uring {
@@ -63,18 +67,36 @@ impl Uring {
     /// session's `/dev/fuse` descriptor, after INIT negotiated `FUSE_OVER_IO_URING`), each
     /// served by a thread pinned to its CPU. `payload` is the size of each entry's data
     /// buffer: at least the larger of the negotiated `max_write` and `max_pages` pages.
+    ///
+    /// Returns once every queue's thread runs and has handed its entries to the kernel, so
+    /// that a mount reported ready is served by all its queues.
     pub fn start(device: OwnedFd, handlers: DigimedFuse, payload: usize) -> Result<Uring> {
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
         let device = std::sync::Arc::new(device);
+        let (registered_tx, registered) = std::sync::mpsc::channel();
         for qid in 0..cpus {
             let queue = Queue::new(qid, payload)
                 .map_err(|e| Error::io(format!("io_uring queue {qid}"), e))?;
             let device = std::sync::Arc::clone(&device);
             let handlers = handlers.clone();
+            let registered = registered_tx.clone();
             thread::Builder::new()
                 .name(format!("digimedfs-ring-{qid}"))
-                .spawn(move || queue.serve(device.as_raw_fd(), &handlers))
+                .spawn(move || queue.serve(device.as_raw_fd(), &handlers, registered))
                 .map_err(|e| Error::io(format!("io_uring queue {qid} thread"), e))?;
+        }
+        drop(registered_tx);
+        for _ in 0..cpus {
+            match registered.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err((qid, e))) => return Err(Error::io(format!("io_uring queue {qid}"), e)),
+                Err(_) => {
+                    return Err(Error::io(
+                        "io_uring queues",
+                        std::io::Error::other("a queue thread ended before registering"),
+                    ))
+                }
+            }
         }
         Ok(Uring { queues: cpus })
     }
@@ -110,10 +132,9 @@ struct Queue {
     qid: usize,
     ring: IoUring<squeue::Entry128, cqueue::Entry32>,
     entries: Vec<Entry>,
-    /// Reply bodies are built here before they are copied into their entry, and completions
-    /// collected here; both kept across requests so serving one allocates nothing here.
+    /// Reply bodies are built here before they are copied into their entry; kept across
+    /// requests so serving one allocates nothing here.
     out: Vec<u8>,
-    done: Vec<(u64, i32)>,
 }
 
 impl Queue {
@@ -148,38 +169,51 @@ impl Queue {
             ring,
             entries,
             out: Vec::new(),
-            done: Vec::with_capacity(QUEUE_DEPTH * 2),
         })
     }
 
-    /// The queue's thread: pins itself, registers the entries, then answers requests until
-    /// the connection ends.
-    fn serve(mut self, device: i32, handlers: &DigimedFuse) {
+    /// The queue's thread: pins itself, registers the entries (telling `registered` how that
+    /// went), then answers requests until the connection ends.
+    fn serve(mut self, device: i32, handlers: &DigimedFuse, registered: RegisteredTx) {
         pin_to_cpu(self.qid);
-        for k in 0..self.entries.len() {
-            if let Err(e) = self.push(device, CMD_REGISTER, k, 0) {
-                tracing::error!("io_uring queue {}: registering: {e}", self.qid);
-                return;
-            }
+        // Completions, collected here; kept across requests so serving one allocates nothing.
+        let mut done: Vec<(u64, i32)> = Vec::with_capacity(QUEUE_DEPTH * 2);
+        let registering = (0..self.entries.len())
+            .try_for_each(|k| self.push(device, CMD_REGISTER, k, 0))
+            .and_then(|()| self.ring.submit().map(drop));
+        // The kernel takes or refuses each entry while the submission is processed, so a
+        // refusal is already among the completions; a taken entry completes when a request
+        // arrives, which may be already too, and is served below.
+        done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        let refused = done
+            .iter()
+            .find(|(_, res)| *res < 0)
+            .map(|(_, res)| std::io::Error::from_raw_os_error(-res));
+        if let Err(e) = registering.and_then(|()| refused.map_or(Ok(()), Err)) {
+            tracing::error!("io_uring queue {}: registering: {e}", self.qid);
+            let _ = registered.send(Err((self.qid, e)));
+            return;
         }
+        let _ = registered.send(Ok(()));
+        drop(registered);
         // Each pass submits the answers of the previous one and waits for the next request in
         // one io_uring_enter: the caller is woken while this thread goes to sleep, not later.
         loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => {
-                    tracing::error!("io_uring queue {}: {e}", self.qid);
-                    return;
+            if done.is_empty() {
+                match self.ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => {
+                        tracing::error!("io_uring queue {}: {e}", self.qid);
+                        return;
+                    }
                 }
+                done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             }
-            let mut done = std::mem::take(&mut self.done);
-            done.clear();
-            done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             for &(k, res) in &done {
                 if res < 0 {
-                    // The connection is gone (unmount: ENOTCONN, or the kernel refused the
-                    // registration and fell back to /dev/fuse): nothing more will come.
+                    // The connection is gone (unmount: ENOTCONN, or the kernel refused another
+                    // queue's registration and fell back to /dev/fuse): nothing more will come.
                     let err = std::io::Error::from_raw_os_error(-res);
                     tracing::info!(
                         "io_uring queue {}: entry ended ({err}); queue stops",
@@ -200,7 +234,7 @@ impl Queue {
                     return;
                 }
             }
-            self.done = done;
+            done.clear();
         }
     }
 

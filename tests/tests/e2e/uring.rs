@@ -2,7 +2,7 @@
 //! (the fuse module's `enable_uring`), the daemon serves requests from one pinned ring thread
 //! per CPU, and every kind of request works through it; when it does not, the mount falls back
 //! to `/dev/fuse`. The rest of the suite runs over io_uring with
-//! `DIGIMEDFS_TEST_MOUNT_OPTIONS=uring` (by hand for now: see scripts/test.sh).
+//! `DIGIMEDFS_TEST_MOUNT_OPTIONS=uring` (scripts/test.sh's second pass).
 
 use digimedfs_tests::{errno_of, set_xattr, TestFs};
 use std::fs;
@@ -19,6 +19,17 @@ fn thread_names(pid: i32) -> Vec<String> {
         .collect()
 }
 
+/// What the daemon of `mountpoint` logged (as root, to /var/log/digimedfs), for assertion
+/// messages: a missing ring thread says why there.
+fn daemon_log(mountpoint: &std::path::Path) -> String {
+    let name = mountpoint
+        .to_string_lossy()
+        .trim_matches('/')
+        .replace('/', "-");
+    fs::read_to_string(format!("/var/log/digimedfs/{name}.log"))
+        .unwrap_or_else(|e| format!("(no log of {name}: {e})"))
+}
+
 #[test]
 fn uring_option_serves_every_request_kind_or_falls_back() {
     let fs_ = TestFs::with_options(&["uring"]);
@@ -30,8 +41,11 @@ fn uring_option_serves_every_request_kind_or_falls_back() {
     if digimedfs::fuse::uring::kernel_allows() {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(
-            rings, cpus,
-            "one ring thread per CPU when the kernel allows it"
+            rings,
+            cpus,
+            "one ring thread per CPU when the kernel allows it; threads {:?}; log:\n{}",
+            thread_names(pid),
+            daemon_log(fs_.mountpoint())
         );
     } else {
         assert_eq!(
