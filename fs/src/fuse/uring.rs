@@ -72,13 +72,6 @@ impl Uring {
     /// that a mount reported ready is served by all its queues.
     pub fn start(device: OwnedFd, handlers: DigimedFuse, payload: usize) -> Result<Uring> {
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-        let yielding = can_yield_while_waiting();
-        if !yielding {
-            tracing::info!(
-                "io_uring: ring threads cannot switch back from SCHED_IDLE here \
-                 (no CAP_SYS_NICE, RLIMIT_NICE below 20): callers may move between CPUs"
-            );
-        }
         let device = std::sync::Arc::new(device);
         let (registered_tx, registered) = std::sync::mpsc::channel();
         for qid in 0..cpus {
@@ -89,7 +82,7 @@ impl Uring {
             let registered = registered_tx.clone();
             thread::Builder::new()
                 .name(format!("digimedfs-ring-{qid}"))
-                .spawn(move || queue.serve(device.as_raw_fd(), &handlers, registered, yielding))
+                .spawn(move || queue.serve(device.as_raw_fd(), &handlers, registered))
                 .map_err(|e| Error::io(format!("io_uring queue {qid} thread"), e))?;
         }
         drop(registered_tx);
@@ -180,16 +173,8 @@ impl Queue {
     }
 
     /// The queue's thread: pins itself, registers the entries (telling `registered` how that
-    /// went), then answers requests until the connection ends. With `yielding` it waits for
-    /// requests as a `SCHED_IDLE` thread and serves them as a normal one (see
-    /// [`can_yield_while_waiting`]).
-    fn serve(
-        mut self,
-        device: i32,
-        handlers: &DigimedFuse,
-        registered: RegisteredTx,
-        mut yielding: bool,
-    ) {
+    /// went), then answers requests until the connection ends.
+    fn serve(mut self, device: i32, handlers: &DigimedFuse, registered: RegisteredTx) {
         pin_to_cpu(self.qid);
         // Completions, collected here; kept across requests so serving one allocates nothing.
         let mut done: Vec<(u64, i32)> = Vec::with_capacity(QUEUE_DEPTH * 2);
@@ -215,21 +200,7 @@ impl Queue {
         // one io_uring_enter: the caller is woken while this thread goes to sleep, not later.
         loop {
             if done.is_empty() {
-                if yielding {
-                    set_policy(libc::SCHED_IDLE);
-                }
-                let waited = self.ring.submit_and_wait(1);
-                if yielding && !set_policy(libc::SCHED_OTHER) {
-                    // The probe said this works; if it stops working, stay as we are rather
-                    // than keep dropping to SCHED_IDLE.
-                    tracing::warn!(
-                        "io_uring queue {}: leaving SCHED_IDLE failed: {}",
-                        self.qid,
-                        std::io::Error::last_os_error()
-                    );
-                    yielding = false;
-                }
-                match waited {
+                match self.ring.submit_and_wait(1) {
                     Ok(_) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                     Err(e) => {
@@ -302,32 +273,6 @@ fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
     raw[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&len.to_ne_bytes());
     // SAFETY: as above; only the `len` field changed.
     unsafe { std::mem::transmute(raw) }
-}
-
-/// Sets the calling thread's scheduling policy (priority 0); false if the kernel refused.
-fn set_policy(policy: i32) -> bool {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler reads one sched_param, for the calling thread (pid 0).
-    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
-}
-
-/// Whether a ring thread may wait as `SCHED_IDLE` and serve as a normal thread. Why it should:
-/// the answer wakes the caller while the ring thread still runs on the caller's CPU, so the
-/// scheduler moves the caller to an idle CPU, and its next request then wakes a thread there.
-/// A CPU that runs only `SCHED_IDLE` threads counts as idle, so the caller stays where it was
-/// (performance.md, "The io_uring transport"). Requests are served at normal priority; only
-/// the wake-up happens at idle priority, which on a CPU busy with other work costs a request
-/// a few microseconds more than a normal ring thread, still less than `/dev/fuse` (measured
-/// with CPU hogs on both CPUs: performance.md). Leaving `SCHED_IDLE` needs CAP_SYS_NICE or an
-/// RLIMIT_NICE of 20, so this tries it on a throwaway thread first: a ring thread must never
-/// get stuck there.
-fn can_yield_while_waiting() -> bool {
-    thread::Builder::new()
-        .name("digimedfs-sched-probe".into())
-        .spawn(|| set_policy(libc::SCHED_IDLE) && set_policy(libc::SCHED_OTHER))
-        .ok()
-        .and_then(|probe| probe.join().ok())
-        .unwrap_or(false)
 }
 
 /// Pins the calling thread to `cpu`; a failure only costs speed, so it is logged.
