@@ -4,7 +4,8 @@
 //! against `/dev/fuse` for a caller that stays on its vCPU, where `/dev/fuse` wakes a thread
 //! on the other vCPU for the request and again for the reply. A caller woken while the ring
 //! thread still holds its vCPU is often moved to the other one, which costs a wake-up again
-//! (docs/performance.md, "The io_uring transport").
+//! (docs/performance.md, "The io_uring transport"); so ring threads wait as `SCHED_IDLE`
+//! while that does not starve them ([`super::idlewait`]).
 //!
 //! fuser mounts and runs the session as before: it negotiates `FUSE_OVER_IO_URING` at INIT
 //! and keeps serving `/dev/fuse`, which the kernel still uses until every queue has an entry
@@ -19,13 +20,14 @@
 //! to `/dev/fuse` for the whole connection, and so does this mount.
 
 use super::adapter::{DigimedFuse, OpResult, XattrReply, TTL};
+use super::idlewait::{self, IdleWait};
 use crate::core::{Attr, Ctx, DirEntry, FileKind, SetAttr, TimeSet};
 use crate::{Error, Result};
 use fuser::{Errno, FopenFlags};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The kernel's switch for FUSE over io_uring.
 const ENABLE_PARAMETER: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -72,6 +74,14 @@ impl Uring {
     /// that a mount reported ready is served by all its queues.
     pub fn start(device: OwnedFd, handlers: DigimedFuse, payload: usize) -> Result<Uring> {
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let idle_allowed = idlewait::allowed();
+        if !idle_allowed {
+            tracing::info!(
+                "io_uring: ring threads cannot wait as SCHED_IDLE here (no CAP_SYS_NICE and \
+                 RLIMIT_NICE below 20, or no /proc/thread-self/schedstat): callers may move \
+                 between CPUs"
+            );
+        }
         let device = std::sync::Arc::new(device);
         let (registered_tx, registered) = std::sync::mpsc::channel();
         for qid in 0..cpus {
@@ -82,7 +92,10 @@ impl Uring {
             let registered = registered_tx.clone();
             thread::Builder::new()
                 .name(format!("digimedfs-ring-{qid}"))
-                .spawn(move || queue.serve(device.as_raw_fd(), &handlers, registered))
+                .spawn(move || {
+                    let idle = IdleWait::new(idle_allowed);
+                    queue.serve(device.as_raw_fd(), &handlers, registered, idle)
+                })
                 .map_err(|e| Error::io(format!("io_uring queue {qid} thread"), e))?;
         }
         drop(registered_tx);
@@ -173,9 +186,17 @@ impl Queue {
     }
 
     /// The queue's thread: pins itself, registers the entries (telling `registered` how that
-    /// went), then answers requests until the connection ends.
-    fn serve(mut self, device: i32, handlers: &DigimedFuse, registered: RegisteredTx) {
+    /// went), then answers requests until the connection ends, waiting for them as
+    /// `SCHED_IDLE` when `idle` says so (see [`idlewait`]).
+    fn serve(
+        mut self,
+        device: i32,
+        handlers: &DigimedFuse,
+        registered: RegisteredTx,
+        mut idle: IdleWait,
+    ) {
         pin_to_cpu(self.qid);
+        let mut run_delay = idlewait::RunDelay::of_this_thread();
         // Completions, collected here; kept across requests so serving one allocates nothing.
         let mut done: Vec<(u64, i32)> = Vec::with_capacity(QUEUE_DEPTH * 2);
         let registering = (0..self.entries.len())
@@ -200,7 +221,22 @@ impl Queue {
         // one io_uring_enter: the caller is woken while this thread goes to sleep, not later.
         loop {
             if done.is_empty() {
-                match self.ring.submit_and_wait(1) {
+                let idle_now = idle.idle_now(Instant::now());
+                if idle_now {
+                    idlewait::set_policy(libc::SCHED_IDLE);
+                }
+                let waited = self.ring.submit_and_wait(1);
+                if idle_now && !idlewait::set_policy(libc::SCHED_OTHER) {
+                    // The probe said this works; if it stops working, stay as we are rather
+                    // than keep dropping to SCHED_IDLE.
+                    tracing::warn!(
+                        "io_uring queue {}: leaving SCHED_IDLE failed: {}",
+                        self.qid,
+                        std::io::Error::last_os_error()
+                    );
+                    idle.disallow();
+                }
+                match waited {
                     Ok(_) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                     Err(e) => {
@@ -229,6 +265,7 @@ impl Queue {
                 };
                 let commit_id = ne_u64(&entry.header.ent, 8).unwrap_or(0);
                 answer_request(entry, handlers, &mut self.out);
+                idle.served(Instant::now(), || run_delay.ns());
                 if let Err(e) = self.push(device, CMD_COMMIT_AND_FETCH, k as usize, commit_id) {
                     tracing::error!("io_uring queue {}: committing: {e}", self.qid);
                     return;
