@@ -623,8 +623,10 @@ impl Inner {
             .iter()
             .map(|(_, p)| p.blocks.blocks.len() * self.block_size as usize)
             .sum::<usize>();
+        // Release: a writer that sees these bytes in flight also sees them gone from dirty
+        // (`after_write`).
         self.in_flight_bytes
-            .fetch_add(in_flight_bytes, Ordering::Relaxed);
+            .fetch_add(in_flight_bytes, Ordering::Release);
         // The metadata flush and the object writes below take most of a writeback's time;
         // writes to these files meanwhile go to their dirty blocks (so a large sequential
         // write keeps streaming while the previous part is stored).

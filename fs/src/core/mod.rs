@@ -1247,8 +1247,7 @@ impl Inner {
     /// dirty bytes alone are still past it: memory stays bounded while writes and writeback
     /// overlap.
     pub(crate) fn after_write(&self) -> Result<()> {
-        let dirty = self.dirty_total();
-        if dirty > self.max_dirty / 2 {
+        if self.dirty_total() > self.max_dirty / 2 {
             let (m, cv) = &self.signal;
             let mut signal = lock(m);
             if !signal.writeback_wanted {
@@ -1256,7 +1255,11 @@ impl Inner {
                 cv.notify_all();
             }
         }
-        if dirty + self.in_flight_bytes.load(Ordering::Relaxed) > self.max_dirty {
+        // In flight first, then dirty: a writeback moves bytes from dirty to in flight
+        // (publishing the latter with Release), so this order never counts them twice; counting
+        // them twice made a writer wait for a writeback it had just asked for.
+        let in_flight = self.in_flight_bytes.load(Ordering::Acquire);
+        if self.dirty_total() + in_flight > self.max_dirty {
             self.writeback_over(self.max_dirty)
         } else {
             Ok(())
