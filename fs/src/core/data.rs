@@ -10,8 +10,9 @@
 //! storage may still hold after a crash (the previous one, or "hole"). Before a block is
 //! overwritten in place, the entry naming both versions is made durable (metadata flush); a
 //! block whose entry still carries a previous version is never overwritten before a data
-//! barrier (fdatasync) has made the current version durable. Barriers run at fsync, every few seconds, and at unmount; they then clear the
-//! previous versions, which closes the replay window they open.
+//! barrier (fdatasync) has made the current version durable. Barriers run at fsync, every few
+//! seconds, and at unmount; they then clear the previous versions, which closes the replay
+//! window they open.
 
 use super::{lock, perms, posix, Ctx, Inner, Node, NodeRef};
 use crate::crypto::TAG_LEN;

@@ -22,8 +22,9 @@
 
 use std::time::{Duration, Instant};
 
-/// Requests between two looks at the run delay. Few, so that a thread that starves after a pause gives up again after a few requests (each
-/// may wait milliseconds then); reading the run delay costs one `pread`.
+/// Requests between two looks at the run delay. Few, so that a thread that starves after a
+/// pause gives up again after a few requests (each may wait milliseconds then); reading the
+/// run delay costs one `pread`.
 pub const SAMPLE_REQUESTS: u32 = 8;
 /// Average run delay per request above which waiting as `SCHED_IDLE` is given up for a while.
 /// Uncontended it is a few microseconds; starved it was hundreds.
@@ -62,13 +63,14 @@ impl IdleWait {
         self.allowed = false;
     }
 
-    /// Whether to wait for the next request as `SCHED_IDLE`, at `now`.
-    pub fn idle_now(&mut self, now: Instant) -> bool {
+    /// Whether to wait for the next request as `SCHED_IDLE`; `now` is asked only during a
+    /// pause (the clock is not read on every wait).
+    pub fn idle_now(&mut self, now: impl FnOnce() -> Instant) -> bool {
         if !self.allowed {
             return false;
         }
         match self.paused_until {
-            Some(until) if now < until => false,
+            Some(until) if now() < until => false,
             Some(_) => {
                 // The pause is over: measure afresh.
                 self.paused_until = None;
@@ -81,8 +83,12 @@ impl IdleWait {
     }
 
     /// Counts one served request; every [`SAMPLE_REQUESTS`] it asks `run_delay_ns` for the
-    /// thread's total run delay and judges the sample.
-    pub fn served(&mut self, now: Instant, run_delay_ns: impl FnOnce() -> Option<u64>) {
+    /// thread's total run delay and judges the sample (asking `now` only then).
+    pub fn served(
+        &mut self,
+        now: impl FnOnce() -> Instant,
+        run_delay_ns: impl FnOnce() -> Option<u64>,
+    ) {
         if !self.allowed || self.paused_until.is_some() {
             return;
         }
@@ -96,7 +102,7 @@ impl IdleWait {
             return;
         };
         if let Some(base) = self.baseline_ns {
-            self.judge(total.saturating_sub(base), self.served, now);
+            self.judge(total.saturating_sub(base), self.served, now());
         }
         self.served = 0;
         self.baseline_ns = Some(total);
@@ -177,7 +183,7 @@ mod tests {
         for _ in 0..n {
             *total += delay_each;
             let t = *total;
-            w.served(now, || Some(t));
+            w.served(|| now, || Some(t));
         }
     }
 
@@ -186,9 +192,9 @@ mod tests {
         let now = Instant::now();
         let mut w = IdleWait::new(true);
         let mut total = 0;
-        assert!(w.idle_now(now));
+        assert!(w.idle_now(|| now));
         serve(&mut w, now, 10 * SAMPLE_REQUESTS, 3_000, &mut total);
-        assert!(w.idle_now(now));
+        assert!(w.idle_now(|| now));
     }
 
     #[test]
@@ -198,14 +204,17 @@ mod tests {
         let mut total = 0;
         // First reading is the baseline, then one starved sample.
         serve(&mut w, start, SAMPLE_REQUESTS + 1, 800_000, &mut total);
-        assert!(!w.idle_now(start), "a starved sample pauses idle waiting");
-        assert!(!w.idle_now(start + BACKOFF_MIN / 2));
+        assert!(
+            !w.idle_now(|| start),
+            "a starved sample pauses idle waiting"
+        );
+        assert!(!w.idle_now(|| start + BACKOFF_MIN / 2));
         // After the first back-off it tries again; starved again, it pauses twice as long.
         let t1 = start + BACKOFF_MIN;
-        assert!(w.idle_now(t1));
+        assert!(w.idle_now(|| t1));
         serve(&mut w, t1, SAMPLE_REQUESTS + 1, 800_000, &mut total);
-        assert!(!w.idle_now(t1 + BACKOFF_MIN));
-        assert!(w.idle_now(t1 + 2 * BACKOFF_MIN));
+        assert!(!w.idle_now(|| t1 + BACKOFF_MIN));
+        assert!(w.idle_now(|| t1 + 2 * BACKOFF_MIN));
     }
 
     #[test]
@@ -214,12 +223,12 @@ mod tests {
         let mut w = IdleWait::new(true);
         let mut total = 0;
         for _ in 0..20 {
-            assert!(w.idle_now(now));
+            assert!(w.idle_now(|| now));
             serve(&mut w, now, SAMPLE_REQUESTS + 1, 800_000, &mut total);
             now += BACKOFF_MAX;
         }
         assert_eq!(w.backoff, BACKOFF_MAX);
-        assert!(w.idle_now(now));
+        assert!(w.idle_now(|| now));
         serve(&mut w, now, 20 * SAMPLE_REQUESTS, 1_000, &mut total);
         assert_eq!(w.backoff, BACKOFF_MIN);
     }
@@ -228,13 +237,13 @@ mod tests {
     fn without_permission_or_reading_it_never_goes_idle() {
         let now = Instant::now();
         let mut w = IdleWait::new(false);
-        assert!(!w.idle_now(now));
+        assert!(!w.idle_now(|| now));
         let mut w = IdleWait::new(true);
-        w.served(now, || None);
-        assert!(!w.idle_now(now), "no run delay to watch: stay normal");
+        w.served(|| now, || None);
+        assert!(!w.idle_now(|| now), "no run delay to watch: stay normal");
         let mut w = IdleWait::new(true);
         w.disallow();
-        assert!(!w.idle_now(now));
+        assert!(!w.idle_now(|| now));
     }
 
     #[test]

@@ -221,7 +221,7 @@ impl Queue {
         // one io_uring_enter: the caller is woken while this thread goes to sleep, not later.
         loop {
             if done.is_empty() {
-                let idle_now = idle.idle_now(Instant::now());
+                let idle_now = idle.idle_now(Instant::now);
                 if idle_now {
                     idlewait::set_policy(libc::SCHED_IDLE);
                 }
@@ -265,7 +265,7 @@ impl Queue {
                 };
                 let commit_id = ne_u64(&entry.header.ent, 8).unwrap_or(0);
                 answer_request(entry, handlers, &mut self.out);
-                idle.served(Instant::now(), || run_delay.ns());
+                idle.served(Instant::now, || run_delay.ns());
                 if let Err(e) = self.push(device, CMD_COMMIT_AND_FETCH, k as usize, commit_id) {
                     tracing::error!("io_uring queue {}: committing: {e}", self.qid);
                     return;
