@@ -25,8 +25,9 @@ pub const TTL: Duration = Duration::from_secs(1);
 
 /// Largest write request we ask the kernel for.
 pub const MAX_WRITE: u32 = 1 << 20;
-/// Readahead window we ask the kernel for.
-const MAX_READAHEAD: u32 = 1 << 20;
+/// Readahead window we ask the kernel for (and set as the mount's readahead, see
+/// `mount::raise_readahead`).
+pub const MAX_READAHEAD: u32 = 1 << 20;
 /// Entries asked from the core per `readdir` call (a 4 KiB reply holds at most 128).
 const READDIR_BATCH: usize = 128;
 /// Entries asked from the core per `readdirplus` call (a 4 KiB reply holds at most 25).

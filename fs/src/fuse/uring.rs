@@ -14,6 +14,12 @@
 //! `<linux/fuse.h>`, protocol 7.42+), passed to the same handler the fuser adapter calls
 //! ([`DigimedFuse`]'s `op_*` methods) and its answer encoded into the entry's buffers.
 //!
+//! A ring thread answers each request itself, except large READs (readahead of a file read in
+//! sequence): those go to helper threads, so that several disk reads and their decryption run
+//! at once on every CPU, as they do with `/dev/fuse`'s several request threads; a helper hands
+//! the answered entry back and wakes the ring thread through an eventfd that thread keeps a
+//! read pending on, and the ring thread commits it.
+//!
 //! Nothing read from the kernel is trusted to be well formed: a short structure or a name
 //! without its NUL is answered with EINVAL, never a panic. If the kernel refuses the
 //! registration (for example because `enable_uring` was switched off meanwhile) it falls back
@@ -25,7 +31,8 @@ use crate::core::{Attr, Ctx, DirEntry, FileKind, SetAttr, TimeSet};
 use crate::{Error, Result};
 use fuser::{Errno, FopenFlags};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +43,15 @@ const ENABLE_PARAMETER: &str = "/sys/module/fuse/parameters/enable_uring";
 /// One thread serves a queue, so more only buffer; a few let background writeback and
 /// readahead queue up behind a request in service.
 const QUEUE_DEPTH: usize = 4;
+
+/// READs of at least this many bytes go to the helper threads. Only readahead of a file read
+/// in sequence asks for this much at once; a small read is answered sooner by the ring thread
+/// than by a hand-over and a wake-up.
+const HELPER_READ_MIN: u32 = 64 * 1024;
+
+/// `user_data` of the eventfd read by which helpers wake a ring thread; entry indices are
+/// below [`QUEUE_DEPTH`].
+const WAKE: u64 = u64::MAX;
 
 /// `FUSE_IO_URING_CMD_REGISTER` and `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`.
 const CMD_REGISTER: u32 = 1;
@@ -82,12 +98,13 @@ impl Uring {
                  between CPUs"
             );
         }
-        let device = std::sync::Arc::new(device);
-        let (registered_tx, registered) = std::sync::mpsc::channel();
+        let device = Arc::new(device);
+        let helpers = start_helpers((2 * cpus).max(4), &handlers)?;
+        let (registered_tx, registered) = mpsc::channel();
         for qid in 0..cpus {
-            let queue = Queue::new(qid, payload)
+            let queue = Queue::new(qid, payload, helpers.clone())
                 .map_err(|e| Error::io(format!("io_uring queue {qid}"), e))?;
-            let device = std::sync::Arc::clone(&device);
+            let device = Arc::clone(&device);
             let handlers = handlers.clone();
             let registered = registered_tx.clone();
             thread::Builder::new()
@@ -99,6 +116,8 @@ impl Uring {
                 .map_err(|e| Error::io(format!("io_uring queue {qid} thread"), e))?;
         }
         drop(registered_tx);
+        // The helpers end once every queue has ended and dropped its sender.
+        drop(helpers);
         for _ in 0..cpus {
             match registered.recv() {
                 Ok(Ok(())) => {}
@@ -130,7 +149,8 @@ struct Header {
 }
 
 /// One registered entry: the kernel writes each request into its buffers and reads the reply
-/// from them, so they stay at one address (boxed) for the life of the queue.
+/// from them, so they stay at one address (boxed) for the life of the queue, also while a
+/// helper holds the entry.
 struct Entry {
     header: Box<Header>,
     payload: Vec<u8>,
@@ -141,17 +161,111 @@ struct Entry {
 // it; the queue (and with it every entry) is used by one thread at a time.
 unsafe impl Send for Entry {}
 
+/// A large READ handed to a helper: the entry (`k` of its queue) with the request in it, and
+/// where to return it answered.
+struct Job {
+    k: usize,
+    commit_id: u64,
+    entry: Entry,
+    back: Arc<Answered>,
+}
+
+/// Entries that helpers answered, waiting for their queue's thread to commit them; `wake` is
+/// the eventfd that thread keeps a read pending on.
+struct Answered {
+    entries: Mutex<Vec<(usize, u64, Entry)>>,
+    wake: OwnedFd,
+}
+
+impl Answered {
+    fn new() -> std::io::Result<Answered> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor that
+        // nothing else owns.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Answered {
+            entries: Mutex::new(Vec::new()),
+            wake,
+        })
+    }
+
+    /// Returns an answered entry and wakes its queue's thread. The entry is queued before the
+    /// eventfd is written, so a thread that drains the queue on the read's completion finds
+    /// it, or finds the eventfd written again and drains once more.
+    fn hand_back(&self, k: usize, commit_id: u64, entry: Entry) {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((k, commit_id, entry));
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local buffer to a descriptor this owns.
+        let rc = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        if rc != one.len() as isize {
+            tracing::error!(
+                "io_uring helper: waking the ring thread failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
+    fn take(&self) -> Vec<(usize, u64, Entry)> {
+        std::mem::take(&mut *self.entries.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Starts `n` helper threads that answer the requests sent to the returned sender; they end
+/// when every clone of it is dropped.
+fn start_helpers(n: usize, handlers: &DigimedFuse) -> Result<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..n {
+        let rx = Arc::clone(&rx);
+        let handlers = handlers.clone();
+        thread::Builder::new()
+            .name(format!("digimedfs-read-{i}"))
+            .spawn(move || {
+                let mut out = Vec::new();
+                loop {
+                    // One helper waits in recv while the others wait for the lock.
+                    let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    let Ok(mut job) = job else { return };
+                    answer_request(&mut job.entry, &handlers, &mut out);
+                    job.back.hand_back(job.k, job.commit_id, job.entry);
+                }
+            })
+            .map_err(|e| Error::io(format!("io_uring helper thread {i}"), e))?;
+    }
+    Ok(tx)
+}
+
+/// Whether the request in `header` is a READ large enough for a helper.
+fn wants_helper(header: &Header) -> bool {
+    ne_u32(&header.in_out, 4) == Some(op::READ)
+        && ne_u32(&header.op_in, 16).is_some_and(|size| size >= HELPER_READ_MIN)
+}
+
 struct Queue {
     qid: usize,
     ring: IoUring<squeue::Entry128, cqueue::Entry32>,
-    entries: Vec<Entry>,
+    /// The registered entries; `None` while a helper holds one.
+    entries: Vec<Option<Entry>>,
+    /// Where helpers send large READs; `None` once that failed (then all is answered here).
+    helpers: Option<mpsc::Sender<Job>>,
+    answered: Arc<Answered>,
+    /// The eventfd read's buffer. Leaked (8 bytes a queue) so that it outlives a read still
+    /// pending when the ring is torn down.
+    wake_buf: &'static mut u64,
     /// Reply bodies are built here before they are copied into their entry; kept across
     /// requests so serving one allocates nothing here.
     out: Vec<u8>,
 }
 
 impl Queue {
-    fn new(qid: usize, payload: usize) -> std::io::Result<Queue> {
+    fn new(qid: usize, payload: usize, helpers: mpsc::Sender<Job>) -> std::io::Result<Queue> {
         let ring = IoUring::builder().build((QUEUE_DEPTH * 2) as u32)?;
         let mut entries = Vec::with_capacity(QUEUE_DEPTH);
         for _ in 0..QUEUE_DEPTH {
@@ -171,16 +285,19 @@ impl Queue {
                     iov_len: payload.len(),
                 },
             ]);
-            entries.push(Entry {
+            entries.push(Some(Entry {
                 header,
                 payload,
                 iov,
-            });
+            }));
         }
         Ok(Queue {
             qid,
             ring,
             entries,
+            helpers: Some(helpers),
+            answered: Arc::new(Answered::new()?),
+            wake_buf: Box::leak(Box::new(0)),
             out: Vec::new(),
         })
     }
@@ -201,6 +318,7 @@ impl Queue {
         let mut done: Vec<(u64, i32)> = Vec::with_capacity(QUEUE_DEPTH * 2);
         let registering = (0..self.entries.len())
             .try_for_each(|k| self.push(device, CMD_REGISTER, k, 0))
+            .and_then(|()| self.arm_wake())
             .and_then(|()| self.ring.submit().map(drop));
         // The kernel takes or refuses each entry while the submission is processed, so a
         // refusal is already among the completions; a taken entry completes when a request
@@ -247,6 +365,13 @@ impl Queue {
                 done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             }
             for &(k, res) in &done {
+                if k == WAKE {
+                    if let Err(e) = self.take_back_answered(device, res) {
+                        tracing::error!("io_uring queue {}: committing: {e}", self.qid);
+                        return;
+                    }
+                    continue;
+                }
                 if res < 0 {
                     // The connection is gone (unmount: ENOTCONN, or the kernel refused another
                     // queue's registration and fell back to /dev/fuse): nothing more will come.
@@ -257,13 +382,40 @@ impl Queue {
                     );
                     return;
                 }
-                let Some(entry) = usize::try_from(k)
+                let Some(slot) = usize::try_from(k)
                     .ok()
                     .and_then(|k| self.entries.get_mut(k))
                 else {
                     continue;
                 };
+                let Some(entry) = slot.as_mut() else {
+                    continue;
+                };
                 let commit_id = ne_u64(&entry.header.ent, 8).unwrap_or(0);
+                if let (Some(helpers), true) = (&self.helpers, wants_helper(&entry.header)) {
+                    if let Some(entry) = slot.take() {
+                        let job = Job {
+                            k: k as usize,
+                            commit_id,
+                            entry,
+                            back: Arc::clone(&self.answered),
+                        };
+                        match helpers.send(job) {
+                            Ok(()) => continue,
+                            Err(mpsc::SendError(job)) => {
+                                tracing::warn!(
+                                    "io_uring queue {}: helpers gone; answering reads here",
+                                    self.qid
+                                );
+                                self.helpers = None;
+                                *slot = Some(job.entry);
+                            }
+                        }
+                    }
+                }
+                let Some(entry) = slot.as_mut() else {
+                    continue;
+                };
                 answer_request(entry, handlers, &mut self.out);
                 idle.served(Instant::now, || run_delay.ns());
                 if let Err(e) = self.push(device, CMD_COMMIT_AND_FETCH, k as usize, commit_id) {
@@ -275,9 +427,41 @@ impl Queue {
         }
     }
 
+    /// Puts the entries helpers answered back in place and queues their commits, then queues
+    /// the eventfd read again; `res` is the result of the read that woke this thread.
+    fn take_back_answered(&mut self, device: i32, res: i32) -> std::io::Result<()> {
+        if res < 0 && res != -libc::EINTR && res != -libc::EAGAIN {
+            // Answered entries are still taken back below; only the wake-up is in doubt.
+            tracing::warn!(
+                "io_uring queue {}: helper wake-up read: {}",
+                self.qid,
+                std::io::Error::from_raw_os_error(-res)
+            );
+        }
+        for (k, commit_id, entry) in self.answered.take() {
+            if let Some(slot) = self.entries.get_mut(k) {
+                *slot = Some(entry);
+                self.push(device, CMD_COMMIT_AND_FETCH, k, commit_id)?;
+            }
+        }
+        self.arm_wake()
+    }
+
+    /// Queues a read of the helpers' eventfd, which completes when one hands an entry back.
+    fn arm_wake(&mut self) -> std::io::Result<()> {
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let sqe = opcode::Read::new(types::Fd(self.answered.wake.as_raw_fd()), buf.cast(), 8)
+            .build()
+            .user_data(WAKE);
+        // SAFETY: the buffer is never freed, and the eventfd stays open while `answered` (which
+        // the queue holds) does; the ring, torn down with the queue, cancels the read.
+        unsafe { self.ring.submission().push(&sqe.into()) }
+            .map_err(|_| std::io::Error::other("submission queue full"))
+    }
+
     /// Queues one command for entry `k`; the next `submit_and_wait` submits it.
     fn push(&mut self, device: i32, cmd_op: u32, k: usize, commit_id: u64) -> std::io::Result<()> {
-        let Some(entry) = self.entries.get(k) else {
+        let Some(entry) = self.entries.get(k).and_then(Option::as_ref) else {
             return Ok(());
         };
         // struct fuse_uring_cmd_req: flags, commit_id, qid, padding.

@@ -4,9 +4,9 @@
 //! to `/dev/fuse`. The rest of the suite runs over io_uring with
 //! `DIGIMEDFS_TEST_MOUNT_OPTIONS=uring` (scripts/test.sh's second pass).
 
-use digimedfs_tests::{errno_of, set_xattr, TestFs};
+use digimedfs_tests::{errno_of, random_bytes, set_xattr, TestFs};
 use std::fs;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 
 /// Names of the daemon's threads.
 fn thread_names(pid: i32) -> Vec<String> {
@@ -122,5 +122,60 @@ fn uring_option_serves_every_request_kind_or_falls_back() {
         300
     );
     fs::remove_dir_all(fs_.path("many")).expect("rm -r");
+    fs_.unmount();
+}
+
+/// A file read in sequence after a remount comes through the kernel's readahead in READs of up
+/// to 1 MiB (the mount's readahead, which the daemon raises as root), which ring threads hand
+/// to helper threads; the data comes back intact, also while small reads of other files are
+/// answered alongside.
+#[test]
+fn large_reads_after_a_remount_come_back_intact() {
+    let mut fs_ = TestFs::with_options(&["uring"]);
+    let big = random_bytes(24 << 20);
+    fs::write(fs_.path("big"), &big).expect("write big");
+    let smalls: Vec<Vec<u8>> = (0..50).map(|i| random_bytes(1000 + 97 * i)).collect();
+    for (i, s) in smalls.iter().enumerate() {
+        fs::write(fs_.path(format!("small-{i}")), s).expect("write small");
+    }
+    fs_.remount();
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let dev = fs::metadata(fs_.mountpoint()).expect("stat mount").dev();
+        let knob = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            libc::major(dev),
+            libc::minor(dev)
+        );
+        let kb = fs::read_to_string(&knob).expect("read the mount's readahead");
+        assert_eq!(kb.trim(), "1024", "{knob}");
+    }
+    if digimedfs::fuse::uring::kernel_allows() {
+        let pid = fs_.daemon_pid().expect("daemon pid");
+        let helpers = thread_names(pid)
+            .iter()
+            .filter(|n| n.starts_with("digimedfs-read"))
+            .count();
+        assert!(
+            helpers >= 1,
+            "helper threads for large reads; threads {:?}",
+            thread_names(pid)
+        );
+    }
+
+    let reader = {
+        let path = fs_.path("big");
+        std::thread::spawn(move || fs::read(path).expect("read big"))
+    };
+    for round in 0..5 {
+        for (i, s) in smalls.iter().enumerate() {
+            let got = fs::read(fs_.path(format!("small-{i}"))).expect("read small");
+            assert!(got == *s, "small-{i} differs in round {round}");
+        }
+    }
+    let got = reader.join().expect("reader thread");
+    assert_eq!(got.len(), big.len());
+    assert!(got == big, "big file differs after a remount");
     fs_.unmount();
 }
