@@ -146,9 +146,9 @@ fs_init() { # fs
     case $fs in
     raw | bindfs) ;;
     digimedfs | digimedfs-uring)
-        rm -f "$SCRATCH/digimed.key"
-        "$BIN/digimedfs" keygen "$SCRATCH/digimed.key" &&
-            "$BIN/mkfs-digimed" --tenant bench --key-file "$SCRATCH/digimed.key" "$B" ;;
+        rm -f "$SCRATCH/$fs.key"
+        "$BIN/digimedfs" keygen "$SCRATCH/$fs.key" &&
+            "$BIN/mkfs-digimed" --tenant bench --key-file "$SCRATCH/$fs.key" "$B" ;;
     gocryptfs) gocryptfs -q -init -extpass "echo $PW" "$B" ;;
     cryfs) ;; # created by the first mount
     securefs) securefs create --pass "$PW" "$B" ;;
@@ -161,8 +161,8 @@ fs_mount() { # fs
     case $fs in
     raw) return 0 ;;
     bindfs) bindfs "$B" "$M" ;;
-    digimedfs) "$BIN/digimedfs" mount --key-file "$SCRATCH/digimed.key" "$B" "$M" ;;
-    digimedfs-uring) "$BIN/digimedfs" mount -o uring --key-file "$SCRATCH/digimed.key" "$B" "$M" ;;
+    digimedfs) "$BIN/digimedfs" mount --key-file "$SCRATCH/$fs.key" "$B" "$M" ;;
+    digimedfs-uring) "$BIN/digimedfs" mount -o uring --key-file "$SCRATCH/$fs.key" "$B" "$M" ;;
     gocryptfs) gocryptfs -q -extpass "echo $PW" "$B" "$M" ;;
     # --allow-replaced-filesystem: CryFS remembers each basedir's fs id (~/.local/share/cryfs)
     # and refuses a new fs created at a path it has seen before, as on every re-run here.
@@ -171,7 +171,7 @@ fs_mount() { # fs
     esac || return 1
     local i
     for ((i = 0; i < 300; i++)); do
-        mountpoint -q "$M" && { MOUNTED+=("$M"); return 0; }
+        mountpoint -q "$M" && { has "$M" "${MOUNTED[*]}" || MOUNTED+=("$M"); return 0; }
         sleep 0.1
     done
     return 1
@@ -353,38 +353,58 @@ if has tree "$WORKLOADS"; then
     log "tree: $TREE_FILES files, $TREE_DIRS dirs, $TREE_LINKS symlinks, tarball $((TREE_BYTES / 1048576)) MiB"
 fi
 
+# Repetitions are interleaved: round r runs each workload on every filesystem in turn (a
+# mount per filesystem and workload), so that drifting conditions of the shared host (its
+# cache of the virtual disk above all) fall on every filesystem alike instead of on whichever
+# ran in a bad minute.
+declare -A OK
 for fs in $FS; do
-    log "=== $fs"
-    if ! fs_init "$fs" >"$SCRATCH/logs/$fs.init.log" 2>&1; then
-        fail "$fs" init 0 "init $fs" "$SCRATCH/logs/$fs.init.log"; continue
+    OK[$fs]=0
+    log "=== init $fs"
+    if fs_init "$fs" >"$SCRATCH/logs/$fs.init.log" 2>&1; then
+        OK[$fs]=1
+    else
+        fail "$fs" init 0 "init $fs" "$SCRATCH/logs/$fs.init.log"
     fi
+done
+
+# run_step FS WL REP: mounts FS, runs one repetition of workload WL on it, unmounts. On the
+# first failure of a FUSE fs the daemon is killed and the fs is skipped from then on: after
+# an error or a hang its state is not trustworthy.
+run_step() {
+    local fs=$1 wl=$2 r=$3 ok=1
     if ! fs_mount "$fs" >"$SCRATCH/logs/$fs.mount.log" 2>&1; then
-        fail "$fs" mount 0 "mount $fs" "$SCRATCH/logs/$fs.mount.log"; continue
+        fail "$fs" mount "$r" "mount $fs" "$SCRATCH/logs/$fs.mount.log"
+        OK[$fs]=0
+        return
     fi
-    # On the first failure of a FUSE fs the daemon is killed and the fs is skipped from
-    # then on: after an error or a hang its state is not trustworthy.
-    ok=1
-    if has seq "$WORKLOADS"; then
-        for ((r = 1; r <= REPS && ok; r++)); do log "$fs seq rep $r"; wl_seq "$fs" "$r" || ok=0; done
-    fi
-    if ((ok)) && has rand "$WORKLOADS"; then
-        if wl_rand_prep "$fs"; then
-            for ((r = 1; r <= REPS && ok; r++)); do log "$fs rand rep $r"; wl_rand "$fs" "$r" || ok=0; done
-        else
-            ok=0
-        fi
-        ((ok)) && timeout "$STEP_TIMEOUT" rm -f "$(workdir "$fs")/rand.bin"
-    fi
-    if ((ok)) && has tree "$WORKLOADS"; then
-        for ((r = 1; r <= REPS && ok; r++)); do log "$fs tree rep $r"; wl_tree "$fs" "$r" || ok=0; done
-    fi
+    log "$fs $wl rep $r"
+    case $wl in
+    seq) wl_seq "$fs" "$r" || ok=0 ;;
+    rand)
+        if ((r == 1)); then wl_rand_prep "$fs" || ok=0; fi
+        ((ok)) && { wl_rand "$fs" "$r" || ok=0; }
+        ((ok && r == REPS)) && timeout "$STEP_TIMEOUT" rm -f "$(workdir "$fs")/rand.bin"
+        ;;
+    tree) wl_tree "$fs" "$r" || ok=0 ;;
+    esac
     if ((!ok)); then
         fs_abort "$fs"
+        OK[$fs]=0
     elif [[ $fs != raw ]] && mountpoint -q "$SCRATCH/mnt/$fs"; then
         fs_umount "$fs" || log "WARN: unmount of $fs failed"
     fi
-    rm -rf "${BACK:?}/$fs"
+}
+
+for ((r = 1; r <= REPS; r++)); do
+    for wl in seq rand tree; do
+        has "$wl" "$WORKLOADS" || continue
+        for fs in $FS; do
+            ((OK[$fs])) && run_step "$fs" "$wl" "$r"
+        done
+    done
 done
+for fs in $FS; do rm -rf "${BACK:?}/$fs"; done
 
 ELAPSED=$(awk -v a="$T_START" -v b="$(now)" 'BEGIN{printf "%.0f", b-a}')
 
