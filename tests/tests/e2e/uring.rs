@@ -140,14 +140,18 @@ fn large_reads_after_a_remount_come_back_intact() {
     }
     fs_.remount();
 
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let dev = fs::metadata(fs_.mountpoint()).expect("stat mount").dev();
-        let knob = format!(
-            "/sys/class/bdi/{}:{}/read_ahead_kb",
-            libc::major(dev),
-            libc::minor(dev)
-        );
+    // The daemon raises its mount's readahead where it may write the knob (root, sysfs
+    // writable).
+    let dev = fs::metadata(fs_.mountpoint()).expect("stat mount").dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let knob_c = digimedfs_tests::cpath(&knob);
+    // SAFETY: geteuid has no preconditions; access reads a NUL-terminated path that lives
+    // until the call returns.
+    if unsafe { libc::geteuid() == 0 && libc::access(knob_c.as_ptr(), libc::W_OK) == 0 } {
         let kb = fs::read_to_string(&knob).expect("read the mount's readahead");
         assert_eq!(kb.trim(), "1024", "{knob}");
     }
