@@ -401,7 +401,10 @@ impl Queue {
                             back: Arc::clone(&self.answered),
                         };
                         match helpers.send(job) {
-                            Ok(()) => continue,
+                            Ok(()) => {
+                                idle.streaming(Instant::now());
+                                continue;
+                            }
                             Err(mpsc::SendError(job)) => {
                                 tracing::warn!(
                                     "io_uring queue {}: helpers gone; answering reads here",
