@@ -92,12 +92,12 @@ impl IdleWait {
         if !self.allowed {
             return false;
         }
-        let mut now = Some(now);
-        let mut at: Option<Instant> = None;
-        let mut clock =
-            move || *at.get_or_insert_with(|| now.take().map_or_else(Instant::now, |f| f()));
+        if self.streaming_until.is_none() && self.paused_until.is_none() {
+            return true;
+        }
+        let now = now();
         if let Some(until) = self.streaming_until {
-            if clock() < until {
+            if now < until {
                 return false;
             }
             // The stream ended: what the run delay grew by meanwhile says nothing about
@@ -107,7 +107,7 @@ impl IdleWait {
             self.baseline_ns = None;
         }
         match self.paused_until {
-            Some(until) if clock() < until => false,
+            Some(until) if now < until => false,
             Some(_) => {
                 // The pause is over: measure afresh.
                 self.paused_until = None;
