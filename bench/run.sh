@@ -75,6 +75,10 @@ fi
 
 mkdir -p "$SCRATCH" || die "cannot create $SCRATCH"
 SCRATCH="$(cd "$SCRATCH" && pwd)"
+# One run per scratch directory: a second would share (and overwrite) the first's binaries,
+# keys, backing directories and mounts.
+exec 9>"$SCRATCH/.run.lock"
+flock -n 9 || die "another bench/run.sh is running in $SCRATCH"
 BACK="${BACKING_ROOT:-$SCRATCH/back}"
 mkdir -p "$BACK" || die "cannot create $BACK"
 BACK="$(cd "$BACK" && pwd)"
