@@ -1,15 +1,26 @@
 #!/usr/bin/env python3
 """Render bench/run.sh raw data (fs, metric, rep, value TSV) as markdown tables."""
+import os
 import statistics
 import sys
 from collections import defaultdict
 
+
+
+def size_label(mib):
+    mib = int(mib)
+    return f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"
+
+
+SEQ = size_label(os.environ.get("SEQ_MB", "1024"))
+RAND = size_label(os.environ.get("RAND_MB", "256"))
+
 # metric key, label, higher_is_better
 METRICS = [
-    ("seq_write_MBps", "seq write 1 GiB, MB/s", True),
-    ("seq_read_MBps", "seq read 1 GiB (cold), MB/s", True),
-    ("rand_read_iops", "rand read 4 KiB, IOPS", True),
-    ("rand_write_iops", "rand write 4 KiB, IOPS", True),
+    ("seq_write_MBps", f"seq write {SEQ}, MB/s", True),
+    ("seq_read_MBps", f"seq read {SEQ} (cold), MB/s", True),
+    ("rand_read_iops", f"rand read 4 KiB ({RAND} file), IOPS", True),
+    ("rand_write_iops", f"rand write 4 KiB ({RAND} file), IOPS", True),
     ("tree_extract_s", "tree: tar -xf, s", False),
     ("tree_ls_s", "tree: ls -lR, s", False),
     ("tree_cat_s", "tree: read all (after remount), s", False),
