@@ -147,6 +147,8 @@ pub enum ProblemKind {
     OrphanInode,
     /// An orphan record for an inode that is linked or does not exist.
     StaleOrphan,
+    /// A reclaim mark (deleted inode, inline data to remove) for an inode that exists.
+    StaleReclaim,
     /// An inode's link count differs from the entries naming it.
     WrongNlink,
     /// A directory's parent (`..`) differs from the directory holding its entry.
@@ -196,6 +198,7 @@ impl ProblemKind {
             ProblemKind::DisconnectedInode => "disconnected_inode",
             ProblemKind::OrphanInode => "orphan_inode",
             ProblemKind::StaleOrphan => "stale_orphan",
+            ProblemKind::StaleReclaim => "stale_reclaim",
             ProblemKind::WrongNlink => "wrong_nlink",
             ProblemKind::WrongParent => "wrong_parent",
             ProblemKind::SizeMismatch => "size_mismatch",
@@ -536,6 +539,8 @@ struct Model {
     /// Inline data lengths.
     inline: BTreeMap<u64, u64>,
     orphans: BTreeSet<u64>,
+    /// Deleted inodes whose inline data record the mount removes later (reclaim marks).
+    reclaims: BTreeSet<u64>,
     /// Orphan inodes (unlinked while open) left in place; their records go with them.
     orphan_inodes: BTreeSet<u64>,
     counters: Option<Counters>,
@@ -798,6 +803,7 @@ impl<'u> Checker<'u> {
             prefix::CHUNK,
             prefix::INLINE,
             prefix::ORPHAN,
+            prefix::RECLAIM,
             prefix::COUNTERS,
         ];
         if !known.contains(&p) {
@@ -814,7 +820,7 @@ impl<'u> Checker<'u> {
             return Ok(());
         }
         let want_len = match p {
-            prefix::INODE | prefix::INLINE | prefix::ORPHAN => 9,
+            prefix::INODE | prefix::INLINE | prefix::ORPHAN | prefix::RECLAIM => 9,
             prefix::DIRENT | prefix::XATTR => 25,
             prefix::CHUNK => 17,
             _ => 1,
@@ -880,6 +886,12 @@ impl<'u> Checker<'u> {
                     return Err(Error::format("orphan record with contents"));
                 }
                 self.model.orphans.insert(ino);
+            }
+            prefix::RECLAIM => {
+                if !plain.is_empty() {
+                    return Err(Error::format("reclaim mark with contents"));
+                }
+                self.model.reclaims.insert(ino);
             }
             _ => {
                 self.model.counters = Some(Counters::decode(&plain)?);
@@ -1503,15 +1515,39 @@ impl<'u> Checker<'u> {
         for ino in stray_chunks {
             self.stray_chunks(ino, "a missing inode");
         }
+        // A deleted inode's inline data with a reclaim mark is the mount's pending work, not
+        // a problem: the next mount removes it.
         let stray_inline: Vec<u64> = self
             .model
             .inline
             .keys()
             .copied()
-            .filter(|i| missing(&self.model, i))
+            .filter(|i| missing(&self.model, i) && !self.model.reclaims.contains(i))
             .collect();
         for ino in stray_inline {
             self.stray_inline(ino, "a missing inode");
+        }
+        let stale_reclaims: Vec<u64> = self
+            .model
+            .reclaims
+            .iter()
+            .copied()
+            .filter(|i| self.model.inodes.contains_key(i))
+            .collect();
+        for ino in stale_reclaims {
+            let fix = self.problem(
+                ProblemKind::StaleReclaim,
+                Some(ino),
+                format!("reclaim mark for inode {ino}, which exists"),
+                Fixability::Safe,
+                "delete the mark (the inode keeps its inline data)",
+            );
+            if fix {
+                self.model.reclaims.remove(&ino);
+                self.plan
+                    .delete_keys
+                    .insert(records::ino_prefix(prefix::RECLAIM, ino).to_vec());
+            }
         }
         let stray_x: Vec<u64> = self
             .model
@@ -1957,11 +1993,17 @@ fn join_path(base: &str, name: &[u8]) -> String {
 
 fn record_ino(key: &[u8]) -> Option<u64> {
     match key.first().copied() {
-        Some(prefix::INODE | prefix::XATTR | prefix::CHUNK | prefix::INLINE | prefix::ORPHAN) => {
-            key.get(1..9)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-        }
+        Some(
+            prefix::INODE
+            | prefix::XATTR
+            | prefix::CHUNK
+            | prefix::INLINE
+            | prefix::ORPHAN
+            | prefix::RECLAIM,
+        ) => key
+            .get(1..9)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes),
         _ => None,
     }
 }

@@ -337,6 +337,7 @@ pub fn key_name(key: &[u8]) -> String {
         (Some(prefix::INLINE), Some(i)) => format!("inline data of inode {i}"),
         (Some(prefix::XATTR), Some(i)) => format!("xattr of inode {i}"),
         (Some(prefix::ORPHAN), Some(i)) => format!("orphan record {i}"),
+        (Some(prefix::RECLAIM), Some(i)) => format!("reclaim mark of inode {i}"),
         (Some(prefix::DIRENT), _) => format!(
             "directory entry {}",
             hex::encode(key.get(1..).unwrap_or(&[]))
@@ -415,8 +416,15 @@ impl RecordBatch<'_> {
     }
     /// Marks inode `ino` as an orphan (unlinked while open), or clears the mark.
     pub fn set_orphan(&mut self, ino: u64, orphan: bool) {
-        let key = records::ino_prefix(prefix::ORPHAN, ino);
-        if orphan {
+        self.set_mark(prefix::ORPHAN, ino, orphan);
+    }
+    /// Marks deleted inode `ino`'s inline data record for reclaiming later, or clears the mark.
+    pub fn set_reclaim(&mut self, ino: u64, pending: bool) {
+        self.set_mark(prefix::RECLAIM, ino, pending);
+    }
+    fn set_mark(&mut self, kind: u8, ino: u64, set: bool) {
+        let key = records::ino_prefix(kind, ino);
+        if set {
             let value = self.records.seal(&key, &[]);
             self.batch.put_raw(key.to_vec(), value);
         } else {
@@ -676,8 +684,17 @@ impl Records {
 
     /// All orphan inode numbers.
     pub fn orphans(&self) -> Result<Vec<u64>> {
+        self.marked(prefix::ORPHAN)
+    }
+
+    /// Inode numbers with a reclaim mark (deleted; inline data record not yet removed).
+    pub fn reclaims(&self) -> Result<Vec<u64>> {
+        self.marked(prefix::RECLAIM)
+    }
+
+    fn marked(&self, kind: u8) -> Result<Vec<u64>> {
         let mut out = Vec::new();
-        self.store.scan(&[prefix::ORPHAN], None, &mut |k, v| {
+        self.store.scan(&[kind], None, &mut |k, v| {
             self.open(k, v)?;
             if let Some(b) = k.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
                 out.push(u64::from_be_bytes(b));

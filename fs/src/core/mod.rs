@@ -46,6 +46,14 @@ const GEN_RESERVE: u64 = 1 << 20;
 const NODE_CACHE: usize = 16_384;
 const CHUNK_CACHE: usize = 4_096;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// Deleted inodes' inline data is reclaimed by the commit cycle once no inode was deleted for
+/// this long ([`Inner::reclaim_inline`]).
+const RECLAIM_QUIET: Duration = Duration::from_secs(1);
+/// More deleted inodes than this waiting for their inline data to go are reclaimed even while
+/// deletions go on, which bounds the list (8 bytes each).
+const RECLAIM_BACKLOG: usize = 1 << 16;
+/// Inline data records removed per batch when reclaiming.
+const RECLAIM_BATCH: usize = 512;
 /// Under `relatime`, an atime this many seconds old is updated on the next read anyway.
 const RELATIME_MAX_AGE: i64 = 24 * 60 * 60;
 /// Changed metadata keys buffered in memory before they are handed to sled as one batch.
@@ -190,9 +198,19 @@ pub(crate) struct Inner {
     pub(crate) chunk_cache: Mutex<lru::LruCache<(u64, u64), Arc<Chunk>>>,
     /// Objects to delete once the metadata that dropped them is durable.
     pub(crate) doomed: Mutex<Vec<ObjectId>>,
+    /// Deleted inodes whose inline data record is still stored (each has a reclaim mark), and
+    /// when the last inode was deleted ([`Inner::reclaim_inline`]).
+    pub(crate) reclaim: Mutex<Reclaim>,
     closed: AtomicBool,
     /// Wakes the background threads: to stop, or (the flusher) to write back early.
     signal: (Mutex<Signal>, Condvar),
+}
+
+/// Deleted inodes waiting for their inline data record to be removed.
+#[derive(Default)]
+pub(crate) struct Reclaim {
+    pub(crate) inos: Vec<u64>,
+    pub(crate) last_deletion: Option<std::time::Instant>,
 }
 
 /// What the background threads are asked to do.
@@ -347,6 +365,7 @@ impl Filesystem {
             pending: Mutex::new(HashSet::new()),
             chunk_cache: Mutex::new(lru::LruCache::new(chunk_cap)),
             doomed: Mutex::new(Vec::new()),
+            reclaim: Mutex::new(Reclaim::default()),
             closed: AtomicBool::new(false),
             signal: (Mutex::new(Signal::default()), Condvar::new()),
         });
@@ -786,7 +805,7 @@ impl Filesystem {
         if self.inner.read_only {
             return Ok(());
         }
-        self.inner.sync_all()?;
+        self.inner.sync_all_final()?;
         let digest = self.inner.records.digest()?;
         let mut sb = lock(&self.inner.superblock);
         sb.meta_digest = digest;
@@ -946,7 +965,9 @@ fn flusher(weak: std::sync::Weak<Inner>) {
             FlusherWake::WritebackWanted => inner.writeback_over(inner.max_dirty / 2),
             FlusherWake::Periodic => {
                 next_cycle = std::time::Instant::now() + FLUSH_INTERVAL;
-                inner.writeback_all()
+                inner
+                    .reclaim_inline(false)
+                    .and_then(|()| inner.writeback_all())
             }
         };
         if let Err(e) = done {
@@ -1035,6 +1056,20 @@ impl Inner {
                 let mut b = self.records.batch();
                 b.set_orphan(ino, false);
                 b.commit()?;
+            }
+        }
+        // Inline data of inodes deleted before a crash or an unmount that did not finish:
+        // reclaimed by the commit cycle like that of inodes deleted from now on.
+        // A mark is written in the batch that deletes its inode, and inode numbers are never
+        // reused, so a mark beside a live inode is damage: keep the data, drop the mark.
+        for ino in self.records.reclaims()? {
+            if self.records.inode(ino)?.is_some() {
+                tracing::warn!(ino, "reclaim mark for an inode that exists; mark removed");
+                let mut b = self.records.batch();
+                b.set_reclaim(ino, false);
+                b.commit()?;
+            } else {
+                lock(&self.reclaim).inos.push(ino);
             }
         }
         let mut c = lock(&self.counters);
@@ -1286,6 +1321,46 @@ impl Inner {
         Ok(())
     }
 
+    /// Removes the inline data records of deleted inodes, with their reclaim marks. Deleting
+    /// a record makes the store load the part of its tree that holds it, and the inline
+    /// records of small files are their contents: done inside the unlink, an `rm -rf` of
+    /// small files read them all back from disk (performance.md, "Inline data reclaimed
+    /// after the unlink"). So the unlink leaves a reclaim mark and this removes the records
+    /// later, once no inode was deleted for [`RECLAIM_QUIET`] or more than
+    /// [`RECLAIM_BACKLOG`] wait, and always when `force` (unmount). No lock of the namespace
+    /// or of any node is needed: inode numbers are never reused, so nothing else refers to
+    /// these records.
+    pub(crate) fn reclaim_inline(&self, force: bool) -> Result<()> {
+        let inos = {
+            let mut r = lock(&self.reclaim);
+            let quiet = r.last_deletion.is_none_or(|t| t.elapsed() >= RECLAIM_QUIET);
+            if !(force || quiet || r.inos.len() > RECLAIM_BACKLOG) {
+                return Ok(());
+            }
+            std::mem::take(&mut r.inos)
+        };
+        // In key order: neighbouring records share the parts of the tree loaded for them.
+        let mut inos = inos;
+        inos.sort_unstable();
+        inos.dedup();
+        for (k, batch) in inos.chunks(RECLAIM_BATCH).enumerate() {
+            let mut b = self.records.batch();
+            for &ino in batch {
+                b.delete_key(&crate::format::records::ino_prefix(
+                    crate::format::records::prefix::INLINE,
+                    ino,
+                ));
+                b.set_reclaim(ino, false);
+            }
+            if let Err(e) = b.commit() {
+                let rest = inos.get(k * RECLAIM_BATCH..).unwrap_or_default();
+                lock(&self.reclaim).inos.extend_from_slice(rest);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the metadata store durable, then removes the objects whose deletion it now
     /// records. The list is taken before the flush: an object doomed by a deletion committed
     /// during the flush waits for the next one (its deletion may not be in this flush).
@@ -1371,6 +1446,12 @@ impl Inner {
     }
 
     fn sync_all(&self) -> Result<()> {
+        self.writeback_all()
+    }
+
+    /// Unmount: every pending reclaim done, then everything durable.
+    fn sync_all_final(&self) -> Result<()> {
+        self.reclaim_inline(true)?;
         self.writeback_all()
     }
 }

@@ -364,7 +364,9 @@ impl Inner {
                 b.delete_key(&k);
             }
         }
-        b.delete_key(&records::ino_prefix(records::prefix::INLINE, ino));
+        // The inline data record (if any) goes later ([`Inner::reclaim_inline`]): deleting it
+        // here would load its part of the store's tree, small files' contents, from disk.
+        b.set_reclaim(ino, true);
         b.set_orphan(ino, false);
         Ok(())
     }
@@ -372,6 +374,11 @@ impl Inner {
     /// Cache and object bookkeeping after a purge was committed.
     pub(crate) fn after_purge(&self, inode: &Inode) {
         let ino = inode.ino;
+        {
+            let mut r = lock(&self.reclaim);
+            r.inos.push(ino);
+            r.last_deletion = Some(std::time::Instant::now());
+        }
         // Only object-backed files have block maps: skip the cache sweep (linear in the cache
         // size) for everything else, which is most of an `rm -rf`.
         if let Storage::Object(id) = inode.storage {

@@ -25,6 +25,8 @@ pub mod prefix {
     pub const INLINE: u8 = b'S';
     /// Orphan (unlinked while open): `O ‖ be64(ino)`.
     pub const ORPHAN: u8 = b'O';
+    /// Reclaim mark (a deleted inode whose inline data record goes later): `R ‖ be64(ino)`.
+    pub const RECLAIM: u8 = b'R';
     /// Counters: `C`.
     pub const COUNTERS: u8 = b'C';
 }
