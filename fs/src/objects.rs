@@ -391,6 +391,12 @@ impl DirObjects {
     }
 }
 
+/// Reads smaller than this fetch the aligned window of this size around them
+/// ([`DirObjects::read_around`]): on a virtual disk a 16 KiB request costs what a 4 KiB one
+/// does, and random reads of a file's blocks then often find their neighbours cached. Without
+/// it a random-read run fetched the same bytes as gocryptfs in 35 578 disk requests against
+/// 21 000 (gocryptfs's blocks straddle pages, so each of its reads brings a neighbour along).
+const READ_AROUND: u64 = 16 << 10;
 /// How far ahead of a sequential reader the object file is fetched ([`ReadStream`]).
 const READ_AHEAD_WINDOW: u64 = 16 << 20;
 /// Pieces in which the window is requested: the kernel caps one request for advice at the
@@ -500,8 +506,52 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl DirObjects {
+    /// A read smaller than [`READ_AROUND`] fetches the aligned window that holds it, in one
+    /// request, so that reads of its neighbours find them in the backing page cache. Returns
+    /// `None` (the caller reads plainly) when the read crosses a window or a segment, or the
+    /// window comes back short (end of object, a missing file).
+    fn read_around(&self, id: &ObjectId, offset: u64, buf: &mut [u8]) -> Result<Option<usize>> {
+        let start = offset - offset % READ_AROUND;
+        let end = start.saturating_add(READ_AROUND);
+        let seg = start / SEGMENT_LEN;
+        if offset.saturating_add(buf.len() as u64) > end || (end - 1) / SEGMENT_LEN != seg {
+            return Ok(None);
+        }
+        let Some(f) = self.file(id, seg, false)? else {
+            return Ok(None);
+        };
+        let within = start % SEGMENT_LEN;
+        f.read_ahead_for(offset % SEGMENT_LEN, buf.len());
+        let mut window = [0u8; READ_AROUND as usize];
+        let mut got = 0;
+        while got < window.len() {
+            let rest = window.get_mut(got..).unwrap_or_default();
+            match f.read_at(rest, within + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(self.segment_path(id, seg), e)),
+            }
+        }
+        let skip = (offset - start) as usize;
+        match window.get(skip..skip + buf.len()) {
+            Some(part) if skip + buf.len() <= got => {
+                buf.copy_from_slice(part);
+                Ok(Some(buf.len()))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
 impl ObjectStore for DirObjects {
     fn read_at(&self, id: &ObjectId, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if (buf.len() as u64) < READ_AROUND {
+            if let Some(n) = self.read_around(id, offset, buf)? {
+                return Ok(n);
+            }
+        }
         let mut short = false;
         for (seg, within, range) in pieces(offset, buf.len()) {
             let part = buf.get_mut(range).unwrap_or_default();
@@ -1118,6 +1168,41 @@ mod tests {
         assert_eq!(s.on_read(100 * MIB, 128 * KIB), None);
         assert_eq!(s.streak, 0);
         assert_eq!(s.fetched_to, 0);
+    }
+
+    #[test]
+    fn small_reads_through_the_window_return_exactly_their_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DirObjects::open(dir.path()).expect("open");
+        let id = [9u8; 16];
+        let len = 40 * KIB + 1234;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+        store.write_at(&id, 0, &data).expect("write");
+        // Inside a window, across a window's end, up to and past the object's end.
+        let cases = [
+            (0, 4096),
+            (4096, 4096),
+            (12 * KIB, 4096),
+            (15 * KIB, 2048),
+            (16 * KIB - 1, 2),
+            (32 * KIB + 100, 100),
+            (len - 10, 10),
+            (len - 10, 100),
+            (len, 10),
+            (len + 5000, 10),
+        ];
+        for (off, n) in cases {
+            let mut buf = vec![0xAAu8; n as usize];
+            let got = store.read_at(&id, off, &mut buf).expect("read");
+            let want = data
+                .get(off.min(len) as usize..(off + n).min(len) as usize)
+                .unwrap_or_default();
+            assert_eq!(got, want.len(), "length at {off}+{n}");
+            assert_eq!(buf.get(..got), Some(want), "bytes at {off}+{n}");
+        }
+        // A missing object reads as nothing.
+        let mut buf = [1u8; 10];
+        assert_eq!(store.read_at(&[1u8; 16], 0, &mut buf).expect("read"), 0);
     }
 
     #[test]
