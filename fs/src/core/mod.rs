@@ -965,9 +965,10 @@ fn flusher(weak: std::sync::Weak<Inner>) {
             FlusherWake::WritebackWanted => inner.writeback_over(inner.max_dirty / 2),
             FlusherWake::Periodic => {
                 next_cycle = std::time::Instant::now() + FLUSH_INTERVAL;
-                inner
-                    .reclaim_inline(false)
-                    .and_then(|()| inner.writeback_all())
+                // A failed reclaim keeps its marks for the next cycle; the writeback runs
+                // either way.
+                let reclaimed = inner.reclaim_inline(false);
+                inner.writeback_all().and(reclaimed)
             }
         };
         if let Err(e) = done {
