@@ -6,7 +6,6 @@ import sys
 from collections import defaultdict
 
 
-
 def size_label(mib):
     mib = int(mib)
     return f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"

@@ -506,6 +506,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Reads from `pos` until `buf` is full or the file ends; returns the bytes read.
+fn read_full(f: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = buf.get_mut(done..).unwrap_or_default();
+        match f.read_at(rest, pos + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 impl DirObjects {
     /// A read smaller than [`READ_AROUND`] fetches the aligned window that holds it, in one
     /// request, so that reads of its neighbours find them in the backing page cache. Returns
@@ -521,22 +536,14 @@ impl DirObjects {
         let Some(f) = self.file(id, seg, false)? else {
             return Ok(None);
         };
-        let within = start % SEGMENT_LEN;
-        f.read_ahead_for(offset % SEGMENT_LEN, buf.len());
         let mut window = [0u8; READ_AROUND as usize];
-        let mut got = 0;
-        while got < window.len() {
-            let rest = window.get_mut(got..).unwrap_or_default();
-            match f.read_at(rest, within + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(self.segment_path(id, seg), e)),
-            }
-        }
+        let got = read_full(&f, &mut window, start % SEGMENT_LEN)
+            .map_err(|e| Error::io(self.segment_path(id, seg), e))?;
         let skip = (offset - start) as usize;
         match window.get(skip..skip + buf.len()) {
             Some(part) if skip + buf.len() <= got => {
+                // Counted here only: a read that falls back is counted by the plain path.
+                f.read_ahead_for(offset % SEGMENT_LEN, buf.len());
                 buf.copy_from_slice(part);
                 Ok(Some(buf.len()))
             }
@@ -558,15 +565,8 @@ impl ObjectStore for DirObjects {
             let mut done = 0;
             if let Some(f) = self.file(id, seg, false)? {
                 f.read_ahead_for(within, part.len());
-                while done < part.len() {
-                    let rest = part.get_mut(done..).unwrap_or_default();
-                    match f.read_at(rest, within + done as u64) {
-                        Ok(0) => break,
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(Error::io(self.segment_path(id, seg), e)),
-                    }
-                }
+                done = read_full(&f, part, within)
+                    .map_err(|e| Error::io(self.segment_path(id, seg), e))?;
             }
             if done < part.len() {
                 // A hole up to a later segment, or the end of the object.

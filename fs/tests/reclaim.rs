@@ -28,6 +28,14 @@ fn check(img: &MemImage, mode: Mode) -> Report {
     .expect("check runs")
 }
 
+/// Writes a reclaim mark for `ino` (as only damage would beside a live inode) and flushes it.
+fn mark_for_reclaim(fs: &Filesystem, ino: u64) {
+    let mut b = fs.records().batch();
+    b.set_reclaim(ino, true);
+    b.commit().expect("commit");
+    fs.sync_all().expect("sync");
+}
+
 fn kinds(r: &Report) -> Vec<ProblemKind> {
     r.problems.iter().map(|p| p.kind).collect()
 }
@@ -42,6 +50,9 @@ fn inline_data_goes_after_the_unlink_and_by_unmount() {
     assert!(fs.records().inline(gone).expect("read").is_some());
 
     fs.unlink(&ROOT, ROOT_INO, b"gone").expect("unlink");
+    // Directories have no inline data: no mark for them.
+    fs.mkdir(&ROOT, ROOT_INO, b"dir", 0o755, 0).expect("mkdir");
+    fs.rmdir(&ROOT, ROOT_INO, b"dir").expect("rmdir");
     fs.sync_all().expect("sync");
     // Right after the unlink the record is still there, with its mark...
     assert!(fs.records().inline(gone).expect("read").is_some());
@@ -99,10 +110,7 @@ fn a_mark_beside_a_live_inode_is_damage_that_never_costs_its_data() {
     let fs = img.open(&OpenOptions::default()).expect("open");
     let live = write_file(&fs, "live", &[5u8; 700]);
     fs.sync_all().expect("sync");
-    let mut b = fs.records().batch();
-    b.set_reclaim(live, true);
-    b.commit().expect("commit");
-    fs.sync_all().expect("sync");
+    mark_for_reclaim(&fs, live);
 
     let r = check(&img, Mode::Check);
     assert_eq!(kinds(&r), vec![ProblemKind::StaleReclaim]);
@@ -122,10 +130,7 @@ fn a_mark_beside_a_live_inode_is_damage_that_never_costs_its_data() {
 
     // fsck's repair does the same.
     let fs = img.open(&OpenOptions::default()).expect("open");
-    let mut b = fs.records().batch();
-    b.set_reclaim(live, true);
-    b.commit().expect("commit");
-    fs.sync_all().expect("sync");
+    mark_for_reclaim(&fs, live);
     drop(fs);
     let repaired = check(&img, Mode::Repair);
     assert_eq!(kinds(&repaired), vec![ProblemKind::StaleReclaim]);

@@ -1059,10 +1059,10 @@ impl Inner {
                 b.commit()?;
             }
         }
-        // Inline data of inodes deleted before a crash or an unmount that did not finish:
-        // reclaimed by the commit cycle like that of inodes deleted from now on.
-        // A mark is written in the batch that deletes its inode, and inode numbers are never
-        // reused, so a mark beside a live inode is damage: keep the data, drop the mark.
+        // Inline data of inodes deleted before a crash or an unmount that did not finish is
+        // reclaimed by the commit cycle like that of inodes deleted from now on. A mark is
+        // written in the batch that deletes its inode, and inode numbers are never reused, so
+        // a mark beside a live inode is damage: keep the data, drop the mark.
         for ino in self.records.reclaims()? {
             if self.records.inode(ino)?.is_some() {
                 tracing::warn!(ino, "reclaim mark for an inode that exists; mark removed");

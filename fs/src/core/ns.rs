@@ -364,9 +364,12 @@ impl Inner {
                 b.delete_key(&k);
             }
         }
-        // The inline data record (if any) goes later ([`Inner::reclaim_inline`]): deleting it
-        // here would load its part of the store's tree, small files' contents, from disk.
-        b.set_reclaim(ino, true);
+        // The inline data record goes later ([`Inner::reclaim_inline`]): deleting it here
+        // would load its part of the store's tree, small files' contents, from disk. Only
+        // regular files not stored in an object have one.
+        if may_have_inline(inode) {
+            b.set_reclaim(ino, true);
+        }
         b.set_orphan(ino, false);
         Ok(())
     }
@@ -374,7 +377,7 @@ impl Inner {
     /// Cache and object bookkeeping after a purge was committed.
     pub(crate) fn after_purge(&self, inode: &Inode) {
         let ino = inode.ino;
-        {
+        if may_have_inline(inode) {
             let mut r = lock(&self.reclaim);
             r.inos.push(ino);
             r.last_deletion = Some(std::time::Instant::now());
@@ -1010,4 +1013,11 @@ impl Inner {
         self.persist_into(&mut b, &mut n)?;
         b.commit()
     }
+}
+
+/// Whether `inode` may have an inline data record: a regular file whose contents are inline,
+/// or none (an empty file may keep an empty record). The core writes none for other kinds,
+/// and deletes a file's record in the batch that moves it to an object.
+fn may_have_inline(inode: &Inode) -> bool {
+    inode.kind == FileKind::File && !matches!(inode.storage, Storage::Object(_))
 }

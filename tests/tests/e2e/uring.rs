@@ -127,8 +127,8 @@ fn uring_option_serves_every_request_kind_or_falls_back() {
 
 /// A file read in sequence after a remount comes through the kernel's readahead in large READs
 /// (up to 1 MiB over `/dev/fuse`, whose readahead the daemon raises as root; 128 KiB over
-/// io_uring), which ring threads hand to helper threads; the data comes back intact, also while small reads of other files are
-/// answered alongside.
+/// io_uring), which ring threads hand to helper threads; the data comes back intact, also
+/// while small reads of other files are answered alongside.
 #[test]
 fn large_reads_after_a_remount_come_back_intact() {
     let mut fs_ = TestFs::with_options(&["uring"]);
