@@ -7,8 +7,12 @@
 #
 # Environment knobs (defaults in brackets):
 #   FS          filesystems to run        ["raw bindfs digimedfs gocryptfs cryfs securefs"]
-#               digimedfs-uring: digimedfs mounted with -o uring (FUSE over io_uring); the
-#               run switches the fuse module's enable_uring on for it and back afterwards
+#               digimedfs: mounted with its defaults, which serve requests over FUSE's io_uring
+#               transport where the kernel allows it (see URING);
+#               digimedfs-devfuse: digimedfs mounted with -o nouring (always /dev/fuse)
+#   URING       1: switch the fuse module's enable_uring on for the run (as docs/operations.md
+#               tells administrators to) and back afterwards; 0: leave the kernel's setting
+#               [1 where the kernel has the switch, else 0]
 #   WORKLOADS   workloads to run          ["seq rand tree mem"]
 #               (mem = record peak VmHWM of each daemon; it piggybacks on the others)
 #   REPS        repetitions of the rand and tree workloads  [3]
@@ -69,7 +73,7 @@ command -v fusermount3 >/dev/null || die "fusermount3 missing"
 command -v python3 >/dev/null || die "python3 missing (used for the report)"
 
 # Any digimedfs variant in FS.
-has_digimedfs() { has digimedfs "$FS" || has digimedfs-uring "$FS"; }
+has_digimedfs() { has digimedfs "$FS" || has digimedfs-devfuse "$FS"; }
 
 if [[ -z "${NO_BUILD:-}" ]] && has_digimedfs; then
     log "building digimedfs (release)"
@@ -120,8 +124,11 @@ cleanup() {
 }
 trap cleanup EXIT
 URING_SWITCH=/sys/module/fuse/parameters/enable_uring
-if has digimedfs-uring "$FS"; then
-    [[ -w $URING_SWITCH ]] || die "digimedfs-uring needs FUSE over io_uring ($URING_SWITCH)"
+if [[ -z "${URING:-}" ]]; then
+    if [[ -w $URING_SWITCH ]]; then URING=1; else URING=0; fi
+fi
+if [[ $URING == 1 ]] && has_digimedfs; then
+    [[ -w $URING_SWITCH ]] || die "URING=1 needs FUSE over io_uring ($URING_SWITCH: Linux 6.14+)"
     URING_WAS=$(cat "$URING_SWITCH")
     echo 1 >"$URING_SWITCH"
 fi
@@ -152,7 +159,7 @@ fs_init() { # fs
     mkdir -p "$B" "$SCRATCH/mnt/$fs"
     case $fs in
     raw | bindfs) ;;
-    digimedfs | digimedfs-uring)
+    digimedfs | digimedfs-devfuse)
         rm -f "$SCRATCH/$fs.key"
         "$BIN/digimedfs" keygen "$SCRATCH/$fs.key" &&
             "$BIN/mkfs-digimed" --tenant bench --key-file "$SCRATCH/$fs.key" "$B" ;;
@@ -169,7 +176,7 @@ fs_mount() { # fs
     raw) return 0 ;;
     bindfs) bindfs "$B" "$M" ;;
     digimedfs) "$BIN/digimedfs" mount --key-file "$SCRATCH/$fs.key" "$B" "$M" ;;
-    digimedfs-uring) "$BIN/digimedfs" mount -o uring --key-file "$SCRATCH/$fs.key" "$B" "$M" ;;
+    digimedfs-devfuse) "$BIN/digimedfs" mount -o nouring --key-file "$SCRATCH/$fs.key" "$B" "$M" ;;
     gocryptfs) gocryptfs -q -extpass "echo $PW" "$B" "$M" ;;
     # --allow-replaced-filesystem: CryFS remembers each basedir's fs id (~/.local/share/cryfs)
     # and refuses a new fs created at a path it has seen before, as on every re-run here.
@@ -346,7 +353,7 @@ wl_tree() { # fs rep
 
 # ------------------------------------------------------------ main
 T_START=$(now)
-log "scratch $SCRATCH ($fstype on $(df --output=source "$SCRATCH" | tail -1)); backing dirs in $BACK ($back_fstype); FS='$FS' WORKLOADS='$WORKLOADS' REPS=$REPS SEQ_REPS=$SEQ_REPS"
+log "scratch $SCRATCH ($fstype on $(df --output=source "$SCRATCH" | tail -1)); backing dirs in $BACK ($back_fstype); FS='$FS' WORKLOADS='$WORKLOADS' REPS=$REPS SEQ_REPS=$SEQ_REPS URING=$URING (enable_uring $(cat "$URING_SWITCH" 2>/dev/null || echo absent))"
 
 if has tree "$WORKLOADS"; then
     log "building tree tarball from: $TREE_SRC"

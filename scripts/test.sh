@@ -5,9 +5,10 @@
 # cluster from tests/cephfs/cluster, started here and stopped on exit). Needs fuse3
 # (fusermount3) and /dev/fuse; run as root for the mount tests and the cluster.
 #
-# Where the kernel has FUSE over io_uring (Linux 6.14+), the end-to-end tests then run a second
-# time over it (mount option `uring`), with the fuse module's enable_uring switched on for that
-# pass only.
+# Mounts use FUSE over io_uring by default where the kernel allows it (Linux 6.14+ with the
+# fuse module's enable_uring on), so the first pass switches enable_uring off, and the
+# end-to-end tests then run a second time with it on (and mount option `uring`); the switch is
+# put back as it was on exit.
 #
 # DIGIMEDFS_SKIP_CEPH=1 skips the cluster and the CephFS tests (they say so when skipped).
 # A cluster that already runs (tests/cephfs/cluster start by hand) is used and left running.
@@ -25,26 +26,32 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
+uring_switch=/sys/module/fuse/parameters/enable_uring
+uring_was=""
+stop_cluster=""
+cleanup() {
+    if [[ -n $uring_was ]]; then echo "$uring_was" >"$uring_switch"; fi
+    if [[ -n $stop_cluster ]]; then tests/cephfs/cluster stop; fi
+}
+trap cleanup EXIT
 if [[ "${DIGIMEDFS_SKIP_CEPH:-}" != 1 ]]; then
     if ! tests/cephfs/cluster status >/dev/null 2>&1; then
-        trap 'tests/cephfs/cluster stop' EXIT
+        stop_cluster=1
         tests/cephfs/cluster start
     fi
     eval "$(tests/cephfs/cluster env)"
 fi
-cargo test --workspace
-
-# The end-to-end tests again over FUSE's io_uring transport (mount option `uring`), when the
-# kernel has it: its switch is switched on for this pass and put back afterwards.
-uring_switch=/sys/module/fuse/parameters/enable_uring
+# First pass over /dev/fuse.
 if [[ -w $uring_switch ]]; then
     uring_was=$(cat "$uring_switch")
+    echo 0 >"$uring_switch"
+fi
+cargo test --workspace
+
+# The end-to-end tests again over FUSE's io_uring transport, when the kernel has it.
+if [[ -n $uring_was ]]; then
     echo 1 >"$uring_switch"
-    status=0
-    DIGIMEDFS_TEST_MOUNT_OPTIONS=uring cargo test -p digimedfs-tests --test e2e -- --skip cephfs ||
-        status=$?
-    echo "$uring_was" >"$uring_switch"
-    exit "$status"
+    DIGIMEDFS_TEST_MOUNT_OPTIONS=uring cargo test -p digimedfs-tests --test e2e -- --skip cephfs
 else
     echo "FUSE over io_uring not available here ($uring_switch): io_uring pass skipped"
 fi

@@ -27,7 +27,7 @@ for ((r = 1; r <= rounds; r++)); do
             "$X/digimedfs" mount --key-file "$Q/k" -o uring "$B" "$M" || exit 1 ;;
         digimedfs*)
             "$X/mkfs-digimed" --tenant probe --key-file "$Q/k" "$B" >/dev/null
-            "$X/digimedfs" mount --key-file "$Q/k" "$B" "$M" || exit 1 ;;
+            "$X/digimedfs" mount --key-file "$Q/k" -o nouring "$B" "$M" || exit 1 ;;
         gocryptfs)
             echo pw > "$Q/pw"
             gocryptfs -q -init -passfile "$Q/pw" "$B" >/dev/null 2>&1

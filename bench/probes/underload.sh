@@ -41,7 +41,7 @@ for load in quiet "${hogs}hogs"; do
         sleep 1
     fi
     for ((r = 1; r <= rounds; r++)); do
-        one "$load" dev-fuse
+        one "$load" dev-fuse -o nouring
         one "$load" io_uring -o uring
     done
 done

@@ -131,8 +131,10 @@ pub struct MountArgs {
     pub foreground: bool,
     /// Comma-separated mount options: key_file=PATH, keyservice=URL, tenant=ID,
     /// token_file=PATH, ca_file=PATH, ro, rw, allow_other, debug, force_unlock (take over the
-    /// lock of a mount that no longer runs), uring (serve requests over io_uring when the
-    /// kernel allows it: Linux 6.14+ with the fuse module's enable_uring on), and when reads
+    /// lock of a mount that no longer runs), nouring (serve requests over /dev/fuse even where
+    /// the kernel allows FUSE over io_uring, which is used by default then: Linux 6.14+ with
+    /// the fuse module's enable_uring on; uring: the same default, with a warning when the
+    /// kernel does not allow it), and when reads
     /// update access times: relatime (default), strictatime, noatime, nodiratime. Other
     /// generic mount(8) options (dev, suid, nodev, nosuid, exec, noexec, auto, noauto, user,
     /// nouser, users, _netdev, nofail, defaults, x-*) are accepted and ignored. May be given
@@ -197,8 +199,9 @@ pub struct MountOptions {
     pub force_unlock: bool,
     /// `remount`: change the flags of an existing mount (mount -o remount,ro).
     pub remount: bool,
-    /// `uring`: serve requests over io_uring when the kernel allows it (cleared by `nouring`).
-    pub uring: bool,
+    /// `uring` (`Some(true)`) or `nouring` (`Some(false)`), the last one given; `None`: the
+    /// default, io_uring when the kernel allows it.
+    pub uring: Option<bool>,
     /// The access-time options, as the kernel combines them: `strictatime` wins, then
     /// `noatime`, else `relatime` (the default).
     pub atime: AtimeFlags,
@@ -312,8 +315,8 @@ pub fn parse_mount_options(lists: &[String]) -> anyhow::Result<MountOptions> {
             "debug" => opts.debug = true,
             "force_unlock" => opts.force_unlock = true,
             "remount" => opts.remount = true,
-            "uring" => opts.uring = true,
-            "nouring" => opts.uring = false,
+            "uring" => opts.uring = Some(true),
+            "nouring" => opts.uring = Some(false),
             "atime" => opts.atime.noatime = false,
             "noatime" => opts.atime.noatime = true,
             "strictatime" => opts.atime.strictatime = true,
@@ -580,6 +583,20 @@ mod tests {
         assert!(parse_mount_options(&["rw,ro".into()])
             .map(|o| o.read_only)
             .unwrap());
+    }
+
+    #[test]
+    fn transport_options() {
+        let uring = |o: &str| parse_mount_options(&[o.into()]).unwrap().uring;
+        assert_eq!(
+            uring("rw"),
+            None,
+            "neither given: the default (io_uring if allowed)"
+        );
+        assert_eq!(uring("uring"), Some(true));
+        assert_eq!(uring("nouring"), Some(false));
+        assert_eq!(uring("uring,nouring"), Some(false), "the last one wins");
+        assert_eq!(uring("nouring,uring"), Some(true));
     }
 
     #[test]

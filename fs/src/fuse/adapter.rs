@@ -59,6 +59,9 @@ pub struct DigimedFuse {
     notifier: Arc<OnceLock<Notifier>>,
     /// Whether to ask for FUSE over io_uring at INIT.
     want_uring: bool,
+    /// Whether it was asked for explicitly (`uring`): then a kernel that does not offer it
+    /// is worth a warning, not just a note.
+    uring_requested: bool,
     /// Whether INIT agreed to it (set by `init`).
     uring_agreed: Arc<AtomicBool>,
 }
@@ -71,13 +74,17 @@ impl DigimedFuse {
             closed: Arc::new(AtomicBool::new(false)),
             notifier: Arc::new(OnceLock::new()),
             want_uring: false,
+            uring_requested: false,
             uring_agreed: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// This adapter, asking the kernel at INIT to deliver requests over io_uring.
-    pub fn with_uring(mut self) -> DigimedFuse {
+    /// This adapter, asking the kernel at INIT to deliver requests over io_uring if it offers
+    /// to; `requested`: the user asked for it, so a kernel that does not offer it is warned
+    /// about.
+    pub fn with_uring(mut self, requested: bool) -> DigimedFuse {
         self.want_uring = true;
+        self.uring_requested = requested;
         self
     }
 
@@ -695,10 +702,15 @@ impl fuser::Filesystem for DigimedFuse {
                     .is_ok()
             {
                 self.uring_agreed.store(true, Ordering::SeqCst);
-            } else {
+            } else if self.uring_requested {
                 tracing::warn!(
                     "io_uring asked for, but the kernel does not offer it \
                      (enable_uring off, or a kernel before 6.14): using /dev/fuse"
+                );
+            } else {
+                tracing::info!(
+                    "kernel does not offer FUSE over io_uring (enable_uring off, or a kernel \
+                     before 6.14): serving over /dev/fuse"
                 );
             }
         }

@@ -16,4 +16,4 @@ pub mod mount;
 pub mod uring;
 
 pub use adapter::{convert, DigimedFuse, TTL};
-pub use mount::{mount_foreground, mount_options, MountOpts};
+pub use mount::{mount_foreground, mount_options, MountOpts, UringMode};

@@ -42,9 +42,24 @@ pub struct MountOpts {
     pub allow_other: bool,
     /// Source shown in /proc/mounts; `digimedfs` when `None`. Must not contain a comma.
     pub fsname: Option<String>,
-    /// Serve requests over io_uring when the kernel allows it (`uring`; see
-    /// [`super::uring`]), else over `/dev/fuse` as always.
-    pub uring: bool,
+    /// Which transport serves requests (`uring`, `nouring`, or neither given).
+    pub uring: UringMode,
+}
+
+/// Whether requests are served over FUSE's io_uring transport ([`super::uring`]) or over
+/// `/dev/fuse`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UringMode {
+    /// io_uring when the kernel allows it (the fuse module's `enable_uring`, which an
+    /// administrator switches on), else `/dev/fuse`, logged at info level. The default: an
+    /// administrator who switched the kernel's transport on wants it used, and it is the faster
+    /// one for metadata work and random reads (docs/performance.md).
+    #[default]
+    Auto,
+    /// `uring`: as `Auto`, but a kernel that does not offer it is worth a warning.
+    Requested,
+    /// `nouring`: always `/dev/fuse` (cold sequential reads of large files were faster there).
+    Off,
 }
 
 /// Number of threads serving requests: [`THREADS_PER_CPU`] per available CPU, at least
@@ -117,10 +132,10 @@ pub fn mount_foreground(
     opts: &MountOpts,
     ready: impl FnOnce(),
 ) -> Result<()> {
-    let adapter = if opts.uring {
-        DigimedFuse::new(fs).with_uring()
-    } else {
-        DigimedFuse::new(fs)
+    let adapter = match opts.uring {
+        UringMode::Auto => DigimedFuse::new(fs).with_uring(false),
+        UringMode::Requested => DigimedFuse::new(fs).with_uring(true),
+        UringMode::Off => DigimedFuse::new(fs),
     };
     let closer = adapter.closer();
     let notifier_slot = adapter.notifier_slot();
@@ -425,7 +440,7 @@ mod tests {
             read_only: true,
             allow_other: true,
             fsname: Some("/srv/backing".into()),
-            uring: false,
+            uring: UringMode::Off,
         };
         let c = mount_options(&opts);
         assert!(c.mount_options.contains(&MountOption::RO));

@@ -1,10 +1,11 @@
-//! The io_uring transport (mount option `uring`): when the kernel allows FUSE over io_uring
-//! (the fuse module's `enable_uring`), the daemon serves requests from one pinned ring thread
-//! per CPU, and every kind of request works through it; when it does not, the mount falls back
-//! to `/dev/fuse`. The rest of the suite runs over io_uring with
-//! `DIGIMEDFS_TEST_MOUNT_OPTIONS=uring` (scripts/test.sh's second pass).
+//! The io_uring transport: when the kernel allows FUSE over io_uring (the fuse module's
+//! `enable_uring`), the daemon serves requests from one pinned ring thread per CPU, by default
+//! or with `-o uring`, and every kind of request works through it; when it does not, or with
+//! `-o nouring`, the mount serves over `/dev/fuse`. The rest of the suite runs over io_uring
+//! in scripts/test.sh's second pass, which switches `enable_uring` on (and passes
+//! `DIGIMEDFS_TEST_MOUNT_OPTIONS=uring`, so that a kernel refusing it is logged as a warning).
 
-use digimedfs_tests::{errno_of, random_bytes, set_xattr, TestFs};
+use digimedfs_tests::{errno_of, is_mounted, random_bytes, run_ok, set_xattr, wait_until, TestFs};
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 
@@ -30,14 +31,65 @@ fn daemon_log(mountpoint: &std::path::Path) -> String {
         .unwrap_or_else(|e| format!("(no log of {name}: {e})"))
 }
 
+/// Number of the daemon's io_uring ring threads.
+fn ring_threads(pid: i32) -> usize {
+    thread_names(pid)
+        .iter()
+        .filter(|n| n.starts_with("digimedfs-ring"))
+        .count()
+}
+
+/// Without a transport option a mount is served over io_uring exactly when the kernel allows
+/// it; `nouring` keeps it on `/dev/fuse` either way (the last of `uring`/`nouring` wins, so it
+/// also overrides the suite's `uring` in the second pass).
+#[test]
+fn io_uring_is_the_default_where_the_kernel_allows_it_and_nouring_opts_out() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let expected = if digimedfs::fuse::uring::kernel_allows() {
+        cpus
+    } else {
+        0
+    };
+    let mut fs_ = TestFs::with_options(&[]);
+    let pid = fs_.daemon_pid().expect("daemon pid");
+    assert_eq!(
+        ring_threads(pid),
+        expected,
+        "default mount: one ring thread per CPU where the kernel allows io_uring, else none; \
+         threads {:?}; log:\n{}",
+        thread_names(pid),
+        daemon_log(fs_.mountpoint())
+    );
+    fs::write(fs_.path("f"), b"default transport").expect("write");
+    fs_.unmount();
+
+    run_ok(&mut fs_.mount_command(fs_.key_file(), fs_.mountpoint(), &["nouring"]));
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || is_mounted(
+            fs_.mountpoint()
+        )),
+        "nouring mount never appeared"
+    );
+    fs_.mark_mounted();
+    let pid = fs_.daemon_pid().expect("daemon pid");
+    assert_eq!(
+        ring_threads(pid),
+        0,
+        "nouring: no ring threads; threads {:?}",
+        thread_names(pid)
+    );
+    assert_eq!(
+        fs::read(fs_.path("f")).expect("read over /dev/fuse"),
+        b"default transport"
+    );
+    fs_.unmount();
+}
+
 #[test]
 fn uring_option_serves_every_request_kind_or_falls_back() {
     let fs_ = TestFs::with_options(&["uring"]);
     let pid = fs_.daemon_pid().expect("daemon pid");
-    let rings = thread_names(pid)
-        .iter()
-        .filter(|n| n.starts_with("digimedfs-ring"))
-        .count();
+    let rings = ring_threads(pid);
     if digimedfs::fuse::uring::kernel_allows() {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(
