@@ -4,8 +4,9 @@
 //! without panics, while undamaged files read back identical; that a damaged primary superblock
 //! falls back to `superblock.bak` and damage to both gives a clear error; that a wrong key is
 //! refused with [`Error::WrongKey`] before anything in the backing directory changes; and that
-//! any damaged, garbage or moved (swapped) sealed metadata record is reported as `EIO` by the
-//! operations touching it while everything else keeps working.
+//! any damaged, garbage or moved (swapped) sealed metadata record, and an inode record deleted
+//! from behind its entry, is reported as `EIO` by the operations touching it while everything
+//! else keeps working.
 
 use digimedfs::backing::BackingDir;
 use digimedfs::core::{unlock_superblock, Ctx, FileKind, Filesystem, OpenOptions, ROOT_INO};
@@ -611,6 +612,34 @@ fn garbage_inode_record_fails_only_that_inode() {
         .unwrap();
     fs.write(n.ino, fh, 0, b"fine").unwrap();
     fs.release(n.ino, fh).unwrap();
+    fs.close().unwrap();
+}
+
+/// An entry whose inode record is gone (deleted from the store) is damage, reported as EIO:
+/// not as ENOENT, which the kernel would cache as a missing name with nothing to say why.
+#[test]
+fn deleted_inode_record_behind_an_entry_is_eio() {
+    let m = mem_fs();
+    let img = copy_img(&m.img);
+    let f1 = m.inos["/f1"];
+    img.meta.poke(&inode_key(f1), None);
+    let fs = img.open(&OpenOptions::default()).unwrap();
+    assert_eq!(
+        fs.lookup(&ROOT, ROOT_INO, b"f1").unwrap_err().errno(),
+        libc::EIO
+    );
+    assert_eq!(
+        fs.lookup(&ROOT, ROOT_INO, b"no-such-name")
+            .unwrap_err()
+            .errno(),
+        libc::ENOENT,
+        "a name that is not there is still ENOENT"
+    );
+    let f2 = fs.lookup(&ROOT, ROOT_INO, b"f2").unwrap();
+    assert_eq!(
+        &fs.read(f2.ino, 0, 0, 1 << 20).unwrap(),
+        m.expect["/f2"].as_ref().unwrap()
+    );
     fs.close().unwrap();
 }
 

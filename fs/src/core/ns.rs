@@ -103,7 +103,27 @@ impl Inner {
                 }
             }
         };
-        let node = self.node(target)?;
+        let node = match self.node(target) {
+            Ok(node) => node,
+            Err(e) if e.errno() == libc::ENOENT => {
+                // The entry names an inode without a record. Either an unlink removed both
+                // since the entry was read (the entry is gone now, and ENOENT is the answer),
+                // or the store holds an entry without its inode: damage, which must not pass
+                // for a missing name (the kernel would cache that, and nothing would say why).
+                if self
+                    .records
+                    .dirent(parent, name)?
+                    .is_some_and(|d| d.ino == target)
+                {
+                    return Err(Error::integrity(format!(
+                        "lookup in inode {parent}: the entry names inode {target}, \
+                         which has no record"
+                    )));
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let n = lock(&node);
         Ok(self.attr_of(&n.inode))
     }
