@@ -5,6 +5,7 @@
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use digimedfs::core::AtimeMode;
+use digimedfs::fuse::UringMode;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -199,9 +200,9 @@ pub struct MountOptions {
     pub force_unlock: bool,
     /// `remount`: change the flags of an existing mount (mount -o remount,ro).
     pub remount: bool,
-    /// `uring` (`Some(true)`) or `nouring` (`Some(false)`), the last one given; `None`: the
-    /// default, io_uring when the kernel allows it.
-    pub uring: Option<bool>,
+    /// `uring` ([`UringMode::Requested`]) or `nouring` ([`UringMode::Off`]), the last one
+    /// given; neither: [`UringMode::Auto`], io_uring when the kernel allows it.
+    pub uring: UringMode,
     /// The access-time options, as the kernel combines them: `strictatime` wins, then
     /// `noatime`, else `relatime` (the default).
     pub atime: AtimeFlags,
@@ -315,8 +316,8 @@ pub fn parse_mount_options(lists: &[String]) -> anyhow::Result<MountOptions> {
             "debug" => opts.debug = true,
             "force_unlock" => opts.force_unlock = true,
             "remount" => opts.remount = true,
-            "uring" => opts.uring = Some(true),
-            "nouring" => opts.uring = Some(false),
+            "uring" => opts.uring = UringMode::Requested,
+            "nouring" => opts.uring = UringMode::Off,
             "atime" => opts.atime.noatime = false,
             "noatime" => opts.atime.noatime = true,
             "strictatime" => opts.atime.strictatime = true,
@@ -590,13 +591,13 @@ mod tests {
         let uring = |o: &str| parse_mount_options(&[o.into()]).unwrap().uring;
         assert_eq!(
             uring("rw"),
-            None,
+            UringMode::Auto,
             "neither given: the default (io_uring if allowed)"
         );
-        assert_eq!(uring("uring"), Some(true));
-        assert_eq!(uring("nouring"), Some(false));
-        assert_eq!(uring("uring,nouring"), Some(false), "the last one wins");
-        assert_eq!(uring("nouring,uring"), Some(true));
+        assert_eq!(uring("uring"), UringMode::Requested);
+        assert_eq!(uring("nouring"), UringMode::Off);
+        assert_eq!(uring("uring,nouring"), UringMode::Off, "the last one wins");
+        assert_eq!(uring("nouring,uring"), UringMode::Requested);
     }
 
     #[test]

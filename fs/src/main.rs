@@ -16,7 +16,7 @@ mod cli;
 use anyhow::{anyhow, Context};
 use cli::{Command, KeySpec, MountArgs, MountOptions};
 use digimedfs::core::{Filesystem, OpenOptions};
-use digimedfs::fuse::{mount_foreground, MountOpts, UringMode};
+use digimedfs::fuse::{mount_foreground, MountOpts};
 use digimedfs::keysource::{open_key_source, KeyFile, KeyService, KeySource};
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
@@ -133,11 +133,7 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         read_only: opts.read_only,
         allow_other: opts.allow_other,
         fsname: cli::fsname_for(&backing),
-        uring: match opts.uring {
-            None => UringMode::Auto,
-            Some(true) => UringMode::Requested,
-            Some(false) => UringMode::Off,
-        },
+        uring: opts.uring,
     };
     mount_foreground(Arc::new(fs), &mountpoint, &mount_opts, || {
         if let Some(fd) = ready_fd {

@@ -306,10 +306,15 @@ impl TestFs {
 
     /// Mounts the filesystem; panics (with digimedfs's output) if that fails.
     pub fn mount(&mut self) {
+        self.mount_with(&[]);
+    }
+
+    /// [`TestFs::mount`] with `extra_options` after the fixture's (a later option wins).
+    pub fn mount_with(&mut self, extra_options: &[&str]) {
         assert!(!self.mounted, "already mounted");
         // A previous daemon may still be writing back after `fusermount3 -u` returned.
         self.wait_daemon_gone();
-        let out = run(&mut self.mount_command(&self.key, &self.mnt, &[]));
+        let out = run(&mut self.mount_command(&self.key, &self.mnt, extra_options));
         assert!(
             out.status.success(),
             "digimedfs mount failed with {}\nstderr: {}",

@@ -5,6 +5,7 @@
 //! failures are additionally logged at `warn` with the inode they concern, everything else at
 //! `debug` (ENOENT on lookup is normal traffic).
 
+use super::mount::UringMode;
 use crate::core::{self, Attr, Ctx, FileKind, SetAttr, TimeSet};
 use crate::Error;
 use fuser::{
@@ -57,11 +58,8 @@ pub struct DigimedFuse {
     closed: Arc<AtomicBool>,
     /// The session's channel for invalidating the kernel's caches, once the session exists.
     notifier: Arc<OnceLock<Notifier>>,
-    /// Whether to ask for FUSE over io_uring at INIT.
-    want_uring: bool,
-    /// Whether it was asked for explicitly (`uring`): then a kernel that does not offer it
-    /// is worth a warning, not just a note.
-    uring_requested: bool,
+    /// Whether to ask for FUSE over io_uring at INIT, and how loudly to say the kernel refused.
+    uring: UringMode,
     /// Whether INIT agreed to it (set by `init`).
     uring_agreed: Arc<AtomicBool>,
 }
@@ -73,18 +71,15 @@ impl DigimedFuse {
             fs,
             closed: Arc::new(AtomicBool::new(false)),
             notifier: Arc::new(OnceLock::new()),
-            want_uring: false,
-            uring_requested: false,
+            uring: UringMode::Off,
             uring_agreed: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// This adapter, asking the kernel at INIT to deliver requests over io_uring if it offers
-    /// to; `requested`: the user asked for it, so a kernel that does not offer it is warned
-    /// about.
-    pub fn with_uring(mut self, requested: bool) -> DigimedFuse {
-        self.want_uring = true;
-        self.uring_requested = requested;
+    /// This adapter, asking the kernel at INIT to deliver requests over io_uring as `mode`
+    /// says (not at all for [`UringMode::Off`], the default).
+    pub fn with_uring(mut self, mode: UringMode) -> DigimedFuse {
+        self.uring = mode;
         self
     }
 
@@ -692,7 +687,7 @@ impl fuser::Filesystem for DigimedFuse {
                 tracing::info!("kernel does not offer {name}; continuing without it");
             }
         }
-        if self.want_uring {
+        if self.uring != UringMode::Off {
             let offered = config
                 .capabilities()
                 .contains(InitFlags::FUSE_OVER_IO_URING);
@@ -702,7 +697,7 @@ impl fuser::Filesystem for DigimedFuse {
                     .is_ok()
             {
                 self.uring_agreed.store(true, Ordering::SeqCst);
-            } else if self.uring_requested {
+            } else if self.uring == UringMode::Requested {
                 tracing::warn!(
                     "io_uring asked for, but the kernel does not offer it \
                      (enable_uring off, or a kernel before 6.14): using /dev/fuse"

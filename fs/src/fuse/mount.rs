@@ -132,11 +132,7 @@ pub fn mount_foreground(
     opts: &MountOpts,
     ready: impl FnOnce(),
 ) -> Result<()> {
-    let adapter = match opts.uring {
-        UringMode::Auto => DigimedFuse::new(fs).with_uring(false),
-        UringMode::Requested => DigimedFuse::new(fs).with_uring(true),
-        UringMode::Off => DigimedFuse::new(fs),
-    };
+    let adapter = DigimedFuse::new(fs).with_uring(opts.uring);
     let closer = adapter.closer();
     let notifier_slot = adapter.notifier_slot();
     let served = serve(adapter, notifier_slot, mountpoint, opts, ready);

@@ -5,7 +5,7 @@
 //! in scripts/test.sh's second pass, which switches `enable_uring` on (and passes
 //! `DIGIMEDFS_TEST_MOUNT_OPTIONS=uring`, so that a kernel refusing it is logged as a warning).
 
-use digimedfs_tests::{errno_of, is_mounted, random_bytes, run_ok, set_xattr, wait_until, TestFs};
+use digimedfs_tests::{errno_of, random_bytes, set_xattr, TestFs};
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 
@@ -63,14 +63,7 @@ fn io_uring_is_the_default_where_the_kernel_allows_it_and_nouring_opts_out() {
     fs::write(fs_.path("f"), b"default transport").expect("write");
     fs_.unmount();
 
-    run_ok(&mut fs_.mount_command(fs_.key_file(), fs_.mountpoint(), &["nouring"]));
-    assert!(
-        wait_until(std::time::Duration::from_secs(10), || is_mounted(
-            fs_.mountpoint()
-        )),
-        "nouring mount never appeared"
-    );
-    fs_.mark_mounted();
+    fs_.mount_with(&["nouring"]);
     let pid = fs_.daemon_pid().expect("daemon pid");
     assert_eq!(
         ring_threads(pid),
