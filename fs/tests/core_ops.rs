@@ -360,11 +360,28 @@ fn data_limits_and_privilege_dropping() {
 
 #[test]
 fn buffered_store_matches_a_plain_map() {
-    use digimedfs::meta::{Batch, BufferedStore, MemStore, MetaStore};
-    use std::collections::BTreeMap;
+    use digimedfs::meta::{BufferedStore, MemStore};
     use std::sync::Arc;
     let inner = Arc::new(MemStore::new());
-    let store = BufferedStore::new(inner.clone(), 7);
+    buffered_store_against_a_plain_map(&BufferedStore::new(inner.clone(), 7), &inner);
+}
+
+/// The same with a hand-over thread: groups reach the inner store while reads go on.
+#[test]
+fn buffered_store_with_a_handover_thread_matches_a_plain_map() {
+    use digimedfs::meta::{BufferedStore, MemStore};
+    use std::sync::Arc;
+    let inner = Arc::new(MemStore::new());
+    let store = BufferedStore::with_handover_thread(inner.clone(), 7).unwrap();
+    buffered_store_against_a_plain_map(&store, &inner);
+}
+
+fn buffered_store_against_a_plain_map(
+    store: &digimedfs::meta::BufferedStore,
+    inner: &digimedfs::meta::MemStore,
+) {
+    use digimedfs::meta::{Batch, MetaStore};
+    use std::collections::BTreeMap;
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut rnd = move || {
@@ -414,6 +431,215 @@ fn buffered_store_matches_a_plain_map() {
     }
     store.flush().unwrap();
     assert_eq!(inner.dump(), model);
+}
+
+/// An inner store whose batches wait at a gate and whose first `fail` batches fail, to watch
+/// when and by whom a [`digimedfs::meta::BufferedStore`] hands groups over.
+#[derive(Default)]
+struct GatedStore {
+    inner: digimedfs::meta::MemStore,
+    /// While true, `apply` waits.
+    closed: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    /// Batches that reached `apply` (including waiting and failed ones).
+    arrived: std::sync::atomic::AtomicUsize,
+    fail: std::sync::atomic::AtomicUsize,
+    /// How long each batch takes to apply.
+    apply_delay: std::time::Duration,
+}
+
+impl GatedStore {
+    fn set_closed(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
+    fn wait_for_arrivals(&self, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.arrived.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no hand-over reached the inner store"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+impl digimedfs::meta::MetaStore for GatedStore {
+    fn get(&self, key: &[u8]) -> digimedfs::Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: &mut digimedfs::meta::ScanFn<'_>,
+    ) -> digimedfs::Result<()> {
+        self.inner.scan(prefix, after, f)
+    }
+    fn apply(&self, batch: &digimedfs::meta::Batch) -> digimedfs::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.arrived.fetch_add(1, SeqCst);
+        let mut closed = self.closed.lock().unwrap();
+        while *closed {
+            closed = self.opened.wait(closed).unwrap();
+        }
+        drop(closed);
+        std::thread::sleep(self.apply_delay);
+        if self
+            .fail
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(digimedfs::Error::io(
+                "gated store",
+                std::io::Error::other("injected failure"),
+            ));
+        }
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> digimedfs::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct OpenOnDrop(std::sync::Arc<GatedStore>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.set_closed(false);
+    }
+}
+
+fn one_key_batch(i: u32) -> digimedfs::meta::Batch {
+    let mut b = digimedfs::meta::Batch::default();
+    b.ops_push(i.to_be_bytes().to_vec(), vec![7; 8]);
+    b
+}
+
+/// With a hand-over thread, the operation that fills a group returns at once while the
+/// thread hands the group over (here held at the gate); the operation that finds
+/// `BACKLOG_GROUPS` groups buffered hands them over itself and so waits for the gate too.
+#[test]
+fn handover_thread_takes_full_groups_and_a_backlog_makes_writers_wait() {
+    use digimedfs::meta::{BufferedStore, MetaStore, BACKLOG_GROUPS};
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::sync::Arc;
+    const LIMIT: u32 = 4;
+    let inner = Arc::new(GatedStore::default());
+    inner.set_closed(true);
+    let store =
+        Arc::new(BufferedStore::with_handover_thread(inner.clone(), LIMIT as usize).unwrap());
+    // Opens the gate before the store (declared earlier) is dropped, should an assertion fail.
+    let _open = OpenOnDrop(Arc::clone(&inner));
+    for i in 0..LIMIT {
+        store.apply(&one_key_batch(i)).unwrap();
+    }
+    // The thread took the full group and waits at the gate; nobody else did.
+    inner.wait_for_arrivals(1);
+    // Readers still see the group being handed over, and new changes buffer behind it.
+    assert_eq!(store.get(&0u32.to_be_bytes()).unwrap(), Some(vec![7; 8]));
+    // Behind the group in hand-over, `BACKLOG_GROUPS` more fill up before a writer waits.
+    let backlog = LIMIT + LIMIT * BACKLOG_GROUPS as u32;
+    for i in LIMIT..backlog - 1 {
+        store.apply(&one_key_batch(i)).unwrap();
+    }
+    assert_eq!(inner.arrived.load(SeqCst), 1);
+    // The change that makes the backlog full waits for the hand-over ahead of it.
+    let writer = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || store.apply(&one_key_batch(backlog - 1)))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !writer.is_finished(),
+        "a writer over the backlog did not wait"
+    );
+    inner.set_closed(false);
+    writer.join().unwrap().unwrap();
+    assert!(inner.inner.dump().len() >= LIMIT as usize);
+    store.flush().unwrap();
+    assert_eq!(inner.inner.dump().len(), backlog as usize);
+}
+
+/// Readers never miss a change that was applied before they started, while the hand-over
+/// thread moves groups to the inner store under them (a scan that took the two buffered maps
+/// one after the other could fall between a group's move and its arrival).
+#[test]
+fn readers_see_every_applied_change_while_groups_are_handed_over() {
+    use digimedfs::meta::{BufferedStore, MetaStore};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+    use std::sync::Arc;
+    // Each group stays between the buffer and the inner store for a while.
+    let inner = Arc::new(GatedStore {
+        apply_delay: std::time::Duration::from_micros(200),
+        ..Default::default()
+    });
+    let store = Arc::new(BufferedStore::with_handover_thread(inner, 3).unwrap());
+    let applied = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, applied, done) = (Arc::clone(&store), Arc::clone(&applied), Arc::clone(&done));
+        std::thread::spawn(move || {
+            for i in 0..10_000u32 {
+                store.apply(&one_key_batch(i)).unwrap();
+                applied.store(i + 1, SeqCst);
+            }
+            done.store(true, SeqCst);
+        })
+    };
+    let mut rounds = 0u32;
+    while !done.load(SeqCst) {
+        let before = applied.load(SeqCst);
+        let mut seen = 0u32;
+        store
+            .scan(&[], None, &mut |_, _| {
+                seen += 1;
+                Ok(true)
+            })
+            .unwrap();
+        assert!(
+            seen >= before,
+            "scan saw {seen} keys, {before} were applied before it"
+        );
+        let probe = before.saturating_sub(1);
+        if before > 0 {
+            assert!(
+                store.get(&probe.to_be_bytes()).unwrap().is_some(),
+                "key {probe} missing"
+            );
+        }
+        rounds += 1;
+    }
+    writer.join().unwrap();
+    assert!(rounds > 0);
+}
+
+/// A hand-over that fails in the thread loses nothing: the changes stay visible and the next
+/// flush hands them over.
+#[test]
+fn failed_handover_in_the_thread_keeps_the_changes_for_the_next_flush() {
+    use digimedfs::meta::{BufferedStore, MetaStore};
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::sync::Arc;
+    let inner = Arc::new(GatedStore::default());
+    inner.fail.store(1, SeqCst);
+    let store = BufferedStore::with_handover_thread(inner.clone(), 3).unwrap();
+    for i in 0..3 {
+        store.apply(&one_key_batch(i)).unwrap();
+    }
+    inner.wait_for_arrivals(1);
+    // The failed group is back in the buffer (the thread puts it back before it waits again).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while inner.fail.load(SeqCst) != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for i in 0..3u32 {
+        assert_eq!(store.get(&i.to_be_bytes()).unwrap(), Some(vec![7; 8]));
+    }
+    assert!(inner.inner.dump().is_empty());
+    store.flush().unwrap();
+    assert_eq!(inner.inner.dump().len(), 3);
 }
 
 #[test]

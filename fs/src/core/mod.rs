@@ -280,7 +280,10 @@ impl Filesystem {
             &meta_path,
             opts.meta_cache_bytes,
         )?))?;
-        let meta = Arc::new(crate::meta::BufferedStore::new(sled, META_GROUP_KEYS));
+        let meta = Arc::new(crate::meta::BufferedStore::with_handover_thread(
+            sled,
+            META_GROUP_KEYS,
+        )?);
         let objects = Arc::new(DirObjects::open(&dir.path(OBJECTS_DIR))?);
         let parts = Parts {
             superblock,
