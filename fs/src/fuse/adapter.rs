@@ -62,7 +62,14 @@ pub struct DigimedFuse {
     uring: UringMode,
     /// Whether INIT agreed to it (set by `init`).
     uring_agreed: Arc<AtomicBool>,
+    /// Called once the session's `destroy` has closed the filesystem: how the mount driver
+    /// learns that the session is over without joining fuser's session thread (see
+    /// `mount::serve`).
+    on_destroyed: Arc<OnceLock<SessionOver>>,
 }
+
+/// What [`DigimedFuse`] calls when the session has ended and the filesystem is closed.
+pub type SessionOver = Box<dyn Fn() + Send + Sync>;
 
 impl DigimedFuse {
     /// An adapter serving `fs`.
@@ -73,7 +80,14 @@ impl DigimedFuse {
             notifier: Arc::new(OnceLock::new()),
             uring: UringMode::Off,
             uring_agreed: Arc::new(AtomicBool::new(false)),
+            on_destroyed: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Has `f` called once the session has ended and its `destroy` closed the filesystem
+    /// (shared by every clone; only the first call sets it).
+    pub fn on_destroyed(&self, f: SessionOver) {
+        let _ = self.on_destroyed.set(f);
     }
 
     /// This adapter, asking the kernel at INIT to deliver requests over io_uring as `mode`
@@ -727,6 +741,9 @@ impl fuser::Filesystem for DigimedFuse {
             Ok(true) => tracing::info!("filesystem closed cleanly"),
             Ok(false) => {}
             Err(e) => tracing::error!("closing the filesystem failed: {e}"),
+        }
+        if let Some(f) = self.on_destroyed.get() {
+            f();
         }
     }
 

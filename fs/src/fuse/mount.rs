@@ -10,13 +10,14 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::thread;
+use std::time::{Duration, Instant};
 
 /// Name of the filesystem type; the mount shows up as `fuse.digimedfs`.
 pub const SUBTYPE: &str = "digimedfs";
@@ -115,9 +116,13 @@ fn can_clone_fd() -> bool {
 enum Event {
     /// SIGTERM or SIGINT arrived.
     Signal(i32),
-    /// The session ended (the filesystem was unmounted); its final result.
-    Ended(io::Result<()>),
+    /// The session ended and its `destroy` closed the filesystem.
+    Ended,
 }
+
+/// How often the serving loop also looks whether fuser's session thread has ended, should the
+/// adapter's `destroy` never have said so.
+const SESSION_CHECK: Duration = Duration::from_secs(1);
 
 /// Mounts `fs` on `mountpoint` and serves it until it is unmounted.
 ///
@@ -250,6 +255,7 @@ fn serve(
 
     let config = mount_options(opts);
     let handlers = adapter.clone();
+    let handlers_for_end = adapter.clone();
     let session = match fuser::Session::new(adapter, &mountpoint, &config) {
         Ok(session) => session,
         Err(e) => {
@@ -263,6 +269,23 @@ fn serve(
     } else {
         None
     };
+    // Our own handle on the connection, to tell once the session is over whether the kernel
+    // still has this mount (see below).
+    let connection = match session.as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = unmount(&mountpoint);
+            stop_signals();
+            return Err(Error::io(
+                format!("{}: duplicating /dev/fuse", mountpoint.display()),
+                e,
+            ));
+        }
+    };
+    let ended_tx = tx.clone();
+    handlers_for_end.on_destroyed(Box::new(move || {
+        let _ = ended_tx.send(Event::Ended);
+    }));
     let session = match session.spawn() {
         Ok(session) => session,
         Err(e) => {
@@ -271,6 +294,14 @@ fn serve(
             return Err(Error::io(&mountpoint, e));
         }
     };
+    // Never dropped: fuser 0.18 unmounts the mount point *by path* when the session's mount
+    // handle is dropped, and its test whether the connection is still alive is inverted
+    // (fuser pull request 703, not in a release yet), so after an unmount from outside it
+    // unmounted whatever was mounted on the same path meanwhile, e.g. a new mount of the same
+    // project made while this daemon was still writing back: programs would then write into
+    // the bare mount point directory, unencrypted. Whether to unmount is decided below from
+    // our own handle on the connection; the session's few descriptors go with the process.
+    let session = std::mem::ManuallyDrop::new(session);
     let _ = notifier_slot.set(session.notifier());
     // After spawn: finding the mount's device asks the running session for the root's
     // attributes. Not over io_uring, where 1 MiB READs made cold sequential reads slower
@@ -295,29 +326,9 @@ fn serve(
     );
     ready();
 
-    let waiter = thread::Builder::new()
-        .name("digimedfs-session".into())
-        .spawn(move || {
-            let result = session.join();
-            let _ = tx.send(Event::Ended(result));
-        });
-    let waiter = match waiter {
-        Ok(w) => w,
-        Err(e) => {
-            // Without a waiter nobody notices the end of the session; unmount and give up.
-            tracing::error!("spawning session waiter failed: {e}; unmounting");
-            let _ = unmount(&mountpoint);
-            stop_signals();
-            return Err(Error::posix(
-                libc::EAGAIN,
-                format!("spawning session waiter: {e}"),
-            ));
-        }
-    };
-
     let mut unmount_requested = false;
-    let ended = loop {
-        match rx.recv() {
+    loop {
+        match rx.recv_timeout(SESSION_CHECK) {
             Ok(Event::Signal(sig)) => {
                 let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
                 if unmount_requested {
@@ -328,6 +339,11 @@ fn serve(
                     continue;
                 }
                 tracing::info!("{name} received: unmounting {}", mountpoint.display());
+                if !connection_alive(&connection) {
+                    // Unmounted from outside meanwhile: the path may hold another mount now.
+                    unmount_requested = true;
+                    continue;
+                }
                 match unmount(&mountpoint) {
                     Ok(()) => unmount_requested = true,
                     Err(e) => tracing::error!(
@@ -336,14 +352,54 @@ fn serve(
                     ),
                 }
             }
-            Ok(Event::Ended(result)) => break result,
-            Err(mpsc::RecvError) => break Err(io::Error::other("session waiter vanished")),
+            Ok(Event::Ended) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if session.guard.is_finished() {
+                    break;
+                }
+            }
         }
-    };
-    let _ = waiter.join();
+    }
+    // `destroy` is the session thread's last work; let it finish its return.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !session.guard.is_finished() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
     stop_signals();
+    if connection_alive(&connection) {
+        // The session ended while the kernel still has the mount (its threads failed): take
+        // it down as fuser would have, lazily if busy.
+        tracing::error!(
+            "the session on {} ended while still mounted; unmounting",
+            mountpoint.display()
+        );
+        let _ = unmount(&mountpoint);
+        return Err(Error::io(
+            &mountpoint,
+            io::Error::other("the FUSE session ended while the filesystem was mounted"),
+        ));
+    }
     tracing::info!("{} unmounted", mountpoint.display());
-    ended.map_err(|e| Error::io(&mountpoint, e))
+    Ok(())
+}
+
+/// Whether the kernel still has the FUSE connection behind `device`: it reports `POLLERR` on
+/// the device once the mount is gone (unmounted, or the connection aborted), as libfuse's
+/// `fuse_kern_unmount` checks before it unmounts.
+fn connection_alive(device: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: device.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one pollfd that lives across the call, on a descriptor we own; no timeout.
+        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        return rc == 0 || (rc > 0 && pfd.revents & libc::POLLERR == 0);
+    }
 }
 
 /// Unmounts `mountpoint`; if it is busy, detaches it lazily (the session then ends when the

@@ -197,3 +197,50 @@ fn read_only_mount() {
         .unwrap_err();
     assert_eq!(digimedfs_tests::errno_of(&e), libc::EROFS);
 }
+
+/// A daemon that finishes closing after its mount point was unmounted from outside must not
+/// unmount whatever was mounted there in the meantime (a remount of the project, say):
+/// programs would then write into the bare mount point directory, unencrypted. The old daemon
+/// is held stopped across the unmount and the new mount, then let go to close and exit.
+#[test]
+fn a_late_exiting_daemon_leaves_a_new_mount_on_its_mountpoint_alone() {
+    use digimedfs_tests::{process_alive, wait_until};
+    use std::time::Duration;
+    let mut old = TestFs::new();
+    fs::write(old.path("old.txt"), b"old").expect("write old");
+    let old_pid = old.daemon_pid().expect("old daemon");
+    // SAFETY: kill takes plain integers; `old_pid` is our own test daemon.
+    assert_eq!(unsafe { libc::kill(old_pid, libc::SIGSTOP) }, 0);
+    let out = run(Command::new("fusermount3").arg("-u").arg(old.mountpoint()));
+    if !out.status.success() {
+        // SAFETY: as above.
+        unsafe { libc::kill(old_pid, libc::SIGCONT) };
+        panic!("fusermount3 -u: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    old.mark_unmounted();
+
+    let new = TestFs::unmounted(&[]);
+    let out = run(&mut new.mount_command(new.key_file(), old.mountpoint(), &[]));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(old_pid, libc::SIGCONT) }, 0);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mnt = old.mountpoint().to_path_buf();
+    assert!(wait_until(Duration::from_secs(10), || is_mounted(&mnt)));
+    fs::write(mnt.join("new.txt"), b"new").expect("write through the new mount");
+
+    assert!(
+        wait_until(Duration::from_secs(30), || !process_alive(old_pid)),
+        "the old daemon did not exit"
+    );
+    assert!(
+        is_mounted(&mnt),
+        "the old daemon's exit unmounted the new mount"
+    );
+    assert_eq!(fs::read(mnt.join("new.txt")).expect("read new.txt"), b"new");
+    assert!(!mnt.join("old.txt").exists());
+    // `old`'s drop unmounts what is on its mount point now (the new mount) and waits for it.
+}
