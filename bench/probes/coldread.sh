@@ -17,7 +17,7 @@ disk_stats() { awk -v d="$DISK" '$3==d {print $4, $6, $14}' /proc/diskstats; }
 for ((r = 1; r <= rounds; r++)); do
     for v in $VARIANTS; do
         B=$Q/back-cold M=$Q/mnt-cold
-        fusermount3 -u "$M" 2>/dev/null; sleep 0.3
+        unmount_and_wait "$M" "$B"
         rm -rf "$B"; mkdir -p "$B" "$M"
         X=$BIN; [[ $v == *-old ]] && X=${OLD_BIN:?OLD_BIN not set}
         case $v in

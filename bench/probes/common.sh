@@ -19,12 +19,26 @@ fi
 fresh_mount() {
     local name=$1; shift
     B=$Q/back-$name M=$Q/mnt-$name
-    fusermount3 -u "$M" 2>/dev/null
-    sleep 0.5
+    unmount_and_wait "$M" "$B"
     rm -rf "$B"; mkdir -p "$B" "$M"
     "$BIN/mkfs-digimed" --tenant probe --key-file "$Q/k" "$B" >/dev/null
     "$BIN/digimedfs" mount --key-file "$Q/k" "$@" "$B" "$M" || exit 1
     P=$(pgrep -f "digimedfs mount -f.*$B" | head -1)
+}
+
+# unmount_and_wait MOUNTPOINT BACKING: unmounts and waits until the daemon serving BACKING
+# has exited (it writes back after the unmount returned; a probe that goes on at once measures
+# the next step against that work, or removes the backing directory under it).
+unmount_and_wait() {
+    local pids i
+    pids=$(pgrep -f "digimedfs mount -f.*$2( |$)")
+    fusermount3 -u "$1" 2>/dev/null
+    for ((i = 0; i < 600; i++)); do
+        [[ -z $pids ]] && return 0
+        kill -0 $pids 2>/dev/null || return 0
+        sleep 0.1
+    done
+    echo "daemon(s) $pids for $2 still alive 60 s after the unmount" >&2
 }
 
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
