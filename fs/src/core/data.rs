@@ -27,6 +27,13 @@ use std::sync::Arc;
 /// batch is in: a writeback of 23 000 atime updates in one batch took the daemon from 60 to
 /// over 200 MiB (performance.md, "Memory of access-time updates").
 const WRITEBACK_SLICE: usize = 256;
+/// Largest `pwrite` of consecutive ciphertext blocks to an object. Larger writes were much
+/// slower in the kernel on the benchmark VM: a 1 GiB sequential write with 1 MiB writes took
+/// 0.9–1.8 s of the daemon's system time in its write phase and ran at 363–506 MB/s, with
+/// 128 KiB writes 0.65–0.69 s and 642–645 MB/s (64 KiB: the same as 128 KiB), most of the
+/// difference in copying the data into the backing file's page cache (performance.md,
+/// "Sequential writes: 128 KiB writes to the backing file").
+const MAX_WRITE_RUN: usize = 128 << 10;
 
 /// Largest end offset of file data: the largest file size (objects are split into segment
 /// files below the backing filesystem's limit, see objects.rs).
@@ -667,7 +674,7 @@ impl Inner {
                 run.clear();
                 let mut j = i;
                 while let Some((idx, _, blk)) = blocks.get(j) {
-                    if *idx != start + (j - i) as u64 || run.len() >= 1 << 20 {
+                    if *idx != start + (j - i) as u64 || run.len() >= MAX_WRITE_RUN {
                         break;
                     }
                     run.extend_from_slice(blk);
