@@ -255,7 +255,12 @@ fn serve(
 
     let config = mount_options(opts);
     let handlers = adapter.clone();
-    let handlers_for_end = adapter.clone();
+    // The session's `destroy` says when it is over (see the loop below); the hook is shared by
+    // every clone of the adapter.
+    let ended_tx = tx.clone();
+    adapter.on_destroyed(Box::new(move || {
+        let _ = ended_tx.send(Event::Ended);
+    }));
     let session = match fuser::Session::new(adapter, &mountpoint, &config) {
         Ok(session) => session,
         Err(e) => {
@@ -282,10 +287,6 @@ fn serve(
             ));
         }
     };
-    let ended_tx = tx.clone();
-    handlers_for_end.on_destroyed(Box::new(move || {
-        let _ = ended_tx.send(Event::Ended);
-    }));
     let session = match session.spawn() {
         Ok(session) => session,
         Err(e) => {
