@@ -406,6 +406,12 @@ const READ_AHEAD_PIECE: u64 = 1 << 20;
 /// random reads that happen to land close together fetch nothing.
 const STREAM_MIN_STREAK: u32 = 3;
 
+/// Writes at least this long are a stream (writeback of a file written in sequence: the core
+/// writes runs of up to 128 KiB) whose write-out to the disk starts at once
+/// ([`ObjectFile::start_write_out`]); shorter ones are left to the page cache, where rewrites of
+/// the same blocks coalesce.
+const STREAMING_WRITE: usize = 64 << 10;
+
 /// An open object (segment) file and the read stream seen on it.
 struct ObjectFile {
     file: File,
@@ -425,6 +431,30 @@ impl ObjectFile {
             file,
             stream: Mutex::new(ReadStream::default()),
         }
+    }
+
+    /// Starts writing `[offset, offset + len)` out to the disk without waiting for it. The
+    /// kernel otherwise leaves written data in the page cache until a sync or its background
+    /// threshold (a share of memory: gigabytes on a VM with 24 GiB), so a 1 GiB file written
+    /// and then fsynced reached the disk only in the fsync; started early, the disk works
+    /// while the rest is still being encrypted. Advice only: nothing is made durable by it
+    /// (fsync does that), and its errors are ignored (a failed write-out is reported by the
+    /// fsync).
+    fn start_write_out(&self, offset: u64, len: usize) {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: sync_file_range on a valid descriptor owned by `self.file`; no memory is
+        // passed.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset,
+                len,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
     }
 
     /// Asks the backing filesystem to fetch ahead of a sequential reader. Its own readahead
@@ -589,8 +619,12 @@ impl ObjectStore for DirObjects {
             let f = self
                 .file(id, seg, true)?
                 .ok_or_else(|| Error::integrity("object vanished"))?;
-            f.write_all_at(data.get(range).unwrap_or_default(), within)
+            let part = data.get(range).unwrap_or_default();
+            f.write_all_at(part, within)
                 .map_err(|e| Error::io(self.segment_path(id, seg), e))?;
+            if part.len() >= STREAMING_WRITE {
+                f.start_write_out(within, part.len());
+            }
             lock(&self.dirty).insert((*id, seg));
         }
         Ok(())
