@@ -13,9 +13,10 @@
 //! superblock again. The window that remains (a commit already past its check) is described in
 //! docs/operations.md.
 
+use crate::confined::{Access, Confined};
 use crate::meta::{Batch, MetaStore, ScanFn};
 use crate::{Error, Result};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -44,24 +45,41 @@ pub const KNOWN_NAMES: [&str; 6] = [
 const MAX_SUPERBLOCK: u64 = 64 * 1024;
 /// sled's log file inside [`META_DIR`] (sled 0.34 keeps everything in it).
 const SLED_LOG: &str = "db";
+/// Longest holder description read from the lock file.
+const HOLDER_MAX: u64 = 1024;
 /// How long (in 100 ms steps) a mount waits for a lock held by a daemon that is shutting down.
 const LOCK_WAIT_TRIES: u32 = 30;
 
-/// Paths inside one backing directory.
+/// One backing directory, reached through a [`Confined`] descriptor: every file in it is
+/// opened beneath it and never through a symbolic link (storage is the adversary).
 #[derive(Debug, Clone)]
 pub struct BackingDir {
-    root: PathBuf,
+    dir: Confined,
     /// Shared by every clone: the fence of the mount that uses this directory.
     fence: Arc<Fence>,
 }
 
 impl BackingDir {
-    /// The backing directory at `root`.
-    pub fn new(root: &Path) -> BackingDir {
-        BackingDir {
-            root: root.to_path_buf(),
-            fence: Arc::new(Fence::new(root)),
-        }
+    /// The backing directory at `root` (which must exist and be a directory).
+    pub fn open(root: &Path) -> Result<BackingDir> {
+        let dir = Confined::open(root).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Error::invalid(format!("{}: no such directory", root.display()))
+            }
+            Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOTDIR) => {
+                Error::invalid(format!("{}: not a directory", root.display()))
+            }
+            other => other,
+        })?;
+        Ok(BackingDir {
+            fence: Arc::new(Fence::new(dir.clone())),
+            dir,
+        })
+    }
+
+    /// The confined directory handle (every access to the backing directory goes through it).
+    pub fn confined(&self) -> &Confined {
+        &self.dir
     }
 
     /// The fence of this directory (armed by the first superblock write through it).
@@ -73,13 +91,45 @@ impl BackingDir {
     /// directory's fence, and every flush completed by an fsync of sled's log file
     /// ([`FencedMeta`]).
     pub fn fenced(&self, store: Arc<dyn MetaStore>) -> Result<Arc<dyn MetaStore>> {
-        let log_path = self.path(META_DIR).join(SLED_LOG);
-        let log = File::open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+        let rel = format!("{META_DIR}/{SLED_LOG}");
+        let log = self.dir.open_file(&rel, Access::Read)?;
         Ok(Arc::new(FencedMeta {
             inner: Some(store),
             fence: self.fence.clone(),
-            log: Some((log_path, log)),
+            log: Some((self.dir.display(&rel), log)),
         }))
+    }
+
+    /// The metadata store's directory, checked to hold nothing but regular files and
+    /// directories, as a path that pins the directory itself for sled (which opens its files
+    /// by name; see [`Confined::proc_path`]). sled creates and writes files only while it
+    /// opens the store (its log, config and snapshot), so the check before and the one after
+    /// that open ([`BackingDir::check_meta_after_open`]) bracket every file it creates.
+    pub fn meta_for_open(&self) -> Result<Confined> {
+        let meta = self.dir.try_open_dir(META_DIR)?.ok_or_else(|| {
+            Error::format(format!(
+                "{}: metadata store missing (damaged filesystem; run fsck.digimed)",
+                self.dir.display(META_DIR).display()
+            ))
+        })?;
+        meta.check_plain_tree()?;
+        Ok(meta)
+    }
+
+    /// After sled opened the store in `meta`: nothing but regular files and directories, and
+    /// sled's log is the regular file beneath `meta` (not a file a planted link led it to).
+    pub fn check_meta_after_open(&self, meta: &Confined) -> Result<()> {
+        meta.check_plain_tree()
+    }
+
+    /// Path of a file inside it, for messages.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.display(name)
+    }
+
+    /// The directory itself (for messages).
+    pub fn root(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The error a change must fail with once this directory's mount is fenced (None while it
@@ -87,33 +137,15 @@ impl BackingDir {
     pub fn fenced_error(&self, op: &str) -> Option<Error> {
         self.fence.refusal(op)
     }
-    /// The directory itself.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-    /// Path of a file inside it.
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
-    }
 
-    /// Reads the primary superblock, falling back to the copy if the primary is missing.
+    /// Reads the superblock file `name` (the primary or its copy).
     pub fn read_superblock(&self, name: &str) -> Result<Vec<u8>> {
-        let path = self.path(name);
-        let file = File::open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::format(format!(
-                    "{}: no superblock; not a digimedfs filesystem (run mkfs.digimed first)",
-                    path.display()
-                ))
-            } else {
-                Error::io(&path, e)
-            }
-        })?;
-        let mut bytes = Vec::new();
-        file.take(MAX_SUPERBLOCK)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(&path, e))?;
-        Ok(bytes)
+        self.dir.read_small(name, MAX_SUPERBLOCK)?.ok_or_else(|| {
+            Error::format(format!(
+                "{}: no superblock; not a digimedfs filesystem (run mkfs.digimed first)",
+                self.dir.display(name).display()
+            ))
+        })
     }
 
     /// Atomically replaces both superblock copies with `bytes`. Refused once a mount through
@@ -122,17 +154,14 @@ impl BackingDir {
     pub fn write_superblock(&self, bytes: &[u8]) -> Result<()> {
         self.fence.check()?;
         for name in [SUPERBLOCK, SUPERBLOCK_BAK] {
-            let tmp = self.path(&format!("{name}.tmp"));
-            let dst = self.path(name);
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(|e| Error::io(&tmp, e))?;
-            f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-            f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-            let rename = || std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e));
+            let tmp = format!("{name}.tmp");
+            // Never written through: whatever is there (a leftover, or a planted link) goes.
+            self.dir.remove_file(&tmp)?;
+            let mut f = self.dir.open_file(&tmp, Access::CreateNew)?;
+            f.write_all(bytes)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| Error::io(self.dir.display(&tmp), e))?;
+            let rename = || self.dir.rename(&tmp, name);
             if name == SUPERBLOCK {
                 self.fence.replacing(bytes, rename)?;
             } else {
@@ -145,23 +174,15 @@ impl BackingDir {
 
     /// fsyncs the directory itself.
     pub fn sync_dir(&self) -> Result<()> {
-        File::open(&self.root)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(&self.root, e))
+        self.dir.sync()
     }
 
     /// Takes the mount lock: an exclusive `flock` on the lock file, which also records the
     /// holder (host, pid, time) so a refused second mount can name it. The lock is released
     /// when the returned guard is dropped or the process dies.
     pub fn lock(&self, force: bool) -> Result<MountLock> {
-        let path = self.path(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = self.dir.open_file(LOCK_FILE, Access::Create)?;
+        let path = self.dir.display(LOCK_FILE);
         // A daemon that was just unmounted may still be writing back for a moment: wait for it
         // briefly before calling the filesystem busy.
         let mut result = file.try_lock();
@@ -175,24 +196,17 @@ impl BackingDir {
         match result {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = (&file).take(4096).read_to_string(&mut holder);
-                let holder = holder.trim();
+                let holder = read_holder(&file);
                 if !force {
                     return Err(Error::Busy {
                         what: format!(
-                            "{} is already mounted by {}; unmount it there first (or, if that \
-                             host is dead and its lock is stale, mount with -o force_unlock)",
-                            self.root.display(),
-                            if holder.is_empty() {
-                                "another process"
-                            } else {
-                                holder
-                            }
+                            "{} is already mounted by {holder}; unmount it there first (or, if \
+                             that host is dead and its lock is stale, mount with -o force_unlock)",
+                            self.root().display(),
                         ),
                     });
                 }
-                tracing::warn!(holder, "taking over the mount lock by force_unlock");
+                tracing::warn!(%holder, "taking over the mount lock by force_unlock");
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
         }
@@ -208,13 +222,43 @@ impl BackingDir {
         let info = format!(
             "host {host} pid {} path {} since unix time {now}\n",
             std::process::id(),
-            self.root.display()
+            self.root().display()
         );
         file.set_len(0).map_err(|e| Error::io(&path, e))?;
         std::os::unix::fs::FileExt::write_all_at(&file, info.as_bytes(), 0)
             .map_err(|e| Error::io(&path, e))?;
         Ok(MountLock { _file: file })
     }
+}
+
+/// The holder a lock file names, for messages: only a description in the form this build
+/// writes (`host H pid P path X since unix time T`, printable ASCII, one line) is repeated;
+/// anything else in the file is storage's and never echoed.
+fn read_holder(file: &File) -> String {
+    let mut raw = Vec::new();
+    let _ = file.take(HOLDER_MAX).read_to_end(&mut raw);
+    holder_description(&raw).unwrap_or_else(|| "another process".to_string())
+}
+
+/// The validated holder description in `raw` (see [`read_holder`]).
+pub fn holder_description(raw: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let line = text.strip_suffix('\n').unwrap_or(text);
+    let printable = line.bytes().all(|b| (0x20..0x7f).contains(&b));
+    let mut words = line.split(' ');
+    let shaped = words.next() == Some("host")
+        && words.next().is_some_and(|h| !h.is_empty())
+        && words.next() == Some("pid")
+        && words
+            .next()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        && words.next() == Some("path")
+        && line.contains(" since unix time ")
+        && line
+            .rsplit(' ')
+            .next()
+            .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()));
+    (printable && shaped && !line.is_empty()).then(|| line.to_string())
 }
 
 /// Holds the mount lock while alive.
@@ -230,7 +274,7 @@ pub struct MountLock {
 /// for the life of the process.
 #[derive(Debug)]
 pub struct Fence {
-    root: PathBuf,
+    dir: Confined,
     state: Mutex<FenceState>,
 }
 
@@ -243,10 +287,10 @@ struct FenceState {
 }
 
 impl Fence {
-    /// An unarmed fence for the backing directory at `root`.
-    pub fn new(root: &Path) -> Fence {
+    /// An unarmed fence for the backing directory `dir`.
+    pub fn new(dir: Confined) -> Fence {
         Fence {
-            root: root.to_path_buf(),
+            dir,
             state: Mutex::new(FenceState::default()),
         }
     }
@@ -292,28 +336,32 @@ impl Fence {
         let Some(ours) = &st.ours else {
             return Ok(());
         };
-        let path = self.root.join(SUPERBLOCK);
-        let mut on_disk = Vec::with_capacity(ours.len());
-        File::open(&path)
-            .and_then(|f| f.take(MAX_SUPERBLOCK).read_to_end(&mut on_disk))
-            .map_err(|e| Error::io(&path, e))?;
+        let on_disk = self
+            .dir
+            .read_small(SUPERBLOCK, MAX_SUPERBLOCK)?
+            .ok_or_else(|| {
+                Error::io(
+                    self.dir.display(SUPERBLOCK),
+                    std::io::Error::from_raw_os_error(libc::ENOENT),
+                )
+            })?;
         if on_disk == *ours {
             return Ok(());
         }
         let epoch = crate::format::superblock::Superblock::decode_unverified(&on_disk)
             .map(|sb| sb.epoch.to_string())
             .unwrap_or_else(|_| "unknown (the superblock on storage does not decode)".into());
-        let mut holder = String::new();
-        let _ = File::open(self.root.join(LOCK_FILE))
-            .and_then(|f| f.take(4096).read_to_string(&mut holder));
-        let holder = match holder.trim() {
-            "" => "unknown".to_string(),
-            h => h.to_string(),
-        };
+        let holder = self
+            .dir
+            .read_small(LOCK_FILE, HOLDER_MAX)
+            .ok()
+            .flatten()
+            .and_then(|raw| holder_description(&raw))
+            .unwrap_or_else(|| "unknown".to_string());
         let why = format!(
             "fenced: another host took over this filesystem at epoch {epoch} (holder {holder}); \
              {} is no longer written by this mount (unmount it)",
-            self.root.display()
+            self.dir.path().display()
         );
         tracing::error!("{why}");
         st.fenced = Some(why.clone());
@@ -385,7 +433,7 @@ mod tests {
 
     fn fixture() -> (tempfile::TempDir, BackingDir) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let b = BackingDir::new(dir.path());
+        let b = BackingDir::open(dir.path()).expect("open");
         (dir, b)
     }
 
@@ -416,7 +464,7 @@ mod tests {
 
         // Host B opens the same directory (its own BackingDir, its own fence) and bumps the
         // epoch.
-        let b = BackingDir::new(a.root());
+        let b = BackingDir::open(a.root()).expect("open");
         b.write_superblock(b"epoch 6 of host b").expect("b writes");
 
         let err = store.apply(&batch).expect_err("apply after takeover");

@@ -16,12 +16,13 @@
 //! point itself is taken by the core (`Filesystem::backup_begin`).
 
 use crate::backing::{BackingDir, META_DIR, OBJECTS_DIR};
+use crate::confined::{Access, Confined, Kind};
 use crate::crypto::RecordMac;
 use crate::meta::{Batch, MetaStore, SledStore};
 use crate::objects::{copy_sparse, parse_object_name};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,6 +42,10 @@ pub const POINT_SUPERBLOCK: &str = "superblock";
 pub const REQUEST: &str = "request";
 /// The daemon's reply, inside [`BACKUP_DIR`].
 pub const REPLY: &str = "reply";
+/// Longest request file read.
+const REQUEST_MAX: u64 = 256;
+/// Longest reply file read.
+const REPLY_MAX: u64 = 64 << 10;
 
 const MANIFEST_MAGIC: &str = "digimedfs-backup-point 1";
 const DUMP_MAGIC: &[u8; 8] = b"DGMDUMP1";
@@ -203,9 +208,14 @@ fn safe_relative(path: &str) -> bool {
         })
 }
 
-/// BLAKE3 of a file's contents and its length.
-pub fn hash_file(path: &Path) -> Result<([u8; 32], u64)> {
-    let mut reader = File::open(path).map_err(|e| Error::io(path, e))?;
+/// BLAKE3 of the contents of the regular file `rel` beneath `dir`, and its length.
+pub fn hash_file(dir: &Confined, rel: &str) -> Result<([u8; 32], u64)> {
+    let file = dir.open_file(rel, Access::Read)?;
+    hash_reader(file, &dir.display(rel))
+}
+
+/// BLAKE3 of what `reader` holds and its length (`path` for messages).
+fn hash_reader(mut reader: File, path: &Path) -> Result<([u8; 32], u64)> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
@@ -223,16 +233,21 @@ pub fn hash_file(path: &Path) -> Result<([u8; 32], u64)> {
 }
 
 /// Identity of a stored file for hash reuse (inode number and modification time), and its
-/// length.
-pub fn file_stamp(path: &Path) -> Result<(String, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    let stamp = format!(
-        "{}.{}",
-        m.ino(),
-        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
-    );
-    Ok((stamp, m.len()))
+/// length; the file `rel` beneath `dir` must be a regular file.
+pub fn file_stamp(dir: &Confined, rel: &str) -> Result<(String, u64)> {
+    let st = dir.status(rel)?.ok_or_else(|| {
+        Error::io(
+            dir.display(rel),
+            std::io::Error::from_raw_os_error(libc::ENOENT),
+        )
+    })?;
+    if st.kind != Kind::File {
+        return Err(Error::integrity(format!(
+            "{}: not a regular file",
+            dir.display(rel).display()
+        )));
+    }
+    Ok((format!("{}.{}", st.ino, st.mtime_ns), st.len))
 }
 
 /// Writes a metadata dump: `DGMDUMP1 ‖ fs_uuid ‖ (le32 klen ‖ key ‖ le32 vlen ‖ value)* ‖
@@ -244,12 +259,12 @@ pub struct DumpWriter {
 }
 
 impl DumpWriter {
-    /// Creates the dump file at `path`.
-    pub fn create(path: &Path, fs_uuid: &[u8; 16]) -> Result<DumpWriter> {
-        let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    /// Creates the dump file `rel` beneath `dir` (it must not exist).
+    pub fn create(dir: &Confined, rel: &str, fs_uuid: &[u8; 16]) -> Result<DumpWriter> {
+        let file = dir.open_file(rel, Access::CreateNew)?;
         let mut w = DumpWriter {
             out: BufWriter::with_capacity(1 << 20, file),
-            path: path.to_path_buf(),
+            path: dir.display(rel),
             count: 0,
         };
         w.put(DUMP_MAGIC)?;
@@ -293,10 +308,12 @@ impl DumpWriter {
 /// Reads a metadata dump, calling `f` for each record; returns the dump's fs UUID and count.
 /// A truncated or malformed dump is an error naming the offset.
 pub fn read_dump(
-    path: &Path,
+    dir: &Confined,
+    rel: &str,
     f: &mut dyn FnMut(Vec<u8>, Vec<u8>) -> Result<()>,
 ) -> Result<([u8; 16], u64)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = dir.open_file(rel, Access::Read)?;
+    let path = &dir.display(rel);
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut offset = 0u64;
     let mut read = |n: usize, offset: &mut u64| -> Result<Vec<u8>> {
@@ -386,25 +403,20 @@ pub struct VerifyReport {
 /// its recorded length and hash, nothing else present. The MAC is not checked here (it needs
 /// keys; see [`verify_manifest_mac`]).
 pub fn verify_copy(copy: &Path) -> Result<VerifyReport> {
-    let manifest_path = copy.join(MANIFEST);
-    let text = match std::fs::read_to_string(&manifest_path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::format(format!(
-                "{}: no {MANIFEST}: not a copy of a digimedfs backup point (copy BACKING/{BACKUP_DIR}/{POINT_DIR}/ after `digimedfs backup begin`)",
-                copy.display()
-            )))
-        }
-        Err(e) => return Err(Error::io(&manifest_path, e)),
+    let dir = Confined::open(copy)?;
+    let Some(text) = read_manifest(&dir, MANIFEST)? else {
+        return Err(Error::format(format!(
+            "{}: no {MANIFEST}: not a copy of a digimedfs backup point (copy BACKING/{BACKUP_DIR}/{POINT_DIR}/ after `digimedfs backup begin`)",
+            copy.display()
+        )));
     };
     let (manifest, mac) = Manifest::parse(&text)?;
     let mut problems = Vec::new();
     let mut bytes = 0u64;
     let listed: BTreeSet<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
     for e in &manifest.entries {
-        let path = copy.join(&e.path);
-        match std::fs::symlink_metadata(&path) {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+        match dir.status(&e.path) {
+            Ok(None) => {
                 problems.push(format!("missing: {}", e.path));
                 continue;
             }
@@ -412,22 +424,20 @@ pub fn verify_copy(copy: &Path) -> Result<VerifyReport> {
                 problems.push(format!("unreadable: {}: {err}", e.path));
                 continue;
             }
-            Ok(m) if !m.is_file() => {
+            Ok(Some(st)) if st.kind != Kind::File => {
                 problems.push(format!("not a regular file: {}", e.path));
                 continue;
             }
-            Ok(m) if m.len() != e.len => {
+            Ok(Some(st)) if st.len != e.len => {
                 problems.push(format!(
                     "changed: {} (length {}, the point recorded {})",
-                    e.path,
-                    m.len(),
-                    e.len
+                    e.path, st.len, e.len
                 ));
                 continue;
             }
-            Ok(_) => {}
+            Ok(Some(_)) => {}
         }
-        match hash_file(&path) {
+        match hash_file(&dir, &e.path) {
             Ok((hash, len)) => {
                 bytes += len;
                 if hash != e.hash || len != e.len {
@@ -440,7 +450,7 @@ pub fn verify_copy(copy: &Path) -> Result<VerifyReport> {
             Err(err) => problems.push(format!("unreadable: {}: {err}", e.path)),
         }
     }
-    for rel in walk_relative(copy)? {
+    for rel in walk_relative(&dir)? {
         if rel != MANIFEST && !listed.contains(rel.as_str()) {
             problems.push(format!("not part of point {}: {rel}", manifest.point));
         }
@@ -516,7 +526,8 @@ impl std::fmt::Display for RestoreReport {
 
 /// One line about the current point of `backing`.
 pub fn status(backing: &Path) -> Result<String> {
-    Ok(match current_point(backing)? {
+    let dir = Confined::open(backing)?;
+    Ok(match current_point(&dir)? {
         Some(m) => format!(
             "point {} of filesystem {} taken at unix time {} (epoch {}), {} files; copy {}",
             m.point,
@@ -536,7 +547,7 @@ pub fn verify_manifest_mac(
     report: &VerifyReport,
     key: &dyn crate::keysource::KeySource,
 ) -> Result<()> {
-    let dir = BackingDir::new(copy);
+    let dir = BackingDir::open(copy)?;
     let (sb, keys) = crate::core::unlock_superblock(&dir, key)?;
     if sb.fs_uuid != report.manifest.fs_uuid {
         return Err(Error::integrity(format!(
@@ -559,26 +570,39 @@ pub fn verify_manifest_mac(
     }
 }
 
-/// Every regular file (and anything else that is not a directory) under `root`, as relative
-/// `/`-separated paths.
-fn walk_relative(root: &Path) -> Result<Vec<String>> {
+/// Every regular file (and anything else that is not a directory, links included, never
+/// followed) under `root`, as relative `/`-separated paths.
+fn walk_relative(root: &Confined) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = root.join(&rel);
-        for ent in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let ent = ent.map_err(|e| Error::io(&dir, e))?;
-            let child = rel.join(ent.file_name());
-            let ty = ent.file_type().map_err(|e| Error::io(ent.path(), e))?;
-            if ty.is_dir() {
-                stack.push(child);
+    let mut stack = vec![(root.clone(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        for ent in dir.list()? {
+            let name = ent.name.to_string_lossy().into_owned();
+            let child = if rel.is_empty() {
+                name.clone()
             } else {
-                out.push(child.to_string_lossy().into_owned());
+                format!("{rel}/{name}")
+            };
+            match (ent.kind, ent.name.to_str()) {
+                (Kind::Dir, Some(n)) => stack.push((dir.open_dir(n)?, child)),
+                _ => out.push(child),
             }
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// The manifest text of `rel` beneath `dir` (None if absent). Manifests list one line per
+/// object, so their size is bounded only by the object count.
+fn read_manifest(dir: &Confined, rel: &str) -> Result<Option<String>> {
+    let Some(mut f) = dir.try_open_file(rel, Access::Read)? else {
+        return Ok(None);
+    };
+    let mut text = String::new();
+    f.read_to_string(&mut text)
+        .map_err(|e| Error::io(dir.display(rel), e))?;
+    Ok(Some(text))
 }
 
 /// What a restore did.
@@ -609,19 +633,21 @@ pub fn restore(copy: &Path, target: &Path) -> Result<RestoreReport> {
     }
     let manifest = report.manifest;
     std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
-    if std::fs::read_dir(target)
-        .map_err(|e| Error::io(target, e))?
-        .next()
-        .is_some()
-    {
+    let dir = BackingDir::open(target)?;
+    let tdir = dir.confined().clone();
+    if !tdir.list()?.is_empty() {
         return Err(Error::invalid(format!(
             "{}: restore target is not empty",
             target.display()
         )));
     }
-    let dir = BackingDir::new(target);
-    let sb_bytes = std::fs::read(copy.join(POINT_SUPERBLOCK))
-        .map_err(|e| Error::io(copy.join(POINT_SUPERBLOCK), e))?;
+    let src = Confined::open(copy)?;
+    let sb_bytes = src.read_small(POINT_SUPERBLOCK, 64 << 10)?.ok_or_else(|| {
+        Error::io(
+            copy.join(POINT_SUPERBLOCK),
+            std::io::Error::from_raw_os_error(libc::ENOENT),
+        )
+    })?;
     let sb = crate::format::superblock::Superblock::decode_unverified(&sb_bytes)?;
     if sb.fs_uuid != manifest.fs_uuid {
         return Err(Error::integrity(format!(
@@ -634,6 +660,7 @@ pub fn restore(copy: &Path, target: &Path) -> Result<RestoreReport> {
 
     // Objects first, the superblock last: a half-done restore is not a filesystem.
     let mut objects = 0usize;
+    tdir.create_dir_all(OBJECTS_DIR)?;
     for e in &manifest.entries {
         let Some(rest) = e.path.strip_prefix("objects/") else {
             continue;
@@ -645,28 +672,21 @@ pub fn restore(copy: &Path, target: &Path) -> Result<RestoreReport> {
                 e.path
             )));
         }
-        let src_path = copy.join(&e.path);
-        let dst_dir = dir.path(OBJECTS_DIR).join(name.get(..2).unwrap_or("00"));
-        std::fs::create_dir_all(&dst_dir).map_err(|e| Error::io(&dst_dir, e))?;
-        let dst_path = dst_dir.join(name);
-        let src = File::open(&src_path).map_err(|e| Error::io(&src_path, e))?;
-        let dst = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&dst_path)
-            .map_err(|e| Error::io(&dst_path, e))?;
-        copy_sparse(&src, &src_path, &dst, &dst_path)?;
-        dst.sync_all().map_err(|e| Error::io(&dst_path, e))?;
+        let dst_dir = format!("{OBJECTS_DIR}/{}", name.get(..2).unwrap_or("00"));
+        tdir.create_dir_all(&dst_dir)?;
+        let dst_rel = format!("{dst_dir}/{name}");
+        let from = src.open_file(&e.path, Access::Read)?;
+        let to = tdir.open_file(&dst_rel, Access::CreateNew)?;
+        let dst_path = tdir.display(&dst_rel);
+        copy_sparse(&from, &src.display(&e.path), &to, &dst_path)?;
+        to.sync_all().map_err(|e| Error::io(&dst_path, e))?;
         objects += 1;
     }
-    std::fs::create_dir_all(dir.path(OBJECTS_DIR))
-        .map_err(|e| Error::io(dir.path(OBJECTS_DIR), e))?;
 
-    let meta_path = dir.path(META_DIR);
-    let store = SledStore::open(&meta_path, 64 << 20)?;
+    tdir.create_dir_all(META_DIR)?;
+    let store = SledStore::open_in(&tdir.open_dir(META_DIR)?, 64 << 20)?;
     let mut batch = Batch::default();
-    let (dump_uuid, records) = read_dump(&copy.join(DUMP), &mut |k, v| {
+    let (dump_uuid, records) = read_dump(&src, DUMP, &mut |k, v| {
         batch.ops_push(k, v);
         if batch.len() >= 4096 {
             store.apply(&batch)?;
@@ -715,13 +735,11 @@ impl Action {
 }
 
 /// Whether a daemon holds the mount lock of `backing` (on any host that honours flock there).
-pub fn daemon_holds_lock(backing: &Path) -> Result<bool> {
-    let path = backing.join(crate::backing::LOCK_FILE);
+pub fn daemon_holds_lock(backing: &Confined) -> Result<bool> {
+    let path = backing.display(crate::backing::LOCK_FILE);
     // flock needs no write access: a backup operator may only read the backing directory.
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io(&path, e)),
+    let Some(file) = backing.try_open_file(crate::backing::LOCK_FILE, Access::Read)? else {
+        return Ok(false);
     };
     match file.try_lock() {
         Ok(()) => Ok(false),
@@ -730,26 +748,20 @@ pub fn daemon_holds_lock(backing: &Path) -> Result<bool> {
     }
 }
 
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 /// Asks the daemon serving `backing` (on whichever host) to carry out `action`; waits up to
 /// `timeout` for its reply and returns the daemon's message.
-pub fn request(backing: &Path, action: Action, timeout: Duration) -> Result<String> {
-    let dir = backing.join(BACKUP_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+pub fn request(backing: &Confined, action: Action, timeout: Duration) -> Result<String> {
+    backing.create_dir_all(BACKUP_DIR)?;
     let nonce = hex::encode(rand::random::<[u8; 16]>());
-    write_atomically(&dir.join(REQUEST), &format!("{} {nonce}\n", action.word()))?;
-    let reply_path = dir.join(REPLY);
+    backing.write_atomically(
+        &format!("{BACKUP_DIR}/{REQUEST}"),
+        format!("{} {nonce}\n", action.word()).as_bytes(),
+    )?;
+    let reply_rel = format!("{BACKUP_DIR}/{REPLY}");
     let start = Instant::now();
     loop {
-        if let Ok(text) = std::fs::read_to_string(&reply_path) {
+        if let Ok(Some(raw)) = backing.read_small(&reply_rel, REPLY_MAX) {
+            let text = String::from_utf8_lossy(&raw);
             let mut parts = text.trim_end().splitn(3, ' ');
             if parts.next() == Some(nonce.as_str()) {
                 let status = parts.next().unwrap_or_default();
@@ -762,11 +774,11 @@ pub fn request(backing: &Path, action: Action, timeout: Duration) -> Result<Stri
             }
         }
         if start.elapsed() > timeout {
-            let _ = std::fs::remove_file(dir.join(REQUEST));
+            let _ = backing.remove_file(&format!("{BACKUP_DIR}/{REQUEST}"));
             return Err(Error::Busy {
                 what: format!(
                     "no answer from the daemon serving {} within {} s (is it mounted read-write?)",
-                    backing.display(),
+                    backing.path().display(),
                     timeout.as_secs()
                 ),
             });
@@ -808,12 +820,14 @@ pub fn begin(
     key: Option<&dyn crate::keysource::KeySource>,
     timeout: Duration,
 ) -> Result<String> {
-    if daemon_holds_lock(backing)? {
-        return request(backing, Action::Begin, timeout);
+    let dir = Confined::open(backing)?;
+    if daemon_holds_lock(&dir)? {
+        return request(&dir, Action::Begin, timeout);
     }
     let Some(key) = key else {
         return Err(Error::invalid(format!(
-            "{} is not mounted anywhere (no daemon holds its lock): give the key options              (--key-file, or the key service options) to take the point offline",
+            "{} is not mounted anywhere (no daemon holds its lock): give the key options \
+             (--key-file, or the key service options) to take the point offline",
             backing.display()
         )));
     };
@@ -825,12 +839,12 @@ pub fn begin(
 
 /// Ends the point of `backing`: through the daemon, or directly if none runs.
 pub fn end(backing: &Path, timeout: Duration) -> Result<String> {
-    if daemon_holds_lock(backing)? {
-        return request(backing, Action::End, timeout);
+    let dir = Confined::open(backing)?;
+    if daemon_holds_lock(&dir)? {
+        return request(&dir, Action::End, timeout);
     }
-    let dir = backing.join(BACKUP_DIR);
-    let existed = remove_tree(&dir.join(POINT_DIR))?;
-    remove_tree(&dir.join(POINT_NEW_DIR))?;
+    let existed = dir.remove_tree(&format!("{BACKUP_DIR}/{POINT_DIR}"))?;
+    dir.remove_tree(&format!("{BACKUP_DIR}/{POINT_NEW_DIR}"))?;
     Ok(if existed {
         "backup point ended".into()
     } else {
@@ -838,59 +852,83 @@ pub fn end(backing: &Path, timeout: Duration) -> Result<String> {
     })
 }
 
-/// Daemon side: takes a pending request out of `backing` (removing it).
-pub fn take_request(backing: &Path) -> Result<Option<(Action, String)>> {
-    let path = backing.join(BACKUP_DIR).join(REQUEST);
+/// Daemon side: takes a pending request out of `backing` (removing it). Only the request
+/// words are used (`begin`/`end` and a hex nonce); nothing else of the file is repeated.
+pub fn take_request(backing: &Confined) -> Result<Option<(Action, String)>> {
+    let rel = format!("{BACKUP_DIR}/{REQUEST}");
     // Claimed by a rename, so a request written while this one is read is not removed unread.
-    let claimed = path.with_extension("taken");
-    match std::fs::rename(&path, &claimed) {
+    let claimed = format!("{BACKUP_DIR}/{REQUEST}.taken");
+    match backing.rename(&rel, &claimed) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&path, e)),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
     }
-    let text = std::fs::read_to_string(&claimed).map_err(|e| Error::io(&claimed, e))?;
-    std::fs::remove_file(&claimed).map_err(|e| Error::io(&claimed, e))?;
+    let raw = backing.read_small(&claimed, REQUEST_MAX);
+    backing.remove_file(&claimed)?;
+    let raw = raw?.unwrap_or_default();
+    let text = String::from_utf8_lossy(&raw);
     let mut parts = text.split_whitespace();
     let action = match parts.next() {
         Some("begin") => Action::Begin,
         Some("end") => Action::End,
         _ => {
-            tracing::warn!(request = %text.trim(), "ignoring a malformed backup request");
+            tracing::warn!("ignoring a malformed backup request");
             return Ok(None);
         }
     };
     let nonce = parts.next().unwrap_or_default();
-    if nonce.is_empty() || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if nonce.is_empty() || nonce.len() > 64 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
         tracing::warn!("ignoring a backup request without a valid nonce");
         return Ok(None);
     }
     Ok(Some((action, nonce.to_string())))
 }
 
-/// Daemon side: answers the request `nonce`.
-pub fn write_reply(backing: &Path, nonce: &str, result: &Result<String>) -> Result<()> {
+/// Daemon side: answers the request `nonce`. A success carries the point's description (our
+/// own words and numbers); a failure only the kind of error and its errno, never the error's
+/// text: that may hold things read from storage or from the VM, and the reply goes to storage.
+/// The daemon's log has the whole error.
+pub fn write_reply(backing: &Confined, nonce: &str, result: &Result<String>) -> Result<()> {
     let (status, msg) = match result {
         Ok(m) => ("ok", m.clone()),
-        Err(e) => ("error", crate::error::render_chain(e)),
+        Err(e) => ("error", reply_for_error(e)),
     };
-    write_atomically(
-        &backing.join(BACKUP_DIR).join(REPLY),
-        &format!("{nonce} {status} {}\n", msg.replace('\n', "\\n")),
+    backing.write_atomically(
+        &format!("{BACKUP_DIR}/{REPLY}"),
+        format!("{nonce} {status} {}\n", msg.replace('\n', "\\n")).as_bytes(),
+    )
+}
+
+/// What a reply says about a failed request (see [`write_reply`]).
+fn reply_for_error(e: &Error) -> String {
+    let kind = match e {
+        Error::Posix { .. } | Error::Io { .. } => "the filesystem refused or failed",
+        Error::Integrity { .. } => "an integrity check failed",
+        Error::WrongKey { .. } => "a key was refused",
+        Error::Format { .. } | Error::Meta { .. } => "the stored data is damaged",
+        Error::Busy { .. } => "the filesystem is busy or fenced",
+        Error::Invalid { .. } => "the request is not possible now",
+    };
+    let errno = e.errno();
+    format!(
+        "{kind} ({}, errno {errno}); the log of the daemon that mounts the filesystem has the details",
+        std::io::Error::from_raw_os_error(errno)
     )
 }
 
 /// The manifest of the current point of `backing`, if there is one.
-pub fn current_point(backing: &Path) -> Result<Option<Manifest>> {
-    let path = backing.join(BACKUP_DIR).join(POINT_DIR).join(MANIFEST);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(Manifest::parse(&text)?.0)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(&path, e)),
+pub fn current_point(backing: &Confined) -> Result<Option<Manifest>> {
+    let rel = format!("{BACKUP_DIR}/{POINT_DIR}/{MANIFEST}");
+    match read_manifest(backing, &rel)? {
+        Some(text) => Ok(Some(Manifest::parse(&text)?.0)),
+        None => Ok(None),
     }
 }
 
 /// Hashes of the current point's objects, by path, for reuse by the next point.
-pub(crate) fn previous_hashes(backing: &Path) -> BTreeMap<String, ManifestEntry> {
+pub(crate) fn previous_hashes(backing: &Confined) -> BTreeMap<String, ManifestEntry> {
     match current_point(backing) {
         Ok(Some(m)) => m
             .entries
@@ -899,15 +937,6 @@ pub(crate) fn previous_hashes(backing: &Path) -> BTreeMap<String, ManifestEntry>
             .map(|e| (e.path.clone(), e))
             .collect(),
         _ => BTreeMap::new(),
-    }
-}
-
-/// Removes a directory tree if it exists.
-pub(crate) fn remove_tree(path: &Path) -> Result<bool> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io(path, e)),
     }
 }
 
@@ -966,12 +995,13 @@ mod tests {
     fn dump_round_trips_and_detects_truncation() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("d");
-        let mut w = DumpWriter::create(&path, &[3; 16]).expect("create");
+        let c = Confined::open(dir.path()).expect("dir");
+        let mut w = DumpWriter::create(&c, "d", &[3; 16]).expect("create");
         w.record(b"Ia", b"value one").expect("record");
         w.record(b"Ib", b"").expect("record");
         assert_eq!(w.finish().expect("finish"), 2);
         let mut seen = Vec::new();
-        let (uuid, n) = read_dump(&path, &mut |k, v| {
+        let (uuid, n) = read_dump(&c, "d", &mut |k, v| {
             seen.push((k, v));
             Ok(())
         })
@@ -981,7 +1011,7 @@ mod tests {
         let bytes = std::fs::read(&path).expect("read file");
         for cut in [0, 10, 24, 30, bytes.len() - 1] {
             std::fs::write(&path, &bytes[..cut]).expect("write");
-            let err = read_dump(&path, &mut |_, _| Ok(())).expect_err("truncated dump accepted");
+            let err = read_dump(&c, "d", &mut |_, _| Ok(())).expect_err("truncated dump accepted");
             assert!(err.to_string().contains("truncated") || err.to_string().contains("not a"));
         }
     }

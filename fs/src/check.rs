@@ -19,6 +19,7 @@
 //! rewritten with a fresh digest and the clean flag.
 
 use crate::backing::{BackingDir, LOCK_FILE, META_DIR, OBJECTS_DIR, SUPERBLOCK, SUPERBLOCK_BAK};
+use crate::confined::{Access, Confined, Kind};
 use crate::core::{unlock_superblock, FileKind, Parts, ROOT_INO};
 use crate::crypto::FsKeys;
 use crate::format::records::{
@@ -318,7 +319,7 @@ pub fn check(
             backing.display()
         )));
     }
-    let dir = BackingDir::new(backing);
+    let dir = BackingDir::open(backing)?;
     // Mount lock: a mount holds an exclusive flock on `lock`. Repairs need it; a check only notes it.
     let (mounted, _lock) = probe_lock(&dir, opts.mode.may_write())?;
     if mounted && opts.mode.may_write() {
@@ -331,6 +332,7 @@ pub fn check(
         });
     }
     let mut c = Checker::new(opts.clone(), ui);
+    c.root = Some(dir.confined().clone());
     c.report.mounted = mounted;
 
     c.ui.pass(1, "superblock");
@@ -338,7 +340,7 @@ pub fn check(
     c.pass_superblock(&dir, &keys);
 
     let meta_path = dir.path(META_DIR);
-    if !meta_path.is_dir() {
+    let Some(meta_dir) = dir.confined().try_open_dir(META_DIR)? else {
         c.problem(
             ProblemKind::MetaMissing,
             None,
@@ -352,27 +354,28 @@ pub fn check(
         c.ui.pass(6, "backing directory");
         c.pass_backing(&dir, &BTreeSet::new());
         return Ok(c.finish_without_store());
-    }
+    };
     // -n must work on a mounted filesystem and change nothing: sled has no read-only mode and
     // locks its directory, so a check reads a private copy of the store.
     let mut _snapshot = None;
     let meta: Arc<dyn MetaStore> = if opts.mode.may_write() {
-        Arc::new(SledStore::open(&meta_path, 64 << 20)?)
+        Arc::new(SledStore::open_in(&meta_dir, 64 << 20)?)
     } else {
-        let snap = Snapshot::copy_of(&meta_path)?;
+        let snap = Snapshot::copy_of(&meta_dir)?;
         let store = Arc::new(SledStore::open(&snap.path, 64 << 20)?);
         _snapshot = Some(snap);
         store
     };
     let objects_path = dir.path(OBJECTS_DIR);
-    let objects: Arc<dyn ObjectStore> = if !objects_path.is_dir() {
+    let objects_exist = dir.confined().try_open_dir(OBJECTS_DIR)?.is_some();
+    let objects: Arc<dyn ObjectStore> = if !objects_exist {
         Arc::new(crate::objects::MemObjects::new())
     } else if opts.mode.may_write() {
-        Arc::new(DirObjects::open(&objects_path)?)
+        Arc::new(DirObjects::open(dir.confined())?)
     } else {
-        Arc::new(DirObjects::open_read_only(&objects_path))
+        Arc::new(DirObjects::open_read_only(dir.confined())?)
     };
-    if !objects_path.is_dir() {
+    if !objects_exist {
         let fix = c.problem(
             ProblemKind::ObjectsDirMissing,
             None,
@@ -381,7 +384,7 @@ pub fn check(
             "create an empty objects directory",
         );
         if fix {
-            c.plan.create_objects_dir = Some(objects_path.clone());
+            c.plan.create_objects_dir = true;
         }
     }
     let parts = Parts {
@@ -404,10 +407,8 @@ pub fn check_parts(parts: &Parts, opts: &CheckOptions, ui: &mut dyn CheckUi) -> 
 /// Tests the mount lock. With `hold`, keeps the lock (returned) for the duration of a repair.
 fn probe_lock(dir: &BackingDir, hold: bool) -> Result<(bool, Option<std::fs::File>)> {
     let path = dir.path(LOCK_FILE);
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((false, None)),
-        Err(e) => return Err(Error::io(&path, e)),
+    let Some(file) = dir.confined().try_open_file(LOCK_FILE, Access::Read)? else {
+        return Ok((false, None));
     };
     match file.try_lock() {
         Ok(()) => {
@@ -429,7 +430,7 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn copy_of(src: &Path) -> Result<Snapshot> {
+    fn copy_of(src: &Confined) -> Result<Snapshot> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -449,21 +450,28 @@ impl Drop for Snapshot {
     }
 }
 
-fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
-    for ent in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
-        let ent = ent.map_err(|e| Error::io(src, e))?;
-        let from = ent.path();
-        let to = dst.join(ent.file_name());
-        let ft = ent.file_type().map_err(|e| Error::io(&from, e))?;
-        if ft.is_dir() {
-            std::fs::create_dir(&to).map_err(|e| Error::io(&to, e))?;
-            copy_dir(&from, &to)?;
-        } else if ft.is_file() {
-            match std::fs::copy(&from, &to) {
-                Ok(_) => {}
-                // A live store may remove a segment file while we copy.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(&from, e)),
+/// Copies the regular files and directories of `src` into `dst`; a link or special file in
+/// the store is refused (it is never followed).
+fn copy_dir(src: &Confined, dst: &Path) -> Result<()> {
+    for ent in src.list()? {
+        let to = dst.join(&ent.name);
+        let name = ent.name.to_str().unwrap_or_default();
+        match ent.kind {
+            Kind::Dir => {
+                std::fs::create_dir(&to).map_err(|e| Error::io(&to, e))?;
+                copy_dir(&src.open_dir(name)?, &to)?;
+            }
+            Kind::File => {
+                // A live store may remove a file while we copy.
+                let Some(mut from) = src.try_open_file(name, Access::Read)? else {
+                    continue;
+                };
+                let mut out = std::fs::File::create(&to).map_err(|e| Error::io(&to, e))?;
+                std::io::copy(&mut from, &mut out).map_err(|e| Error::io(src.display(name), e))?;
+            }
+            Kind::Symlink | Kind::Other => {
+                // Names a sled store never holds; open_in's check names the problem.
+                src.check_plain_tree()?;
             }
         }
     }
@@ -486,8 +494,9 @@ struct Plan {
     put_counters: bool,
     remove_objects: BTreeSet<ObjectId>,
     truncate_objects: Vec<(ObjectId, u64)>,
-    remove_files: Vec<PathBuf>,
-    create_objects_dir: Option<PathBuf>,
+    /// Stray files to remove, relative to the backing directory.
+    remove_files: Vec<String>,
+    create_objects_dir: bool,
     rewrite_superblock: bool,
 }
 
@@ -504,7 +513,7 @@ impl Plan {
             && self.remove_objects.is_empty()
             && self.truncate_objects.is_empty()
             && self.remove_files.is_empty()
-            && self.create_objects_dir.is_none()
+            && !self.create_objects_dir
             && !self.rewrite_superblock
     }
 }
@@ -558,6 +567,8 @@ struct Checker<'u> {
     /// Indices of problems whose repair is planned.
     planned: Vec<usize>,
     model: Model,
+    /// The backing directory, when checking one.
+    root: Option<Confined>,
 }
 
 impl<'u> Checker<'u> {
@@ -569,6 +580,7 @@ impl<'u> Checker<'u> {
             plan: Plan::default(),
             planned: Vec::new(),
             model: Model::default(),
+            root: None,
         }
     }
 
@@ -730,7 +742,7 @@ impl<'u> Checker<'u> {
         if self.opts.mode.may_write() && !self.report.cancelled {
             let mut ok = true;
             for f in &self.plan.remove_files {
-                ok &= std::fs::remove_file(f).is_ok();
+                ok &= self.root.as_ref().is_some_and(|r| r.remove_file(f).is_ok());
             }
             if ok {
                 for i in std::mem::take(&mut self.planned) {
@@ -1792,78 +1804,85 @@ impl<'u> Checker<'u> {
     // ---- pass 6 ----
 
     fn pass_backing(&mut self, dir: &BackingDir, _listed: &BTreeSet<ObjectId>) {
-        let root = dir.root().to_path_buf();
-        let Some(names) = sorted_entries(&root) else {
+        let root = dir.confined().clone();
+        let Some(names) = sorted_entries(&root, None) else {
             return;
         };
-        for (name, path, is_dir) in names {
+        for (name, kind) in names {
+            let is_dir = kind == Kind::Dir;
             let expected_dir =
                 name == META_DIR || name == OBJECTS_DIR || name == crate::backing::BACKUP_DIR;
             let expected_file = name == SUPERBLOCK || name == SUPERBLOCK_BAK || name == LOCK_FILE;
-            if (expected_dir && is_dir) || (expected_file && !is_dir) {
+            if (expected_dir && is_dir) || (expected_file && kind == Kind::File) {
                 continue;
             }
             self.unknown_file(
-                &path,
-                is_dir,
-                !is_dir && (name == "superblock.tmp" || name == "superblock.bak.tmp"),
+                &name,
+                kind,
+                kind == Kind::File && (name == "superblock.tmp" || name == "superblock.bak.tmp"),
             );
         }
-        let objects = dir.path(OBJECTS_DIR);
-        let Some(subs) = sorted_entries(&objects) else {
+        let Some(subs) = sorted_entries(&root, Some(OBJECTS_DIR)) else {
             return;
         };
-        for (sub, path, is_dir) in subs {
+        for (sub, kind) in subs {
+            let path = format!("{OBJECTS_DIR}/{sub}");
             let fanout = sub.len() == 2
                 && sub
                     .bytes()
                     .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-            if !fanout || !is_dir {
-                self.unknown_file(&path, is_dir, !is_dir && sub.ends_with(".tmp"));
+            if !fanout || kind != Kind::Dir {
+                self.unknown_file(&path, kind, kind == Kind::File && sub.ends_with(".tmp"));
                 continue;
             }
-            let Some(files) = sorted_entries(&path) else {
+            let Some(files) = sorted_entries(&root, Some(&path)) else {
                 continue;
             };
-            for (f, fpath, fdir) in files {
+            for (f, fkind) in files {
+                let fpath = format!("{path}/{f}");
                 let is_object_name = |n: &str| {
                     n.len() == 32
                         && n.starts_with(sub.as_str())
                         && n.bytes()
                             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
                 };
-                if fdir
+                if fkind == Kind::Dir
                     && f.strip_suffix(crate::objects::SEGMENT_DIR_SUFFIX)
                         .is_some_and(is_object_name)
                 {
-                    self.check_segment_dir(&fpath);
+                    self.check_segment_dir(&root, &fpath);
                     continue;
                 }
-                let ok = !fdir && is_object_name(&f);
+                let ok = fkind == Kind::File && is_object_name(&f);
                 if !ok {
                     // `.cow`: a copy-on-write copy interrupted by a crash (format.md).
                     let leftover = f.ends_with(".tmp") || f.ends_with(".cow");
-                    self.unknown_file(&fpath, fdir, !fdir && leftover);
+                    self.unknown_file(&fpath, fkind, fkind == Kind::File && leftover);
                 }
             }
         }
     }
 
     /// The segment files of one object (`objects/XX/<id>.seg/<k>`, format.md).
-    fn check_segment_dir(&mut self, dir: &Path) {
-        let Some(files) = sorted_entries(dir) else {
+    fn check_segment_dir(&mut self, root: &Confined, dir: &str) {
+        let Some(files) = sorted_entries(root, Some(dir)) else {
             return;
         };
-        for (f, fpath, fdir) in files {
-            if !fdir && crate::objects::parse_segment_name(&f).is_some() {
+        for (f, kind) in files {
+            if kind == Kind::File && crate::objects::parse_segment_name(&f).is_some() {
                 continue;
             }
             let leftover = f.ends_with(".tmp") || f.ends_with(".cow");
-            self.unknown_file(&fpath, fdir, !fdir && leftover);
+            self.unknown_file(&format!("{dir}/{f}"), kind, kind == Kind::File && leftover);
         }
     }
 
-    fn unknown_file(&mut self, path: &Path, is_dir: bool, tmp: bool) {
+    /// Reports `rel` (relative to the backing directory), which digimedfs did not create.
+    fn unknown_file(&mut self, rel: &str, kind: Kind, tmp: bool) {
+        let path = self
+            .root
+            .as_ref()
+            .map_or_else(|| PathBuf::from(rel), |r| r.display(rel));
         if tmp {
             let fix = self.problem(
                 ProblemKind::StaleTemp,
@@ -1876,8 +1895,21 @@ impl<'u> Checker<'u> {
                 "delete it",
             );
             if fix {
-                self.plan.remove_files.push(path.to_path_buf());
+                self.plan.remove_files.push(rel.to_string());
             }
+        } else if kind == Kind::Symlink {
+            self.problem(
+                ProblemKind::UnknownFile,
+                None,
+                format!(
+                    "{}: a symbolic link; digimedfs never creates one and never follows one \
+                     (someone with access to the storage put it there)",
+                    path.display()
+                ),
+                Fixability::None,
+                "left alone: find out who created it, then remove it by hand (rm on the link \
+                 itself)",
+            );
         } else {
             self.problem(
                 ProblemKind::UnknownFile,
@@ -1885,7 +1917,11 @@ impl<'u> Checker<'u> {
                 format!(
                     "{}: {} that is not part of a digimedfs backing directory",
                     path.display(),
-                    if is_dir { "a directory" } else { "a file" }
+                    match kind {
+                        Kind::Dir => "a directory",
+                        Kind::File => "a file",
+                        _ => "a special file",
+                    }
                 ),
                 Fixability::None,
                 "left alone (not created by digimedfs; remove it by hand if it is not needed)",
@@ -1944,8 +1980,10 @@ impl<'u> Checker<'u> {
         }
         b.commit()?;
         records.flush()?;
-        if let Some(p) = &self.plan.create_objects_dir {
-            std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+        if self.plan.create_objects_dir {
+            if let Some(dir) = &parts.backing {
+                dir.confined().create_dir_all(OBJECTS_DIR)?;
+            }
         }
         // Objects go only once no durable record names them.
         for id in &self.plan.remove_objects {
@@ -1955,11 +1993,9 @@ impl<'u> Checker<'u> {
             parts.objects.set_len(id, *len)?;
             parts.objects.sync(id)?;
         }
-        for f in &self.plan.remove_files {
-            match std::fs::remove_file(f) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(f, e)),
+        if let Some(dir) = &parts.backing {
+            for f in &self.plan.remove_files {
+                dir.confined().remove_file(f)?;
             }
         }
         if let Some(dir) = &parts.backing {
@@ -2278,20 +2314,17 @@ fn verify_segment(
     Ok(res)
 }
 
-/// The entries of `dir` as (name, path, is a directory), sorted by name; `None` if it cannot
-/// be listed. Unreadable entries are skipped.
-fn sorted_entries(dir: &Path) -> Option<Vec<(String, PathBuf, bool)>> {
-    let mut out: Vec<(String, PathBuf, bool)> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                e.path(),
-                e.path().is_dir(),
-            )
-        })
+/// The entries of `rel` beneath `root` (`root` itself for `None`) as (name, kind), sorted by
+/// name, never following a link; `None` if it cannot be listed.
+fn sorted_entries(root: &Confined, rel: Option<&str>) -> Option<Vec<(String, Kind)>> {
+    let entries = match rel {
+        None => root.list().ok()?,
+        Some(rel) => root.list_dir(rel).ok()??,
+    };
+    let mut out: Vec<(String, Kind)> = entries
+        .into_iter()
+        .map(|e| (e.name.to_string_lossy().into_owned(), e.kind))
         .collect();
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Some(out)
 }

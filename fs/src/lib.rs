@@ -13,6 +13,7 @@
 pub mod backing;
 pub mod backup;
 pub mod check;
+pub mod confined;
 pub mod core;
 pub mod crypto;
 pub mod error;

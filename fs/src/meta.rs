@@ -7,6 +7,7 @@
 //! a crash the store holds a prefix of the applied batches that includes every batch applied
 //! before the last completed [`MetaStore::flush`].
 
+use crate::confined::Confined;
 use crate::crypto::{FsKeys, MetaSealer};
 use crate::format::records::{self, prefix, Chunk, Counters, Dirent, Inode, Xattr};
 use crate::{Error, Result};
@@ -66,6 +67,9 @@ pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
     path: std::path::PathBuf,
+    /// The directory descriptor the store was opened through (its `/proc/self/fd` path is
+    /// sled's), kept open as long as the store so that number never names another file.
+    _pinned: Option<Confined>,
     /// One writer at a time: sled 0.34 can deadlock when many threads seal log buffers while
     /// the log file shrinks (sled issue 1412: the truncation task queues behind writer tasks
     /// that wait for the lock its waiter holds). Serializing our writes keeps the number of
@@ -79,7 +83,30 @@ pub struct SledStore {
 pub const SLED_SEGMENT_SIZE: usize = 8 << 20;
 
 impl SledStore {
-    /// Opens (or creates) the store in directory `path`.
+    /// Opens (or creates) the store in the backing directory's `meta/`, which must hold only
+    /// regular files and directories before and after the open. sled opens its files by
+    /// name, following links, but creates and writes files only while it opens a store (its
+    /// log, config and snapshot; values never reach its blob size): the store's directory is
+    /// pinned by descriptor ([`Confined::proc_path`]) and checked on both sides of the open,
+    /// so a link planted there stops the mount (see docs/threat-model.md for the window that
+    /// remains while the open runs).
+    pub fn open_in(meta: &Confined, cache_bytes: u64) -> Result<SledStore> {
+        meta.check_plain_tree()?;
+        let mut store = SledStore::open(&meta.proc_path(), cache_bytes).map_err(|e| match e {
+            Error::Meta { source, .. } => Error::meta(
+                format!("open metadata store {}", meta.path().display()),
+                source,
+            ),
+            other => other,
+        })?;
+        store.path = meta.path().to_path_buf();
+        store._pinned = Some(meta.clone());
+        meta.check_plain_tree()?;
+        Ok(store)
+    }
+
+    /// Opens (or creates) the store in directory `path` (a private copy, a test directory; the
+    /// store of a backing directory is opened with [`SledStore::open_in`]).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<SledStore> {
         let config = sled::Config::new()
             .path(path)
@@ -117,6 +144,7 @@ impl SledStore {
             db,
             tree,
             path: path.to_path_buf(),
+            _pinned: None,
             writer: Mutex::new(()),
         })
     }

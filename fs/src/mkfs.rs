@@ -2,7 +2,7 @@
 //! the root directory and counters in a new metadata store, and the superblock written last, so
 //! an interrupted mkfs leaves no superblock and is simply run again.
 
-use crate::backing::{BackingDir, KNOWN_NAMES, META_DIR, OBJECTS_DIR};
+use crate::backing::{BackingDir, KNOWN_NAMES, LOCK_FILE, META_DIR, OBJECTS_DIR};
 use crate::core::{format_uuid, FileKind, ROOT_INO};
 use crate::crypto::{FsKeys, MasterKey};
 use crate::format::records::{Counters, Inode, Timestamp};
@@ -106,7 +106,6 @@ pub fn init_records(
 
 /// Creates a filesystem in `backing`.
 pub fn mkfs(backing: &Path, key: &dyn KeySource, opts: &MkfsOptions) -> Result<MkfsReport> {
-    let dir = BackingDir::new(backing);
     if backing.exists() {
         if !backing.is_dir() {
             return Err(Error::invalid(format!(
@@ -114,51 +113,49 @@ pub fn mkfs(backing: &Path, key: &dyn KeySource, opts: &MkfsOptions) -> Result<M
                 backing.display()
             )));
         }
-        let entries: Vec<String> = std::fs::read_dir(backing)
-            .map_err(|e| Error::io(backing, e))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        if !entries.is_empty() && !opts.force {
-            let what = if entries.iter().any(|e| e == "superblock") {
-                "contains a digimedfs filesystem"
-            } else {
-                "is not empty"
-            };
-            return Err(Error::invalid(format!(
-                "{} {what}; use -f to overwrite",
-                backing.display()
-            )));
-        }
-        if opts.force {
-            // Refuse to destroy a filesystem that is mounted right now.
-            let _lock = dir.lock(false)?;
-            for name in KNOWN_NAMES
-                .iter()
-                .chain(["superblock.tmp", "superblock.bak.tmp"].iter())
-            {
-                let p = dir.path(name);
-                let res = if p.is_dir() {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p)
-                };
-                match res {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io(p, e)),
-                }
-            }
-        }
     } else {
         std::fs::create_dir_all(backing).map_err(|e| Error::io(backing, e))?;
     }
+    let dir = BackingDir::open(backing)?;
+    let root = dir.confined().clone();
+    let entries: Vec<String> = root
+        .list()?
+        .into_iter()
+        .map(|e| e.name.to_string_lossy().into_owned())
+        .collect();
+    if !entries.is_empty() && !opts.force {
+        let what = if entries.iter().any(|e| e == "superblock") {
+            "contains a digimedfs filesystem"
+        } else {
+            "is not empty"
+        };
+        return Err(Error::invalid(format!(
+            "{} {what}; use -f to overwrite",
+            backing.display()
+        )));
+    }
+    let _lock = if opts.force && !entries.is_empty() {
+        // Refuse to destroy a filesystem that is mounted right now.
+        let lock = dir.lock(false)?;
+        for name in KNOWN_NAMES
+            .iter()
+            .chain(["superblock.tmp", "superblock.bak.tmp"].iter())
+            .filter(|n| **n != LOCK_FILE)
+        {
+            // Links are removed as links; nothing outside is touched.
+            root.remove_tree(name)?;
+        }
+        Some(lock)
+    } else {
+        None
+    };
     let (mut sb, master) = new_superblock(key, opts)?;
     let keys = Arc::new(FsKeys::derive(&master, &sb.fs_uuid)?);
-    std::fs::create_dir_all(dir.path(OBJECTS_DIR))
-        .map_err(|e| Error::io(dir.path(OBJECTS_DIR), e))?;
+    root.create_dir_all(OBJECTS_DIR)?;
+    root.create_dir_all(META_DIR)?;
     {
-        let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&dir.path(META_DIR), 16 << 20)?);
+        let meta: Arc<dyn MetaStore> =
+            Arc::new(SledStore::open_in(&root.open_dir(META_DIR)?, 16 << 20)?);
         sb.meta_digest = init_records(meta, keys.clone(), &sb)?;
     }
     dir.write_superblock(&sb.encode(&keys.superblock)?)?;

@@ -20,9 +20,10 @@
 //! mutation holds the shared side of the point gate ([`ObjectStore::point_gate`]), which the
 //! point takes exclusively while it dumps the metadata and links the objects.
 
+use crate::confined::{Access, Confined, Kind};
 use crate::{Error, Result};
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -92,17 +93,17 @@ pub trait ObjectStore: Send + Sync {
     fn point_gate(&self) -> Option<Arc<RwLock<()>>> {
         None
     }
-    /// Hard-links every object that `wanted` accepts into `dest/XX/<id>` and keeps those
-    /// links' contents unchanged from then on (copy-on-write). The caller holds the point gate
-    /// exclusively. Returns every frozen object with its length.
+    /// Hard-links every object that `wanted` accepts into `dest/XX/<id>` (`dest` relative to
+    /// the backing directory) and keeps those links' contents unchanged from then on
+    /// (copy-on-write). The caller holds the point gate exclusively. Returns every frozen
+    /// object with its length.
     fn freeze_into(
         &self,
-        dest: &Path,
+        dest: &str,
         _wanted: &dyn Fn(&ObjectId) -> bool,
     ) -> Result<Vec<(ObjectId, u64)>> {
         Err(Error::invalid(format!(
-            "{}: this object store cannot take backup points",
-            dest.display()
+            "{dest}: this object store cannot take backup points"
         )))
     }
     /// Tells the store whether a backup point exists (whose links must be kept unchanged).
@@ -115,9 +116,13 @@ pub fn parse_object_name(name: &str) -> Option<ObjectId> {
     bytes.try_into().ok()
 }
 
-/// [`ObjectStore`] on a POSIX directory.
+/// [`ObjectStore`] on a POSIX directory: `objects/` of a backing directory, every file in it
+/// reached through [`Confined`] (never through a link, never outside).
 pub struct DirObjects {
-    root: PathBuf,
+    /// The backing directory (backup points link objects into it).
+    backing: Confined,
+    /// Its `objects/` directory.
+    dir: Confined,
     /// Open files by (object, segment).
     files: Mutex<lru::LruCache<(ObjectId, u64), Arc<ObjectFile>>>,
     /// Written (object, segment) files not yet synced.
@@ -139,44 +144,56 @@ pub struct DirObjects {
 }
 
 impl DirObjects {
-    /// The store rooted at `root` (the `objects/` directory, created if missing).
-    pub fn open(root: &Path) -> Result<DirObjects> {
-        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-        let cap = NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN);
+    /// The store in `objects/` of the backing directory `backing` (created if missing).
+    pub fn open(backing: &Confined) -> Result<DirObjects> {
+        backing.create_dir_all(crate::backing::OBJECTS_DIR)?;
+        let dir = backing.open_dir(crate::backing::OBJECTS_DIR)?;
         // A point left by an earlier mount (or one taken offline) still shares objects: every
         // writer, fsck's repairs included, must copy before changing them.
-        let point_active = root
-            .parent()
-            .map(|b| b.join(crate::backing::BACKUP_DIR))
-            .is_some_and(|d| d.join("point").exists() || d.join("point.new").exists());
-        Ok(DirObjects {
-            root: root.to_path_buf(),
-            files: Mutex::new(lru::LruCache::new(cap)),
-            dirty: Mutex::new(Default::default()),
-            gate: Arc::new(RwLock::new(())),
-            point_active: AtomicBool::new(point_active),
-            private: Mutex::new(Default::default()),
-            cow: Mutex::new(()),
-            syncfs_is_durable: local_filesystem(root),
-            read_only: false,
-        })
+        let point_active = ["point", "point.new"].iter().any(|p| {
+            backing
+                .status(&format!("{}/{p}", crate::backing::BACKUP_DIR))
+                .ok()
+                .flatten()
+                .is_some()
+        });
+        let syncfs_is_durable = local_filesystem(&dir);
+        Ok(DirObjects::with(
+            backing.clone(),
+            dir,
+            point_active,
+            syncfs_is_durable,
+            false,
+        ))
     }
 
-    /// The store rooted at `root`, read-only: nothing is created, files are opened for
-    /// reading, and every change fails with EROFS (fsck -n).
-    pub fn open_read_only(root: &Path) -> DirObjects {
+    /// The store in `objects/` of `backing`, read-only: nothing is created, files are opened
+    /// for reading, and every change fails with EROFS (fsck -n).
+    pub fn open_read_only(backing: &Confined) -> Result<DirObjects> {
+        let dir = backing.open_dir(crate::backing::OBJECTS_DIR)?;
+        Ok(DirObjects::with(backing.clone(), dir, false, false, true))
+    }
+
+    fn with(
+        backing: Confined,
+        dir: Confined,
+        point_active: bool,
+        syncfs_is_durable: bool,
+        read_only: bool,
+    ) -> DirObjects {
         DirObjects {
-            root: root.to_path_buf(),
+            backing,
+            dir,
             files: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
             )),
             dirty: Mutex::new(Default::default()),
             gate: Arc::new(RwLock::new(())),
-            point_active: AtomicBool::new(false),
+            point_active: AtomicBool::new(point_active),
             private: Mutex::new(Default::default()),
             cow: Mutex::new(()),
-            syncfs_is_durable: false,
-            read_only: true,
+            syncfs_is_durable,
+            read_only,
         }
     }
 
@@ -187,36 +204,46 @@ impl DirObjects {
         Ok(())
     }
 
-    /// Directory of object `id`'s segments `1, 2, …`.
-    pub fn segment_dir(&self, id: &ObjectId) -> PathBuf {
+    /// Directory of object `id`'s segments `1, 2, …`, relative to `objects/`.
+    pub fn segment_dir(&self, id: &ObjectId) -> String {
         let name = hex::encode(id);
-        self.root
-            .join(&name[..2])
-            .join(format!("{name}{SEGMENT_DIR_SUFFIX}"))
+        format!(
+            "{}/{name}{SEGMENT_DIR_SUFFIX}",
+            name.get(..2).unwrap_or("00")
+        )
     }
 
-    /// Path of segment `seg` of object `id` (segment 0 is the object file).
-    pub fn segment_path(&self, id: &ObjectId, seg: u64) -> PathBuf {
+    /// Path of segment `seg` of object `id` relative to `objects/` (segment 0 is the object
+    /// file).
+    pub fn segment_path(&self, id: &ObjectId, seg: u64) -> String {
         if seg == 0 {
             self.path_of(id)
         } else {
-            self.segment_dir(id).join(seg.to_string())
+            format!("{}/{seg}", self.segment_dir(id))
         }
+    }
+
+    /// A path relative to `objects/` as a full path, for messages.
+    fn shown(&self, rel: &str) -> PathBuf {
+        self.dir.display(rel)
     }
 
     /// The segments `k ≥ 1` of object `id` that exist, with their lengths, in order.
     fn segments(&self, id: &ObjectId) -> Result<Vec<(u64, u64)>> {
         let dir = self.segment_dir(id);
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(&dir, e)),
+        let Some(entries) = self.dir.list_dir(&dir)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for ent in rd {
-            let ent = ent.map_err(|e| Error::io(&dir, e))?;
-            if let Some(k) = ent.file_name().to_str().and_then(parse_segment_name) {
-                let len = ent.metadata().map_err(|e| Error::io(ent.path(), e))?.len();
+        for ent in entries {
+            if ent.kind != Kind::File {
+                continue;
+            }
+            if let Some(k) = ent.name.to_str().and_then(parse_segment_name) {
+                let len = self
+                    .dir
+                    .status(&format!("{dir}/{k}"))?
+                    .map_or(0, |st| st.len);
                 out.push((k, len));
             }
         }
@@ -226,11 +253,7 @@ impl DirObjects {
 
     /// Length of object `id` as one address space: the end of its last segment's data.
     fn logical_len(&self, id: &ObjectId) -> Result<u64> {
-        let base = match std::fs::metadata(self.path_of(id)) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(Error::io(self.path_of(id), e)),
-        };
+        let base = self.dir.status(&self.path_of(id))?.map_or(0, |st| st.len);
         Ok(self
             .segments(id)?
             .into_iter()
@@ -259,34 +282,22 @@ impl DirObjects {
             return Ok(());
         }
         let path = self.segment_path(id, seg);
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                lock(&self.private).insert(key);
-                return Ok(());
-            }
-            Err(e) => return Err(Error::io(&path, e)),
+        let Some(st) = self.dir.status(&path)? else {
+            lock(&self.private).insert(key);
+            return Ok(());
         };
-        use std::os::unix::fs::MetadataExt;
-        if meta.nlink() > 1 {
-            let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-            tmp_name.push(".cow");
-            let tmp = path.with_file_name(tmp_name);
-            let src = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            let dst = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(|e| Error::io(&tmp, e))?;
-            copy_sparse(&src, &path, &dst, &tmp)?;
-            dst.sync_all().map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| Error::io(dir, e))?;
+        if st.nlink > 1 {
+            let tmp = format!("{path}.cow");
+            let src = self.dir.open_file(&path, Access::Read)?;
+            // Never written through: a leftover (or anything planted) is removed first.
+            self.dir.remove_file(&tmp)?;
+            let dst = self.dir.open_file(&tmp, Access::CreateNew)?;
+            copy_sparse(&src, &self.shown(&path), &dst, &self.shown(&tmp))?;
+            dst.sync_all().map_err(|e| Error::io(self.shown(&tmp), e))?;
+            self.dir.rename(&tmp, &path)?;
+            match path.rsplit_once('/') {
+                Some((parent, _)) => self.dir.open_dir(parent)?.sync()?,
+                None => self.dir.sync()?,
             }
             lock(&self.files).put(key, Arc::new(ObjectFile::new(dst)));
             tracing::debug!(object = %hex::encode(id), segment = seg, "object copied on write (shared with a backup point)");
@@ -295,10 +306,10 @@ impl DirObjects {
         Ok(())
     }
 
-    /// Path of object `id`.
-    pub fn path_of(&self, id: &ObjectId) -> PathBuf {
+    /// Path of object `id` relative to `objects/`.
+    pub fn path_of(&self, id: &ObjectId) -> String {
         let name = hex::encode(id);
-        self.root.join(&name[..2]).join(name)
+        format!("{}/{name}", name.get(..2).unwrap_or("00"))
     }
 
     fn file(&self, id: &ObjectId, seg: u64, create: bool) -> Result<Option<Arc<ObjectFile>>> {
@@ -306,36 +317,35 @@ impl DirObjects {
             return Ok(Some(f.clone()));
         }
         let path = self.segment_path(id, seg);
-        let opened = OpenOptions::new()
-            .read(true)
-            .write(!self.read_only)
-            .open(&path)
-            .or_else(|e| {
-                // A read-only backing directory (ro mount, fsck -n on a snapshot) can still be read.
-                if !create && matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) {
-                    OpenOptions::new().read(true).open(&path)
-                } else {
-                    Err(e)
-                }
-            });
+        let access = if self.read_only {
+            Access::Read
+        } else {
+            Access::ReadWrite
+        };
+        let opened = match self.dir.try_open_file(&path, access) {
+            // A read-only backing directory (ro mount, fsck -n on a snapshot) can still be read.
+            Err(Error::Io { source, .. })
+                if !create
+                    && matches!(
+                        source.raw_os_error(),
+                        Some(libc::EACCES) | Some(libc::EROFS)
+                    ) =>
+            {
+                self.dir.try_open_file(&path, Access::Read)?
+            }
+            other => other?,
+        };
         let file = match opened {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Some(f) => f,
+            None => {
                 if !create {
                     return Ok(None);
                 }
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                if let Some((dir, _)) = path.rsplit_once('/') {
+                    self.dir.create_dir_all(dir)?;
                 }
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)
-                    .map_err(|e| Error::io(&path, e))?
+                self.dir.open_file(&path, Access::Create)?
             }
-            Err(e) => return Err(Error::io(&path, e)),
         };
         let file = Arc::new(ObjectFile::new(file));
         lock(&self.files).put((*id, seg), file.clone());
@@ -348,7 +358,7 @@ impl DirObjects {
         let Some(f) = self.file(id, seg, false)? else {
             return Ok(());
         };
-        let path = self.segment_path(id, seg);
+        let path = self.shown(&self.segment_path(id, seg));
         let size = f.metadata().map_err(|e| Error::io(&path, e))?.len();
         if offset >= size {
             return Ok(());
@@ -385,7 +395,7 @@ impl DirObjects {
     fn sync_file(&self, id: &ObjectId, seg: u64) -> Result<()> {
         if let Some(f) = self.file(id, seg, false)? {
             f.sync_data()
-                .map_err(|e| Error::io(self.segment_path(id, seg), e))?;
+                .map_err(|e| Error::io(self.shown(&self.segment_path(id, seg)), e))?;
         }
         Ok(())
     }
@@ -596,7 +606,7 @@ impl ObjectStore for DirObjects {
             if let Some(f) = self.file(id, seg, false)? {
                 f.read_ahead_for(within, part.len());
                 done = read_full(&f, part, within)
-                    .map_err(|e| Error::io(self.segment_path(id, seg), e))?;
+                    .map_err(|e| Error::io(self.shown(&self.segment_path(id, seg)), e))?;
             }
             if done < part.len() {
                 // A hole up to a later segment, or the end of the object.
@@ -621,7 +631,7 @@ impl ObjectStore for DirObjects {
                 .ok_or_else(|| Error::integrity("object vanished"))?;
             let part = data.get(range).unwrap_or_default();
             f.write_all_at(part, within)
-                .map_err(|e| Error::io(self.segment_path(id, seg), e))?;
+                .map_err(|e| Error::io(self.shown(&self.segment_path(id, seg)), e))?;
             if part.len() >= STREAMING_WRITE {
                 f.start_write_out(within, part.len());
             }
@@ -640,26 +650,21 @@ impl ObjectStore for DirObjects {
         for (seg, _) in &segments {
             if *seg > last {
                 self.forget(id, *seg);
-                let path = self.segment_path(id, *seg);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io(path, e)),
-                }
+                self.dir.remove_file(&self.segment_path(id, *seg))?;
             } else {
                 kept += 1;
             }
         }
         if kept == 0 && !segments.is_empty() && last == 0 {
             // Best effort: an empty directory is harmless, but tidier gone.
-            let _ = std::fs::remove_dir(self.segment_dir(id));
+            let _ = self.dir.remove_dir(&self.segment_dir(id));
         }
         self.unshare(id, last)?;
         let f = self
             .file(id, last, true)?
             .ok_or_else(|| Error::integrity("object vanished"))?;
         f.set_len(len - last * SEGMENT_LEN)
-            .map_err(|e| Error::io(self.segment_path(id, last), e))?;
+            .map_err(|e| Error::io(self.shown(&self.segment_path(id, last)), e))?;
         lock(&self.dirty).insert((*id, last));
         Ok(())
     }
@@ -673,7 +678,7 @@ impl ObjectStore for DirObjects {
             let seg = pos / SEGMENT_LEN;
             let within = pos % SEGMENT_LEN;
             let take = (end - pos).min(SEGMENT_LEN - within);
-            if seg == 0 || self.segment_path(id, seg).exists() {
+            if seg == 0 || self.dir.status(&self.segment_path(id, seg))?.is_some() {
                 self.punch_file(id, seg, within, take)?;
             }
             pos += take;
@@ -707,14 +712,10 @@ impl ObjectStore for DirObjects {
         if files.len() > SYNCFS_THRESHOLD && self.syncfs_is_durable {
             // One syncfs(2) of the backing filesystem beats thousands of fdatasync calls (one
             // journal commit instead of one per object).
-            use std::os::fd::AsRawFd;
-            let dir = File::open(&self.root).map_err(|e| Error::io(&self.root, e))?;
-            // SAFETY: syncfs on a valid, open descriptor owned by `dir`; no memory is passed.
-            let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
-            if rc == 0 {
-                return Ok(());
+            match rustix::fs::syncfs(self.dir.as_fd()) {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!(error = %e, "syncfs failed; syncing objects one by one"),
             }
-            tracing::warn!(error = %std::io::Error::last_os_error(), "syncfs failed; syncing objects one by one");
         }
         for (id, seg) in files {
             self.sync_file(&id, seg)?;
@@ -738,41 +739,34 @@ impl ObjectStore for DirObjects {
         }
         lock(&self.dirty).retain(|(i, _)| i != id);
         lock(&self.private).retain(|(i, _)| i != id);
-        let path = self.path_of(id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(path, e)),
-        }
-        let dir = self.segment_dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(dir, e)),
-        }
+        self.dir.remove_file(&self.path_of(id))?;
+        self.dir.remove_tree(&self.segment_dir(id))?;
+        Ok(())
     }
 
     fn list(&self) -> Result<Vec<(ObjectId, u64)>> {
         let mut out: HashMap<ObjectId, u64> = HashMap::new();
-        let top = std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))?;
-        for sub in top {
-            let sub = sub.map_err(|e| Error::io(&self.root, e))?;
-            let p = sub.path();
-            if !p.is_dir() {
+        for sub in self.dir.list()? {
+            // Only the fan-out directories this store writes; anything else is fsck's to report.
+            let (Kind::Dir, Some(sub_name)) = (sub.kind, sub.name.to_str()) else {
                 continue;
-            }
-            for ent in std::fs::read_dir(&p).map_err(|e| Error::io(&p, e))? {
-                let ent = ent.map_err(|e| Error::io(&p, e))?;
-                let name = ent.file_name();
-                let Some(name) = name.to_str() else { continue };
-                if let Some(id) = parse_object_name(name) {
-                    let len = ent.metadata().map_err(|e| Error::io(ent.path(), e))?.len();
+            };
+            for ent in self.dir.open_dir(sub_name)?.list()? {
+                let Some(name) = ent.name.to_str() else {
+                    continue;
+                };
+                if let (Kind::File, Some(id)) = (ent.kind, parse_object_name(name)) {
+                    let len = self
+                        .dir
+                        .status(&format!("{sub_name}/{name}"))?
+                        .map_or(0, |st| st.len);
                     let e = out.entry(id).or_insert(0);
                     *e = (*e).max(len);
-                } else if let Some(id) = name
-                    .strip_suffix(SEGMENT_DIR_SUFFIX)
-                    .and_then(parse_object_name)
-                {
+                } else if let (Kind::Dir, Some(id)) = (
+                    ent.kind,
+                    name.strip_suffix(SEGMENT_DIR_SUFFIX)
+                        .and_then(parse_object_name),
+                ) {
                     let end = self
                         .segments(&id)?
                         .into_iter()
@@ -793,31 +787,36 @@ impl ObjectStore for DirObjects {
 
     fn freeze_into(
         &self,
-        dest: &Path,
+        dest: &str,
         wanted: &dyn Fn(&ObjectId) -> bool,
     ) -> Result<Vec<(ObjectId, u64)>> {
         let mut objects = self.list()?;
         objects.retain(|(id, _)| wanted(id));
         // A point is one file per object (its manifest, verification and restore know no
         // segments): refuse rather than take a point that silently lacks data.
-        if let Some((id, _)) = objects.iter().find(|(id, _)| self.segment_dir(id).exists()) {
-            return Err(Error::posix(
-                libc::EFBIG,
-                format!(
-                    "backup point: object {} holds data beyond {SEGMENT_LEN} bytes (16 TiB), which backup points cannot carry yet",
-                    hex::encode(id)
-                ),
-            ));
+        for (id, _) in &objects {
+            if self.dir.status(&self.segment_dir(id))?.is_some() {
+                return Err(Error::posix(
+                    libc::EFBIG,
+                    format!(
+                        "backup point: object {} holds data beyond {SEGMENT_LEN} bytes (16 TiB), which backup points cannot carry yet",
+                        hex::encode(id)
+                    ),
+                ));
+            }
         }
         // Mark first: from here on every mutation checks the link count.
         self.point_active.store(true, Ordering::Release);
         lock(&self.private).clear();
         for (id, _) in &objects {
-            let name = hex::encode(id);
-            let dir = dest.join(name.get(..2).unwrap_or("00"));
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            let link = dir.join(&name);
-            std::fs::hard_link(self.path_of(id), &link).map_err(|e| Error::io(&link, e))?;
+            let rel = self.path_of(id);
+            if let Some((sub, _)) = rel.split_once('/') {
+                self.backing.create_dir_all(&format!("{dest}/{sub}"))?;
+            }
+            self.backing.hard_link(
+                &format!("{}/{rel}", crate::backing::OBJECTS_DIR),
+                &format!("{dest}/{rel}"),
+            )?;
         }
         Ok(objects)
     }
@@ -828,9 +827,8 @@ impl ObjectStore for DirObjects {
     }
 }
 
-/// Whether `path` is on a local disk filesystem whose syncfs(2) is a full data barrier.
-fn local_filesystem(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
+/// Whether `dir` is on a local disk filesystem whose syncfs(2) is a full data barrier.
+fn local_filesystem(dir: &Confined) -> bool {
     const LOCAL: [i64; 5] = [
         0xEF53,      // ext2/3/4
         0x5846_5342, // xfs
@@ -838,14 +836,10 @@ fn local_filesystem(path: &Path) -> bool {
         0x0102_1994, // tmpfs
         0x2FC1_2FC1, // zfs
     ];
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs with a valid NUL-terminated path and a zeroed, properly sized out-struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; `st` outlives the call.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    rc == 0 && LOCAL.contains(&(st.f_type as i64))
+    // `f_type` is i64 here but narrower on other targets.
+    #[allow(clippy::unnecessary_cast)]
+    let local = |t| LOCAL.contains(&(t as i64));
+    rustix::fs::fstatfs(dir.as_fd()).is_ok_and(|st| local(st.f_type))
 }
 
 /// Copies `src` to `dst` keeping holes: only the data ranges (SEEK_DATA/SEEK_HOLE) are copied,
@@ -1207,7 +1201,7 @@ mod tests {
     #[test]
     fn small_reads_through_the_window_return_exactly_their_bytes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = DirObjects::open(dir.path()).expect("open");
+        let store = DirObjects::open(&Confined::open(dir.path()).expect("dir")).expect("open");
         let id = [9u8; 16];
         let len = 40 * KIB + 1234;
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
@@ -1242,7 +1236,7 @@ mod tests {
     #[test]
     fn read_ahead_leaves_object_bytes_unchanged() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = DirObjects::open(dir.path()).expect("open");
+        let store = DirObjects::open(&Confined::open(dir.path()).expect("dir")).expect("open");
         let id = [7u8; 16];
         let data: Vec<u8> = (0..40 * MIB).map(|i| (i % 251) as u8).collect();
         store.write_at(&id, 0, &data).expect("write");
@@ -1259,10 +1253,11 @@ mod tests {
     #[test]
     fn syncfs_is_trusted_only_on_local_disk_filesystems() {
         // procfs is no disk filesystem; FUSE and network mounts are refused the same way.
-        assert!(!local_filesystem(Path::new("/proc")));
-        assert!(!local_filesystem(Path::new("/no/such/path")));
+        assert!(!local_filesystem(
+            &Confined::open(Path::new("/proc")).expect("proc")
+        ));
         let dir = tempfile::tempdir().expect("tempdir");
-        let on_disk = local_filesystem(dir.path());
+        let on_disk = local_filesystem(&Confined::open(dir.path()).expect("dir"));
         let fs_type = std::process::Command::new("stat")
             .args(["-f", "-c", "%T"])
             .arg(dir.path())
@@ -1277,7 +1272,7 @@ mod tests {
     fn copy_sparse_keeps_contents_length_and_holes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        let src = OpenOptions::new()
+        let src = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -1287,7 +1282,7 @@ mod tests {
         src.write_all_at(b"head", 0).expect("write");
         src.write_all_at(b"tail", 10 << 20).expect("write");
         src.set_len((12 << 20) + 3).expect("len");
-        let dst = OpenOptions::new()
+        let dst = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)

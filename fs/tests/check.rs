@@ -238,7 +238,7 @@ fn repair_then_clean(dir: &Path, remaining: &[ProblemKind]) -> Report {
 }
 
 fn keys_of(dir: &Path) -> (Records, Arc<SledStore>) {
-    let (sb, keys) = unlock_superblock(&BackingDir::new(dir), &KEY).unwrap();
+    let (sb, keys) = unlock_superblock(&BackingDir::open(dir).unwrap(), &KEY).unwrap();
     let store = Arc::new(SledStore::open(&dir.join("meta"), 8 << 20).unwrap());
     (Records::new(store.clone(), keys, &sb.fs_uuid), store)
 }

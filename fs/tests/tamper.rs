@@ -280,7 +280,7 @@ fn damaged_primary_superblock_falls_back_to_copy() {
     let (_t, dir) = fresh(&p);
     let sb = dir.join("superblock");
     let orig = std::fs::read(&sb).unwrap();
-    let backing = BackingDir::new(&dir);
+    let backing = BackingDir::open(&dir).unwrap();
     let mut refused = Vec::new();
     for i in 0..orig.len() {
         let mut b = orig.clone();

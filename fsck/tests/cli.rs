@@ -50,7 +50,8 @@ fn exit_codes() {
     KeyFile::create_new(&other).unwrap();
     assert_eq!(fsck(&["-n", "--key-file", s(&other), s(&dir)]).0, 8);
     // Repairing a mounted filesystem is refused.
-    let lock = digimedfs::backing::BackingDir::new(&dir)
+    let lock = digimedfs::backing::BackingDir::open(&dir)
+        .unwrap()
         .lock(false)
         .unwrap();
     assert_eq!(fsck(&["-y", "--key-file", s(&key), s(&dir)]).0, 8);

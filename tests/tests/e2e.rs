@@ -10,6 +10,8 @@ mod backup;
 mod cephfs;
 #[path = "e2e/cli.rs"]
 mod cli;
+#[path = "e2e/hostile_storage.rs"]
+mod hostile_storage;
 #[path = "e2e/integrity.rs"]
 mod integrity;
 #[path = "e2e/keyservice.rs"]

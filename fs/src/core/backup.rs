@@ -12,9 +12,9 @@ use crate::backup::{
     self, file_stamp, hash_file, DumpWriter, Manifest, ManifestEntry, BACKUP_DIR, DUMP, MANIFEST,
     POINT_DIR, POINT_NEW_DIR, POINT_SUPERBLOCK,
 };
+use crate::confined::{Access, Confined};
 use crate::format::superblock::FLAG_CLEAN;
 use crate::{Error, Result};
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -78,10 +78,10 @@ impl Filesystem {
 }
 
 impl Inner {
-    fn backing_root(&self) -> Result<&Path> {
+    fn backing_root(&self) -> Result<&Confined> {
         self.backing
             .as_ref()
-            .map(|b| b.root())
+            .map(|b| b.confined())
             .ok_or_else(|| Error::invalid("backup points need a backing directory"))
     }
 
@@ -89,7 +89,7 @@ impl Inner {
         self.check_writable("backup begin")?;
         let _one = lock(&POINT_LOCK);
         let started = std::time::Instant::now();
-        let root = self.backing_root()?.to_path_buf();
+        let root = self.backing_root()?.clone();
         let gate = self
             .objects
             .point_gate()
@@ -97,11 +97,10 @@ impl Inner {
         // Everything acknowledged so far goes into the point, and the freeze below stays short.
         self.sync_all()?;
 
-        let bdir = root.join(BACKUP_DIR);
-        std::fs::create_dir_all(&bdir).map_err(|e| Error::io(&bdir, e))?;
-        let new = bdir.join(POINT_NEW_DIR);
-        backup::remove_tree(&new)?;
-        std::fs::create_dir(&new).map_err(|e| Error::io(&new, e))?;
+        root.create_dir_all(BACKUP_DIR)?;
+        let new = format!("{BACKUP_DIR}/{POINT_NEW_DIR}");
+        root.remove_tree(&new)?;
+        root.create_dir(&new)?;
         let previous = backup::previous_hashes(&root);
         let fs_uuid = lock(&self.superblock).fs_uuid;
 
@@ -109,7 +108,7 @@ impl Inner {
             let _frozen = gate.write().unwrap_or_else(|p| p.into_inner());
             let freeze_start = std::time::Instant::now();
             self.records.flush()?;
-            let mut dump = DumpWriter::create(&new.join(DUMP), &fs_uuid)?;
+            let mut dump = DumpWriter::create(&root, &format!("{new}/{DUMP}"), &fs_uuid)?;
             let mut digest = [0u8; 32];
             let mut failed = None;
             // Only objects an inode of the dump refers to belong to the point: a deleted file's
@@ -152,7 +151,7 @@ impl Inner {
             let records = dump.finish()?;
             let frozen = self
                 .objects
-                .freeze_into(&new.join("objects"), &|id| referenced.contains(id))?;
+                .freeze_into(&format!("{new}/objects"), &|id| referenced.contains(id))?;
             (records, digest, frozen, freeze_start.elapsed())
         };
 
@@ -178,13 +177,16 @@ impl Inner {
         if let Some(anchor) = anchor {
             anchor.anchor(&ctx, live_epoch, &digest)?;
         }
-        let sb_path = new.join(POINT_SUPERBLOCK);
-        write_durable(&sb_path, &point_sb.encode(&self.keys.superblock)?)?;
+        write_durable(
+            &root,
+            &format!("{new}/{POINT_SUPERBLOCK}"),
+            &point_sb.encode(&self.keys.superblock)?,
+        )?;
 
         let mut entries = Vec::with_capacity(frozen.len() + 2);
         let mut bytes = 0u64;
         for name in [POINT_SUPERBLOCK, DUMP] {
-            let (hash, len) = hash_file(&new.join(name))?;
+            let (hash, len) = hash_file(&root, &format!("{new}/{name}"))?;
             bytes += len;
             entries.push(ManifestEntry {
                 path: name.to_string(),
@@ -198,14 +200,14 @@ impl Inner {
         objects.sort();
         for name in objects {
             let rel = format!("objects/{}/{name}", name.get(..2).unwrap_or("00"));
-            let path = new.join(&rel);
-            let (stamp, len) = file_stamp(&path)?;
+            let path = format!("{new}/{rel}");
+            let (stamp, len) = file_stamp(&root, &path)?;
             let hash = match previous.get(&rel) {
                 Some(p) if p.len == len && p.stamp.as_deref() == Some(stamp.as_str()) => {
                     reused += 1;
                     p.hash
                 }
-                _ => hash_file(&path)?.0,
+                _ => hash_file(&root, &path)?.0,
             };
             bytes += len;
             entries.push(ManifestEntry {
@@ -226,15 +228,21 @@ impl Inner {
             entries,
         };
         write_durable(
-            &new.join(MANIFEST),
+            &root,
+            &format!("{new}/{MANIFEST}"),
             manifest.encode(&self.keys.superblock).as_bytes(),
         )?;
         // The links and directories of the point are durable before it is announced.
-        sync_filesystem(&new)?;
-        let cur = bdir.join(POINT_DIR);
-        backup::remove_tree(&cur)?;
-        std::fs::rename(&new, &cur).map_err(|e| Error::io(&cur, e))?;
-        sync_dir(&bdir)?;
+        rustix::fs::syncfs(root.as_fd()).map_err(|e| {
+            Error::io(
+                root.display(&new),
+                std::io::Error::from_raw_os_error(e.raw_os_error()),
+            )
+        })?;
+        let cur = format!("{BACKUP_DIR}/{POINT_DIR}");
+        root.remove_tree(&cur)?;
+        root.rename(&new, &cur)?;
+        root.open_dir(BACKUP_DIR)?.sync()?;
         let info = PointInfo {
             id: manifest.point.clone(),
             epoch: manifest.epoch,
@@ -242,7 +250,7 @@ impl Inner {
             objects: frozen.len(),
             bytes,
             reused_hashes: reused,
-            dir: cur,
+            dir: root.display(&cur),
             frozen_for,
             took: started.elapsed(),
         };
@@ -252,9 +260,9 @@ impl Inner {
 
     pub(super) fn end_point(&self) -> Result<bool> {
         let _one = lock(&POINT_LOCK);
-        let bdir = self.backing_root()?.join(BACKUP_DIR);
-        let existed = backup::remove_tree(&bdir.join(POINT_DIR))?;
-        backup::remove_tree(&bdir.join(POINT_NEW_DIR))?;
+        let root = self.backing_root()?;
+        let existed = root.remove_tree(&format!("{BACKUP_DIR}/{POINT_DIR}"))?;
+        root.remove_tree(&format!("{BACKUP_DIR}/{POINT_NEW_DIR}"))?;
         self.objects.set_point_active(false);
         if existed {
             tracing::info!("backup point ended");
@@ -264,7 +272,7 @@ impl Inner {
 
     /// Carries out a backup request found in the backing directory, if any.
     pub(super) fn serve_backup_request(&self) {
-        let Some(root) = self.backing.as_ref().map(|b| b.root().to_path_buf()) else {
+        let Some(root) = self.backing.as_ref().map(|b| b.confined().clone()) else {
             return;
         };
         let (action, nonce) = match backup::take_request(&root) {
@@ -294,26 +302,13 @@ impl Inner {
     }
 }
 
-fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes a new file `rel` beneath `dir` and makes it durable (a leftover is replaced, never
+/// written through).
+fn write_durable(dir: &Confined, rel: &str, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    dir.remove_file(rel)?;
+    let mut f = dir.open_file(rel, Access::CreateNew)?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(path, e))
-}
-
-fn sync_filesystem(dir: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let d = std::fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
-    // SAFETY: syncfs on a valid, open descriptor owned by `d`; no memory is passed.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-        return Err(Error::io(dir, std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+        .map_err(|e| Error::io(dir.display(rel), e))
 }

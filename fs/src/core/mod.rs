@@ -24,7 +24,7 @@ mod types;
 
 pub use types::{AtimeMode, Attr, Ctx, DirEntry, FileKind, SetAttr, StatFs, TimeSet};
 
-use crate::backing::{BackingDir, MountLock, META_DIR, OBJECTS_DIR, SUPERBLOCK, SUPERBLOCK_BAK};
+use crate::backing::{BackingDir, MountLock, SUPERBLOCK, SUPERBLOCK_BAK};
 use crate::crypto::FsKeys;
 use crate::format::records::{Chunk, Counters, Inode, Storage, Timestamp};
 use crate::format::superblock::{Superblock, FLAG_CLEAN};
@@ -256,35 +256,29 @@ impl Filesystem {
         key: &dyn crate::keysource::KeySource,
         opts: &OpenOptions,
     ) -> Result<Filesystem> {
-        let dir = BackingDir::new(backing);
+        let dir = BackingDir::open(backing)?;
         let (superblock, keys) = unlock_superblock(&dir, key)?;
         let lock = if opts.read_only {
             None
         } else {
             Some(dir.lock(opts.force_unlock)?)
         };
-        let meta_path = dir.path(META_DIR);
-        if !meta_path.is_dir() {
-            return Err(Error::format(format!(
-                "{}: metadata store missing (damaged filesystem; run fsck.digimed)",
-                meta_path.display()
-            )));
-        }
+        let meta_dir = dir.meta_for_open()?;
         let ctx = crate::keysource::SlotContext {
             fs_uuid: superblock.fs_uuid,
             tenant: superblock.tenant.clone(),
         };
         // A backing directory older than what the anchor last saw is a rollback.
         key.check_anchor(&ctx, superblock.epoch)?;
-        let sled: Arc<dyn MetaStore> = dir.fenced(Arc::new(SledStore::open(
-            &meta_path,
+        let sled: Arc<dyn MetaStore> = dir.fenced(Arc::new(SledStore::open_in(
+            &meta_dir,
             opts.meta_cache_bytes,
         )?))?;
         let meta = Arc::new(crate::meta::BufferedStore::with_handover_thread(
             sled,
             META_GROUP_KEYS,
         )?);
-        let objects = Arc::new(DirObjects::open(&dir.path(OBJECTS_DIR))?);
+        let objects = Arc::new(DirObjects::open(dir.confined())?);
         let parts = Parts {
             superblock,
             keys,

@@ -665,7 +665,7 @@ pub fn rewrap_filesystem(backing: &Path, ks: &KeyService) -> crate::Result<Rewra
     use crate::backing::BackingDir;
     use crate::format::superblock::Superblock;
 
-    let dir = BackingDir::new(backing);
+    let dir = BackingDir::open(backing)?;
     let _lock = dir.lock(false)?;
     let (mut sb, keys) = crate::core::unlock_superblock(&dir, ks)?;
     let ctx = SlotContext {
