@@ -19,6 +19,7 @@ pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod fuse;
+pub mod hardening;
 pub mod keysource;
 pub mod meta;
 pub mod mkfs;

@@ -52,6 +52,9 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Err(e) = digimedfs::hardening::forbid_core_dumps() {
+        tracing::warn!(error = %e, "core dumps could still hold key material");
+    }
     let result = match cli.command {
         Command::Keygen { path } => KeyFile::create_new(&path).map_err(anyhow::Error::from),
         Command::Mount(args) => mount(args),

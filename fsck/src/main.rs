@@ -25,6 +25,9 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Err(e) = digimedfs::hardening::forbid_core_dumps() {
+        eprintln!("warning: {e}");
+    }
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

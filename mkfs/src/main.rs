@@ -23,6 +23,9 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Err(e) = digimedfs::hardening::forbid_core_dumps() {
+        eprintln!("warning: {e}");
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -23,8 +23,9 @@ pub struct KeyFile {
 impl KeyFile {
     /// Reads the key file at `path`.
     ///
-    /// Anything but the exact key file format is rejected with [`crate::Error::Invalid`]. A file
-    /// readable or writable by group or others is accepted but logged as a warning.
+    /// Anything but the exact key file format is rejected with [`crate::Error::Invalid`], and so
+    /// is a file writable by group or others (it could be replaced); one only readable by them
+    /// is accepted but logged as a warning.
     pub fn open(path: &std::path::Path) -> Result<KeyFile> {
         use std::io::Read;
         use std::os::unix::fs::PermissionsExt;
@@ -39,6 +40,15 @@ impl KeyFile {
             )));
         }
         let mode = meta.permissions().mode();
+        if mode & 0o022 != 0 {
+            return Err(crate::Error::invalid(format!(
+                "key file {} is writable by group or others (mode {:04o}): whoever can write it \
+                 can replace the key; run `chmod 600 {}`",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            )));
+        }
         if mode & 0o077 != 0 {
             tracing::warn!(
                 "key file {} is accessible by group or others (mode {:04o}); run chmod 600 on it",
@@ -254,6 +264,23 @@ mod tests {
                 Ok(_) => panic!("{name}: accepted"),
             }
         }
+    }
+
+    #[test]
+    fn open_refuses_a_key_file_others_can_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        KeyFile::create_new(&path).unwrap();
+        for mode in [0o620, 0o602, 0o666] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = KeyFile::open(&path)
+                .err()
+                .expect("writable key file accepted");
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        KeyFile::open(&path).expect("a readable key file is only warned about");
     }
 
     #[test]
