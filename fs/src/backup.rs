@@ -316,18 +316,21 @@ pub fn read_dump(
     let path = &dir.display(rel);
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut offset = 0u64;
+    // The buffer grows with the bytes actually read, so a length field claiming more than the
+    // file holds costs nothing.
     let mut read = |n: usize, offset: &mut u64| -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; n];
-        r.read_exact(&mut buf).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::format(format!(
-                    "{}: metadata dump truncated at byte {offset}",
-                    path.display()
-                ))
-            } else {
-                Error::io(path, e)
-            }
-        })?;
+        let mut buf = Vec::new();
+        let got = (&mut r)
+            .take(n as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(path, e))?;
+        if got < n {
+            return Err(Error::format(format!(
+                "{}: metadata dump truncated at byte {}",
+                path.display(),
+                *offset + got as u64
+            )));
+        }
         *offset += n as u64;
         Ok(buf)
     };

@@ -483,6 +483,38 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Cli, clap::Error> {
 mod tests {
     use super::*;
 
+    /// Fuzzes the `-o` parser (what an fstab line or `mount -o` hands the daemon): mutated
+    /// option lists must parse or fail with an error, never panic. `DIGIMEDFS_FUZZ_ITERS` sets
+    /// the number of inputs (default 3 000).
+    #[test]
+    fn mount_option_parser_never_panics() {
+        let iters: usize = std::env::var("DIGIMEDFS_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3_000);
+        let seeds: Vec<Vec<u8>> = [
+            "key_file=/etc/digimedfs/p.key,allow_other,_netdev",
+            "keyservice=https://ks:8443,tenant=cardio,token_file=/t,ca_file=/ca.pem,ro",
+            "rw,uring,relatime,force_unlock,debug,x-systemd.automount",
+            "nouring,noatime,nodiratime,strictatime,defaults,nosuid,nodev",
+            "key_file=,=,,,tenant==x",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        let mut m = digimedfs::testing::Mutator::new(0x0917_0417);
+        let mut accepted = 0;
+        for n in 0..iters {
+            let lists: Vec<String> = (0..1 + m.below(3))
+                .map(|_| String::from_utf8_lossy(&m.input(&seeds)).into_owned())
+                .collect();
+            let parsed = std::panic::catch_unwind(|| parse_mount_options(&lists).is_ok())
+                .unwrap_or_else(|_| panic!("input {n} panicked: {lists:?}"));
+            accepted += usize::from(parsed);
+        }
+        assert!(accepted > 0, "no mutated option list parsed at all");
+    }
+
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
     }

@@ -129,3 +129,106 @@ impl MemImage {
         }
     }
 }
+
+/// A small mutation fuzzer for decoders of untrusted bytes: each input is a seed (a valid
+/// encoding) changed by a few random edits (bit flips, boundary values written over integers,
+/// insertions, deletions, duplicated ranges, truncation, splices with another seed). It is not
+/// coverage-guided; seeds from real encoders keep it near the interesting paths. Deterministic
+/// for a given `seed`, so a failure is reproduced by running it again with the seed it prints.
+pub struct Mutator {
+    state: u64,
+}
+
+impl Mutator {
+    /// A mutator whose choices follow from `seed`.
+    pub fn new(seed: u64) -> Mutator {
+        Mutator {
+            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    /// The next pseudo-random number (splitmix64).
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number below `n` (0 for `n` = 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// One input: a seed from `seeds` with 1–8 edits.
+    pub fn input(&mut self, seeds: &[Vec<u8>]) -> Vec<u8> {
+        let mut data = seeds
+            .get(self.below(seeds.len()))
+            .cloned()
+            .unwrap_or_default();
+        for _ in 0..1 + self.below(8) {
+            self.mutate(&mut data, seeds);
+        }
+        data
+    }
+
+    fn mutate(&mut self, data: &mut Vec<u8>, seeds: &[Vec<u8>]) {
+        const BOUNDARY: [u64; 8] = [0, 1, 0x7f, 0x80, 0xff, 0xffff, 0xffff_ffff, u64::MAX];
+        let len = data.len();
+        match self.below(8) {
+            0 if len > 0 => {
+                let i = self.below(len);
+                if let Some(b) = data.get_mut(i) {
+                    *b ^= 1 << self.below(8);
+                }
+            }
+            1 if len > 0 => {
+                let width = [1usize, 2, 4, 8][self.below(4)];
+                let at = self.below(len);
+                let v = BOUNDARY[self.below(BOUNDARY.len())].to_le_bytes();
+                for (k, b) in v.iter().take(width).enumerate() {
+                    if let Some(d) = data.get_mut(at + k) {
+                        *d = *b;
+                    }
+                }
+            }
+            2 => {
+                let at = self.below(len + 1);
+                let n = 1 + self.below(16);
+                let bytes: Vec<u8> = (0..n).map(|_| self.next_u64() as u8).collect();
+                data.splice(at..at, bytes);
+            }
+            3 if len > 0 => {
+                let at = self.below(len);
+                let n = 1 + self.below((len - at).min(64));
+                data.drain(at..at + n);
+            }
+            4 if len > 0 => {
+                let at = self.below(len);
+                let n = 1 + self.below((len - at).min(64));
+                let copy: Vec<u8> = data.get(at..at + n).map(<[u8]>::to_vec).unwrap_or_default();
+                let to = self.below(len + 1);
+                data.splice(to..to, copy);
+            }
+            5 => data.truncate(self.below(len + 1)),
+            6 => {
+                let other = seeds
+                    .get(self.below(seeds.len()))
+                    .cloned()
+                    .unwrap_or_default();
+                let cut = self.below(len + 1);
+                let from = self.below(other.len() + 1);
+                data.truncate(cut);
+                data.extend_from_slice(other.get(from..).unwrap_or_default());
+            }
+            _ => {
+                let at = self.below(len + 1);
+                data.insert(at, [0u8, 0xff, b'\n', b' '][self.below(4)]);
+            }
+        }
+    }
+}

@@ -817,3 +817,48 @@ fn writeback_of_more_nodes_than_one_slice_keeps_every_change() {
         assert!(got == content(i as u32, 1), "data of f{i}");
     }
 }
+
+/// SEEK_DATA and SEEK_HOLE on a sparse file of 2^50 bytes (2^32 chunks of block map) find the
+/// data at its end by the chunk records that exist, not by probing every chunk: probing took
+/// hours, holding the file's lock (found by the io_uring request fuzzer).
+#[test]
+fn seek_on_a_huge_sparse_file_skips_empty_chunks() {
+    use digimedfs::testing::StaticKey;
+    let dir = tempfile::tempdir().unwrap();
+    let key = StaticKey([4; 32]);
+    digimedfs::mkfs::mkfs(dir.path(), &key, &Default::default()).unwrap();
+    let fs = std::sync::Arc::new(
+        digimedfs::core::Filesystem::open(dir.path(), &key, &OpenOptions::default()).unwrap(),
+    );
+    let (f, fh) = fs
+        .create(&ROOT, ROOT_INO, b"sparse", 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    let end = 1u64 << 50;
+    fs.write(f.ino, fh, end - 3, b"end").unwrap();
+    fs.write(f.ino, fh, 1 << 40, b"mid").unwrap();
+    let (done, seen) = std::sync::mpsc::channel();
+    let worker = {
+        let fs = fs.clone();
+        std::thread::spawn(move || {
+            // The block at 2^40 is still dirty (in memory), the last one too until the fsync.
+            let before = fs.lseek(f.ino, fh, 4096, libc::SEEK_DATA).unwrap();
+            fs.fsync(f.ino, fh, false).unwrap();
+            let after_mid = fs
+                .lseek(f.ino, fh, (1 << 40) + 4096, libc::SEEK_DATA)
+                .unwrap();
+            let hole = fs.lseek(f.ino, fh, 1 << 40, libc::SEEK_HOLE).unwrap();
+            let _ = done.send((before, after_mid, hole));
+        })
+    };
+    // Generous: the answer takes milliseconds; the old probe loop never finished.
+    let (before, after_mid, hole) = seen
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("lseek on a sparse file did not finish");
+    worker.join().unwrap();
+    assert_eq!(before, 1 << 40);
+    assert_eq!(after_mid as u64, end - 4096);
+    assert_eq!(hole as u64, (1 << 40) + 4096);
+    assert_eq!(fs.lseek(f.ino, fh, 0, libc::SEEK_HOLE).unwrap(), 0);
+    fs.release(f.ino, fh).unwrap();
+    fs.close().unwrap();
+}

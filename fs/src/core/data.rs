@@ -1171,6 +1171,27 @@ impl Inner {
         Ok(())
     }
 
+    /// The first chunk at or after `c` of `ino` that has a block map record.
+    fn next_chunk_record(&self, ino: u64, c: u64) -> Result<Option<u64>> {
+        let prefix = crate::format::records::ino_prefix(crate::format::records::prefix::CHUNK, ino);
+        let after = c
+            .checked_sub(1)
+            .map(|prev| crate::format::records::chunk_key(ino, prev));
+        let mut found = None;
+        self.records.store().scan(
+            &prefix,
+            after.as_ref().map(|k| k.as_slice()),
+            &mut |k, _| {
+                found = k
+                    .get(9..17)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes);
+                Ok(false)
+            },
+        )?;
+        Ok(found)
+    }
+
     pub(crate) fn lseek(&self, ino: u64, offset: i64, whence: i32) -> Result<i64> {
         let node = self.node(ino)?;
         let n = lock(&node);
@@ -1198,6 +1219,28 @@ impl Inner {
         let mut idx = off / bs;
         while idx <= last {
             let c = idx / CHUNK_BLOCKS;
+            // A chunk with neither a record nor dirty blocks is all hole: skip to the next one
+            // that holds something instead of probing every chunk of a sparse file (a file of
+            // 2^60 bytes has 2^42 of them).
+            let dirty_here = n
+                .dirty
+                .range(c * CHUNK_BLOCKS..(c + 1) * CHUNK_BLOCKS)
+                .next()
+                .is_some();
+            let next_record = self.next_chunk_record(ino, c)?;
+            if !dirty_here && next_record != Some(c) {
+                if whence == libc::SEEK_HOLE {
+                    return Ok(off.max(idx * bs) as i64);
+                }
+                let next_dirty = n.dirty.range(idx..).next().map(|(b, _)| b / CHUNK_BLOCKS);
+                match [next_record, next_dirty].into_iter().flatten().min() {
+                    Some(next) if next > c => {
+                        idx = next.saturating_mul(CHUNK_BLOCKS);
+                        continue;
+                    }
+                    _ => break,
+                }
+            }
             let ch = self.chunk(ino, c)?;
             let chunk_end = ((c + 1) * CHUNK_BLOCKS).min(last + 1);
             while idx < chunk_end {
