@@ -2,7 +2,8 @@
 //!
 //! Proves that: a store put back from an earlier time under the newest superblock is refused
 //! by every open (read-write and read-only) with an integrity error naming both epochs, without
-//! changing the backing directory, and that `fsck -n` reports it as `epoch_mismatch`; a single
+//! changing the backing directory, that `fsck -n` reports it as `epoch_mismatch` and `fsck -y`
+//! accepts it deliberately (the earlier state then mounts and checks clean); a single
 //! record put back (replayed) is not noticed by the mount but is reported by fsck as
 //! `digest_mismatch`, and still after mounts that write (also to that very record) and unmount
 //! cleanly, because unmount stores the running digest instead of recomputing one; the store
@@ -223,6 +224,33 @@ fn rolled_back_store_is_refused_at_open_and_reported_by_fsck() {
         before,
         "fsck -n changed the backing directory"
     );
+
+    // An admin accepts the rollback deliberately with fsck -y: the T1 state mounts.
+    let report = check(
+        &dir,
+        &KEY,
+        &CheckOptions {
+            mode: Mode::Repair,
+            threads: 1,
+        },
+        &mut (),
+    )
+    .expect("fsck -y runs");
+    assert!(report.modified);
+    assert!(
+        report.of_kind(ProblemKind::EpochMismatch)[0].fixed,
+        "{:?}",
+        kinds(&report)
+    );
+    let fs = open(&dir);
+    assert_eq!(
+        fs.read(small, 0, 0, 10_000).expect("read"),
+        content(1, 3000)
+    );
+    fs.close().expect("close");
+    drop(fs);
+    let after = fsck_n(&dir);
+    assert!(after.is_clean(), "{:?}", kinds(&after));
 }
 
 #[test]
