@@ -25,7 +25,7 @@ use crate::format::records::{
     self, prefix, BlockEntry, Chunk, Counters, Dirent, Inode, Storage, StoreState, Timestamp,
     Xattr, CHUNK_BLOCKS,
 };
-use crate::format::superblock::{Superblock, FLAG_CLEAN};
+use crate::format::superblock::{Superblock, FLAG_CLEAN, FLAG_STORE_STATE};
 use crate::keysource::KeySource;
 use crate::meta::{key_name, MetaStore, Records, SledStore};
 use crate::objects::{DirObjects, ObjectId, ObjectStore};
@@ -742,6 +742,21 @@ impl<'u> Checker<'u> {
                 ),
                 Fixability::Unsafe,
                 "accept the metadata as it is now and store its digest",
+            );
+            self.plan.rewrite_superblock |= fix;
+        }
+        if state.is_none() && sb.flags & FLAG_STORE_STATE != 0 {
+            let fix = self.problem(
+                ProblemKind::EpochMismatch,
+                None,
+                format!(
+                    "metadata store has no store state record, but the superblock (epoch {}) says \
+                     it has one: the store was replaced on storage or the record deleted (mounts \
+                     refuse it)",
+                    sb.epoch
+                ),
+                Fixability::Unsafe,
+                "accept the metadata store as it is and bind it to the superblock's epoch",
             );
             self.plan.rewrite_superblock |= fix;
         }
@@ -2026,7 +2041,7 @@ impl<'u> Checker<'u> {
         if let Some(dir) = &parts.backing {
             let mut sb = parts.superblock.clone();
             sb.meta_digest = digest;
-            sb.flags |= FLAG_CLEAN;
+            sb.flags |= FLAG_CLEAN | FLAG_STORE_STATE;
             sb.epoch += 1;
             dir.write_superblock(&sb.encode(&parts.keys.superblock)?)?;
         }

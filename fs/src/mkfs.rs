@@ -6,7 +6,9 @@ use crate::backing::{BackingDir, KNOWN_NAMES, META_DIR, OBJECTS_DIR};
 use crate::core::{format_uuid, FileKind, ROOT_INO};
 use crate::crypto::{FsKeys, MasterKey};
 use crate::format::records::{Counters, Inode, StoreState, Timestamp};
-use crate::format::superblock::{check_block_size, Superblock, CIPHER_SUITE_V1, FLAG_CLEAN};
+use crate::format::superblock::{
+    check_block_size, Superblock, CIPHER_SUITE_V1, FLAG_CLEAN, FLAG_STORE_STATE,
+};
 use crate::keysource::{KeySource, SlotContext};
 use crate::meta::{MetaStore, Records, SledStore};
 use crate::{Error, Result};
@@ -70,7 +72,7 @@ pub fn new_superblock(key: &dyn KeySource, opts: &MkfsOptions) -> Result<(Superb
     };
     let slot = key.seal_slot(0, &ctx, &master)?;
     let sb = Superblock {
-        flags: FLAG_CLEAN,
+        flags: FLAG_CLEAN | FLAG_STORE_STATE,
         fs_uuid,
         block_size: opts.block_size,
         cipher_suite: CIPHER_SUITE_V1,

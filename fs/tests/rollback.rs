@@ -8,13 +8,15 @@
 //! `digest_mismatch`, and still after mounts that write (also to that very record) and unmount
 //! cleanly, because unmount stores the running digest instead of recomputing one; the store
 //! one epoch ahead of the superblock (a crash between binding the store and writing the
-//! superblock) is accepted, two ahead is not; a store made before the state record existed is
-//! given one on its first read-write mount, unless it differs from its clean superblock.
+//! superblock) is accepted, two ahead is not; a store whose state record was deleted is refused
+//! (the superblock says it has one); a store made before the state record existed is given one
+//! on its first read-write mount, unless it differs from its clean superblock.
 
 use digimedfs::backing::{BackingDir, META_DIR, OBJECTS_DIR};
 use digimedfs::check::{check, CheckOptions, Mode, ProblemKind, Report};
 use digimedfs::core::{unlock_superblock, Ctx, Filesystem, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs::format::records::{inode_key, StoreState, STATE_KEY};
+use digimedfs::format::superblock::FLAG_STORE_STATE;
 use digimedfs::meta::{Batch, DigestStore, MetaStore, Records, SledStore};
 use digimedfs::mkfs::{mkfs, MkfsOptions};
 use digimedfs::testing::StaticKey;
@@ -80,12 +82,21 @@ fn replace_dir(copy: &Path, dst: &Path) {
     copy_dir(copy, dst);
 }
 
-/// Every file of the backing directory and its hash.
+/// Every file of the backing directory and its hash, and every metadata record. Left out:
+/// `lock`, which every read-write open attempt rewrites with its holder (host, pid, time)
+/// before it opens the store, and sled's `meta/snap.*`, an index of sled's own log that sled
+/// rewrites whenever it opens a store whose index is behind the log; neither holds content.
 fn hash_tree(dir: &Path) -> BTreeMap<PathBuf, blake3::Hash> {
     fn walk(root: &Path, d: &Path, out: &mut BTreeMap<PathBuf, blake3::Hash>) {
         for e in std::fs::read_dir(d).expect("read_dir") {
             let e = e.expect("entry");
             let rel = e.path().strip_prefix(root).expect("prefix").to_path_buf();
+            if rel == Path::new("lock")
+                || (rel.starts_with(META_DIR)
+                    && e.file_name().to_string_lossy().starts_with("snap."))
+            {
+                continue;
+            }
             if e.file_type().expect("type").is_dir() {
                 out.insert(rel, blake3::hash(b"<dir>"));
                 walk(root, &e.path(), out);
@@ -96,6 +107,14 @@ fn hash_tree(dir: &Path) -> BTreeMap<PathBuf, blake3::Hash> {
     }
     let mut out = BTreeMap::new();
     walk(dir, dir, &mut out);
+    let store = SledStore::open(&dir.join(META_DIR), 16 << 20).expect("sled");
+    store
+        .scan(&[], None, &mut |k, v| {
+            let name = PathBuf::from(format!("record {}", hex::encode(k)));
+            out.insert(name, blake3::hash(v));
+            Ok(true)
+        })
+        .expect("scan");
     out
 }
 
@@ -379,13 +398,52 @@ fn store_one_epoch_ahead_after_a_crash_is_accepted() {
     );
 }
 
-/// Removes the state record, as a store made before it existed.
-fn make_legacy(dir: &Path) {
+/// Removes the state record, as storage could.
+fn delete_state_record(dir: &Path) {
     let r = raw(dir);
     let mut b = Batch::default();
     b.delete(&STATE_KEY);
     r.store.apply(&b).expect("delete");
     r.store.flush().expect("flush");
+}
+
+/// Makes `dir` what an earlier build left: no state record, no superblock flag saying there is
+/// one.
+fn make_legacy(dir: &Path) {
+    delete_state_record(dir);
+    let bdir = BackingDir::new(dir);
+    let (mut sb, keys) = unlock_superblock(&bdir, &KEY).expect("unlock");
+    sb.flags &= !FLAG_STORE_STATE;
+    bdir.write_superblock(&sb.encode(&keys.superblock).expect("encode"))
+        .expect("write superblock");
+}
+
+#[test]
+fn deleted_state_record_is_refused_not_taken_for_an_earlier_build() {
+    let (_tmp, dir) = new_fs();
+    let fs = open(&dir);
+    write_file(&fs, "f", &content(7, 100));
+    fs.close().expect("close");
+    drop(fs);
+    delete_state_record(&dir);
+    let before = hash_tree(&dir);
+    for read_only in [false, true] {
+        let opts = OpenOptions {
+            read_only,
+            ..Default::default()
+        };
+        let e = Filesystem::open(&dir, &KEY, &opts)
+            .err()
+            .expect("store without its state record opened");
+        assert!(matches!(e, Error::Integrity { .. }), "{e:?}");
+        assert!(e.to_string().contains("no store state record"), "{e}");
+    }
+    assert_eq!(
+        hash_tree(&dir),
+        before,
+        "a refused open changed the backing directory"
+    );
+    assert_eq!(kinds(&fsck_n(&dir)), vec![ProblemKind::EpochMismatch]);
 }
 
 #[test]
@@ -404,6 +462,12 @@ fn legacy_store_gets_its_state_record_once_unless_it_differs_from_its_superblock
     drop(fs);
     let r = raw(&dir);
     let state: StoreState = r.records.store_state().expect("read").expect("adopted");
+    let (sb, _) = unlock_superblock(&BackingDir::new(&dir), &KEY).expect("unlock");
+    assert_ne!(
+        sb.flags & FLAG_STORE_STATE,
+        0,
+        "superblock does not require the record"
+    );
     assert_eq!(state.epoch, r.sb_epoch);
     assert_eq!(state.digest, r.records.digest().expect("digest"));
     drop(r);

@@ -27,7 +27,7 @@ pub use types::{AtimeMode, Attr, Ctx, DirEntry, FileKind, SetAttr, StatFs, TimeS
 use crate::backing::{BackingDir, MountLock, META_DIR, OBJECTS_DIR, SUPERBLOCK, SUPERBLOCK_BAK};
 use crate::crypto::FsKeys;
 use crate::format::records::{Chunk, Counters, Inode, Storage, StoreState, Timestamp};
-use crate::format::superblock::{Superblock, FLAG_CLEAN};
+use crate::format::superblock::{Superblock, FLAG_CLEAN, FLAG_STORE_STATE};
 use crate::meta::{DigestStore, MetaStore, Records, SledStore};
 use crate::objects::{DirObjects, ObjectId, ObjectStore};
 use crate::{Error, Result};
@@ -334,8 +334,19 @@ impl Filesystem {
             .digest_store()
             .ok_or_else(|| Error::invalid("metadata store without a digest store"))?;
         let state = tracker.state();
-        if let Some(state) = state {
-            check_store_epoch(&state, &superblock, backing.as_ref())?;
+        match state {
+            Some(state) => check_store_epoch(&state, &superblock, backing.as_ref())?,
+            None if superblock.flags & FLAG_STORE_STATE != 0 => {
+                let dir = backing_name(backing.as_ref());
+                return Err(Error::integrity(format!(
+                    "metadata store has no store state record, but the superblock (epoch {}) \
+                     says it has one: the store was replaced on storage or the record deleted; \
+                     nothing was changed. `fsck.digimed -n` with this mount's key options on \
+                     {dir} reports it",
+                    superblock.epoch
+                )));
+            }
+            None => {}
         }
         let counters = records.counters()?.ok_or_else(|| {
             Error::integrity("counters record missing from the metadata store (run fsck.digimed)")
@@ -364,6 +375,7 @@ impl Filesystem {
             }
             records.flush()?;
             superblock.flags &= !FLAG_CLEAN;
+            superblock.flags |= FLAG_STORE_STATE;
             superblock.epoch = epoch;
             if let Some(b) = &backing {
                 b.write_superblock(&superblock.encode(&keys.superblock)?)?;
@@ -1509,6 +1521,14 @@ impl Inner {
     }
 }
 
+/// The backing directory for messages.
+fn backing_name(backing: Option<&BackingDir>) -> String {
+    backing.map_or_else(
+        || "the backing directory".to_string(),
+        |b| b.root().display().to_string(),
+    )
+}
+
 /// Refuses a metadata store that belongs to another superblock epoch than `sb`'s (or the one
 /// after it, which a crash between binding the store and writing the superblock leaves).
 fn check_store_epoch(
@@ -1519,7 +1539,7 @@ fn check_store_epoch(
     if state.epoch == sb.epoch || Some(state.epoch) == sb.epoch.checked_add(1) {
         return Ok(());
     }
-    let dir = backing.map_or_else(|| "BACKING".to_string(), |b| b.root().display().to_string());
+    let dir = backing_name(backing);
     let what = if state.epoch < sb.epoch {
         "the store was rolled back (an older copy of meta/ put back) or replaced on storage"
     } else {
@@ -1547,7 +1567,7 @@ fn adopt_legacy_store(
     let started = std::time::Instant::now();
     let digest = tracker.recompute()?;
     if sb.is_clean() && digest != sb.meta_digest {
-        let dir = backing.map_or_else(|| "BACKING".to_string(), |b| b.root().display().to_string());
+        let dir = backing_name(backing);
         return Err(Error::integrity(format!(
             "metadata store differs from what the last clean unmount recorded in the superblock \
              (records rolled back, changed outside digimedfs, or lost); nothing was changed. \
