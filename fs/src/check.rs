@@ -11,12 +11,15 @@
 //! 5. objects: every object belongs to an inode, every referenced object exists, every block
 //!    verifies against its tag (current or previous version, as reads accept);
 //! 6. backing directory: nothing but the known names (stale `*.tmp` files are removable);
-//! 7. digest: when the superblock says clean, the metadata digest matches.
+//! 7. digest: the digest recomputed from the records matches the running digest of the store
+//!    state record and, when the superblock says clean, the superblock's; the store belongs to
+//!    the superblock's epoch (or the next, after a crash).
 //!
 //! Analysis decides each repair when it finds the problem (so later passes see the repaired
 //! state) and records it in a plan; nothing is written until every pass ran, then the plan is
-//! applied in one metadata batch, objects and stray files are removed, and the superblock is
-//! rewritten with a fresh digest and the clean flag.
+//! applied in one metadata batch, objects and stray files are removed, the store state record
+//! is rewritten (fresh digest, bound to the next epoch), and the superblock is rewritten with
+//! that digest, the next epoch and the clean flag.
 
 use crate::backing::{BackingDir, LOCK_FILE, META_DIR, OBJECTS_DIR, SUPERBLOCK, SUPERBLOCK_BAK};
 use crate::core::{unlock_superblock, FileKind, Parts, ROOT_INO};

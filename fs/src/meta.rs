@@ -3,9 +3,13 @@
 //! [`MetaStore`] is the narrow seam to storage (sled in production, [`MemStore`] in crash
 //! tests); [`Records`] on top of it seals every value with AES-256-GCM-SIV under the metadata key
 //! with the record's key as associated data, so values cannot be read, forged, or moved to
-//! another key. Contract relied upon (sled 0.34 provides it): a batch is applied atomically; after
-//! a crash the store holds a prefix of the applied batches that includes every batch applied
-//! before the last completed [`MetaStore::flush`].
+//! another key. [`DigestStore`] keeps the digest of all records up to date with every batch and
+//! binds the store to a superblock epoch (the store state record), so a rolled-back store is
+//! refused at open and a replayed record is never absorbed into a fresh digest.
+//!
+//! Contract relied upon (sled 0.34 provides it): a batch is applied atomically; after a crash
+//! the store holds a prefix of the applied batches that includes every batch applied before the
+//! last completed [`MetaStore::flush`].
 
 use crate::crypto::{FsKeys, MetaSealer};
 use crate::format::records::{
