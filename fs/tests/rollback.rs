@@ -10,7 +10,8 @@
 //! one epoch ahead of the superblock (a crash between binding the store and writing the
 //! superblock) is accepted, two ahead is not; a store whose state record was deleted is refused
 //! (the superblock says it has one); a store made before the state record existed is given one
-//! on its first read-write mount, unless it differs from its clean superblock.
+//! on its first read-write mount, unless it differs from its clean superblock; a crash after a
+//! backup point (which raises the live epoch) leaves a store that still opens.
 
 use digimedfs::backing::{BackingDir, META_DIR, OBJECTS_DIR};
 use digimedfs::check::{check, CheckOptions, Mode, ProblemKind, Report};
@@ -504,4 +505,32 @@ fn legacy_store_gets_its_state_record_once_unless_it_differs_from_its_superblock
         .expect("legacy store differing from its superblock opened");
     assert!(matches!(e, Error::Integrity { .. }), "{e:?}");
     assert!(raw(&dir).records.store_state().expect("read").is_none());
+}
+
+/// A backup point raises the live superblock's epoch: the live store is bound to it first, so
+/// a crash after the point (here: a copy of the backing directory taken while mounted, after the
+/// point) still opens, and the store is not taken for a rolled-back one.
+#[test]
+fn crash_after_a_backup_point_still_opens() {
+    let (tmp, dir) = new_fs();
+    let fs = open(&dir);
+    let ino = write_file(&fs, "f", &content(8, 70_000));
+    let point = fs.backup_begin().expect("backup point");
+    let crashed = tmp.path().join("crashed");
+    copy_dir(&dir, &crashed);
+    let sb_epoch = raw(&crashed).sb_epoch;
+    assert_eq!(
+        sb_epoch,
+        point.epoch + 1,
+        "the point moves the live epoch on"
+    );
+    let copy = open(&crashed);
+    assert_eq!(
+        copy.read(ino, 0, 0, 100_000).expect("read"),
+        content(8, 70_000)
+    );
+    copy.close().expect("close");
+    drop(copy);
+    fs.backup_end().expect("end point");
+    fs.close().expect("close");
 }
