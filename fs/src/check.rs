@@ -11,22 +11,25 @@
 //! 5. objects: every object belongs to an inode, every referenced object exists, every block
 //!    verifies against its tag (current or previous version, as reads accept);
 //! 6. backing directory: nothing but the known names (stale `*.tmp` files are removable);
-//! 7. digest: when the superblock says clean, the metadata digest matches.
+//! 7. digest: the digest recomputed from the records matches the running digest of the store
+//!    state record and, when the superblock says clean, the superblock's; the store belongs to
+//!    the superblock's epoch (or the next, after a crash).
 //!
 //! Analysis decides each repair when it finds the problem (so later passes see the repaired
 //! state) and records it in a plan; nothing is written until every pass ran, then the plan is
-//! applied in one metadata batch, objects and stray files are removed, and the superblock is
-//! rewritten with a fresh digest and the clean flag.
+//! applied in one metadata batch, objects and stray files are removed, the store state record
+//! is rewritten (fresh digest, bound to the next epoch), and the superblock is rewritten with
+//! that digest, the next epoch and the clean flag.
 
 use crate::backing::{BackingDir, LOCK_FILE, META_DIR, OBJECTS_DIR, SUPERBLOCK, SUPERBLOCK_BAK};
 use crate::confined::{Access, Confined, Kind};
 use crate::core::{unlock_superblock, FileKind, Parts, ROOT_INO};
 use crate::crypto::FsKeys;
 use crate::format::records::{
-    self, prefix, BlockEntry, Chunk, Counters, Dirent, Inode, Storage, Timestamp, Xattr,
-    CHUNK_BLOCKS,
+    self, prefix, BlockEntry, Chunk, Counters, Dirent, Inode, Storage, StoreState, Timestamp,
+    Xattr, CHUNK_BLOCKS,
 };
-use crate::format::superblock::{Superblock, FLAG_CLEAN};
+use crate::format::superblock::{Superblock, FLAG_CLEAN, FLAG_STORE_STATE};
 use crate::keysource::KeySource;
 use crate::meta::{key_name, MetaStore, Records, SledStore};
 use crate::objects::{DirObjects, ObjectId, ObjectStore};
@@ -176,8 +179,11 @@ pub enum ProblemKind {
     StaleTemp,
     /// A file the backing directory should not contain.
     UnknownFile,
-    /// The metadata digest differs from the clean superblock's.
+    /// The metadata digest differs from the store's running digest, or from the clean
+    /// superblock's.
     DigestMismatch,
+    /// The metadata store belongs to another superblock epoch (a rolled-back or replaced store).
+    EpochMismatch,
 }
 
 impl ProblemKind {
@@ -214,6 +220,7 @@ impl ProblemKind {
             ProblemKind::StaleTemp => "stale_temp",
             ProblemKind::UnknownFile => "unknown_file",
             ProblemKind::DigestMismatch => "digest_mismatch",
+            ProblemKind::EpochMismatch => "epoch_mismatch",
         }
     }
 }
@@ -553,6 +560,8 @@ struct Model {
     /// Orphan inodes (unlinked while open) left in place; their records go with them.
     orphan_inodes: BTreeSet<u64>,
     counters: Option<Counters>,
+    /// The store state record (epoch and running digest), if the store has one.
+    state: Option<StoreState>,
     /// Accepted entries per directory: name → (ino, kind).
     dir_entries: BTreeMap<u64, BTreeMap<Vec<u8>, (u64, FileKind)>>,
     paths: HashMap<u64, String>,
@@ -703,21 +712,7 @@ impl<'u> Checker<'u> {
             self.pass_backing(dir, &listed);
         }
         self.ui.pass(7, "metadata digest");
-        if parts.superblock.is_clean() {
-            let digest = records.digest()?;
-            if digest != parts.superblock.meta_digest {
-                let fix = self.problem(
-                    ProblemKind::DigestMismatch,
-                    None,
-                    "metadata differs from what the last clean unmount recorded (records rolled back, \
-                     modified outside digimedfs, or lost)"
-                        .into(),
-                    Fixability::Unsafe,
-                    "accept the metadata as it is now and store its digest",
-                );
-                self.plan.rewrite_superblock |= fix;
-            }
-        }
+        self.pass_digest(&parts.superblock, records.digest()?);
         self.fill_paths();
         if self.report.cancelled || !self.opts.mode.may_write() {
             return Ok(self.report);
@@ -734,6 +729,75 @@ impl<'u> Checker<'u> {
         }
         self.report.modified = true;
         Ok(self.report)
+    }
+
+    // ---- pass 7 ----
+
+    /// Compares the recomputed digest of the records with the running digest the store keeps
+    /// and, when clean, with the superblock's; and the store's epoch with the superblock's.
+    fn pass_digest(&mut self, sb: &Superblock, digest: [u8; 32]) {
+        let state = self.model.state;
+        let mut differs = Vec::new();
+        if let Some(s) = state {
+            if s.digest != digest {
+                differs.push("the running digest the store keeps with every write");
+            }
+        }
+        if sb.is_clean() && digest != sb.meta_digest {
+            differs.push("the digest the last clean unmount recorded in the superblock");
+        }
+        if !differs.is_empty() {
+            let fix = self.problem(
+                ProblemKind::DigestMismatch,
+                None,
+                format!(
+                    "metadata records differ from {}: a record was put back from an older copy \
+                     (replayed), or records were changed, added or removed outside digimedfs",
+                    differs.join(" and from ")
+                ),
+                Fixability::Unsafe,
+                "accept the metadata as it is now and store its digest",
+            );
+            self.plan.rewrite_superblock |= fix;
+        }
+        if state.is_none() && sb.flags & FLAG_STORE_STATE != 0 {
+            let fix = self.problem(
+                ProblemKind::EpochMismatch,
+                None,
+                format!(
+                    "metadata store has no store state record, but the superblock (epoch {}) says \
+                     it has one: the store was replaced on storage or the record deleted (mounts \
+                     refuse it)",
+                    sb.epoch
+                ),
+                Fixability::Unsafe,
+                "accept the metadata store as it is and bind it to the superblock's epoch",
+            );
+            self.plan.rewrite_superblock |= fix;
+        }
+        if let Some(s) = state {
+            if s.epoch != sb.epoch && Some(s.epoch) != sb.epoch.checked_add(1) {
+                let fix = self.problem(
+                    ProblemKind::EpochMismatch,
+                    None,
+                    format!(
+                        "metadata store belongs to epoch {} but the superblock is at epoch {}: \
+                         the store was {} (mounts refuse it)",
+                        s.epoch,
+                        sb.epoch,
+                        if s.epoch < sb.epoch {
+                            "rolled back (an older copy of meta/ put back) or replaced"
+                        } else {
+                            "replaced, or the superblock rolled back"
+                        }
+                    ),
+                    Fixability::Unsafe,
+                    "accept the metadata store as it is (a deliberate rollback) and bind it to the \
+                     superblock's epoch",
+                );
+                self.plan.rewrite_superblock |= fix;
+            }
+        }
     }
 
     fn finish_without_store(mut self) -> Report {
@@ -817,6 +881,7 @@ impl<'u> Checker<'u> {
             prefix::ORPHAN,
             prefix::RECLAIM,
             prefix::COUNTERS,
+            prefix::STATE,
         ];
         if !known.contains(&p) {
             let fix = self.problem(
@@ -904,6 +969,9 @@ impl<'u> Checker<'u> {
                     return Err(Error::format("reclaim mark with contents"));
                 }
                 self.model.reclaims.insert(ino);
+            }
+            prefix::STATE => {
+                self.model.state = Some(StoreState::decode(&plain)?);
             }
             _ => {
                 self.model.counters = Some(Counters::decode(&plain)?);
@@ -1998,10 +2066,21 @@ impl<'u> Checker<'u> {
                 dir.confined().remove_file(f)?;
             }
         }
+        // The store's state record is rewritten for the repaired records and bound to the
+        // epoch of the superblock written next (in-memory images keep theirs).
+        let digest = records.digest()?;
+        let epoch = match &parts.backing {
+            Some(_) => parts.superblock.epoch + 1,
+            None => parts.superblock.epoch,
+        };
+        let mut b = records.batch();
+        b.put_state(&StoreState { epoch, digest });
+        b.commit()?;
+        records.flush()?;
         if let Some(dir) = &parts.backing {
             let mut sb = parts.superblock.clone();
-            sb.meta_digest = records.digest()?;
-            sb.flags |= FLAG_CLEAN;
+            sb.meta_digest = digest;
+            sb.flags |= FLAG_CLEAN | FLAG_STORE_STATE;
             sb.epoch += 1;
             dir.write_superblock(&sb.encode(&parts.keys.superblock)?)?;
         }

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use digimedfs::core::AtimeMode;
 use digimedfs::fuse::UringMode;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// digimedfs: encrypted, integrity-protected research filesystem (FUSE).
 #[derive(Debug, Parser)]
@@ -479,8 +479,62 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     Cli::try_parse_from(normalize_args(args))
 }
 
+/// The `fsck.digimed -n` command that checks `backing` with the same key as `spec`, for hints
+/// printed when a mount finds damage (paths quoted for a POSIX shell where needed).
+pub fn fsck_check_command(spec: &KeySpec, backing: &Path) -> String {
+    let q = |p: &Path| shell_quote(&p.to_string_lossy());
+    let key = match spec {
+        KeySpec::File(path) => format!("--key-file {}", q(path)),
+        KeySpec::Service(s) => format!(
+            "--keyservice {} --tenant {} --token-file {} --ca-file {}",
+            shell_quote(&s.url),
+            shell_quote(&s.tenant),
+            q(&s.token_file),
+            q(&s.ca_file)
+        ),
+    };
+    format!("fsck.digimed -n {key} {}", q(backing))
+}
+
+/// `s` as one word for a POSIX shell: unchanged if it only has safe characters, else in single
+/// quotes.
+fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-:@%+=,".contains(&b));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fsck_command_names_the_same_key_and_quotes_paths() {
+        use super::{fsck_check_command, KeySpec, ServiceSpec};
+        use std::path::{Path, PathBuf};
+        assert_eq!(
+            fsck_check_command(&KeySpec::File("/etc/k.key".into()), Path::new("/srv/b")),
+            "fsck.digimed -n --key-file /etc/k.key /srv/b"
+        );
+        assert_eq!(
+            fsck_check_command(&KeySpec::File("/a b/k".into()), Path::new("/srv/it's")),
+            "fsck.digimed -n --key-file '/a b/k' '/srv/it'\\''s'"
+        );
+        let s = ServiceSpec {
+            url: "https://ks:8443".into(),
+            tenant: "lab".into(),
+            token_file: PathBuf::from("/t"),
+            ca_file: PathBuf::from("/ca.pem"),
+        };
+        assert_eq!(
+            fsck_check_command(&KeySpec::Service(s), Path::new("/b")),
+            "fsck.digimed -n --keyservice https://ks:8443 --tenant lab --token-file /t --ca-file /ca.pem /b"
+        );
+    }
+
     use super::*;
 
     /// Fuzzes the `-o` parser (what an fstab line or `mount -o` hands the daemon): mutated

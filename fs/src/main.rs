@@ -103,6 +103,13 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
     let log_file = init_logging(&opts, ready_fd.is_some(), &mountpoint);
     // Read the key file, or the token and CA files, before leaving the working directory.
     let key = key_source(&key_spec)?;
+    let fsck_hint = {
+        let spec = match &key_spec {
+            KeySpec::File(p) => KeySpec::File(canonical(p, "key file")?),
+            other => other.clone(),
+        };
+        cli::fsck_check_command(&spec, &backing)
+    };
     if ready_fd.is_some() {
         // Do not keep the caller's working directory busy.
         let _ = std::env::set_current_dir("/");
@@ -121,8 +128,19 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
             diratime: !opts.atime.nodiratime,
             ..Default::default()
         };
-        Filesystem::open(&backing, key.as_ref(), &open)
-            .with_context(|| format!("opening {}", backing.display()))?
+        match Filesystem::open(&backing, key.as_ref(), &open) {
+            Ok(fs) => fs,
+            // Damage found before anything was mounted: say how to look at it.
+            Err(e @ digimedfs::Error::Integrity { .. }) => {
+                return Err(anyhow!(
+                    "opening {}: {e}. Check it with: {fsck_hint}",
+                    backing.display()
+                ));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("opening {}", backing.display())))
+            }
+        }
     };
     tracing::info!(
         "opened {} with {}; mounting on {}",

@@ -5,8 +5,10 @@
 use crate::backing::{BackingDir, KNOWN_NAMES, LOCK_FILE, META_DIR, OBJECTS_DIR};
 use crate::core::{format_uuid, FileKind, ROOT_INO};
 use crate::crypto::{FsKeys, MasterKey};
-use crate::format::records::{Counters, Inode, Timestamp};
-use crate::format::superblock::{check_block_size, Superblock, CIPHER_SUITE_V1, FLAG_CLEAN};
+use crate::format::records::{Counters, Inode, StoreState, Timestamp};
+use crate::format::superblock::{
+    check_block_size, Superblock, CIPHER_SUITE_V1, FLAG_CLEAN, FLAG_STORE_STATE,
+};
 use crate::keysource::{KeySource, SlotContext};
 use crate::meta::{MetaStore, Records, SledStore};
 use crate::{Error, Result};
@@ -70,7 +72,7 @@ pub fn new_superblock(key: &dyn KeySource, opts: &MkfsOptions) -> Result<(Superb
     };
     let slot = key.seal_slot(0, &ctx, &master)?;
     let sb = Superblock {
-        flags: FLAG_CLEAN,
+        flags: FLAG_CLEAN | FLAG_STORE_STATE,
         fs_uuid,
         block_size: opts.block_size,
         cipher_suite: CIPHER_SUITE_V1,
@@ -84,7 +86,8 @@ pub fn new_superblock(key: &dyn KeySource, opts: &MkfsOptions) -> Result<(Superb
     Ok((sb, master))
 }
 
-/// Writes the root directory and counters into an empty store; returns the store digest.
+/// Writes the root directory, counters and store state into an empty store; returns the store
+/// digest.
 pub fn init_records(
     meta: Arc<dyn MetaStore>,
     keys: Arc<FsKeys>,
@@ -100,8 +103,16 @@ pub fn init_records(
         gen_reserved: 1,
     });
     b.commit()?;
+    // The store belongs to the superblock's epoch from the start (docs/format.md "Store state").
+    let digest = records.digest()?;
+    let mut b = records.batch();
+    b.put_state(&StoreState {
+        epoch: sb.epoch,
+        digest,
+    });
+    b.commit()?;
     records.flush()?;
-    records.digest()
+    Ok(digest)
 }
 
 /// Creates a filesystem in `backing`.

@@ -83,7 +83,7 @@ impl MemImage {
     }
 
     /// Opens the filesystem on stores that wrap this image's (a test's stand-ins that hold
-    /// or observe calls), with the same group commit as a real mount.
+    /// or observe calls), with the same running digest and group commit as a real mount.
     pub fn open_over(
         &self,
         meta: Arc<dyn MetaStore>,
@@ -93,7 +93,14 @@ impl MemImage {
         let parts = Parts {
             superblock: self.superblock.clone(),
             keys: self.keys.clone(),
-            meta: Arc::new(crate::meta::BufferedStore::new(meta, 64)),
+            meta: Arc::new(crate::meta::BufferedStore::new(
+                Arc::new(crate::meta::DigestStore::open(
+                    meta,
+                    self.keys.clone(),
+                    &self.superblock.fs_uuid,
+                )?),
+                64,
+            )),
             objects,
             backing: None,
         };

@@ -163,6 +163,12 @@ impl Inner {
             let mut point_sb = sb.clone();
             point_sb.flags |= FLAG_CLEAN;
             point_sb.meta_digest = digest;
+            // The dump holds the store bound to the point's epoch; the live store moves on
+            // with the live superblock, bound first (docs/format.md "Store state").
+            if let Some(tracker) = self.records.digest_store() {
+                tracker.bind_epoch(sb.epoch + 1)?;
+                self.records.flush()?;
+            }
             sb.epoch += 1;
             if let Some(b) = &self.backing {
                 b.write_superblock(&sb.encode(&self.keys.superblock)?)?;

@@ -26,9 +26,9 @@ pub use types::{AtimeMode, Attr, Ctx, DirEntry, FileKind, SetAttr, StatFs, TimeS
 
 use crate::backing::{BackingDir, MountLock, SUPERBLOCK, SUPERBLOCK_BAK};
 use crate::crypto::FsKeys;
-use crate::format::records::{Chunk, Counters, Inode, Storage, Timestamp};
-use crate::format::superblock::{Superblock, FLAG_CLEAN};
-use crate::meta::{MetaStore, Records, SledStore};
+use crate::format::records::{Chunk, Counters, Inode, Storage, StoreState, Timestamp};
+use crate::format::superblock::{Superblock, FLAG_CLEAN, FLAG_STORE_STATE};
+use crate::meta::{DigestStore, MetaStore, Records, SledStore};
 use crate::objects::{DirObjects, ObjectId, ObjectStore};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -274,8 +274,11 @@ impl Filesystem {
             &meta_dir,
             opts.meta_cache_bytes,
         )?))?;
+        // The running digest is kept below the group commit, by its hand-over thread.
+        let tracked: Arc<dyn MetaStore> =
+            Arc::new(DigestStore::open(sled, keys.clone(), &superblock.fs_uuid)?);
         let meta = Arc::new(crate::meta::BufferedStore::with_handover_thread(
-            sled,
+            tracked,
             META_GROUP_KEYS,
         )?);
         let objects = Arc::new(DirObjects::open(dir.confined())?);
@@ -310,9 +313,34 @@ impl Filesystem {
             objects,
             backing,
         } = parts;
+        // Every store is tracked; a caller that did not put a digest store under its group
+        // commit gets one on top (same digest, computed per operation instead of per group).
+        let meta = if meta.digest_store().is_some() {
+            meta
+        } else {
+            Arc::new(DigestStore::open(meta, keys.clone(), &superblock.fs_uuid)?)
+        };
         let mut records = Records::new(meta, keys.clone(), &superblock.fs_uuid);
         if let Some(gate) = objects.point_gate() {
             records.set_gate(gate);
+        }
+        let tracker = records
+            .digest_store()
+            .ok_or_else(|| Error::invalid("metadata store without a digest store"))?;
+        let state = tracker.state();
+        match state {
+            Some(state) => check_store_epoch(&state, &superblock, backing.as_ref())?,
+            None if superblock.flags & FLAG_STORE_STATE != 0 => {
+                let dir = backing_name(backing.as_ref());
+                return Err(Error::integrity(format!(
+                    "metadata store has no store state record, but the superblock (epoch {}) \
+                     says it has one: the store was replaced on storage or the record deleted; \
+                     nothing was changed. `fsck.digimed -n` with this mount's key options on \
+                     {dir} reports it",
+                    superblock.epoch
+                )));
+            }
+            None => {}
         }
         let counters = records.counters()?.ok_or_else(|| {
             Error::integrity("counters record missing from the metadata store (run fsck.digimed)")
@@ -322,8 +350,27 @@ impl Filesystem {
         }
         let block_size = u64::from(superblock.block_size);
         if !opts.read_only {
+            // The store is bound to the new epoch and flushed before the superblock says it:
+            // a crash in between leaves the store one epoch ahead, which open accepts. Without
+            // a superblock to write (in-memory tests) the store stays at the superblock's.
+            let epoch = superblock.epoch + 1;
+            let bind_to = if backing.is_some() {
+                epoch
+            } else {
+                superblock.epoch
+            };
+            match state {
+                Some(_) => {
+                    if backing.is_some() {
+                        tracker.bind_epoch(bind_to)?;
+                    }
+                }
+                None => adopt_legacy_store(tracker, &superblock, bind_to, backing.as_ref())?,
+            }
+            records.flush()?;
             superblock.flags &= !FLAG_CLEAN;
-            superblock.epoch += 1;
+            superblock.flags |= FLAG_STORE_STATE;
+            superblock.epoch = epoch;
             if let Some(b) = &backing {
                 b.write_superblock(&superblock.encode(&keys.superblock)?)?;
             }
@@ -803,8 +850,22 @@ impl Filesystem {
             return Ok(());
         }
         self.inner.sync_all_final()?;
-        let digest = self.inner.records.digest()?;
+        // The running digest, never a recomputation: a record put back behind the mount's back
+        // stays a mismatch for fsck instead of being absorbed into a fresh digest.
+        let tracker = self
+            .inner
+            .records
+            .digest_store()
+            .ok_or_else(|| Error::invalid("metadata store without a digest store"))?;
+        let digest = tracker
+            .state()
+            .ok_or_else(|| Error::invalid("metadata store has no running digest"))?
+            .digest;
         let mut sb = lock(&self.inner.superblock);
+        if self.inner.backing.is_some() {
+            tracker.bind_epoch(sb.epoch + 1)?;
+            self.inner.records.flush()?;
+        }
         sb.meta_digest = digest;
         sb.flags |= FLAG_CLEAN;
         sb.epoch += 1;
@@ -1452,6 +1513,68 @@ impl Inner {
         self.reclaim_inline(true)?;
         self.writeback_all()
     }
+}
+
+/// The backing directory for messages.
+fn backing_name(backing: Option<&BackingDir>) -> String {
+    backing.map_or_else(
+        || "the backing directory".to_string(),
+        |b| b.root().display().to_string(),
+    )
+}
+
+/// Refuses a metadata store that belongs to another superblock epoch than `sb`'s (or the one
+/// after it, which a crash between binding the store and writing the superblock leaves).
+fn check_store_epoch(
+    state: &StoreState,
+    sb: &Superblock,
+    backing: Option<&BackingDir>,
+) -> Result<()> {
+    if state.epoch == sb.epoch || Some(state.epoch) == sb.epoch.checked_add(1) {
+        return Ok(());
+    }
+    let dir = backing_name(backing);
+    let what = if state.epoch < sb.epoch {
+        "the store was rolled back (an older copy of meta/ put back) or replaced on storage"
+    } else {
+        "the store is newer than the superblock (the superblock was rolled back, or the store \
+         comes from elsewhere)"
+    };
+    Err(Error::integrity(format!(
+        "metadata store belongs to epoch {} but the superblock is at epoch {}: {what}; nothing \
+         was changed. `fsck.digimed -n` with this mount's key options on {dir} reports it; to \
+         go back to an earlier state deliberately, restore a backup point (docs/backup.md)",
+        state.epoch, sb.epoch
+    )))
+}
+
+/// First read-write mount of a store made before the store state record: computes its digest
+/// once (O(records)) and writes the record bound to `epoch`. When the superblock is clean, the
+/// digest must be the one the last unmount recorded, or the store is refused rather than
+/// adopted as it is.
+fn adopt_legacy_store(
+    tracker: &DigestStore,
+    sb: &Superblock,
+    epoch: u64,
+    backing: Option<&BackingDir>,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let digest = tracker.recompute()?;
+    if sb.is_clean() && digest != sb.meta_digest {
+        let dir = backing_name(backing);
+        return Err(Error::integrity(format!(
+            "metadata store differs from what the last clean unmount recorded in the superblock \
+             (records rolled back, changed outside digimedfs, or lost); nothing was changed. \
+             `fsck.digimed -n` with this mount's key options on {dir} reports it"
+        )));
+    }
+    tracker.adopt(epoch, digest)?;
+    tracing::info!(
+        epoch,
+        ms = started.elapsed().as_millis() as u64,
+        "metadata store given its state record (running digest and epoch) on its first mount by this version"
+    );
+    Ok(())
 }
 
 fn statvfs(path: &Path) -> Result<(u64, u64, u64, u64, u64, u64)> {

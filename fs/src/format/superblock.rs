@@ -9,7 +9,7 @@
 //! ```text
 //! magic        8   "DGMDFS\0\x01"
 //! version      u32 FORMAT_VERSION
-//! flags        u32 bit 0: clean (closed by an unmount)
+//! flags        u32 bit 0: clean (closed by an unmount); bit 1: the store has a state record
 //! fs_uuid      16
 //! block_size   u32 4096..=65536, power of two
 //! cipher_suite u16 1 = AES-256-XTS data, BLAKE3-keyed tags, AES-256-GCM-SIV records
@@ -35,6 +35,9 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const CIPHER_SUITE_V1: u16 = 1;
 /// Flag: the filesystem was closed cleanly and `meta_digest` is valid.
 pub const FLAG_CLEAN: u32 = 1;
+/// Flag: the metadata store carries a store state record (docs/format.md "Store state"), so a
+/// store without one is refused instead of being treated as one of an earlier build.
+pub const FLAG_STORE_STATE: u32 = 2;
 /// Smallest block size.
 pub const MIN_BLOCK_SIZE: u32 = 4096;
 /// Largest block size.

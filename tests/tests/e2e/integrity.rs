@@ -359,3 +359,81 @@ fn sigkill_daemon_then_remount() {
     fs::write(fs.path("new"), b"works").unwrap();
     assert_eq!(fs::read(fs.path("new")).unwrap(), b"works");
 }
+
+fn copy_tree(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap();
+    for e in fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Issue 22 finding 2: `meta/` and `objects/` copied while unmounted and put back after the
+/// user changed and deleted files are refused by the next mount, with a message naming both
+/// epochs and an fsck command that works and reports the same; nothing gets mounted.
+#[test]
+fn rolled_back_metadata_store_is_refused_at_mount() {
+    let mut fs = TestFs::new();
+    fs::write(fs.path("kept"), b"version one").unwrap();
+    fs::write(fs.path("deleted-later"), random_bytes(200_000)).unwrap();
+    fs.unmount();
+    let t1 = fs.root_dir().join("t1");
+    copy_tree(&fs.backing().join("meta"), &t1.join("meta"));
+    copy_tree(&fs.backing().join("objects"), &t1.join("objects"));
+
+    fs.mount();
+    fs::write(fs.path("kept"), b"version two, longer").unwrap();
+    fs::set_permissions(
+        fs.path("kept"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    fs::remove_file(fs.path("deleted-later")).unwrap();
+    fs.unmount();
+
+    for d in ["meta", "objects"] {
+        fs::remove_dir_all(fs.backing().join(d)).unwrap();
+        copy_tree(&t1.join(d), &fs.backing().join(d));
+    }
+    let out = run(&mut fs.mount_command(fs.key_file(), fs.mountpoint(), &[]));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("mount: {}", stderr.trim());
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        !is_mounted(fs.mountpoint()),
+        "the rolled-back store got mounted"
+    );
+    assert!(
+        stderr.contains("metadata store belongs to epoch")
+            && stderr.contains("but the superblock is at epoch")
+            && stderr.contains("rolled back"),
+        "{stderr}"
+    );
+    // The hint is a command that runs as printed (the binary is fsck-digimed before install).
+    let hint = stderr
+        .split("Check it with: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no fsck hint in {stderr:?}"))
+        .trim();
+    let words: Vec<&str> = hint.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"fsck.digimed"), "{hint}");
+    let out = run(Command::new(digimedfs_tests::bin("fsck-digimed")).args(&words[1..]));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(4), "{report}");
+    assert!(report.contains("epoch_mismatch"), "{report}");
+    assert!(
+        wait_until(TIMEOUT, || daemon_pids(fs.mountpoint())
+            .iter()
+            .all(|&p| !process_alive(p))),
+        "a daemon stayed behind"
+    );
+}
