@@ -39,6 +39,9 @@ pub struct Event {
     pub outcome: String,
     /// Why it was refused (empty when ok).
     pub reason: String,
+    /// For a summary record: how many requests it stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 #[derive(Serialize)]

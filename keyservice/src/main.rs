@@ -44,9 +44,14 @@ enum Cmd {
         /// Audit log (default STATE_DIR/audit.log).
         #[arg(long)]
         audit_log: Option<PathBuf>,
-        /// Maximum concurrent connections.
+        /// Maximum concurrent connections (at the cap, a new connection closes the oldest one
+        /// that has waited at least a second for its client).
         #[arg(long, default_value_t = 256)]
         max_connections: usize,
+        /// Failed authentications per address per minute before every unauthenticated request
+        /// from it is answered 429 (valid tokens from the address keep working).
+        #[arg(long, default_value_t = 1000)]
+        address_failure_limit: u32,
     },
     /// Tenants.
     Tenant {
@@ -150,6 +155,7 @@ fn main() -> Result<()> {
             tls_key,
             audit_log,
             max_connections,
+            address_failure_limit,
         } => {
             let mut cfg = ServerConfig::new(
                 state_dir.clone(),
@@ -159,6 +165,7 @@ fn main() -> Result<()> {
             );
             cfg.audit_log = audit_log.clone();
             cfg.max_connections = *max_connections;
+            cfg.address_failure_limit = *address_failure_limit;
             let cred = cred()?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
