@@ -73,6 +73,11 @@ enum Cmd {
     },
     /// Allow a filesystem to go back to an older epoch once (after a deliberate restore).
     AcceptRollback { state_dir: PathBuf, fs_uuid: String },
+    /// Rollback anchors of filesystems.
+    Anchor {
+        #[command(subcommand)]
+        cmd: AnchorCmd,
+    },
     /// Tenants, tokens, and the audit chain.
     Status {
         state_dir: PathBuf,
@@ -104,6 +109,21 @@ enum TokenCmd {
     IssueAdmin { state_dir: PathBuf },
     /// Revoke the token whose id starts with PREFIX (>= 8 hex digits), or the full token.
     Revoke { state_dir: PathBuf, prefix: String },
+}
+
+#[derive(Subcommand)]
+enum AnchorCmd {
+    /// Show a filesystem's anchor: its tenant, newest epoch and digest.
+    Show { state_dir: PathBuf, fs_uuid: String },
+    /// Remove a filesystem's anchor and tenant binding (audited); the next mount by the tenant
+    /// whose key opens it binds and anchors it again.
+    Clear {
+        state_dir: PathBuf,
+        fs_uuid: String,
+        /// Audit log to record the action in (default STATE_DIR/audit.log).
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -226,6 +246,44 @@ fn main() -> Result<()> {
             admin(state_dir)?.accept_rollback(fs_uuid)?;
             println!("filesystem {fs_uuid}: the next older epoch will be accepted once");
         }
+        Cmd::Anchor { cmd } => match cmd {
+            AnchorCmd::Show { state_dir, fs_uuid } => {
+                match admin(state_dir)?.anchor_show(fs_uuid)? {
+                    Some(a) => println!(
+                        "filesystem {fs_uuid}: tenant {}, epoch {}, digest {}{}",
+                        a.tenant,
+                        a.epoch,
+                        if a.digest.is_empty() {
+                            "(none yet)"
+                        } else {
+                            &a.digest
+                        },
+                        if a.accept_rollback {
+                            ", one rollback accepted"
+                        } else {
+                            ""
+                        }
+                    ),
+                    None => println!("filesystem {fs_uuid}: no anchor"),
+                }
+            }
+            AnchorCmd::Clear {
+                state_dir,
+                fs_uuid,
+                audit_log,
+            } => {
+                let mut adm = admin(state_dir)?;
+                if let Some(p) = audit_log {
+                    adm.set_audit_log(p);
+                }
+                let old = adm.anchor_clear(fs_uuid)?;
+                println!(
+                    "filesystem {fs_uuid}: anchor cleared (was tenant {}, epoch {}); the next \
+                     mount by the tenant whose key opens it anchors it again",
+                    old.tenant, old.epoch
+                );
+            }
+        },
         Cmd::Status {
             state_dir,
             audit_log,

@@ -725,6 +725,21 @@ async fn handle(
     })
 }
 
+/// Binds filesystem `fs` to `tenant` in the anchors file (see [`anchors::bind`]).
+async fn bind(
+    shared: &Shared,
+    tenant: &str,
+    fs: [u8; 16],
+    proof: anchors::Proof,
+) -> std::result::Result<Check, ApiError> {
+    let state = shared.state.clone();
+    let t = tenant.to_string();
+    tokio::task::spawn_blocking(move || anchors::bind(&state, &t, &hex::encode(fs), proof))
+        .await
+        .map_err(|e| internal(Error::Invalid(e.to_string())))?
+        .map_err(internal)
+}
+
 /// Best-effort wipe of string values (the unwrapped key) in a JSON value.
 fn zeroize_json(v: &mut serde_json::Value) {
     if let Some(o) = v.as_object_mut() {
@@ -962,6 +977,14 @@ async fn process(
             }
             let v = tenant.current;
             ev.key_version = Some(v);
+            // mkfs wraps first: this binds the new filesystem (and its anchor) to the tenant.
+            if bind(shared, &tenant_id, fs, anchors::Proof::Wrap).await? == Check::OtherTenant {
+                return Err(err(
+                    StatusCode::FORBIDDEN,
+                    "wrong_tenant",
+                    "this filesystem belongs to another tenant",
+                ));
+            }
             let wrapped = keys::wrap(&*kek(v)?, &tenant_id, &fs, v, &key);
             Ok(json!({"key_version": v, "wrapped": b64e(&wrapped)}))
         }
@@ -992,6 +1015,10 @@ async fn process(
                     "wrapped key does not open for this tenant, filesystem and key version",
                 )
             })?;
+            // The wrap opened under this tenant's KEK: the filesystem is this tenant's.
+            if bind(shared, &tenant_id, fs, anchors::Proof::Unwrap).await? == Check::OtherTenant {
+                ev.reason = "the filesystem's anchor is bound to another tenant".into();
+            }
             if op == Op::Unwrap {
                 return Ok(json!({"key": b64e(&key)}));
             }
@@ -1038,6 +1065,12 @@ async fn process(
                     StatusCode::FORBIDDEN,
                     "wrong_tenant",
                     "this filesystem's anchor belongs to another tenant",
+                )),
+                Check::Unbound => Err(err(
+                    StatusCode::FORBIDDEN,
+                    "wrong_tenant",
+                    "this filesystem is bound to no tenant here: no key of it was wrapped or \
+                     unwrapped by this tenant at this service",
                 )),
             }
         }

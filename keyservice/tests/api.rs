@@ -71,7 +71,7 @@ fn revocation_of_tenant_and_token() {
     let a2 = env.client(&srv, "A", &ta2);
     let b = env.client(&srv, "B", &tb);
     let (v, w) = a.wrap(&FS1, &master()).unwrap();
-    let (vb, wb) = b.wrap(&FS1, &master()).unwrap();
+    let (vb, wb) = b.wrap(&FS2, &master()).unwrap();
 
     // Revoke A's first token by the prefix of its id: only that token stops working.
     let reg = env.admin.registry().unwrap();
@@ -86,9 +86,9 @@ fn revocation_of_tenant_and_token() {
     env.admin.tenant_revoke("A").unwrap();
     let e = a2.unwrap(&FS1, v, &w).unwrap_err();
     assert!(matches!(e, Error::Revoked { .. }), "{e}");
-    let e = a2.wrap(&FS2, &master()).unwrap_err();
+    let e = a2.wrap(&[3; 16], &master()).unwrap_err();
     assert!(matches!(e, Error::Revoked { .. }), "{e}");
-    assert_eq!(b.unwrap(&FS1, vb, &wb).unwrap().as_slice(), master());
+    assert_eq!(b.unwrap(&FS2, vb, &wb).unwrap().as_slice(), master());
     assert!(env.audit().contains("tenant_revoked"));
 }
 
@@ -402,6 +402,7 @@ fn rollback_anchor() {
     let tb = env.tenant("B");
     let srv = env.start();
     let a = env.client(&srv, "A", &ta);
+    a.wrap(&FS1, &master()).unwrap();
     a.record_anchor(&FS1, 5, &[1; 32]).unwrap();
     a.verify_anchor(&FS1, 5).unwrap();
     a.verify_anchor(&FS1, 6).unwrap();
@@ -417,4 +418,99 @@ fn rollback_anchor() {
     a.verify_anchor(&FS1, 4).unwrap();
     a.record_anchor(&FS1, 4, &[2; 32]).unwrap();
     assert!(a.verify_anchor(&FS1, 3).is_err());
+}
+
+/// A filesystem's anchor belongs to the tenant that wrapped its key: another tenant, who can
+/// read the UUID in the plaintext superblock, can neither claim nor poison it, and every such
+/// refusal is audited.
+#[test]
+fn anchor_is_bound_to_the_tenant_that_wrapped_the_key() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let tb = env.tenant("B");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let b = env.client(&srv, "B", &tb);
+    // mkfs by A.
+    let (v, w) = a.wrap(&FS1, &master()).unwrap();
+    // B tries to take the new filesystem's anchor before its first mount.
+    let e = b.record_anchor(&FS1, u64::MAX, &[0xee; 32]).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+    let e = b.verify_anchor(&FS1, 1).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+    // Nor can B wrap a key for it.
+    let e = b.wrap(&FS1, &master()).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+    // A's first mount: unwrap, check, anchor.
+    assert_eq!(a.unwrap(&FS1, v, &w).unwrap().as_slice(), master());
+    a.verify_anchor(&FS1, 1).unwrap();
+    a.record_anchor(&FS1, 1, &[1; 32]).unwrap();
+    // A filesystem nobody wrapped or unwrapped here cannot be anchored at all.
+    let e = b.record_anchor(&FS2, 7, &[1; 32]).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+
+    let refusals: Vec<serde_json::Value> = env
+        .audit()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["tenant"] == "B" && v["outcome"] == "refused")
+        .collect();
+    assert_eq!(refusals.len(), 4, "{refusals:?}");
+    assert!(refusals.iter().all(|v| v["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("403 wrong_tenant")));
+}
+
+/// A filesystem bound before this service knew its owner (or claimed by another tenant's wrap
+/// alone) is bound by the first successful unwrap; `anchor clear` (audited) removes a binding.
+#[test]
+fn unwrap_binds_and_admin_clears_an_anchor() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let tb = env.tenant("B");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let b = env.client(&srv, "B", &tb);
+    let (v, w) = a.wrap(&FS1, &master()).unwrap();
+    a.unwrap(&FS1, v, &w).unwrap();
+    a.record_anchor(&FS1, 9, &[1; 32]).unwrap();
+
+    // The admin clears it (CLI, audited): no binding left, B still cannot anchor it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_digimed-keyservice"))
+        .env("DIGIMED_KS_PASSPHRASE", common::PASS)
+        .args(["anchor", "clear"])
+        .arg(&env.state)
+        .arg(hex::encode(FS1))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("anchor cleared (was tenant A, epoch 9)"));
+    assert!(env.admin.anchor_show(&hex::encode(FS1)).unwrap().is_none());
+    let e = b.record_anchor(&FS1, u64::MAX, &[1; 32]).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+    // B claims it by a wrap; A's unwrap (which only A's key can do) takes it over, since B's
+    // claim was never anchored.
+    b.wrap(&FS1, &master()).unwrap();
+    a.unwrap(&FS1, v, &w).unwrap();
+    a.verify_anchor(&FS1, 3).unwrap();
+    a.record_anchor(&FS1, 3, &[2; 32]).unwrap();
+    let e = b.verify_anchor(&FS1, 3).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+    let shown = env.admin.anchor_show(&hex::encode(FS1)).unwrap().unwrap();
+    assert_eq!((shown.tenant.as_str(), shown.epoch), ("A", 3));
+
+    let log = env.audit();
+    assert!(log.contains("\"op\":\"admin_anchor_clear\""), "{log}");
+    assert_eq!(
+        digimedfs_keyservice::audit::verify(&env.state.join("audit.log")).unwrap(),
+        log.lines().count()
+    );
+    // Clearing a filesystem without an anchor is an error naming it.
+    let e = env.admin.anchor_clear(&hex::encode(FS2)).unwrap_err();
+    assert!(e.to_string().contains(&hex::encode(FS2)), "{e}");
 }

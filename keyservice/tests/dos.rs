@@ -111,7 +111,7 @@ fn bad_tokens_do_not_lock_out_a_valid_token_from_the_same_address() {
     // Both tenants' valid tokens from the same address still work.
     let (v, w) = a.wrap(&FS1, &[1u8; 64]).unwrap();
     assert_eq!(a.unwrap(&FS1, v, &w).unwrap().as_slice(), &[1u8; 64]);
-    b.wrap(&FS1, &[2u8; 64]).unwrap();
+    b.wrap(&[2; 16], &[2u8; 64]).unwrap();
 }
 
 /// Idle TCP connections (no TLS handshake, no request) beyond the connection cap do not keep a

@@ -629,6 +629,18 @@ fn anchor_err(e: ServiceError, ctx: &SlotContext) -> crate::Error {
             crate::core::format_uuid(&ctx.fs_uuid),
             crate::core::format_uuid(&ctx.fs_uuid)
         )),
+        ServiceError::WrongTenant { what } => crate::Error::WrongKey {
+            what: format!(
+                "the key service refuses the rollback anchor of filesystem {} to tenant {:?} \
+                 ({what}). If the filesystem is this tenant's and its anchor was taken by \
+                 another, the key service admin runs `digimed-keyservice anchor show STATE_DIR \
+                 {}` and then `digimed-keyservice anchor clear STATE_DIR {}`",
+                crate::core::format_uuid(&ctx.fs_uuid),
+                ctx.tenant,
+                crate::core::format_uuid(&ctx.fs_uuid),
+                crate::core::format_uuid(&ctx.fs_uuid)
+            ),
+        },
         other => other.into(),
     }
 }

@@ -407,6 +407,53 @@ fn rollback_is_refused_until_accepted() {
     ks.unmount(&mnt);
 }
 
+/// Another tenant cannot take a new filesystem's anchor (its UUID is in the plaintext
+/// superblock): posting it with the largest epoch before the first mount is refused, and the
+/// owner mounts. An anchor poisoned before binding existed is cleared by the admin.
+#[test]
+fn another_tenant_cannot_claim_the_anchor_and_admin_clears_a_poisoned_one() {
+    let ks = Ks::new();
+    let ta = ks.tenant("A");
+    let tb = ks.tenant("B");
+    let (backing, uuid) = ks.mkfs("a", "A", &ta);
+    let b =
+        digimedfs_keyservice::client::KeyService::from_files(&ks.url(), "B", &tb, &ks.ca).unwrap();
+    let raw = hex::decode(uuid.replace('-', "")).unwrap();
+    let fs: [u8; 16] = raw.as_slice().try_into().unwrap();
+    let e = b.record_anchor(&fs, u64::MAX, &[0xee; 32]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            digimedfs_keyservice::client::ServiceError::WrongTenant { .. }
+        ),
+        "{e}"
+    );
+    let mnt = ks.path("mnt");
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("f"), b"x").unwrap();
+    ks.unmount(&mnt);
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    ks.unmount(&mnt);
+
+    // An anchor taken by B before anchors were bound (as anchors.json held it then).
+    let anchors = ks.path("state").join("anchors.json");
+    let poisoned = format!(
+        r#"{{"{}": {{"tenant": "B", "epoch": {}, "digest": "{}", "accept_rollback": false}}}}"#,
+        uuid.replace('-', ""),
+        u64::MAX,
+        "ee".repeat(32)
+    );
+    std::fs::write(&anchors, poisoned).unwrap();
+    let out = ks.mount(&backing, &mnt, "A", &ta);
+    ks.refused(&out, &mnt, "anchor clear");
+    let cleared = ks.admin.anchor_clear(&uuid).unwrap();
+    assert_eq!(cleared.tenant, "B");
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"x");
+    ks.unmount(&mnt);
+    assert!(ks.audit().contains("\"op\":\"admin_anchor_clear\""));
+}
+
 /// A backup point copied and restored elsewhere is older than what the key service last saw:
 /// its mount is refused as a rollback until the admin accepts it, then it shows the state of
 /// the point. Tenant B's credentials cannot mount tenant A's restored copy.
