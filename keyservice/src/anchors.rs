@@ -45,6 +45,10 @@ pub enum Check {
     Ok(u64),
     /// `epoch` is older than the recorded newest epoch.
     Rollback(u64),
+    /// `epoch` is the recorded epoch, but the metadata digest differs from the recorded one
+    /// (the recorded digest is given): the metadata was replaced or rolled back under the
+    /// newest superblock.
+    Replaced(String),
     /// The filesystem belongs to another tenant.
     OtherTenant,
     /// No key of the filesystem was wrapped or unwrapped by any tenant here: nothing to
@@ -125,7 +129,8 @@ pub fn bind(state: &StateDir, tenant: &str, fs_uuid: &str, proof: Proof) -> Resu
     })
 }
 
-/// Records `epoch` for `fs_uuid` unless it is older than the recorded one or the filesystem
+/// Records `epoch` and `digest` for `fs_uuid` unless that would go back: an older epoch, or the
+/// recorded epoch with another digest (unless an admin accepted a rollback), or the filesystem
 /// is not bound to `tenant`.
 pub fn record(
     state: &StateDir,
@@ -136,30 +141,58 @@ pub fn record(
 ) -> Result<Check> {
     with_anchors(state, |a| match a.get_mut(fs_uuid) {
         None => (Check::Unbound, false),
-        Some(cur) if cur.tenant != tenant => (Check::OtherTenant, false),
-        Some(cur) if epoch < cur.epoch && !cur.accept_rollback => {
-            (Check::Rollback(cur.epoch), false)
-        }
-        Some(cur) => {
-            cur.epoch = epoch;
-            cur.digest = digest.to_string();
-            cur.accept_rollback = false;
-            (Check::Ok(epoch), true)
-        }
+        Some(cur) => match compare(cur, tenant, epoch, Some(digest)) {
+            Check::Ok(_) => {
+                let changed = cur.epoch != epoch || cur.digest != digest || cur.accept_rollback;
+                cur.epoch = epoch;
+                cur.digest = digest.to_string();
+                cur.accept_rollback = false;
+                (Check::Ok(epoch), changed)
+            }
+            refused => (refused, false),
+        },
     })
 }
 
-/// Checks that `epoch` is not older than the recorded epoch of `fs_uuid`, for its tenant.
-pub fn check(state: &StateDir, tenant: &str, fs_uuid: &str, epoch: u64) -> Result<Check> {
+/// Checks `epoch` (and `digest`, if the client sent it) of `fs_uuid` for `tenant` against the
+/// anchor: an older epoch is a rollback; the recorded epoch with another digest is a
+/// replacement of the metadata under the newest superblock.
+pub fn check(
+    state: &StateDir,
+    tenant: &str,
+    fs_uuid: &str,
+    epoch: u64,
+    digest: Option<&str>,
+) -> Result<Check> {
     with_anchors(state, |a| {
         let c = match a.get(fs_uuid) {
             None => Check::Unbound,
-            Some(cur) if cur.tenant != tenant => Check::OtherTenant,
-            Some(cur) if epoch < cur.epoch && !cur.accept_rollback => Check::Rollback(cur.epoch),
-            Some(cur) => Check::Ok(cur.epoch),
+            Some(cur) => match compare(cur, tenant, epoch, digest) {
+                Check::Ok(_) => Check::Ok(cur.epoch.max(epoch)),
+                refused => refused,
+            },
         };
         (c, false)
     })
+}
+
+/// `epoch`/`digest` of `tenant` against the anchor `cur`.
+fn compare(cur: &Anchor, tenant: &str, epoch: u64, digest: Option<&str>) -> Check {
+    if cur.tenant != tenant {
+        return Check::OtherTenant;
+    }
+    if cur.accept_rollback {
+        return Check::Ok(epoch);
+    }
+    if epoch < cur.epoch {
+        return Check::Rollback(cur.epoch);
+    }
+    match digest {
+        Some(d) if epoch == cur.epoch && !cur.digest.is_empty() && d != cur.digest => {
+            Check::Replaced(cur.digest.clone())
+        }
+        _ => Check::Ok(epoch),
+    }
 }
 
 /// Admin: lets `fs_uuid` go back to an older epoch once (at its next anchor).

@@ -779,6 +779,10 @@ struct AnchorReq {
 struct CheckAnchorReq {
     fs_uuid: String,
     epoch: u64,
+    /// The superblock's metadata digest (hex); optional so that older clients keep working
+    /// (they get the epoch check only).
+    #[serde(default)]
+    digest: Option<String>,
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -1029,27 +1033,32 @@ async fn process(
             Ok(json!({"key_version": v, "wrapped": b64e(&rewrapped)}))
         }
         Op::Anchor | Op::CheckAnchor => {
+            let parse_digest = |h: &str| {
+                let mut d = [0u8; 32];
+                hex::decode_to_slice(h, &mut d)
+                    .map(|()| hex::encode(d))
+                    .map_err(|_| bad("digest must be 64 hex digits"))
+            };
             let (fs_hex, epoch, digest) = if op == Op::Anchor {
                 let r: AnchorReq = serde_json::from_slice(&body).map_err(parse_err)?;
-                let mut d = [0u8; 32];
-                hex::decode_to_slice(&r.digest, &mut d)
-                    .map_err(|_| bad("digest must be 64 hex digits"))?;
-                (
-                    hex::encode(parse_uuid(&r.fs_uuid)?),
-                    r.epoch,
-                    Some(hex::encode(d)),
-                )
+                let d = parse_digest(&r.digest)?;
+                (hex::encode(parse_uuid(&r.fs_uuid)?), r.epoch, Some(d))
             } else {
                 let r: CheckAnchorReq = serde_json::from_slice(&body).map_err(parse_err)?;
-                (hex::encode(parse_uuid(&r.fs_uuid)?), r.epoch, None)
+                let d = r.digest.as_deref().map(parse_digest).transpose()?;
+                (hex::encode(parse_uuid(&r.fs_uuid)?), r.epoch, d)
             };
             ev.fs_uuid = Some(fs_hex.clone());
-            ev.reason = format!("epoch {epoch}");
+            ev.reason = match &digest {
+                Some(d) => format!("epoch {epoch} digest {}", d.get(..16).unwrap_or(d)),
+                None => format!("epoch {epoch}"),
+            };
             let state = shared.state.clone();
             let t = tenant_id.clone();
-            let res = tokio::task::spawn_blocking(move || match digest {
-                Some(d) => anchors::record(&state, &t, &fs_hex, epoch, &d),
-                None => anchors::check(&state, &t, &fs_hex, epoch),
+            let presented = digest.clone();
+            let res = tokio::task::spawn_blocking(move || match (op, digest) {
+                (Op::Anchor, Some(d)) => anchors::record(&state, &t, &fs_hex, epoch, &d),
+                (_, d) => anchors::check(&state, &t, &fs_hex, epoch, d.as_deref()),
             })
             .await
             .map_err(|e| internal(Error::Invalid(e.to_string())))?
@@ -1060,6 +1069,20 @@ async fn process(
                     StatusCode::CONFLICT,
                     "rollback",
                     format!("epoch {epoch} is older than the recorded epoch {newest}"),
+                )),
+                Check::Replaced(recorded) => Err(err(
+                    StatusCode::CONFLICT,
+                    "rollback",
+                    format!(
+                        "at epoch {epoch} the service recorded metadata digest {}…, this \
+                         superblock has {}…: the metadata was replaced or rolled back under \
+                         the newest superblock",
+                        recorded.get(..16).unwrap_or(&recorded),
+                        presented
+                            .as_deref()
+                            .and_then(|p| p.get(..16))
+                            .unwrap_or_default()
+                    ),
                 )),
                 Check::OtherTenant => Err(err(
                     StatusCode::FORBIDDEN,

@@ -404,9 +404,9 @@ fn rollback_anchor() {
     let a = env.client(&srv, "A", &ta);
     a.wrap(&FS1, &master()).unwrap();
     a.record_anchor(&FS1, 5, &[1; 32]).unwrap();
-    a.verify_anchor(&FS1, 5).unwrap();
-    a.verify_anchor(&FS1, 6).unwrap();
-    assert!(a.verify_anchor(&FS1, 4).is_err());
+    a.verify_anchor(&FS1, 5, &[1; 32]).unwrap();
+    a.verify_anchor(&FS1, 6, &[1; 32]).unwrap();
+    assert!(a.verify_anchor(&FS1, 4, &[1; 32]).is_err());
     assert!(a.record_anchor(&FS1, 4, &[1; 32]).is_err());
     // Another tenant cannot move A's anchor.
     let b = env.client(&srv, "B", &tb);
@@ -415,9 +415,9 @@ fn rollback_anchor() {
         Err(Error::WrongTenant { .. })
     ));
     env.admin.accept_rollback(&hex::encode(FS1)).unwrap();
-    a.verify_anchor(&FS1, 4).unwrap();
+    a.verify_anchor(&FS1, 4, &[1; 32]).unwrap();
     a.record_anchor(&FS1, 4, &[2; 32]).unwrap();
-    assert!(a.verify_anchor(&FS1, 3).is_err());
+    assert!(a.verify_anchor(&FS1, 3, &[1; 32]).is_err());
 }
 
 /// A filesystem's anchor belongs to the tenant that wrapped its key: another tenant, who can
@@ -436,14 +436,14 @@ fn anchor_is_bound_to_the_tenant_that_wrapped_the_key() {
     // B tries to take the new filesystem's anchor before its first mount.
     let e = b.record_anchor(&FS1, u64::MAX, &[0xee; 32]).unwrap_err();
     assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
-    let e = b.verify_anchor(&FS1, 1).unwrap_err();
+    let e = b.verify_anchor(&FS1, 1, &[1; 32]).unwrap_err();
     assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
     // Nor can B wrap a key for it.
     let e = b.wrap(&FS1, &master()).unwrap_err();
     assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
     // A's first mount: unwrap, check, anchor.
     assert_eq!(a.unwrap(&FS1, v, &w).unwrap().as_slice(), master());
-    a.verify_anchor(&FS1, 1).unwrap();
+    a.verify_anchor(&FS1, 1, &[1; 32]).unwrap();
     a.record_anchor(&FS1, 1, &[1; 32]).unwrap();
     // A filesystem nobody wrapped or unwrapped here cannot be anchored at all.
     let e = b.record_anchor(&FS2, 7, &[1; 32]).unwrap_err();
@@ -497,9 +497,9 @@ fn unwrap_binds_and_admin_clears_an_anchor() {
     // claim was never anchored.
     b.wrap(&FS1, &master()).unwrap();
     a.unwrap(&FS1, v, &w).unwrap();
-    a.verify_anchor(&FS1, 3).unwrap();
+    a.verify_anchor(&FS1, 3, &[1; 32]).unwrap();
     a.record_anchor(&FS1, 3, &[2; 32]).unwrap();
-    let e = b.verify_anchor(&FS1, 3).unwrap_err();
+    let e = b.verify_anchor(&FS1, 3, &[1; 32]).unwrap_err();
     assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
     let shown = env.admin.anchor_show(&hex::encode(FS1)).unwrap().unwrap();
     assert_eq!((shown.tenant.as_str(), shown.epoch), ("A", 3));
@@ -513,4 +513,44 @@ fn unwrap_binds_and_admin_clears_an_anchor() {
     // Clearing a filesystem without an anchor is an error naming it.
     let e = env.admin.anchor_clear(&hex::encode(FS2)).unwrap_err();
     assert!(e.to_string().contains(&hex::encode(FS2)), "{e}");
+}
+
+/// At the anchored epoch, a superblock with another metadata digest is a replacement: `check`
+/// refuses it and `record` does not overwrite the recorded digest; a newer epoch moves on.
+/// A client that sends no digest (older versions) gets the epoch check only.
+#[test]
+fn anchor_compares_the_digest_at_the_recorded_epoch() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let (d1, d2, d3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    a.wrap(&FS1, &master()).unwrap();
+    a.record_anchor(&FS1, 5, &d1).unwrap();
+    a.verify_anchor(&FS1, 5, &d1).unwrap();
+    let e = a.verify_anchor(&FS1, 5, &d2).unwrap_err();
+    assert!(matches!(e, Error::Rollback { .. }), "{e}");
+    assert!(e.to_string().contains("digest"), "{e}");
+    let e = a.record_anchor(&FS1, 5, &d2).unwrap_err();
+    assert!(matches!(e, Error::Rollback { .. }), "{e}");
+    // The recorded digest is still d1.
+    a.verify_anchor(&FS1, 5, &d1).unwrap();
+    a.record_anchor(&FS1, 5, &d1).unwrap();
+    let e = a.record_anchor(&FS1, 4, &d1).unwrap_err();
+    assert!(matches!(e, Error::Rollback { .. }), "{e}");
+    // A newer epoch with another digest is the normal course.
+    a.verify_anchor(&FS1, 6, &d2).unwrap();
+    a.record_anchor(&FS1, 6, &d2).unwrap();
+    assert!(a.verify_anchor(&FS1, 6, &d1).is_err());
+    // Old clients: no digest in check_anchor.
+    let body = format!(r#"{{"fs_uuid":"{}","epoch":6}}"#, hex::encode(FS1));
+    assert_eq!(
+        a.post("/v1/check_anchor", body.as_bytes()).unwrap().status,
+        200
+    );
+    // After an accepted rollback, the other line of history is accepted once.
+    env.admin.accept_rollback(&hex::encode(FS1)).unwrap();
+    a.verify_anchor(&FS1, 6, &d3).unwrap();
+    a.record_anchor(&FS1, 6, &d3).unwrap();
+    assert!(a.verify_anchor(&FS1, 6, &d2).is_err());
 }

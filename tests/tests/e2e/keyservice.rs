@@ -454,6 +454,43 @@ fn another_tenant_cannot_claim_the_anchor_and_admin_clears_a_poisoned_one() {
     assert!(ks.audit().contains("\"op\":\"admin_anchor_clear\""));
 }
 
+/// Two lines of history at the same epoch: after an accepted restore of an old copy has
+/// advanced to the epoch the original line had reached, storage puts the original line back.
+/// The epochs are equal, the metadata digests are not: refused as a rollback.
+#[test]
+fn other_line_of_history_at_the_anchored_epoch_is_refused() {
+    let ks = Ks::new();
+    let ta = ks.tenant("A");
+    let (backing, uuid) = ks.mkfs("a", "A", &ta);
+    let mnt = ks.path("mnt");
+    let cp = |from: &Path, to: &Path| {
+        let out = run(Command::new("cp").arg("-a").arg(from).arg(to));
+        assert!(out.status.success(), "cp: {}", stderr(&out));
+    };
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("v1.txt"), b"first").unwrap();
+    ks.unmount(&mnt);
+    let fork = ks.path("fork");
+    cp(&backing, &fork);
+    // The original line: one more mount cycle (two epochs).
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("main.txt"), b"main line").unwrap();
+    ks.unmount(&mnt);
+    let original = ks.path("original");
+    std::fs::rename(&backing, &original).unwrap();
+    // The old copy is restored deliberately and advances by the same two epochs.
+    std::fs::rename(&fork, &backing).unwrap();
+    ks.admin.accept_rollback(&uuid).unwrap();
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("fork.txt"), b"fork line").unwrap();
+    ks.unmount(&mnt);
+    // Storage swaps the original line back in: same epoch, other digest.
+    std::fs::rename(&backing, ks.path("fork-now")).unwrap();
+    std::fs::rename(&original, &backing).unwrap();
+    let out = ks.mount(&backing, &mnt, "A", &ta);
+    ks.refused(&out, &mnt, "digest");
+}
+
 /// A backup point copied and restored elsewhere is older than what the key service last saw:
 /// its mount is refused as a rollback until the admin accepts it, then it shows the state of
 /// the point. Tenant B's credentials cannot mount tenant A's restored copy.
