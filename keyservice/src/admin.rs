@@ -40,7 +40,7 @@ impl Admin {
         use rand::RngCore;
         let mut rid = [0u8; 8];
         rand::rngs::OsRng.fill_bytes(&mut rid);
-        let log = crate::audit::AuditLog::open(&self.audit_log)?;
+        let log = crate::audit::AuditLog::open(&self.audit_log, self.root.audit_key()?)?;
         log.append(&crate::audit::Event {
             request_id: hex::encode(rid),
             tenant,
@@ -147,6 +147,21 @@ impl Admin {
         crate::anchors::clear(&self.state, &clean)
     }
 
+    /// The key of the audit chain (for `audit key`, to hand to an auditor).
+    pub fn audit_key(&self) -> Result<crate::audit::AuditKey> {
+        self.root.audit_key()
+    }
+
+    /// Verifies the audit log at `path` (default: the admin's audit log) with the audit key.
+    pub fn audit_verify(
+        &self,
+        path: Option<&std::path::Path>,
+        opts: &crate::audit::VerifyOpts,
+    ) -> Result<crate::audit::Verified> {
+        let path = path.unwrap_or(&self.audit_log);
+        crate::audit::verify(path, &self.root.audit_key()?, opts)
+    }
+
     /// The registry as it is now.
     pub fn registry(&self) -> Result<Registry> {
         Registry::load(&self.state.file(crate::state::REGISTRY_FILE))
@@ -196,8 +211,8 @@ impl Admin {
             .map(std::path::Path::to_path_buf)
             .unwrap_or_else(|| self.state.file(crate::state::AUDIT_FILE));
         if audit_path.exists() {
-            match crate::audit::verify(&audit_path) {
-                Ok(n) => out.push_str(&format!("audit log: {n} lines, chain intact\n")),
+            match self.audit_verify(Some(&audit_path), &crate::audit::VerifyOpts::default()) {
+                Ok(v) => out.push_str(&format!("audit log: {v}\n")),
                 Err(e) => out.push_str(&format!("audit log: BROKEN: {e}\n")),
             }
         } else {

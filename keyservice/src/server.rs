@@ -270,7 +270,7 @@ impl Server {
             .audit_log
             .clone()
             .unwrap_or_else(|| state.file(crate::state::AUDIT_FILE));
-        let audit = AuditLog::open(&audit_path)?;
+        let audit = AuditLog::open(&audit_path, root.audit_key()?)?;
         let tls = crate::tls::server_config(&cfg.tls_cert, &cfg.tls_key)?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

@@ -55,7 +55,10 @@ fn wrap_unwrap_roundtrip_and_tenant_separation() {
     assert!(log.contains("unknown_key_version"), "{log}");
     assert!(log.contains("401 unauthorized"), "{log}");
     assert_eq!(
-        digimedfs_keyservice::audit::verify(&env.state.join("audit.log")).unwrap(),
+        env.admin
+            .audit_verify(Some(&env.state.join("audit.log")), &Default::default())
+            .unwrap()
+            .lines,
         log.lines().count()
     );
 }
@@ -134,7 +137,10 @@ fn restart_serves_same_keys_and_wrong_passphrase_fails() {
     let srv2 = env.start();
     let a2 = env.client(&srv2, "A", &ta);
     assert_eq!(a2.unwrap(&FS1, v, &w).unwrap().as_slice(), master());
-    assert!(digimedfs_keyservice::audit::verify(&env.state.join("audit.log")).is_ok());
+    assert!(env
+        .admin
+        .audit_verify(Some(&env.state.join("audit.log")), &Default::default())
+        .is_ok());
 
     let wrong = digimedfs_keyservice::state::Credential::passphrase("nope").unwrap();
     let e = digimedfs_keyservice::server::BackgroundServer::start(env.config(), wrong)
@@ -353,7 +359,13 @@ fn audit_chain_detects_edits_and_unwritable_log_refuses() {
         a.unwrap(&FS1, v, &w).unwrap();
     }
     let path = env.state.join("audit.log");
-    assert_eq!(digimedfs_keyservice::audit::verify(&path).unwrap(), 4);
+    assert_eq!(
+        env.admin
+            .audit_verify(Some(&path), &Default::default())
+            .unwrap()
+            .lines,
+        4
+    );
     let log = std::fs::read_to_string(&path).unwrap();
     assert!(!log.contains(&ta));
 
@@ -361,7 +373,9 @@ fn audit_chain_detects_edits_and_unwritable_log_refuses() {
     let mut lines: Vec<String> = log.lines().map(str::to_string).collect();
     lines[1] = lines[1].replace("\"unwrap\"", "\"wrap\"");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    let e = digimedfs_keyservice::audit::verify(&path)
+    let e = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 2 "), "{e}");
@@ -370,7 +384,9 @@ fn audit_chain_detects_edits_and_unwritable_log_refuses() {
     let mut lines: Vec<&str> = log.lines().collect();
     lines.remove(2);
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    let e = digimedfs_keyservice::audit::verify(&path)
+    let e = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 3 "), "{e}");
@@ -378,6 +394,7 @@ fn audit_chain_detects_edits_and_unwritable_log_refuses() {
 
     // The CLI names the bad line too.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_digimed-keyservice"))
+        .env("DIGIMED_KS_PASSPHRASE", common::PASS)
         .args(["audit", "verify"])
         .arg(&env.state)
         .output()
@@ -507,7 +524,10 @@ fn unwrap_binds_and_admin_clears_an_anchor() {
     let log = env.audit();
     assert!(log.contains("\"op\":\"admin_anchor_clear\""), "{log}");
     assert_eq!(
-        digimedfs_keyservice::audit::verify(&env.state.join("audit.log")).unwrap(),
+        env.admin
+            .audit_verify(Some(&env.state.join("audit.log")), &Default::default())
+            .unwrap()
+            .lines,
         log.lines().count()
     );
     // Clearing a filesystem without an anchor is an error naming it.
@@ -553,4 +573,193 @@ fn anchor_compares_the_digest_at_the_recorded_epoch() {
     a.verify_anchor(&FS1, 6, &d3).unwrap();
     a.record_anchor(&FS1, 6, &d3).unwrap();
     assert!(a.verify_anchor(&FS1, 6, &d2).is_err());
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// Rewrites `lines` (JSON objects without their last member) as an unkeyed SHA-256 chain, the
+/// way the unkeyed format was written: what anyone can compute without a key.
+fn unkeyed_chain(lines: &[String]) -> String {
+    let mut prev = "0".repeat(64);
+    let mut out = String::new();
+    for l in lines {
+        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(l).unwrap();
+        v.remove("mac");
+        v.remove("hash");
+        v.insert("prev".into(), serde_json::Value::String(prev.clone()));
+        let body = serde_json::to_string(&v).unwrap();
+        let hash = sha256_hex(body.as_bytes());
+        let line = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);
+        prev = sha256_hex(line.as_bytes());
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Deleting an entry and recomputing the chain without the audit key does not pass `audit
+/// verify`, neither with SHA-256 values in the `mac` members nor as an unkeyed chain.
+#[test]
+fn audit_chain_is_keyed() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let (v, w) = a.wrap(&FS1, &master()).unwrap();
+    for _ in 0..3 {
+        a.unwrap(&FS1, v, &w).unwrap();
+    }
+    drop(srv);
+    let path = env.state.join("audit.log");
+    let log = std::fs::read_to_string(&path).unwrap();
+    let verified = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
+        .unwrap();
+    assert_eq!((verified.lines, verified.legacy), (4, 0));
+    let mut lines: Vec<String> = log.lines().map(str::to_string).collect();
+    lines.remove(1);
+
+    // 1. Keep the format, recompute prev/mac as plain SHA-256 (the old unkeyed rule).
+    let mut forged = String::new();
+    let mut prev = "0".repeat(64);
+    for l in &lines {
+        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(l).unwrap();
+        v.remove("mac");
+        v.insert("prev".into(), serde_json::Value::String(prev.clone()));
+        let body = serde_json::to_string(&v).unwrap();
+        let mac = sha256_hex(body.as_bytes());
+        prev = mac.clone();
+        forged.push_str(&format!(
+            "{},\"mac\":\"{mac}\"}}\n",
+            &body[..body.len() - 1]
+        ));
+    }
+    std::fs::write(&path, &forged).unwrap();
+    let e = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 1 ") && e.contains("MAC"), "{e}");
+
+    // 2. Downgrade the whole log to an unkeyed chain: refused unless explicitly allowed.
+    std::fs::write(&path, unkeyed_chain(&lines)).unwrap();
+    let e = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("none of its 3 lines is keyed"), "{e}");
+
+    // 3. The CLI, with the key handed to an auditor in a file, without the credential.
+    std::fs::write(&path, &log).unwrap();
+    let bin = env!("CARGO_BIN_EXE_digimed-keyservice");
+    let out = std::process::Command::new(bin)
+        .env("DIGIMED_KS_PASSPHRASE", common::PASS)
+        .args(["audit", "key"])
+        .arg(&env.state)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let key_file = env.dir.path().join("audit.key");
+    std::fs::write(&key_file, &out.stdout).unwrap();
+    let verify = |extra: &[&str]| {
+        std::process::Command::new(bin)
+            .env_remove("DIGIMED_KS_PASSPHRASE")
+            .args(["audit", "verify", "--audit-log"])
+            .arg(&path)
+            .arg("--audit-key-file")
+            .arg(&key_file)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 lines, keyed chain intact"));
+    std::fs::write(&path, &forged).unwrap();
+    assert!(!verify(&[]).status.success());
+
+    // 4. A checkpoint taken now detects a later cut-off tail.
+    std::fs::write(&path, &log).unwrap();
+    let out = std::process::Command::new(bin)
+        .env("DIGIMED_KS_PASSPHRASE", common::PASS)
+        .args(["audit", "checkpoint"])
+        .arg(&env.state)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cp = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(cp.starts_with("4:"), "{cp}");
+    assert!(verify(&["--checkpoint", &cp]).status.success());
+    let cut: String = log.lines().take(3).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, cut).unwrap();
+    assert!(
+        verify(&[]).status.success(),
+        "a cut tail alone is not detectable"
+    );
+    let out = verify(&["--checkpoint", &cp]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("tail was cut off"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A log written before the chain was keyed is verified as an unkeyed prefix; the keyed chain
+/// starts after it and covers it, so editing the prefix is detected even with its SHA-256
+/// chain recomputed.
+#[test]
+fn legacy_unkeyed_prefix_is_verified_and_covered_by_the_keyed_chain() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let legacy: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                r#"{{"time":"2026-01-01T00:00:0{i}.000Z","request_id":"{i:016x}","tenant":"A","fs_uuid":null,"op":"wrap","key_version":1,"client":"127.0.0.1:1","outcome":"ok","reason":""}}"#
+            )
+        })
+        .collect();
+    let path = env.state.join("audit.log");
+    std::fs::write(&path, unkeyed_chain(&legacy)).unwrap();
+    let allow = digimedfs_keyservice::audit::VerifyOpts {
+        allow_unkeyed: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        env.admin.audit_verify(Some(&path), &allow).unwrap().legacy,
+        3
+    );
+    {
+        let srv = env.start();
+        env.client(&srv, "A", &ta).wrap(&FS1, &master()).unwrap();
+    }
+    let v = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
+        .unwrap();
+    assert_eq!((v.lines, v.legacy), (4, 3));
+    assert!(v.to_string().contains("keyed chain from line 4"), "{v}");
+
+    // Edit a legacy line and recompute the whole unkeyed prefix: the keyed line 4 notices.
+    let log = std::fs::read_to_string(&path).unwrap();
+    let mut edited = legacy.clone();
+    edited[1] = edited[1].replace("\"wrap\"", "\"unwrap\"");
+    let keyed = log.lines().nth(3).unwrap();
+    std::fs::write(&path, unkeyed_chain(&edited) + keyed + "\n").unwrap();
+    let e = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 4 "), "{e}");
 }

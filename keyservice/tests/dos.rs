@@ -83,7 +83,9 @@ fn bad_token_flood_is_aggregated_in_the_audit_log() {
     assert!(new_lines
         .iter()
         .any(|v| v["op"] == "unwrap" && v["outcome"] == "ok" && v["tenant"] == "A"));
-    digimedfs_keyservice::audit::verify(&env.state.join("audit.log")).unwrap();
+    env.admin
+        .audit_verify(Some(&env.state.join("audit.log")), &Default::default())
+        .unwrap();
 }
 
 /// Bad tokens from one address do not lock a valid token behind the same address out; the
