@@ -557,3 +557,41 @@ fn restored_backup_mounts_only_after_accepted_rollback() {
     );
     ks.unmount(&rmnt);
 }
+
+/// A crash right after a backup point: the live superblock (the point's epoch + 1) keeps the
+/// digest of the last clean unmount, and that is what the anchor must hold for that epoch, so
+/// the remount after the crash is not taken for a rollback.
+#[test]
+fn crash_after_a_backup_point_remounts() {
+    let ks = Ks::new();
+    let ta = ks.tenant("A");
+    let (backing, _uuid) = ks.mkfs("a", "A", &ta);
+    let mnt = ks.path("mnt");
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("before.txt"), b"in the point").unwrap();
+    for step in ["begin", "end"] {
+        let out = run(Command::new(bin("digimedfs"))
+            .args(["backup", step])
+            .arg(&backing));
+        assert!(out.status.success(), "backup {step}: {}", stderr(&out));
+    }
+    let pids = digimedfs_tests::daemon_pids(&mnt);
+    assert!(!pids.is_empty(), "no daemon serves {}", mnt.display());
+    for pid in pids {
+        // SAFETY: kill takes plain integers; `pid` is the digimedfs daemon of our own
+        // mountpoint, found through its command line.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    assert!(wait_until(TIMEOUT, || digimedfs_tests::daemon_pids(&mnt).is_empty()));
+    let out = run(Command::new("fusermount3").args(["-u", "-z"]).arg(&mnt));
+    assert!(out.status.success(), "fusermount3 -u -z: {}", stderr(&out));
+    ks.mounts.borrow_mut().retain(|m| m != &mnt);
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    assert_eq!(
+        std::fs::read(mnt.join("before.txt")).unwrap(),
+        b"in the point"
+    );
+    ks.unmount(&mnt);
+}
