@@ -234,6 +234,11 @@ impl AuditLog {
 
     /// Appends `event` and fsyncs; any failure is an error (the request must then fail).
     pub fn append(&self, event: &Event) -> Result<()> {
+        self.append_all(std::slice::from_ref(event))
+    }
+
+    /// Appends `events` in order with one fsync at the end (summaries).
+    pub fn append_all(&self, events: &[Event]) -> Result<()> {
         use std::os::unix::io::AsRawFd;
         let mut tail = self
             .tail
@@ -253,19 +258,23 @@ impl AuditLog {
                 None => [0u8; 32],
             };
         }
-        let line = Line {
-            time: now_rfc3339(),
-            event,
-            prev: hex::encode(tail.prev),
-        };
-        let mut bytes = serde_json::to_vec(&line).map_err(|e| Error::Audit(e.to_string()))?;
-        let mac = self.key.mac(&bytes);
-        bytes.pop(); // the closing brace
-        bytes.extend_from_slice(format!(",\"mac\":\"{}\"}}", hex::encode(mac)).as_bytes());
-        bytes.push(b'\n');
+        let mut bytes = Vec::new();
+        let mut prev = tail.prev;
+        for event in events {
+            let line = Line {
+                time: now_rfc3339(),
+                event,
+                prev: hex::encode(prev),
+            };
+            let mut one = serde_json::to_vec(&line).map_err(|e| Error::Audit(e.to_string()))?;
+            prev = self.key.mac(&one);
+            one.pop(); // the closing brace
+            one.extend_from_slice(format!(",\"mac\":\"{}\"}}\n", hex::encode(prev)).as_bytes());
+            bytes.extend_from_slice(&one);
+        }
         f.write_all(&bytes).map_err(err)?;
         f.sync_data().map_err(err)?;
-        tail.prev = mac;
+        tail.prev = prev;
         tail.len = len + bytes.len() as u64;
         Ok(())
     }

@@ -64,7 +64,8 @@ pub struct ServerConfig {
     /// Audit log path (default `STATE_DIR/audit.log`).
     pub audit_log: Option<PathBuf>,
     /// Concurrent connection cap. When it is reached, a new connection closes the oldest
-    /// connection that is not inside a request (idle, or still in its TLS handshake).
+    /// connection that has waited at least a second for its client (for its ClientHello, or
+    /// idle between requests); connections in a handshake or a request are never closed.
     pub max_connections: usize,
     /// Concurrent TLS handshakes (after the ClientHello arrived); the CPU-heavy part.
     pub max_handshakes: usize,
@@ -214,10 +215,16 @@ impl Noise {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(_) => return,
         };
+        if taken.is_empty() {
+            return;
+        }
+        let mut events = Vec::with_capacity(taken.len());
+        let mut total = 0u64;
         for (k, c) in taken {
             let mut rid = [0u8; 8];
             rand::rngs::OsRng.fill_bytes(&mut rid);
-            let ev = Event {
+            total = total.saturating_add(c.count);
+            events.push(Event {
                 request_id: hex::encode(rid),
                 op: "unauthenticated".into(),
                 client: k
@@ -230,11 +237,12 @@ impl Noise {
                 ),
                 count: Some(c.count),
                 ..Event::default()
-            };
-            if let Err(e) = audit.append(&ev) {
-                tracing::error!(error = %e, count = c.count, client = %ev.client,
-                    "audit summary of refused unauthenticated requests could not be written");
-            }
+            });
+        }
+        // One write and one fsync for all summaries of the interval.
+        if let Err(e) = audit.append_all(&events) {
+            tracing::error!(error = %e, requests = total,
+                "audit summary of refused unauthenticated requests could not be written");
         }
     }
 }
@@ -327,7 +335,9 @@ impl Server {
                     }
                 },
                 _ = ticker.tick() => {
-                    self.flush_noise().await;
+                    // In the background: the accept loop never waits for the audit log.
+                    let sh = self.shared.clone();
+                    tokio::task::spawn_blocking(move || sh.noise.flush(&sh.audit));
                     continue;
                 }
                 () = &mut shutdown => break Ok(()),
@@ -357,10 +367,18 @@ impl Server {
             let conns = conns.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                tokio::select! {
-                    () = conn.serve(tcp, peer) => {}
-                    () = slot.evict.notified() => {
-                        tracing::debug!(%peer, "idle connection closed to admit a new one");
+                let serve = conn.serve(tcp, peer);
+                tokio::pin!(serve);
+                loop {
+                    tokio::select! {
+                        () = &mut serve => break,
+                        () = slot.evict.notified() => {
+                            // It may have started a request since it was chosen: let it finish.
+                            if slot.waiting_for_peer() {
+                                tracing::debug!(%peer, "idle connection closed to admit a new one");
+                                break;
+                            }
+                        }
                     }
                 }
                 conns.remove(id);
@@ -430,13 +448,18 @@ impl ConnSlot {
         self.state.store(state, Ordering::Release);
     }
 
-    /// Waiting for the peer (not for this server) for at least [`EVICT_GRACE`].
+    /// Waiting for the peer (for a ClientHello or the next request), not for this server.
+    fn waiting_for_peer(&self) -> bool {
+        matches!(
+            self.state.load(std::sync::atomic::Ordering::Acquire),
+            AWAIT_HELLO | IDLE
+        )
+    }
+
+    /// Waiting for the peer for at least [`EVICT_GRACE`].
     fn evictable(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        let state = self.state.load(Ordering::Acquire);
-        let since = Duration::from_millis(self.since.load(Ordering::Acquire));
-        matches!(state, AWAIT_HELLO | IDLE)
-            && self.epoch.elapsed().saturating_sub(since) >= EVICT_GRACE
+        let since = Duration::from_millis(self.since.load(std::sync::atomic::Ordering::Acquire));
+        self.waiting_for_peer() && self.epoch.elapsed().saturating_sub(since) >= EVICT_GRACE
     }
 }
 

@@ -190,3 +190,47 @@ fn unwritable_audit_log_fails_releases_not_unauthenticated_refusals() {
     let e = a.unwrap(&FS1, v, &w).unwrap_err();
     assert!(matches!(e, Error::Service { status: 500, .. }), "{e}");
 }
+
+/// The summary is written every `noise_interval` while the server runs, not only at shutdown,
+/// and counts the refused requests of its interval.
+#[test]
+fn unauthenticated_summary_is_written_each_interval() {
+    let env = Env::new();
+    env.tenant("A");
+    let mut cfg = env.config();
+    cfg.noise_interval = Duration::from_millis(200);
+    let srv = digimedfs_keyservice::server::BackgroundServer::start(cfg, common::cred()).unwrap();
+    let bad = env.client(&srv, "A", &"ab".repeat(32));
+    for _ in 0..5 {
+        assert!(bad.wrap(&FS1, &[1u8; 64]).is_err());
+    }
+    let summarized = |env: &Env| -> u64 {
+        env.audit()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["op"] == "unauthenticated")
+            .map(|v| v["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(
+        wait_until(
+            || std::fs::metadata(env.state.join("audit.log")).is_ok() && summarized(&env) == 5
+        ),
+        "no summary of 5 refused requests while the server runs: {:?}",
+        std::fs::read_to_string(env.state.join("audit.log"))
+    );
+    drop(srv);
+    assert_eq!(summarized(&env), 5);
+}
+
+/// Polls `f` for up to 30 s.
+fn wait_until(f: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
