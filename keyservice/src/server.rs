@@ -1122,3 +1122,48 @@ async fn process(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn ip(i: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 | i))
+    }
+
+    /// However many addresses send noise, the aggregation table stays bounded and every
+    /// request is still counted (the excess under the overflow key).
+    #[test]
+    fn noise_table_is_bounded_and_counts_everything() {
+        let noise = Noise {
+            table: Mutex::new(HashMap::new()),
+        };
+        for i in 0..5_000u32 {
+            noise.add(ip(i), 401, "unauthorized");
+            noise.add(ip(i), 401, "unauthorized");
+        }
+        let t = noise.table.lock().unwrap();
+        assert!(t.len() <= NOISE_KEYS + 1, "{} keys", t.len());
+        assert_eq!(t.values().map(|c| c.count).sum::<u64>(), 10_000);
+        let overflow = t
+            .iter()
+            .find(|(k, _)| k.ip.is_none())
+            .map(|(_, c)| c.count)
+            .expect("an overflow key");
+        assert_eq!(overflow, 2 * (5_000 - NOISE_KEYS as u64));
+    }
+
+    /// The limiter's tables stay bounded under fresh keys; an address or token over its
+    /// limit is reported, one under it is not.
+    #[test]
+    fn limiter_windows_are_bounded() {
+        let w: Window<u32> = Window::new(3);
+        for k in 0..(LIMITER_ENTRIES as u32 + 500) {
+            assert!(!w.fail(k));
+        }
+        assert!(w.map.lock().unwrap().len() <= LIMITER_ENTRIES);
+        assert!(!w.fail(0) && !w.fail(0));
+        assert!(w.fail(0), "the 4th failure of key 0 is over the limit of 3");
+    }
+}
