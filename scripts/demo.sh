@@ -118,7 +118,7 @@ echo "no plaintext on storage."
 if [ "$mode" = keyservice ]; then
     echo "== the key service audit log: the unwrap that unlocked this mount =="
     grep '"op":"unwrap"' "$ks/audit.log" | tail -n 1
-    "$bin/digimed-keyservice" audit verify "$ks"
+    "$bin/digimed-keyservice" --credential-file "$cred" audit verify "$ks"
 fi
 echo
 echo "The demo filesystem is mounted on $mnt."

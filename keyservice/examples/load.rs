@@ -153,7 +153,9 @@ fn main() -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
     lat.sort();
-    let audit_lines = digimedfs_keyservice::audit::verify(&state.join("audit.log"))?;
+    let audit_lines = admin
+        .audit_verify(Some(&state.join("audit.log")), &Default::default())?
+        .lines;
     drop(srv);
 
     let fsync = fsync_latency(dir.path())?;

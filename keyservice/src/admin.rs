@@ -2,7 +2,8 @@
 //!
 //! Every operation first unseals the root secret with the credential: holding the credential is
 //! what authorizes an administrator. Writes go through [`crate::registry::modify`] (one writer at
-//! a time, atomic replacement), so running servers pick them up at their next request.
+//! a time, atomic replacement), so running servers pick them up at their next request. Changes
+//! to rollback anchors (`accept-rollback`, `anchor clear`) are recorded in the audit log first.
 
 use crate::registry::{self, Registry, TenantState};
 use crate::state::{Credential, StateDir};
@@ -13,6 +14,7 @@ use zeroize::Zeroizing;
 pub struct Admin {
     state: StateDir,
     root: crate::keys::RootSecret,
+    audit_log: std::path::PathBuf,
 }
 
 impl Admin {
@@ -20,7 +22,35 @@ impl Admin {
     pub fn open(state: &std::path::Path, cred: &Credential) -> Result<Admin> {
         let state = StateDir::new(state);
         let root = state.unseal(cred)?;
-        Ok(Admin { state, root })
+        let audit_log = state.file(crate::state::AUDIT_FILE);
+        Ok(Admin {
+            state,
+            root,
+            audit_log,
+        })
+    }
+
+    /// Records admin actions in `path` instead of `STATE_DIR/audit.log`.
+    pub fn set_audit_log(&mut self, path: &std::path::Path) {
+        self.audit_log = path.to_path_buf();
+    }
+
+    /// Appends an admin action on filesystem `fs_uuid` to the audit log.
+    fn audit(&self, op: &str, tenant: Option<String>, fs_uuid: &str, reason: String) -> Result<()> {
+        use rand::RngCore;
+        let mut rid = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut rid);
+        let log = crate::audit::AuditLog::open(&self.audit_log, self.root.audit_key()?)?;
+        log.append(&crate::audit::Event {
+            request_id: hex::encode(rid),
+            tenant,
+            fs_uuid: Some(fs_uuid.to_string()),
+            op: op.to_string(),
+            client: "admin-cli".into(),
+            outcome: "ok".into(),
+            reason,
+            ..crate::audit::Event::default()
+        })
     }
 
     /// Adds a tenant (key version 1).
@@ -79,12 +109,57 @@ impl Admin {
 
     /// Lets the filesystem `fs_uuid` (hex) go back to an older epoch once.
     pub fn accept_rollback(&self, fs_uuid: &str) -> Result<()> {
-        let clean: String = fs_uuid
-            .chars()
-            .filter(|c| *c != '-')
-            .collect::<String>()
-            .to_ascii_lowercase();
+        let clean = clean_uuid(fs_uuid)?;
+        let cur = crate::anchors::get(&self.state, &clean)?
+            .ok_or_else(|| Error::Invalid(format!("no anchor for filesystem {clean}")))?;
+        self.audit(
+            "admin_accept_rollback",
+            Some(cur.tenant),
+            &clean,
+            format!(
+                "next older epoch accepted once (anchor at epoch {})",
+                cur.epoch
+            ),
+        )?;
         crate::anchors::accept_rollback(&self.state, &clean)
+    }
+
+    /// The anchor of filesystem `fs_uuid` (hex, hyphens allowed), if any.
+    pub fn anchor_show(&self, fs_uuid: &str) -> Result<Option<crate::anchors::Anchor>> {
+        crate::anchors::get(&self.state, &clean_uuid(fs_uuid)?)
+    }
+
+    /// Removes the anchor and tenant binding of filesystem `fs_uuid` (audited first); the next
+    /// unwrap by the tenant whose key opens it binds it again, and its next mount anchors it.
+    pub fn anchor_clear(&self, fs_uuid: &str) -> Result<crate::anchors::Anchor> {
+        let clean = clean_uuid(fs_uuid)?;
+        let cur = crate::anchors::get(&self.state, &clean)?
+            .ok_or_else(|| Error::Invalid(format!("no anchor for filesystem {clean}")))?;
+        self.audit(
+            "admin_anchor_clear",
+            Some(cur.tenant.clone()),
+            &clean,
+            format!(
+                "anchor cleared (was tenant {}, epoch {})",
+                cur.tenant, cur.epoch
+            ),
+        )?;
+        crate::anchors::clear(&self.state, &clean)
+    }
+
+    /// The key of the audit chain (for `audit key`, to hand to an auditor).
+    pub fn audit_key(&self) -> Result<crate::audit::AuditKey> {
+        self.root.audit_key()
+    }
+
+    /// Verifies the audit log at `path` (default: the admin's audit log) with the audit key.
+    pub fn audit_verify(
+        &self,
+        path: Option<&std::path::Path>,
+        opts: &crate::audit::VerifyOpts,
+    ) -> Result<crate::audit::Verified> {
+        let path = path.unwrap_or(&self.audit_log);
+        crate::audit::verify(path, &self.root.audit_key()?, opts)
     }
 
     /// The registry as it is now.
@@ -136,8 +211,8 @@ impl Admin {
             .map(std::path::Path::to_path_buf)
             .unwrap_or_else(|| self.state.file(crate::state::AUDIT_FILE));
         if audit_path.exists() {
-            match crate::audit::verify(&audit_path) {
-                Ok(n) => out.push_str(&format!("audit log: {n} lines, chain intact\n")),
+            match self.audit_verify(Some(&audit_path), &crate::audit::VerifyOpts::default()) {
+                Ok(v) => out.push_str(&format!("audit log: {v}\n")),
                 Err(e) => out.push_str(&format!("audit log: BROKEN: {e}\n")),
             }
         } else {
@@ -145,4 +220,19 @@ impl Admin {
         }
         Ok(out)
     }
+}
+
+/// A filesystem UUID as 32 lowercase hex digits (hyphens dropped).
+fn clean_uuid(fs_uuid: &str) -> Result<String> {
+    let clean: String = fs_uuid
+        .chars()
+        .filter(|c| *c != '-')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if clean.len() != 32 || !clean.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Invalid(format!(
+            "{fs_uuid:?} is not a filesystem UUID (32 hex digits, hyphens allowed)"
+        )));
+    }
+    Ok(clean)
 }

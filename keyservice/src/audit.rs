@@ -1,24 +1,75 @@
-//! The audit log: append-only, hash-chained JSON lines.
+//! The audit log: append-only JSON lines in a keyed (HMAC-SHA256) chain.
 //!
 //! Each line is one JSON object: `time, request_id, tenant, fs_uuid, op, key_version, client,
-//! outcome, reason, prev, hash`, where `prev` is the hex SHA-256 of the previous line's bytes
-//! (64 zeros for the first line) and `hash` is the hex SHA-256 of the line's bytes up to the
-//! `,"hash"` member plus the closing `}`. Editing a line therefore breaks its own `hash`, and
-//! removing or reordering lines breaks the next line's `prev`. Truncating the tail is not
-//! detected by the log alone (keep a copy of the last hash elsewhere to catch it).
+//! outcome, reason, [count,] prev, mac`. `mac` is the hex HMAC-SHA256, under the audit key, of
+//! the line's bytes up to the `,"mac"` member plus the closing `}`; `prev` is the previous
+//! line's chain value (64 zeros for the first line). A keyed line's chain value is its `mac`.
+//! The audit key is HKDF-SHA256(root secret, "", "digimedfs v1 audit chain mac")
+//! ([`crate::keys::RootSecret::audit_key`]): only the service, an admin holding the credential,
+//! or an auditor given the key (`digimed-keyservice audit key`) can verify or extend the chain.
+//!
+//! What the chain proves, to a verifier with the key: every line was written by a holder of the
+//! key, unchanged, in this order, with none removed or inserted between the first and the last.
+//! It does not prove that the tail was not cut off (compare with a checkpoint kept elsewhere:
+//! [`Verified::last`], `digimed-keyservice audit checkpoint`), nor anything against a holder of
+//! the root secret or of the audit key, who can rewrite the whole chain.
+//!
+//! Logs written before the chain was keyed start with lines that carry `hash` instead of `mac`:
+//! `hash` is the plain SHA-256 of the line up to `,"hash"` plus `}`, and such a line's chain
+//! value is the SHA-256 of the whole line. [`verify`] checks that unkeyed prefix as before and
+//! reports where the keyed chain starts; the first keyed line's `prev` covers the whole prefix,
+//! so the prefix cannot be changed afterwards without the key either. An unkeyed line after the
+//! first keyed one is an error.
 //!
 //! Every append is fsynced before the request is answered; a failed append fails the request.
-//! Appends take an exclusive `flock` and pick up lines written by other instances, so several
-//! servers may share one log. Records never contain key material or tokens.
+//! Appends take an exclusive `flock` and chain onto the last line written by any instance, so
+//! several servers (sharing the root secret) may share one log. Records never contain key
+//! material or tokens.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::{Error, Result};
+
+/// The key of the audit chain (zeroized on drop).
+pub struct AuditKey(pub Zeroizing<[u8; 32]>);
+
+impl AuditKey {
+    /// Reads a key file holding the key as 64 hex digits (as `audit key` prints it).
+    pub fn from_file(path: &Path) -> Result<AuditKey> {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?);
+        let mut k = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), k.as_mut_slice()).map_err(|_| {
+            Error::Invalid(format!(
+                "{}: expected the audit key as 64 hex digits",
+                path.display()
+            ))
+        })?;
+        Ok(AuditKey(k))
+    }
+
+    /// The key as hex, for `digimed-keyservice audit key`.
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.0.as_slice()))
+    }
+
+    fn mac(&self, data: &[u8]) -> [u8; 32] {
+        // HMAC accepts keys of any length, so this cannot fail.
+        match <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_slice()) {
+            Ok(mut m) => {
+                m.update(data);
+                m.finalize().into_bytes().into()
+            }
+            Err(_) => [0u8; 32],
+        }
+    }
+}
 
 /// One audited event (no key material).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -39,6 +90,9 @@ pub struct Event {
     pub outcome: String,
     /// Why it was refused (empty when ok).
     pub reason: String,
+    /// For a summary record: how many requests it stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -57,6 +111,7 @@ struct Tail {
 /// An open audit log.
 pub struct AuditLog {
     path: PathBuf,
+    key: AuditKey,
     tail: Mutex<Tail>,
 }
 
@@ -104,6 +159,48 @@ fn last_line(file: &mut std::fs::File, len: u64) -> std::io::Result<Option<Vec<u
     Ok(Some(line.to_vec()))
 }
 
+/// Length of the `,"mac":"<64 hex>"}` (or `,"hash":...`) suffix without the member name.
+const HEX_TAIL: usize = 64 + 2;
+
+/// How a line is chained.
+enum Kind<'a> {
+    /// `..,"mac":"<hex>"}`: keyed; (signed part without `}`, stated mac hex).
+    Keyed(&'a [u8], &'a [u8]),
+    /// `..,"hash":"<hex>"}`: unkeyed (before the chain was keyed).
+    Legacy(&'a [u8], &'a [u8]),
+    /// Neither.
+    Other,
+}
+
+fn kind(line: &[u8]) -> Kind<'_> {
+    let split = |name: &[u8]| -> Option<(&[u8], &[u8])> {
+        let n = name.len() + HEX_TAIL;
+        let at = line.len().checked_sub(n)?;
+        let (head, suffix) = line.split_at(at);
+        let hex = suffix.strip_prefix(name)?.strip_suffix(b"\"}")?;
+        Some((head, hex))
+    };
+    if let Some((h, x)) = split(b",\"mac\":\"") {
+        Kind::Keyed(h, x)
+    } else if let Some((h, x)) = split(b",\"hash\":\"") {
+        Kind::Legacy(h, x)
+    } else {
+        Kind::Other
+    }
+}
+
+/// The chain value a line hands to the next line's `prev`: its stated `mac` if keyed, else the
+/// SHA-256 of the whole line.
+fn chain_value(line: &[u8]) -> [u8; 32] {
+    if let Kind::Keyed(_, x) = kind(line) {
+        let mut v = [0u8; 32];
+        if hex::decode_to_slice(x, &mut v).is_ok() {
+            return v;
+        }
+    }
+    Sha256::digest(line).into()
+}
+
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -116,15 +213,16 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
 
 impl AuditLog {
     /// Opens (creating if needed) the log at `path` and finds the chain's tail.
-    pub fn open(path: &Path) -> Result<AuditLog> {
+    pub fn open(path: &Path, key: AuditKey) -> Result<AuditLog> {
         let mut f = open_append(path).map_err(|e| Error::io(path, e))?;
         let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
         let prev = match last_line(&mut f, len).map_err(|e| Error::io(path, e))? {
-            Some(l) => Sha256::digest(&l).into(),
+            Some(l) => chain_value(&l),
             None => [0u8; 32],
         };
         Ok(AuditLog {
             path: path.to_path_buf(),
+            key,
             tail: Mutex::new(Tail { prev, len }),
         })
     }
@@ -136,6 +234,11 @@ impl AuditLog {
 
     /// Appends `event` and fsyncs; any failure is an error (the request must then fail).
     pub fn append(&self, event: &Event) -> Result<()> {
+        self.append_all(std::slice::from_ref(event))
+    }
+
+    /// Appends `events` in order with one fsync at the end (summaries).
+    pub fn append_all(&self, events: &[Event]) -> Result<()> {
         use std::os::unix::io::AsRawFd;
         let mut tail = self
             .tail
@@ -151,74 +254,176 @@ impl AuditLog {
         if len != tail.len {
             // Another instance appended (or the file was replaced): chain onto its last line.
             tail.prev = match last_line(&mut f, len).map_err(err)? {
-                Some(l) => Sha256::digest(&l).into(),
+                Some(l) => chain_value(&l),
                 None => [0u8; 32],
             };
         }
-        let line = Line {
-            time: now_rfc3339(),
-            event,
-            prev: hex::encode(tail.prev),
-        };
-        let mut bytes = serde_json::to_vec(&line).map_err(|e| Error::Audit(e.to_string()))?;
-        let hash = Sha256::digest(&bytes);
-        bytes.pop(); // the closing brace
-        bytes.extend_from_slice(format!(",\"hash\":\"{}\"}}", hex::encode(hash)).as_bytes());
-        let full_hash: [u8; 32] = Sha256::digest(&bytes).into();
-        bytes.push(b'\n');
+        let mut bytes = Vec::new();
+        let mut prev = tail.prev;
+        for event in events {
+            let line = Line {
+                time: now_rfc3339(),
+                event,
+                prev: hex::encode(prev),
+            };
+            let mut one = serde_json::to_vec(&line).map_err(|e| Error::Audit(e.to_string()))?;
+            prev = self.key.mac(&one);
+            one.pop(); // the closing brace
+            one.extend_from_slice(format!(",\"mac\":\"{}\"}}\n", hex::encode(prev)).as_bytes());
+            bytes.extend_from_slice(&one);
+        }
         f.write_all(&bytes).map_err(err)?;
         f.sync_data().map_err(err)?;
-        tail.prev = full_hash;
+        tail.prev = prev;
         tail.len = len + bytes.len() as u64;
         Ok(())
     }
 }
 
-/// Checks the chain of the log at `path`; returns the number of lines, or an
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Lines in the log.
+    pub lines: usize,
+    /// Leading unkeyed lines (written before the chain was keyed); the keyed chain starts at
+    /// line `legacy + 1`.
+    pub legacy: usize,
+    /// The last line's chain value (hex): a checkpoint to keep elsewhere.
+    pub last: Option<String>,
+}
+
+impl std::fmt::Display for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.legacy, self.lines) {
+            (_, 0) => write!(f, "0 lines"),
+            (0, n) => write!(f, "{n} lines, keyed chain intact"),
+            (l, n) if l == n => write!(
+                f,
+                "{n} lines, all unkeyed (written before the chain was keyed; SHA-256 chain \
+                 intact, which anyone can recompute)"
+            ),
+            (l, n) => write!(
+                f,
+                "{n} lines, chain intact: lines 1-{l} unkeyed (before the chain was keyed), \
+                 keyed chain from line {}",
+                l + 1
+            ),
+        }
+    }
+}
+
+/// What [`verify`] is to require beyond an intact chain.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOpts {
+    /// (line number, chain value in hex) from an earlier checkpoint: that line must still carry
+    /// that value, so a tail cut off before it, or a chain rewritten since, is detected.
+    pub checkpoint: Option<(usize, String)>,
+    /// Accept a non-empty log without any keyed line. Off by default: anyone can rewrite a
+    /// whole log as an unkeyed SHA-256 chain, so such a log proves nothing unless it is known
+    /// to predate the keyed chain.
+    pub allow_unkeyed: bool,
+}
+
+/// Checks the chain of the log at `path` with `key`; returns what it found, or an
 /// [`Error::Audit`] naming the first bad line (1-based).
-pub fn verify(path: &Path) -> Result<usize> {
+pub fn verify(path: &Path, key: &AuditKey, opts: &VerifyOpts) -> Result<Verified> {
+    let checkpoint = opts.checkpoint.as_ref().map(|(n, v)| (*n, v.as_str()));
     let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Verified {
+        lines: 0,
+        legacy: 0,
+        last: None,
+    };
     let mut prev = [0u8; 32];
-    let mut n = 0usize;
-    if data.is_empty() {
-        return Ok(0);
-    }
-    let body = data
-        .strip_suffix(b"\n")
-        .ok_or_else(|| Error::Audit(format!("{}: last line is incomplete", path.display())))?;
-    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
-        let no = i + 1;
-        let bad =
-            |what: &str| Error::Audit(format!("{}: line {no} is bad: {what}", path.display()));
-        let v: serde_json::Value =
-            serde_json::from_slice(line).map_err(|_| bad("not valid JSON"))?;
-        let stated_prev = v
-            .get("prev")
-            .and_then(|p| p.as_str())
-            .ok_or_else(|| bad("no prev"))?;
-        if stated_prev != hex::encode(prev) {
-            return Err(bad("prev does not match the hash of the line before (a line was removed, reordered or edited)"));
+    let mut keyed_started = false;
+    let mut checkpoint_seen = false;
+    if !data.is_empty() {
+        let body = data
+            .strip_suffix(b"\n")
+            .ok_or_else(|| Error::Audit(format!("{}: last line is incomplete", path.display())))?;
+        for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+            let no = i + 1;
+            let bad =
+                |what: &str| Error::Audit(format!("{}: line {no} is bad: {what}", path.display()));
+            let v: serde_json::Value =
+                serde_json::from_slice(line).map_err(|_| bad("not valid JSON"))?;
+            let stated_prev = v
+                .get("prev")
+                .and_then(|p| p.as_str())
+                .ok_or_else(|| bad("no prev"))?;
+            if stated_prev != hex::encode(prev) {
+                return Err(bad(
+                    "prev does not match the line before (a line was removed, reordered or edited)",
+                ));
+            }
+            match kind(line) {
+                Kind::Keyed(head, stated) => {
+                    let mut signed = head.to_vec();
+                    signed.push(b'}');
+                    let mac = key.mac(&signed);
+                    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+                        hex::encode(mac).as_bytes(),
+                        stated,
+                    )) {
+                        return Err(bad(
+                            "its MAC does not verify (the line was edited or written without \
+                             the audit key, or this is not the service's audit key)",
+                        ));
+                    }
+                    keyed_started = true;
+                    prev = mac;
+                }
+                Kind::Legacy(head, stated) => {
+                    if keyed_started {
+                        return Err(bad(
+                            "unkeyed line after the keyed chain started (inserted or rewritten)",
+                        ));
+                    }
+                    let mut signed = head.to_vec();
+                    signed.push(b'}');
+                    if hex::encode(Sha256::digest(&signed)).as_bytes() != stated {
+                        return Err(bad(
+                            "its content does not match its hash (the line was edited)",
+                        ));
+                    }
+                    out.legacy = no;
+                    prev = Sha256::digest(line).into();
+                }
+                Kind::Other => return Err(bad("does not end with its MAC")),
+            }
+            out.lines = no;
+            if let Some((n, value)) = checkpoint {
+                if n == no {
+                    if !hex::encode(prev).eq_ignore_ascii_case(value.trim()) {
+                        return Err(bad(
+                            "its chain value differs from the checkpoint (the log was \
+                             rewritten since the checkpoint was taken)",
+                        ));
+                    }
+                    checkpoint_seen = true;
+                }
+            }
         }
-        // The line must end with ,"hash":"<64 hex>"}
-        const SUFFIX_LEN: usize = 9 + 64 + 2;
-        let split = line
-            .len()
-            .checked_sub(SUFFIX_LEN)
-            .ok_or_else(|| bad("too short"))?;
-        let (head, suffix) = line.split_at(split);
-        let hex_part = suffix
-            .strip_prefix(b",\"hash\":\"")
-            .and_then(|s| s.strip_suffix(b"\"}"))
-            .ok_or_else(|| bad("does not end with its hash"))?;
-        let mut signed = head.to_vec();
-        signed.push(b'}');
-        if hex::encode(Sha256::digest(&signed)).as_bytes() != hex_part {
-            return Err(bad(
-                "its content does not match its hash (the line was edited)",
-            ));
-        }
-        prev = Sha256::digest(line).into();
-        n = no;
+        out.last = Some(hex::encode(prev));
     }
-    Ok(n)
+    if out.lines > 0 && out.legacy == out.lines && !opts.allow_unkeyed {
+        return Err(Error::Audit(format!(
+            "{}: none of its {} lines is keyed: either it was written entirely before the chain \
+             was keyed, or it was rewritten by someone without the audit key (an unkeyed \
+             SHA-256 chain can be recomputed by anyone); if it is known to predate the keyed \
+             chain, verify it with --allow-unkeyed",
+            path.display(),
+            out.lines
+        )));
+    }
+    if let Some((n, _)) = checkpoint {
+        if !checkpoint_seen {
+            return Err(Error::Audit(format!(
+                "{}: the log has {} lines, the checkpoint is at line {n}: its tail was cut off",
+                path.display(),
+                out.lines
+            )));
+        }
+    }
+    Ok(out)
 }

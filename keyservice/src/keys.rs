@@ -4,6 +4,8 @@
 //! root secret (32 random bytes, stored only sealed under Argon2id(passphrase))
 //!  ├── HKDF(root, salt = "", "digimedfs v1 registry seed seal") → seed-sealing key
 //!  │     └── seals each tenant's random 32-byte seed in the registry
+//!  ├── HKDF(root, salt = "", "digimedfs v1 audit chain mac") → audit key
+//!  │     └── HMAC-SHA256 chain of the audit log
 //!  └── HKDF(root, salt = tenant seed,
 //!           "digimedfs v1 tenant kek" ‖ le32(len tenant) ‖ tenant ‖ le32(version)) → KEK
 //!        └── AES-256-GCM-SIV(KEK, AD = "digimedfs v1 transit" ‖ tenant ‖ fs_uuid ‖ le32(version))
@@ -29,6 +31,7 @@ const LABEL_KEK: &[u8] = b"digimedfs v1 tenant kek";
 const LABEL_SEED_SEAL: &[u8] = b"digimedfs v1 registry seed seal";
 const LABEL_TRANSIT: &[u8] = b"digimedfs v1 transit";
 const LABEL_SEED_AD: &[u8] = b"digimedfs v1 tenant seed";
+const LABEL_AUDIT: &[u8] = b"digimedfs v1 audit chain mac";
 
 /// The service's root secret (never leaves the process unsealed).
 pub struct RootSecret(Zeroizing<[u8; SECRET_LEN]>);
@@ -73,6 +76,15 @@ impl RootSecret {
         hkdf_sha256(self.0.as_slice(), seed, &info, out.as_mut_slice())
             .map_err(|e| Error::Crypto(e.to_string()))?;
         Ok(out)
+    }
+
+    /// The key of the audit log's HMAC chain: HKDF-SHA256(root, "", "digimedfs v1 audit chain
+    /// mac").
+    pub fn audit_key(&self) -> Result<crate::audit::AuditKey> {
+        let mut k = Zeroizing::new([0u8; SECRET_LEN]);
+        hkdf_sha256(self.0.as_slice(), &[], LABEL_AUDIT, k.as_mut_slice())
+            .map_err(|e| Error::Crypto(e.to_string()))?;
+        Ok(crate::audit::AuditKey(k))
     }
 
     /// The sealer for tenant seeds in the registry.

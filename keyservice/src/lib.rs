@@ -7,7 +7,7 @@
 //! master key. See docs/keyservice.md.
 //!
 //! Modules: [`keys`] (key hierarchy), [`state`] (state directory, sealed root), [`registry`]
-//! (tenants and tokens), [`audit`] (hash-chained audit log), [`anchors`] (rollback anchors),
+//! (tenants and tokens), [`audit`] (HMAC-chained audit log), [`anchors`] (rollback anchors),
 //! [`tls`], [`server`] (HTTPS API). The blocking client (`KeySource` kind 2) lives in the
 //! filesystem library, so that `digimedfs` and `mkfs.digimed` can use it; it is re-exported
 //! here as [`client`].

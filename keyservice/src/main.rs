@@ -44,9 +44,14 @@ enum Cmd {
         /// Audit log (default STATE_DIR/audit.log).
         #[arg(long)]
         audit_log: Option<PathBuf>,
-        /// Maximum concurrent connections.
+        /// Maximum concurrent connections (at the cap, a new connection closes the oldest one
+        /// that has waited at least a second for its client).
         #[arg(long, default_value_t = 256)]
         max_connections: usize,
+        /// Failed authentications per address per minute before every unauthenticated request
+        /// from it is answered 429 (valid tokens from the address keep working).
+        #[arg(long, default_value_t = 1000)]
+        address_failure_limit: u32,
     },
     /// Tenants.
     Tenant {
@@ -68,6 +73,11 @@ enum Cmd {
     },
     /// Allow a filesystem to go back to an older epoch once (after a deliberate restore).
     AcceptRollback { state_dir: PathBuf, fs_uuid: String },
+    /// Rollback anchors of filesystems.
+    Anchor {
+        #[command(subcommand)]
+        cmd: AnchorCmd,
+    },
     /// Tenants, tokens, and the audit chain.
     Status {
         state_dir: PathBuf,
@@ -102,13 +112,51 @@ enum TokenCmd {
 }
 
 #[derive(Subcommand)]
+enum AnchorCmd {
+    /// Show a filesystem's anchor: its tenant, newest epoch and digest.
+    Show { state_dir: PathBuf, fs_uuid: String },
+    /// Remove a filesystem's anchor and tenant binding (audited); the next mount by the tenant
+    /// whose key opens it binds and anchors it again.
+    Clear {
+        state_dir: PathBuf,
+        fs_uuid: String,
+        /// Audit log to record the action in (default STATE_DIR/audit.log).
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCmd {
-    /// Verify the hash chain; names the first bad line.
+    /// Verify the keyed chain (and an unkeyed prefix from older versions); names the first bad
+    /// line. Needs the credential, or the audit key in --audit-key-file.
     Verify {
+        /// The state directory (not needed with --audit-key-file and --audit-log).
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+        /// File with the audit key (64 hex digits, from `audit key`); no credential needed.
+        #[arg(long)]
+        audit_key_file: Option<PathBuf>,
+        /// LINE:VALUE printed earlier by `audit checkpoint`: that line must still carry that
+        /// chain value (detects a cut-off tail or a rewritten log).
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// Accept a log without any keyed line (only for logs known to predate the keyed
+        /// chain: anyone can write an unkeyed chain).
+        #[arg(long)]
+        allow_unkeyed: bool,
+    },
+    /// Print the last line's number and chain value, to keep elsewhere (off this host) and pass
+    /// to `audit verify --checkpoint` later.
+    Checkpoint {
         state_dir: PathBuf,
         #[arg(long)]
         audit_log: Option<PathBuf>,
     },
+    /// Print the audit key (hex) for an auditor. Whoever holds it can verify the chain, and
+    /// also write a chain that verifies: give it only to whom you would let rewrite the log.
+    Key { state_dir: PathBuf },
 }
 
 fn main() -> Result<()> {
@@ -150,6 +198,7 @@ fn main() -> Result<()> {
             tls_key,
             audit_log,
             max_connections,
+            address_failure_limit,
         } => {
             let mut cfg = ServerConfig::new(
                 state_dir.clone(),
@@ -159,6 +208,7 @@ fn main() -> Result<()> {
             );
             cfg.audit_log = audit_log.clone();
             cfg.max_connections = *max_connections;
+            cfg.address_failure_limit = *address_failure_limit;
             let cred = cred()?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
@@ -219,23 +269,111 @@ fn main() -> Result<()> {
             admin(state_dir)?.accept_rollback(fs_uuid)?;
             println!("filesystem {fs_uuid}: the next older epoch will be accepted once");
         }
+        Cmd::Anchor { cmd } => match cmd {
+            AnchorCmd::Show { state_dir, fs_uuid } => {
+                match admin(state_dir)?.anchor_show(fs_uuid)? {
+                    Some(a) => println!(
+                        "filesystem {fs_uuid}: tenant {}, epoch {}, digest {}{}",
+                        a.tenant,
+                        a.epoch,
+                        if a.digest.is_empty() {
+                            "(none yet)"
+                        } else {
+                            &a.digest
+                        },
+                        if a.accept_rollback {
+                            ", one rollback accepted"
+                        } else {
+                            ""
+                        }
+                    ),
+                    None => println!("filesystem {fs_uuid}: no anchor"),
+                }
+            }
+            AnchorCmd::Clear {
+                state_dir,
+                fs_uuid,
+                audit_log,
+            } => {
+                let mut adm = admin(state_dir)?;
+                if let Some(p) = audit_log {
+                    adm.set_audit_log(p);
+                }
+                let old = adm.anchor_clear(fs_uuid)?;
+                println!(
+                    "filesystem {fs_uuid}: anchor cleared (was tenant {}, epoch {}); the next \
+                     mount by the tenant whose key opens it anchors it again",
+                    old.tenant, old.epoch
+                );
+            }
+        },
         Cmd::Status {
             state_dir,
             audit_log,
         } => print!("{}", admin(state_dir)?.status(audit_log.as_deref())?),
-        Cmd::Audit {
-            cmd:
-                AuditCmd::Verify {
-                    state_dir,
-                    audit_log,
-                },
-        } => {
-            let path = audit_log
-                .clone()
-                .unwrap_or_else(|| state_dir.join(digimedfs_keyservice::state::AUDIT_FILE));
-            let n = digimedfs_keyservice::audit::verify(&path)?;
-            println!("{}: {n} lines, chain intact", path.display());
-        }
+        Cmd::Audit { cmd } => match cmd {
+            AuditCmd::Verify {
+                state_dir,
+                audit_log,
+                audit_key_file,
+                checkpoint,
+                allow_unkeyed,
+            } => {
+                let path = match (audit_log, state_dir) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(d)) => d.join(digimedfs_keyservice::state::AUDIT_FILE),
+                    (None, None) => anyhow::bail!("give STATE_DIR or --audit-log PATH"),
+                };
+                let key = match (audit_key_file, state_dir) {
+                    (Some(f), _) => digimedfs_keyservice::audit::AuditKey::from_file(f)?,
+                    (None, Some(d)) => admin(d)?.audit_key()?,
+                    (None, None) => {
+                        anyhow::bail!("give STATE_DIR (and the credential) or --audit-key-file")
+                    }
+                };
+                let checkpoint = match checkpoint {
+                    Some(c) => Some(
+                        c.split_once(':')
+                            .and_then(|(n, v)| Some((n.parse::<usize>().ok()?, v.to_string())))
+                            .context(
+                                "--checkpoint takes LINE:VALUE as `audit checkpoint` prints it",
+                            )?,
+                    ),
+                    None => None,
+                };
+                let opts = digimedfs_keyservice::audit::VerifyOpts {
+                    checkpoint,
+                    allow_unkeyed: *allow_unkeyed,
+                };
+                let v = digimedfs_keyservice::audit::verify(&path, &key, &opts)?;
+                println!("{}: {v}", path.display());
+                if let Some((n, _)) = &opts.checkpoint {
+                    println!("checkpoint at line {n} matches");
+                }
+            }
+            AuditCmd::Checkpoint {
+                state_dir,
+                audit_log,
+            } => {
+                let adm = admin(state_dir)?;
+                let v = adm.audit_verify(
+                    audit_log.as_deref(),
+                    &digimedfs_keyservice::audit::VerifyOpts::default(),
+                )?;
+                match v.last {
+                    Some(last) => println!("{}:{last}", v.lines),
+                    None => anyhow::bail!("the audit log is empty; nothing to checkpoint"),
+                }
+            }
+            AuditCmd::Key { state_dir } => {
+                let key = admin(state_dir)?.audit_key()?;
+                eprintln!(
+                    "audit key on stdout: whoever holds it can verify the audit chain and also \
+                     forge one; store it like a credential"
+                );
+                println!("{}", key.to_hex().as_str());
+            }
+        },
     }
     Ok(())
 }

@@ -46,6 +46,8 @@ fn wrap_unwrap_roundtrip_and_tenant_separation() {
     let e = bad.unwrap(&FS1, v, &wrapped).unwrap_err();
     assert!(matches!(e, Error::BadCredential { .. }), "{e}");
 
+    // Stopping the server writes the summary of refused unauthenticated requests.
+    drop(srv);
     let log = env.audit();
     assert!(log.contains("\"tenant\":\"B\""), "{log}");
     assert!(log.contains("unwrap_failed"), "{log}");
@@ -53,7 +55,10 @@ fn wrap_unwrap_roundtrip_and_tenant_separation() {
     assert!(log.contains("unknown_key_version"), "{log}");
     assert!(log.contains("401 unauthorized"), "{log}");
     assert_eq!(
-        digimedfs_keyservice::audit::verify(&env.state.join("audit.log")).unwrap(),
+        env.admin
+            .audit_verify(Some(&env.state.join("audit.log")), &Default::default())
+            .unwrap()
+            .lines,
         log.lines().count()
     );
 }
@@ -69,7 +74,7 @@ fn revocation_of_tenant_and_token() {
     let a2 = env.client(&srv, "A", &ta2);
     let b = env.client(&srv, "B", &tb);
     let (v, w) = a.wrap(&FS1, &master()).unwrap();
-    let (vb, wb) = b.wrap(&FS1, &master()).unwrap();
+    let (vb, wb) = b.wrap(&FS2, &master()).unwrap();
 
     // Revoke A's first token by the prefix of its id: only that token stops working.
     let reg = env.admin.registry().unwrap();
@@ -84,9 +89,9 @@ fn revocation_of_tenant_and_token() {
     env.admin.tenant_revoke("A").unwrap();
     let e = a2.unwrap(&FS1, v, &w).unwrap_err();
     assert!(matches!(e, Error::Revoked { .. }), "{e}");
-    let e = a2.wrap(&FS2, &master()).unwrap_err();
+    let e = a2.wrap(&[3; 16], &master()).unwrap_err();
     assert!(matches!(e, Error::Revoked { .. }), "{e}");
-    assert_eq!(b.unwrap(&FS1, vb, &wb).unwrap().as_slice(), master());
+    assert_eq!(b.unwrap(&FS2, vb, &wb).unwrap().as_slice(), master());
     assert!(env.audit().contains("tenant_revoked"));
 }
 
@@ -132,7 +137,10 @@ fn restart_serves_same_keys_and_wrong_passphrase_fails() {
     let srv2 = env.start();
     let a2 = env.client(&srv2, "A", &ta);
     assert_eq!(a2.unwrap(&FS1, v, &w).unwrap().as_slice(), master());
-    assert!(digimedfs_keyservice::audit::verify(&env.state.join("audit.log")).is_ok());
+    assert!(env
+        .admin
+        .audit_verify(Some(&env.state.join("audit.log")), &Default::default())
+        .is_ok());
 
     let wrong = digimedfs_keyservice::state::Credential::passphrase("nope").unwrap();
     let e = digimedfs_keyservice::server::BackgroundServer::start(env.config(), wrong)
@@ -311,23 +319,33 @@ fn bad_input_is_refused_and_service_keeps_serving() {
 }
 
 #[test]
-fn failed_auth_is_rate_limited() {
+fn failed_auth_is_rate_limited_per_token_and_address() {
     let env = Env::new();
     let ta = env.tenant("A");
-    let srv = env.start();
+    let mut cfg = env.config();
+    cfg.address_failure_limit = 25;
+    let srv = digimedfs_keyservice::server::BackgroundServer::start(cfg, common::cred()).unwrap();
     let bad = env.client(&srv, "A", &"ab".repeat(32));
     for _ in 0..10 {
         let e = bad.wrap(&FS1, &master()).unwrap_err();
         assert!(matches!(e, Error::BadCredential { .. }), "{e}");
     }
+    // The same bad token again: limited.
     let e = bad.wrap(&FS1, &master()).unwrap_err();
     assert!(matches!(e, Error::RateLimited(_)), "{e}");
-    // The limit is per address: the good token from the same address is limited too.
+    // Another bad token from the same address is not limited yet; past the address's limit
+    // (25 failures) every bad token from it is.
+    for i in 0..14u8 {
+        let other = env.client(&srv, "A", &hex::encode([i; 32]));
+        let e = other.wrap(&FS1, &master()).unwrap_err();
+        assert!(matches!(e, Error::BadCredential { .. }), "{i}: {e}");
+    }
+    let fresh = env.client(&srv, "A", &"ef".repeat(32));
+    let e = fresh.wrap(&FS1, &master()).unwrap_err();
+    assert!(matches!(e, Error::RateLimited(_)), "{e}");
+    // A valid token from that address is never locked out.
     let a = env.client(&srv, "A", &ta);
-    assert!(matches!(
-        a.wrap(&FS1, &master()),
-        Err(Error::RateLimited(_))
-    ));
+    a.wrap(&FS1, &master()).unwrap();
 }
 
 #[test]
@@ -341,7 +359,13 @@ fn audit_chain_detects_edits_and_unwritable_log_refuses() {
         a.unwrap(&FS1, v, &w).unwrap();
     }
     let path = env.state.join("audit.log");
-    assert_eq!(digimedfs_keyservice::audit::verify(&path).unwrap(), 4);
+    assert_eq!(
+        env.admin
+            .audit_verify(Some(&path), &Default::default())
+            .unwrap()
+            .lines,
+        4
+    );
     let log = std::fs::read_to_string(&path).unwrap();
     assert!(!log.contains(&ta));
 
@@ -349,7 +373,9 @@ fn audit_chain_detects_edits_and_unwritable_log_refuses() {
     let mut lines: Vec<String> = log.lines().map(str::to_string).collect();
     lines[1] = lines[1].replace("\"unwrap\"", "\"wrap\"");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    let e = digimedfs_keyservice::audit::verify(&path)
+    let e = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 2 "), "{e}");
@@ -358,7 +384,9 @@ fn audit_chain_detects_edits_and_unwritable_log_refuses() {
     let mut lines: Vec<&str> = log.lines().collect();
     lines.remove(2);
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    let e = digimedfs_keyservice::audit::verify(&path)
+    let e = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 3 "), "{e}");
@@ -366,6 +394,7 @@ fn audit_chain_detects_edits_and_unwritable_log_refuses() {
 
     // The CLI names the bad line too.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_digimed-keyservice"))
+        .env("DIGIMED_KS_PASSPHRASE", common::PASS)
         .args(["audit", "verify"])
         .arg(&env.state)
         .output()
@@ -390,10 +419,11 @@ fn rollback_anchor() {
     let tb = env.tenant("B");
     let srv = env.start();
     let a = env.client(&srv, "A", &ta);
+    a.wrap(&FS1, &master()).unwrap();
     a.record_anchor(&FS1, 5, &[1; 32]).unwrap();
-    a.verify_anchor(&FS1, 5).unwrap();
-    a.verify_anchor(&FS1, 6).unwrap();
-    assert!(a.verify_anchor(&FS1, 4).is_err());
+    a.verify_anchor(&FS1, 5, &[1; 32]).unwrap();
+    a.verify_anchor(&FS1, 6, &[1; 32]).unwrap();
+    assert!(a.verify_anchor(&FS1, 4, &[1; 32]).is_err());
     assert!(a.record_anchor(&FS1, 4, &[1; 32]).is_err());
     // Another tenant cannot move A's anchor.
     let b = env.client(&srv, "B", &tb);
@@ -402,7 +432,334 @@ fn rollback_anchor() {
         Err(Error::WrongTenant { .. })
     ));
     env.admin.accept_rollback(&hex::encode(FS1)).unwrap();
-    a.verify_anchor(&FS1, 4).unwrap();
+    a.verify_anchor(&FS1, 4, &[1; 32]).unwrap();
     a.record_anchor(&FS1, 4, &[2; 32]).unwrap();
-    assert!(a.verify_anchor(&FS1, 3).is_err());
+    assert!(a.verify_anchor(&FS1, 3, &[1; 32]).is_err());
+}
+
+/// A filesystem's anchor belongs to the tenant that wrapped its key: another tenant, who can
+/// read the UUID in the plaintext superblock, can neither claim nor poison it, and every such
+/// refusal is audited.
+#[test]
+fn anchor_is_bound_to_the_tenant_that_wrapped_the_key() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let tb = env.tenant("B");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let b = env.client(&srv, "B", &tb);
+    // mkfs by A.
+    let (v, w) = a.wrap(&FS1, &master()).unwrap();
+    // B tries to take the new filesystem's anchor before its first mount.
+    let e = b.record_anchor(&FS1, u64::MAX, &[0xee; 32]).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+    let e = b.verify_anchor(&FS1, 1, &[1; 32]).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+    // Nor can B wrap a key for it.
+    let e = b.wrap(&FS1, &master()).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+    // A's first mount: unwrap, check, anchor.
+    assert_eq!(a.unwrap(&FS1, v, &w).unwrap().as_slice(), master());
+    a.verify_anchor(&FS1, 1, &[1; 32]).unwrap();
+    a.record_anchor(&FS1, 1, &[1; 32]).unwrap();
+    // A filesystem nobody wrapped or unwrapped here cannot be anchored at all.
+    let e = b.record_anchor(&FS2, 7, &[1; 32]).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+
+    let refusals: Vec<serde_json::Value> = env
+        .audit()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["tenant"] == "B" && v["outcome"] == "refused")
+        .collect();
+    assert_eq!(refusals.len(), 4, "{refusals:?}");
+    assert!(refusals.iter().all(|v| v["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("403 wrong_tenant")));
+}
+
+/// A filesystem bound before this service knew its owner (or claimed by another tenant's wrap
+/// alone) is bound by the first successful unwrap; `anchor clear` (audited) removes a binding.
+#[test]
+fn unwrap_binds_and_admin_clears_an_anchor() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let tb = env.tenant("B");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let b = env.client(&srv, "B", &tb);
+    let (v, w) = a.wrap(&FS1, &master()).unwrap();
+    a.unwrap(&FS1, v, &w).unwrap();
+    a.record_anchor(&FS1, 9, &[1; 32]).unwrap();
+
+    // The admin clears it (CLI, audited): no binding left, B still cannot anchor it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_digimed-keyservice"))
+        .env("DIGIMED_KS_PASSPHRASE", common::PASS)
+        .args(["anchor", "clear"])
+        .arg(&env.state)
+        .arg(hex::encode(FS1))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("anchor cleared (was tenant A, epoch 9)"));
+    assert!(env.admin.anchor_show(&hex::encode(FS1)).unwrap().is_none());
+    let e = b.record_anchor(&FS1, u64::MAX, &[1; 32]).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+    // B claims it by a wrap; A's unwrap (which only A's key can do) takes it over, since B's
+    // claim was never anchored.
+    b.wrap(&FS1, &master()).unwrap();
+    a.unwrap(&FS1, v, &w).unwrap();
+    a.verify_anchor(&FS1, 3, &[1; 32]).unwrap();
+    a.record_anchor(&FS1, 3, &[2; 32]).unwrap();
+    let e = b.verify_anchor(&FS1, 3, &[1; 32]).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+    let shown = env.admin.anchor_show(&hex::encode(FS1)).unwrap().unwrap();
+    assert_eq!((shown.tenant.as_str(), shown.epoch), ("A", 3));
+
+    let log = env.audit();
+    assert!(log.contains("\"op\":\"admin_anchor_clear\""), "{log}");
+    assert_eq!(
+        env.admin
+            .audit_verify(Some(&env.state.join("audit.log")), &Default::default())
+            .unwrap()
+            .lines,
+        log.lines().count()
+    );
+    // Clearing a filesystem without an anchor is an error naming it.
+    let e = env.admin.anchor_clear(&hex::encode(FS2)).unwrap_err();
+    assert!(e.to_string().contains(&hex::encode(FS2)), "{e}");
+}
+
+/// At the anchored epoch, a superblock with another metadata digest is a replacement: `check`
+/// refuses it and `record` does not overwrite the recorded digest; a newer epoch moves on.
+/// A client that sends no digest (older versions) gets the epoch check only.
+#[test]
+fn anchor_compares_the_digest_at_the_recorded_epoch() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let (d1, d2, d3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    a.wrap(&FS1, &master()).unwrap();
+    a.record_anchor(&FS1, 5, &d1).unwrap();
+    a.verify_anchor(&FS1, 5, &d1).unwrap();
+    let e = a.verify_anchor(&FS1, 5, &d2).unwrap_err();
+    assert!(matches!(e, Error::Rollback { .. }), "{e}");
+    assert!(e.to_string().contains("digest"), "{e}");
+    let e = a.record_anchor(&FS1, 5, &d2).unwrap_err();
+    assert!(matches!(e, Error::Rollback { .. }), "{e}");
+    // The recorded digest is still d1.
+    a.verify_anchor(&FS1, 5, &d1).unwrap();
+    a.record_anchor(&FS1, 5, &d1).unwrap();
+    let e = a.record_anchor(&FS1, 4, &d1).unwrap_err();
+    assert!(matches!(e, Error::Rollback { .. }), "{e}");
+    // A newer epoch with another digest is the normal course.
+    a.verify_anchor(&FS1, 6, &d2).unwrap();
+    a.record_anchor(&FS1, 6, &d2).unwrap();
+    assert!(a.verify_anchor(&FS1, 6, &d1).is_err());
+    // Old clients: no digest in check_anchor.
+    let body = format!(r#"{{"fs_uuid":"{}","epoch":6}}"#, hex::encode(FS1));
+    assert_eq!(
+        a.post("/v1/check_anchor", body.as_bytes()).unwrap().status,
+        200
+    );
+    // After an accepted rollback, the other line of history is accepted once.
+    env.admin.accept_rollback(&hex::encode(FS1)).unwrap();
+    a.verify_anchor(&FS1, 6, &d3).unwrap();
+    a.record_anchor(&FS1, 6, &d3).unwrap();
+    assert!(a.verify_anchor(&FS1, 6, &d2).is_err());
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// Rewrites `lines` (JSON objects without their last member) as an unkeyed SHA-256 chain, the
+/// way the unkeyed format was written: what anyone can compute without a key.
+fn unkeyed_chain(lines: &[String]) -> String {
+    let mut prev = "0".repeat(64);
+    let mut out = String::new();
+    for l in lines {
+        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(l).unwrap();
+        v.remove("mac");
+        v.remove("hash");
+        v.insert("prev".into(), serde_json::Value::String(prev.clone()));
+        let body = serde_json::to_string(&v).unwrap();
+        let hash = sha256_hex(body.as_bytes());
+        let line = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);
+        prev = sha256_hex(line.as_bytes());
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Deleting an entry and recomputing the chain without the audit key does not pass `audit
+/// verify`, neither with SHA-256 values in the `mac` members nor as an unkeyed chain.
+#[test]
+fn audit_chain_is_keyed() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let srv = env.start();
+    let a = env.client(&srv, "A", &ta);
+    let (v, w) = a.wrap(&FS1, &master()).unwrap();
+    for _ in 0..3 {
+        a.unwrap(&FS1, v, &w).unwrap();
+    }
+    drop(srv);
+    let path = env.state.join("audit.log");
+    let log = std::fs::read_to_string(&path).unwrap();
+    let verified = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
+        .unwrap();
+    assert_eq!((verified.lines, verified.legacy), (4, 0));
+    let mut lines: Vec<String> = log.lines().map(str::to_string).collect();
+    lines.remove(1);
+
+    // 1. Keep the format, recompute prev/mac as plain SHA-256 (the old unkeyed rule).
+    let mut forged = String::new();
+    let mut prev = "0".repeat(64);
+    for l in &lines {
+        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(l).unwrap();
+        v.remove("mac");
+        v.insert("prev".into(), serde_json::Value::String(prev.clone()));
+        let body = serde_json::to_string(&v).unwrap();
+        let mac = sha256_hex(body.as_bytes());
+        prev = mac.clone();
+        forged.push_str(&format!(
+            "{},\"mac\":\"{mac}\"}}\n",
+            &body[..body.len() - 1]
+        ));
+    }
+    std::fs::write(&path, &forged).unwrap();
+    let e = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 1 ") && e.contains("MAC"), "{e}");
+
+    // 2. Downgrade the whole log to an unkeyed chain: refused unless explicitly allowed.
+    std::fs::write(&path, unkeyed_chain(&lines)).unwrap();
+    let e = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("none of its 3 lines is keyed"), "{e}");
+
+    // 3. The CLI, with the key handed to an auditor in a file, without the credential.
+    std::fs::write(&path, &log).unwrap();
+    let bin = env!("CARGO_BIN_EXE_digimed-keyservice");
+    let out = std::process::Command::new(bin)
+        .env("DIGIMED_KS_PASSPHRASE", common::PASS)
+        .args(["audit", "key"])
+        .arg(&env.state)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let key_file = env.dir.path().join("audit.key");
+    std::fs::write(&key_file, &out.stdout).unwrap();
+    let verify = |extra: &[&str]| {
+        std::process::Command::new(bin)
+            .env_remove("DIGIMED_KS_PASSPHRASE")
+            .args(["audit", "verify", "--audit-log"])
+            .arg(&path)
+            .arg("--audit-key-file")
+            .arg(&key_file)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 lines, keyed chain intact"));
+    std::fs::write(&path, &forged).unwrap();
+    assert!(!verify(&[]).status.success());
+
+    // 4. A checkpoint taken now detects a later cut-off tail.
+    std::fs::write(&path, &log).unwrap();
+    let out = std::process::Command::new(bin)
+        .env("DIGIMED_KS_PASSPHRASE", common::PASS)
+        .args(["audit", "checkpoint"])
+        .arg(&env.state)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cp = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(cp.starts_with("4:"), "{cp}");
+    assert!(verify(&["--checkpoint", &cp]).status.success());
+    let cut: String = log.lines().take(3).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, cut).unwrap();
+    assert!(
+        verify(&[]).status.success(),
+        "a cut tail alone is not detectable"
+    );
+    let out = verify(&["--checkpoint", &cp]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("tail was cut off"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A log written before the chain was keyed is verified as an unkeyed prefix; the keyed chain
+/// starts after it and covers it, so editing the prefix is detected even with its SHA-256
+/// chain recomputed.
+#[test]
+fn legacy_unkeyed_prefix_is_verified_and_covered_by_the_keyed_chain() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let legacy: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                r#"{{"time":"2026-01-01T00:00:0{i}.000Z","request_id":"{i:016x}","tenant":"A","fs_uuid":null,"op":"wrap","key_version":1,"client":"127.0.0.1:1","outcome":"ok","reason":""}}"#
+            )
+        })
+        .collect();
+    let path = env.state.join("audit.log");
+    std::fs::write(&path, unkeyed_chain(&legacy)).unwrap();
+    let allow = digimedfs_keyservice::audit::VerifyOpts {
+        allow_unkeyed: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        env.admin.audit_verify(Some(&path), &allow).unwrap().legacy,
+        3
+    );
+    {
+        let srv = env.start();
+        env.client(&srv, "A", &ta).wrap(&FS1, &master()).unwrap();
+    }
+    let v = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
+        .unwrap();
+    assert_eq!((v.lines, v.legacy), (4, 3));
+    assert!(v.to_string().contains("keyed chain from line 4"), "{v}");
+
+    // Edit a legacy line and recompute the whole unkeyed prefix: the keyed line 4 notices.
+    let log = std::fs::read_to_string(&path).unwrap();
+    let mut edited = legacy.clone();
+    edited[1] = edited[1].replace("\"wrap\"", "\"unwrap\"");
+    let keyed = log.lines().nth(3).unwrap();
+    std::fs::write(&path, unkeyed_chain(&edited) + keyed + "\n").unwrap();
+    let e = env
+        .admin
+        .audit_verify(Some(&path), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 4 "), "{e}");
 }

@@ -154,7 +154,10 @@ fn thousand_concurrent_unwraps_complete_with_bounded_memory() {
         "{new_unwraps} new unwrap audit lines"
     );
     assert_eq!(
-        digimedfs_keyservice::audit::verify(&env.state.join("audit.log")).unwrap(),
+        env.admin
+            .audit_verify(Some(&env.state.join("audit.log")), &Default::default())
+            .unwrap()
+            .lines,
         log.lines().count()
     );
 

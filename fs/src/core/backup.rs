@@ -157,8 +157,10 @@ impl Inner {
 
         // The point's superblock: clean, with the digest of the dumped records. The live
         // filesystem moves to the next epoch, so the key service's anchor is newer than the
-        // point and a restore is a rollback an admin must accept.
-        let (point_sb, ctx, live_epoch) = {
+        // point and a restore is a rollback an admin must accept. The anchor records the digest
+        // the live superblock states at that epoch: the service refuses another digest at the
+        // anchored epoch, which is what a remount after a crash here presents.
+        let (point_sb, ctx, live_epoch, live_digest) = {
             let mut sb = lock(&self.superblock);
             let mut point_sb = sb.clone();
             point_sb.flags |= FLAG_CLEAN;
@@ -177,11 +179,11 @@ impl Inner {
                 fs_uuid: sb.fs_uuid,
                 tenant: sb.tenant.clone(),
             };
-            (point_sb, ctx, sb.epoch)
+            (point_sb, ctx, sb.epoch, sb.meta_digest)
         };
         let anchor = lock(&self.anchor).clone();
         if let Some(anchor) = anchor {
-            anchor.anchor(&ctx, live_epoch, &digest)?;
+            anchor.anchor(&ctx, live_epoch, &live_digest)?;
         }
         write_durable(
             &root,

@@ -269,7 +269,7 @@ impl Filesystem {
             tenant: superblock.tenant.clone(),
         };
         // A backing directory older than what the anchor last saw is a rollback.
-        key.check_anchor(&ctx, superblock.epoch)?;
+        key.check_anchor(&ctx, superblock.epoch, &superblock.meta_digest)?;
         let sled: Arc<dyn MetaStore> = dir.fenced(Arc::new(SledStore::open_in(
             &meta_dir,
             opts.meta_cache_bytes,

@@ -57,8 +57,9 @@ pub trait KeySource: Send + Sync {
     fn anchor(&self, _ctx: &SlotContext, _epoch: u64, _digest: &[u8; 32]) -> Result<()> {
         Ok(())
     }
-    /// Fails if `epoch` is older than the newest epoch recorded for this filesystem.
-    fn check_anchor(&self, _ctx: &SlotContext, _epoch: u64) -> Result<()> {
+    /// Fails if `epoch` is older than the newest epoch recorded for this filesystem, or equal to
+    /// it with a metadata digest other than `digest` (the superblock's): either is a rollback.
+    fn check_anchor(&self, _ctx: &SlotContext, _epoch: u64, _digest: &[u8; 32]) -> Result<()> {
         Ok(())
     }
     /// A handle the open filesystem keeps to record its epoch when it closes; `None` for

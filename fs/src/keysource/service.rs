@@ -525,9 +525,11 @@ impl KeyService {
         self.call("/v1/anchor", &body, None).map(|_| ())
     }
 
-    /// Fails if `epoch` is older than the newest recorded for the filesystem.
-    pub fn verify_anchor(&self, fs_uuid: &[u8; 16], epoch: u64) -> Result<()> {
-        let body = json!({"fs_uuid": hex::encode(fs_uuid), "epoch": epoch});
+    /// Fails if `epoch` is older than the newest recorded for the filesystem, or equal to it
+    /// with another metadata digest than `digest`.
+    pub fn verify_anchor(&self, fs_uuid: &[u8; 16], epoch: u64, digest: &[u8; 32]) -> Result<()> {
+        let body =
+            json!({"fs_uuid": hex::encode(fs_uuid), "epoch": epoch, "digest": hex::encode(digest)});
         self.call("/v1/check_anchor", &body, None).map(|_| ())
     }
 
@@ -608,9 +610,9 @@ impl KeySource for KeyService {
             .map_err(|e| anchor_err(e, ctx))
     }
 
-    fn check_anchor(&self, ctx: &SlotContext, epoch: u64) -> crate::Result<()> {
+    fn check_anchor(&self, ctx: &SlotContext, epoch: u64, digest: &[u8; 32]) -> crate::Result<()> {
         self.check_tenant(ctx)?;
-        self.verify_anchor(&ctx.fs_uuid, epoch)
+        self.verify_anchor(&ctx.fs_uuid, epoch, digest)
             .map_err(|e| anchor_err(e, ctx))
     }
 
@@ -623,12 +625,24 @@ fn anchor_err(e: ServiceError, ctx: &SlotContext) -> crate::Error {
     match e {
         ServiceError::Rollback { what } => crate::Error::integrity(format!(
             "rollback detected by the key service: the backing directory of filesystem {} is \
-             older than the service last saw ({what}); it may have been replaced by an old copy. \
+             not what the service last saw ({what}); it may have been replaced by an old copy. \
              If this restore is intended, the key service admin runs \
              `digimed-keyservice accept-rollback STATE_DIR {}`",
             crate::core::format_uuid(&ctx.fs_uuid),
             crate::core::format_uuid(&ctx.fs_uuid)
         )),
+        ServiceError::WrongTenant { what } => crate::Error::WrongKey {
+            what: format!(
+                "the key service refuses the rollback anchor of filesystem {} to tenant {:?} \
+                 ({what}). If the filesystem is this tenant's and its anchor was taken by \
+                 another, the key service admin runs `digimed-keyservice anchor show STATE_DIR \
+                 {}` and then `digimed-keyservice anchor clear STATE_DIR {}`",
+                crate::core::format_uuid(&ctx.fs_uuid),
+                ctx.tenant,
+                crate::core::format_uuid(&ctx.fs_uuid),
+                crate::core::format_uuid(&ctx.fs_uuid)
+            ),
+        },
         other => other.into(),
     }
 }
@@ -672,7 +686,7 @@ pub fn rewrap_filesystem(backing: &Path, ks: &KeyService) -> crate::Result<Rewra
         fs_uuid: sb.fs_uuid,
         tenant: sb.tenant.clone(),
     };
-    ks.check_anchor(&ctx, sb.epoch)?;
+    ks.check_anchor(&ctx, sb.epoch, &sb.meta_digest)?;
     let mut slots = Vec::new();
     for slot in sb.slots.iter_mut().filter(|s| s.kind == KIND) {
         let from = slot_version(slot)?;

@@ -407,6 +407,90 @@ fn rollback_is_refused_until_accepted() {
     ks.unmount(&mnt);
 }
 
+/// Another tenant cannot take a new filesystem's anchor (its UUID is in the plaintext
+/// superblock): posting it with the largest epoch before the first mount is refused, and the
+/// owner mounts. An anchor poisoned before binding existed is cleared by the admin.
+#[test]
+fn another_tenant_cannot_claim_the_anchor_and_admin_clears_a_poisoned_one() {
+    let ks = Ks::new();
+    let ta = ks.tenant("A");
+    let tb = ks.tenant("B");
+    let (backing, uuid) = ks.mkfs("a", "A", &ta);
+    let b =
+        digimedfs_keyservice::client::KeyService::from_files(&ks.url(), "B", &tb, &ks.ca).unwrap();
+    let raw = hex::decode(uuid.replace('-', "")).unwrap();
+    let fs: [u8; 16] = raw.as_slice().try_into().unwrap();
+    let e = b.record_anchor(&fs, u64::MAX, &[0xee; 32]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            digimedfs_keyservice::client::ServiceError::WrongTenant { .. }
+        ),
+        "{e}"
+    );
+    let mnt = ks.path("mnt");
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("f"), b"x").unwrap();
+    ks.unmount(&mnt);
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    ks.unmount(&mnt);
+
+    // An anchor taken by B before anchors were bound (as anchors.json held it then).
+    let anchors = ks.path("state").join("anchors.json");
+    let poisoned = format!(
+        r#"{{"{}": {{"tenant": "B", "epoch": {}, "digest": "{}", "accept_rollback": false}}}}"#,
+        uuid.replace('-', ""),
+        u64::MAX,
+        "ee".repeat(32)
+    );
+    std::fs::write(&anchors, poisoned).unwrap();
+    let out = ks.mount(&backing, &mnt, "A", &ta);
+    ks.refused(&out, &mnt, "anchor clear");
+    let cleared = ks.admin.anchor_clear(&uuid).unwrap();
+    assert_eq!(cleared.tenant, "B");
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"x");
+    ks.unmount(&mnt);
+    assert!(ks.audit().contains("\"op\":\"admin_anchor_clear\""));
+}
+
+/// Two lines of history at the same epoch: after an accepted restore of an old copy has
+/// advanced to the epoch the original line had reached, storage puts the original line back.
+/// The epochs are equal, the metadata digests are not: refused as a rollback.
+#[test]
+fn other_line_of_history_at_the_anchored_epoch_is_refused() {
+    let ks = Ks::new();
+    let ta = ks.tenant("A");
+    let (backing, uuid) = ks.mkfs("a", "A", &ta);
+    let mnt = ks.path("mnt");
+    let cp = |from: &Path, to: &Path| {
+        let out = run(Command::new("cp").arg("-a").arg(from).arg(to));
+        assert!(out.status.success(), "cp: {}", stderr(&out));
+    };
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("v1.txt"), b"first").unwrap();
+    ks.unmount(&mnt);
+    let fork = ks.path("fork");
+    cp(&backing, &fork);
+    // The original line: one more mount cycle (two epochs).
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("main.txt"), b"main line").unwrap();
+    ks.unmount(&mnt);
+    let original = ks.path("original");
+    std::fs::rename(&backing, &original).unwrap();
+    // The old copy is restored deliberately and advances by the same two epochs.
+    std::fs::rename(&fork, &backing).unwrap();
+    ks.admin.accept_rollback(&uuid).unwrap();
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("fork.txt"), b"fork line").unwrap();
+    ks.unmount(&mnt);
+    // Storage swaps the original line back in: same epoch, other digest.
+    std::fs::rename(&backing, ks.path("fork-now")).unwrap();
+    std::fs::rename(&original, &backing).unwrap();
+    let out = ks.mount(&backing, &mnt, "A", &ta);
+    ks.refused(&out, &mnt, "digest");
+}
+
 /// A backup point copied and restored elsewhere is older than what the key service last saw:
 /// its mount is refused as a rollback until the admin accepts it, then it shows the state of
 /// the point. Tenant B's credentials cannot mount tenant A's restored copy.
@@ -472,4 +556,42 @@ fn restored_backup_mounts_only_after_accepted_rollback() {
         "the restore holds a file written after the point"
     );
     ks.unmount(&rmnt);
+}
+
+/// A crash right after a backup point: the live superblock (the point's epoch + 1) keeps the
+/// digest of the last clean unmount, and that is what the anchor must hold for that epoch, so
+/// the remount after the crash is not taken for a rollback.
+#[test]
+fn crash_after_a_backup_point_remounts() {
+    let ks = Ks::new();
+    let ta = ks.tenant("A");
+    let (backing, _uuid) = ks.mkfs("a", "A", &ta);
+    let mnt = ks.path("mnt");
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("before.txt"), b"in the point").unwrap();
+    for step in ["begin", "end"] {
+        let out = run(Command::new(bin("digimedfs"))
+            .args(["backup", step])
+            .arg(&backing));
+        assert!(out.status.success(), "backup {step}: {}", stderr(&out));
+    }
+    let pids = digimedfs_tests::daemon_pids(&mnt);
+    assert!(!pids.is_empty(), "no daemon serves {}", mnt.display());
+    for pid in pids {
+        // SAFETY: kill takes plain integers; `pid` is the digimedfs daemon of our own
+        // mountpoint, found through its command line.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    assert!(wait_until(TIMEOUT, || digimedfs_tests::daemon_pids(&mnt).is_empty()));
+    let out = run(Command::new("fusermount3").args(["-u", "-z"]).arg(&mnt));
+    assert!(out.status.success(), "fusermount3 -u -z: {}", stderr(&out));
+    ks.mounts.borrow_mut().retain(|m| m != &mnt);
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    assert_eq!(
+        std::fs::read(mnt.join("before.txt")).unwrap(),
+        b"in the point"
+    );
+    ks.unmount(&mnt);
 }
