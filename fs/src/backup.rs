@@ -490,10 +490,15 @@ impl std::fmt::Display for VerifyReport {
                 self.manifest.point,
                 self.files,
                 self.bytes,
-                if self.mac_verified {
-                    ", manifest MAC verified"
-                } else {
-                    ""
+                match (self.mac_verified, self.mac.is_some()) {
+                    (true, _) => ", manifest MAC verified",
+                    (false, true) =>
+                        ", manifest MAC not checked (give the key options to check it)",
+                    // Every manifest digimedfs writes has one.
+                    (false, false) => {
+                        "; WARNING: the manifest has no MAC line, so nothing vouches that \
+                         digimedfs wrote it (with the key options this copy is refused)"
+                    }
                 }
             )
         } else {
@@ -510,19 +515,38 @@ impl std::fmt::Display for VerifyReport {
 impl std::fmt::Display for RestoreReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let uuid = crate::core::format_uuid(&self.manifest.fs_uuid);
-        write!(
+        writeln!(
             f,
             "restored point {} of filesystem {uuid} (epoch {}, taken at unix time {}) into {}: \
-             {} metadata records, {} data objects.\nCheck it with `fsck.digimed -n {}`. A \
-             filesystem unlocked by the key service will be refused as a rollback until an admin \
-             runs `digimed-keyservice accept-rollback STATE_DIR {uuid}`.",
+             {} metadata records, {} data objects{}.",
             self.manifest.point,
             self.manifest.epoch,
             self.manifest.taken,
             self.target.display(),
             self.records,
             self.objects,
-            self.target.display(),
+            match (self.mac_verified, self.mac_missing) {
+                (true, _) => "; manifest MAC verified",
+                (false, false) => "; manifest MAC not checked (no key options given)",
+                (false, true) => {
+                    "; WARNING: the manifest has no MAC line, so nothing vouches that digimedfs \
+                     wrote it (restore with the key options refuses such a copy)"
+                }
+            },
+        )?;
+        match &self.check_command {
+            Some(cmd) => write!(f, "Check it with `{cmd}`.")?,
+            None => write!(
+                f,
+                "Check it with `fsck.digimed -n` and the filesystem's key options (--key-file \
+                 PATH, or --keyservice URL --tenant ID --token-file PATH --ca-file PATH) and {}.",
+                self.target.display()
+            )?,
+        }
+        write!(
+            f,
+            " A filesystem unlocked by the key service will be refused as a rollback until an \
+             admin runs `digimed-keyservice accept-rollback STATE_DIR {uuid}`."
         )
     }
 }
@@ -619,13 +643,37 @@ pub struct RestoreReport {
     pub objects: usize,
     /// The new backing directory.
     pub target: PathBuf,
+    /// Whether the manifest's MAC was checked with the filesystem's key.
+    pub mac_verified: bool,
+    /// Whether the manifest had no MAC line at all (only possible without key options).
+    pub mac_missing: bool,
+    /// The command that checks the restored filesystem (with the key options restore got), or
+    /// None if it got none.
+    pub check_command: Option<String>,
 }
 
 /// Turns a verified copy of a point into a new backing directory at `target` (missing or
 /// empty). Needs no keys: every byte is copied as stored. The copy is checked first; a copy
 /// with problems is refused.
-pub fn restore(copy: &Path, target: &Path) -> Result<RestoreReport> {
+///
+/// With `key`, the manifest's MAC must verify (a manifest without one is refused); without,
+/// the copy is checked against its manifest only.
+pub fn restore(
+    copy: &Path,
+    target: &Path,
+    key: Option<&dyn crate::keysource::KeySource>,
+) -> Result<RestoreReport> {
     let report = verify_copy(copy)?;
+    if let Some(key) = key {
+        verify_manifest_mac(copy, &report, key)?;
+    } else if report.mac.is_none() {
+        tracing::warn!(
+            copy = %copy.display(),
+            "the manifest has no MAC line; restoring without the key options, nothing vouches for it"
+        );
+    }
+    let mac_verified = key.is_some();
+    let mac_missing = report.mac.is_none();
     if !report.problems.is_empty() {
         return Err(Error::integrity(format!(
             "{}: the copy does not match its manifest ({} problems; first: {}); run `digimedfs backup verify` for the list",
@@ -716,6 +764,9 @@ pub fn restore(copy: &Path, target: &Path) -> Result<RestoreReport> {
         records,
         objects,
         target: target.to_path_buf(),
+        mac_verified,
+        mac_missing,
+        check_command: None,
     })
 }
 

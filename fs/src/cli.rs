@@ -97,6 +97,12 @@ pub enum BackupCommand {
     /// Turn a verified copy of a point into a new backing directory (no keys needed). With the
     /// key service, the admin must accept the rollback before it mounts (docs/backup.md).
     Restore {
+        /// Key file, to check the manifest MAC first (a manifest without one is refused).
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+        /// Key service, to check the manifest MAC first.
+        #[command(flatten)]
+        service: KeyServiceArgs,
         /// The copy of a point.
         copy: PathBuf,
         /// The new backing directory (must be missing or empty).

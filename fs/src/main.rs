@@ -264,8 +264,22 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
                 return Err(AlreadyReported.into());
             }
         }
-        cli::BackupCommand::Restore { copy, target } => {
-            println!("{}", b::restore(&copy, &target)?);
+        cli::BackupCommand::Restore {
+            key_file,
+            service,
+            copy,
+            target,
+        } => {
+            let spec = cli::optional_key_spec(&key_file, &service)?;
+            let key = match &spec {
+                Some(spec) => Some(key_source(spec)?),
+                None => None,
+            };
+            let mut report = b::restore(&copy, &target, key.as_deref())?;
+            if let Some(spec) = &spec {
+                report.check_command = Some(cli::fsck_check_command(spec, &target));
+            }
+            println!("{report}");
         }
     }
     Ok(())

@@ -1242,3 +1242,62 @@ fn restic_backup_of_point_restores() {
         );
     }
 }
+
+/// Issue 22, finding 9: a copy whose manifest lost its MAC line is refused by a restore with
+/// the key options and restored with a warning without them; a restore with the key options
+/// prints a check command that runs as printed.
+#[test]
+fn restore_checks_the_manifest_mac_with_key_options() {
+    let fs = TestFs::new();
+    fs::write(fs.path("f"), b"contents").expect("write");
+    begin(fs.backing());
+    let root = fs.root_dir();
+    let copy = root.join("copy");
+    cp_a(&point_dir(fs.backing()), &copy);
+
+    // An intact copy, restored with the key: MAC checked, and a working fsck hint.
+    let good = root.join("restored-good");
+    let out = run_ok(
+        backup_cmd("restore")
+            .arg("--key-file")
+            .arg(fs.key_file())
+            .arg(&copy)
+            .arg(&good),
+    );
+    let text = stdout(&out);
+    assert!(text.contains("manifest MAC verified"), "{text}");
+    let hint = text
+        .split("Check it with `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no check command in {text:?}"));
+    let words: Vec<&str> = hint.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"fsck.digimed"), "{hint}");
+    let check = run(Command::new(bin("fsck-digimed")).args(&words[1..]));
+    assert_eq!(check.status.code(), Some(0), "{hint}: {}", show(&check));
+
+    // The same copy without its MAC line.
+    let manifest = copy.join("MANIFEST");
+    let stripped: String = fs::read_to_string(&manifest)
+        .expect("manifest")
+        .lines()
+        .filter(|l| !l.starts_with("mac "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&manifest, stripped).expect("strip the MAC line");
+    let refused = run(backup_cmd("restore")
+        .arg("--key-file")
+        .arg(fs.key_file())
+        .arg(&copy)
+        .arg(root.join("restored-refused")));
+    assert!(!refused.status.success(), "restored without a MAC line");
+    assert!(show(&refused).contains("no MAC"), "{}", show(&refused));
+    let warned = run_ok(
+        backup_cmd("restore")
+            .arg(&copy)
+            .arg(root.join("restored-warned")),
+    );
+    assert!(stdout(&warned).contains("WARNING"), "{}", show(&warned));
+    let verified = run_ok(backup_cmd("verify").arg(&copy));
+    assert!(stdout(&verified).contains("WARNING"), "{}", show(&verified));
+}
