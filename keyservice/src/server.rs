@@ -1124,12 +1124,79 @@ async fn process(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 mod tests {
     use super::*;
 
     fn ip(i: u32) -> IpAddr {
         IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 | i))
+    }
+
+    /// Fuzzes the request bodies' decoding as `process` does it (the typed, deny-unknown-fields
+    /// structs, then the uuid, base64 and digest fields): every mutated body must decode or be
+    /// refused, never panic. Bodies are capped at 16 KiB before they get here.
+    /// `DIGIMEDFS_FUZZ_ITERS` sets the number of inputs (default 3 000).
+    #[test]
+    fn request_bodies_decode_or_are_refused_never_panic() {
+        let iters: usize = std::env::var("DIGIMEDFS_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3_000);
+        let uuid = "0123456789abcdef0123456789abcdef";
+        let seeds: Vec<Vec<u8>> = [
+            format!(r#"{{"fs_uuid":"{uuid}","key":"{}"}}"#, b64e(&[7; 64])),
+            format!(
+                r#"{{"fs_uuid":"{uuid}","key_version":2,"wrapped":"{}"}}"#,
+                b64e(&[1; 92])
+            ),
+            format!(
+                r#"{{"fs_uuid":"{uuid}","epoch":9,"digest":"{}"}}"#,
+                "ab".repeat(32)
+            ),
+            r#"{"fs_uuid":"01234567-89ab-cdef-0123-456789abcdef","epoch":18446744073709551615}"#
+                .to_string(),
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        let mut m = digimedfs::testing::Mutator::new(0x4B53_0002);
+        let mut decoded = 0usize;
+        for n in 0..iters {
+            let body = m.input(&seeds);
+            let outcome = std::panic::catch_unwind(|| {
+                let mut ok = 0usize;
+                if let Ok(r) = serde_json::from_slice::<WrapReq>(&body) {
+                    ok +=
+                        usize::from(parse_uuid(&r.fs_uuid).is_ok() && b64d(&r.key, "key").is_ok());
+                }
+                if let Ok(r) = serde_json::from_slice::<UnwrapReq>(&body) {
+                    ok += usize::from(
+                        parse_uuid(&r.fs_uuid).is_ok() && b64d(&r.wrapped, "wrapped").is_ok(),
+                    );
+                }
+                if let Ok(r) = serde_json::from_slice::<AnchorReq>(&body) {
+                    let mut d = [0u8; 32];
+                    ok += usize::from(
+                        parse_uuid(&r.fs_uuid).is_ok()
+                            && hex::decode_to_slice(&r.digest, &mut d).is_ok(),
+                    );
+                }
+                if let Ok(r) = serde_json::from_slice::<CheckAnchorReq>(&body) {
+                    ok += usize::from(parse_uuid(&r.fs_uuid).is_ok());
+                }
+                ok
+            });
+            match outcome {
+                Ok(k) => decoded += k,
+                Err(_) => panic!("body {n} panicked: {}", String::from_utf8_lossy(&body)),
+            }
+        }
+        assert!(decoded > 0, "no mutated body decoded at all");
     }
 
     /// However many addresses send noise, the aggregation table stays bounded and every

@@ -367,50 +367,10 @@ impl KeyService {
     }
 
     fn read_reply(&self, r: &mut impl Read) -> Result<Reply> {
-        let mut buf = Zeroizing::new(Vec::with_capacity(MAX_RESPONSE + 4096));
-        let mut chunk = Zeroizing::new([0u8; 4096]);
-        let header_end = loop {
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break i;
-            }
-            if buf.len() > MAX_RESPONSE {
-                return Err(self.unreachable("response headers too large"));
-            }
-            let n = r.read(&mut chunk[..]).map_err(|e| self.classify_io(e))?;
-            if n == 0 {
-                return Err(self.unreachable("connection closed before a response"));
-            }
-            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        };
-        let head = String::from_utf8_lossy(buf.get(..header_end).unwrap_or_default()).into_owned();
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| self.unreachable("malformed HTTP status line"))?;
-        let mut len = None;
-        for l in lines {
-            if let Some((k, v)) = l.split_once(':') {
-                if k.trim().eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse::<usize>().ok();
-                }
-            }
-        }
-        let len = len.ok_or_else(|| self.unreachable("response without Content-Length"))?;
-        if len > MAX_RESPONSE {
-            return Err(self.unreachable("response too large"));
-        }
-        let start = header_end + 4;
-        while buf.len() < start + len {
-            let n = r.read(&mut chunk[..]).map_err(|e| self.classify_io(e))?;
-            if n == 0 {
-                return Err(self.unreachable("connection closed mid-response"));
-            }
-            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        }
-        let body = Zeroizing::new(buf.get(start..start + len).unwrap_or_default().to_vec());
-        Ok(Reply { status, body })
+        read_http_reply(r).map_err(|e| match e {
+            ReplyError::Io(e) => self.classify_io(e),
+            ReplyError::Malformed(what) => self.unreachable(what),
+        })
     }
 
     /// Turns a non-200 reply into the matching error.
@@ -544,6 +504,63 @@ impl KeyService {
         }
         Ok(())
     }
+}
+
+/// Why a reply could not be read.
+enum ReplyError {
+    /// The connection failed.
+    Io(std::io::Error),
+    /// The bytes are not a reply this client accepts.
+    Malformed(&'static str),
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body of at most [`MAX_RESPONSE`] bytes
+/// from `r`. The buffer never grows past the headers' limit plus the announced length.
+fn read_http_reply(r: &mut impl Read) -> std::result::Result<Reply, ReplyError> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(MAX_RESPONSE + 4096));
+    let mut chunk = Zeroizing::new([0u8; 4096]);
+    let header_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > MAX_RESPONSE {
+            return Err(ReplyError::Malformed("response headers too large"));
+        }
+        let n = r.read(&mut chunk[..]).map_err(ReplyError::Io)?;
+        if n == 0 {
+            return Err(ReplyError::Malformed("connection closed before a response"));
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    };
+    let head = String::from_utf8_lossy(buf.get(..header_end).unwrap_or_default()).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or(ReplyError::Malformed("malformed HTTP status line"))?;
+    let mut len = None;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse::<usize>().ok();
+            }
+        }
+    }
+    let len = len.ok_or(ReplyError::Malformed("response without Content-Length"))?;
+    if len > MAX_RESPONSE {
+        return Err(ReplyError::Malformed("response too large"));
+    }
+    let start = header_end + 4;
+    while buf.len() < start + len {
+        let n = r.read(&mut chunk[..]).map_err(ReplyError::Io)?;
+        if n == 0 {
+            return Err(ReplyError::Malformed("connection closed mid-response"));
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+    let body = Zeroizing::new(buf.get(start..start + len).unwrap_or_default().to_vec());
+    Ok(Reply { status, body })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -731,4 +748,67 @@ pub fn rewrap_filesystem(backing: &Path, ks: &KeyService) -> crate::Result<Rewra
         slots,
         changed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fuzzes the client's HTTP reply reader and the JSON shapes it decodes (the key service's
+    /// replies): mutated replies must come back as a reply or an error, never a panic, and the
+    /// reader never keeps more than the headers' limit plus one announced body.
+    /// `DIGIMEDFS_FUZZ_ITERS` sets the number of inputs (default 3 000).
+    #[test]
+    fn reply_reader_and_decoders_never_panic() {
+        let iters: usize = std::env::var("DIGIMEDFS_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3_000);
+        let reply = |status: &str, body: &str| {
+            format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        };
+        let seeds = vec![
+            reply(
+                "200 OK",
+                r#"{"key_version":3,"wrapped":"AAECAwQFBgcICQ=="}"#,
+            ),
+            reply("200 OK", r#"{"key":"AAECAwQFBgcICQoLDA0ODw=="}"#),
+            reply("200 OK", r#"{"newest_epoch":18446744073709551615}"#),
+            reply(
+                "409 Conflict",
+                r#"{"error":"rollback","message":"epoch 3 is older"}"#,
+            ),
+            reply(
+                "401 Unauthorized",
+                r#"{"error":"bad_token","message":"no"}"#,
+            ),
+        ];
+        let mut m = crate::testing::Mutator::new(0x4B53_0001);
+        let mut parsed = 0usize;
+        for n in 0..iters {
+            let input = m.input(&seeds);
+            let outcome = std::panic::catch_unwind(|| {
+                let mut cursor = std::io::Cursor::new(&input);
+                match read_http_reply(&mut cursor) {
+                    Ok(r) => {
+                        assert!(r.body.len() <= MAX_RESPONSE);
+                        let _ = serde_json::from_slice::<WrapResp>(&r.body);
+                        let _ = serde_json::from_slice::<UnwrapResp>(&r.body);
+                        let _ = serde_json::from_slice::<ErrorBody>(&r.body);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            });
+            match outcome {
+                Ok(ok) => parsed += usize::from(ok),
+                Err(_) => panic!("input {n} panicked: {}", hex::encode(&input)),
+            }
+        }
+        assert!(parsed > 0, "no mutated reply was read at all");
+    }
 }
