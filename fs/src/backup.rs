@@ -21,9 +21,9 @@ use crate::crypto::RecordMac;
 use crate::meta::{Batch, MetaStore, SledStore};
 use crate::objects::{copy_sparse, parse_object_name};
 use crate::{Error, Result};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -120,67 +120,22 @@ impl Manifest {
 
     /// Parses a manifest; returns it with its MAC (absent if the text has none).
     pub fn parse(text: &str) -> Result<(Manifest, Option<[u8; 32]>)> {
-        let bad = |what: &str| Error::format(format!("backup manifest: {what}"));
         let mut lines = text.lines();
-        if lines.next() != Some(MANIFEST_MAGIC) {
-            return Err(bad(&format!(
-                "does not start with \"{MANIFEST_MAGIC}\" (not a digimedfs backup point, or an unsupported version)"
-            )));
-        }
-        let mut field = |name: &str| -> Result<String> {
-            let line = lines.next().unwrap_or_default();
-            line.strip_prefix(name)
-                .and_then(|v| v.strip_prefix(' '))
-                .map(str::to_string)
-                .ok_or_else(|| bad(&format!("expected \"{name} …\", found {line:?}")))
-        };
-        let fs_hex = field("fs")?;
-        let fs_uuid: [u8; 16] = hex::decode(&fs_hex)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| bad("bad fs uuid"))?;
-        let point = field("point")?;
-        let taken = field("taken")?.parse().map_err(|_| bad("bad taken time"))?;
-        let epoch = field("epoch")?.parse().map_err(|_| bad("bad epoch"))?;
+        let header = ManifestHeader::parse(&mut || Ok(lines.next().map(str::to_string)))?;
         let mut entries = Vec::new();
         let mut mac = None;
         for line in lines {
-            let parts: Vec<&str> = line.split(' ').collect();
-            match parts.as_slice() {
-                ["file", path, len, hash, rest @ ..] if rest.len() <= 1 => {
-                    let hash: [u8; 32] = hex::decode(hash)
-                        .ok()
-                        .and_then(|b| b.try_into().ok())
-                        .ok_or_else(|| bad(&format!("bad hash of {path}")))?;
-                    if !safe_relative(path) {
-                        return Err(bad(&format!("unsafe path {path:?}")));
-                    }
-                    entries.push(ManifestEntry {
-                        path: (*path).to_string(),
-                        len: len
-                            .parse()
-                            .map_err(|_| bad(&format!("bad length of {path}")))?,
-                        hash,
-                        stamp: rest.first().map(|s| (*s).to_string()),
-                    });
-                }
-                ["mac", tag] if mac.is_none() => {
-                    mac = Some(
-                        hex::decode(tag)
-                            .ok()
-                            .and_then(|b| b.try_into().ok())
-                            .ok_or_else(|| bad("bad mac"))?,
-                    );
-                }
-                _ => return Err(bad(&format!("unexpected line {line:?}"))),
+            match BodyLine::parse(line, mac.is_some())? {
+                BodyLine::File(e) => entries.push(e),
+                BodyLine::Mac(tag) => mac = Some(tag),
             }
         }
         Ok((
             Manifest {
-                fs_uuid,
-                point,
-                taken,
-                epoch,
+                fs_uuid: header.fs_uuid,
+                point: header.point,
+                taken: header.taken,
+                epoch: header.epoch,
                 entries,
             },
             mac,
@@ -192,6 +147,168 @@ impl Manifest {
         let want = mac.mac_parts(&[MANIFEST_MAC_LABEL, self.body().as_bytes()]);
         use subtle::ConstantTimeEq;
         bool::from(want.ct_eq(tag))
+    }
+}
+
+/// A manifest's first lines: which filesystem and point it describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHeader {
+    /// The filesystem's UUID.
+    pub fs_uuid: [u8; 16],
+    /// Random id of the point (hex).
+    pub point: String,
+    /// When the point was taken (seconds since the epoch).
+    pub taken: u64,
+    /// The superblock epoch the point holds.
+    pub epoch: u64,
+}
+
+fn manifest_err(what: &str) -> Error {
+    Error::format(format!("backup manifest: {what}"))
+}
+
+impl ManifestHeader {
+    /// Parses the magic and header lines, each taken from `next_line`.
+    fn parse(next_line: &mut dyn FnMut() -> Result<Option<String>>) -> Result<ManifestHeader> {
+        if next_line()?.as_deref() != Some(MANIFEST_MAGIC) {
+            return Err(manifest_err(&format!(
+                "does not start with \"{MANIFEST_MAGIC}\" (not a digimedfs backup point, or an unsupported version)"
+            )));
+        }
+        let mut field = |name: &str| -> Result<String> {
+            let line = next_line()?.unwrap_or_default();
+            line.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(' '))
+                .map(str::to_string)
+                .ok_or_else(|| manifest_err(&format!("expected \"{name} …\", found {line:?}")))
+        };
+        let fs_hex = field("fs")?;
+        let fs_uuid: [u8; 16] = hex::decode(&fs_hex)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| manifest_err("bad fs uuid"))?;
+        let point = field("point")?;
+        let taken = field("taken")?
+            .parse()
+            .map_err(|_| manifest_err("bad taken time"))?;
+        let epoch = field("epoch")?
+            .parse()
+            .map_err(|_| manifest_err("bad epoch"))?;
+        Ok(ManifestHeader {
+            fs_uuid,
+            point,
+            taken,
+            epoch,
+        })
+    }
+}
+
+/// One line after a manifest's header.
+enum BodyLine {
+    File(ManifestEntry),
+    Mac([u8; 32]),
+}
+
+impl BodyLine {
+    fn parse(line: &str, mac_seen: bool) -> Result<BodyLine> {
+        let bad = |what: &str| manifest_err(what);
+        let parts: Vec<&str> = line.split(' ').collect();
+        match parts.as_slice() {
+            _ if mac_seen => Err(bad(&format!("line after the MAC line: {line:?}"))),
+            ["file", path, len, hash, rest @ ..] if rest.len() <= 1 => {
+                let hash: [u8; 32] = hex::decode(hash)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| bad(&format!("bad hash of {path}")))?;
+                if !safe_relative(path) {
+                    return Err(bad(&format!("unsafe path {path:?}")));
+                }
+                Ok(BodyLine::File(ManifestEntry {
+                    path: (*path).to_string(),
+                    len: len
+                        .parse()
+                        .map_err(|_| bad(&format!("bad length of {path}")))?,
+                    hash,
+                    stamp: rest.first().map(|s| (*s).to_string()),
+                }))
+            }
+            ["mac", tag] => Ok(BodyLine::Mac(
+                hex::decode(tag)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| bad("bad mac"))?,
+            )),
+            _ => Err(bad(&format!("unexpected line {line:?}"))),
+        }
+    }
+}
+
+/// Longest manifest line accepted (a genuine line is under 200 bytes).
+const MANIFEST_LINE_MAX: u64 = 4096;
+
+/// A manifest read line by line from its file, so a manifest of any size (a point of a
+/// million files, or a hostile one) costs one line of memory.
+struct ManifestStream {
+    reader: BufReader<File>,
+    shown: PathBuf,
+    /// Bytes of the manifest before its MAC line so far (the MACed body).
+    body_len: u64,
+    mac: Option<[u8; 32]>,
+    line_no: u64,
+}
+
+impl ManifestStream {
+    /// Opens `rel` beneath `dir` and reads its header; None if there is no such file.
+    fn open(dir: &Confined, rel: &str) -> Result<Option<(ManifestHeader, ManifestStream)>> {
+        let Some(file) = dir.try_open_file(rel, Access::Read)? else {
+            return Ok(None);
+        };
+        let mut s = ManifestStream {
+            reader: BufReader::with_capacity(1 << 16, file),
+            shown: dir.display(rel),
+            body_len: 0,
+            mac: None,
+            line_no: 0,
+        };
+        let header = ManifestHeader::parse(&mut || s.line())?;
+        Ok(Some((header, s)))
+    }
+
+    /// The next line without its newline; None at the end.
+    fn line(&mut self) -> Result<Option<String>> {
+        let mut buf = Vec::new();
+        let n = (&mut self.reader)
+            .take(MANIFEST_LINE_MAX + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::io(&self.shown, e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line_no += 1;
+        if buf.last() != Some(&b'\n') {
+            return Err(manifest_err(&format!(
+                "line {} is longer than {MANIFEST_LINE_MAX} bytes or not terminated",
+                self.line_no
+            )));
+        }
+        buf.pop();
+        let line = String::from_utf8(buf)
+            .map_err(|_| manifest_err(&format!("line {} is not UTF-8", self.line_no)))?;
+        if self.mac.is_none() && !line.starts_with("mac ") {
+            self.body_len += n as u64;
+        }
+        Ok(Some(line))
+    }
+
+    /// The next file entry; None once the entries (and the MAC line, if any) are read.
+    fn next_entry(&mut self) -> Result<Option<ManifestEntry>> {
+        while let Some(line) = self.line()? {
+            match BodyLine::parse(&line, self.mac.is_some())? {
+                BodyLine::File(e) => return Ok(Some(e)),
+                BodyLine::Mac(tag) => self.mac = Some(tag),
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -388,84 +505,171 @@ pub fn read_dump(
 /// What a keyless check of a point copy found.
 #[derive(Debug)]
 pub struct VerifyReport {
-    /// The copy's manifest.
-    pub manifest: Manifest,
+    /// The copy's manifest header.
+    pub header: ManifestHeader,
     /// The manifest's MAC, if it has one.
     pub mac: Option<[u8; 32]>,
-    /// Files checked and their total length.
+    /// Bytes of the manifest its MAC covers.
+    body_len: u64,
+    /// Files the manifest lists.
     pub files: usize,
     /// Bytes hashed.
     pub bytes: u64,
-    /// Every problem, one line each, naming the file.
+    /// The first [`MAX_PROBLEMS_LISTED`] problems, one line each, naming the file.
     pub problems: Vec<String>,
+    /// How many problems there are in all.
+    pub problem_count: usize,
     /// Whether the manifest MAC was checked (with keys) and verified.
     pub mac_verified: bool,
 }
 
+/// Problems listed one by one in a report; the rest are only counted.
+pub const MAX_PROBLEMS_LISTED: usize = 1000;
+
+impl VerifyReport {
+    fn problem(&mut self, what: String) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_PROBLEMS_LISTED {
+            self.problems.push(what);
+        }
+    }
+}
+
+/// Non-object files a manifest may list (a point has its superblock and dump).
+const MAX_TOP_LEVEL_ENTRIES: usize = 16;
+
 /// Checks a copy of a point against its manifest without keys: every listed file present with
 /// its recorded length and hash, nothing else present. The MAC is not checked here (it needs
-/// keys; see [`verify_manifest_mac`]).
+/// keys; see [`verify_manifest_mac`]). The manifest is read as a stream, twice (the files it
+/// lists, then a merge with the copy's `objects/` listing), so memory does not grow with it;
+/// object entries must be in ascending order, as digimedfs writes them.
 pub fn verify_copy(copy: &Path) -> Result<VerifyReport> {
     let dir = Confined::open(copy)?;
-    let Some(text) = read_manifest(&dir, MANIFEST)? else {
-        return Err(Error::format(format!(
+    let no_manifest = || {
+        Error::format(format!(
             "{}: no {MANIFEST}: not a copy of a digimedfs backup point (copy BACKING/{BACKUP_DIR}/{POINT_DIR}/ after `digimedfs backup begin`)",
             copy.display()
-        )));
+        ))
     };
-    let (manifest, mac) = Manifest::parse(&text)?;
-    let mut problems = Vec::new();
-    let mut bytes = 0u64;
-    let listed: BTreeSet<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
-    for e in &manifest.entries {
-        match dir.status(&e.path) {
-            Ok(None) => {
-                problems.push(format!("missing: {}", e.path));
-                continue;
+    let (header, mut stream) = ManifestStream::open(&dir, MANIFEST)?.ok_or_else(no_manifest)?;
+    let mut report = VerifyReport {
+        header,
+        mac: None,
+        body_len: 0,
+        files: 0,
+        bytes: 0,
+        problems: Vec::new(),
+        problem_count: 0,
+        mac_verified: false,
+    };
+    let mut top_level: Vec<String> = Vec::new();
+    let mut last_object: Option<String> = None;
+    while let Some(e) = stream.next_entry()? {
+        report.files += 1;
+        if e.path.starts_with("objects/") {
+            if last_object
+                .as_deref()
+                .is_some_and(|prev| prev >= e.path.as_str())
+            {
+                return Err(manifest_err(&format!(
+                    "object entries out of order at {} (digimedfs writes them sorted)",
+                    e.path
+                )));
             }
-            Err(err) => {
-                problems.push(format!("unreadable: {}: {err}", e.path));
-                continue;
+            last_object = Some(e.path.clone());
+        } else {
+            if top_level.len() >= MAX_TOP_LEVEL_ENTRIES {
+                return Err(manifest_err(&format!(
+                    "more than {MAX_TOP_LEVEL_ENTRIES} files outside objects/ (a point has 2)"
+                )));
             }
-            Ok(Some(st)) if st.kind != Kind::File => {
-                problems.push(format!("not a regular file: {}", e.path));
-                continue;
-            }
-            Ok(Some(st)) if st.len != e.len => {
-                problems.push(format!(
-                    "changed: {} (length {}, the point recorded {})",
-                    e.path, st.len, e.len
-                ));
-                continue;
-            }
-            Ok(Some(_)) => {}
+            top_level.push(e.path.clone());
         }
-        match hash_file(&dir, &e.path) {
-            Ok((hash, len)) => {
-                bytes += len;
-                if hash != e.hash || len != e.len {
-                    problems.push(format!(
-                        "changed: {} (contents differ from point {})",
-                        e.path, manifest.point
-                    ));
+        check_entry(&dir, &e, &mut report);
+    }
+    report.mac = stream.mac;
+    report.body_len = stream.body_len;
+
+    // Nothing else: the top level, then objects/ merged with the (sorted) object entries.
+    for ent in dir.list()? {
+        let name = ent.name.to_string_lossy().into_owned();
+        let listed = name == MANIFEST
+            || (name == "objects" && ent.kind == Kind::Dir)
+            || top_level.contains(&name);
+        if !listed {
+            report.problem(format!("not part of point {}: {name}", report.header.point));
+        }
+    }
+    if let Some(objects) = dir.try_open_dir("objects")? {
+        let (_, mut again) = ManifestStream::open(&dir, MANIFEST)?.ok_or_else(no_manifest)?;
+        let mut next_listed = || -> Result<Option<String>> {
+            while let Some(e) = again.next_entry()? {
+                if e.path.starts_with("objects/") {
+                    return Ok(Some(e.path));
                 }
             }
-            Err(err) => problems.push(format!("unreadable: {}: {err}", e.path)),
+            Ok(None)
+        };
+        let mut listed = next_listed()?;
+        let mut subs = objects.list()?;
+        subs.sort_by(|a, b| a.name.cmp(&b.name));
+        for sub in subs {
+            let sub_name = sub.name.to_string_lossy().into_owned();
+            let (Kind::Dir, Some(plain)) = (sub.kind, sub.name.to_str()) else {
+                report.problem(format!(
+                    "not part of point {}: objects/{sub_name}",
+                    report.header.point
+                ));
+                continue;
+            };
+            let mut files = objects.open_dir(plain)?.list()?;
+            files.sort_by(|a, b| a.name.cmp(&b.name));
+            for f in files {
+                let path = format!("objects/{sub_name}/{}", f.name.to_string_lossy());
+                // Entries before this file are missing from the copy (already reported).
+                while listed.as_deref().is_some_and(|l| l < path.as_str()) {
+                    listed = next_listed()?;
+                }
+                if listed.as_deref() == Some(path.as_str()) && f.kind != Kind::Dir {
+                    listed = next_listed()?;
+                } else {
+                    report.problem(format!("not part of point {}: {path}", report.header.point));
+                }
+            }
         }
     }
-    for rel in walk_relative(&dir)? {
-        if rel != MANIFEST && !listed.contains(rel.as_str()) {
-            problems.push(format!("not part of point {}: {rel}", manifest.point));
+    Ok(report)
+}
+
+/// Checks one listed file of a copy: present, a regular file, the recorded length and hash.
+fn check_entry(dir: &Confined, e: &ManifestEntry, report: &mut VerifyReport) {
+    match dir.status(&e.path) {
+        Ok(None) => return report.problem(format!("missing: {}", e.path)),
+        Err(err) => return report.problem(format!("unreadable: {}: {err}", e.path)),
+        Ok(Some(st)) if st.kind != Kind::File => {
+            return report.problem(format!("not a regular file: {}", e.path))
         }
+        Ok(Some(st)) if st.len != e.len => {
+            return report.problem(format!(
+                "changed: {} (length {}, the point recorded {})",
+                e.path, st.len, e.len
+            ))
+        }
+        Ok(Some(_)) => {}
     }
-    Ok(VerifyReport {
-        files: manifest.entries.len(),
-        manifest,
-        mac,
-        bytes,
-        problems,
-        mac_verified: false,
-    })
+    match hash_file(dir, &e.path) {
+        Ok((hash, len)) => {
+            report.bytes += len;
+            if hash != e.hash || len != e.len {
+                let point = report.header.point.clone();
+                report.problem(format!(
+                    "changed: {} (contents differ from point {point})",
+                    e.path
+                ));
+            }
+        }
+        Err(err) => report.problem(format!("unreadable: {}: {err}", e.path)),
+    }
 }
 
 /// [`verify_copy`], plus the manifest MAC if `key` is given (a MAC failure is an error).
@@ -487,7 +691,7 @@ impl std::fmt::Display for VerifyReport {
             write!(
                 f,
                 "complete copy of point {} ({} files, {} bytes, all hashes match{})",
-                self.manifest.point,
+                self.header.point,
                 self.files,
                 self.bytes,
                 match (self.mac_verified, self.mac.is_some()) {
@@ -502,11 +706,13 @@ impl std::fmt::Display for VerifyReport {
                 }
             )
         } else {
+            if self.problem_count > self.problems.len() {
+                writeln!(f, "… and {} more", self.problem_count - self.problems.len())?;
+            }
             write!(
                 f,
                 "{} problem(s): the copy is not point {} as taken",
-                self.problems.len(),
-                self.manifest.point
+                self.problem_count, self.header.point
             )
         }
     }
@@ -514,14 +720,14 @@ impl std::fmt::Display for VerifyReport {
 
 impl std::fmt::Display for RestoreReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let uuid = crate::core::format_uuid(&self.manifest.fs_uuid);
+        let uuid = crate::core::format_uuid(&self.header.fs_uuid);
         writeln!(
             f,
             "restored point {} of filesystem {uuid} (epoch {}, taken at unix time {}) into {}: \
              {} metadata records, {} data objects{}.",
-            self.manifest.point,
-            self.manifest.epoch,
-            self.manifest.taken,
+            self.header.point,
+            self.header.epoch,
+            self.header.taken,
             self.target.display(),
             self.records,
             self.objects,
@@ -568,7 +774,8 @@ pub fn status(backing: &Path) -> Result<String> {
     })
 }
 
-/// Checks the manifest MAC of a copy with the filesystem's keys (from the copy's superblock).
+/// Checks the manifest MAC of a copy with the filesystem's keys (from the copy's superblock),
+/// reading the manifest as a stream.
 pub fn verify_manifest_mac(
     copy: &Path,
     report: &VerifyReport,
@@ -576,48 +783,35 @@ pub fn verify_manifest_mac(
 ) -> Result<()> {
     let dir = BackingDir::open(copy)?;
     let (sb, keys) = crate::core::unlock_superblock(&dir, key)?;
-    if sb.fs_uuid != report.manifest.fs_uuid {
+    if sb.fs_uuid != report.header.fs_uuid {
         return Err(Error::integrity(format!(
             "{}: the superblock belongs to filesystem {}, the manifest to {}",
             copy.display(),
             crate::core::format_uuid(&sb.fs_uuid),
-            crate::core::format_uuid(&report.manifest.fs_uuid)
+            crate::core::format_uuid(&report.header.fs_uuid)
         )));
     }
-    match &report.mac {
-        Some(tag) if report.manifest.verify_mac(tag, &keys.superblock) => Ok(()),
-        Some(_) => Err(Error::integrity(format!(
-            "{}: the manifest's MAC does not verify: the manifest was changed or forged",
-            copy.join(MANIFEST).display()
-        ))),
-        None => Err(Error::integrity(format!(
+    let shown = copy.join(MANIFEST);
+    let Some(tag) = &report.mac else {
+        return Err(Error::integrity(format!(
             "{}: the manifest has no MAC",
-            copy.join(MANIFEST).display()
-        ))),
+            shown.display()
+        )));
+    };
+    let mut file = dir.confined().open_file(MANIFEST, Access::Read)?;
+    let want = keys
+        .superblock
+        .mac_parts_streamed(&[MANIFEST_MAC_LABEL], report.body_len, &mut file)
+        .map_err(|e| Error::io(&shown, e))?;
+    use subtle::ConstantTimeEq;
+    if bool::from(want.ct_eq(tag)) {
+        Ok(())
+    } else {
+        Err(Error::integrity(format!(
+            "{}: the manifest's MAC does not verify: the manifest was changed or forged",
+            shown.display()
+        )))
     }
-}
-
-/// Every regular file (and anything else that is not a directory, links included, never
-/// followed) under `root`, as relative `/`-separated paths.
-fn walk_relative(root: &Confined) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut stack = vec![(root.clone(), String::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        for ent in dir.list()? {
-            let name = ent.name.to_string_lossy().into_owned();
-            let child = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            match (ent.kind, ent.name.to_str()) {
-                (Kind::Dir, Some(n)) => stack.push((dir.open_dir(n)?, child)),
-                _ => out.push(child),
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// The manifest text of `rel` beneath `dir` (None if absent). Manifests list one line per
@@ -635,8 +829,8 @@ fn read_manifest(dir: &Confined, rel: &str) -> Result<Option<String>> {
 /// What a restore did.
 #[derive(Debug)]
 pub struct RestoreReport {
-    /// The restored point's manifest.
-    pub manifest: Manifest,
+    /// The restored point's manifest header.
+    pub header: ManifestHeader,
     /// Metadata records imported.
     pub records: u64,
     /// Data objects copied.
@@ -674,15 +868,15 @@ pub fn restore(
     }
     let mac_verified = key.is_some();
     let mac_missing = report.mac.is_none();
-    if !report.problems.is_empty() {
+    if report.problem_count > 0 {
         return Err(Error::integrity(format!(
             "{}: the copy does not match its manifest ({} problems; first: {}); run `digimedfs backup verify` for the list",
             copy.display(),
-            report.problems.len(),
+            report.problem_count,
             report.problems.first().map(String::as_str).unwrap_or_default()
         )));
     }
-    let manifest = report.manifest;
+    let manifest = report.header;
     std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     let dir = BackingDir::open(target)?;
     let tdir = dir.confined().clone();
@@ -712,7 +906,9 @@ pub fn restore(
     // Objects first, the superblock last: a half-done restore is not a filesystem.
     let mut objects = 0usize;
     tdir.create_dir_all(OBJECTS_DIR)?;
-    for e in &manifest.entries {
+    let (_, mut entries) = ManifestStream::open(&src, MANIFEST)?
+        .ok_or_else(|| Error::format(format!("{}: the manifest disappeared", copy.display())))?;
+    while let Some(e) = entries.next_entry()? {
         let Some(rest) = e.path.strip_prefix("objects/") else {
             continue;
         };
@@ -760,7 +956,7 @@ pub fn restore(
     }
     dir.write_superblock(&sb_bytes)?;
     Ok(RestoreReport {
-        manifest,
+        header: manifest,
         records,
         objects,
         target: target.to_path_buf(),

@@ -201,6 +201,30 @@ impl RecordMac {
         *h.finalize().as_bytes()
     }
 
+    /// [`RecordMac::mac_parts`] of `head` followed by one last part of `last_len` bytes read
+    /// from `last` (a file too large to hold in memory). Fails if `last` ends early.
+    pub fn mac_parts_streamed(
+        &self,
+        head: &[&[u8]],
+        last_len: u64,
+        last: &mut dyn std::io::Read,
+    ) -> std::io::Result<[u8; 32]> {
+        let mut h = self.0.hasher();
+        for part in head {
+            h.update(&le64_len(part));
+            h.update(part);
+        }
+        h.update(&last_len.to_le_bytes());
+        let copied = std::io::copy(&mut std::io::Read::take(last, last_len), &mut h)?;
+        if copied != last_len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "shorter than the length it was MACed with",
+            ));
+        }
+        Ok(*h.finalize().as_bytes())
+    }
+
     /// Whether `tag` is [`RecordMac::mac`] of `data` (constant time; false if `tag` is not 32
     /// bytes).
     pub fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
@@ -215,6 +239,19 @@ impl RecordMac {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_last_part_gives_the_same_mac() {
+        let m = RecordMac::new(&[3; 32]);
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let want = m.mac_parts(&[b"label", &body]);
+        let got = m
+            .mac_parts_streamed(&[b"label"], body.len() as u64, &mut body.as_slice())
+            .unwrap();
+        assert_eq!(got, want);
+        let short = m.mac_parts_streamed(&[b"label"], body.len() as u64 + 1, &mut body.as_slice());
+        assert!(short.is_err());
+    }
 
     const K: [u8; 32] = [7u8; 32];
 
