@@ -20,6 +20,7 @@
 
 use crate::backing::{BackingDir, LOCK_FILE, META_DIR, OBJECTS_DIR, SUPERBLOCK, SUPERBLOCK_BAK};
 use crate::core::{unlock_superblock, FileKind, Parts, ROOT_INO};
+use crate::crypto::incarnation::{first_generation, incarnation_of, KeyRing};
 use crate::crypto::FsKeys;
 use crate::format::records::{
     self, prefix, BlockEntry, Chunk, Counters, Dirent, Inode, Storage, Timestamp, Xattr,
@@ -177,6 +178,9 @@ pub enum ProblemKind {
     UnknownFile,
     /// The metadata digest differs from the clean superblock's.
     DigestMismatch,
+    /// Blocks were written under an incarnation that has no salt record (their keys cannot
+    /// be derived).
+    MissingIncarnation,
 }
 
 impl ProblemKind {
@@ -213,6 +217,7 @@ impl ProblemKind {
             ProblemKind::StaleTemp => "stale_temp",
             ProblemKind::UnknownFile => "unknown_file",
             ProblemKind::DigestMismatch => "digest_mismatch",
+            ProblemKind::MissingIncarnation => "missing_incarnation",
         }
     }
 }
@@ -536,6 +541,10 @@ struct Model {
     chunks: BTreeMap<u64, ChunkSummary>,
     /// Highest block generation in any block map record.
     max_gen: u64,
+    /// Incarnations with a salt record.
+    incarnations: BTreeSet<u32>,
+    /// Incarnations ≥ 1 that block versions name: (first inode seen, block versions).
+    used_incarnations: BTreeMap<u32, (u64, u64)>,
     /// Inline data lengths.
     inline: BTreeMap<u64, u64>,
     orphans: BTreeSet<u64>,
@@ -805,6 +814,7 @@ impl<'u> Checker<'u> {
             prefix::ORPHAN,
             prefix::RECLAIM,
             prefix::COUNTERS,
+            prefix::INCARNATION,
         ];
         if !known.contains(&p) {
             let fix = self.problem(
@@ -823,6 +833,7 @@ impl<'u> Checker<'u> {
             prefix::INODE | prefix::INLINE | prefix::ORPHAN | prefix::RECLAIM => 9,
             prefix::DIRENT | prefix::XATTR => 25,
             prefix::CHUNK => 17,
+            prefix::INCARNATION => 5,
             _ => 1,
         };
         if key.len() != want_len {
@@ -873,8 +884,18 @@ impl<'u> Checker<'u> {
                 for (slot, e) in &c.entries {
                     sum.max_block = sum.max_block.max(block_index(idx, *slot));
                     self.model.max_gen = self.model.max_gen.max(e.cur.generation);
-                    if let Some(Some(p)) = e.prev {
-                        self.model.max_gen = self.model.max_gen.max(p.generation);
+                    let prev = match e.prev {
+                        Some(Some(p)) => Some(p.generation),
+                        _ => None,
+                    };
+                    if let Some(p) = prev {
+                        self.model.max_gen = self.model.max_gen.max(p);
+                    }
+                    for gen in std::iter::once(e.cur.generation).chain(prev) {
+                        let k = incarnation_of(gen);
+                        if k > 0 {
+                            self.model.used_incarnations.entry(k).or_insert((ino, 0)).1 += 1;
+                        }
                     }
                 }
             }
@@ -893,6 +914,12 @@ impl<'u> Checker<'u> {
                 }
                 self.model.reclaims.insert(ino);
             }
+            prefix::INCARNATION => {
+                records::decode_incarnation(&plain)?;
+                if let Some(k) = records::incarnation_of_key(key) {
+                    self.model.incarnations.insert(k);
+                }
+            }
             _ => {
                 self.model.counters = Some(Counters::decode(&plain)?);
             }
@@ -900,11 +927,37 @@ impl<'u> Checker<'u> {
         Ok(())
     }
 
+    /// Every incarnation that block versions name has its salt record. Without it the keys
+    /// of those blocks cannot be derived: pass 5 reports each of them as damaged, and reads
+    /// return EIO. Nothing can recreate a salt.
+    fn check_incarnations(&mut self) {
+        let missing: Vec<(u32, (u64, u64))> = self
+            .model
+            .used_incarnations
+            .iter()
+            .filter(|(k, _)| !self.model.incarnations.contains(k))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (k, (ino, count)) in missing {
+            self.problem(
+                ProblemKind::MissingIncarnation,
+                Some(ino),
+                format!(
+                    "incarnation {k} has no salt record: {count} block version(s) written \
+                     under it (the first in inode {ino}) cannot be verified"
+                ),
+                Fixability::None,
+                "left; the blocks concerned are reported as damaged and read as EIO",
+            );
+        }
+    }
+
     // ---- pass 3 ----
 
     fn pass_tree(&mut self, records: &Records, keys: &FsKeys) {
         self.check_root();
         self.check_counters();
+        self.check_incarnations();
         // Directory pseudonyms → directory inode.
         let mut dir_of: HashMap<[u8; 8], u64> = HashMap::new();
         for (ino, i) in &self.model.inodes {
@@ -1037,7 +1090,14 @@ impl<'u> Checker<'u> {
             .next_back()
             .copied()
             .unwrap_or(ROOT_INO);
-        let max_gen = self.model.max_gen;
+        // A mount starts its incarnation above the counters; a salt record above them means
+        // they were rolled back (the mount skips such incarnations, and so does this check).
+        let max_gen = self.model.max_gen.max(
+            self.model
+                .incarnations
+                .last()
+                .map_or(0, |k| first_generation(*k)),
+        );
         match self.model.counters {
             None => {
                 let fix = self.problem(
@@ -2147,6 +2207,8 @@ fn verify_objects(
         threads
     }
     .min(segments.len().max(1));
+    // Block keys of every incarnation, derived from the salt records as reads derive them.
+    let ring = KeyRing::new(parts.keys.clone());
     let next = AtomicUsize::new(0);
     let done_bytes = AtomicU64::new(0);
     let out: std::sync::Mutex<Vec<Option<Result<JobResult>>>> =
@@ -2155,7 +2217,8 @@ fn verify_objects(
         let (alive, finished) = std::sync::mpsc::channel::<()>();
         for _ in 0..threads {
             let alive = alive.clone();
-            let (next, done_bytes, out, segments) = (&next, &done_bytes, &out, &segments);
+            let (next, done_bytes, out, segments, ring) =
+                (&next, &done_bytes, &out, &segments, &ring);
             s.spawn(move || {
                 let _alive = alive;
                 let mut buf = Vec::new();
@@ -2165,7 +2228,8 @@ fn verify_objects(
                     let Some(file) = files.get(seg.file) else {
                         break;
                     };
-                    let r = verify_segment(parts, records, file, seg, bs, &mut buf, done_bytes);
+                    let r =
+                        verify_segment(parts, records, ring, file, seg, bs, &mut buf, done_bytes);
                     if let Some(slot) = out.lock().unwrap_or_else(|p| p.into_inner()).get_mut(i) {
                         *slot = Some(r);
                     }
@@ -2196,16 +2260,17 @@ fn verify_objects(
     Ok(results)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn verify_segment(
     parts: &Parts,
     records: &Records,
+    ring: &KeyRing,
     job: &FileJob,
     seg: &Segment,
     bs: u64,
     buf: &mut Vec<u8>,
     done_bytes: &std::sync::atomic::AtomicU64,
 ) -> Result<JobResult> {
-    let keys = &parts.keys;
     let bsz = usize::try_from(bs).map_err(|_| Error::format("block size"))?;
     let per_read = (READ_CHUNK / bsz).max(1) as u64;
     let mut res = JobResult::default();
@@ -2228,9 +2293,17 @@ fn verify_segment(
     let check = |idx: u64, e: &BlockEntry, block: &[u8]| -> bool {
         let full = block.len() == bsz;
         let ok_ver = |v: &crate::format::records::BlockVersion| {
-            full && keys
-                .blocks
-                .verify(job.ino, idx, v.generation, block, &v.tag)
+            // A version of an incarnation without a (readable) salt record cannot verify;
+            // the missing record is its own problem (pass 3), a damaged one is a bad record.
+            let k = incarnation_of(v.generation);
+            full && ring
+                .get(k, || records.incarnation_salt(k))
+                .ok()
+                .flatten()
+                .is_some_and(|keys| {
+                    keys.blocks
+                        .verify(job.ino, idx, v.generation, block, &v.tag)
+                })
         };
         ok_ver(&e.cur)
             || match &e.prev {

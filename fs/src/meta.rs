@@ -343,6 +343,10 @@ pub fn key_name(key: &[u8]) -> String {
             hex::encode(key.get(1..).unwrap_or(&[]))
         ),
         (Some(prefix::COUNTERS), _) => "counters record".to_string(),
+        (Some(prefix::INCARNATION), _) => match records::incarnation_of_key(key) {
+            Some(k) => format!("salt record of incarnation {k}"),
+            None => format!("record {}", hex::encode(key)),
+        },
         _ => format!("record {}", hex::encode(key)),
     }
 }
@@ -435,6 +439,12 @@ impl RecordBatch<'_> {
     pub fn put_counters(&mut self, c: &Counters) {
         let value = self.records.seal(&records::COUNTERS_KEY, &c.encode());
         self.batch.put_raw(records::COUNTERS_KEY.to_vec(), value);
+    }
+    /// Puts the salt record of incarnation `k`.
+    pub fn put_incarnation(&mut self, k: u32, salt: &crate::crypto::incarnation::IncarnationSalt) {
+        let key = records::incarnation_key(k);
+        let value = self.records.seal(&key, &records::encode_incarnation(salt));
+        self.batch.put_raw(key.to_vec(), value);
     }
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
@@ -708,6 +718,22 @@ impl Records {
     pub fn counters(&self) -> Result<Option<Counters>> {
         match self.get_open(&records::COUNTERS_KEY)? {
             Some(v) => Ok(Some(Counters::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether incarnation `k` has a salt record (readable or not).
+    pub fn has_incarnation(&self, k: u32) -> Result<bool> {
+        Ok(self.store.get(&records::incarnation_key(k))?.is_some())
+    }
+
+    /// Reads the salt of incarnation `k` (`None` if it has no record).
+    pub fn incarnation_salt(
+        &self,
+        k: u32,
+    ) -> Result<Option<crate::crypto::incarnation::IncarnationSalt>> {
+        match self.get_open(&records::incarnation_key(k))? {
+            Some(v) => Ok(Some(records::decode_incarnation(&v)?)),
             None => Ok(None),
         }
     }

@@ -15,6 +15,7 @@
 //! window they open.
 
 use super::{lock, perms, posix, Ctx, Inner, Node, NodeRef};
+use crate::crypto::incarnation::{incarnation_of, BlockKeys};
 use crate::crypto::TAG_LEN;
 use crate::format::records::{BlockEntry, BlockVersion, Chunk, Storage, CHUNK_BLOCKS, INLINE_MAX};
 use crate::objects::ObjectId;
@@ -137,10 +138,18 @@ impl Inner {
         got: usize,
     ) -> Result<()> {
         let full = got == buf.len();
-        let blocks = &self.keys.blocks;
-        let try_version = |v: &BlockVersion, buf: &mut [u8]| -> Result<bool> {
-            if full && blocks.verify(ino, idx, v.generation, buf, &v.tag) {
-                self.keys.data.decrypt_block(ino, v.generation, buf)?;
+        // An incarnation without a salt record: the version cannot be verified.
+        let mut no_salt: Option<u64> = None;
+        let mut try_version = |v: &BlockVersion, buf: &mut [u8]| -> Result<bool> {
+            if !full {
+                return Ok(false);
+            }
+            let Some(keys) = self.keys_of(v.generation)? else {
+                no_salt.get_or_insert(v.generation);
+                return Ok(false);
+            };
+            if keys.blocks.verify(ino, idx, v.generation, buf, &v.tag) {
+                keys.data.decrypt_block(ino, v.generation, buf)?;
                 return Ok(true);
             }
             Ok(false)
@@ -160,10 +169,13 @@ impl Inner {
             "inode {ino} block {idx} (object {}, offset {}): {}",
             hex::encode(id),
             idx * self.block_size,
-            if full {
-                "tag mismatch"
-            } else {
-                "object truncated"
+            match no_salt {
+                Some(gen) => format!(
+                    "generation {gen:#x} belongs to incarnation {}, which has no salt record",
+                    incarnation_of(gen)
+                ),
+                None if full => "tag mismatch".to_string(),
+                None => "object truncated".to_string(),
             }
         );
         tracing::warn!(ino, block = idx, object = %hex::encode(id), "integrity check failed: {what}");
@@ -231,7 +243,14 @@ impl Inner {
                 Src::InFlight(gen, cipher) => {
                     // Already authenticated by this daemon: it sealed the block itself.
                     let mut block = cipher.to_vec();
-                    self.keys.data.decrypt_block(ino, gen, &mut block)?;
+                    let keys = self.keys_of(gen)?.ok_or_else(|| {
+                        Error::integrity(format!(
+                            "inode {ino} block {idx}: no keys for incarnation {} of the \
+                             block in flight",
+                            incarnation_of(gen)
+                        ))
+                    })?;
+                    keys.data.decrypt_block(ino, gen, &mut block)?;
                     let (start, stop) = span(idx);
                     out.extend_from_slice(block.get(start..stop).unwrap_or_default());
                     idx += 1;
@@ -278,6 +297,8 @@ impl Inner {
     /// Verifies and decrypts the blocks left in `runs` and copies them into `out`.
     fn finish_runs(&self, runs: Vec<Run>, out: &mut [u8]) -> Result<()> {
         let bs = self.block_size as usize;
+        // The keys of the last incarnation looked up: a run's blocks nearly always share one.
+        let mut memo: Option<(u32, Arc<BlockKeys>)> = None;
         for mut run in runs {
             for (k, (e, (pos, start, stop))) in
                 run.entries.iter().zip(run.slices.iter()).enumerate()
@@ -293,15 +314,18 @@ impl Inner {
                 })?;
                 // The current version first (the fast path); a block that fails goes through
                 // `open_block`, which also tries the previous version.
+                let k = incarnation_of(e.cur.generation);
+                if memo.as_ref().is_none_or(|(m, _)| *m != k) {
+                    memo = self.keys_of(e.cur.generation)?.map(|keys| (k, keys));
+                }
+                let keys = memo.as_ref().map(|(_, keys)| keys);
                 let verified = have == bs
-                    && self
-                        .keys
-                        .blocks
-                        .verify(run.ino, idx, e.cur.generation, block, &e.cur.tag);
-                if verified {
-                    self.keys
-                        .data
-                        .decrypt_block(run.ino, e.cur.generation, block)?;
+                    && keys.is_some_and(|keys| {
+                        keys.blocks
+                            .verify(run.ino, idx, e.cur.generation, block, &e.cur.tag)
+                    });
+                if let (true, Some(keys)) = (verified, keys) {
+                    keys.data.decrypt_block(run.ino, e.cur.generation, block)?;
                 } else {
                     self.open_block(run.ino, &run.id, idx, e, block, have)?;
                 }
@@ -433,13 +457,13 @@ impl Inner {
                 data.len()
             )));
         }
-        let first_gen = self.alloc_gens(count)?;
+        let (first_gen, keys) = self.alloc_gens(count)?;
         let mut ciphertext = Vec::with_capacity(blocks.len() * bs);
         let mut ch = Chunk::default();
         for (idx, mut block) in blocks.into_iter().enumerate() {
             let gen = first_gen + idx as u64;
-            self.keys.data.encrypt_block(ino, gen, &mut block)?;
-            let tag = self.keys.blocks.tag(ino, idx as u64, gen, &block);
+            keys.data.encrypt_block(ino, gen, &mut block)?;
+            let tag = keys.blocks.tag(ino, idx as u64, gen, &block);
             ciphertext.extend_from_slice(&block);
             ch.entries.insert(
                 idx as u8,
@@ -719,14 +743,14 @@ impl Inner {
             self.objects.sync(&id)?;
             self.clear_prev_of(ino, b)?;
         }
-        let first_gen = self.alloc_gens(count)?;
+        let (first_gen, keys) = self.alloc_gens(count)?;
         // Encrypt and tag on every core: blocks are independent.
         let mut sealed: Vec<SealItem> = dirty
             .into_iter()
             .enumerate()
             .map(|(k, (idx, block))| (idx, first_gen + k as u64, block, [0u8; TAG_LEN]))
             .collect();
-        self.seal_blocks(ino, &mut sealed)?;
+        self.seal_blocks(&keys, ino, &mut sealed)?;
         let mut chunks: std::collections::BTreeMap<u64, Chunk> = std::collections::BTreeMap::new();
         let mut blocks: Vec<(u64, u64, Box<[u8]>)> = Vec::with_capacity(sealed.len());
         for (idx, gen, block, tag) in sealed {
@@ -768,11 +792,12 @@ impl Inner {
 
     /// Encrypts each `(block index, generation, plaintext, tag out)` in place and fills in its
     /// tag, spreading large batches over the available cores.
-    fn seal_blocks(&self, ino: u64, items: &mut [SealItem]) -> Result<()> {
+    /// All generations are of the incarnation whose keys are `keys`.
+    fn seal_blocks(&self, keys: &BlockKeys, ino: u64, items: &mut [SealItem]) -> Result<()> {
         let seal = |part: &mut [SealItem]| -> Result<()> {
             for (idx, gen, block, tag) in part.iter_mut() {
-                self.keys.data.encrypt_block(ino, *gen, block)?;
-                *tag = self.keys.blocks.tag(ino, *idx, *gen, block);
+                keys.data.encrypt_block(ino, *gen, block)?;
+                *tag = keys.blocks.tag(ino, *idx, *gen, block);
             }
             Ok(())
         };
