@@ -9,7 +9,8 @@
 //!    kind, every inode reachable or an orphan, link counts and `..` consistent;
 //! 4. sizes: inline lengths, block entries beyond the size, storage kind per file type;
 //! 5. objects: every object belongs to an inode, every referenced object exists, every block
-//!    verifies against its tag (current or previous version, as reads accept);
+//!    verifies against its tag (current or previous version, as reads accept), and entries
+//!    that still have a previous version keep only the one the block holds (repair);
 //! 6. backing directory: nothing but the known names (stale `*.tmp` files are removable);
 //! 7. digest: when the superblock says clean, the metadata digest matches.
 //!
@@ -181,6 +182,9 @@ pub enum ProblemKind {
     /// Blocks were written under an incarnation that has no salt record (their keys cannot
     /// be derived).
     MissingIncarnation,
+    /// Block entries that still accept a previous version (left by a crash or a fenced
+    /// mount); the repair keeps the version each block holds.
+    PreviousVersions,
 }
 
 impl ProblemKind {
@@ -218,6 +222,7 @@ impl ProblemKind {
             ProblemKind::UnknownFile => "unknown_file",
             ProblemKind::DigestMismatch => "digest_mismatch",
             ProblemKind::MissingIncarnation => "missing_incarnation",
+            ProblemKind::PreviousVersions => "previous_versions",
         }
     }
 }
@@ -486,6 +491,8 @@ struct Plan {
     trim_chunks: BTreeMap<u64, u64>,
     /// Inodes whose block map records are all deleted.
     delete_chunks: BTreeSet<u64>,
+    /// Inode → entries with a previous version and the version their block holds.
+    resolve_prev: BTreeMap<u64, Vec<(u64, Held)>>,
     /// Inode → new length of its inline data.
     resize_inline: BTreeMap<u64, u64>,
     put_counters: bool,
@@ -504,6 +511,7 @@ impl Plan {
             && self.delete_dirents.is_empty()
             && self.trim_chunks.is_empty()
             && self.delete_chunks.is_empty()
+            && self.resolve_prev.is_empty()
             && self.resize_inline.is_empty()
             && !self.put_counters
             && self.remove_objects.is_empty()
@@ -543,6 +551,10 @@ struct Model {
     max_gen: u64,
     /// Incarnations with a salt record.
     incarnations: BTreeSet<u32>,
+    /// Chunks `(ino, chunk)` with a previous-version mark.
+    prev_marks: BTreeSet<(u64, u64)>,
+    /// Chunks `(ino, chunk)` with an entry that has a previous version.
+    prev_chunks: BTreeSet<(u64, u64)>,
     /// Incarnations ≥ 1 that block versions name: (first inode seen, block versions).
     used_incarnations: BTreeMap<u32, (u64, u64)>,
     /// Inline data lengths.
@@ -815,6 +827,7 @@ impl<'u> Checker<'u> {
             prefix::RECLAIM,
             prefix::COUNTERS,
             prefix::INCARNATION,
+            prefix::PREV_MARK,
         ];
         if !known.contains(&p) {
             let fix = self.problem(
@@ -832,7 +845,7 @@ impl<'u> Checker<'u> {
         let want_len = match p {
             prefix::INODE | prefix::INLINE | prefix::ORPHAN | prefix::RECLAIM => 9,
             prefix::DIRENT | prefix::XATTR => 25,
-            prefix::CHUNK => 17,
+            prefix::CHUNK | prefix::PREV_MARK => 17,
             prefix::INCARNATION => 5,
             _ => 1,
         };
@@ -879,6 +892,9 @@ impl<'u> Checker<'u> {
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
                     .map(u64::from_be_bytes)
                     .unwrap_or(0);
+                if c.entries.values().any(|e| e.prev.is_some()) {
+                    self.model.prev_chunks.insert((ino, idx));
+                }
                 let sum = self.model.chunks.entry(ino).or_default();
                 sum.records += 1;
                 for (slot, e) in &c.entries {
@@ -914,6 +930,14 @@ impl<'u> Checker<'u> {
                 }
                 self.model.reclaims.insert(ino);
             }
+            prefix::PREV_MARK => {
+                if !plain.is_empty() {
+                    return Err(Error::format("previous-version mark with contents"));
+                }
+                if let Some(c) = records::chunk_of_key(key) {
+                    self.model.prev_marks.insert(c);
+                }
+            }
             prefix::INCARNATION => {
                 records::decode_incarnation(&plain)?;
                 if let Some(k) = records::incarnation_of_key(key) {
@@ -925,6 +949,33 @@ impl<'u> Checker<'u> {
             }
         }
         Ok(())
+    }
+
+    /// A previous-version mark belongs to a chunk record with a previous version (the mount
+    /// resolves the chunks it marks; pass 5 resolves every chunk with one, marked or not).
+    fn check_prev_marks(&mut self) {
+        let stale: Vec<(u64, u64)> = self
+            .model
+            .prev_marks
+            .difference(&self.model.prev_chunks)
+            .copied()
+            .collect();
+        for (ino, c) in stale {
+            let fix = self.problem(
+                ProblemKind::StrayRecord,
+                Some(ino),
+                format!(
+                    "previous-version mark of inode {ino} chunk {c}, which has no previous version"
+                ),
+                Fixability::Safe,
+                "delete the mark",
+            );
+            if fix {
+                self.plan
+                    .delete_keys
+                    .insert(records::prev_mark_key(ino, c).to_vec());
+            }
+        }
     }
 
     /// Every incarnation that block versions name has its salt record. Without it the keys
@@ -958,6 +1009,7 @@ impl<'u> Checker<'u> {
         self.check_root();
         self.check_counters();
         self.check_incarnations();
+        self.check_prev_marks();
         // Directory pseudonyms → directory inode.
         let mut dir_of: HashMap<[u8; 8], u64> = HashMap::new();
         for (ino, i) in &self.model.inodes {
@@ -1791,6 +1843,30 @@ impl<'u> Checker<'u> {
         let results = verify_objects(parts, records, &files, bs, self.opts.threads, &mut *self.ui)?;
         for (job, res) in files.iter().zip(results) {
             self.report.blocks_verified += res.entries;
+            // (An orphan goes as a whole: the mount or the repair purges it.)
+            if !res.resolved.is_empty() && !job.missing && !self.model.orphans.contains(&job.ino) {
+                let count = |h: Held| res.resolved.iter().filter(|(_, x)| *x == h).count();
+                let fix = self.problem(
+                    ProblemKind::PreviousVersions,
+                    Some(job.ino),
+                    format!(
+                        "inode {}: {} block entries still accept a previous version (left by a \
+                         crash or a fenced mount): {} blocks hold the current version, {} the \
+                         previous one, {} are holes, {} hold neither",
+                        job.ino,
+                        res.resolved.len(),
+                        count(Held::Cur),
+                        count(Held::Prev),
+                        count(Held::Hole),
+                        count(Held::Neither)
+                    ),
+                    Fixability::Safe,
+                    "keep exactly the version each block holds",
+                );
+                if fix {
+                    self.plan.resolve_prev.insert(job.ino, res.resolved.clone());
+                }
+            }
             if res.bad.is_empty() {
                 continue;
             }
@@ -1973,7 +2049,42 @@ impl<'u> Checker<'u> {
         }
         for ino in &self.plan.delete_chunks {
             for k in records.keys_of(prefix::CHUNK, *ino)? {
-                b.delete_key(&k);
+                b.delete_chunk_key(&k);
+            }
+        }
+        for (ino, held) in &self.plan.resolve_prev {
+            let mut by_chunk: BTreeMap<u64, Vec<(u8, Held)>> = BTreeMap::new();
+            for (idx, h) in held {
+                by_chunk
+                    .entry(idx / CHUNK_BLOCKS)
+                    .or_default()
+                    .push(((idx % CHUNK_BLOCKS) as u8, *h));
+            }
+            for (c, slots) in by_chunk {
+                let mut ch = records.chunk(*ino, c)?;
+                for (slot, h) in slots {
+                    let Some(e) = ch.entries.get(&slot).copied() else {
+                        continue;
+                    };
+                    match (h, e.prev) {
+                        (Held::Prev, Some(Some(p))) => {
+                            ch.entries.insert(slot, BlockEntry { cur: p, prev: None });
+                        }
+                        (Held::Hole, Some(None)) => {
+                            ch.entries.remove(&slot);
+                        }
+                        _ => {
+                            ch.entries.insert(
+                                slot,
+                                BlockEntry {
+                                    cur: e.cur,
+                                    prev: None,
+                                },
+                            );
+                        }
+                    }
+                }
+                b.put_chunk(*ino, c, &ch);
             }
         }
         for (ino, keep) in &self.plan.trim_chunks {
@@ -2133,6 +2244,18 @@ struct JobResult {
     entries: u64,
     /// Failed blocks: (index, beyond the end of the object).
     bad: Vec<(u64, bool)>,
+    /// Entries with a previous version: (index, the version the block holds).
+    resolved: Vec<(u64, Held)>,
+}
+
+/// Which version of its entry a block holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Cur,
+    Prev,
+    /// The previous state was a hole and the block reads as zeros.
+    Hole,
+    Neither,
 }
 
 /// Verifies every block entry of `files`: each object is read once, front to back, in
@@ -2252,6 +2375,7 @@ fn verify_objects(
         if let Some(res) = results.get_mut(seg.file) {
             res.entries += r.entries;
             res.bad.extend(r.bad);
+            res.resolved.extend(r.resolved);
         }
     }
     for r in &mut results {
@@ -2290,7 +2414,7 @@ fn verify_segment(
         true
     })?;
     res.entries = entries.len() as u64;
-    let check = |idx: u64, e: &BlockEntry, block: &[u8]| -> bool {
+    let held = |idx: u64, e: &BlockEntry, block: &[u8]| -> Held {
         let full = block.len() == bsz;
         let ok_ver = |v: &crate::format::records::BlockVersion| {
             // A version of an incarnation without a (readable) salt record cannot verify;
@@ -2305,12 +2429,23 @@ fn verify_segment(
                         .verify(job.ino, idx, v.generation, block, &v.tag)
                 })
         };
-        ok_ver(&e.cur)
-            || match &e.prev {
-                Some(Some(p)) => ok_ver(p),
-                Some(None) => block.iter().all(|b| *b == 0),
-                None => false,
-            }
+        if ok_ver(&e.cur) {
+            return Held::Cur;
+        }
+        match &e.prev {
+            Some(Some(p)) if ok_ver(p) => Held::Prev,
+            Some(None) if block.iter().all(|b| *b == 0) => Held::Hole,
+            _ => Held::Neither,
+        }
+    };
+    // Every block verifies against its current version or its previous one (as reads
+    // accept); which one it holds is kept for the entries that still have a previous one.
+    let mut check = |idx: u64, e: &BlockEntry, block: &[u8]| -> bool {
+        let h = held(idx, e, block);
+        if e.prev.is_some() {
+            res.resolved.push((idx, h));
+        }
+        h != Held::Neither
     };
     // Entries whose block starts at or beyond the end of the object read as nothing.
     let within = |idx: u64| idx.checked_mul(bs).is_some_and(|off| off < job.len);

@@ -338,6 +338,7 @@ pub fn key_name(key: &[u8]) -> String {
         (Some(prefix::XATTR), Some(i)) => format!("xattr of inode {i}"),
         (Some(prefix::ORPHAN), Some(i)) => format!("orphan record {i}"),
         (Some(prefix::RECLAIM), Some(i)) => format!("reclaim mark of inode {i}"),
+        (Some(prefix::PREV_MARK), Some(i)) => format!("previous-version mark of inode {i}"),
         (Some(prefix::DIRENT), _) => format!(
             "directory entry {}",
             hex::encode(key.get(1..).unwrap_or(&[]))
@@ -398,7 +399,9 @@ impl RecordBatch<'_> {
         let key = records::xattr_key(ino, &self.records.keys.names.xattr_key(ino, name));
         self.batch.delete(&key);
     }
-    /// Puts (or, if empty, deletes) a chunk record.
+    /// Puts (or, if empty, deletes) a chunk record, and in the same batch its
+    /// previous-version mark: present exactly while some entry carries a `prev`, so that a
+    /// mount finds those chunks by scanning the marks only (see `Inner::resolve_prev`).
     pub fn put_chunk(&mut self, ino: u64, chunk: u64, c: &Chunk) {
         let key = records::chunk_key(ino, chunk);
         if c.entries.is_empty() {
@@ -406,6 +409,20 @@ impl RecordBatch<'_> {
         } else {
             let value = self.records.seal(&key, &c.encode());
             self.batch.put_raw(key.to_vec(), value);
+        }
+        let mark = records::prev_mark_key(ino, chunk);
+        if c.entries.values().any(|e| e.prev.is_some()) {
+            let value = self.records.seal(&mark, &[]);
+            self.batch.put_raw(mark.to_vec(), value);
+        } else {
+            self.batch.delete(&mark);
+        }
+    }
+    /// Deletes a chunk record by its key (from a scan) together with its previous-version mark.
+    pub fn delete_chunk_key(&mut self, key: &[u8]) {
+        self.batch.delete(key);
+        if let Some((ino, chunk)) = records::chunk_of_key(key) {
+            self.batch.delete(&records::prev_mark_key(ino, chunk));
         }
     }
     /// Puts inline data.
@@ -720,6 +737,19 @@ impl Records {
             Some(v) => Ok(Some(Counters::decode(&v)?)),
             None => Ok(None),
         }
+    }
+
+    /// Chunks with a previous-version mark, as `(ino, chunk)`.
+    pub fn prev_marks(&self) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        self.store.scan(&[prefix::PREV_MARK], None, &mut |k, v| {
+            self.open(k, v)?;
+            let c = records::chunk_of_key(k)
+                .ok_or_else(|| Error::format(format!("{}: bad key", key_name(k))))?;
+            out.push(c);
+            Ok(true)
+        })?;
+        Ok(out)
     }
 
     /// Whether incarnation `k` has a salt record (readable or not).

@@ -1087,6 +1087,7 @@ impl Inner {
                 lock(&self.reclaim).inos.push(ino);
             }
         }
+        self.resolve_prev()?;
         let mut c = lock(&self.counters);
         c.ino_reserved = c.next_ino + INO_RESERVE;
         // Every read-write mount writes its blocks under a new incarnation: a copy or

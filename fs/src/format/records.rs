@@ -32,6 +32,9 @@ pub mod prefix {
     pub const COUNTERS: u8 = b'C';
     /// Incarnation salt: `N ‖ be32(incarnation)`.
     pub const INCARNATION: u8 = b'N';
+    /// Previous-version mark (the chunk record `B ‖ be64(ino) ‖ be64(chunk)` has entries with
+    /// a `prev`): `P ‖ be64(ino) ‖ be64(chunk)`.
+    pub const PREV_MARK: u8 = b'P';
 }
 
 /// Blocks described by one chunk record.
@@ -91,6 +94,20 @@ pub fn chunk_key(ino: u64, chunk: u64) -> [u8; 17] {
     k[..9].copy_from_slice(&ino_prefix(prefix::CHUNK, ino));
     k[9..].copy_from_slice(&chunk.to_be_bytes());
     k
+}
+
+/// Key of the previous-version mark of a chunk record.
+pub fn prev_mark_key(ino: u64, chunk: u64) -> [u8; 17] {
+    let mut k = chunk_key(ino, chunk);
+    k[0] = prefix::PREV_MARK;
+    k
+}
+
+/// `(ino, chunk)` of a chunk record key or a previous-version mark key (`None` if malformed).
+pub fn chunk_of_key(key: &[u8]) -> Option<(u64, u64)> {
+    let ino = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+    let chunk = u64::from_be_bytes(key.get(9..17)?.try_into().ok()?);
+    (key.len() == 17).then_some((ino, chunk))
 }
 
 /// Key of the counters record.
