@@ -2052,7 +2052,13 @@ impl<'u> Checker<'u> {
                 b.delete_chunk_key(&k);
             }
         }
+        // Chunk records to rewrite: resolved previous versions first, then trims applied
+        // to the same records (a chunk may need both; one put per record).
+        let mut changed: BTreeMap<(u64, u64), Chunk> = BTreeMap::new();
         for (ino, held) in &self.plan.resolve_prev {
+            if self.plan.delete_chunks.contains(ino) {
+                continue;
+            }
             let mut by_chunk: BTreeMap<u64, Vec<(u8, Held)>> = BTreeMap::new();
             for (idx, h) in held {
                 by_chunk
@@ -2084,23 +2090,25 @@ impl<'u> Checker<'u> {
                         }
                     }
                 }
-                b.put_chunk(*ino, c, &ch);
+                changed.insert((*ino, c), ch);
             }
         }
         for (ino, keep) in &self.plan.trim_chunks {
-            let mut trimmed: Vec<(u64, Chunk)> = Vec::new();
-            scan_chunks(records, *ino, keep / CHUNK_BLOCKS, &mut |c, mut ch| {
+            scan_chunks(records, *ino, keep / CHUNK_BLOCKS, &mut |c, ch| {
+                let resolved = changed.remove(&(*ino, c));
+                let was_resolved = resolved.is_some();
+                let mut ch = resolved.unwrap_or(ch);
                 let before = ch.entries.len();
                 ch.entries.retain(|slot, _| block_index(c, *slot) < *keep);
-                if ch.entries.len() != before {
-                    trimmed.push((c, ch));
+                if was_resolved || ch.entries.len() != before {
+                    changed.insert((*ino, c), ch);
                 }
                 true
             })?;
-            for (c, ch) in &trimmed {
-                // An emptied chunk record is deleted.
-                b.put_chunk(*ino, *c, ch);
-            }
+        }
+        for ((ino, c), ch) in &changed {
+            // An emptied chunk record is deleted.
+            b.put_chunk(*ino, *c, ch);
         }
         for (ino, size) in &self.plan.resize_inline {
             if let Some(mut d) = records.inline(*ino)? {

@@ -266,3 +266,43 @@ fn marks_follow_previous_versions() {
     fs.close().unwrap();
     assert!(marks(&*img.meta).is_empty(), "marks after a clean close");
 }
+
+/// fsck's repair of a chunk record that needs both resolving and trimming (blocks beyond a
+/// shorter size) writes one record with both applied: no previous version survives.
+#[test]
+fn fsck_resolves_and_trims_one_chunk_together() {
+    let (img, ino, d) = crash_before_barrier();
+    let records =
+        digimedfs::meta::Records::new(img.meta.clone(), img.keys.clone(), &img.superblock.fs_uuid);
+    let mut inode = records.inode(ino).unwrap().unwrap();
+    inode.size = (10 * BS) as u64;
+    let mut b = records.batch();
+    b.put_inode(&inode).unwrap();
+    b.commit().unwrap();
+    records.flush().unwrap();
+
+    let repaired = check_parts(
+        &img.parts_to_check(),
+        &CheckOptions {
+            mode: Mode::Repair,
+            threads: 1,
+        },
+        &mut (),
+    )
+    .unwrap();
+    let kinds: BTreeSet<ProblemKind> = repaired.problems.iter().map(|p| p.kind).collect();
+    assert!(kinds.contains(&ProblemKind::PreviousVersions), "{kinds:?}");
+    assert!(kinds.contains(&ProblemKind::BlocksBeyondSize), "{kinds:?}");
+    assert_eq!(repaired.uncorrected(), 0, "{:?}", repaired.problems);
+    let again = check_parts(&img.parts_to_check(), &CheckOptions::default(), &mut ()).unwrap();
+    assert!(again.is_clean(), "{:?}", again.problems);
+    assert!(marks(&*img.meta).is_empty());
+    let fs = img
+        .open(&OpenOptions {
+            read_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(entries_with_prev(&fs, ino), 0);
+    assert!(read_all(&fs).unwrap() == d[..10 * BS]);
+}
