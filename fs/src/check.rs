@@ -182,9 +182,6 @@ pub enum ProblemKind {
     /// Blocks were written under an incarnation that has no salt record (their keys cannot
     /// be derived).
     MissingIncarnation,
-    /// Block entries that still accept a previous version (left by a crash or a fenced
-    /// mount); the repair keeps the version each block holds.
-    PreviousVersions,
 }
 
 impl ProblemKind {
@@ -222,7 +219,6 @@ impl ProblemKind {
             ProblemKind::UnknownFile => "unknown_file",
             ProblemKind::DigestMismatch => "digest_mismatch",
             ProblemKind::MissingIncarnation => "missing_incarnation",
-            ProblemKind::PreviousVersions => "previous_versions",
         }
     }
 }
@@ -286,6 +282,10 @@ pub struct Report {
     pub records: u64,
     /// Blocks whose tag was verified.
     pub blocks_verified: u64,
+    /// Block entries that still accepted a previous version (left by a crash, a fenced mount
+    /// or a backup point taken under load; not a problem: the next read-write mount keeps
+    /// the version each block holds, and a repairing run does the same).
+    pub previous_versions: u64,
     /// The filesystem was mounted (the check read a snapshot of the metadata store).
     pub mounted: bool,
     /// The superblock's clean flag as found.
@@ -1845,25 +1845,8 @@ impl<'u> Checker<'u> {
             self.report.blocks_verified += res.entries;
             // (An orphan goes as a whole: the mount or the repair purges it.)
             if !res.resolved.is_empty() && !job.missing && !self.model.orphans.contains(&job.ino) {
-                let count = |h: Held| res.resolved.iter().filter(|(_, x)| *x == h).count();
-                let fix = self.problem(
-                    ProblemKind::PreviousVersions,
-                    Some(job.ino),
-                    format!(
-                        "inode {}: {} block entries still accept a previous version (left by a \
-                         crash or a fenced mount): {} blocks hold the current version, {} the \
-                         previous one, {} are holes, {} hold neither",
-                        job.ino,
-                        res.resolved.len(),
-                        count(Held::Cur),
-                        count(Held::Prev),
-                        count(Held::Hole),
-                        count(Held::Neither)
-                    ),
-                    Fixability::Safe,
-                    "keep exactly the version each block holds",
-                );
-                if fix {
+                self.report.previous_versions += res.resolved.len() as u64;
+                if self.opts.mode.may_write() {
                     self.plan.resolve_prev.insert(job.ino, res.resolved.clone());
                 }
             }

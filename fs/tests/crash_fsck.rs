@@ -36,18 +36,14 @@ const ROOT: Ctx = Ctx::ROOT;
 /// - [`ProblemKind::ObjectTooLong`]: extending writes reach the object before the size does
 ///   (unsynced data kept, metadata lost), and a truncate shortens the object only after its
 ///   metadata batch is flushed.
-/// - [`ProblemKind::PreviousVersions`]: block entries keep the previous version until a data
-///   barrier after the write; a crash before it leaves them (the next mount, or the repair,
-///   keeps the version each block holds).
 ///
 /// Never legitimate: damaged blocks, missing objects (except where every entry accepts a hole,
 /// which the checker does not report), bad records, tree damage, link counts, size mismatches.
 /// Those would mean the storage core's write ordering is wrong.
-const CRASH_LEFTOVERS: [ProblemKind; 4] = [
+const CRASH_LEFTOVERS: [ProblemKind; 3] = [
     ProblemKind::OrphanInode,
     ProblemKind::UnreferencedObject,
     ProblemKind::ObjectTooLong,
-    ProblemKind::PreviousVersions,
 ];
 
 /// Whether `p` is a crash leftover (see [`CRASH_LEFTOVERS`]).
