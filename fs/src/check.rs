@@ -9,7 +9,8 @@
 //!    kind, every inode reachable or an orphan, link counts and `..` consistent;
 //! 4. sizes: inline lengths, block entries beyond the size, storage kind per file type;
 //! 5. objects: every object belongs to an inode, every referenced object exists, every block
-//!    verifies against its tag (current or previous version, as reads accept);
+//!    verifies against its tag (current or previous version, as reads accept), and entries
+//!    that still have a previous version keep only the one the block holds (repair);
 //! 6. backing directory: nothing but the known names (stale `*.tmp` files are removable);
 //! 7. digest: the digest recomputed from the records matches the running digest of the store
 //!    state record and, when the superblock says clean, the superblock's; the store belongs to
@@ -24,6 +25,7 @@
 use crate::backing::{BackingDir, LOCK_FILE, META_DIR, OBJECTS_DIR, SUPERBLOCK, SUPERBLOCK_BAK};
 use crate::confined::{Access, Confined, Kind};
 use crate::core::{unlock_superblock, FileKind, Parts, ROOT_INO};
+use crate::crypto::incarnation::{first_generation, incarnation_of, KeyRing};
 use crate::crypto::FsKeys;
 use crate::format::records::{
     self, prefix, BlockEntry, Chunk, Counters, Dirent, Inode, Storage, StoreState, Timestamp,
@@ -184,6 +186,9 @@ pub enum ProblemKind {
     DigestMismatch,
     /// The metadata store belongs to another superblock epoch (a rolled-back or replaced store).
     EpochMismatch,
+    /// Blocks were written under an incarnation that has no salt record (their keys cannot
+    /// be derived).
+    MissingIncarnation,
 }
 
 impl ProblemKind {
@@ -221,6 +226,7 @@ impl ProblemKind {
             ProblemKind::UnknownFile => "unknown_file",
             ProblemKind::DigestMismatch => "digest_mismatch",
             ProblemKind::EpochMismatch => "epoch_mismatch",
+            ProblemKind::MissingIncarnation => "missing_incarnation",
         }
     }
 }
@@ -284,6 +290,10 @@ pub struct Report {
     pub records: u64,
     /// Blocks whose tag was verified.
     pub blocks_verified: u64,
+    /// Block entries that still accepted a previous version (left by a crash, a fenced mount
+    /// or a backup point taken under load; not a problem: the next read-write mount keeps
+    /// the version each block holds, and a repairing run does the same).
+    pub previous_versions: u64,
     /// The filesystem was mounted (the check read a snapshot of the metadata store).
     pub mounted: bool,
     /// The superblock's clean flag as found.
@@ -496,6 +506,8 @@ struct Plan {
     trim_chunks: BTreeMap<u64, u64>,
     /// Inodes whose block map records are all deleted.
     delete_chunks: BTreeSet<u64>,
+    /// Inode → entries with a previous version and the version their block holds.
+    resolve_prev: BTreeMap<u64, Vec<(u64, Held)>>,
     /// Inode → new length of its inline data.
     resize_inline: BTreeMap<u64, u64>,
     put_counters: bool,
@@ -515,6 +527,7 @@ impl Plan {
             && self.delete_dirents.is_empty()
             && self.trim_chunks.is_empty()
             && self.delete_chunks.is_empty()
+            && self.resolve_prev.is_empty()
             && self.resize_inline.is_empty()
             && !self.put_counters
             && self.remove_objects.is_empty()
@@ -552,6 +565,14 @@ struct Model {
     chunks: BTreeMap<u64, ChunkSummary>,
     /// Highest block generation in any block map record.
     max_gen: u64,
+    /// Incarnations with a salt record.
+    incarnations: BTreeSet<u32>,
+    /// Chunks `(ino, chunk)` with a previous-version mark.
+    prev_marks: BTreeSet<(u64, u64)>,
+    /// Chunks `(ino, chunk)` with an entry that has a previous version.
+    prev_chunks: BTreeSet<(u64, u64)>,
+    /// Incarnations ≥ 1 that block versions name: (first inode seen, block versions).
+    used_incarnations: BTreeMap<u32, (u64, u64)>,
     /// Inline data lengths.
     inline: BTreeMap<u64, u64>,
     orphans: BTreeSet<u64>,
@@ -882,6 +903,8 @@ impl<'u> Checker<'u> {
             prefix::RECLAIM,
             prefix::COUNTERS,
             prefix::STATE,
+            prefix::INCARNATION,
+            prefix::PREV_MARK,
         ];
         if !known.contains(&p) {
             let fix = self.problem(
@@ -899,7 +922,8 @@ impl<'u> Checker<'u> {
         let want_len = match p {
             prefix::INODE | prefix::INLINE | prefix::ORPHAN | prefix::RECLAIM => 9,
             prefix::DIRENT | prefix::XATTR => 25,
-            prefix::CHUNK => 17,
+            prefix::CHUNK | prefix::PREV_MARK => 17,
+            prefix::INCARNATION => 5,
             _ => 1,
         };
         if key.len() != want_len {
@@ -945,13 +969,26 @@ impl<'u> Checker<'u> {
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
                     .map(u64::from_be_bytes)
                     .unwrap_or(0);
+                if c.entries.values().any(|e| e.prev.is_some()) {
+                    self.model.prev_chunks.insert((ino, idx));
+                }
                 let sum = self.model.chunks.entry(ino).or_default();
                 sum.records += 1;
                 for (slot, e) in &c.entries {
                     sum.max_block = sum.max_block.max(block_index(idx, *slot));
                     self.model.max_gen = self.model.max_gen.max(e.cur.generation);
-                    if let Some(Some(p)) = e.prev {
-                        self.model.max_gen = self.model.max_gen.max(p.generation);
+                    let prev = match e.prev {
+                        Some(Some(p)) => Some(p.generation),
+                        _ => None,
+                    };
+                    if let Some(p) = prev {
+                        self.model.max_gen = self.model.max_gen.max(p);
+                    }
+                    for gen in std::iter::once(e.cur.generation).chain(prev) {
+                        let k = incarnation_of(gen);
+                        if k > 0 {
+                            self.model.used_incarnations.entry(k).or_insert((ino, 0)).1 += 1;
+                        }
                     }
                 }
             }
@@ -973,6 +1010,20 @@ impl<'u> Checker<'u> {
             prefix::STATE => {
                 self.model.state = Some(StoreState::decode(&plain)?);
             }
+            prefix::PREV_MARK => {
+                if !plain.is_empty() {
+                    return Err(Error::format("previous-version mark with contents"));
+                }
+                if let Some(c) = records::chunk_of_key(key) {
+                    self.model.prev_marks.insert(c);
+                }
+            }
+            prefix::INCARNATION => {
+                records::decode_incarnation(&plain)?;
+                if let Some(k) = records::incarnation_of_key(key) {
+                    self.model.incarnations.insert(k);
+                }
+            }
             _ => {
                 self.model.counters = Some(Counters::decode(&plain)?);
             }
@@ -980,11 +1031,65 @@ impl<'u> Checker<'u> {
         Ok(())
     }
 
+    /// A previous-version mark belongs to a chunk record with a previous version (the mount
+    /// resolves the chunks it marks; pass 5 resolves every chunk with one, marked or not).
+    fn check_prev_marks(&mut self) {
+        let stale: Vec<(u64, u64)> = self
+            .model
+            .prev_marks
+            .difference(&self.model.prev_chunks)
+            .copied()
+            .collect();
+        for (ino, c) in stale {
+            let fix = self.problem(
+                ProblemKind::StrayRecord,
+                Some(ino),
+                format!(
+                    "previous-version mark of inode {ino} chunk {c}, which has no previous version"
+                ),
+                Fixability::Safe,
+                "delete the mark",
+            );
+            if fix {
+                self.plan
+                    .delete_keys
+                    .insert(records::prev_mark_key(ino, c).to_vec());
+            }
+        }
+    }
+
+    /// Every incarnation that block versions name has its salt record. Without it the keys
+    /// of those blocks cannot be derived: pass 5 reports each of them as damaged, and reads
+    /// return EIO. Nothing can recreate a salt.
+    fn check_incarnations(&mut self) {
+        let missing: Vec<(u32, (u64, u64))> = self
+            .model
+            .used_incarnations
+            .iter()
+            .filter(|(k, _)| !self.model.incarnations.contains(k))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (k, (ino, count)) in missing {
+            self.problem(
+                ProblemKind::MissingIncarnation,
+                Some(ino),
+                format!(
+                    "incarnation {k} has no salt record: {count} block version(s) written \
+                     under it (the first in inode {ino}) cannot be verified"
+                ),
+                Fixability::None,
+                "left; the blocks concerned are reported as damaged and read as EIO",
+            );
+        }
+    }
+
     // ---- pass 3 ----
 
     fn pass_tree(&mut self, records: &Records, keys: &FsKeys) {
         self.check_root();
         self.check_counters();
+        self.check_incarnations();
+        self.check_prev_marks();
         // Directory pseudonyms → directory inode.
         let mut dir_of: HashMap<[u8; 8], u64> = HashMap::new();
         for (ino, i) in &self.model.inodes {
@@ -1117,7 +1222,14 @@ impl<'u> Checker<'u> {
             .next_back()
             .copied()
             .unwrap_or(ROOT_INO);
-        let max_gen = self.model.max_gen;
+        // A mount starts its incarnation above the counters; a salt record above them means
+        // they were rolled back (the mount skips such incarnations, and so does this check).
+        let max_gen = self.model.max_gen.max(
+            self.model
+                .incarnations
+                .last()
+                .map_or(0, |k| first_generation(*k)),
+        );
         match self.model.counters {
             None => {
                 let fix = self.problem(
@@ -1811,6 +1923,13 @@ impl<'u> Checker<'u> {
         let results = verify_objects(parts, records, &files, bs, self.opts.threads, &mut *self.ui)?;
         for (job, res) in files.iter().zip(results) {
             self.report.blocks_verified += res.entries;
+            // (An orphan goes as a whole: the mount or the repair purges it.)
+            if !res.resolved.is_empty() && !job.missing && !self.model.orphans.contains(&job.ino) {
+                self.report.previous_versions += res.resolved.len() as u64;
+                if self.opts.mode.may_write() {
+                    self.plan.resolve_prev.insert(job.ino, res.resolved.clone());
+                }
+            }
             if res.bad.is_empty() {
                 continue;
             }
@@ -2017,23 +2136,66 @@ impl<'u> Checker<'u> {
         }
         for ino in &self.plan.delete_chunks {
             for k in records.keys_of(prefix::CHUNK, *ino)? {
-                b.delete_key(&k);
+                b.delete_chunk_key(&k);
+            }
+        }
+        // Chunk records to rewrite: resolved previous versions first, then trims applied
+        // to the same records (a chunk may need both; one put per record).
+        let mut changed: BTreeMap<(u64, u64), Chunk> = BTreeMap::new();
+        for (ino, held) in &self.plan.resolve_prev {
+            if self.plan.delete_chunks.contains(ino) {
+                continue;
+            }
+            let mut by_chunk: BTreeMap<u64, Vec<(u8, Held)>> = BTreeMap::new();
+            for (idx, h) in held {
+                by_chunk
+                    .entry(idx / CHUNK_BLOCKS)
+                    .or_default()
+                    .push(((idx % CHUNK_BLOCKS) as u8, *h));
+            }
+            for (c, slots) in by_chunk {
+                let mut ch = records.chunk(*ino, c)?;
+                for (slot, h) in slots {
+                    let Some(e) = ch.entries.get(&slot).copied() else {
+                        continue;
+                    };
+                    match (h, e.prev) {
+                        (Held::Prev, Some(Some(p))) => {
+                            ch.entries.insert(slot, BlockEntry { cur: p, prev: None });
+                        }
+                        (Held::Hole, Some(None)) => {
+                            ch.entries.remove(&slot);
+                        }
+                        _ => {
+                            ch.entries.insert(
+                                slot,
+                                BlockEntry {
+                                    cur: e.cur,
+                                    prev: None,
+                                },
+                            );
+                        }
+                    }
+                }
+                changed.insert((*ino, c), ch);
             }
         }
         for (ino, keep) in &self.plan.trim_chunks {
-            let mut trimmed: Vec<(u64, Chunk)> = Vec::new();
-            scan_chunks(records, *ino, keep / CHUNK_BLOCKS, &mut |c, mut ch| {
+            scan_chunks(records, *ino, keep / CHUNK_BLOCKS, &mut |c, ch| {
+                let resolved = changed.remove(&(*ino, c));
+                let was_resolved = resolved.is_some();
+                let mut ch = resolved.unwrap_or(ch);
                 let before = ch.entries.len();
                 ch.entries.retain(|slot, _| block_index(c, *slot) < *keep);
-                if ch.entries.len() != before {
-                    trimmed.push((c, ch));
+                if was_resolved || ch.entries.len() != before {
+                    changed.insert((*ino, c), ch);
                 }
                 true
             })?;
-            for (c, ch) in &trimmed {
-                // An emptied chunk record is deleted.
-                b.put_chunk(*ino, *c, ch);
-            }
+        }
+        for ((ino, c), ch) in &changed {
+            // An emptied chunk record is deleted.
+            b.put_chunk(*ino, *c, ch);
         }
         for (ino, size) in &self.plan.resize_inline {
             if let Some(mut d) = records.inline(*ino)? {
@@ -2188,6 +2350,18 @@ struct JobResult {
     entries: u64,
     /// Failed blocks: (index, beyond the end of the object).
     bad: Vec<(u64, bool)>,
+    /// Entries with a previous version: (index, the version the block holds).
+    resolved: Vec<(u64, Held)>,
+}
+
+/// Which version of its entry a block holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Cur,
+    Prev,
+    /// The previous state was a hole and the block reads as zeros.
+    Hole,
+    Neither,
 }
 
 /// Verifies every block entry of `files`: each object is read once, front to back, in
@@ -2262,6 +2436,8 @@ fn verify_objects(
         threads
     }
     .min(segments.len().max(1));
+    // Block keys of every incarnation, derived from the salt records as reads derive them.
+    let ring = KeyRing::new(parts.keys.clone());
     let next = AtomicUsize::new(0);
     let done_bytes = AtomicU64::new(0);
     let out: std::sync::Mutex<Vec<Option<Result<JobResult>>>> =
@@ -2270,7 +2446,8 @@ fn verify_objects(
         let (alive, finished) = std::sync::mpsc::channel::<()>();
         for _ in 0..threads {
             let alive = alive.clone();
-            let (next, done_bytes, out, segments) = (&next, &done_bytes, &out, &segments);
+            let (next, done_bytes, out, segments, ring) =
+                (&next, &done_bytes, &out, &segments, &ring);
             s.spawn(move || {
                 let _alive = alive;
                 let mut buf = Vec::new();
@@ -2280,7 +2457,8 @@ fn verify_objects(
                     let Some(file) = files.get(seg.file) else {
                         break;
                     };
-                    let r = verify_segment(parts, records, file, seg, bs, &mut buf, done_bytes);
+                    let r =
+                        verify_segment(parts, records, ring, file, seg, bs, &mut buf, done_bytes);
                     if let Some(slot) = out.lock().unwrap_or_else(|p| p.into_inner()).get_mut(i) {
                         *slot = Some(r);
                     }
@@ -2303,6 +2481,7 @@ fn verify_objects(
         if let Some(res) = results.get_mut(seg.file) {
             res.entries += r.entries;
             res.bad.extend(r.bad);
+            res.resolved.extend(r.resolved);
         }
     }
     for r in &mut results {
@@ -2311,16 +2490,17 @@ fn verify_objects(
     Ok(results)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn verify_segment(
     parts: &Parts,
     records: &Records,
+    ring: &KeyRing,
     job: &FileJob,
     seg: &Segment,
     bs: u64,
     buf: &mut Vec<u8>,
     done_bytes: &std::sync::atomic::AtomicU64,
 ) -> Result<JobResult> {
-    let keys = &parts.keys;
     let bsz = usize::try_from(bs).map_err(|_| Error::format("block size"))?;
     let per_read = (READ_CHUNK / bsz).max(1) as u64;
     let mut res = JobResult::default();
@@ -2340,19 +2520,38 @@ fn verify_segment(
         true
     })?;
     res.entries = entries.len() as u64;
-    let check = |idx: u64, e: &BlockEntry, block: &[u8]| -> bool {
+    let held = |idx: u64, e: &BlockEntry, block: &[u8]| -> Held {
         let full = block.len() == bsz;
         let ok_ver = |v: &crate::format::records::BlockVersion| {
-            full && keys
-                .blocks
-                .verify(job.ino, idx, v.generation, block, &v.tag)
+            // A version of an incarnation without a (readable) salt record cannot verify;
+            // the missing record is its own problem (pass 3), a damaged one is a bad record.
+            let k = incarnation_of(v.generation);
+            full && ring
+                .get(k, || records.incarnation_salt(k))
+                .ok()
+                .flatten()
+                .is_some_and(|keys| {
+                    keys.blocks
+                        .verify(job.ino, idx, v.generation, block, &v.tag)
+                })
         };
-        ok_ver(&e.cur)
-            || match &e.prev {
-                Some(Some(p)) => ok_ver(p),
-                Some(None) => block.iter().all(|b| *b == 0),
-                None => false,
-            }
+        if ok_ver(&e.cur) {
+            return Held::Cur;
+        }
+        match &e.prev {
+            Some(Some(p)) if ok_ver(p) => Held::Prev,
+            Some(None) if block.iter().all(|b| *b == 0) => Held::Hole,
+            _ => Held::Neither,
+        }
+    };
+    // Every block verifies against its current version or its previous one (as reads
+    // accept); which one it holds is kept for the entries that still have a previous one.
+    let mut check = |idx: u64, e: &BlockEntry, block: &[u8]| -> bool {
+        let h = held(idx, e, block);
+        if e.prev.is_some() {
+            res.resolved.push((idx, h));
+        }
+        h != Held::Neither
     };
     // Entries whose block starts at or beyond the end of the object read as nothing.
     let within = |idx: u64| idx.checked_mul(bs).is_some_and(|off| off < job.len);

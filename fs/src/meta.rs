@@ -377,12 +377,17 @@ pub fn key_name(key: &[u8]) -> String {
         (Some(prefix::XATTR), Some(i)) => format!("xattr of inode {i}"),
         (Some(prefix::ORPHAN), Some(i)) => format!("orphan record {i}"),
         (Some(prefix::RECLAIM), Some(i)) => format!("reclaim mark of inode {i}"),
+        (Some(prefix::PREV_MARK), Some(i)) => format!("previous-version mark of inode {i}"),
         (Some(prefix::DIRENT), _) => format!(
             "directory entry {}",
             hex::encode(key.get(1..).unwrap_or(&[]))
         ),
         (Some(prefix::COUNTERS), _) => "counters record".to_string(),
         (Some(prefix::STATE), _) => "store state record".to_string(),
+        (Some(prefix::INCARNATION), _) => match records::incarnation_of_key(key) {
+            Some(k) => format!("salt record of incarnation {k}"),
+            None => format!("record {}", hex::encode(key)),
+        },
         _ => format!("record {}", hex::encode(key)),
     }
 }
@@ -434,7 +439,9 @@ impl RecordBatch<'_> {
         let key = records::xattr_key(ino, &self.records.keys.names.xattr_key(ino, name));
         self.batch.delete(&key);
     }
-    /// Puts (or, if empty, deletes) a chunk record.
+    /// Puts (or, if empty, deletes) a chunk record, and in the same batch its
+    /// previous-version mark: present exactly while some entry carries a `prev`, so that a
+    /// mount finds those chunks by scanning the marks only (see `Inner::resolve_prev`).
     pub fn put_chunk(&mut self, ino: u64, chunk: u64, c: &Chunk) {
         let key = records::chunk_key(ino, chunk);
         if c.entries.is_empty() {
@@ -442,6 +449,20 @@ impl RecordBatch<'_> {
         } else {
             let value = self.records.seal(&key, &c.encode());
             self.batch.put_raw(key.to_vec(), value);
+        }
+        let mark = records::prev_mark_key(ino, chunk);
+        if c.entries.values().any(|e| e.prev.is_some()) {
+            let value = self.records.seal(&mark, &[]);
+            self.batch.put_raw(mark.to_vec(), value);
+        } else {
+            self.batch.delete(&mark);
+        }
+    }
+    /// Deletes a chunk record by its key (from a scan) together with its previous-version mark.
+    pub fn delete_chunk_key(&mut self, key: &[u8]) {
+        self.batch.delete(key);
+        if let Some((ino, chunk)) = records::chunk_of_key(key) {
+            self.batch.delete(&records::prev_mark_key(ino, chunk));
         }
     }
     /// Puts inline data.
@@ -481,6 +502,12 @@ impl RecordBatch<'_> {
     pub fn put_state(&mut self, s: &StoreState) {
         let value = self.records.seal(&STATE_KEY, &s.encode());
         self.batch.put_raw(STATE_KEY.to_vec(), value);
+    }
+    /// Puts the salt record of incarnation `k`.
+    pub fn put_incarnation(&mut self, k: u32, salt: &crate::crypto::incarnation::IncarnationSalt) {
+        let key = records::incarnation_key(k);
+        let value = self.records.seal(&key, &records::encode_incarnation(salt));
+        self.batch.put_raw(key.to_vec(), value);
     }
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
@@ -762,6 +789,35 @@ impl Records {
     pub fn store_state(&self) -> Result<Option<StoreState>> {
         match self.get_open(&STATE_KEY)? {
             Some(v) => Ok(Some(StoreState::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Chunks with a previous-version mark, as `(ino, chunk)`.
+    pub fn prev_marks(&self) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        self.store.scan(&[prefix::PREV_MARK], None, &mut |k, v| {
+            self.open(k, v)?;
+            let c = records::chunk_of_key(k)
+                .ok_or_else(|| Error::format(format!("{}: bad key", key_name(k))))?;
+            out.push(c);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Whether incarnation `k` has a salt record (readable or not).
+    pub fn has_incarnation(&self, k: u32) -> Result<bool> {
+        Ok(self.store.get(&records::incarnation_key(k))?.is_some())
+    }
+
+    /// Reads the salt of incarnation `k` (`None` if it has no record).
+    pub fn incarnation_salt(
+        &self,
+        k: u32,
+    ) -> Result<Option<crate::crypto::incarnation::IncarnationSalt>> {
+        match self.get_open(&records::incarnation_key(k))? {
+            Some(v) => Ok(Some(records::decode_incarnation(&v)?)),
             None => Ok(None),
         }
     }

@@ -57,7 +57,7 @@ pub fn report(backing: &str, r: &Report, exit: u8) -> String {
     format!(
         "{{\"backing_dir\":{},\"exit_code\":{exit},\"mounted\":{},\"was_clean\":{},\"modified\":{},\"cancelled\":{},\
          \"files\":{},\"directories\":{},\"symlinks\":{},\"special\":{},\"bytes\":{},\"objects\":{},\"records\":{},\
-         \"blocks_verified\":{},\"problems_found\":{},\"problems_fixed\":{},\"problems_uncorrected\":{},\"problems\":[{}]}}",
+         \"blocks_verified\":{},\"previous_versions\":{},\"problems_found\":{},\"problems_fixed\":{},\"problems_uncorrected\":{},\"problems\":[{}]}}",
         string(backing),
         r.mounted,
         r.was_clean,
@@ -71,6 +71,7 @@ pub fn report(backing: &str, r: &Report, exit: u8) -> String {
         r.objects,
         r.records,
         r.blocks_verified,
+        r.previous_versions,
         r.problems.len(),
         r.fixed(),
         r.uncorrected(),

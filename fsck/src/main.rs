@@ -205,10 +205,17 @@ fn print_human(backing: &str, r: &Report, verbose: bool) {
     }
     if verbose {
         println!(
-            "{} records, {} objects, {} blocks verified, superblock was {}",
+            "{} records, {} objects, {} blocks verified, {} block entries with a previous \
+             version ({}), superblock was {}",
             r.records,
             r.objects,
             r.blocks_verified,
+            r.previous_versions,
+            if r.modified {
+                "each now keeps the version its block holds"
+            } else {
+                "the next read-write mount keeps the version each block holds"
+            },
             if r.was_clean {
                 "clean"
             } else {

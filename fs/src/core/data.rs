@@ -12,9 +12,12 @@
 //! block whose entry still carries a previous version is never overwritten before a data
 //! barrier (fdatasync) has made the current version durable. Barriers run at fsync, every few
 //! seconds, and at unmount; they then clear the previous versions, which closes the replay
-//! window they open.
+//! window they open. Previous versions that a crash or a fenced mount left are resolved by
+//! the next read-write mount ([`Inner::resolve_prev`]), through the marks every chunk record
+//! with one carries.
 
 use super::{lock, perms, posix, Ctx, Inner, Node, NodeRef};
+use crate::crypto::incarnation::{incarnation_of, BlockKeys};
 use crate::crypto::TAG_LEN;
 use crate::format::records::{BlockEntry, BlockVersion, Chunk, Storage, CHUNK_BLOCKS, INLINE_MAX};
 use crate::objects::ObjectId;
@@ -137,10 +140,18 @@ impl Inner {
         got: usize,
     ) -> Result<()> {
         let full = got == buf.len();
-        let blocks = &self.keys.blocks;
-        let try_version = |v: &BlockVersion, buf: &mut [u8]| -> Result<bool> {
-            if full && blocks.verify(ino, idx, v.generation, buf, &v.tag) {
-                self.keys.data.decrypt_block(ino, v.generation, buf)?;
+        // An incarnation without a salt record: the version cannot be verified.
+        let mut no_salt: Option<u64> = None;
+        let mut try_version = |v: &BlockVersion, buf: &mut [u8]| -> Result<bool> {
+            if !full {
+                return Ok(false);
+            }
+            let Some(keys) = self.keys_of(v.generation)? else {
+                no_salt.get_or_insert(v.generation);
+                return Ok(false);
+            };
+            if keys.blocks.verify(ino, idx, v.generation, buf, &v.tag) {
+                keys.data.decrypt_block(ino, v.generation, buf)?;
                 return Ok(true);
             }
             Ok(false)
@@ -160,10 +171,13 @@ impl Inner {
             "inode {ino} block {idx} (object {}, offset {}): {}",
             hex::encode(id),
             idx * self.block_size,
-            if full {
-                "tag mismatch"
-            } else {
-                "object truncated"
+            match no_salt {
+                Some(gen) => format!(
+                    "generation {gen:#x} belongs to incarnation {}, which has no salt record",
+                    incarnation_of(gen)
+                ),
+                None if full => "tag mismatch".to_string(),
+                None => "object truncated".to_string(),
             }
         );
         tracing::warn!(ino, block = idx, object = %hex::encode(id), "integrity check failed: {what}");
@@ -231,7 +245,14 @@ impl Inner {
                 Src::InFlight(gen, cipher) => {
                     // Already authenticated by this daemon: it sealed the block itself.
                     let mut block = cipher.to_vec();
-                    self.keys.data.decrypt_block(ino, gen, &mut block)?;
+                    let keys = self.keys_of(gen)?.ok_or_else(|| {
+                        Error::integrity(format!(
+                            "inode {ino} block {idx}: no keys for incarnation {} of the \
+                             block in flight",
+                            incarnation_of(gen)
+                        ))
+                    })?;
+                    keys.data.decrypt_block(ino, gen, &mut block)?;
                     let (start, stop) = span(idx);
                     out.extend_from_slice(block.get(start..stop).unwrap_or_default());
                     idx += 1;
@@ -278,6 +299,8 @@ impl Inner {
     /// Verifies and decrypts the blocks left in `runs` and copies them into `out`.
     fn finish_runs(&self, runs: Vec<Run>, out: &mut [u8]) -> Result<()> {
         let bs = self.block_size as usize;
+        // The keys of the last incarnation looked up: a run's blocks nearly always share one.
+        let mut memo: Option<(u32, Arc<BlockKeys>)> = None;
         for mut run in runs {
             for (k, (e, (pos, start, stop))) in
                 run.entries.iter().zip(run.slices.iter()).enumerate()
@@ -293,15 +316,18 @@ impl Inner {
                 })?;
                 // The current version first (the fast path); a block that fails goes through
                 // `open_block`, which also tries the previous version.
+                let k = incarnation_of(e.cur.generation);
+                if memo.as_ref().is_none_or(|(m, _)| *m != k) {
+                    memo = self.keys_of(e.cur.generation)?.map(|keys| (k, keys));
+                }
+                let keys = memo.as_ref().map(|(_, keys)| keys);
                 let verified = have == bs
-                    && self
-                        .keys
-                        .blocks
-                        .verify(run.ino, idx, e.cur.generation, block, &e.cur.tag);
-                if verified {
-                    self.keys
-                        .data
-                        .decrypt_block(run.ino, e.cur.generation, block)?;
+                    && keys.is_some_and(|keys| {
+                        keys.blocks
+                            .verify(run.ino, idx, e.cur.generation, block, &e.cur.tag)
+                    });
+                if let (true, Some(keys)) = (verified, keys) {
+                    keys.data.decrypt_block(run.ino, e.cur.generation, block)?;
                 } else {
                     self.open_block(run.ino, &run.id, idx, e, block, have)?;
                 }
@@ -433,13 +459,13 @@ impl Inner {
                 data.len()
             )));
         }
-        let first_gen = self.alloc_gens(count)?;
+        let (first_gen, keys) = self.alloc_gens(count)?;
         let mut ciphertext = Vec::with_capacity(blocks.len() * bs);
         let mut ch = Chunk::default();
         for (idx, mut block) in blocks.into_iter().enumerate() {
             let gen = first_gen + idx as u64;
-            self.keys.data.encrypt_block(ino, gen, &mut block)?;
-            let tag = self.keys.blocks.tag(ino, idx as u64, gen, &block);
+            keys.data.encrypt_block(ino, gen, &mut block)?;
+            let tag = keys.blocks.tag(ino, idx as u64, gen, &block);
             ciphertext.extend_from_slice(&block);
             ch.entries.insert(
                 idx as u8,
@@ -719,14 +745,14 @@ impl Inner {
             self.objects.sync(&id)?;
             self.clear_prev_of(ino, b)?;
         }
-        let first_gen = self.alloc_gens(count)?;
+        let (first_gen, keys) = self.alloc_gens(count)?;
         // Encrypt and tag on every core: blocks are independent.
         let mut sealed: Vec<SealItem> = dirty
             .into_iter()
             .enumerate()
             .map(|(k, (idx, block))| (idx, first_gen + k as u64, block, [0u8; TAG_LEN]))
             .collect();
-        self.seal_blocks(ino, &mut sealed)?;
+        self.seal_blocks(&keys, ino, &mut sealed)?;
         let mut chunks: std::collections::BTreeMap<u64, Chunk> = std::collections::BTreeMap::new();
         let mut blocks: Vec<(u64, u64, Box<[u8]>)> = Vec::with_capacity(sealed.len());
         for (idx, gen, block, tag) in sealed {
@@ -768,11 +794,12 @@ impl Inner {
 
     /// Encrypts each `(block index, generation, plaintext, tag out)` in place and fills in its
     /// tag, spreading large batches over the available cores.
-    fn seal_blocks(&self, ino: u64, items: &mut [SealItem]) -> Result<()> {
+    /// All generations are of the incarnation whose keys are `keys`.
+    fn seal_blocks(&self, keys: &BlockKeys, ino: u64, items: &mut [SealItem]) -> Result<()> {
         let seal = |part: &mut [SealItem]| -> Result<()> {
             for (idx, gen, block, tag) in part.iter_mut() {
-                self.keys.data.encrypt_block(ino, *gen, block)?;
-                *tag = self.keys.blocks.tag(ino, *idx, *gen, block);
+                keys.data.encrypt_block(ino, *gen, block)?;
+                *tag = keys.blocks.tag(ino, *idx, *gen, block);
             }
             Ok(())
         };
@@ -818,6 +845,113 @@ impl Inner {
             b.put_chunk(ino, c, &ch);
             self.cache_chunk(ino, c, ch);
         }
+        Ok(())
+    }
+
+    /// Resolves the previous versions that a crash or a fenced mount left in chunk entries
+    /// (found through their marks, so the cost grows with the chunks written back in the
+    /// last seconds before, not with the files): makes each such object durable, reads every
+    /// block whose entry has a `prev`, and keeps exactly the version the object holds (the
+    /// current one, the previous one, or a hole). A block that holds neither keeps only its
+    /// current version: it is damaged, and no older version may become acceptable later.
+    /// Without this, storage could put a previous version back (or zero a block whose
+    /// previous state was a hole) at any time after the crash and reads would accept it.
+    pub(crate) fn resolve_prev(&self) -> Result<()> {
+        let marks = self.records.prev_marks()?;
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let bs = self.block_size;
+        let bsz = usize::try_from(bs).map_err(|_| Error::format("block size"))?;
+        let mut buf = vec![0u8; bsz];
+        let mut synced = std::collections::HashSet::new();
+        let (mut kept_cur, mut kept_prev, mut holes, mut damaged) = (0u64, 0u64, 0u64, 0u64);
+        for part in marks.chunks(WRITEBACK_SLICE) {
+            let mut b = self.records.batch();
+            for &(ino, c) in part {
+                let mut ch = self.records.chunk(ino, c)?;
+                let object = match self.records.inode(ino)?.map(|i| i.storage) {
+                    Some(Storage::Object(id)) => Some(id),
+                    _ => None,
+                };
+                let slots: Vec<u8> = ch
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| e.prev.is_some())
+                    .map(|(s, _)| *s)
+                    .collect();
+                if let Some(id) = object.filter(|_| !slots.is_empty()) {
+                    if synced.insert(id) {
+                        self.objects.sync(&id)?;
+                    }
+                    for slot in slots {
+                        let idx = c * CHUNK_BLOCKS + u64::from(slot);
+                        let Some(e) = ch.entries.get(&slot).copied() else {
+                            continue;
+                        };
+                        buf.fill(0);
+                        let got = self.objects.read_at(&id, idx * bs, &mut buf)?;
+                        let holds = |v: &BlockVersion| -> Result<bool> {
+                            Ok(got == bsz
+                                && self.keys_of(v.generation)?.is_some_and(|k| {
+                                    k.blocks.verify(ino, idx, v.generation, &buf, &v.tag)
+                                }))
+                        };
+                        let keep = if holds(&e.cur)? {
+                            kept_cur += 1;
+                            Some(e.cur)
+                        } else {
+                            match e.prev {
+                                Some(Some(p)) if holds(&p)? => {
+                                    kept_prev += 1;
+                                    Some(p)
+                                }
+                                Some(None) if buf.iter().all(|x| *x == 0) => {
+                                    holes += 1;
+                                    None
+                                }
+                                _ => {
+                                    damaged += 1;
+                                    tracing::warn!(
+                                        ino,
+                                        block = idx,
+                                        object = %hex::encode(id),
+                                        "block holds neither its current nor its previous \
+                                         version; only the current one stays acceptable"
+                                    );
+                                    Some(e.cur)
+                                }
+                            }
+                        };
+                        match keep {
+                            Some(v) => {
+                                ch.entries.insert(slot, BlockEntry { cur: v, prev: None });
+                            }
+                            None => {
+                                ch.entries.remove(&slot);
+                            }
+                        }
+                    }
+                } else {
+                    // No object-backed inode owns the chunk (fsck reports the records):
+                    // nothing to read, and no previous version stays acceptable.
+                    for e in ch.entries.values_mut() {
+                        e.prev = None;
+                    }
+                }
+                b.put_chunk(ino, c, &ch);
+                lock(&self.chunk_cache).pop(&(ino, c));
+            }
+            b.commit()?;
+        }
+        tracing::info!(
+            chunks = marks.len(),
+            kept_cur,
+            kept_prev,
+            holes,
+            damaged,
+            "resolved previous block versions left by an earlier mount"
+        );
         Ok(())
     }
 
@@ -908,7 +1042,7 @@ impl Inner {
                         .records
                         .keys_of(crate::format::records::prefix::CHUNK, ino)?
                     {
-                        b.delete_key(&k);
+                        b.delete_chunk_key(&k);
                     }
                     self.forget_chunks(ino, 0);
                     n.inode.storage = Storage::None;

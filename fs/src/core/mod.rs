@@ -25,6 +25,10 @@ mod types;
 pub use types::{AtimeMode, Attr, Ctx, DirEntry, FileKind, SetAttr, StatFs, TimeSet};
 
 use crate::backing::{BackingDir, MountLock, SUPERBLOCK, SUPERBLOCK_BAK};
+use crate::crypto::incarnation::{
+    first_generation, incarnation_of, BlockKeys, KeyRing, GENERATIONS_PER_INCARNATION,
+    MAX_INCARNATION,
+};
 use crate::crypto::FsKeys;
 use crate::format::records::{Chunk, Counters, Inode, Storage, StoreState, Timestamp};
 use crate::format::superblock::{Superblock, FLAG_CLEAN, FLAG_STORE_STATE};
@@ -157,6 +161,9 @@ struct CounterState {
     ino_reserved: u64,
     next_gen: u64,
     gen_reserved: u64,
+    /// The incarnation this mount writes blocks under, and its keys (from the salt this
+    /// mount drew; see [`crate::crypto::incarnation`]). `None` until the first one starts.
+    current: Option<(u32, Arc<BlockKeys>)>,
 }
 
 struct Handle {
@@ -166,6 +173,8 @@ struct Handle {
 pub(crate) struct Inner {
     pub(crate) records: Records,
     pub(crate) keys: Arc<FsKeys>,
+    /// Block keys of every incarnation of this store.
+    pub(crate) ring: KeyRing,
     pub(crate) objects: Arc<dyn ObjectStore>,
     pub(crate) block_size: u64,
     pub(crate) read_only: bool,
@@ -379,6 +388,7 @@ impl Filesystem {
             std::num::NonZeroUsize::new(CHUNK_CACHE).unwrap_or(std::num::NonZeroUsize::MIN);
         let inner = Arc::new(Inner {
             records,
+            ring: KeyRing::new(keys.clone()),
             keys,
             objects,
             block_size,
@@ -402,6 +412,7 @@ impl Filesystem {
                 ino_reserved: counters.ino_reserved,
                 next_gen: counters.gen_reserved,
                 gen_reserved: counters.gen_reserved,
+                current: None,
             }),
             dirty_bytes: AtomicUsize::new(0),
             in_flight_bytes: AtomicUsize::new(0),
@@ -1131,10 +1142,13 @@ impl Inner {
                 lock(&self.reclaim).inos.push(ino);
             }
         }
+        self.resolve_prev()?;
         let mut c = lock(&self.counters);
         c.ino_reserved = c.next_ino + INO_RESERVE;
-        c.gen_reserved = c.next_gen + GEN_RESERVE;
-        self.store_counters(&c)?;
+        // Every read-write mount writes its blocks under a new incarnation: a copy or
+        // restore of this store that mounts too continues from the same counters, but
+        // not with the same salt.
+        self.start_incarnation(&mut c)?;
         drop(c);
         self.flush_and_delete_doomed()
     }
@@ -1160,8 +1174,20 @@ impl Inner {
         Ok(ino)
     }
 
-    pub(crate) fn alloc_gens(&self, n: u64) -> Result<u64> {
+    /// Reserves `n` consecutive block generations, all of one incarnation; returns the first
+    /// and the keys that encrypt and tag the blocks written with them.
+    pub(crate) fn alloc_gens(&self, n: u64) -> Result<(u64, Arc<BlockKeys>)> {
+        if n > GENERATIONS_PER_INCARNATION {
+            return Err(Error::invalid(format!(
+                "{n} block generations asked for at once"
+            )));
+        }
         let mut c = lock(&self.counters);
+        let used = c.next_gen % GENERATIONS_PER_INCARNATION;
+        let keys = match &c.current {
+            Some((_, keys)) if used + n <= GENERATIONS_PER_INCARNATION => Arc::clone(keys),
+            _ => self.start_incarnation(&mut c)?,
+        };
         if c.next_gen + n > c.gen_reserved {
             c.gen_reserved = c.next_gen + n + GEN_RESERVE;
             self.store_counters(&c)?;
@@ -1169,7 +1195,63 @@ impl Inner {
         }
         let g = c.next_gen;
         c.next_gen += n;
-        Ok(g)
+        Ok((g, keys))
+    }
+
+    /// Starts the next incarnation: draws its salt, stores the salt record and counters
+    /// that start at its first generation, and makes both durable before any block can be
+    /// written under it. The number is above every generation the counters may have handed
+    /// out, and an incarnation that already has a salt record is skipped (its blocks would
+    /// stop verifying if the salt changed), so a counters record older than the salts
+    /// cannot make a mount reuse one.
+    fn start_incarnation(&self, c: &mut CounterState) -> Result<Arc<BlockKeys>> {
+        let exhausted = || {
+            posix(
+                libc::ENOSPC,
+                format!(
+                    "start a new incarnation: all {MAX_INCARNATION} incarnation numbers are used \
+                     (block generation {:#x})",
+                    c.gen_reserved.max(c.next_gen)
+                ),
+            )
+        };
+        let mut k = incarnation_of(c.gen_reserved.max(c.next_gen))
+            .checked_add(1)
+            .ok_or_else(exhausted)?;
+        while k <= MAX_INCARNATION && self.records.has_incarnation(k)? {
+            tracing::warn!(
+                incarnation = k,
+                "salt record of an incarnation above the counters found; skipping it"
+            );
+            k += 1;
+        }
+        if k > MAX_INCARNATION {
+            return Err(exhausted());
+        }
+        let (salt, keys) = self.ring.create(k)?;
+        let next_gen = first_generation(k);
+        let gen_reserved = next_gen + GEN_RESERVE;
+        let mut b = self.records.batch();
+        b.put_incarnation(k, &salt);
+        b.put_counters(&Counters {
+            ino_reserved: c.ino_reserved,
+            gen_reserved,
+        });
+        b.commit()?;
+        self.records.flush()?;
+        c.next_gen = next_gen;
+        c.gen_reserved = gen_reserved;
+        let keys = self.ring.adopt(k, keys);
+        c.current = Some((k, Arc::clone(&keys)));
+        tracing::debug!(incarnation = k, "started a new incarnation");
+        Ok(keys)
+    }
+
+    /// The keys of the blocks written with generation `gen`; `None` if its incarnation has no
+    /// salt record (damage or a mix of two stores: the block cannot be verified).
+    pub(crate) fn keys_of(&self, gen: u64) -> Result<Option<Arc<BlockKeys>>> {
+        let k = incarnation_of(gen);
+        self.ring.get(k, || self.records.incarnation_salt(k))
     }
 
     pub(crate) fn check_writable(&self, op: &str) -> Result<()> {

@@ -381,7 +381,7 @@ impl Inner {
         ];
         for (p, _) in searches.into_iter().filter(|(_, needed)| *needed) {
             for k in self.records.keys_of(p, ino)? {
-                b.delete_key(&k);
+                b.delete_chunk_key(&k);
             }
         }
         // The inline data record goes later ([`Inner::reclaim_inline`]): deleting it here

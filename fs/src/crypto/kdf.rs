@@ -25,6 +25,15 @@ pub const LABEL_SUPERBLOCK_MAC: &[u8] = b"digimedfs v1 superblock mac";
 pub const LABEL_META_DIGEST: &[u8] = b"digimedfs v1 meta digest";
 /// Label prefix of the 32-byte key-slot key-encryption key (the slot's AD is appended).
 pub const LABEL_KEY_SLOT: &[u8] = b"digimedfs v1 key slot";
+/// Label of the 32-byte incarnation root key, from which the block keys of every
+/// incarnation k ≥ 1 are derived (see [`crate::crypto::incarnation`]).
+pub const LABEL_INCARNATION_ROOT: &[u8] = b"digimedfs v1 incarnation root";
+/// Label prefix of the 64-byte AES-256-XTS data key of incarnation k
+/// (ikm = incarnation root, salt = the incarnation's salt, info = label ‖ be32(k)).
+pub const LABEL_INCARNATION_XTS: &[u8] = b"digimedfs v1 incarnation data aes-256-xts";
+/// Label prefix of the 32-byte block-tag mask key (AES-256 `K`) of incarnation k
+/// (ikm = incarnation root, salt = the incarnation's salt, info = label ‖ be32(k)).
+pub const LABEL_INCARNATION_MASK: &[u8] = b"digimedfs v1 incarnation block tag aes";
 
 /// HKDF-SHA256 extract-and-expand of `ikm` with `salt` and `info` into `out`.
 ///
@@ -113,6 +122,9 @@ mod tests {
             LABEL_SUPERBLOCK_MAC,
             LABEL_META_DIGEST,
             LABEL_KEY_SLOT,
+            LABEL_INCARNATION_ROOT,
+            LABEL_INCARNATION_XTS,
+            LABEL_INCARNATION_MASK,
         ];
         for (i, a) in labels.iter().enumerate() {
             for b in labels.iter().skip(i + 1) {

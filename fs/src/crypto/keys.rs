@@ -13,9 +13,12 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use zeroize::{Zeroize, Zeroizing};
 
+use std::sync::Arc;
+
+use crate::crypto::incarnation::{BlockKeys, IncarnationRoot};
 use crate::crypto::kdf::{
-    hkdf_sha256, LABEL_BLOCK_MAC, LABEL_DATA_XTS, LABEL_META_AEAD, LABEL_META_DIGEST,
-    LABEL_NAME_MAC, LABEL_SUPERBLOCK_MAC,
+    hkdf_sha256, LABEL_BLOCK_MAC, LABEL_DATA_XTS, LABEL_INCARNATION_ROOT, LABEL_META_AEAD,
+    LABEL_META_DIGEST, LABEL_NAME_MAC, LABEL_SUPERBLOCK_MAC,
 };
 use crate::crypto::mac::{BlockMac, NameMac, RecordMac};
 use crate::crypto::seal::MetaSealer;
@@ -105,18 +108,22 @@ impl Drop for WrappingKey {
 /// All working keys of one filesystem, derived from the master key with HKDF-SHA256,
 /// salt = fs_uuid (16 bytes), info = a distinct label from kdf.rs per key.
 pub struct FsKeys {
-    /// AES-256-XTS content encryption ([`LABEL_DATA_XTS`], 64 bytes).
-    pub data: DataCipher,
+    /// AES-256-XTS content encryption of incarnation 0 ([`LABEL_DATA_XTS`], 64 bytes): the
+    /// blocks of generations below 2^40, written before per-incarnation keys existed.
+    pub data: Arc<DataCipher>,
     /// AES-256-GCM-SIV metadata record sealing ([`LABEL_META_AEAD`]).
     pub meta: MetaSealer,
     /// Directory-entry and xattr-name keys ([`LABEL_NAME_MAC`]).
     pub names: NameMac,
-    /// Data-block tags ([`LABEL_BLOCK_MAC`]).
-    pub blocks: BlockMac,
+    /// Data-block tags ([`LABEL_BLOCK_MAC`]); its POLYVAL key is shared by every
+    /// incarnation, its mask key is incarnation 0's.
+    pub blocks: Arc<BlockMac>,
     /// Superblock MAC ([`LABEL_SUPERBLOCK_MAC`]).
     pub superblock: RecordMac,
     /// Metadata digest MAC ([`LABEL_META_DIGEST`]).
     pub digest: RecordMac,
+    /// Root of the block keys of incarnations k ≥ 1 ([`LABEL_INCARNATION_ROOT`], 32 bytes).
+    pub incarnations: IncarnationRoot,
 }
 
 impl FsKeys {
@@ -142,14 +149,24 @@ impl FsKeys {
         let blocks = k32(LABEL_BLOCK_MAC)?;
         let superblock = k32(LABEL_SUPERBLOCK_MAC)?;
         let digest = k32(LABEL_META_DIGEST)?;
+        let root = k32(LABEL_INCARNATION_ROOT)?;
         Ok(FsKeys {
-            data,
+            data: Arc::new(data),
             meta: MetaSealer::new(&meta),
             names: NameMac::new(&names),
-            blocks: BlockMac::new(&blocks),
+            blocks: Arc::new(BlockMac::new(&blocks)),
             superblock: RecordMac::new(&superblock),
             digest: RecordMac::new(&digest),
+            incarnations: IncarnationRoot::new(&root),
         })
+    }
+
+    /// The block keys of incarnation 0 (the keys [`FsKeys::data`] and [`FsKeys::blocks`]).
+    pub fn incarnation_zero(&self) -> BlockKeys {
+        BlockKeys {
+            data: Arc::clone(&self.data),
+            blocks: Arc::clone(&self.blocks),
+        }
     }
 }
 

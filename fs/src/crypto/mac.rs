@@ -87,6 +87,18 @@ impl BlockMac {
         }
     }
 
+    /// A block MAC with the same POLYVAL key `H` as `self` and the mask key `mask_key` used
+    /// directly as `K` (the mask key of one incarnation, see
+    /// [`crate::crypto::incarnation`]). Only the mask must never repeat its input under one
+    /// key, so `H` can be shared while each incarnation gets its own `K`.
+    pub fn with_mask_key(&self, mask_key: &[u8; 32]) -> BlockMac {
+        use aes::cipher::KeyInit;
+        BlockMac {
+            hash: Box::new(polyval::Polyval::clone(&self.hash)),
+            mask: aes::Aes256::new(mask_key.into()),
+        }
+    }
+
     /// The tag of a block's ciphertext (see the type's documentation for the layout).
     pub fn tag(
         &self,

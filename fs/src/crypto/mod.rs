@@ -3,6 +3,8 @@
 //! Everything that touches key material or ciphertext lives here, behind a small, fixed API:
 //!
 //! - [`keys`]: the master key, the wrapping key and the derived working keys ([`FsKeys`]).
+//! - [`incarnation`]: the block keys of each incarnation (read-write open) of a filesystem,
+//!   so that no (key, tweak) pair or tag mask input repeats across restores and copies.
 //! - [`kdf`]: HKDF-SHA256 and every derivation label (the labels are part of the on-disk format).
 //! - [`xts`]: AES-256-XTS (IEEE 1619) over one whole filesystem block ([`DataCipher`]).
 //! - [`mac`]: keyed BLAKE3 tags for blocks, directory entries and records.
@@ -14,6 +16,13 @@
 //! (malformed input becomes an `Err` or `None`). The exact byte layouts are documented in
 //! `docs/crypto-primitives.md`.
 
+#[deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+pub mod incarnation;
 #[deny(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -8,6 +8,7 @@
 
 use super::codec::{Reader, Writer};
 use crate::core::FileKind;
+use crate::crypto::incarnation::{IncarnationSalt, SALT_LEN};
 use crate::crypto::TAG_LEN;
 use crate::{Error, Result};
 
@@ -31,6 +32,11 @@ pub mod prefix {
     pub const COUNTERS: u8 = b'C';
     /// Store state (the epoch the store belongs to and its running digest): `E`.
     pub const STATE: u8 = b'E';
+    /// Incarnation salt: `N ‖ be32(incarnation)`.
+    pub const INCARNATION: u8 = b'N';
+    /// Previous-version mark (the chunk record `B ‖ be64(ino) ‖ be64(chunk)` has entries with
+    /// a `prev`): `P ‖ be64(ino) ‖ be64(chunk)`.
+    pub const PREV_MARK: u8 = b'P';
 }
 
 /// Blocks described by one chunk record.
@@ -92,11 +98,57 @@ pub fn chunk_key(ino: u64, chunk: u64) -> [u8; 17] {
     k
 }
 
+/// Key of the previous-version mark of a chunk record.
+pub fn prev_mark_key(ino: u64, chunk: u64) -> [u8; 17] {
+    let mut k = chunk_key(ino, chunk);
+    k[0] = prefix::PREV_MARK;
+    k
+}
+
+/// `(ino, chunk)` of a chunk record key or a previous-version mark key (`None` if malformed).
+pub fn chunk_of_key(key: &[u8]) -> Option<(u64, u64)> {
+    let ino = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+    let chunk = u64::from_be_bytes(key.get(9..17)?.try_into().ok()?);
+    (key.len() == 17).then_some((ino, chunk))
+}
+
 /// Key of the counters record.
 pub const COUNTERS_KEY: [u8; 1] = [prefix::COUNTERS];
 
 /// Key of the store state record ([`StoreState`]).
 pub const STATE_KEY: [u8; 1] = [prefix::STATE];
+/// Key of the salt record of incarnation `k`.
+pub fn incarnation_key(k: u32) -> [u8; 5] {
+    let mut key = [0u8; 5];
+    key[0] = prefix::INCARNATION;
+    key[1..].copy_from_slice(&k.to_be_bytes());
+    key
+}
+
+/// The incarnation number of an incarnation record key (`None` if malformed).
+pub fn incarnation_of_key(key: &[u8]) -> Option<u32> {
+    match key {
+        [prefix::INCARNATION, rest @ ..] => <[u8; 4]>::try_from(rest).ok().map(u32::from_be_bytes),
+        _ => None,
+    }
+}
+
+/// Encodes the salt record of an incarnation: `version u8 (1) ‖ salt(32)`.
+pub fn encode_incarnation(salt: &IncarnationSalt) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut v = zeroize::Zeroizing::new(Vec::with_capacity(1 + SALT_LEN));
+    v.push(1);
+    v.extend_from_slice(salt.expose());
+    v
+}
+
+/// Decodes the salt record of an incarnation.
+pub fn decode_incarnation(bytes: &[u8]) -> Result<IncarnationSalt> {
+    match bytes {
+        [1, salt @ ..] => IncarnationSalt::from_bytes(salt),
+        [] => Err(Error::format("incarnation record: empty")),
+        _ => Err(Error::format("incarnation record: unknown version")),
+    }
+}
 
 /// A timestamp: seconds and nanoseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -615,6 +667,26 @@ mod tests {
         let mut bad = bytes.clone();
         bad[3] = 64; // block index out of range
         assert!(Chunk::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn incarnation_record_roundtrip_and_garbage() {
+        let salt = IncarnationSalt::from_bytes(&[9; SALT_LEN]).unwrap();
+        let bytes = encode_incarnation(&salt);
+        assert_eq!(decode_incarnation(&bytes).unwrap().expose(), &[9; SALT_LEN]);
+        for cut in 0..bytes.len() {
+            assert!(decode_incarnation(&bytes[..cut]).is_err());
+        }
+        let mut long = bytes.to_vec();
+        long.push(0);
+        assert!(decode_incarnation(&long).is_err());
+        let mut bad = bytes.to_vec();
+        bad[0] = 2;
+        assert!(decode_incarnation(&bad).is_err());
+        assert_eq!(incarnation_key(0x0102_0304), *b"N\x01\x02\x03\x04");
+        assert_eq!(incarnation_of_key(&incarnation_key(77)), Some(77));
+        assert_eq!(incarnation_of_key(b"N\x01\x02\x03"), None);
+        assert_eq!(incarnation_of_key(b"C"), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Confidentiality and integrity as seen from outside: no plaintext in the backing directory,
-//! wrong keys refused, tampering detected, single-mount locking, crash recovery.
+//! wrong keys refused, tampering detected, single-mount locking, crash recovery (including
+//! that a crash does not leave previous block versions acceptable after the next mount).
 
 use crate::workload::{git, git_commit, have};
 use digimedfs::format::records::INLINE_MAX;
@@ -435,5 +436,125 @@ fn rolled_back_metadata_store_is_refused_at_mount() {
             .iter()
             .all(|&p| !process_alive(p))),
         "a daemon stayed behind"
+    );
+}
+
+/// SIGKILLs the daemon of `fs` and tears the dead mount down.
+fn kill_and_unmount(fs: &mut TestFs) {
+    let pid = fs.daemon_pid().expect("daemon pid");
+    // SAFETY: kill with plain integers; `pid` is the digimedfs daemon of our own mount.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    assert!(
+        wait_until(TIMEOUT, || !process_alive(pid)),
+        "daemon survived SIGKILL"
+    );
+    let out = run(Command::new("fusermount3").arg("-u").arg(fs.mountpoint()));
+    assert!(
+        out.status.success(),
+        "fusermount3 -u on the dead mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wait_until(TIMEOUT, || !is_mounted(fs.mountpoint())));
+    fs.mark_unmounted();
+}
+
+/// `fsck-digimed -n --json` of the filesystem: (success, stdout).
+fn fsck_json(fs: &TestFs) -> (bool, String) {
+    let out = run(Command::new(digimedfs_tests::bin("fsck-digimed"))
+        .arg("-n")
+        .arg("--json")
+        .arg("--key-file")
+        .arg(fs.key_file())
+        .arg(fs.backing()));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Issue 22, finding 4: 48 MiB written without fsync, the daemon SIGKILLed a second later
+/// (block entries of the last writebacks still accept "was a hole"), a remount, a clean
+/// unmount, and then storage zeroes the object. Every block must read as EIO, and fsck must
+/// report them. Before, the remount kept the "hole" versions acceptable for good: the zeroed
+/// blocks read as zeros without an error and fsck was clean.
+#[test]
+fn zeroed_object_after_crash_and_remount_is_eio() {
+    const LEN: usize = 48 << 20;
+    let data = random_bytes(LEN);
+    let mut fs = None;
+    // The 5 s commit cycle may make everything durable before the kill (fsck -n then counts
+    // no previous versions); then try again.
+    for attempt in 0..3 {
+        let mut t = TestFs::new();
+        let mut f = File::create(t.path("f")).unwrap();
+        for piece in data.chunks(1 << 20) {
+            f.write_all(piece).unwrap();
+        }
+        drop(f);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        kill_and_unmount(&mut t);
+        let (_, report) = fsck_json(&t);
+        if !report.contains("\"previous_versions\":0,") {
+            fs = Some(t);
+            break;
+        }
+        eprintln!("attempt {attempt}: no previous versions left at the kill; again");
+    }
+    let mut fs = fs.expect("no attempt left previous versions at the kill");
+    // The remount resolves them; a clean unmount. The blocks that hold data now are the
+    // ones that reached storage (the others were still in the daemon's memory at the kill
+    // and are holes, which read as zeros whatever storage does).
+    fs.mount();
+    let stored: Vec<u64> = {
+        let f = File::open(fs.path("f")).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let size = f.metadata().unwrap().len().min(LEN as u64);
+        (0..size)
+            .step_by(4096)
+            .filter(|&off| {
+                let n = f.read_at(&mut buf, off).unwrap();
+                let want = &data[off as usize..(off as usize + n)];
+                if buf[..n] == *want {
+                    true
+                } else {
+                    assert!(
+                        buf[..n].iter().all(|b| *b == 0),
+                        "block at {off}: wrong data"
+                    );
+                    false
+                }
+            })
+            .collect()
+    };
+    assert!(!stored.is_empty(), "nothing of the file reached storage");
+    fs.unmount();
+    // Storage zeroes the object.
+    let objects: Vec<PathBuf> = walk_files(&fs.backing().join("objects"));
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let len = fs::metadata(&objects[0]).unwrap().len();
+    fs::write(&objects[0], vec![0u8; len as usize]).unwrap();
+
+    fs.mount();
+    let f = File::open(fs.path("f")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut read_ok = 0u64;
+    for &off in &stored {
+        match f.read_at(&mut buf, off) {
+            Ok(_) => read_ok += 1,
+            Err(e) => assert_eq!(errno_of(&e), libc::EIO, "block at {off}: {e}"),
+        }
+    }
+    drop(f);
+    assert_eq!(
+        read_ok,
+        0,
+        "{read_ok} of {} zeroed blocks read back without an error",
+        stored.len()
+    );
+    fs.unmount();
+    let (clean, report) = fsck_json(&fs);
+    assert!(
+        !clean && report.contains("damaged_block"),
+        "fsck -n does not report the zeroed blocks: {report}"
     );
 }
