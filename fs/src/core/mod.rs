@@ -1164,14 +1164,37 @@ impl Inner {
 
     pub(crate) fn alloc_ino(&self) -> Result<u64> {
         let mut c = lock(&self.counters);
-        if c.next_ino >= c.ino_reserved {
-            c.ino_reserved = c.next_ino + INO_RESERVE;
-            self.store_counters(&c)?;
-            self.records.flush()?;
+        let mut step = 1u64;
+        loop {
+            if c.next_ino >= c.ino_reserved {
+                c.ino_reserved = c.next_ino + INO_RESERVE;
+                self.store_counters(&c)?;
+                self.records.flush()?;
+            }
+            let ino = c.next_ino;
+            if !self.ino_in_use(ino)? {
+                c.next_ino += 1;
+                return Ok(ino);
+            }
+            // Numbers are never reused, so one in use means the counters record was put back
+            // from an older copy on storage: a new file must not take over an existing inode
+            // (and its contents). Skip ahead, doubling the stride, and check every number.
+            tracing::error!(
+                ino,
+                "inode number already in use: the counters record was rolled back on storage; \
+                 skipping ahead (check with fsck.digimed -n)"
+            );
+            c.next_ino = ino.saturating_add(step);
+            step = step.saturating_mul(2);
         }
-        let ino = c.next_ino;
-        c.next_ino += 1;
-        Ok(ino)
+    }
+
+    /// Whether inode number `ino` has an inode record or a pending reclaim mark.
+    fn ino_in_use(&self, ino: u64) -> Result<bool> {
+        use crate::format::records::{ino_prefix, inode_key, prefix};
+        let store = self.records.store();
+        Ok(store.get(&inode_key(ino))?.is_some()
+            || store.get(&ino_prefix(prefix::RECLAIM, ino))?.is_some())
     }
 
     /// Reserves `n` consecutive block generations, all of one incarnation; returns the first
