@@ -260,8 +260,8 @@ impl KeyService {
         })
     }
 
-    /// A client whose token is the content of `token_file` (one line; a warning is logged if
-    /// the file is readable by group or others).
+    /// A client whose token is the content of `token_file` (one line). A token file writable
+    /// by group or others is refused; one only readable by them is used with a warning.
     pub fn from_files(url: &str, tenant: &str, token_file: &Path, ca: &Path) -> Result<KeyService> {
         use std::os::unix::fs::PermissionsExt;
         let io = |source| ServiceError::Io {
@@ -270,6 +270,15 @@ impl KeyService {
         };
         let mut file = std::fs::File::open(token_file).map_err(io)?;
         let mode = file.metadata().map_err(io)?.permissions().mode();
+        if mode & 0o022 != 0 {
+            return Err(ServiceError::Invalid(format!(
+                "token file {} is writable by group or others (mode {:04o}): whoever can write \
+                 it can replace the credential; run `chmod 600 {}`",
+                token_file.display(),
+                mode & 0o7777,
+                token_file.display()
+            )));
+        }
         if mode & 0o077 != 0 {
             tracing::warn!(
                 "token file {} is accessible by group or others (mode {:04o}); run chmod 600 on it",
@@ -753,6 +762,21 @@ pub fn rewrap_filesystem(backing: &Path, ks: &KeyService) -> crate::Result<Rewra
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_file_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "secret-token\n").expect("write");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let Err(err) =
+            KeyService::from_files("https://127.0.0.1:1", "t", &token, &dir.path().join("ca"))
+        else {
+            panic!("a world-writable token file was accepted");
+        };
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
 
     /// Fuzzes the client's HTTP reply reader and the JSON shapes it decodes (the key service's
     /// replies): mutated replies must come back as a reply or an error, never a panic, and the
