@@ -548,10 +548,7 @@ mod tests {
     /// the number of inputs (default 3 000).
     #[test]
     fn mount_option_parser_never_panics() {
-        let iters: usize = std::env::var("DIGIMEDFS_FUZZ_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3_000);
+        let iters = digimedfs::testing::fuzz_iterations();
         let seeds: Vec<Vec<u8>> = [
             "key_file=/etc/digimedfs/p.key,allow_other,_netdev",
             "keyservice=https://ks:8443,tenant=cardio,token_file=/t,ca_file=/ca.pem,ro",

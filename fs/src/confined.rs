@@ -320,6 +320,17 @@ impl Confined {
         }
     }
 
+    /// [`Confined::parent`], or None when the directory holding `rel` does not exist.
+    fn parent_if_present<'a>(&self, rel: &'a str) -> Result<Option<(Confined, &'a str)>> {
+        match self.parent(rel) {
+            Ok(p) => Ok(Some(p)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates the directory `rel` and any missing parents (existing directories are fine; a
     /// non-directory in the way is refused).
     pub fn create_dir_all(&self, rel: &str) -> Result<()> {
@@ -362,12 +373,8 @@ impl Confined {
 
     /// Removes the file (or symbolic link, or special file) `rel`; `Ok(false)` if absent.
     pub fn remove_file(&self, rel: &str) -> Result<bool> {
-        let (dir, name) = match self.parent(rel) {
-            Ok(p) => p,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(false)
-            }
-            Err(e) => return Err(e),
+        let Some((dir, name)) = self.parent_if_present(rel)? else {
+            return Ok(false);
         };
         match rustix::fs::unlinkat(dir.fd.as_fd(), name, AtFlags::empty()) {
             Ok(()) => Ok(true),
@@ -389,12 +396,8 @@ impl Confined {
     /// Removes `rel` and everything beneath it, never following a link (a link is removed as
     /// the link it is); `Ok(false)` if it did not exist.
     pub fn remove_tree(&self, rel: &str) -> Result<bool> {
-        let (parent, name) = match self.parent(rel) {
-            Ok(p) => p,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(false)
-            }
-            Err(e) => return Err(e),
+        let Some((parent, name)) = self.parent_if_present(rel)? else {
+            return Ok(false);
         };
         parent.remove_tree_at(name, &self.display(rel))
     }
@@ -458,12 +461,8 @@ impl Confined {
 
     /// What `rel` is, without following it; `Ok(None)` if absent.
     pub fn status(&self, rel: &str) -> Result<Option<Status>> {
-        let (dir, name) = match self.parent(rel) {
-            Ok(p) => p,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
+        let Some((dir, name)) = self.parent_if_present(rel)? else {
+            return Ok(None);
         };
         match rustix::fs::statat(dir.fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(Status {

@@ -137,6 +137,14 @@ impl MemImage {
     }
 }
 
+/// How many inputs each fuzz target runs: `DIGIMEDFS_FUZZ_ITERS`, or 3 000 (the suite's run).
+pub fn fuzz_iterations() -> usize {
+    std::env::var("DIGIMEDFS_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000)
+}
+
 /// A small mutation fuzzer for decoders of untrusted bytes: each input is a seed (a valid
 /// encoding) changed by a few random edits (bit flips, boundary values written over integers,
 /// insertions, deletions, duplicated ranges, truncation, splices with another seed). It is not

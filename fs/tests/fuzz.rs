@@ -92,10 +92,7 @@ unsafe impl GlobalAlloc for Tracking {
 static ALLOCATOR: Tracking = Tracking;
 
 fn iterations() -> usize {
-    std::env::var("DIGIMEDFS_FUZZ_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3_000)
+    digimedfs::testing::fuzz_iterations()
 }
 
 fn base_seed() -> u64 {

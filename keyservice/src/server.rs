@@ -1143,10 +1143,7 @@ mod tests {
     /// `DIGIMEDFS_FUZZ_ITERS` sets the number of inputs (default 3 000).
     #[test]
     fn request_bodies_decode_or_are_refused_never_panic() {
-        let iters: usize = std::env::var("DIGIMEDFS_FUZZ_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3_000);
+        let iters = digimedfs::testing::fuzz_iterations();
         let uuid = "0123456789abcdef0123456789abcdef";
         let seeds: Vec<Vec<u8>> = [
             format!(r#"{{"fs_uuid":"{uuid}","key":"{}"}}"#, b64e(&[7; 64])),

@@ -1071,10 +1071,7 @@ mod tests {
     #[test]
     fn random_requests_get_replies_never_panics() {
         use crate::testing::{Mutator, StaticKey};
-        let iters: usize = std::env::var("DIGIMEDFS_FUZZ_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3_000);
+        let iters = crate::testing::fuzz_iterations();
         // A real backing directory: requests may write at any offset, which only a sparse
         // object file holds.
         let dir = tempfile::tempdir().expect("tempdir");

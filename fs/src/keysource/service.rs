@@ -784,10 +784,7 @@ mod tests {
     /// `DIGIMEDFS_FUZZ_ITERS` sets the number of inputs (default 3 000).
     #[test]
     fn reply_reader_and_decoders_never_panic() {
-        let iters: usize = std::env::var("DIGIMEDFS_FUZZ_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3_000);
+        let iters = crate::testing::fuzz_iterations();
         let reply = |status: &str, body: &str| {
             format!(
                 "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
