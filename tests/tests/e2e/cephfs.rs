@@ -80,6 +80,10 @@ struct Host {
 
 impl Host {
     fn start(tag: &str) -> Host {
+        Host::start_with(tag, "")
+    }
+    /// A host whose ceph-fuse gets `ceph_args` (Ceph's `CEPH_ARGS`: `--option=value …`).
+    fn start_with(tag: &str, ceph_args: &str) -> Host {
         static N: AtomicUsize = AtomicUsize::new(0);
         let id = format!(
             "{tag}{}x{}",
@@ -93,6 +97,7 @@ impl Host {
         fs::create_dir(dir.path().join("ceph")).expect("mkdir");
         run_ok(
             Command::new(cluster_script())
+                .env("CEPH_ARGS", ceph_args)
                 .arg("mount")
                 .arg(&id)
                 .arg(dir.path().join("ceph")),
@@ -122,6 +127,33 @@ impl Host {
         );
         self.alive = false;
     }
+    /// Aborts this host's FUSE connection (fusectl): every request blocked on it fails at
+    /// once. A ceph-fuse whose reads are deadlocked (see [`READER_CEPH_ARGS`]) cannot even be
+    /// killed before that, so a test that found a hang would hang too.
+    fn abort_fuse_connection(&self) {
+        let abort = |dev: &str| -> Option<PathBuf> {
+            let (_, minor) = dev.split_once(':')?;
+            Some(PathBuf::from(format!(
+                "/sys/fs/fuse/connections/{minor}/abort"
+            )))
+        };
+        let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+            return;
+        };
+        let ceph = self.ceph();
+        for line in info.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() > 4 && Path::new(f[4]) == ceph {
+                let Some(file) = abort(f[2]) else { continue };
+                if !file.exists() {
+                    let _ = Command::new("mount")
+                        .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
+                        .output();
+                }
+                let _ = fs::write(&file, "1");
+            }
+        }
+    }
     /// The MDS evicts this host's session: its caps and flocks are released and the client
     /// is blocklisted at the OSDs (a partitioned host, or the admin's step after a crash).
     fn evict(&self) {
@@ -132,6 +164,7 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         if self.alive {
+            self.abort_fuse_connection();
             let _ = Command::new(cluster_script())
                 .arg("kill-client")
                 .arg(&self.id)
@@ -793,4 +826,285 @@ fn evicted_host_cannot_write_after_takeover() {
     assert!(!fs.path("after").exists());
     fs.unmount();
     fsck_clean(fs.key_file(), fs.backing());
+}
+
+/// The ceph-fuse option tried on a host that reads a live backing directory: no kernel page
+/// cache on that mount. With the page cache, ceph-fuse can deadlock against the kernel when
+/// another client writes a file it reads: to give up its cache of the file it asks the kernel
+/// to drop the cached pages, which waits for a page a read holds locked, while that read waits
+/// in ceph-fuse. Without it that deadlock cannot happen, but reads were still seen to block
+/// under load (docs/operations.md, "Reading a live backing directory from another host").
+const READER_CEPH_ARGS: &str = "--fuse_disable_pagecache=true";
+
+/// How long one read pass of a backing directory may take. A liveness bound, not a
+/// performance assertion: a pass takes seconds on the test cluster; the bound only tells a
+/// read that hangs (the stall reported on meta/db lasted 11 minutes) from a slow one.
+const LIVE_READ_BOUND: Duration = Duration::from_secs(120);
+
+/// What one read pass saw: per file (relative path) its length and an FNV-1a hash of its
+/// contents.
+type ReadView = BTreeMap<PathBuf, (u64, u64)>;
+
+/// Reads every regular file under `root` to its end, as a backup tool does. Files and
+/// directories that vanish between the listing and the open are skipped: the mount deletes
+/// and renames while the pass runs. Other errors are returned with the path.
+fn read_pass(root: &Path) -> Result<ReadView, String> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let mut view = ReadView::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
+            Ok(it) => it,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(format!("read_dir {}: {e}", d.display())),
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(en) => en,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(format!("read_dir {}: {e}", d.display())),
+            };
+            let path = entry.path();
+            let ft = match entry.file_type() {
+                Ok(t) => t,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(format!("lstat {}: {e}", path.display())),
+            };
+            if ft.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if !ft.is_file() {
+                continue;
+            }
+            let mut f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(format!("open {}: {e}", path.display())),
+            };
+            let (mut len, mut hash) = (0u64, 0xcbf29ce484222325u64);
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = std::io::Read::read(&mut f, &mut buf)
+                    .map_err(|e| format!("read {}: {e}", path.display()))?;
+                if n == 0 {
+                    break;
+                }
+                len += n as u64;
+                for b in &buf[..n] {
+                    hash = (hash ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+                }
+            }
+            let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+            view.insert(rel, (len, hash));
+        }
+    }
+    Ok(view)
+}
+
+/// [`read_pass`] of `root` under [`LIVE_READ_BOUND`]: runs it on a thread of its own and
+/// panics, with that thread's kernel stack, if it has not finished in time (a read blocked in
+/// D state cannot be interrupted; the thread is left behind). Returns the view and how long the
+/// pass took.
+fn bounded_read_pass(root: &Path, what: &str) -> (ReadView, Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root_owned = root.to_path_buf();
+    std::thread::spawn(move || {
+        // SAFETY: gettid takes no arguments and only returns the calling thread's id.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+        let _ = tx.send(Err(tid));
+        let _ = tx.send(Ok(read_pass(&root_owned)));
+    });
+    let t = std::time::Instant::now();
+    let tid = match rx.recv_timeout(TIMEOUT) {
+        Ok(Err(tid)) => tid,
+        other => panic!("reader thread did not start: {other:?}"),
+    };
+    match rx.recv_timeout(LIVE_READ_BOUND) {
+        Ok(Ok(Ok(view))) => (view, t.elapsed()),
+        Ok(Ok(Err(e))) => panic!("{what}: reading {} failed: {e}", root.display()),
+        Ok(Err(_)) | Err(_) => {
+            let task = format!("/proc/self/task/{tid}");
+            let stack = fs::read_to_string(format!("{task}/stack")).unwrap_or_default();
+            let wchan = fs::read_to_string(format!("{task}/wchan")).unwrap_or_default();
+            panic!(
+                "{what}: reading {} did not finish within {LIVE_READ_BOUND:?} (reader thread \
+                 {tid} waits in {wchan}):\n{stack}",
+                root.display()
+            );
+        }
+    }
+}
+
+/// Per file under `root` (relative path): contents, size and modification time, as the host
+/// that mounts sees it.
+fn at_rest_state(root: &Path) -> Vec<(PathBuf, Vec<u8>, u64, i64, i64)> {
+    snapshot_files(root)
+        .into_iter()
+        .map(|(rel, data)| {
+            let m = fs::metadata(root.join(&rel)).expect("stat");
+            (rel, data, m.len(), m.mtime(), m.mtime_nsec())
+        })
+        .collect()
+}
+
+/// A busy workload in `mnt` until `stop`: small inline files and data objects, fsyncs of
+/// files and directories, renames and deletes. Returns how many files it wrote.
+fn busy_writer(mnt: PathBuf, id: usize, stop: Arc<AtomicBool>) -> usize {
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let dir = mnt.join(format!("w{id}/d{}", i % 5));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let path = dir.join(format!("f{i}"));
+        // Every seventh file over INLINE_MAX (a data object), the others inline.
+        let len = if i.is_multiple_of(7) {
+            INLINE_MAX as usize + 4000
+        } else {
+            500
+        };
+        let mut f =
+            File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        f.write_all(&random_bytes(len)).expect("write");
+        if i.is_multiple_of(3) {
+            f.sync_all().expect("fsync");
+            sync_dir(&dir);
+        }
+        drop(f);
+        if i % 4 == 1 {
+            fs::rename(&path, dir.join(format!("r{i}"))).expect("rename");
+        }
+        if i >= 10 {
+            let old = mnt.join(format!("w{id}/d{}", (i - 10) % 5));
+            let _ = fs::remove_file(old.join(format!("f{}", i - 10)));
+            let _ = fs::remove_file(old.join(format!("r{}", i - 10)));
+        }
+        i += 1;
+    }
+    i
+}
+
+/// Host a's mount writes busily (four writers) while a backup host (a ceph-fuse client started
+/// with `ceph_args`) reads: with `read_live`, the whole live backing directory again and again
+/// for a minute (every file, `meta/db` included, which the mount writes and fsyncs all the
+/// time); then `backup/point` after `digimedfs backup begin`. Every pass must finish within
+/// [`LIVE_READ_BOUND`] (a liveness bound, not a performance assertion), the point must read the
+/// same twice and verify while the mount goes on writing, and a read pass over the directory
+/// at rest must change nothing in it.
+fn reads_by_backup_host(ceph_args: &str, read_live: bool) {
+    let Some(ceph) = ceph() else { return };
+    let mut fs = TestFs::unmounted_on(&ceph.a, &[]);
+    fs.mount();
+    let reader = Host::start_with("read", ceph_args);
+    let rel = fs.backing().strip_prefix(&ceph.a).unwrap().to_path_buf();
+    let backing_r = reader.ceph().join(&rel);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|id| {
+            let (mnt, stop) = (fs.mountpoint().to_path_buf(), stop.clone());
+            std::thread::spawn(move || busy_writer(mnt, id, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The live directory, read again and again while the mount writes: whole passes on two
+    // threads and passes of `meta/` alone on a third, as several backup tools at once.
+    let live = std::time::Instant::now();
+    let roots = [backing_r.clone(), backing_r.clone(), backing_r.join("meta")];
+    let readers: Vec<_> = roots
+        .into_iter()
+        .filter(|_| read_live)
+        .map(|root| {
+            std::thread::spawn(move || {
+                let mut passes = Vec::new();
+                while passes.len() < 3 || live.elapsed() < Duration::from_secs(60) {
+                    let (view, took) = bounded_read_pass(&root, "live backing dir");
+                    let db = [Path::new("meta/db"), Path::new("db")]
+                        .iter()
+                        .find_map(|p| view.get(*p))
+                        .map(|&(len, _)| len);
+                    assert!(
+                        db.is_some_and(|len| len > 0),
+                        "a pass of {} missed meta/db: {view:?}",
+                        root.display()
+                    );
+                    passes.push((took, view.len()));
+                }
+                passes
+            })
+        })
+        .collect();
+    for r in readers {
+        let passes = r
+            .join()
+            .unwrap_or_else(|_| panic!("a reader of the live directory failed (see above)"));
+        eprintln!("live passes (time, files): {passes:?}");
+    }
+
+    // The point, taken from the backup host while the writes go on.
+    let out = run_ok(
+        Command::new(bin("digimedfs"))
+            .args(["backup", "begin"])
+            .arg(&backing_r),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("point "),
+        "backup begin did not report a point: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let point = backing_r.join("backup/point");
+    let (first, took1) = bounded_read_pass(&point, "backup point");
+    let (second, took2) = bounded_read_pass(&point, "backup point, again");
+    eprintln!("point passes: {took1:?}, {took2:?} ({} files)", first.len());
+    assert!(
+        first.contains_key(Path::new("MANIFEST")) && first.contains_key(Path::new("meta.dump")),
+        "the point read from the backup host lacks its MANIFEST or dump: {first:?}"
+    );
+    assert!(
+        first == second,
+        "the point changed between two reads while the mount wrote"
+    );
+    run_ok(
+        Command::new(bin("digimedfs"))
+            .args(["backup", "verify"])
+            .arg(&point),
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let written: usize = writers.into_iter().map(|w| w.join().expect("writer")).sum();
+    assert!(written >= 50, "the workload wrote only {written} files");
+    run_ok(
+        Command::new(bin("digimedfs"))
+            .args(["backup", "end"])
+            .arg(&backing_r),
+    );
+    fs.unmount();
+
+    // At rest: a read pass from the backup host changes nothing in the directory.
+    let before = at_rest_state(fs.backing());
+    let (at_rest, took) = bounded_read_pass(&backing_r, "backing dir at rest");
+    eprintln!("pass at rest: {took:?} ({} files)", at_rest.len());
+    assert!(
+        at_rest_state(fs.backing()) == before,
+        "a read pass from the backup host changed the backing directory"
+    );
+    fsck_clean(fs.key_file(), fs.backing());
+}
+
+/// The backup procedure on CephFS: a backup host with ceph-fuse's defaults copies
+/// `backup/point/` while the mount writes (docs/backup.md), within the bound.
+#[test]
+fn backup_host_reads_point_while_mount_writes() {
+    reads_by_backup_host("", false);
+}
+
+/// Reading the whole live backing directory from another host. With ceph-fuse's defaults the
+/// readers deadlock within a minute (docs/operations.md); with [`READER_CEPH_ARGS`] one reader
+/// kept going, but three concurrent readers against four writers still blocked in
+/// `request_wait_answer` for over the bound. Kept as the reproduction of that open problem.
+#[test]
+#[ignore = "reading the live backing directory from a second ceph-fuse client still hangs \
+            under load (docs/operations.md); run with --ignored to reproduce"]
+fn backup_host_reads_live_backing_dir_without_hanging() {
+    reads_by_backup_host(READER_CEPH_ARGS, true);
 }
