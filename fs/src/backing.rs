@@ -100,11 +100,8 @@ impl BackingDir {
         }))
     }
 
-    /// The metadata store's directory, checked to hold nothing but regular files and
-    /// directories, as a path that pins the directory itself for sled (which opens its files
-    /// by name; see [`Confined::proc_path`]). sled creates and writes files only while it
-    /// opens the store (its log, config and snapshot), so the check before and the one after
-    /// that open ([`BackingDir::check_meta_after_open`]) bracket every file it creates.
+    /// The metadata store's directory, for [`crate::meta::SledStore::open_in`] (which checks
+    /// it for links before and after sled opens it).
     pub fn meta_for_open(&self) -> Result<Confined> {
         let meta = self.dir.try_open_dir(META_DIR)?.ok_or_else(|| {
             Error::format(format!(
@@ -112,14 +109,7 @@ impl BackingDir {
                 self.dir.display(META_DIR).display()
             ))
         })?;
-        meta.check_plain_tree()?;
         Ok(meta)
-    }
-
-    /// After sled opened the store in `meta`: nothing but regular files and directories, and
-    /// sled's log is the regular file beneath `meta` (not a file a planted link led it to).
-    pub fn check_meta_after_open(&self, meta: &Confined) -> Result<()> {
-        meta.check_plain_tree()
     }
 
     /// Path of a file inside it, for messages.

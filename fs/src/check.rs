@@ -487,8 +487,10 @@ fn copy_dir(src: &Confined, dst: &Path) -> Result<()> {
                 std::io::copy(&mut from, &mut out).map_err(|e| Error::io(src.display(name), e))?;
             }
             Kind::Symlink | Kind::Other => {
-                // Names a sled store never holds; open_in's check names the problem.
-                src.check_plain_tree()?;
+                return Err(Error::integrity(format!(
+                    "{}: not a regular file or directory; refused (a sled store holds none)",
+                    src.display(name).display()
+                )))
             }
         }
     }

@@ -1353,29 +1353,29 @@ impl Inner {
         let mut idx = off / bs;
         while idx <= last {
             let c = idx / CHUNK_BLOCKS;
-            // A chunk with neither a record nor dirty blocks is all hole: skip to the next one
-            // that holds something instead of probing every chunk of a sparse file (a file of
-            // 2^60 bytes has 2^42 of them).
+            let ch = self.chunk(ino, c)?;
+            // A chunk with neither entries nor dirty blocks is all hole: skip to the next one
+            // that holds something (one store scan) instead of probing every chunk of a sparse
+            // file (a file of 2^60 bytes has 2^42 of them).
             let dirty_here = n
                 .dirty
                 .range(c * CHUNK_BLOCKS..(c + 1) * CHUNK_BLOCKS)
                 .next()
                 .is_some();
-            let next_record = self.next_chunk_record(ino, c)?;
-            if !dirty_here && next_record != Some(c) {
+            if ch.entries.is_empty() && !dirty_here {
                 if whence == libc::SEEK_HOLE {
                     return Ok(off.max(idx * bs) as i64);
                 }
+                let next_record = self.next_chunk_record(ino, c + 1)?;
                 let next_dirty = n.dirty.range(idx..).next().map(|(b, _)| b / CHUNK_BLOCKS);
                 match [next_record, next_dirty].into_iter().flatten().min() {
-                    Some(next) if next > c => {
+                    Some(next) => {
                         idx = next.saturating_mul(CHUNK_BLOCKS);
                         continue;
                     }
-                    _ => break,
+                    None => break,
                 }
             }
-            let ch = self.chunk(ino, c)?;
             let chunk_end = ((c + 1) * CHUNK_BLOCKS).min(last + 1);
             while idx < chunk_end {
                 let has = n.dirty.contains_key(&idx)
