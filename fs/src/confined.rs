@@ -10,8 +10,8 @@
 //!   RESOLVE_NO_MAGICLINKS` (on kernels without it, each component is opened with `O_NOFOLLOW`
 //!   relative to its parent's descriptor);
 //! - what was opened is checked on the descriptor (`fstat`): a file must be a regular file, a
-//!   directory a directory. Files are opened with `O_NONBLOCK`, so a FIFO planted in place of a
-//!   file cannot block the open, and then refused;
+//!   directory a directory. Read-only opens use `O_NONBLOCK` (a read-write open of a FIFO never
+//!   blocks), so a FIFO planted in place of a file cannot block the open, and is then refused;
 //! - rename, unlink, link and mkdir run on the parent's descriptor with a single name, which
 //!   the kernel never follows;
 //! - relative paths are made of plain names: empty components, `.` and `..` are refused.
@@ -255,7 +255,13 @@ impl Confined {
     /// create it).
     pub fn try_open_file(&self, rel: &str, access: Access) -> Result<Option<File>> {
         components(rel)?;
-        let flags = access.flags() | OFlags::NONBLOCK;
+        // An O_RDONLY open of a FIFO would block until a writer comes; O_RDWR never does.
+        let nonblock = access == Access::Read;
+        let flags = if nonblock {
+            access.flags() | OFlags::NONBLOCK
+        } else {
+            access.flags()
+        };
         let fd = match self.open_at(rel, flags, Mode::from_raw_mode(FILE_MODE)) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(None),
@@ -265,11 +271,13 @@ impl Confined {
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err(self.refused(rel, "not a regular file"));
         }
-        // O_NONBLOCK was only there to keep a FIFO from blocking the open.
-        let fl =
-            rustix::fs::fcntl_getfl(&fd).map_err(|e| Error::io(self.display(rel), io_err(e)))?;
-        rustix::fs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK)
-            .map_err(|e| Error::io(self.display(rel), io_err(e)))?;
+        if nonblock {
+            // O_NONBLOCK was only there to keep a FIFO from blocking the open.
+            let fl = rustix::fs::fcntl_getfl(&fd)
+                .map_err(|e| Error::io(self.display(rel), io_err(e)))?;
+            rustix::fs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK)
+                .map_err(|e| Error::io(self.display(rel), io_err(e)))?;
+        }
         Ok(Some(File::from(fd)))
     }
 
@@ -628,8 +636,10 @@ mod tests {
             0,
         )
         .expect("mkfifo");
-        let err = c.open_file("superblock", Access::Read).expect_err("fifo");
-        assert!(err.to_string().contains("not a regular file"), "{err}");
+        for access in [Access::Read, Access::ReadWrite, Access::Create] {
+            let err = c.open_file("superblock", access).expect_err("fifo");
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
         assert!(c.check_plain_tree().is_err());
     }
 
