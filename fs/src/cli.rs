@@ -4,8 +4,8 @@
 
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
-use digimedfs::core::AtimeMode;
 use digimedfs::fuse::UringMode;
+use digimedfs_core::filesystem::AtimeMode;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -548,7 +548,7 @@ mod tests {
     /// the number of inputs (default 3 000).
     #[test]
     fn mount_option_parser_never_panics() {
-        let iters = digimedfs::testing::fuzz_iterations();
+        let iters = digimedfs_core::testing::fuzz_iterations();
         let seeds: Vec<Vec<u8>> = [
             "key_file=/etc/digimedfs/p.key,allow_other,_netdev",
             "keyservice=https://ks:8443,tenant=cardio,token_file=/t,ca_file=/ca.pem,ro",
@@ -559,7 +559,7 @@ mod tests {
         .iter()
         .map(|s| s.as_bytes().to_vec())
         .collect();
-        let mut m = digimedfs::testing::Mutator::new(0x0917_0417);
+        let mut m = digimedfs_core::testing::Mutator::new(0x0917_0417);
         let mut accepted = 0;
         for n in 0..iters {
             let lists: Vec<String> = (0..1 + m.below(3))

@@ -15,9 +15,11 @@ mod cli;
 
 use anyhow::{anyhow, Context};
 use cli::{Command, KeySpec, MountArgs, MountOptions};
-use digimedfs::core::{Filesystem, OpenOptions};
 use digimedfs::fuse::{mount_foreground, MountOpts};
-use digimedfs::keysource::{open_key_source, KeyFile, KeyService, KeySource};
+use digimedfs_core::filesystem::{Filesystem, OpenOptions};
+use digimedfs_core::keysource::{KeyFile, KeySource};
+use digimedfs_keyclient::{open_key_source, KeyService};
+use digimedfs_sled::Sled;
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -52,7 +54,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Err(e) = digimedfs::hardening::forbid_core_dumps() {
+    if let Err(e) = digimedfs_core::hardening::forbid_core_dumps() {
         tracing::warn!(error = %e, "core dumps could still hold key material");
     }
     let result = match cli.command {
@@ -72,7 +74,7 @@ fn main() -> ExitCode {
             let _ = writeln!(
                 std::io::stderr(),
                 "digimedfs: {}",
-                digimedfs::error::render_chain(err.as_ref())
+                digimedfs_core::error::render_chain(err.as_ref())
             );
             ExitCode::from(1)
         }
@@ -128,10 +130,10 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
             diratime: !opts.atime.nodiratime,
             ..Default::default()
         };
-        match Filesystem::open(&backing, key.as_ref(), &open) {
+        match Filesystem::open(&backing, key.as_ref(), &open, &Sled) {
             Ok(fs) => fs,
             // Damage found before anything was mounted: say how to look at it.
-            Err(e @ digimedfs::Error::Integrity { .. }) => {
+            Err(e @ digimedfs_core::Error::Integrity { .. }) => {
                 return Err(anyhow!(
                     "opening {}: {e}. Check it with: {fsck_hint}",
                     backing.display()
@@ -196,8 +198,8 @@ fn rewrap(args: &cli::KeyServiceArgs, backing: &Path) -> anyhow::Result<()> {
         ));
     };
     let ks = KeyService::from_files(&spec.url, &spec.tenant, &spec.token_file, &spec.ca_file)
-        .map_err(digimedfs::Error::from)?;
-    let report = digimedfs::keysource::service::rewrap_filesystem(backing, &ks)
+        .map_err(digimedfs_core::Error::from)?;
+    let report = digimedfs_keyclient::rewrap_filesystem(backing, &ks)
         .with_context(|| format!("rewrapping the key slot of {}", backing.display()))?;
     for s in &report.slots {
         if s.from == s.to {
@@ -219,7 +221,7 @@ fn rewrap(args: &cli::KeyServiceArgs, backing: &Path) -> anyhow::Result<()> {
 
 /// `digimedfs backup`.
 fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
-    use digimedfs::backup as b;
+    use digimedfs_core::backup as b;
     use std::time::Duration;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -239,7 +241,12 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
                 Some(spec) => Some(key_source(&spec)?),
                 None => None,
             };
-            let msg = b::begin(&backing, key.as_deref(), Duration::from_secs(timeout))?;
+            let msg = b::begin(
+                &backing,
+                key.as_deref(),
+                Duration::from_secs(timeout),
+                &Sled,
+            )?;
             println!("{msg}");
         }
         cli::BackupCommand::End { timeout, target } => {
@@ -275,7 +282,7 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
                 Some(spec) => Some(key_source(spec)?),
                 None => None,
             };
-            let mut report = b::restore(&copy, &target, key.as_deref())?;
+            let mut report = b::restore(&copy, &target, key.as_deref(), &Sled)?;
             if let Some(spec) = &spec {
                 report.check_command = Some(cli::fsck_check_command(spec, &target));
             }

@@ -1,6 +1,6 @@
 //! The `--json` report, written by hand (a flat, stable shape; no serialization framework).
 
-use digimedfs::check::{Fixability, Report};
+use digimedfs_core::check::{Fixability, Report};
 
 /// A JSON string literal.
 pub fn string(s: &str) -> String {

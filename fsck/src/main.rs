@@ -1,13 +1,13 @@
 //! `fsck.digimed`: checks and repairs a digimedfs filesystem. A thin shell over
-//! [`digimedfs::check`]; exit status as fsck(8) (see [`exit`]).
+//! [`digimedfs_core::check`]; exit status as fsck(8) (see [`exit`]).
 
 mod cli;
 mod exit;
 mod json;
 
 use clap::Parser;
-use digimedfs::check::{check, Answer, CheckOptions, CheckUi, Mode, Problem, Report};
-use digimedfs::keysource::open_key_source;
+use digimedfs_core::check::{check, Answer, CheckOptions, CheckUi, Mode, Problem, Report};
+use digimedfs_keyclient::open_key_source;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Err(e) = digimedfs::hardening::forbid_core_dumps() {
+    if let Err(e) = digimedfs_core::hardening::forbid_core_dumps() {
         eprintln!("warning: {e}");
     }
     match run(&cli) {
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             let _ = writeln!(
                 std::io::stderr(),
                 "fsck.digimed: {}",
-                digimedfs::error::render_chain(err.as_ref())
+                digimedfs_core::error::render_chain(err.as_ref())
             );
             ExitCode::from(exit::OPERATIONAL)
         }
@@ -153,7 +153,13 @@ fn run(cli: &cli::Cli) -> anyhow::Result<u8> {
         pass_name: String::new(),
     };
     let opts = CheckOptions { mode, threads: 0 };
-    let report = check(&cli.backing_dir, key.as_ref(), &opts, &mut ui);
+    let report = check(
+        &cli.backing_dir,
+        key.as_ref(),
+        &opts,
+        &mut ui,
+        &digimedfs_sled::Sled,
+    );
     ui.clear_bar();
     let report = report?;
     let code = exit_code(&report);

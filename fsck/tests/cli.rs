@@ -1,7 +1,7 @@
 //! The `fsck-digimed` binary: exit codes 0/1/4/8/16 and the JSON report.
 
-use digimedfs::keysource::KeyFile;
-use digimedfs::mkfs::{mkfs, MkfsOptions};
+use digimedfs_core::keysource::KeyFile;
+use digimedfs_core::mkfs::{mkfs, MkfsOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,7 +21,13 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let key = tmp.path().join("key");
     KeyFile::create_new(&key).unwrap();
     let dir = tmp.path().join("fs");
-    mkfs(&dir, &KeyFile::open(&key).unwrap(), &MkfsOptions::default()).unwrap();
+    mkfs(
+        &dir,
+        &KeyFile::open(&key).unwrap(),
+        &MkfsOptions::default(),
+        &digimedfs_sled::Sled,
+    )
+    .unwrap();
     (tmp, key, dir)
 }
 
@@ -50,7 +56,7 @@ fn exit_codes() {
     KeyFile::create_new(&other).unwrap();
     assert_eq!(fsck(&["-n", "--key-file", s(&other), s(&dir)]).0, 8);
     // Repairing a mounted filesystem is refused.
-    let lock = digimedfs::backing::BackingDir::open(&dir)
+    let lock = digimedfs_core::backing::BackingDir::open(&dir)
         .unwrap()
         .lock(false)
         .unwrap();

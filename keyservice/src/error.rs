@@ -1,7 +1,7 @@
 //! The one error type of the key service (server and admin side).
 //!
 //! The client's errors (service unreachable, TLS failure, bad credential, revoked tenant, wrong
-//! tenant, unknown key version, rollback) are `digimedfs::keysource::service::ServiceError`,
+//! tenant, unknown key version, rollback) are `digimedfs_keyclient::ServiceError`,
 //! re-exported as [`crate::client::ServiceError`].
 
 use std::path::PathBuf;
@@ -67,17 +67,19 @@ impl Error {
     }
 }
 
-impl From<Error> for digimedfs::Error {
+impl From<Error> for digimedfs_core::Error {
     fn from(e: Error) -> Self {
         match e {
-            Error::Io { path, source } => digimedfs::Error::io(path, source),
-            Error::WrongCredential { .. } => digimedfs::Error::WrongKey {
+            Error::Io { path, source } => digimedfs_core::Error::io(path, source),
+            Error::WrongCredential { .. } => digimedfs_core::Error::WrongKey {
                 what: e.to_string(),
             },
             Error::BadState { .. } | Error::Audit(_) | Error::Crypto(_) => {
-                digimedfs::Error::format(e.to_string())
+                digimedfs_core::Error::format(e.to_string())
             }
-            Error::Invalid(_) | Error::TlsConfig(_) => digimedfs::Error::invalid(e.to_string()),
+            Error::Invalid(_) | Error::TlsConfig(_) => {
+                digimedfs_core::Error::invalid(e.to_string())
+            }
         }
     }
 }

@@ -14,8 +14,8 @@
 //!
 //! KEKs are derived per request and never stored; all key material is zeroized on drop.
 
-use digimedfs::crypto::kdf::hkdf_sha256;
-use digimedfs::crypto::MetaSealer;
+use digimedfs_core::crypto::kdf::hkdf_sha256;
+use digimedfs_core::crypto::MetaSealer;
 use rand::rngs::OsRng;
 use rand::RngCore;
 use zeroize::Zeroizing;
@@ -25,7 +25,7 @@ use crate::{Error, Result};
 /// Length of the root secret, tenant seeds and KEKs.
 pub const SECRET_LEN: usize = 32;
 /// Length of a filesystem master key as carried by the API.
-pub const MASTER_KEY_LEN: usize = digimedfs::crypto::MASTER_KEY_LEN;
+pub const MASTER_KEY_LEN: usize = digimedfs_core::crypto::MASTER_KEY_LEN;
 
 const LABEL_KEK: &[u8] = b"digimedfs v1 tenant kek";
 const LABEL_SEED_SEAL: &[u8] = b"digimedfs v1 registry seed seal";

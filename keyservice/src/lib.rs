@@ -29,5 +29,5 @@ pub mod server;
 pub mod state;
 pub mod tls;
 
-pub use digimedfs::keysource::service as client;
+pub use digimedfs_keyclient as client;
 pub use error::{Error, Result};

@@ -1143,7 +1143,7 @@ mod tests {
     /// `DIGIMEDFS_FUZZ_ITERS` sets the number of inputs (default 3 000).
     #[test]
     fn request_bodies_decode_or_are_refused_never_panic() {
-        let iters = digimedfs::testing::fuzz_iterations();
+        let iters = digimedfs_core::testing::fuzz_iterations();
         let uuid = "0123456789abcdef0123456789abcdef";
         let seeds: Vec<Vec<u8>> = [
             format!(r#"{{"fs_uuid":"{uuid}","key":"{}"}}"#, b64e(&[7; 64])),
@@ -1161,7 +1161,7 @@ mod tests {
         .iter()
         .map(|s| s.as_bytes().to_vec())
         .collect();
-        let mut m = digimedfs::testing::Mutator::new(0x4B53_0002);
+        let mut m = digimedfs_core::testing::Mutator::new(0x4B53_0002);
         let mut decoded = 0usize;
         for n in 0..iters {
             let body = m.input(&seeds);

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
-use digimedfs::crypto::MetaSealer;
+use digimedfs_core::crypto::MetaSealer;
 use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};

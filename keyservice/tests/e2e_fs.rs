@@ -4,6 +4,7 @@
 mod common;
 
 use common::Env;
+use digimedfs_sled::Sled;
 
 #[test]
 fn mkfs_and_open_through_key_service() {
@@ -14,14 +15,15 @@ fn mkfs_and_open_through_key_service() {
     let a = env.client(&srv, "A", &ta);
     let b = env.client(&srv, "B", &tb);
     let backing = env.dir.path().join("backing");
-    let opts = digimedfs::mkfs::MkfsOptions {
+    let opts = digimedfs_core::mkfs::MkfsOptions {
         tenant: "A".into(),
         ..Default::default()
     };
-    let report = digimedfs::mkfs::mkfs(&backing, &a, &opts).unwrap();
+    let report = digimedfs_core::mkfs::mkfs(&backing, &a, &opts, &Sled).unwrap();
     let _ = report;
 
-    let fs = digimedfs::core::Filesystem::open(&backing, &a, &Default::default()).unwrap();
+    let fs = digimedfs_core::filesystem::Filesystem::open(&backing, &a, &Default::default(), &Sled)
+        .unwrap();
     let sb = fs.superblock();
     assert!(sb
         .slots
@@ -32,16 +34,26 @@ fn mkfs_and_open_through_key_service() {
     drop(fs);
 
     // Tenant B's client: a clear error naming the tenant mismatch.
-    let e = match digimedfs::core::Filesystem::open(&backing, &b, &Default::default()) {
+    let e = match digimedfs_core::filesystem::Filesystem::open(
+        &backing,
+        &b,
+        &Default::default(),
+        &Sled,
+    ) {
         Ok(_) => panic!("tenant B opened tenant A's filesystem"),
         Err(e) => e,
     };
-    assert!(matches!(e, digimedfs::Error::WrongKey { .. }), "{e}");
+    assert!(matches!(e, digimedfs_core::Error::WrongKey { .. }), "{e}");
     assert!(e.to_string().contains("wrong tenant"), "{e}");
 
     // Even a client that claims to be tenant A but holds B's token is refused by the service.
     let liar = env.client(&srv, "A", &tb);
-    let e = match digimedfs::core::Filesystem::open(&backing, &liar, &Default::default()) {
+    let e = match digimedfs_core::filesystem::Filesystem::open(
+        &backing,
+        &liar,
+        &Default::default(),
+        &Sled,
+    ) {
         Ok(_) => panic!("B's token opened A's filesystem"),
         Err(e) => e,
     };
@@ -50,7 +62,12 @@ fn mkfs_and_open_through_key_service() {
 
     // Revoked tenant: refused with a clear error.
     env.admin.tenant_revoke("A").unwrap();
-    let e = match digimedfs::core::Filesystem::open(&backing, &a, &Default::default()) {
+    let e = match digimedfs_core::filesystem::Filesystem::open(
+        &backing,
+        &a,
+        &Default::default(),
+        &Sled,
+    ) {
         Ok(_) => panic!("revoked tenant opened its filesystem"),
         Err(e) => e,
     };
@@ -58,7 +75,12 @@ fn mkfs_and_open_through_key_service() {
 
     // Unreachable service.
     drop(srv);
-    let e = match digimedfs::core::Filesystem::open(&backing, &a, &Default::default()) {
+    let e = match digimedfs_core::filesystem::Filesystem::open(
+        &backing,
+        &a,
+        &Default::default(),
+        &Sled,
+    ) {
         Ok(_) => panic!("opened without the key service"),
         Err(e) => e,
     };
@@ -72,32 +94,33 @@ fn rewrap_filesystem_moves_slot_to_newest_version() {
     let srv = env.start();
     let a = env.client(&srv, "A", &ta);
     let backing = env.dir.path().join("backing");
-    let opts = digimedfs::mkfs::MkfsOptions {
+    let opts = digimedfs_core::mkfs::MkfsOptions {
         tenant: "A".into(),
         ..Default::default()
     };
-    digimedfs::mkfs::mkfs(&backing, &a, &opts).unwrap();
+    digimedfs_core::mkfs::mkfs(&backing, &a, &opts, &Sled).unwrap();
     let meta_before = common::all_files(&backing.join("meta"));
 
     // Nothing to do at the newest version.
-    let r = digimedfs::keysource::service::rewrap_filesystem(&backing, &a).unwrap();
+    let r = digimedfs_keyclient::rewrap_filesystem(&backing, &a).unwrap();
     assert!(!r.changed);
     assert_eq!((r.slots[0].from, r.slots[0].to), (1, 1));
 
     env.admin.rotate("A").unwrap();
-    let r = digimedfs::keysource::service::rewrap_filesystem(&backing, &a).unwrap();
+    let r = digimedfs_keyclient::rewrap_filesystem(&backing, &a).unwrap();
     assert!(r.changed);
     assert_eq!((r.slots[0].from, r.slots[0].to), (1, 2));
     assert_eq!(common::all_files(&backing.join("meta")), meta_before);
     env.admin.retire("A", 1).unwrap();
-    let fs = digimedfs::core::Filesystem::open(&backing, &a, &Default::default()).unwrap();
+    let fs = digimedfs_core::filesystem::Filesystem::open(&backing, &a, &Default::default(), &Sled)
+        .unwrap();
     assert!(fs
         .superblock()
         .slots
         .iter()
         .any(|s| s.kind == 2 && s.key_id == 2u32.to_le_bytes()));
     // Refused while open (mounted).
-    let e = digimedfs::keysource::service::rewrap_filesystem(&backing, &a).unwrap_err();
-    assert!(matches!(e, digimedfs::Error::Busy { .. }), "{e}");
+    let e = digimedfs_keyclient::rewrap_filesystem(&backing, &a).unwrap_err();
+    assert!(matches!(e, digimedfs_core::Error::Busy { .. }), "{e}");
     fs.close().unwrap();
 }

@@ -1,12 +1,12 @@
 //! `mkfs.digimed`: creates a digimedfs filesystem in a backing directory, its master key wrapped
-//! by a key file or by the key service. A thin shell over [`digimedfs::mkfs::mkfs`]. Exit status as mkfs(8): 0 on success, 1 on any error.
+//! by a key file or by the key service. A thin shell over [`digimedfs_core::mkfs::mkfs`]. Exit status as mkfs(8): 0 on success, 1 on any error.
 
 mod cli;
 
 use anyhow::Context;
 use clap::Parser;
-use digimedfs::keysource::open_key_source;
-use digimedfs::mkfs::{mkfs, MkfsOptions};
+use digimedfs_core::mkfs::{mkfs, MkfsOptions};
+use digimedfs_keyclient::open_key_source;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Err(e) = digimedfs::hardening::forbid_core_dumps() {
+    if let Err(e) = digimedfs_core::hardening::forbid_core_dumps() {
         eprintln!("warning: {e}");
     }
     match run(&cli) {
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             let _ = writeln!(
                 std::io::stderr(),
                 "mkfs.digimed: {}",
-                digimedfs::error::render_chain(err.as_ref())
+                digimedfs_core::error::render_chain(err.as_ref())
             );
             ExitCode::from(1)
         }
@@ -53,7 +53,7 @@ fn run(cli: &cli::Cli) -> anyhow::Result<()> {
         tenant: cli.tenant.clone().unwrap_or_else(|| "default".into()),
         force: cli.force,
     };
-    let report = mkfs(&cli.backing_dir, key.as_ref(), &opts)
+    let report = mkfs(&cli.backing_dir, key.as_ref(), &opts, &digimedfs_sled::Sled)
         .with_context(|| format!("creating a filesystem in {}", cli.backing_dir.display()))?;
     if !cli.quiet {
         println!(

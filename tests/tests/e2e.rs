@@ -18,6 +18,8 @@ mod integrity;
 mod keyservice;
 #[path = "e2e/large_offsets.rs"]
 mod large_offsets;
+#[path = "e2e/layout.rs"]
+mod layout;
 #[path = "e2e/persistence.rs"]
 mod persistence;
 #[path = "e2e/posix.rs"]

@@ -6,8 +6,8 @@
 //! `debug` (ENOENT on lookup is normal traffic).
 
 use super::mount::UringMode;
-use crate::core::{self, Attr, Ctx, FileKind, SetAttr, TimeSet};
-use crate::Error;
+use digimedfs_core::filesystem::{self as core, Attr, Ctx, FileKind, SetAttr, TimeSet};
+use digimedfs_core::Error;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -138,7 +138,7 @@ pub struct Closer {
 impl Closer {
     /// Writes everything back, marks the filesystem clean and releases its lock, unless that
     /// already happened. Returns `Ok(false)` if it had already happened.
-    pub fn close(&self) -> crate::Result<bool> {
+    pub fn close(&self) -> digimedfs_core::Result<bool> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(false);
         }

@@ -1,4 +1,4 @@
-//! The FUSE front end: a thin [`fuser`] adapter over [`crate::core::Filesystem`] and the code
+//! The FUSE front end: a thin [`fuser`] adapter over [`digimedfs_core::filesystem::Filesystem`] and the code
 //! that mounts it, serves it and unmounts it.
 //!
 //! - [`adapter`]: [`DigimedFuse`], the `fuser::Filesystem` implementation (one kernel request,

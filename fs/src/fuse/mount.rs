@@ -3,8 +3,8 @@
 //! unmounts), and in every case closes the filesystem so that all dirty data reaches storage.
 
 use super::adapter::DigimedFuse;
-use crate::core;
-use crate::{Error, Result};
+use digimedfs_core::filesystem as core;
+use digimedfs_core::{Error, Result};
 use fuser::{MountOption, SessionACL};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;

@@ -27,8 +27,8 @@
 
 use super::adapter::{DigimedFuse, OpResult, XattrReply, TTL};
 use super::idlewait::{self, IdleWait};
-use crate::core::{Attr, Ctx, DirEntry, FileKind, SetAttr, TimeSet};
-use crate::{Error, Result};
+use digimedfs_core::filesystem::{Attr, Ctx, DirEntry, FileKind, SetAttr, TimeSet};
+use digimedfs_core::{Error, Result};
 use fuser::{Errno, FopenFlags};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -1070,15 +1070,22 @@ mod tests {
     /// the number of requests (default 3 000).
     #[test]
     fn random_requests_get_replies_never_panics() {
-        use crate::testing::{Mutator, StaticKey};
-        let iters = crate::testing::fuzz_iterations();
+        use digimedfs_core::testing::{Mutator, StaticKey};
+        let iters = digimedfs_core::testing::fuzz_iterations();
         // A real backing directory: requests may write at any offset, which only a sparse
         // object file holds.
         let dir = tempfile::tempdir().expect("tempdir");
         let key = StaticKey([3; 32]);
-        crate::mkfs::mkfs(dir.path(), &key, &Default::default()).expect("mkfs");
+        digimedfs_core::mkfs::mkfs(dir.path(), &key, &Default::default(), &digimedfs_sled::Sled)
+            .expect("mkfs");
         let fs = Arc::new(
-            crate::core::Filesystem::open(dir.path(), &key, &Default::default()).expect("open"),
+            digimedfs_core::filesystem::Filesystem::open(
+                dir.path(),
+                &key,
+                &Default::default(),
+                &digimedfs_sled::Sled,
+            )
+            .expect("open"),
         );
         let handlers = DigimedFuse::new(fs.clone());
         const OPS: [u32; 33] = [

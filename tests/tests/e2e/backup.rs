@@ -5,7 +5,7 @@
 //! copy of a point is, how damage to a copy is named, that a copy holds no plaintext, and that a
 //! restored point written on beside the live filesystem never reuses its XTS tweaks.
 
-use digimedfs::format::records::INLINE_MAX;
+use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_tests::{
     bin, cpath, daemon_pids, errno_of, is_mounted, process_alive, random_bytes, random_hex, run,
     run_ok, set_xattr, unmount_and_wait, wait_until, walk_files, TestFs, TIMEOUT,

@@ -8,7 +8,7 @@
 //! unless `DIGIMEDFS_SKIP_CEPH=1` says to skip them on purpose. The fencing test on a local
 //! directory needs no cluster.
 
-use digimedfs::format::records::INLINE_MAX;
+use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_tests::{
     bin, daemon_pids, errno_of, is_mounted, mounts_at, process_alive, random_bytes, random_hex,
     run, run_ok, snapshot_files, unmount_and_wait, wait_until, walk_files, TestFs, TIMEOUT,

@@ -3,7 +3,7 @@
 //! that a crash does not leave previous block versions acceptable after the next mount).
 
 use crate::workload::{git, git_commit, have};
-use digimedfs::format::records::INLINE_MAX;
+use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_tests::{
     daemon_pids, errno_of, is_mounted, process_alive, random_bytes, random_hex, run, set_xattr,
     wait_until, walk_files, TestFs, TIMEOUT,

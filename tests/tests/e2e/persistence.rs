@@ -1,7 +1,7 @@
 //! A tree built on the mount survives unmount and remount exactly: compared path by path with
 //! the same tree built on the ordinary disk.
 
-use digimedfs::format::records::INLINE_MAX;
+use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_tests::{cpath, random_bytes, set_xattr, TestFs};
 use std::collections::BTreeMap;
 use std::fs;

@@ -2,7 +2,7 @@
 //! symlinks, permissions as a non-root user, xattrs, fifos, mmap, fsync, O_APPEND, unlinked
 //! open files, huge sparse files and big directories.
 
-use digimedfs::format::records::INLINE_MAX;
+use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_tests::{cpath, errno_of, random_bytes, TestFs};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -53,7 +53,7 @@ pub fn git(home: &Path, dir: &Path) -> Command {
 /// The text file of [`git_commit`]'s repository: over INLINE_MAX, so its work-tree copy is
 /// object-backed (git's compressed blob of it is small and inline).
 fn lib_txt() -> String {
-    "line\n".repeat(digimedfs::format::records::INLINE_MAX as usize / 5 + 5000)
+    "line\n".repeat(digimedfs_core::format::records::INLINE_MAX as usize / 5 + 5000)
 }
 
 /// Runs git init/add/commit in `repo` with one file holding `content` and commit message

@@ -1,0 +1,181 @@
+//! The sled metadata store engine: [`SledStore`] implements the core's [`MetaStore`] on a sled
+//! database, and [`Sled`] is the [`MetaEngine`] that opens one in a backing directory.
+//!
+//! What it guarantees is the contract `digimedfs_core::meta` relies on (sled 0.34 provides
+//! it): a batch is applied atomically, and after a crash the store holds a prefix of the
+//! applied batches that includes every batch applied before the last completed flush. sled
+//! only ever sees sealed records.
+
+use digimedfs_core::confined::Confined;
+use digimedfs_core::meta::{key_name, Batch, MetaEngine, MetaStore, ScanFn};
+use digimedfs_core::{Error, Result};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The sled engine, to hand to `Filesystem::open`, `check`, `mkfs` and `restore`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sled;
+
+impl MetaEngine for Sled {
+    fn open_in(&self, meta: &Confined, cache_bytes: u64) -> Result<Arc<dyn MetaStore>> {
+        Ok(Arc::new(SledStore::open_in(meta, cache_bytes)?))
+    }
+
+    fn open_path(&self, path: &Path, cache_bytes: u64) -> Result<Arc<dyn MetaStore>> {
+        Ok(Arc::new(SledStore::open(path, cache_bytes)?))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// [`MetaStore`] on sled.
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    path: std::path::PathBuf,
+    /// The directory descriptor the store was opened through (its `/proc/self/fd` path is
+    /// sled's), kept open as long as the store so that number never names another file.
+    _pinned: Option<Confined>,
+    /// One writer at a time: sled 0.34 can deadlock when many threads seal log buffers while
+    /// the log file shrinks (sled issue 1412: the truncation task queues behind writer tasks
+    /// that wait for the lock its waiter holds). Serializing our writes keeps the number of
+    /// concurrently sealed buffers small.
+    writer: Mutex<()>,
+}
+
+/// sled log segment size of new stores: large segments mean fewer sealed buffers and fewer
+/// log truncations (see [`SledStore`]). Fixed at creation; sled refuses to open a store with
+/// another value.
+pub const SLED_SEGMENT_SIZE: usize = 8 << 20;
+
+impl SledStore {
+    /// Opens (or creates) the store in the backing directory's `meta/`, which must hold only
+    /// regular files and directories before and after the open. sled opens its files by
+    /// name, following links, but creates and writes files only while it opens a store (its
+    /// log, config and snapshot; values never reach its blob size): the store's directory is
+    /// pinned by descriptor ([`Confined::proc_path`]) and checked on both sides of the open,
+    /// so a link planted there stops the mount (see docs/threat-model.md for the window that
+    /// remains while the open runs).
+    pub fn open_in(meta: &Confined, cache_bytes: u64) -> Result<SledStore> {
+        meta.check_plain_tree()?;
+        let mut store = SledStore::open(&meta.proc_path(), cache_bytes).map_err(|e| match e {
+            Error::Meta { source, .. } => Error::meta(
+                format!("open metadata store {}", meta.path().display()),
+                source,
+            ),
+            other => other,
+        })?;
+        store.path = meta.path().to_path_buf();
+        store._pinned = Some(meta.clone());
+        meta.check_plain_tree()?;
+        Ok(store)
+    }
+
+    /// Opens (or creates) the store in directory `path` (a private copy, a test directory; the
+    /// store of a backing directory is opened with [`SledStore::open_in`]).
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<SledStore> {
+        let config = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .segment_size(SLED_SEGMENT_SIZE)
+            // Durability points are ours: fsync, the 5 s writeback cycle, unmount.
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput);
+        // sled releases its file lock only when its last background task lets go of the
+        // database, a moment after the handle is dropped: a reopen in the same process (mkfs
+        // then mount, fsck repair then mount) waits briefly for it. Other processes are kept
+        // out by our own mount lock before we get here.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if tries < 40 && e.to_string().contains("could not acquire lock") =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(Error::meta(
+                        format!("open metadata store {}", path.display()),
+                        e,
+                    ))
+                }
+            }
+        };
+        let tree = db
+            .open_tree(b"records")
+            .map_err(|e| Error::meta(format!("open tree in {}", path.display()), e))?;
+        Ok(SledStore {
+            db,
+            tree,
+            path: path.to_path_buf(),
+            _pinned: None,
+            writer: Mutex::new(()),
+        })
+    }
+}
+
+impl MetaStore for SledStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.tree
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| Error::meta(format!("read {}", key_name(key)), e))
+    }
+
+    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()> {
+        let iter = match after {
+            Some(after) => {
+                let mut start = after.to_vec();
+                start.push(0);
+                self.tree.range(start..)
+            }
+            None => self.tree.range(prefix.to_vec()..),
+        };
+        for item in iter {
+            let (k, v) = item.map_err(|e| Error::meta(format!("scan {}", key_name(prefix)), e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<()> {
+        if let [(k, v)] = batch.ops() {
+            // A single change is atomic on its own; sled's batches roll the log buffer twice
+            // (two writes to the log file each), single inserts do not.
+            let _one_writer = lock(&self.writer);
+            let res = match v {
+                Some(v) => self.tree.insert(k.as_slice(), v.as_slice()).map(|_| ()),
+                None => self.tree.remove(k.as_slice()).map(|_| ()),
+            };
+            return res.map_err(|e| Error::meta(format!("write {}", key_name(k)), e));
+        }
+        let mut b = sled::Batch::default();
+        for (k, v) in batch.ops() {
+            match v {
+                Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                None => b.remove(k.as_slice()),
+            }
+        }
+        let _one_writer = lock(&self.writer);
+        self.tree
+            .apply_batch(b)
+            .map_err(|e| Error::meta(format!("write batch of {} records", batch.len()), e))
+    }
+
+    fn flush(&self) -> Result<()> {
+        let _one_writer = lock(&self.writer);
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| Error::meta(format!("flush {}", self.path.display()), e))
+    }
+}
