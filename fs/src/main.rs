@@ -241,7 +241,7 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
                 Some(spec) => Some(key_source(&spec)?),
                 None => None,
             };
-            let msg = b::begin(
+            let msg = digimedfs_core::filesystem::begin_point(
                 &backing,
                 key.as_deref(),
                 Duration::from_secs(timeout),

@@ -14,6 +14,9 @@
 //! docs/operations.md.
 
 use crate::confined::{Access, Confined};
+use crate::crypto::FsKeys;
+use crate::format::format_uuid;
+use crate::format::superblock::Superblock;
 use crate::meta::{Batch, MetaStore, ScanFn};
 use crate::{Error, Result};
 use std::fs::File;
@@ -414,6 +417,85 @@ impl Drop for FencedMeta {
             }
         }
     }
+}
+
+/// Reads the superblock (falling back to its copy), unlocks a key slot and verifies the MAC.
+pub fn unlock_superblock(
+    dir: &BackingDir,
+    key: &dyn crate::keysource::KeySource,
+) -> Result<(Superblock, Arc<FsKeys>)> {
+    let primary = dir.read_superblock(SUPERBLOCK);
+    let mut last_err = None;
+    for (name, bytes) in [
+        (SUPERBLOCK, primary),
+        (SUPERBLOCK_BAK, dir.read_superblock(SUPERBLOCK_BAK)),
+    ] {
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                last_err.get_or_insert(e);
+                continue;
+            }
+        };
+        let sb = match Superblock::decode_unverified(&bytes) {
+            Ok(sb) => sb,
+            Err(e) => {
+                tracing::warn!(file = name, error = %e, "superblock copy unreadable");
+                last_err.get_or_insert(e);
+                continue;
+            }
+        };
+        let ctx = crate::keysource::SlotContext {
+            fs_uuid: sb.fs_uuid,
+            tenant: sb.tenant.clone(),
+        };
+        let mut master = None;
+        let mut slot_err = None;
+        for slot in sb.slots.iter().filter(|s| s.kind == key.kind()) {
+            match key.open_slot(slot, &ctx) {
+                Ok(Some(m)) => {
+                    master = Some(m);
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    slot_err.get_or_insert(e);
+                }
+            }
+        }
+        if master.is_none() {
+            if let Some(e) = slot_err {
+                // The key source refused or failed (service down, revoked, wrong tenant): its
+                // own error says more than "wrong key".
+                return Err(e);
+            }
+        }
+        let Some(master) = master else {
+            // Try the other copy before blaming the key: this copy's slots may be damaged.
+            tracing::warn!(
+                file = name,
+                "no key slot of this superblock copy opens with the key"
+            );
+            last_err = Some(Error::WrongKey {
+                what: format!(
+                    "{} does not unlock the filesystem in {} (uuid {})",
+                    key.describe(),
+                    dir.root().display(),
+                    format_uuid(&sb.fs_uuid)
+                ),
+            });
+            continue;
+        };
+        let keys = Arc::new(FsKeys::derive(&master, &sb.fs_uuid)?);
+        match Superblock::verify(&bytes, &keys.superblock) {
+            Ok(()) => return Ok((sb, keys)),
+            Err(e) => {
+                tracing::warn!(file = name, error = %e, "superblock copy fails its MAC");
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| Error::format("no usable superblock")))
 }
 
 #[cfg(test)]

@@ -713,7 +713,7 @@ impl std::fmt::Display for VerifyReport {
 
 impl std::fmt::Display for RestoreReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let uuid = crate::filesystem::format_uuid(&self.header.fs_uuid);
+        let uuid = crate::format::format_uuid(&self.header.fs_uuid);
         writeln!(
             f,
             "restored point {} of filesystem {uuid} (epoch {}, taken at unix time {}) into {}: \
@@ -757,7 +757,7 @@ pub fn status(backing: &Path) -> Result<String> {
         Some(m) => format!(
             "point {} of filesystem {} taken at unix time {} (epoch {}), {} files; copy {}",
             m.point,
-            crate::filesystem::format_uuid(&m.fs_uuid),
+            crate::format::format_uuid(&m.fs_uuid),
             m.taken,
             m.epoch,
             m.entries.len(),
@@ -775,13 +775,13 @@ pub fn verify_manifest_mac(
     key: &dyn crate::keysource::KeySource,
 ) -> Result<()> {
     let dir = BackingDir::open(copy)?;
-    let (sb, keys) = crate::filesystem::unlock_superblock(&dir, key)?;
+    let (sb, keys) = crate::backing::unlock_superblock(&dir, key)?;
     if sb.fs_uuid != report.header.fs_uuid {
         return Err(Error::integrity(format!(
             "{}: the superblock belongs to filesystem {}, the manifest to {}",
             copy.display(),
-            crate::filesystem::format_uuid(&sb.fs_uuid),
-            crate::filesystem::format_uuid(&report.header.fs_uuid)
+            crate::format::format_uuid(&sb.fs_uuid),
+            crate::format::format_uuid(&report.header.fs_uuid)
         )));
     }
     let shown = copy.join(MANIFEST);
@@ -892,8 +892,8 @@ pub fn restore(
         return Err(Error::integrity(format!(
             "{}: superblock of filesystem {} in a point of {}",
             copy.display(),
-            crate::filesystem::format_uuid(&sb.fs_uuid),
-            crate::filesystem::format_uuid(&manifest.fs_uuid)
+            crate::format::format_uuid(&sb.fs_uuid),
+            crate::format::format_uuid(&manifest.fs_uuid)
         )));
     }
 
@@ -944,8 +944,8 @@ pub fn restore(
         return Err(Error::integrity(format!(
             "{}: metadata dump of filesystem {} in a point of {}",
             copy.display(),
-            crate::filesystem::format_uuid(&dump_uuid),
-            crate::filesystem::format_uuid(&manifest.fs_uuid)
+            crate::format::format_uuid(&dump_uuid),
+            crate::format::format_uuid(&manifest.fs_uuid)
         )));
     }
     dir.write_superblock(&sb_bytes)?;
@@ -1055,36 +1055,6 @@ pub fn resolve_backing(path: &Path) -> Result<PathBuf> {
         "{}: neither a digimedfs backing directory nor the mountpoint of one on this host",
         path.display()
     )))
-}
-
-/// Takes a point of `backing`: through the daemon that serves it (any host), or, if none
-/// does, in this process with `key` and `engine`.
-pub fn begin(
-    backing: &Path,
-    key: Option<&dyn crate::keysource::KeySource>,
-    timeout: Duration,
-    engine: &dyn MetaEngine,
-) -> Result<String> {
-    let dir = Confined::open(backing)?;
-    if daemon_holds_lock(&dir)? {
-        return request(&dir, Action::Begin, timeout);
-    }
-    let Some(key) = key else {
-        return Err(Error::invalid(format!(
-            "{} is not mounted anywhere (no daemon holds its lock): give the key options \
-             (--key-file, or the key service options) to take the point offline",
-            backing.display()
-        )));
-    };
-    let fs = crate::filesystem::Filesystem::open(
-        backing,
-        key,
-        &crate::filesystem::OpenOptions::default(),
-        engine,
-    )?;
-    let info = fs.backup_begin()?;
-    fs.close()?;
-    Ok(info.to_string())
 }
 
 /// Ends the point of `backing`: through the daemon, or directly if none runs.

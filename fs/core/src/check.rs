@@ -387,7 +387,7 @@ pub fn check(
     let objects_path = dir.path(OBJECTS_DIR);
     let objects_exist = dir.confined().try_open_dir(OBJECTS_DIR)?.is_some();
     let objects: Arc<dyn ObjectStore> = if !objects_exist {
-        Arc::new(crate::objects::MemObjects::new())
+        Arc::new(crate::objects::NoObjects)
     } else if opts.mode.may_write() {
         Arc::new(DirObjects::open(dir.confined())?)
     } else {

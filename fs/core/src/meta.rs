@@ -84,6 +84,50 @@ pub trait MetaEngine: Send + Sync {
     fn open_path(&self, path: &Path, cache_bytes: u64) -> Result<Arc<dyn MetaStore>>;
 }
 
+#[cfg(any(test, feature = "testing"))]
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Counts writes across the stores of one crash test and "crashes" at the N-th: from then on
+/// every write and sync fails, as if the machine had stopped.
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug)]
+pub struct CrashPoint {
+    remaining: AtomicU64,
+    crashed: AtomicBool,
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl CrashPoint {
+    /// Crashes at write number `n` (1-based); `u64::MAX` never crashes.
+    pub fn new(n: u64) -> CrashPoint {
+        CrashPoint {
+            remaining: AtomicU64::new(n),
+            crashed: AtomicBool::new(false),
+        }
+    }
+    /// Counts one write; fails if this or an earlier write crashed.
+    pub fn tick(&self, what: &str) -> Result<()> {
+        self.check(what)?;
+        if self.remaining.fetch_sub(1, Ordering::SeqCst) <= 1 {
+            self.crashed.store(true, Ordering::SeqCst);
+        }
+        self.check(what)
+    }
+    /// Fails if the crash happened.
+    pub fn check(&self, what: &str) -> Result<()> {
+        if self.crashed.load(Ordering::SeqCst) {
+            Err(Error::io(what, std::io::Error::other("simulated crash")))
+        } else {
+            Ok(())
+        }
+    }
+    /// Whether the crash happened.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
 /// In-memory [`MetaStore`] that models the contract above, for crash tests: it remembers which
 /// batches were flushed and can produce the image a crash leaves.
 #[derive(Default)]
@@ -91,21 +135,23 @@ pub struct MemStore {
     state: Mutex<MemState>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 #[derive(Default, Clone)]
 struct MemState {
     durable: BTreeMap<Vec<u8>, Vec<u8>>,
     pending: Vec<Batch>,
     view: BTreeMap<Vec<u8>, Vec<u8>>,
-    crash: Option<Arc<crate::objects::CrashPoint>>,
+    crash: Option<Arc<CrashPoint>>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl MemStore {
     /// An empty store.
     pub fn new() -> MemStore {
         MemStore::default()
     }
     /// An empty store whose writes count towards `crash` and fail once it fired.
-    pub fn with_crash_point(crash: Arc<crate::objects::CrashPoint>) -> MemStore {
+    pub fn with_crash_point(crash: Arc<CrashPoint>) -> MemStore {
         let s = MemStore::default();
         if let Ok(mut st) = s.state.lock() {
             st.crash = Some(crash);
@@ -154,6 +200,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+#[cfg(any(test, feature = "testing"))]
 fn apply_to(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, b: &Batch) {
     for (k, v) in &b.ops {
         match v {
@@ -167,6 +214,7 @@ fn apply_to(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, b: &Batch) {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl MetaStore for MemStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(lock(&self.state).view.get(key).cloned())

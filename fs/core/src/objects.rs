@@ -21,13 +21,15 @@
 //! point takes exclusively while it dumps the metadata and links the objects.
 
 use crate::confined::{Access, Confined, Kind};
+#[cfg(any(test, feature = "testing"))]
+use crate::meta::CrashPoint;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Above this many dirty objects a data barrier uses syncfs(2).
@@ -908,44 +910,50 @@ fn copy_range(
     Ok(())
 }
 
-/// Counts writes across the stores of one crash test and "crashes" at the N-th: from then on
-/// every write and sync fails, as if the machine had stopped.
-#[derive(Debug)]
-pub struct CrashPoint {
-    remaining: AtomicU64,
-    crashed: AtomicBool,
-}
+/// The object store of a backing directory that has no `objects/` directory: it holds no
+/// object, so every read finds none, and refuses every write (fsck then reports each object a
+/// file needs as missing).
+#[derive(Debug, Default)]
+pub struct NoObjects;
 
-impl CrashPoint {
-    /// Crashes at write number `n` (1-based); `u64::MAX` never crashes.
-    pub fn new(n: u64) -> CrashPoint {
-        CrashPoint {
-            remaining: AtomicU64::new(n),
-            crashed: AtomicBool::new(false),
-        }
-    }
-    /// Counts one write; fails if this or an earlier write crashed.
-    pub fn tick(&self, what: &str) -> Result<()> {
-        self.check(what)?;
-        if self.remaining.fetch_sub(1, Ordering::SeqCst) <= 1 {
-            self.crashed.store(true, Ordering::SeqCst);
-        }
-        self.check(what)
-    }
-    /// Fails if the crash happened.
-    pub fn check(&self, what: &str) -> Result<()> {
-        if self.crashed.load(Ordering::SeqCst) {
-            Err(Error::io(what, std::io::Error::other("simulated crash")))
-        } else {
-            Ok(())
-        }
-    }
-    /// Whether the crash happened.
-    pub fn crashed(&self) -> bool {
-        self.crashed.load(Ordering::SeqCst)
+impl NoObjects {
+    fn refuse(op: &str, id: &ObjectId) -> Error {
+        Error::invalid(format!(
+            "{op} object {}: the backing directory has no {} directory",
+            hex::encode(id),
+            crate::backing::OBJECTS_DIR
+        ))
     }
 }
 
+impl ObjectStore for NoObjects {
+    fn read_at(&self, _id: &ObjectId, _offset: u64, _buf: &mut [u8]) -> Result<usize> {
+        Ok(0)
+    }
+    fn write_at(&self, id: &ObjectId, _offset: u64, _data: &[u8]) -> Result<()> {
+        Err(Self::refuse("write", id))
+    }
+    fn set_len(&self, id: &ObjectId, _len: u64) -> Result<()> {
+        Err(Self::refuse("truncate", id))
+    }
+    fn punch_hole(&self, id: &ObjectId, _offset: u64, _len: u64) -> Result<()> {
+        Err(Self::refuse("punch a hole in", id))
+    }
+    fn sync(&self, _id: &ObjectId) -> Result<()> {
+        Ok(())
+    }
+    fn sync_all(&self) -> Result<()> {
+        Ok(())
+    }
+    fn remove(&self, _id: &ObjectId) -> Result<()> {
+        Ok(())
+    }
+    fn list(&self) -> Result<Vec<(ObjectId, u64)>> {
+        Ok(Vec::new())
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
 #[derive(Default, Clone)]
 struct MemObject {
     durable: Vec<u8>,
@@ -953,6 +961,7 @@ struct MemObject {
     dirty: bool,
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// In-memory [`ObjectStore`] that knows which bytes were synced, for crash tests.
 #[derive(Default)]
 pub struct MemObjects {
@@ -960,6 +969,7 @@ pub struct MemObjects {
     crash: Option<Arc<CrashPoint>>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl MemObjects {
     /// An empty store.
     pub fn new() -> MemObjects {
@@ -1034,6 +1044,7 @@ impl MemObjects {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl ObjectStore for MemObjects {
     fn read_at(&self, id: &ObjectId, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let objs = lock(&self.objects);

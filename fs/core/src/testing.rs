@@ -5,9 +5,10 @@ use crate::crypto::{FsKeys, WrappingKey};
 use crate::filesystem::{Filesystem, OpenOptions, Parts};
 use crate::format::superblock::Superblock;
 use crate::keysource::KeySource;
+use crate::meta::CrashPoint;
 use crate::meta::{MemStore, MetaStore};
 use crate::mkfs::{init_records, new_superblock, MkfsOptions};
-use crate::objects::{CrashPoint, MemObjects, ObjectStore};
+use crate::objects::{MemObjects, ObjectStore};
 use crate::Result;
 use std::sync::Arc;
 

@@ -12,7 +12,8 @@ use digimedfs_core::filesystem::{
     AtimeMode, Ctx, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO,
 };
 use digimedfs_core::format::records::INLINE_MAX;
-use digimedfs_core::objects::{CrashPoint, ObjectStore};
+use digimedfs_core::meta::CrashPoint;
+use digimedfs_core::objects::ObjectStore;
 use digimedfs_core::testing::MemImage;
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -14,7 +14,9 @@ use crate::backup::{
 };
 use crate::confined::{Access, Confined};
 use crate::format::superblock::FLAG_CLEAN;
+use crate::meta::MetaEngine;
 use crate::{Error, Result};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -319,4 +321,29 @@ fn write_durable(dir: &Confined, rel: &str, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::io(dir.display(rel), e))
+}
+
+/// Takes a point of `backing`: through the daemon that serves it (any host), or, if none
+/// does, in this process with `key` and `engine`.
+pub fn begin_point(
+    backing: &Path,
+    key: Option<&dyn crate::keysource::KeySource>,
+    timeout: Duration,
+    engine: &dyn MetaEngine,
+) -> Result<String> {
+    let dir = Confined::open(backing)?;
+    if backup::daemon_holds_lock(&dir)? {
+        return backup::request(&dir, backup::Action::Begin, timeout);
+    }
+    let Some(key) = key else {
+        return Err(Error::invalid(format!(
+            "{} is not mounted anywhere (no daemon holds its lock): give the key options \
+             (--key-file, or the key service options) to take the point offline",
+            backing.display()
+        )));
+    };
+    let fs = Filesystem::open(backing, key, &super::OpenOptions::default(), engine)?;
+    let info = fs.backup_begin()?;
+    fs.close()?;
+    Ok(info.to_string())
 }

@@ -19,12 +19,15 @@ mod backup;
 mod data;
 mod ns;
 pub mod perms;
-pub use backup::PointInfo;
+pub use backup::{begin_point, PointInfo};
 mod types;
 
 pub use types::{AtimeMode, Attr, Ctx, DirEntry, FileKind, SetAttr, StatFs, TimeSet};
 
-use crate::backing::{BackingDir, MountLock, SUPERBLOCK, SUPERBLOCK_BAK};
+pub use crate::backing::unlock_superblock;
+pub use crate::format::format_uuid;
+
+use crate::backing::{BackingDir, MountLock};
 use crate::crypto::incarnation::{
     first_generation, incarnation_of, BlockKeys, KeyRing, GENERATIONS_PER_INCARNATION,
     MAX_INCARNATION,
@@ -903,98 +906,6 @@ impl Drop for Filesystem {
             tracing::error!(error = %e, "closing the filesystem failed; data written since the last sync may be lost");
         }
     }
-}
-
-/// Reads the superblock (falling back to its copy), unlocks a key slot and verifies the MAC.
-pub fn unlock_superblock(
-    dir: &BackingDir,
-    key: &dyn crate::keysource::KeySource,
-) -> Result<(Superblock, Arc<FsKeys>)> {
-    let primary = dir.read_superblock(SUPERBLOCK);
-    let mut last_err = None;
-    for (name, bytes) in [
-        (SUPERBLOCK, primary),
-        (SUPERBLOCK_BAK, dir.read_superblock(SUPERBLOCK_BAK)),
-    ] {
-        let bytes = match bytes {
-            Ok(b) => b,
-            Err(e) => {
-                last_err.get_or_insert(e);
-                continue;
-            }
-        };
-        let sb = match Superblock::decode_unverified(&bytes) {
-            Ok(sb) => sb,
-            Err(e) => {
-                tracing::warn!(file = name, error = %e, "superblock copy unreadable");
-                last_err.get_or_insert(e);
-                continue;
-            }
-        };
-        let ctx = crate::keysource::SlotContext {
-            fs_uuid: sb.fs_uuid,
-            tenant: sb.tenant.clone(),
-        };
-        let mut master = None;
-        let mut slot_err = None;
-        for slot in sb.slots.iter().filter(|s| s.kind == key.kind()) {
-            match key.open_slot(slot, &ctx) {
-                Ok(Some(m)) => {
-                    master = Some(m);
-                    break;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    slot_err.get_or_insert(e);
-                }
-            }
-        }
-        if master.is_none() {
-            if let Some(e) = slot_err {
-                // The key source refused or failed (service down, revoked, wrong tenant): its
-                // own error says more than "wrong key".
-                return Err(e);
-            }
-        }
-        let Some(master) = master else {
-            // Try the other copy before blaming the key: this copy's slots may be damaged.
-            tracing::warn!(
-                file = name,
-                "no key slot of this superblock copy opens with the key"
-            );
-            last_err = Some(Error::WrongKey {
-                what: format!(
-                    "{} does not unlock the filesystem in {} (uuid {})",
-                    key.describe(),
-                    dir.root().display(),
-                    format_uuid(&sb.fs_uuid)
-                ),
-            });
-            continue;
-        };
-        let keys = Arc::new(FsKeys::derive(&master, &sb.fs_uuid)?);
-        match Superblock::verify(&bytes, &keys.superblock) {
-            Ok(()) => return Ok((sb, keys)),
-            Err(e) => {
-                tracing::warn!(file = name, error = %e, "superblock copy fails its MAC");
-                last_err = Some(e);
-            }
-        }
-    }
-    Err(last_err.unwrap_or_else(|| Error::format("no usable superblock")))
-}
-
-/// Formats a UUID as 8-4-4-4-12 hex.
-pub fn format_uuid(u: &[u8; 16]) -> String {
-    let h = hex::encode(u);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 /// Waits `interval` or until the filesystem is closed; returns false once closed.

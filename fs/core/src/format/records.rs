@@ -7,9 +7,9 @@
 //! big-endian inside keys (so that keys sort by number).
 
 use super::codec::{Reader, Writer};
+use super::kind::FileKind;
 use crate::crypto::incarnation::{IncarnationSalt, SALT_LEN};
 use crate::crypto::TAG_LEN;
-use crate::filesystem::FileKind;
 use crate::{Error, Result};
 
 /// Record type prefixes (first key byte).
