@@ -2,8 +2,8 @@
 # Cold sequential read and what the backing disk saw during it: for each variant, a fresh
 # filesystem, a file of MB MiB written with dd (conv=fsync), caches dropped, the file read
 # with dd bs=1M; prints MB/s and, from /proc/diskstats of DISK, the number of disk reads,
-# their average size and the average number in flight (performance.md, session of
-# 2026-11-26 20:00). Variants alternate within each round.
+# their average size and the average number in flight (docs/performance.md, tuning table:
+# READ_AHEAD_WINDOW). Variants alternate within each round.
 # Usage: coldread.sh [rounds]; knobs: MB [1024], DISK [vda], VARIANTS [digimedfs
 # digimedfs-uring gocryptfs], OLD_BIN (binaries for the variants digimedfs-old and
 # digimedfs-uring-old).

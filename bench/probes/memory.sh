@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Daemon VmHWM/VmRSS after each step of a benchmark-like sequence (performance.md, "Memory").
+# Daemon VmHWM/VmRSS after each step of a benchmark-like sequence (docs/performance.md, "Memory").
 . "$(dirname "$0")/common.sh"
 fresh_mount mem
 hwm() { echo "$1: $(grep -E 'VmHWM|VmRSS' "/proc/$P/status" | tr -s ' \t' ' ' | tr '\n' ' ')"; }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Small-file times with the daemon and the workload placed on vCPUs in different ways
-# (performance.md, "Where small-file time goes"). Usage: placement.sh free|daemon0|both0
+# (docs/performance.md, "What bounds each row"). Usage: placement.sh free|daemon0|both0
 . "$(dirname "$0")/common.sh"
 mode=${1:-free}
 fresh_mount place

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Counts the FUSE requests the kernel sends per phase (extract, ls -lR, rm -rf) of the
-# usr/include part of the tree, from fuser's debug log (performance.md, "Fewer requests").
+# usr/include part of the tree, from fuser's debug log (docs/performance.md, "What bounds
+# each row").
 . "$(dirname "$0")/common.sh"
 B=$Q/back-req M=$Q/mnt-req L=$Q/requests.log
 fusermount3 -u "$M" 2>/dev/null; rm -rf "$B"; mkdir -p "$B" "$M"

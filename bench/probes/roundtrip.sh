@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cost of one FUSE round trip: microseconds per getxattr(2) of an absent user.* name, which
-# sends one GETXATTR request and makes the daemon do next to nothing (performance.md, "Where
-# the small-file floor is"). Measures digimedfs, and gocryptfs when it is installed, in
+# sends one GETXATTR request and makes the daemon do next to nothing (docs/performance.md,
+# "What bounds each row"). Measures digimedfs, and gocryptfs when it is installed, in
 # alternating rounds. Usage: roundtrip.sh [rounds [calls]]
 . "$(dirname "$0")/common.sh"
 rounds=${1:-3} calls=${2:-100000}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Transports under CPU load: a getxattr round-trip loop and tar -xf of /usr/include onto a
 # fresh filesystem, over /dev/fuse and over io_uring (`-o uring`), quiet and with busy-loop CPU
-# hogs at normal priority running throughout (performance.md, "The io_uring transport").
+# hogs at normal priority running throughout (docs/performance.md, tuning table:
+# MAX_DELAY_PER_REQUEST).
 # Switches the fuse module's enable_uring on for the run and puts it back. AUTOGROUP=0 also
 # switches the kernel's autogroups off for the run (kernel.sched_autogroup_enabled), so that
 # the hogs share the daemon's scheduling group instead of competing with it as a group.

@@ -339,8 +339,8 @@ fn spawn_background(args: &MountArgs) -> anyhow::Result<()> {
     // glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB),
     // after which the daemon's multi-MiB write buffers and sled's 8 MiB log buffers come from
     // the heap and leave it fragmented. A fixed threshold keeps them in their own mappings,
-    // returned at free: peak memory of dd + fio + extracting the benchmark tree went from
-    // 218-230 to 153-155 MiB (performance.md). An explicit setting by the admin wins.
+    // returned at free (docs/performance.md, tuning table: `MALLOC_MMAP_THRESHOLD_`). An
+    // explicit setting by the admin wins.
     if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none()
         && std::env::var_os("GLIBC_TUNABLES").is_none()
     {

@@ -944,7 +944,7 @@ const GROUP_BYTES: usize = 2 << 20;
 
 /// With a hand-over thread, the operation that finds this many full groups buffered hands
 /// them over itself: the bound on memory (each group's superseded sled pages are kept until
-/// it is in, performance.md "Memory of access-time updates") when the thread falls behind.
+/// it is in) when the thread falls behind (docs/performance.md, tuning table: `BACKLOG_GROUPS`).
 pub const BACKLOG_GROUPS: usize = 2;
 
 fn entry_bytes(k: &[u8], v: &Option<Vec<u8>>) -> usize {

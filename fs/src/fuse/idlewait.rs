@@ -4,10 +4,9 @@
 //! the caller's CPU, so the scheduler moves the caller to an idle CPU, whose queue and ring
 //! thread then serve its next request, and every round trip pays a wake-up across CPUs. A CPU
 //! that runs only `SCHED_IDLE` threads counts as idle when the scheduler places a woken task,
-//! so a ring thread that waits as `SCHED_IDLE` keeps the caller where it is (random reads
-//! 1.38× instead of 0.80× gocryptfs in the benchmark: docs/performance.md, "The io_uring
-//! transport"). Requests are served at normal priority; only the wake-up happens at idle
-//! priority.
+//! so a ring thread that waits as `SCHED_IDLE` keeps the caller where it is and its round trips
+//! cheap (docs/performance.md, tuning table: `MAX_DELAY_PER_REQUEST`). Requests are served at
+//! normal priority; only the wake-up happens at idle priority.
 //!
 //! Why it must not always: when busy threads share the ring thread's scheduling group (no
 //! autogroup, no cpu cgroup of the daemon's own), a thread woken at idle priority waits behind

@@ -27,10 +27,8 @@ const MIN_THREADS: usize = 4;
 const MAX_THREADS: usize = 8;
 /// Request-serving threads per CPU. More threads than CPUs, although most requests come one at
 /// a time: the kernel hands each request to the longest-waiting reader, and with a spare
-/// reader per CPU that is more often one the scheduler can wake cheaply. Measured on the
-/// 2-vCPU benchmark VM (performance.md, "Request-serving threads"): random 4 KiB reads 29.7k
-/// IOPS with 2 threads, 36.3k with 4, 36.6k with 6, 28.9k with 8; extract 10.1 s with 2,
-/// 8.6 s with 4; one thread 18k IOPS.
+/// reader per CPU that is more often one the scheduler can wake cheaply (docs/performance.md,
+/// tuning table: `THREADS_PER_CPU`).
 const THREADS_PER_CPU: usize = 2;
 
 /// How the filesystem is mounted.
@@ -54,7 +52,7 @@ pub enum UringMode {
     /// io_uring when the kernel allows it (the fuse module's `enable_uring`, which an
     /// administrator switches on), else `/dev/fuse`, logged at info level. The default: an
     /// administrator who switched the kernel's transport on wants it used, and it is the faster
-    /// one for metadata work and random reads (docs/performance.md).
+    /// one for metadata work and random reads (docs/performance.md, "Current results").
     #[default]
     Auto,
     /// `uring`: as `Auto`, but a kernel that does not offer it is worth a warning.
@@ -181,13 +179,12 @@ fn start_uring(
 /// window INIT asked for. The kernel caps a FUSE mount's readahead at its default of 128 KiB
 /// whatever INIT says, and so splits a file read in sequence into 128 KiB READs; at 1 MiB
 /// each READ carries eight times the data for the same round trip and per-request work
-/// (docs/performance.md, "Readahead of 1 MiB"). Only root may write the mount's
+/// (docs/performance.md, tuning table: `MAX_READAHEAD`). Only root may write the mount's
 /// `/sys/class/bdi/<major>:<minor>/read_ahead_kb`; elsewhere the mount keeps 128 KiB, which
 /// costs only speed. A window an administrator already set larger is left alone.
 ///
 /// Mounts served over io_uring keep 128 KiB: there, cold reads of a large file with 1 MiB
-/// READs were slower and far more variable (median 614 against 760 MB/s, 471–1 439 against
-/// 652–798, nine alternating runs each), for a reason not found yet.
+/// READs were slower and far more variable, for a reason not found yet (same row).
 fn raise_readahead(mountpoint: &Path) {
     use std::os::unix::fs::MetadataExt;
     let want_kb = u64::from(super::adapter::MAX_READAHEAD / 1024);

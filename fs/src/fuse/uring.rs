@@ -4,8 +4,8 @@
 //! against `/dev/fuse` for a caller that stays on its vCPU, where `/dev/fuse` wakes a thread
 //! on the other vCPU for the request and again for the reply. A caller woken while the ring
 //! thread still holds its vCPU is often moved to the other one, which costs a wake-up again
-//! (docs/performance.md, "The io_uring transport"); so ring threads wait as `SCHED_IDLE`
-//! while that does not starve them ([`super::idlewait`]).
+//! (docs/performance.md, tuning table: `pin_to_cpu`, `MAX_DELAY_PER_REQUEST`); so ring threads
+//! wait as `SCHED_IDLE` while that does not starve them ([`super::idlewait`]).
 //!
 //! fuser mounts and runs the session as before: it negotiates `FUSE_OVER_IO_URING` at INIT
 //! and keeps serving `/dev/fuse`, which the kernel still uses until every queue has an entry

@@ -27,15 +27,11 @@ use std::sync::Arc;
 
 /// Nodes written back in one metadata batch. sled applies a batch under one epoch guard, so
 /// the superseded copy of every tree page the batch touches stays allocated until the whole
-/// batch is in: a writeback of 23 000 atime updates in one batch took the daemon from 60 to
-/// over 200 MiB (performance.md, "Memory of access-time updates").
+/// batch is in (docs/performance.md, tuning table: `WRITEBACK_SLICE`).
 const WRITEBACK_SLICE: usize = 256;
-/// Largest `pwrite` of consecutive ciphertext blocks to an object. Larger writes were much
-/// slower in the kernel on the benchmark VM: a 1 GiB sequential write with 1 MiB writes took
-/// 0.9–1.8 s of the daemon's system time in its write phase and ran at 363–506 MB/s, with
-/// 128 KiB writes 0.65–0.69 s and 642–645 MB/s (64 KiB: the same as 128 KiB), most of the
-/// difference in copying the data into the backing file's page cache (performance.md,
-/// "Sequential writes: 128 KiB writes to the backing file").
+/// Largest `pwrite` of consecutive ciphertext blocks to an object. Larger writes cost far
+/// more kernel time copying into the backing file's page cache (docs/performance.md, tuning
+/// table: `MAX_WRITE_RUN`).
 const MAX_WRITE_RUN: usize = 128 << 10;
 
 /// Largest end offset of file data: the largest file size (objects are split into segment

@@ -65,8 +65,7 @@ const RECLAIM_BATCH: usize = 512;
 const RELATIME_MAX_AGE: i64 = 24 * 60 * 60;
 /// Changed metadata keys buffered in memory before they are handed to sled as one batch.
 /// sled keeps the superseded copy of each tree page a batch changes until the batch is in, so
-/// the group size bounds that memory: 4 096 keys of access-time updates peaked near 125 MiB,
-/// 1 024 near 85 MiB (performance.md, "Memory of access-time updates").
+/// the group size bounds that memory (docs/performance.md, tuning table: `META_GROUP_KEYS`).
 const META_GROUP_KEYS: usize = 1024;
 
 /// Options for opening (mounting) a filesystem.
@@ -1399,8 +1398,8 @@ impl Inner {
     /// Removes the inline data records of deleted inodes, with their reclaim marks. Deleting
     /// a record makes the store load the part of its tree that holds it, and the inline
     /// records of small files are their contents: done inside the unlink, an `rm -rf` of
-    /// small files read them all back from disk (performance.md, "Inline data reclaimed
-    /// after the unlink"). So the unlink leaves a reclaim mark and this removes the records
+    /// small files read them all back from disk (docs/performance.md, tuning table:
+    /// `RECLAIM_QUIET`). So the unlink leaves a reclaim mark and this removes the records
     /// later, once no inode was deleted for [`RECLAIM_QUIET`] or more than
     /// [`RECLAIM_BACKLOG`] wait, and always when `force` (unmount). No lock of the namespace
     /// or of any node is needed: inode numbers are never reused, so nothing else refers to
