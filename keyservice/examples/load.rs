@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use digimedfs_keyservice::admin::Admin;
 use digimedfs_keyservice::client::KeyService;
 use digimedfs_keyservice::server::{BackgroundServer, ServerConfig};
-use digimedfs_keyservice::state::{Credential, StateDir};
+use digimedfs_keyservice::state::Credential;
 
 const FS: [u8; 16] = [0x4c; 16];
 
@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
     let cred = || Credential::passphrase("load benchmark passphrase");
-    StateDir::new(&state).init(&cred()?)?;
+    digimedfs_keyservice::admin::init(&state, &cred()?)?;
     let tls = digimedfs_keyservice::tls::write_demo(&dir.path().join("tls"))?;
     let admin = Admin::open(&state, &cred()?)?;
     admin.tenant_add("A")?;

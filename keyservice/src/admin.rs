@@ -10,6 +10,18 @@ use crate::state::{Credential, StateDir};
 use crate::{Error, Result};
 use zeroize::Zeroizing;
 
+/// Creates a state directory: a new root secret sealed under `cred` and an empty registry.
+/// Refuses if a root secret already exists.
+pub fn init(state: &std::path::Path, cred: &Credential) -> Result<()> {
+    let state = StateDir::new(state);
+    state.init_root(cred)?;
+    let registry = state.file(crate::state::REGISTRY_FILE);
+    if !registry.exists() {
+        Registry::default().save(&registry)?;
+    }
+    Ok(())
+}
+
 /// An unsealed state directory for administration.
 pub struct Admin {
     state: StateDir,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use digimedfs_keyservice::admin::Admin;
 use digimedfs_keyservice::server::{Server, ServerConfig};
-use digimedfs_keyservice::state::{Credential, StateDir};
+use digimedfs_keyservice::state::Credential;
 
 /// Key service for digimedfs (per-tenant KEKs that never leave the service).
 ///
@@ -177,7 +177,7 @@ fn main() -> Result<()> {
             state_dir,
             demo_tls,
         } => {
-            StateDir::new(state_dir).init(&cred()?)?;
+            digimedfs_keyservice::admin::init(state_dir, &cred()?)?;
             println!("initialized {}", state_dir.display());
             let token = admin(state_dir)?.token_issue(None)?;
             println!("admin token (shown once): {}", token.as_str());

@@ -167,9 +167,10 @@ impl StateDir {
         self.root.join(name)
     }
 
-    /// Creates the directory (mode 0700), a new root secret sealed under `cred`, and an empty
-    /// registry. Refuses if a root secret already exists.
-    pub fn init(&self, cred: &Credential) -> Result<()> {
+    /// Creates the directory (mode 0700) and a new root secret sealed under `cred` (the empty
+    /// registry beside it is made by [`crate::admin::init`]). Refuses if a root secret already
+    /// exists.
+    pub fn init_root(&self, cred: &Credential) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -200,11 +201,7 @@ impl StateDir {
             sealed: b64.encode(sealed),
         };
         let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Invalid(e.to_string()))?;
-        write_atomic(&root_path, &json)?;
-        if !self.file(crate::state::REGISTRY_FILE).exists() {
-            crate::registry::Registry::default().save(&self.file(REGISTRY_FILE))?;
-        }
-        Ok(())
+        write_atomic(&root_path, &json)
     }
 
     /// Unseals the root secret with `cred`.

@@ -15,5 +15,5 @@ pub mod idlewait;
 pub mod mount;
 pub mod uring;
 
-pub use adapter::{convert, DigimedFuse, TTL};
-pub use mount::{mount_foreground, mount_options, MountOpts, UringMode};
+pub use adapter::{convert, DigimedFuse, UringMode, TTL};
+pub use mount::{mount_foreground, mount_options, MountOpts};

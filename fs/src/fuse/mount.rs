@@ -2,7 +2,7 @@
 //! until the mount goes away (`fusermount3 -u`, `umount`) or SIGTERM/SIGINT arrives (then
 //! unmounts), and in every case closes the filesystem so that all dirty data reaches storage.
 
-use super::adapter::DigimedFuse;
+use super::adapter::{DigimedFuse, UringMode};
 use digimedfs_core::filesystem as core;
 use digimedfs_core::{Error, Result};
 use fuser::{MountOption, SessionACL};
@@ -43,22 +43,6 @@ pub struct MountOpts {
     pub fsname: Option<String>,
     /// Which transport serves requests (`uring`, `nouring`, or neither given).
     pub uring: UringMode,
-}
-
-/// Whether requests are served over FUSE's io_uring transport ([`super::uring`]) or over
-/// `/dev/fuse`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum UringMode {
-    /// io_uring when the kernel allows it (the fuse module's `enable_uring`, which an
-    /// administrator switches on), else `/dev/fuse`, logged at info level. The default: an
-    /// administrator who switched the kernel's transport on wants it used, and it is the faster
-    /// one for metadata work and random reads (docs/performance.md, "Current results").
-    #[default]
-    Auto,
-    /// `uring`: as `Auto`, but a kernel that does not offer it is worth a warning.
-    Requested,
-    /// `nouring`: always `/dev/fuse` (cold sequential reads of large files were faster there).
-    Off,
 }
 
 /// Number of threads serving requests: [`THREADS_PER_CPU`] per available CPU, at least

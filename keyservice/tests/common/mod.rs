@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use digimedfs_keyservice::admin::Admin;
 use digimedfs_keyservice::client::KeyService;
 use digimedfs_keyservice::server::{BackgroundServer, ServerConfig};
-use digimedfs_keyservice::state::{Credential, StateDir};
+use digimedfs_keyservice::state::Credential;
 use digimedfs_keyservice::tls::{write_demo, DemoTls};
 
 pub const PASS: &str = "correct horse battery staple";
@@ -26,7 +26,7 @@ impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        StateDir::new(&state).init(&cred()).unwrap();
+        digimedfs_keyservice::admin::init(&state, &cred()).unwrap();
         let tls = write_demo(&dir.path().join("tls")).unwrap();
         let admin = Admin::open(&state, &cred()).unwrap();
         Env {

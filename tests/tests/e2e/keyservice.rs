@@ -4,7 +4,7 @@
 
 use digimedfs_keyservice::admin::Admin;
 use digimedfs_keyservice::server::{BackgroundServer, ServerConfig};
-use digimedfs_keyservice::state::{Credential, StateDir};
+use digimedfs_keyservice::state::Credential;
 use digimedfs_tests::{
     bin, is_mounted, run, snapshot_files, unmount_and_wait, wait_until, TIMEOUT,
 };
@@ -33,7 +33,7 @@ impl Ks {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let state = dir.path().join("state");
         let cred = || Credential::passphrase(PASS).unwrap();
-        StateDir::new(&state).init(&cred()).unwrap();
+        digimedfs_keyservice::admin::init(&state, &cred()).unwrap();
         let tls = digimedfs_keyservice::tls::write_demo(&dir.path().join("tls")).unwrap();
         let admin = Admin::open(&state, &cred()).unwrap();
         let cfg = ServerConfig::new(
