@@ -24,7 +24,7 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo build --workspace --bins
 uring_switch=/sys/module/fuse/parameters/enable_uring
 uring_was=""
@@ -46,12 +46,12 @@ if [[ -w $uring_switch ]]; then
     uring_was=$(cat "$uring_switch")
     echo 0 >"$uring_switch"
 fi
-cargo test --workspace
+cargo test --workspace --features digimedfs-tests/e2e
 
 # The end-to-end tests again over FUSE's io_uring transport, when the kernel has it.
 if [[ -n $uring_was ]]; then
     echo 1 >"$uring_switch"
-    DIGIMEDFS_TEST_MOUNT_OPTIONS=uring cargo test -p digimedfs-tests --test e2e -- --skip cephfs
+    DIGIMEDFS_TEST_MOUNT_OPTIONS=uring cargo test -p digimedfs-tests --features e2e --test e2e -- --skip cephfs
 else
     echo "FUSE over io_uring not available here ($uring_switch): io_uring pass skipped"
 fi

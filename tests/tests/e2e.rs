@@ -1,7 +1,8 @@
 //! End-to-end tests of digimedfs: the real binaries, a real FUSE mount, real syscalls.
 //!
-//! Build the binaries first: `cargo build --workspace --bins`. The tests need root, /dev/fuse
-//! and fusermount3. Each test makes its own key, backing directory and mountpoint, so they may
+//! Built only with the `e2e` feature (`scripts/test.sh` runs them; by hand: `cargo build
+//! --workspace --bins && cargo test -p digimedfs-tests --features e2e --test e2e`), because
+//! they run the built binaries and need root, /dev/fuse and fusermount3. Each test makes its own key, backing directory and mountpoint, so they may
 //! run in parallel.
 
 #[path = "e2e/backup.rs"]
@@ -18,8 +19,6 @@ mod integrity;
 mod keyservice;
 #[path = "e2e/large_offsets.rs"]
 mod large_offsets;
-#[path = "e2e/layout.rs"]
-mod layout;
 #[path = "e2e/persistence.rs"]
 mod persistence;
 #[path = "e2e/posix.rs"]
