@@ -14,7 +14,9 @@
 //!
 //! KEKs are derived per request and never stored; all key material is zeroized on drop.
 
-use digimedfs_core::crypto::kdf::hkdf_sha256;
+use digimedfs_core::crypto::kdf::{
+    hkdf_sha256, AD_TENANT_SEED, AD_TRANSIT, LABEL_AUDIT_CHAIN, LABEL_SEED_SEAL, LABEL_TENANT_KEK,
+};
 use digimedfs_core::crypto::MetaSealer;
 use rand::rngs::OsRng;
 use rand::RngCore;
@@ -26,12 +28,6 @@ use crate::{Error, Result};
 pub const SECRET_LEN: usize = 32;
 /// Length of a filesystem master key as carried by the API.
 pub const MASTER_KEY_LEN: usize = digimedfs_core::crypto::MASTER_KEY_LEN;
-
-const LABEL_KEK: &[u8] = b"digimedfs v1 tenant kek";
-const LABEL_SEED_SEAL: &[u8] = b"digimedfs v1 registry seed seal";
-const LABEL_TRANSIT: &[u8] = b"digimedfs v1 transit";
-const LABEL_SEED_AD: &[u8] = b"digimedfs v1 tenant seed";
-const LABEL_AUDIT: &[u8] = b"digimedfs v1 audit chain mac";
 
 /// The service's root secret (never leaves the process unsealed).
 pub struct RootSecret(Zeroizing<[u8; SECRET_LEN]>);
@@ -67,8 +63,8 @@ impl RootSecret {
         let t = tenant.as_bytes();
         let len =
             u32::try_from(t.len()).map_err(|_| Error::Invalid("tenant id too long".into()))?;
-        let mut info = Vec::with_capacity(LABEL_KEK.len() + 8 + t.len());
-        info.extend_from_slice(LABEL_KEK);
+        let mut info = Vec::with_capacity(LABEL_TENANT_KEK.len() + 8 + t.len());
+        info.extend_from_slice(LABEL_TENANT_KEK);
         info.extend_from_slice(&len.to_le_bytes());
         info.extend_from_slice(t);
         info.extend_from_slice(&version.to_le_bytes());
@@ -82,7 +78,7 @@ impl RootSecret {
     /// mac").
     pub fn audit_key(&self) -> Result<crate::audit::AuditKey> {
         let mut k = Zeroizing::new([0u8; SECRET_LEN]);
-        hkdf_sha256(self.0.as_slice(), &[], LABEL_AUDIT, k.as_mut_slice())
+        hkdf_sha256(self.0.as_slice(), &[], LABEL_AUDIT_CHAIN, k.as_mut_slice())
             .map_err(|e| Error::Crypto(e.to_string()))?;
         Ok(crate::audit::AuditKey(k))
     }
@@ -115,7 +111,7 @@ impl RootSecret {
 }
 
 fn seed_ad(tenant: &str) -> Vec<u8> {
-    let mut ad = LABEL_SEED_AD.to_vec();
+    let mut ad = AD_TENANT_SEED.to_vec();
     ad.extend_from_slice(tenant.as_bytes());
     ad
 }
@@ -129,8 +125,8 @@ pub fn generate_seed() -> Zeroizing<[u8; SECRET_LEN]> {
 
 /// AD = "digimedfs v1 transit" ‖ tenant ‖ fs_uuid ‖ le32(version).
 pub fn transit_ad(tenant: &str, fs_uuid: &[u8; 16], version: u32) -> Vec<u8> {
-    let mut ad = Vec::with_capacity(LABEL_TRANSIT.len() + tenant.len() + 20);
-    ad.extend_from_slice(LABEL_TRANSIT);
+    let mut ad = Vec::with_capacity(AD_TRANSIT.len() + tenant.len() + 20);
+    ad.extend_from_slice(AD_TRANSIT);
     ad.extend_from_slice(tenant.as_bytes());
     ad.extend_from_slice(fs_uuid);
     ad.extend_from_slice(&version.to_le_bytes());

@@ -40,8 +40,6 @@ pub const ANCHORS_FILE: &str = "anchors.json";
 /// Default file name of the audit log.
 pub const AUDIT_FILE: &str = "audit.log";
 
-const ROOT_AD: &[u8] = b"digimedfs v1 keyservice root";
-
 /// The secret that unseals the root: passphrase or credential-file bytes.
 pub struct Credential(Zeroizing<Vec<u8>>);
 
@@ -189,7 +187,10 @@ impl StateDir {
         OsRng.fill_bytes(&mut salt);
         let (m, t, p) = (Params::DEFAULT_M_COST, Params::DEFAULT_T_COST, 1);
         let key = argon2_key(cred, &salt, m, t, p)?;
-        let sealed = MetaSealer::new(&key).seal(ROOT_AD, root.expose());
+        let sealed = MetaSealer::new(&key).seal(
+            digimedfs_core::crypto::kdf::AD_KEYSERVICE_ROOT,
+            root.expose(),
+        );
         let b64 = base64::engine::general_purpose::STANDARD;
         let file = SealedRoot {
             format: 1,
@@ -222,7 +223,7 @@ impl StateDir {
             .map_err(|e| Error::bad_state(&path, format!("sealed: {e}")))?;
         let key = argon2_key(cred, &salt, f.m_cost_kib, f.t_cost, f.p_cost)?;
         let pt = MetaSealer::new(&key)
-            .open(ROOT_AD, &sealed)
+            .open(digimedfs_core::crypto::kdf::AD_KEYSERVICE_ROOT, &sealed)
             .ok_or(Error::WrongCredential { path: path.clone() })?;
         RootSecret::from_bytes(&pt)
     }

@@ -53,8 +53,6 @@ const DUMP_END: &[u8; 4] = b"END!";
 /// Largest key and value a dump may hold (records are far smaller).
 const MAX_DUMP_KEY: usize = 1 << 16;
 const MAX_DUMP_VALUE: usize = 1 << 24;
-/// Domain label of the manifest MAC (under the superblock MAC key).
-const MANIFEST_MAC_LABEL: &[u8] = b"dgm1 backup manifest";
 
 /// One file of a point, as the manifest records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +112,7 @@ impl Manifest {
     /// The manifest text with its MAC line (MAC under the superblock MAC key).
     pub fn encode(&self, mac: &RecordMac) -> String {
         let body = self.body();
-        let tag = mac.mac_parts(&[MANIFEST_MAC_LABEL, body.as_bytes()]);
+        let tag = mac.mac_parts(&[crate::crypto::kdf::DOMAIN_MANIFEST, body.as_bytes()]);
         format!("{body}mac {}\n", hex::encode(tag))
     }
 
@@ -794,7 +792,11 @@ pub fn verify_manifest_mac(
     let mut file = dir.confined().open_file(MANIFEST, Access::Read)?;
     let want = keys
         .superblock
-        .mac_parts_streamed(&[MANIFEST_MAC_LABEL], report.body_len, &mut file)
+        .mac_parts_streamed(
+            &[crate::crypto::kdf::DOMAIN_MANIFEST],
+            report.body_len,
+            &mut file,
+        )
         .map_err(|e| Error::io(&shown, e))?;
     use subtle::ConstantTimeEq;
     if bool::from(want.ct_eq(tag)) {
@@ -1189,7 +1191,7 @@ mod tests {
 
     /// Whether `tag` is `m`'s MAC under `mac` (what verify_manifest_mac computes, streamed).
     fn verify_mac(m: &Manifest, tag: &[u8; 32], mac: &RecordMac) -> bool {
-        mac.mac_parts(&[MANIFEST_MAC_LABEL, m.body().as_bytes()]) == *tag
+        mac.mac_parts(&[crate::crypto::kdf::DOMAIN_MANIFEST, m.body().as_bytes()]) == *tag
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::format::records::{
     Xattr, CHUNK_BLOCKS,
 };
 use crate::format::superblock::{Superblock, FLAG_CLEAN, FLAG_STORE_STATE};
+use crate::integrity::{held_version, Held};
 use crate::keysource::KeySource;
 use crate::meta::{key_name, MetaEngine, MetaStore, Records};
 use crate::objects::{DirObjects, ObjectId, ObjectStore};
@@ -2357,16 +2358,6 @@ struct JobResult {
     resolved: Vec<(u64, Held)>,
 }
 
-/// Which version of its entry a block holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Held {
-    Cur,
-    Prev,
-    /// The previous state was a hole and the block reads as zeros.
-    Hole,
-    Neither,
-}
-
 /// Verifies every block entry of `files`: each object is read once, front to back, in
 /// [`READ_CHUNK`] reads, split into [`SEGMENT_BYTES`] segments that threads (one per core
 /// unless `threads` says otherwise) take in order, so large files use every core and small
@@ -2525,27 +2516,22 @@ fn verify_segment(
     res.entries = entries.len() as u64;
     let held = |idx: u64, e: &BlockEntry, block: &[u8]| -> Held {
         let full = block.len() == bsz;
-        let ok_ver = |v: &crate::format::records::BlockVersion| {
+        let verifies = |v: &crate::format::records::BlockVersion| -> Result<bool> {
             // A version of an incarnation without a (readable) salt record cannot verify;
             // the missing record is its own problem (pass 3), a damaged one is a bad record.
             let k = incarnation_of(v.generation);
-            full && ring
-                .get(k, || records.incarnation_salt(k))
-                .ok()
-                .flatten()
-                .is_some_and(|keys| {
-                    keys.blocks
-                        .verify(job.ino, idx, v.generation, block, &v.tag)
-                })
+            Ok(full
+                && ring
+                    .get(k, || records.incarnation_salt(k))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|keys| {
+                        keys.blocks
+                            .verify(job.ino, idx, v.generation, block, &v.tag)
+                    }))
         };
-        if ok_ver(&e.cur) {
-            return Held::Cur;
-        }
-        match &e.prev {
-            Some(Some(p)) if ok_ver(p) => Held::Prev,
-            Some(None) if block.iter().all(|b| *b == 0) => Held::Hole,
-            _ => Held::Neither,
-        }
+        // `verifies` never fails, so neither does the rule.
+        held_version(e, block, verifies).unwrap_or(Held::Neither)
     };
     // Every block verifies against its current version or its previous one (as reads
     // accept); which one it holds is kept for the entries that still have a previous one.

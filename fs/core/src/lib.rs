@@ -9,6 +9,7 @@
 //!   from) and the key file; the key service client is `digimedfs-keyclient`.
 //! - [`confined`], [`backing`]: the backing directory, reached without following links, its
 //!   superblock copies and mount lock.
+//! - [`integrity`]: which stored versions of a block are acceptable (reads, mount, fsck).
 //! - [`meta`]: the [`meta::MetaStore`] and [`meta::MetaEngine`] traits (the engine, sled, is
 //!   `digimedfs-sled`), sealed records, the running digest and the group commit.
 //! - [`objects`]: the data object store (ciphertext files in the backing directory).
@@ -27,6 +28,7 @@ pub mod error;
 pub mod filesystem;
 pub mod format;
 pub mod hardening;
+pub mod integrity;
 pub mod keysource;
 pub mod meta;
 pub mod mkfs;

@@ -435,7 +435,7 @@ impl RecordBatch<'_> {
 impl Records {
     /// Typed access over `store` for the filesystem whose keys are `keys`.
     pub fn new(store: Arc<dyn MetaStore>, keys: Arc<FsKeys>, fs_uuid: &[u8; 16]) -> Records {
-        let mut ad_prefix = b"dgm1 rec".to_vec();
+        let mut ad_prefix = crate::crypto::kdf::AD_RECORD.to_vec();
         ad_prefix.extend_from_slice(fs_uuid);
         Records {
             store,

@@ -1,10 +1,13 @@
-//! Key derivation: HKDF-SHA256 (RFC 5869) and the labels of every derived key.
+//! Key derivation: HKDF-SHA256 (RFC 5869), and every HKDF label and associated-data or domain
+//! prefix of digimedfs and its key service, in this one module.
 //!
 //! Each working key of a filesystem is `HKDF-SHA256(ikm = master key, salt = fs uuid,
 //! info = label)` with one distinct label per key; the key-encryption key of a key slot uses
 //! [`LABEL_KEY_SLOT`] followed by the slot's associated data. The labels are part of the on-disk
 //! format: changing any of them makes existing filesystems unreadable. Distinct labels guarantee
-//! independent keys (HKDF's info domain separation).
+//! independent keys (HKDF's info domain separation); no label is a prefix of another, so a label
+//! with data appended never equals another label. The test `labels_are_pinned` fails on any
+//! change to any of these byte strings.
 
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -17,7 +20,8 @@ pub const LABEL_DATA_XTS: &[u8] = b"digimedfs v1 data aes-256-xts";
 pub const LABEL_META_AEAD: &[u8] = b"digimedfs v1 meta aes-256-gcm-siv";
 /// Label of the 32-byte BLAKE3 key for directory-entry and xattr-name keys.
 pub const LABEL_NAME_MAC: &[u8] = b"digimedfs v1 name mac";
-/// Label of the 32-byte BLAKE3 key for data-block tags.
+/// Label of the 32-byte block-tag root key, from which the POLYVAL and AES mask keys of
+/// incarnation 0 are derived ([`LABEL_BLOCK_TAG_POLYVAL`], [`LABEL_BLOCK_TAG_AES`]).
 pub const LABEL_BLOCK_MAC: &[u8] = b"digimedfs v1 block mac";
 /// Label of the 32-byte BLAKE3 key for the superblock MAC.
 pub const LABEL_SUPERBLOCK_MAC: &[u8] = b"digimedfs v1 superblock mac";
@@ -34,6 +38,66 @@ pub const LABEL_INCARNATION_XTS: &[u8] = b"digimedfs v1 incarnation data aes-256
 /// Label prefix of the 32-byte block-tag mask key (AES-256 `K`) of incarnation k
 /// (ikm = incarnation root, salt = the incarnation's salt, info = label ‖ be32(k)).
 pub const LABEL_INCARNATION_MASK: &[u8] = b"digimedfs v1 incarnation block tag aes";
+
+/// Label of the POLYVAL key `H` of block tags (ikm = block-tag root key, no salt).
+pub const LABEL_BLOCK_TAG_POLYVAL: &[u8] = b"digimedfs v1 block tag polyval";
+/// Label of the AES-256 mask key `K` of block tags (ikm = block-tag root key, no salt).
+pub const LABEL_BLOCK_TAG_AES: &[u8] = b"digimedfs v1 block tag aes";
+/// Label of the key-service key that keeps the audit chain (ikm = the service's root secret).
+pub const LABEL_AUDIT_CHAIN: &[u8] = b"digimedfs v1 audit chain mac";
+/// Label prefix of a tenant's key-encryption key (ikm = tenant seed; the key version and the
+/// tenant id are appended).
+pub const LABEL_TENANT_KEK: &[u8] = b"digimedfs v1 tenant kek";
+/// Label of the key that seals tenant seeds in the key service's registry (ikm = root secret).
+pub const LABEL_SEED_SEAL: &[u8] = b"digimedfs v1 registry seed seal";
+
+/// Associated-data prefix of a sealed metadata record (the record's key is appended).
+pub const AD_RECORD: &[u8] = b"dgm1 rec";
+/// Associated-data prefix of a key slot's wrapped master key (slot index and kind appended).
+pub const AD_KEY_SLOT: &[u8] = b"dgm1 slot";
+/// MAC domain of a backup point's manifest (the manifest body follows).
+pub const DOMAIN_MANIFEST: &[u8] = b"dgm1 backup manifest";
+/// BLAKE3 domain of directory-entry keys (parent inode and name follow).
+pub const DOMAIN_DIRENT_NAME: &[u8] = b"dir1";
+/// BLAKE3 domain of xattr-name keys (inode and name follow).
+pub const DOMAIN_XATTR_NAME: &[u8] = b"xat1";
+/// Associated-data prefix of a tenant seed sealed in the registry (the tenant id follows).
+pub const AD_TENANT_SEED: &[u8] = b"digimedfs v1 tenant seed";
+/// Associated-data prefix of a key in transit between the key service and a client.
+pub const AD_TRANSIT: &[u8] = b"digimedfs v1 transit";
+/// Associated data of the key service's root secret, sealed under the admin credential.
+pub const AD_KEYSERVICE_ROOT: &[u8] = b"digimedfs v1 keyservice root";
+
+/// Every HKDF label, in a fixed order (see the module docs).
+pub const HKDF_LABELS: &[(&str, &[u8])] = &[
+    ("LABEL_DATA_XTS", LABEL_DATA_XTS),
+    ("LABEL_META_AEAD", LABEL_META_AEAD),
+    ("LABEL_NAME_MAC", LABEL_NAME_MAC),
+    ("LABEL_BLOCK_MAC", LABEL_BLOCK_MAC),
+    ("LABEL_SUPERBLOCK_MAC", LABEL_SUPERBLOCK_MAC),
+    ("LABEL_META_DIGEST", LABEL_META_DIGEST),
+    ("LABEL_KEY_SLOT", LABEL_KEY_SLOT),
+    ("LABEL_INCARNATION_ROOT", LABEL_INCARNATION_ROOT),
+    ("LABEL_INCARNATION_XTS", LABEL_INCARNATION_XTS),
+    ("LABEL_INCARNATION_MASK", LABEL_INCARNATION_MASK),
+    ("LABEL_BLOCK_TAG_POLYVAL", LABEL_BLOCK_TAG_POLYVAL),
+    ("LABEL_BLOCK_TAG_AES", LABEL_BLOCK_TAG_AES),
+    ("LABEL_AUDIT_CHAIN", LABEL_AUDIT_CHAIN),
+    ("LABEL_TENANT_KEK", LABEL_TENANT_KEK),
+    ("LABEL_SEED_SEAL", LABEL_SEED_SEAL),
+];
+
+/// Every associated-data and domain prefix, in a fixed order.
+pub const DOMAINS: &[(&str, &[u8])] = &[
+    ("AD_RECORD", AD_RECORD),
+    ("AD_KEY_SLOT", AD_KEY_SLOT),
+    ("DOMAIN_MANIFEST", DOMAIN_MANIFEST),
+    ("DOMAIN_DIRENT_NAME", DOMAIN_DIRENT_NAME),
+    ("DOMAIN_XATTR_NAME", DOMAIN_XATTR_NAME),
+    ("AD_TENANT_SEED", AD_TENANT_SEED),
+    ("AD_TRANSIT", AD_TRANSIT),
+    ("AD_KEYSERVICE_ROOT", AD_KEYSERVICE_ROOT),
+];
 
 /// HKDF-SHA256 extract-and-expand of `ikm` with `salt` and `info` into `out`.
 ///
@@ -54,6 +118,32 @@ pub fn hkdf_sha256(ikm: &[u8], salt: &[u8], info: &[u8], out: &mut [u8]) -> Resu
 mod tests {
     use super::*;
     use crate::crypto::{FsKeys, MasterKey};
+
+    /// A change to any label or prefix changes the on-disk format or the key service's keys:
+    /// this known answer (SHA-256 over `NAME=hex(bytes)` lines) must then be changed on purpose.
+    #[test]
+    fn labels_are_pinned() {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for (name, bytes) in HKDF_LABELS.iter().chain(DOMAINS) {
+            h.update(format!("{name}={}\n", hex::encode(bytes)));
+        }
+        assert_eq!(
+            hex::encode(h.finalize()),
+            "6d1815d7a44659c77701d8bf23fe7a75c3c77a5eab6d9e753a62b92d94260c7a"
+        );
+    }
+
+    #[test]
+    fn no_label_is_a_prefix_of_another() {
+        for set in [HKDF_LABELS, DOMAINS] {
+            for (i, (a, x)) in set.iter().enumerate() {
+                for (j, (b, y)) in set.iter().enumerate() {
+                    assert!(i == j || !y.starts_with(x), "{a} is a prefix of {b}");
+                }
+            }
+        }
+    }
 
     fn h(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()
@@ -110,27 +200,6 @@ mod tests {
     fn too_long_output_is_an_error() {
         let mut out = vec![0u8; 255 * 32 + 1];
         assert!(hkdf_sha256(b"k", b"s", b"i", &mut out).is_err());
-    }
-
-    #[test]
-    fn labels_are_distinct() {
-        let labels = [
-            LABEL_DATA_XTS,
-            LABEL_META_AEAD,
-            LABEL_NAME_MAC,
-            LABEL_BLOCK_MAC,
-            LABEL_SUPERBLOCK_MAC,
-            LABEL_META_DIGEST,
-            LABEL_KEY_SLOT,
-            LABEL_INCARNATION_ROOT,
-            LABEL_INCARNATION_XTS,
-            LABEL_INCARNATION_MASK,
-        ];
-        for (i, a) in labels.iter().enumerate() {
-            for b in labels.iter().skip(i + 1) {
-                assert_ne!(a, b);
-            }
-        }
     }
 
     /// Pinned outputs of the key derivation for a fixed master key and uuid.

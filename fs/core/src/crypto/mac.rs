@@ -77,8 +77,8 @@ impl BlockMac {
         let mut h = zeroize::Zeroizing::new([0u8; 16]);
         let mut k = zeroize::Zeroizing::new([0u8; 32]);
         // HKDF-SHA256 accepts outputs up to 8160 bytes: these lengths cannot fail.
-        let _ = super::kdf::hkdf_sha256(key, &[], b"digimedfs v1 block tag polyval", &mut h[..]);
-        let _ = super::kdf::hkdf_sha256(key, &[], b"digimedfs v1 block tag aes", &mut k[..]);
+        let _ = super::kdf::hkdf_sha256(key, &[], super::kdf::LABEL_BLOCK_TAG_POLYVAL, &mut h[..]);
+        let _ = super::kdf::hkdf_sha256(key, &[], super::kdf::LABEL_BLOCK_TAG_AES, &mut k[..]);
         let hash = Box::new(polyval::Polyval::new((&*h).into()));
         use aes::cipher::KeyInit;
         BlockMac {
@@ -171,7 +171,7 @@ impl NameMac {
     /// Also used for xattr names with a different domain: see xattr_key.
     pub fn entry_key(&self, parent: u64, name: &[u8]) -> [u8; 16] {
         let mut h = self.0.hasher();
-        h.update(b"dir1");
+        h.update(super::kdf::DOMAIN_DIRENT_NAME);
         h.update(&parent.to_le_bytes());
         h.update(name);
         truncated(&h)
@@ -180,7 +180,7 @@ impl NameMac {
     /// first 16 bytes of BLAKE3-keyed(key, "xat1" || le64(ino) || name)
     pub fn xattr_key(&self, ino: u64, name: &[u8]) -> [u8; 16] {
         let mut h = self.0.hasher();
-        h.update(b"xat1");
+        h.update(super::kdf::DOMAIN_XATTR_NAME);
         h.update(&ino.to_le_bytes());
         h.update(name);
         truncated(&h)

@@ -5,9 +5,11 @@
 //! - [`keys`]: the master key, the wrapping key and the derived working keys ([`FsKeys`]).
 //! - [`incarnation`]: the block keys of each incarnation (read-write open) of a filesystem,
 //!   so that no (key, tweak) pair or tag mask input repeats across restores and copies.
-//! - [`kdf`]: HKDF-SHA256 and every derivation label (the labels are part of the on-disk format).
+//! - [`kdf`]: HKDF-SHA256 and every derivation label and associated-data or domain prefix, of
+//!   the filesystem and of the key service (part of the on-disk format, pinned by a test).
 //! - [`xts`]: AES-256-XTS (IEEE 1619) over one whole filesystem block ([`DataCipher`]).
-//! - [`mac`]: keyed BLAKE3 tags for blocks, directory entries and records.
+//! - [`mac`]: block tags (POLYVAL with an AES mask) and keyed BLAKE3 MACs for names, the
+//!   superblock and the metadata digest.
 //! - [`seal`]: AES-256-GCM-SIV sealing of metadata records ([`MetaSealer`]).
 //! - [`slots`]: envelope encryption of the master key under a wrapping key (key slots).
 //!

@@ -20,6 +20,7 @@ use super::{lock, perms, posix, Ctx, Inner, Node, NodeRef};
 use crate::crypto::incarnation::{incarnation_of, BlockKeys};
 use crate::crypto::TAG_LEN;
 use crate::format::records::{BlockEntry, BlockVersion, Chunk, Storage, CHUNK_BLOCKS, INLINE_MAX};
+use crate::integrity::{held_version, Held};
 use crate::objects::ObjectId;
 use crate::{Error, Result};
 use std::sync::atomic::Ordering;
@@ -138,30 +139,33 @@ impl Inner {
         let full = got == buf.len();
         // An incarnation without a salt record: the version cannot be verified.
         let mut no_salt: Option<u64> = None;
-        let mut try_version = |v: &BlockVersion, buf: &mut [u8]| -> Result<bool> {
-            if !full {
-                return Ok(false);
-            }
-            let Some(keys) = self.keys_of(v.generation)? else {
-                no_salt.get_or_insert(v.generation);
-                return Ok(false);
-            };
-            if keys.blocks.verify(ino, idx, v.generation, buf, &v.tag) {
-                keys.data.decrypt_block(ino, v.generation, buf)?;
-                return Ok(true);
-            }
-            Ok(false)
+        let held = {
+            let stored: &[u8] = buf;
+            held_version(e, stored.get(..got).unwrap_or_default(), |v| {
+                if !full {
+                    return Ok(false);
+                }
+                let Some(keys) = self.keys_of(v.generation)? else {
+                    no_salt.get_or_insert(v.generation);
+                    return Ok(false);
+                };
+                Ok(keys.blocks.verify(ino, idx, v.generation, stored, &v.tag))
+            })?
         };
-        if try_version(&e.cur, buf)? {
-            return Ok(());
-        }
-        match &e.prev {
-            Some(Some(p)) if try_version(p, buf)? => return Ok(()),
-            Some(None) if buf.get(..got).is_some_and(|b| b.iter().all(|x| *x == 0)) => {
+        let version = match held {
+            Held::Cur => Some(e.cur),
+            Held::Prev => e.prev.flatten(),
+            Held::Hole => {
                 buf.fill(0);
                 return Ok(());
             }
-            _ => {}
+            Held::Neither => None,
+        };
+        if let Some(v) = version {
+            if let Some(keys) = self.keys_of(v.generation)? {
+                keys.data.decrypt_block(ino, v.generation, buf)?;
+                return Ok(());
+            }
         }
         let what = format!(
             "inode {ino} block {idx} (object {}, offset {}): {}",
@@ -893,30 +897,30 @@ impl Inner {
                                     k.blocks.verify(ino, idx, v.generation, &buf, &v.tag)
                                 }))
                         };
-                        let keep = if holds(&e.cur)? {
-                            kept_cur += 1;
-                            Some(e.cur)
-                        } else {
-                            match e.prev {
-                                Some(Some(p)) if holds(&p)? => {
-                                    kept_prev += 1;
-                                    Some(p)
-                                }
-                                Some(None) if buf.iter().all(|x| *x == 0) => {
-                                    holes += 1;
-                                    None
-                                }
-                                _ => {
-                                    damaged += 1;
-                                    tracing::warn!(
-                                        ino,
-                                        block = idx,
-                                        object = %hex::encode(id),
-                                        "block holds neither its current nor its previous \
-                                         version; only the current one stays acceptable"
-                                    );
-                                    Some(e.cur)
-                                }
+                        let stored = buf.get(..got).unwrap_or_default();
+                        let keep = match held_version(&e, stored, holds)? {
+                            Held::Cur => {
+                                kept_cur += 1;
+                                Some(e.cur)
+                            }
+                            Held::Prev => {
+                                kept_prev += 1;
+                                e.prev.flatten()
+                            }
+                            Held::Hole => {
+                                holes += 1;
+                                None
+                            }
+                            Held::Neither => {
+                                damaged += 1;
+                                tracing::warn!(
+                                    ino,
+                                    block = idx,
+                                    object = %hex::encode(id),
+                                    "block holds neither its current nor its previous \
+                                     version; only the current one stays acceptable"
+                                );
+                                Some(e.cur)
                             }
                         };
                         match keep {

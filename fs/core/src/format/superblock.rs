@@ -12,7 +12,7 @@
 //! flags        u32 bit 0: clean (closed by an unmount); bit 1: the store has a state record
 //! fs_uuid      16
 //! block_size   u32 4096..=65536, power of two
-//! cipher_suite u16 1 = AES-256-XTS data, BLAKE3-keyed tags, AES-256-GCM-SIV records
+//! cipher_suite u16 1 = AES-256-XTS data, POLYVAL block tags with an AES mask, AES-256-GCM-SIV records
 //! created      i64 seconds since the epoch
 //! epoch        u64 incremented at every mount and clean unmount
 //! meta_digest  32  XOR of keyed MACs over all metadata records (valid when clean)
@@ -65,7 +65,7 @@ impl KeySlot {
     /// The associated data binding a wrapped key to its slot and filesystem.
     fn ad(&self, fs_uuid: &[u8; 16]) -> Vec<u8> {
         let mut ad = Vec::with_capacity(32 + self.key_id.len());
-        ad.extend_from_slice(b"dgm1 slot");
+        ad.extend_from_slice(crate::crypto::kdf::AD_KEY_SLOT);
         ad.extend_from_slice(fs_uuid);
         ad.push(self.index);
         ad.push(self.kind);
