@@ -36,12 +36,15 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rand::RngCore;
-use serde::Deserialize;
 use serde_json::json;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::anchors::{self, Check};
 use crate::audit::{AuditLog, Event};
+use crate::client::protocol::{
+    AnchorReply, AnchorRequest, CheckAnchorRequest, ErrorReply, KeyReply, UnwrapRequest,
+    WrapRequest, WrappedReply, PATH_ANCHOR, PATH_CHECK_ANCHOR, PATH_REWRAP, PATH_UNWRAP, PATH_WRAP,
+};
 use crate::keys::{self, RootSecret, MASTER_KEY_LEN};
 use crate::registry::{RegistryView, Role, TenantState, TokenMatch};
 use crate::state::{Credential, StateDir};
@@ -703,7 +706,7 @@ async fn handle(
         shared.noise.add(peer.ip(), e.status.as_u16(), e.code);
         return Ok(json_response(
             e.status,
-            &json!({"error": e.code, "message": e.message, "request_id": ev.request_id}),
+            &error_reply(e.code, &e.message, &ev.request_id),
         ));
     }
     match &result {
@@ -729,7 +732,7 @@ async fn handle(
         tracing::error!(error = %e, "audit log write failed; refusing request");
         return Ok(json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
-            &json!({"error": "audit_failed", "message": "audit log cannot be written", "request_id": request_id}),
+            &error_reply("audit_failed", "audit log cannot be written", &request_id),
         ));
     }
     Ok(match result {
@@ -741,10 +744,7 @@ async fn handle(
             zeroize_json(&mut body);
             r
         }
-        Err(e) => json_response(
-            e.status,
-            &json!({"error": e.code, "message": e.message, "request_id": request_id}),
-        ),
+        Err(e) => json_response(e.status, &error_reply(e.code, &e.message, &request_id)),
     })
 }
 
@@ -774,38 +774,19 @@ fn zeroize_json(v: &mut serde_json::Value) {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WrapReq {
-    fs_uuid: String,
-    key: String,
+/// A success reply's JSON body.
+fn reply(body: &impl serde::Serialize) -> std::result::Result<serde_json::Value, ApiError> {
+    serde_json::to_value(body).map_err(|e| internal(Error::Invalid(e.to_string())))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UnwrapReq {
-    fs_uuid: String,
-    key_version: u32,
-    wrapped: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AnchorReq {
-    fs_uuid: String,
-    epoch: u64,
-    digest: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CheckAnchorReq {
-    fs_uuid: String,
-    epoch: u64,
-    /// The superblock's metadata digest (hex); optional so that older clients keep working
-    /// (they get the epoch check only).
-    #[serde(default)]
-    digest: Option<String>,
+/// The JSON body of a refusal.
+fn error_reply(code: &str, message: &str, request_id: &str) -> serde_json::Value {
+    serde_json::to_value(ErrorReply {
+        error: code.into(),
+        message: message.into(),
+        request_id: Some(request_id.into()),
+    })
+    .unwrap_or_else(|_| json!({"error": code}))
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -839,11 +820,11 @@ async fn process(
     authenticated: &mut bool,
 ) -> std::result::Result<serde_json::Value, ApiError> {
     let op = match req.uri().path() {
-        "/v1/wrap" => Op::Wrap,
-        "/v1/unwrap" => Op::Unwrap,
-        "/v1/rewrap" => Op::Rewrap,
-        "/v1/anchor" => Op::Anchor,
-        "/v1/check_anchor" => Op::CheckAnchor,
+        PATH_WRAP => Op::Wrap,
+        PATH_UNWRAP => Op::Unwrap,
+        PATH_REWRAP => Op::Rewrap,
+        PATH_ANCHOR => Op::Anchor,
+        PATH_CHECK_ANCHOR => Op::CheckAnchor,
         _ => return Err(err(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
     };
     ev.op = op.name().into();
@@ -993,7 +974,7 @@ async fn process(
 
     match op {
         Op::Wrap => {
-            let mut r: WrapReq = serde_json::from_slice(&body).map_err(parse_err)?;
+            let mut r: WrapRequest = serde_json::from_slice(&body).map_err(parse_err)?;
             let key = b64d(&r.key, "key");
             r.key.zeroize();
             let key = key?;
@@ -1013,10 +994,13 @@ async fn process(
                 ));
             }
             let wrapped = keys::wrap(&*kek(v)?, &tenant_id, &fs, v, &key);
-            Ok(json!({"key_version": v, "wrapped": b64e(&wrapped)}))
+            reply(&WrappedReply {
+                key_version: v,
+                wrapped: b64e(&wrapped),
+            })
         }
         Op::Unwrap | Op::Rewrap => {
-            let r: UnwrapReq = serde_json::from_slice(&body).map_err(parse_err)?;
+            let r: UnwrapRequest = serde_json::from_slice(&body).map_err(parse_err)?;
             let fs = parse_uuid(&r.fs_uuid)?;
             ev.fs_uuid = Some(hex::encode(fs));
             ev.key_version = Some(r.key_version);
@@ -1047,13 +1031,16 @@ async fn process(
                 ev.reason = "the filesystem's anchor is bound to another tenant".into();
             }
             if op == Op::Unwrap {
-                return Ok(json!({"key": b64e(&key)}));
+                return reply(&KeyReply { key: b64e(&key) });
             }
             let v = tenant.current;
             let rewrapped = keys::wrap(&*kek(v)?, &tenant_id, &fs, v, &key);
             ev.reason = format!("from version {} to {v}", r.key_version);
             ev.key_version = Some(v);
-            Ok(json!({"key_version": v, "wrapped": b64e(&rewrapped)}))
+            reply(&WrappedReply {
+                key_version: v,
+                wrapped: b64e(&rewrapped),
+            })
         }
         Op::Anchor | Op::CheckAnchor => {
             let parse_digest = |h: &str| {
@@ -1063,11 +1050,11 @@ async fn process(
                     .map_err(|_| bad("digest must be 64 hex digits"))
             };
             let (fs_hex, epoch, digest) = if op == Op::Anchor {
-                let r: AnchorReq = serde_json::from_slice(&body).map_err(parse_err)?;
+                let r: AnchorRequest = serde_json::from_slice(&body).map_err(parse_err)?;
                 let d = parse_digest(&r.digest)?;
                 (hex::encode(parse_uuid(&r.fs_uuid)?), r.epoch, Some(d))
             } else {
-                let r: CheckAnchorReq = serde_json::from_slice(&body).map_err(parse_err)?;
+                let r: CheckAnchorRequest = serde_json::from_slice(&body).map_err(parse_err)?;
                 let d = r.digest.as_deref().map(parse_digest).transpose()?;
                 (hex::encode(parse_uuid(&r.fs_uuid)?), r.epoch, d)
             };
@@ -1087,7 +1074,9 @@ async fn process(
             .map_err(|e| internal(Error::Invalid(e.to_string())))?
             .map_err(internal)?;
             match res {
-                Check::Ok(newest) => Ok(json!({"newest_epoch": newest})),
+                Check::Ok(newest) => reply(&AnchorReply {
+                    newest_epoch: newest,
+                }),
                 Check::Rollback(newest) => Err(err(
                     StatusCode::CONFLICT,
                     "rollback",
@@ -1167,23 +1156,23 @@ mod tests {
             let body = m.input(&seeds);
             let outcome = std::panic::catch_unwind(|| {
                 let mut ok = 0usize;
-                if let Ok(r) = serde_json::from_slice::<WrapReq>(&body) {
+                if let Ok(r) = serde_json::from_slice::<WrapRequest>(&body) {
                     ok +=
                         usize::from(parse_uuid(&r.fs_uuid).is_ok() && b64d(&r.key, "key").is_ok());
                 }
-                if let Ok(r) = serde_json::from_slice::<UnwrapReq>(&body) {
+                if let Ok(r) = serde_json::from_slice::<UnwrapRequest>(&body) {
                     ok += usize::from(
                         parse_uuid(&r.fs_uuid).is_ok() && b64d(&r.wrapped, "wrapped").is_ok(),
                     );
                 }
-                if let Ok(r) = serde_json::from_slice::<AnchorReq>(&body) {
+                if let Ok(r) = serde_json::from_slice::<AnchorRequest>(&body) {
                     let mut d = [0u8; 32];
                     ok += usize::from(
                         parse_uuid(&r.fs_uuid).is_ok()
                             && hex::decode_to_slice(&r.digest, &mut d).is_ok(),
                     );
                 }
-                if let Ok(r) = serde_json::from_slice::<CheckAnchorReq>(&body) {
+                if let Ok(r) = serde_json::from_slice::<CheckAnchorRequest>(&body) {
                     ok += usize::from(parse_uuid(&r.fs_uuid).is_ok());
                 }
                 ok

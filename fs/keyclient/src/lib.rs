@@ -17,13 +17,18 @@ use std::time::Duration;
 use base64::Engine;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use serde::Deserialize;
-use serde_json::json;
-use zeroize::{Zeroize, Zeroizing};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+pub mod protocol;
 
 use digimedfs_core::crypto::{MasterKey, WrappingKey};
 use digimedfs_core::format::superblock::KeySlot;
 use digimedfs_core::keysource::{KeyFile, KeySource, SlotContext};
+use protocol::{
+    AnchorRequest, CheckAnchorRequest, ErrorReply, KeyReply, UnwrapRequest, WrapRequest,
+    WrappedReply, PATH_ANCHOR, PATH_CHECK_ANCHOR, PATH_REWRAP, PATH_UNWRAP, PATH_WRAP,
+};
 
 /// Key slot kind of the key service.
 pub const KIND: u8 = 2;
@@ -201,25 +206,6 @@ pub struct Reply {
     pub body: Zeroizing<Vec<u8>>,
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    message: String,
-}
-
-#[derive(Deserialize)]
-struct WrapResp {
-    key_version: u32,
-    wrapped: String,
-}
-
-#[derive(Deserialize)]
-struct UnwrapResp {
-    key: String,
-}
-
 impl KeyService {
     /// A client for `url` (`https://host:port`), `tenant`, `token` (hex), trusting `ca`.
     pub fn new(url: &str, tenant: &str, token: &str, ca: &Path) -> Result<KeyService> {
@@ -387,12 +373,13 @@ impl KeyService {
 
     /// Turns a non-200 reply into the matching error.
     fn refusal(&self, reply: &Reply, version: Option<u32>) -> ServiceError {
-        let eb: ErrorBody = serde_json::from_slice(&reply.body).unwrap_or(ErrorBody {
+        let eb: ErrorReply = serde_json::from_slice(&reply.body).unwrap_or(ErrorReply {
             error: String::new(),
             message: String::from_utf8_lossy(&reply.body)
                 .chars()
                 .take(200)
                 .collect(),
+            request_id: None,
         });
         let what = format!("{} ({})", eb.message, eb.error);
         match (reply.status, eb.error.as_str()) {
@@ -424,7 +411,7 @@ impl KeyService {
         }
     }
 
-    fn call(&self, path: &str, body: &serde_json::Value, version: Option<u32>) -> Result<Reply> {
+    fn call(&self, path: &str, body: &impl Serialize, version: Option<u32>) -> Result<Reply> {
         let bytes = Zeroizing::new(
             serde_json::to_vec(body).map_err(|e| ServiceError::Invalid(e.to_string()))?,
         );
@@ -442,12 +429,14 @@ impl KeyService {
     /// Wraps a 64-byte master key for `fs_uuid`; returns (key version, wrapped).
     pub fn wrap(&self, fs_uuid: &[u8; 16], key: &[u8]) -> Result<(u32, Vec<u8>)> {
         let b64 = base64::engine::general_purpose::STANDARD;
-        let mut body = json!({"fs_uuid": hex::encode(fs_uuid), "key": b64.encode(key)});
-        let reply = self.call("/v1/wrap", &body, None);
-        if let Some(serde_json::Value::String(s)) = body.get_mut("key") {
-            s.zeroize();
-        }
-        let r: WrapResp =
+        // Zeroized when dropped, on every path.
+        let body = WrapRequest {
+            fs_uuid: hex::encode(fs_uuid),
+            key: b64.encode(key),
+        };
+        let reply = self.call(PATH_WRAP, &body, None);
+        drop(body);
+        let r: WrappedReply =
             serde_json::from_slice(&reply?.body).map_err(|e| self.malformed("wrap", e))?;
         let wrapped = b64
             .decode(&r.wrapped)
@@ -463,13 +452,18 @@ impl KeyService {
         wrapped: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>> {
         let b64 = base64::engine::general_purpose::STANDARD;
-        let body = json!({"fs_uuid": hex::encode(fs_uuid), "key_version": version, "wrapped": b64.encode(wrapped)});
-        let reply = self.call("/v1/unwrap", &body, Some(version))?;
-        let mut r: UnwrapResp =
+        let body = UnwrapRequest {
+            fs_uuid: hex::encode(fs_uuid),
+            key_version: version,
+            wrapped: b64.encode(wrapped),
+        };
+        let reply = self.call(PATH_UNWRAP, &body, Some(version))?;
+        // Zeroized when dropped.
+        let r: KeyReply =
             serde_json::from_slice(&reply.body).map_err(|e| self.malformed("unwrap", e))?;
-        let key = b64.decode(&r.key).map(Zeroizing::new);
-        r.key.zeroize();
-        key.map_err(|e| self.malformed("unwrap", e))
+        b64.decode(&r.key)
+            .map(Zeroizing::new)
+            .map_err(|e| self.malformed("unwrap", e))
     }
 
     /// Re-wraps under the tenant's newest key version; returns (new version, wrapped).
@@ -480,9 +474,13 @@ impl KeyService {
         wrapped: &[u8],
     ) -> Result<(u32, Vec<u8>)> {
         let b64 = base64::engine::general_purpose::STANDARD;
-        let body = json!({"fs_uuid": hex::encode(fs_uuid), "key_version": version, "wrapped": b64.encode(wrapped)});
-        let reply = self.call("/v1/rewrap", &body, Some(version))?;
-        let r: WrapResp =
+        let body = UnwrapRequest {
+            fs_uuid: hex::encode(fs_uuid),
+            key_version: version,
+            wrapped: b64.encode(wrapped),
+        };
+        let reply = self.call(PATH_REWRAP, &body, Some(version))?;
+        let r: WrappedReply =
             serde_json::from_slice(&reply.body).map_err(|e| self.malformed("rewrap", e))?;
         let wrapped = b64
             .decode(&r.wrapped)
@@ -492,17 +490,23 @@ impl KeyService {
 
     /// Records the filesystem's epoch and digest (rollback anchor).
     pub fn record_anchor(&self, fs_uuid: &[u8; 16], epoch: u64, digest: &[u8; 32]) -> Result<()> {
-        let body =
-            json!({"fs_uuid": hex::encode(fs_uuid), "epoch": epoch, "digest": hex::encode(digest)});
-        self.call("/v1/anchor", &body, None).map(|_| ())
+        let body = AnchorRequest {
+            fs_uuid: hex::encode(fs_uuid),
+            epoch,
+            digest: hex::encode(digest),
+        };
+        self.call(PATH_ANCHOR, &body, None).map(|_| ())
     }
 
     /// Fails if `epoch` is older than the newest recorded for the filesystem, or equal to it
     /// with another metadata digest than `digest`.
     pub fn verify_anchor(&self, fs_uuid: &[u8; 16], epoch: u64, digest: &[u8; 32]) -> Result<()> {
-        let body =
-            json!({"fs_uuid": hex::encode(fs_uuid), "epoch": epoch, "digest": hex::encode(digest)});
-        self.call("/v1/check_anchor", &body, None).map(|_| ())
+        let body = CheckAnchorRequest {
+            fs_uuid: hex::encode(fs_uuid),
+            epoch,
+            digest: Some(hex::encode(digest)),
+        };
+        self.call(PATH_CHECK_ANCHOR, &body, None).map(|_| ())
     }
 
     fn check_tenant(&self, ctx: &SlotContext) -> Result<()> {
@@ -860,9 +864,9 @@ mod tests {
                 match read_http_reply(&mut cursor) {
                     Ok(r) => {
                         assert!(r.body.len() <= MAX_RESPONSE);
-                        let _ = serde_json::from_slice::<WrapResp>(&r.body);
-                        let _ = serde_json::from_slice::<UnwrapResp>(&r.body);
-                        let _ = serde_json::from_slice::<ErrorBody>(&r.body);
+                        let _ = serde_json::from_slice::<WrappedReply>(&r.body);
+                        let _ = serde_json::from_slice::<KeyReply>(&r.body);
+                        let _ = serde_json::from_slice::<ErrorReply>(&r.body);
                         true
                     }
                     Err(_) => false,
