@@ -1,5 +1,12 @@
 //! Says, once per build, that the end-to-end tests were left out and how to run them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 fn main() {
     // A path that never exists makes cargo run this script on every build, so the line is
     // printed each time the tests are built without the feature.

@@ -12,13 +12,6 @@
 //! filesystem library, so that `digimedfs` and `mkfs.digimed` can use it; it is re-exported
 //! here as [`client`].
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-
 pub mod admin;
 pub mod anchors;
 pub mod audit;

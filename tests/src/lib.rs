@@ -4,6 +4,14 @@
 //!
 //! Every [`TestFs`] has its own directories, so tests can run in parallel.
 
+// Test fixtures: a failed expectation panics, as in the tests that use them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -5,6 +5,13 @@
 //! they run the built binaries and need root, /dev/fuse and fusermount3. Each test makes its own key, backing directory and mountpoint, so they may
 //! run in parallel.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 #[path = "e2e/backup.rs"]
 mod backup;
 #[path = "e2e/cephfs.rs"]

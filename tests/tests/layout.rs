@@ -1,6 +1,13 @@
 //! The crate graph is the architecture (docs/design.md, "Code layout"): the filesystem core
 //! links no FUSE, no store engine, no TLS, no async runtime and no argument parser.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::path::Path;
 use std::process::Command;
 

@@ -203,9 +203,13 @@ impl Mutator {
                 }
             }
             1 if len > 0 => {
-                let width = [1usize, 2, 4, 8][self.below(4)];
+                let width = 1usize << self.below(4);
                 let at = self.below(len);
-                let v = BOUNDARY[self.below(BOUNDARY.len())].to_le_bytes();
+                let v = BOUNDARY
+                    .get(self.below(BOUNDARY.len()))
+                    .copied()
+                    .unwrap_or_default()
+                    .to_le_bytes();
                 for (k, b) in v.iter().take(width).enumerate() {
                     if let Some(d) = data.get_mut(at + k) {
                         *d = *b;
@@ -243,7 +247,8 @@ impl Mutator {
             }
             _ => {
                 let at = self.below(len + 1);
-                data.insert(at, [0u8, 0xff, b'\n', b' '][self.below(4)]);
+                let byte = [0u8, 0xff, b'\n', b' '].get(self.below(4)).copied();
+                data.insert(at, byte.unwrap_or_default());
             }
         }
     }

@@ -4,6 +4,13 @@
 //! clean (or, for unrepairable damage, still reports only that damage), mounts, and reads every
 //! undamaged file back identical.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::backing::BackingDir;
 use digimedfs_core::check::{check, check_parts, CheckOptions, Mode, ProblemKind, Report};
 use digimedfs_core::filesystem::{unlock_superblock, Ctx, Filesystem, OpenOptions, ROOT_INO};

@@ -3,6 +3,13 @@
 //! small enough to keep background writebacks running all the time makes writeback overlap
 //! every operation. After a clean close, fsck finds nothing and a fresh mount reads every file.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::check::{check_parts, CheckOptions, Mode};
 use digimedfs_core::filesystem::{Ctx, Filesystem, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs_core::testing::MemImage;

@@ -1,5 +1,12 @@
 //! Core operations one by one over the in-memory stores, including their errno cases.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::filesystem::{Ctx, FileKind, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_core::objects::ObjectStore;

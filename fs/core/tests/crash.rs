@@ -8,6 +8,13 @@
 //! never unverifiable), and that every file fsynced before the crash and not touched since reads
 //! back exactly its fsynced contents.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::filesystem::{
     AtimeMode, Ctx, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO,
 };

@@ -15,6 +15,13 @@
 //! write, so a crash image never carries a clean flag (and a `MemImage`'s superblock never gets
 //! a digest anyway).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::check::{check_parts, CheckOptions, Mode, Problem, ProblemKind, Report};
 use digimedfs_core::filesystem::{
     AtimeMode, Ctx, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO,

@@ -11,6 +11,13 @@
 //! (a length field read from the input must never size an allocation unchecked).
 //! `DIGIMEDFS_FUZZ_WRITE_CORPUS=1` rewrites the corpus directory from the current seeds.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::backup::{read_dump, DumpWriter, Manifest, ManifestEntry};
 use digimedfs_core::confined::Confined;
 use digimedfs_core::crypto::slots::{unwrap_master, wrap_master};

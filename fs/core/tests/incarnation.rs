@@ -12,6 +12,13 @@
 //! whose incarnation has no salt record reads as EIO (naming inode and block) and is reported
 //! by fsck, never a panic.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::check::{check, check_parts, CheckOptions, ProblemKind};
 use digimedfs_core::crypto::incarnation::{incarnation_of, GENERATIONS_PER_INCARNATION};
 use digimedfs_core::filesystem::{Ctx, Filesystem, OpenOptions, ROOT_INO};

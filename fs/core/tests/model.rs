@@ -10,6 +10,13 @@
 //! cover both inline (<= [`INLINE_MAX`] bytes) and object-backed files, and inline files growing
 //! (or truncated) across `INLINE_MAX` into a data object.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::filesystem::{Ctx, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_core::testing::MemImage;

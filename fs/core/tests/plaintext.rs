@@ -6,6 +6,13 @@
 //! appears anywhere. The backing directory holds only the expected top-level names, and the
 //! image still reads back (so the test did not pass by writing nothing).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::filesystem::{Ctx, Filesystem, OpenOptions, ROOT_INO};
 use digimedfs_core::mkfs::{mkfs, MkfsOptions};
 use digimedfs_core::testing::StaticKey;

@@ -12,6 +12,13 @@
 //! they are a legitimate state, not a problem); and that marks exist only while a previous
 //! version does.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::check::{check_parts, CheckOptions, Mode, ProblemKind};
 use digimedfs_core::filesystem::{Ctx, Filesystem, OpenOptions, ROOT_INO};
 use digimedfs_core::format::records::{chunk_of_key, prefix, Storage};

@@ -4,6 +4,13 @@
 //! marked record as pending work and a mark beside a live inode as damage, and a live file's
 //! data is never touched.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::check::{check_parts, CheckOptions, Mode, ProblemKind, Report};
 use digimedfs_core::filesystem::{Ctx, Filesystem, OpenOptions, ROOT_INO};
 use digimedfs_core::testing::MemImage;

@@ -13,6 +13,13 @@
 //! on its first read-write mount, unless it differs from its clean superblock; a crash after a
 //! backup point (which raises the live epoch) leaves a store that still opens.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::backing::{BackingDir, META_DIR, OBJECTS_DIR};
 use digimedfs_core::check::{check, CheckOptions, Mode, ProblemKind, Report};
 use digimedfs_core::filesystem::{

@@ -8,6 +8,13 @@
 //! from behind its entry, is reported as `EIO` by the operations touching it while everything
 //! else keeps working.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::backing::BackingDir;
 use digimedfs_core::filesystem::{
     unlock_superblock, Ctx, FileKind, Filesystem, OpenOptions, ROOT_INO,

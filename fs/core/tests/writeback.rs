@@ -7,6 +7,13 @@
 //! window between "entries committed" and "object written" stays open as long as the test
 //! needs; the metadata store likewise holds flushes, for deletions committed during one.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use digimedfs_core::filesystem::{Ctx, Filesystem, OpenOptions, ROOT_INO};
 use digimedfs_core::meta::{Batch, MemStore, MetaStore, ScanFn};
 use digimedfs_core::objects::{ObjectId, ObjectStore};

@@ -601,7 +601,8 @@ fn ne_u64(b: &[u8], off: usize) -> Option<u64> {
 /// The NUL-terminated string at the start of `b` and what follows its NUL.
 fn cstr(b: &[u8]) -> OpResult<(&[u8], &[u8])> {
     let end = b.iter().position(|&c| c == 0).ok_or(einval())?;
-    Ok((&b[..end], b.get(end + 1..).unwrap_or(&[])))
+    let head = b.get(..end).ok_or(einval())?;
+    Ok((head, b.get(end + 1..).unwrap_or(&[])))
 }
 
 /// FUSE opcodes served here (`enum fuse_opcode`).

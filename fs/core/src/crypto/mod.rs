@@ -15,57 +15,16 @@
 //!
 //! Guarantees: key types are neither `Debug`, `Clone` nor `Copy`, are zeroized on drop and expose
 //! their bytes only through an explicit `expose()`; no function here panics on its inputs
-//! (malformed input becomes an `Err` or `None`). The exact byte layouts are documented in
+//! (malformed input becomes an `Err` or `None`; the workspace lints forbid `unwrap`, `expect`,
+//! indexing and `panic!` outside tests). The exact byte layouts are documented in
 //! `docs/crypto-primitives.md`.
 
-#[deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 pub mod incarnation;
-#[deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 pub mod kdf;
-#[deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 pub mod keys;
-#[deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 pub mod mac;
-#[deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 pub mod seal;
-#[deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 pub mod slots;
-#[deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 pub mod xts;
 
 pub use keys::{FsKeys, MasterKey, WrappingKey, MASTER_KEY_LEN, WRAPPING_KEY_LEN};
