@@ -11,9 +11,12 @@
     clippy::panic
 )]
 
+mod common;
+
+use common::{KEY, ROOT};
 use digimedfs_core::backing::BackingDir;
 use digimedfs_core::check::{check, check_parts, CheckOptions, Mode, ProblemKind, Report};
-use digimedfs_core::filesystem::{unlock_superblock, Ctx, Filesystem, OpenOptions, ROOT_INO};
+use digimedfs_core::filesystem::{unlock_superblock, Filesystem, OpenOptions, ROOT_INO};
 use digimedfs_core::format::records::{inode_key, prefix, Dirent, Storage, INLINE_MAX};
 use digimedfs_core::meta::{MetaStore, Records};
 use digimedfs_core::mkfs::{mkfs, MkfsOptions};
@@ -23,9 +26,6 @@ use digimedfs_sled::{Sled, SledStore};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-const ROOT: Ctx = Ctx::ROOT;
-const KEY: StaticKey = StaticKey([42; 32]);
 
 fn content(seed: u8, len: usize) -> Vec<u8> {
     (0..len)

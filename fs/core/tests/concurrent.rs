@@ -10,25 +10,16 @@
     clippy::panic
 )]
 
+mod common;
+
+use common::{Rng, ROOT};
 use digimedfs_core::check::{check_parts, CheckOptions, Mode};
-use digimedfs_core::filesystem::{Ctx, Filesystem, OpenOptions, SetAttr, ROOT_INO};
+use digimedfs_core::filesystem::{Filesystem, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs_core::testing::MemImage;
 use std::sync::Arc;
 
-const ROOT: Ctx = Ctx::ROOT;
 /// Names the threads share, so that they collide often.
 const NAMES: u64 = 10;
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// Accepts the errors that collisions between the threads legitimately cause; anything else
 /// (EIO above all: an integrity failure) fails the test.

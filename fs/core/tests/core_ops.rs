@@ -7,13 +7,14 @@
     clippy::panic
 )]
 
+mod common;
+
+use common::ROOT;
 use digimedfs_core::filesystem::{Ctx, FileKind, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_core::objects::ObjectStore;
 use digimedfs_core::testing::MemImage;
 use digimedfs_sled::Sled;
-
-const ROOT: Ctx = Ctx::ROOT;
 
 fn fs() -> (MemImage, digimedfs_core::filesystem::Filesystem) {
     let img = MemImage::create(4096).unwrap();

@@ -15,52 +15,16 @@
     clippy::panic
 )]
 
-use digimedfs_core::filesystem::{
-    AtimeMode, Ctx, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO,
-};
+mod common;
+
+use common::{bytes, dir_of, leaf, Rng, PATHS, ROOT};
+use digimedfs_core::filesystem::{AtimeMode, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_core::meta::CrashPoint;
 use digimedfs_core::objects::ObjectStore;
 use digimedfs_core::testing::MemImage;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-const ROOT: Ctx = Ctx::ROOT;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
-    let seed = rng.next();
-    (0..len)
-        .map(|i| (seed.rotate_left((i % 64) as u32) as u8) ^ (i >> 7) as u8)
-        .collect()
-}
-
-/// Directory of a path ("/x" or "/d/x").
-fn dir_of(path: &str, d: u64) -> u64 {
-    if path.starts_with("/d/") {
-        d
-    } else {
-        ROOT_INO
-    }
-}
-
-fn leaf(path: &str) -> &[u8] {
-    path.rsplit('/').next().unwrap().as_bytes()
-}
 
 /// What the workload did before the crash.
 struct Outcome {
@@ -69,8 +33,6 @@ struct Outcome {
     crashed: bool,
     ops: usize,
 }
-
-const PATHS: [&str; 8] = ["/a", "/b", "/c", "/e", "/d/a", "/d/b", "/d/c", "/d/e"];
 
 /// Runs the workload until an operation fails (the crash) or it completes.
 fn workload(img: &MemImage, crash: &CrashPoint, seed: u64) -> Outcome {

@@ -22,18 +22,17 @@
     clippy::panic
 )]
 
+mod common;
+
+use common::{bytes, dir_of, leaf, Rng, PATHS, ROOT};
 use digimedfs_core::check::{check_parts, CheckOptions, Mode, Problem, ProblemKind, Report};
-use digimedfs_core::filesystem::{
-    AtimeMode, Ctx, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO,
-};
+use digimedfs_core::filesystem::{AtimeMode, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_core::meta::CrashPoint;
 use digimedfs_core::objects::ObjectStore;
 use digimedfs_core::testing::MemImage;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-
-const ROOT: Ctx = Ctx::ROOT;
 
 /// What a crash may leave behind, and why each is legitimate:
 ///
@@ -61,42 +60,7 @@ fn allowed(p: &Problem) -> bool {
     CRASH_LEFTOVERS.contains(&p.kind)
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
-    let seed = rng.next();
-    (0..len)
-        .map(|i| (seed.rotate_left((i % 64) as u32) as u8) ^ (i >> 7) as u8)
-        .collect()
-}
-
-const PATHS: [&str; 8] = ["/a", "/b", "/c", "/e", "/d/a", "/d/b", "/d/c", "/d/e"];
 const STEPS: usize = 80;
-
-fn dir_of(path: &str, d: u64) -> u64 {
-    if path.starts_with("/d/") {
-        d
-    } else {
-        ROOT_INO
-    }
-}
-
-fn leaf(path: &str) -> &[u8] {
-    path.rsplit('/').next().unwrap().as_bytes()
-}
 
 /// Runs the workload until an operation fails (the crash) or it completes; returns whether it
 /// crashed. Handles of files unlinked while open stay open across the crash.

@@ -19,20 +19,21 @@
     clippy::panic
 )]
 
+mod common;
+
+use common::{KEY, ROOT};
 use digimedfs_core::check::{check, check_parts, CheckOptions, ProblemKind};
 use digimedfs_core::crypto::incarnation::{incarnation_of, GENERATIONS_PER_INCARNATION};
-use digimedfs_core::filesystem::{Ctx, Filesystem, OpenOptions, ROOT_INO};
+use digimedfs_core::filesystem::{Filesystem, OpenOptions, ROOT_INO};
 use digimedfs_core::format::records::{incarnation_of_key, prefix, Storage};
 use digimedfs_core::meta::{Batch, MetaStore, Records};
 use digimedfs_core::mkfs::{mkfs, MkfsOptions};
-use digimedfs_core::testing::{MemImage, StaticKey};
+use digimedfs_core::testing::MemImage;
 use digimedfs_core::Error;
 use digimedfs_sled::Sled;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const ROOT: Ctx = Ctx::ROOT;
-const KEY: StaticKey = StaticKey([42; 32]);
 const BS: usize = 4096;
 
 fn content(seed: u8, len: usize) -> Vec<u8> {

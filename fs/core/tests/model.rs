@@ -17,13 +17,15 @@
     clippy::panic
 )]
 
-use digimedfs_core::filesystem::{Ctx, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO};
+mod common;
+
+use common::ROOT;
+use digimedfs_core::filesystem::{FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_core::testing::MemImage;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
-const ROOT: Ctx = Ctx::ROOT;
 const NAMES: [&str; 5] = ["a", "b", "c", "d1", "d2"];
 /// Parent directories ops address: `/`, `/d1`, `/d2` (which may be missing, files, or dirs).
 const PARENTS: [&[&str]; 3] = [&[], &["d1"], &["d2"]];

@@ -13,13 +13,15 @@
     clippy::panic
 )]
 
-use digimedfs_core::filesystem::{Ctx, Filesystem, OpenOptions, ROOT_INO};
+mod common;
+
+use common::ROOT;
+use digimedfs_core::filesystem::{Filesystem, OpenOptions, ROOT_INO};
 use digimedfs_core::mkfs::{mkfs, MkfsOptions};
 use digimedfs_core::testing::StaticKey;
 use digimedfs_sled::Sled;
 use std::path::Path;
 
-const ROOT: Ctx = Ctx::ROOT;
 const KEY: StaticKey = StaticKey([11; 32]);
 
 /// A fresh marker, remembered in `all`.

@@ -19,8 +19,11 @@
     clippy::panic
 )]
 
+mod common;
+
+use common::ROOT;
 use digimedfs_core::check::{check_parts, CheckOptions, Mode, ProblemKind};
-use digimedfs_core::filesystem::{Ctx, Filesystem, OpenOptions, ROOT_INO};
+use digimedfs_core::filesystem::{Filesystem, OpenOptions, ROOT_INO};
 use digimedfs_core::format::records::{chunk_of_key, prefix, Storage};
 use digimedfs_core::meta::MetaStore;
 use digimedfs_core::objects::{ObjectId, ObjectStore};
@@ -29,7 +32,6 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-const ROOT: Ctx = Ctx::ROOT;
 const BS: usize = 4096;
 const BLOCKS: usize = 48;
 

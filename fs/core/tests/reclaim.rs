@@ -11,11 +11,12 @@
     clippy::panic
 )]
 
-use digimedfs_core::check::{check_parts, CheckOptions, Mode, ProblemKind, Report};
-use digimedfs_core::filesystem::{Ctx, Filesystem, OpenOptions, ROOT_INO};
-use digimedfs_core::testing::MemImage;
+mod common;
 
-const ROOT: Ctx = Ctx::ROOT;
+use common::ROOT;
+use digimedfs_core::check::{check_parts, CheckOptions, Mode, ProblemKind, Report};
+use digimedfs_core::filesystem::{Filesystem, OpenOptions, ROOT_INO};
+use digimedfs_core::testing::MemImage;
 
 fn write_file(fs: &Filesystem, name: &str, data: &[u8]) -> u64 {
     let (a, fh) = fs

@@ -20,24 +20,21 @@
     clippy::panic
 )]
 
+mod common;
+
+use common::{KEY, ROOT};
 use digimedfs_core::backing::{BackingDir, META_DIR, OBJECTS_DIR};
 use digimedfs_core::check::{check, CheckOptions, Mode, ProblemKind, Report};
-use digimedfs_core::filesystem::{
-    unlock_superblock, Ctx, Filesystem, OpenOptions, SetAttr, ROOT_INO,
-};
+use digimedfs_core::filesystem::{unlock_superblock, Filesystem, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs_core::format::records::{inode_key, StoreState, STATE_KEY};
 use digimedfs_core::format::superblock::FLAG_STORE_STATE;
 use digimedfs_core::meta::{Batch, DigestStore, MetaStore, Records};
 use digimedfs_core::mkfs::{mkfs, MkfsOptions};
-use digimedfs_core::testing::StaticKey;
 use digimedfs_core::Error;
 use digimedfs_sled::{Sled, SledStore};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-const ROOT: Ctx = Ctx::ROOT;
-const KEY: StaticKey = StaticKey([42; 32]);
 
 fn content(seed: u8, len: usize) -> Vec<u8> {
     (0..len)

@@ -15,10 +15,11 @@
     clippy::panic
 )]
 
+mod common;
+
+use common::{KEY, ROOT};
 use digimedfs_core::backing::BackingDir;
-use digimedfs_core::filesystem::{
-    unlock_superblock, Ctx, FileKind, Filesystem, OpenOptions, ROOT_INO,
-};
+use digimedfs_core::filesystem::{unlock_superblock, FileKind, Filesystem, OpenOptions, ROOT_INO};
 use digimedfs_core::format::records::{inode_key, prefix, Storage, INLINE_MAX};
 use digimedfs_core::mkfs::{mkfs, MkfsOptions};
 use digimedfs_core::testing::{MemImage, StaticKey};
@@ -26,9 +27,6 @@ use digimedfs_core::Error;
 use digimedfs_sled::Sled;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-const ROOT: Ctx = Ctx::ROOT;
-const KEY: StaticKey = StaticKey([42; 32]);
 
 fn content(seed: u8, len: usize) -> Vec<u8> {
     (0..len)

@@ -14,7 +14,10 @@
     clippy::panic
 )]
 
-use digimedfs_core::filesystem::{Ctx, Filesystem, OpenOptions, ROOT_INO};
+mod common;
+
+use common::ROOT;
+use digimedfs_core::filesystem::{Filesystem, OpenOptions, ROOT_INO};
 use digimedfs_core::meta::{Batch, MemStore, MetaStore, ScanFn};
 use digimedfs_core::objects::{ObjectId, ObjectStore};
 use digimedfs_core::testing::MemImage;
@@ -22,7 +25,6 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-const ROOT: Ctx = Ctx::ROOT;
 const BS: usize = 4096;
 /// Blocks in the test file: beyond inline storage.
 const BLOCKS: usize = 32;
