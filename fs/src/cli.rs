@@ -6,6 +6,7 @@ use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use digimedfs::fuse::UringMode;
 use digimedfs_core::filesystem::AtimeMode;
+pub use digimedfs_keyclient::cli::{KeyArgs, KeyServiceArgs};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -58,12 +59,9 @@ pub enum BackupCommand {
         /// Seconds to wait for the daemon's answer.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
-        /// Key file, for a filesystem that is not mounted.
-        #[arg(long, value_name = "PATH")]
-        key_file: Option<PathBuf>,
-        /// Key service, for a filesystem that is not mounted.
+        /// Key file or key service (to take a point offline; to check the manifest MAC).
         #[command(flatten)]
-        service: KeyServiceArgs,
+        key: KeyArgs,
         /// The backing directory (or, on the host that mounts it, the mountpoint).
         target: PathBuf,
     },
@@ -85,48 +83,23 @@ pub enum BackupCommand {
     /// length and hash, nothing extra); with key options, also the manifest's MAC. Exits 1 and
     /// names every missing, changed or foreign file.
     Verify {
-        /// Key file, to check the manifest MAC too.
-        #[arg(long, value_name = "PATH")]
-        key_file: Option<PathBuf>,
-        /// Key service, to check the manifest MAC too.
+        /// Key file or key service (to take a point offline; to check the manifest MAC).
         #[command(flatten)]
-        service: KeyServiceArgs,
+        key: KeyArgs,
         /// The copy (what was copied from BACKING/backup/point/).
         copy: PathBuf,
     },
     /// Turn a verified copy of a point into a new backing directory (no keys needed). With the
     /// key service, the admin must accept the rollback before it mounts (docs/backup.md).
     Restore {
-        /// Key file, to check the manifest MAC first (a manifest without one is refused).
-        #[arg(long, value_name = "PATH")]
-        key_file: Option<PathBuf>,
-        /// Key service, to check the manifest MAC first.
+        /// Key file or key service (to take a point offline; to check the manifest MAC).
         #[command(flatten)]
-        service: KeyServiceArgs,
+        key: KeyArgs,
         /// The copy of a point.
         copy: PathBuf,
         /// The new backing directory (must be missing or empty).
         target: PathBuf,
     },
-}
-
-/// The key service options shared by `mount` and `rewrap`.
-#[derive(Debug, Clone, Default, Args)]
-pub struct KeyServiceArgs {
-    /// Unlock through the key service at URL (`https://host:port`) instead of a key file (same
-    /// as -o keyservice=URL); needs --tenant, --token-file and --ca-file.
-    #[arg(long = "keyservice", value_name = "URL")]
-    pub url: Option<String>,
-    /// The tenant at the key service (same as -o tenant=ID).
-    #[arg(long, value_name = "ID")]
-    pub tenant: Option<String>,
-    /// File holding the tenant's key service token (same as -o token_file=PATH).
-    #[arg(long, value_name = "PATH")]
-    pub token_file: Option<PathBuf>,
-    /// CA certificate (PEM) the key service's certificate must chain to (same as -o
-    /// ca_file=PATH).
-    #[arg(long, value_name = "PATH")]
-    pub ca_file: Option<PathBuf>,
 }
 
 /// Arguments of `digimedfs mount`.
@@ -148,12 +121,9 @@ pub struct MountArgs {
     /// more than once.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
-    /// The key file that unlocks the filesystem (same as -o key_file=PATH).
-    #[arg(long, value_name = "PATH")]
-    pub key_file: Option<PathBuf>,
-    /// Unlock through the key service instead of a key file.
+    /// The key that unlocks the filesystem (or -o key_file=, -o keyservice=...).
     #[command(flatten)]
-    pub service: KeyServiceArgs,
+    pub key: KeyArgs,
     /// Internal: the background process reports readiness on this file descriptor.
     #[arg(long, hide = true, value_name = "FD")]
     pub ready_fd: Option<i32>,
@@ -420,8 +390,8 @@ pub fn service_spec(
 
 /// The key to use: a key file (`--key-file` or `-o key_file=`) or the key service; exactly one.
 pub fn key_spec(args: &MountArgs, opts: &MountOptions) -> anyhow::Result<KeySpec> {
-    let file = merge("key-file", "key_file", &args.key_file, &opts.key_file)?;
-    let service = service_spec(&args.service, &opts.service)?;
+    let file = merge("key-file", "key_file", &args.key.key_file, &opts.key_file)?;
+    let service = service_spec(&args.key.service, &opts.service)?;
     match (file, service) {
         (Some(_), Some(_)) => bail!(
             "a key file and the key service are mutually exclusive: give either --key-file \
@@ -438,12 +408,9 @@ pub fn key_spec(args: &MountArgs, opts: &MountOptions) -> anyhow::Result<KeySpec
 }
 
 /// The key source given by a key file option and the key service options, if any.
-pub fn optional_key_spec(
-    key_file: &Option<PathBuf>,
-    service: &KeyServiceArgs,
-) -> anyhow::Result<Option<KeySpec>> {
-    let service = service_spec(service, &KeyServiceOptions::default())?;
-    match (key_file, service) {
+pub fn optional_key_spec(key: &KeyArgs) -> anyhow::Result<Option<KeySpec>> {
+    let service = service_spec(&key.service, &KeyServiceOptions::default())?;
+    match (&key.key_file, service) {
         (Some(_), Some(_)) => bail!("a key file and the key service are mutually exclusive"),
         (Some(f), None) => Ok(Some(KeySpec::File(f.clone()))),
         (None, Some(s)) => Ok(Some(KeySpec::Service(s))),
@@ -641,7 +608,7 @@ mod tests {
             panic!("not mount")
         };
         assert!(m.foreground);
-        assert_eq!(m.key_file, Some(PathBuf::from("/k")));
+        assert_eq!(m.key.key_file, Some(PathBuf::from("/k")));
         let o = parse_mount_options(&m.options).unwrap();
         assert!(o.read_only && o.debug && !o.allow_other);
         assert_eq!(

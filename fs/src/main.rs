@@ -232,12 +232,11 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
     match command {
         cli::BackupCommand::Begin {
             timeout,
-            key_file,
-            service,
+            key,
             target,
         } => {
             let backing = b::resolve_backing(&target)?;
-            let key = match cli::optional_key_spec(&key_file, &service)? {
+            let key = match cli::optional_key_spec(&key)? {
                 Some(spec) => Some(key_source(&spec)?),
                 None => None,
             };
@@ -256,12 +255,8 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
         cli::BackupCommand::Status { target } => {
             println!("{}", b::status(&b::resolve_backing(&target)?)?);
         }
-        cli::BackupCommand::Verify {
-            key_file,
-            service,
-            copy,
-        } => {
-            let key = match cli::optional_key_spec(&key_file, &service)? {
+        cli::BackupCommand::Verify { key, copy } => {
+            let key = match cli::optional_key_spec(&key)? {
                 Some(spec) => Some(key_source(&spec)?),
                 None => None,
             };
@@ -271,13 +266,8 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
                 return Err(AlreadyReported.into());
             }
         }
-        cli::BackupCommand::Restore {
-            key_file,
-            service,
-            copy,
-            target,
-        } => {
-            let spec = cli::optional_key_spec(&key_file, &service)?;
+        cli::BackupCommand::Restore { key, copy, target } => {
+            let spec = cli::optional_key_spec(&key)?;
             let key = match &spec {
                 Some(spec) => Some(key_source(spec)?),
                 None => None,
@@ -311,10 +301,10 @@ fn spawn_background(args: &MountArgs) -> anyhow::Result<()> {
     for list in &args.options {
         cmd.arg("-o").arg(list);
     }
-    if let Some(key) = &args.key_file {
+    if let Some(key) = &args.key.key_file {
         cmd.arg("--key-file").arg(key);
     }
-    let ks = &args.service;
+    let ks = &args.key.service;
     if let Some(url) = &ks.url {
         cmd.arg("--keyservice").arg(url);
     }

@@ -1,6 +1,7 @@
 //! Command line of `fsck.digimed` (built as `fsck-digimed`).
 
 use clap::{ArgGroup, Parser};
+use digimedfs_keyclient::cli::KeyArgs;
 use std::path::PathBuf;
 
 /// Check and repair a digimedfs filesystem.
@@ -10,6 +11,8 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "fsck.digimed", version, about, long_about = None)]
 #[command(group(ArgGroup::new("mode").args(["no", "yes", "preen"])))]
+#[command(group(ArgGroup::new("key").args(["key_file", "url"]).required(true)))]
+#[command(group(ArgGroup::new("service").arg("url").requires_all(["tenant", "token_file", "ca_file"])))]
 pub struct Cli {
     /// Check only; change nothing (works on a mounted filesystem: reads a snapshot of its metadata).
     #[arg(short = 'n')]
@@ -29,30 +32,10 @@ pub struct Cli {
     /// Print a machine-readable JSON report on standard output.
     #[arg(long = "json")]
     pub json: bool,
-    /// Key file that unlocks the filesystem. Exactly one of --key-file and --keyservice.
-    #[arg(
-        long = "key-file",
-        value_name = "PATH",
-        required_unless_present = "keyservice",
-        conflicts_with = "keyservice"
-    )]
-    pub key_file: Option<PathBuf>,
-    /// Key service that unwraps the filesystem's key (with --tenant, --token-file, --ca-file).
-    #[arg(
-        long = "keyservice",
-        value_name = "URL",
-        requires_all = ["tenant", "token_file", "ca_file"]
-    )]
-    pub keyservice: Option<String>,
-    /// Tenant at the key service.
-    #[arg(long = "tenant", value_name = "ID", requires = "keyservice")]
-    pub tenant: Option<String>,
-    /// File holding the tenant's key service token.
-    #[arg(long = "token-file", value_name = "PATH", requires = "keyservice")]
-    pub token_file: Option<PathBuf>,
-    /// CA certificate that signed the key service's TLS certificate.
-    #[arg(long = "ca-file", value_name = "PATH", requires = "keyservice")]
-    pub ca_file: Option<PathBuf>,
+    /// The key that unlocks the filesystem: exactly one of --key-file and --keyservice (with
+    /// --tenant, --token-file, --ca-file).
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// The backing directory of the filesystem.
     pub backing_dir: PathBuf,
 }

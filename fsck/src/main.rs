@@ -7,7 +7,6 @@ mod json;
 
 use clap::Parser;
 use digimedfs_core::check::{check, Answer, CheckOptions, CheckUi, Mode, Problem, Report};
-use digimedfs_keyclient::open_key_source;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -138,13 +137,10 @@ fn run(cli: &cli::Cli) -> anyhow::Result<u8> {
     } else {
         Mode::Check
     };
-    let key = open_key_source(
-        cli.key_file.as_deref(),
-        cli.keyservice.as_deref(),
-        cli.tenant.as_deref(),
-        cli.token_file.as_deref(),
-        cli.ca_file.as_deref(),
-    )?;
+    if cli.key.service.tenant.is_some() && cli.key.service.url.is_none() {
+        anyhow::bail!("--tenant goes with --keyservice URL");
+    }
+    let key = cli.key.open()?;
     let mut ui = Terminal {
         verbose: cli.verbose && !cli.json,
         yes_to_all: false,

@@ -1,7 +1,8 @@
 //! Command line of `mkfs.digimed` (built as `mkfs-digimed`): clap definitions and the block
 //! size parser.
 
-use clap::Parser;
+use clap::{ArgGroup, Parser};
+use digimedfs_keyclient::cli::KeyArgs;
 use std::path::PathBuf;
 
 /// Block size used when `-b` is not given.
@@ -14,6 +15,8 @@ const MAX_BLOCK_SIZE: u32 = 65536;
 /// Create a digimedfs filesystem in a backing directory.
 #[derive(Debug, Parser)]
 #[command(name = "mkfs.digimed", version, about, long_about = None)]
+#[command(group(ArgGroup::new("key").args(["key_file", "url"]).required(true)))]
+#[command(group(ArgGroup::new("service").arg("url").requires_all(["tenant", "token_file", "ca_file"])))]
 pub struct Cli {
     /// Overwrite an existing filesystem in BACKING_DIR (destroys its contents).
     #[arg(short = 'f', long = "force")]
@@ -33,33 +36,11 @@ pub struct Cli {
         value_parser = parse_block_size
     )]
     pub block_size: u32,
-    /// Tenant the filesystem belongs to (1 to 128 bytes); with --keyservice also the tenant at
-    /// the key service (required there). Default with --key-file: `default`.
-    #[arg(long = "tenant", value_name = "ID")]
-    pub tenant: Option<String>,
-    /// Key file whose key wraps the new filesystem's master key (see `digimedfs keygen`); the
-    /// single-machine default. Exactly one of --key-file and --keyservice.
-    #[arg(
-        long = "key-file",
-        value_name = "PATH",
-        required_unless_present = "keyservice",
-        conflicts_with = "keyservice"
-    )]
-    pub key_file: Option<PathBuf>,
-    /// Wrap the master key at the key service at URL (`https://host:port`) instead; needs
-    /// --tenant, --token-file and --ca-file.
-    #[arg(
-        long = "keyservice",
-        value_name = "URL",
-        requires_all = ["tenant", "token_file", "ca_file"]
-    )]
-    pub keyservice: Option<String>,
-    /// File holding the tenant's key service token.
-    #[arg(long = "token-file", value_name = "PATH", requires = "keyservice")]
-    pub token_file: Option<PathBuf>,
-    /// CA certificate (PEM) the key service's certificate must chain to.
-    #[arg(long = "ca-file", value_name = "PATH", requires = "keyservice")]
-    pub ca_file: Option<PathBuf>,
+    /// The key that wraps the new filesystem's master key: exactly one of --key-file and
+    /// --keyservice (with --tenant, --token-file, --ca-file). --tenant also names the tenant the
+    /// filesystem belongs to (1 to 128 bytes; default with --key-file: `default`).
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// The backing directory to create the filesystem in.
     pub backing_dir: PathBuf,
 }
@@ -131,11 +112,11 @@ mod tests {
         .unwrap();
         assert!(cli.force && cli.quiet);
         assert_eq!(
-            (cli.label.as_str(), cli.tenant.as_deref()),
+            (cli.label.as_str(), cli.key.service.tenant.as_deref()),
             ("cardio", Some("t1"))
         );
         assert_eq!(cli.block_size, 65536);
-        assert_eq!(cli.key_file, Some(PathBuf::from("/k")));
+        assert_eq!(cli.key.key_file, Some(PathBuf::from("/k")));
         assert_eq!(cli.backing_dir, PathBuf::from("/srv/b"));
     }
 
@@ -147,7 +128,7 @@ mod tests {
         assert!(!cli.force && !cli.quiet && cli.label.is_empty());
         assert!(Cli::try_parse_from(["mkfs.digimed", "--tenant", "t", "/srv/b"]).is_err());
         let cli = Cli::try_parse_from(["mkfs.digimed", "--key-file", "/k", "/srv/b"]).unwrap();
-        assert_eq!(cli.tenant, None);
+        assert_eq!(cli.key.service.tenant, None);
         assert!(
             Cli::try_parse_from(["mkfs.digimed", "-b", "3K", "--key-file", "/k", "/b"]).is_err()
         );
@@ -168,8 +149,11 @@ mod tests {
             "/b",
         ];
         let cli = Cli::try_parse_from(ks).unwrap();
-        assert_eq!(cli.keyservice.as_deref(), Some("https://127.0.0.1:8443"));
-        assert_eq!(cli.key_file, None);
+        assert_eq!(
+            cli.key.service.url.as_deref(),
+            Some("https://127.0.0.1:8443")
+        );
+        assert_eq!(cli.key.key_file, None);
         // Exactly one of --key-file and --keyservice.
         let mut both = ks.to_vec();
         both.splice(1..1, ["--key-file", "/k"]);
@@ -180,15 +164,17 @@ mod tests {
             v.drain(skip..skip + 2);
             assert!(Cli::try_parse_from(v).is_err(), "without {}", ks[skip]);
         }
-        // --token-file / --ca-file only with --keyservice.
-        assert!(Cli::try_parse_from([
+        // --token-file / --ca-file only with --keyservice (refused before any file is read).
+        let stray = Cli::try_parse_from([
             "mkfs.digimed",
             "--key-file",
-            "/k",
+            "/nonexistent/k",
             "--token-file",
             "/t",
-            "/b"
+            "/b",
         ])
-        .is_err());
+        .unwrap();
+        let err = stray.key.open().err().unwrap().to_string();
+        assert!(err.contains("go with --keyservice"), "{err}");
     }
 }

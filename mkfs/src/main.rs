@@ -6,7 +6,6 @@ mod cli;
 use anyhow::Context;
 use clap::Parser;
 use digimedfs_core::mkfs::{mkfs, MkfsOptions};
-use digimedfs_keyclient::open_key_source;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -40,17 +39,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &cli::Cli) -> anyhow::Result<()> {
-    let key = open_key_source(
-        cli.key_file.as_deref(),
-        cli.keyservice.as_deref(),
-        cli.tenant.as_deref(),
-        cli.token_file.as_deref(),
-        cli.ca_file.as_deref(),
-    )?;
+    let key = cli.key.open()?;
     let opts = MkfsOptions {
         block_size: cli.block_size,
         label: cli.label.clone(),
-        tenant: cli.tenant.clone().unwrap_or_else(|| "default".into()),
+        tenant: cli
+            .key
+            .service
+            .tenant
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         force: cli.force,
     };
     let report = mkfs(&cli.backing_dir, key.as_ref(), &opts, &digimedfs_sled::Sled)

@@ -20,6 +20,8 @@ use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod protocol;
 
 use digimedfs_core::crypto::{MasterKey, WrappingKey};
