@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{bytes, dir_of, leaf, Rng, PATHS, ROOT};
+use common::{bytes, count_writes, crash_points, dir_of, leaf, Rng, PATHS, ROOT};
 use digimedfs_core::filesystem::{AtimeMode, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_core::meta::CrashPoint;
@@ -309,35 +309,9 @@ fn crash_at_every_write(seed: u64) {
         "seed {seed}: the workload left no data object (files over INLINE_MAX)"
     );
     // Total number of writes K: crashed_at(n) crashes iff n <= K.
-    let (mut lo, mut hi) = (0u64, 1u64);
-    while crashes(hi, seed) {
-        lo = hi;
-        hi *= 2;
-    }
-    while hi - lo > 1 {
-        let mid = (lo + hi) / 2;
-        if crashes(mid, seed) {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    let total = lo;
+    let total = count_writes(|n| crashes(n, seed));
     assert!(total > 5, "workload too small: {total} writes");
-    let max_points = 120u64;
-    let points: Vec<u64> = if total <= max_points {
-        (1..=total).collect()
-    } else {
-        let mut rng = Rng(42);
-        let mut v: Vec<u64> = (0..max_points)
-            .map(|i| 1 + i * total / max_points)
-            .collect();
-        v.extend((0..20).map(|_| 1 + rng.below(total)));
-        v.push(total);
-        v.sort_unstable();
-        v.dedup();
-        v
-    };
+    let points = crash_points(total, 120, 20, 42);
     eprintln!(
         "seed {seed}: workload: {total} writes, checking {} crash points",
         points.len()

@@ -24,7 +24,7 @@
 
 mod common;
 
-use common::{bytes, dir_of, leaf, Rng, PATHS, ROOT};
+use common::{bytes, count_writes, crash_points, dir_of, leaf, Rng, PATHS, ROOT};
 use digimedfs_core::check::{check_parts, CheckOptions, Mode, Problem, ProblemKind, Report};
 use digimedfs_core::filesystem::{AtimeMode, FileKind, Filesystem, OpenOptions, SetAttr, ROOT_INO};
 use digimedfs_core::format::records::INLINE_MAX;
@@ -309,30 +309,9 @@ fn crash_then_fsck(seed: u64) {
         !full.objects.list().unwrap().is_empty(),
         "seed {seed}: the workload left no data object (files over INLINE_MAX)"
     );
-    let (mut lo, mut hi) = (0u64, 1u64);
-    while crashes(hi, seed) {
-        lo = hi;
-        hi *= 2;
-    }
-    while hi - lo > 1 {
-        let mid = (lo + hi) / 2;
-        if crashes(mid, seed) {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    let total = lo;
+    let total = count_writes(|n| crashes(n, seed));
     assert!(total > 5, "workload too small: {total} writes");
-    let max_points = 40u64;
-    let mut points: Vec<u64> = (0..max_points)
-        .map(|i| 1 + i * total / max_points)
-        .collect();
-    let mut rng = Rng(seed ^ 0xF5C);
-    points.extend((0..8).map(|_| 1 + rng.below(total)));
-    points.push(total);
-    points.sort_unstable();
-    points.dedup();
+    let points = crash_points(total, 40, 8, seed ^ 0xF5C);
     let mut seen: BTreeMap<ProblemKind, usize> = BTreeMap::new();
     let mut images = 0;
     for &n in &points {

@@ -55,3 +55,37 @@ pub fn dir_of(path: &str, d: u64) -> u64 {
 pub fn leaf(path: &str) -> &[u8] {
     path.rsplit('/').next().unwrap_or(path).as_bytes()
 }
+
+/// How many writes a deterministic workload makes, given `crashes(n)`: whether it stops with a
+/// crash when the crash point is write `n` (true up to the total, false beyond).
+pub fn count_writes(crashes: impl Fn(u64) -> bool) -> u64 {
+    let (mut lo, mut hi) = (0u64, 1u64);
+    while crashes(hi) {
+        lo = hi;
+        hi *= 2;
+    }
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if crashes(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// The crash points to test out of `total` writes: all of them when there are at most `max`;
+/// otherwise `max` evenly spaced ones, `extra` random ones drawn with `seed`, and the last.
+pub fn crash_points(total: u64, max: u64, extra: usize, seed: u64) -> Vec<u64> {
+    if total <= max {
+        return (1..=total).collect();
+    }
+    let mut rng = Rng(seed);
+    let mut points: Vec<u64> = (0..max).map(|i| 1 + i * total / max).collect();
+    points.extend((0..extra).map(|_| 1 + rng.below(total)));
+    points.push(total);
+    points.sort_unstable();
+    points.dedup();
+    points
+}
