@@ -88,6 +88,7 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         return remount(&args.mountpoint, opts.read_only);
     }
     let key_spec = cli::key_spec(&args, &opts)?;
+    check_mountpoint(&args.mountpoint)?;
     if !args.foreground {
         return spawn_background(&args);
     }
@@ -283,6 +284,31 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
 }
 
 /// The canonical form of a path given on the command line.
+/// Refuses a mountpoint that is not a directory (mount(8) mounts only on directories; a mount on
+/// a file would answer EIO there and hold the filesystem's lock) or that is already a mount
+/// point (a second filesystem stacked on it would hide the first without a word).
+fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(mountpoint)
+        .with_context(|| format!("mountpoint {}", mountpoint.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!(
+            "mountpoint {} is not a directory: mount on an empty directory",
+            mountpoint.display()
+        );
+    }
+    let path = canonical(mountpoint, "mountpoint")?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if let Some(fstype) = cli::mount_at(&mounts, &path) {
+        anyhow::bail!(
+            "{} is already a mount point (type {fstype}): unmount it first (umount {}), or mount \
+             on another directory",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn canonical(path: &Path, what: &str) -> anyhow::Result<PathBuf> {
     path.canonicalize()
         .with_context(|| format!("{what} {}", path.display()))

@@ -244,3 +244,39 @@ fn a_late_exiting_daemon_leaves_a_new_mount_on_its_mountpoint_alone() {
     assert!(!mnt.join("old.txt").exists());
     // `old`'s drop unmounts what is on its mount point now (the new mount) and waits for it.
 }
+
+/// mount(8) mounts only on directories: a mount on a regular file used to succeed, answer EIO
+/// on the file and hold the filesystem's lock. And a second filesystem stacked on a mount point
+/// would hide the first without a word. Both are refused before anything is mounted, and the
+/// filesystem stays free for a proper mount.
+#[test]
+fn mount_refuses_a_file_or_an_occupied_mountpoint() {
+    let mut t = TestFs::unmounted(&[]);
+    let file = t.root_dir().join("not-a-dir");
+    fs::write(&file, b"precious").unwrap();
+    let out = run(&mut t.mount_command(t.key_file(), &file, &[]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!is_mounted(&file));
+    assert_eq!(fs::read(&file).unwrap(), b"precious");
+
+    // A second filesystem on the first one's mountpoint.
+    t.mount();
+    let mut other = TestFs::unmounted(&[]);
+    let out = run(&mut other.mount_command(other.key_file(), t.mountpoint(), &[]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is already a mount point (type fuse.digimedfs)"),
+        "{}",
+        stderr(&out)
+    );
+    // The first mount is the one still there, and the second filesystem mounts elsewhere.
+    fs::write(t.path("still-here"), b"x").unwrap();
+    assert_eq!(fs::read(t.path("still-here")).unwrap(), b"x");
+    other.mount();
+    assert!(other.is_mounted());
+}
