@@ -151,18 +151,10 @@ pub fn unwrap(
 
 /// Checks a tenant id: 1..=64 of `[A-Za-z0-9._-]`.
 pub fn check_tenant_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "tenant id {id:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ -"
-        )))
-    }
+    digimedfs_core::keysource::check_tenant_id(id).map_err(|e| match e {
+        digimedfs_core::Error::Invalid { what } => Error::Invalid(what),
+        other => Error::Invalid(other.to_string()),
+    })
 }
 
 #[cfg(test)]

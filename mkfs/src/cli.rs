@@ -18,7 +18,8 @@ const MAX_BLOCK_SIZE: u32 = 65536;
 #[command(group(ArgGroup::new("key").args(["key_file", "url"]).required(true)))]
 #[command(group(ArgGroup::new("service").arg("url").requires_all(["tenant", "token_file", "ca_file"])))]
 pub struct Cli {
-    /// Overwrite an existing filesystem in BACKING_DIR (destroys its contents).
+    /// Replace an existing digimedfs filesystem in BACKING_DIR (destroys it); a directory that
+    /// holds anything else is refused.
     #[arg(short = 'f', long = "force")]
     pub force: bool,
     /// Print nothing on success.
@@ -38,7 +39,7 @@ pub struct Cli {
     pub block_size: u32,
     /// The key that wraps the new filesystem's master key: exactly one of --key-file and
     /// --keyservice (with --tenant, --token-file, --ca-file). --tenant also names the tenant the
-    /// filesystem belongs to (1 to 128 bytes; default with --key-file: `default`).
+    /// filesystem belongs to (1 to 64 of A-Z a-z 0-9 . _ -; default with --key-file: `default`).
     #[command(flatten)]
     pub key: KeyArgs,
     /// The backing directory to create the filesystem in.

@@ -193,8 +193,9 @@ impl BackingDir {
                 if !force {
                     return Err(Error::Busy {
                         what: format!(
-                            "{} is already mounted by {holder}; unmount it there first (or, if \
-                             that host is dead and its lock is stale, mount with -o force_unlock)",
+                            "{} is already mounted by {holder}; unmount it there first (if that \
+                             host is dead and its lock is stale, `digimedfs mount -o \
+                             force_unlock` takes the lock over: docs/operations.md)",
                             self.root().display(),
                         ),
                     });

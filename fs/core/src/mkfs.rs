@@ -58,9 +58,7 @@ pub fn new_superblock(key: &dyn KeySource, opts: &MkfsOptions) -> Result<(Superb
     if opts.label.len() > 64 {
         return Err(Error::invalid("label longer than 64 bytes"));
     }
-    if opts.tenant.is_empty() || opts.tenant.len() > 128 {
-        return Err(Error::invalid("tenant id must be 1 to 128 bytes"));
-    }
+    crate::keysource::check_tenant_id(&opts.tenant)?;
     let mut fs_uuid: [u8; 16] = rand::random();
     // RFC 4122 version 4 (random) and variant bits.
     fs_uuid[6] = (fs_uuid[6] & 0x0f) | 0x40;
@@ -148,6 +146,29 @@ pub fn mkfs(
         return Err(Error::invalid(format!(
             "{} {what}; use -f to overwrite",
             backing.display()
+        )));
+    }
+    // -f replaces a digimedfs filesystem; anything else in the directory would end up mixed
+    // into the new one (or, removed, lost), so it is refused.
+    let foreign: Vec<&String> = entries
+        .iter()
+        .filter(|e| {
+            !KNOWN_NAMES.contains(&e.as_str())
+                && !["superblock.tmp", "superblock.bak.tmp"].contains(&e.as_str())
+        })
+        .collect();
+    if opts.force && !foreign.is_empty() {
+        let shown: Vec<&str> = foreign.iter().take(5).map(|s| s.as_str()).collect();
+        return Err(Error::invalid(format!(
+            "{} holds files that are not part of a digimedfs filesystem ({}{}); -f replaces \
+             only a digimedfs filesystem: move them away first",
+            backing.display(),
+            shown.join(", "),
+            if foreign.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
         )));
     }
     let _lock = if opts.force && !entries.is_empty() {

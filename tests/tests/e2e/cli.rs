@@ -72,6 +72,27 @@ fn mkfs_nonempty_dir_needs_force() {
     );
     assert!(!backing.join("superblock").exists());
 
+    // -f replaces only a digimedfs filesystem: the user's file is neither mixed into a new
+    // filesystem nor deleted.
+    let out = mkfs(&key, &backing, &["-f"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "-f over foreign files: {}",
+        out.status
+    );
+    assert!(
+        stderr(&out).contains("holds files that are not part of a digimedfs filesystem (precious)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        fs::read(backing.join("precious")).unwrap(),
+        b"do not lose me"
+    );
+    assert!(!backing.join("superblock").exists());
+    fs::remove_file(backing.join("precious")).unwrap();
+
     let out = mkfs(&key, &backing, &["-f"]);
     assert_eq!(
         out.status.code(),
@@ -279,4 +300,32 @@ fn mount_refuses_a_file_or_an_occupied_mountpoint() {
     assert_eq!(fs::read(t.path("still-here")).unwrap(), b"x");
     other.mount();
     assert!(other.is_mounted());
+}
+
+/// A tenant id is what the key service accepts (1 to 64 of `A-Z a-z 0-9 . _ -`): mkfs refuses
+/// `a b/c` (it used to accept it) and creates nothing.
+#[test]
+fn mkfs_refuses_a_tenant_the_key_service_would_not_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    run(Command::new(bin("digimedfs")).arg("keygen").arg(&key));
+    let backing = dir.path().join("b");
+    for bad in ["a b/c", "", &"x".repeat(65)] {
+        let out = run(Command::new(bin("mkfs-digimed"))
+            .args(["--tenant", bad, "--key-file"])
+            .arg(&key)
+            .arg(&backing));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "tenant {bad:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("must be 1 to 64 characters"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!backing.join("superblock").exists());
+    }
 }

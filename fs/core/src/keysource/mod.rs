@@ -13,6 +13,24 @@ use crate::crypto::{MasterKey, WrappingKey};
 use crate::format::superblock::KeySlot;
 use crate::Result;
 
+/// Checks a tenant id: 1 to 64 characters of `A-Z a-z 0-9 . _ -`. One rule for mkfs and the key
+/// service, so every tenant a filesystem names is one the key service can hold (and no tenant
+/// carries spaces or slashes into file names, logs or URLs).
+pub fn check_tenant_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::Error::invalid(format!(
+            "tenant id {id:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
 /// What a key source may bind a key slot to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotContext {
