@@ -90,6 +90,14 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
     let key_spec = cli::key_spec(&args, &opts)?;
     check_mountpoint(&args.mountpoint)?;
     if !args.foreground {
+        // The daemon only logs this; say it where the admin looks now.
+        let (what, secret) = match &key_spec {
+            KeySpec::File(p) => ("key file", p),
+            KeySpec::Service(s) => ("token file", &s.token_file),
+        };
+        if let Some(w) = digimedfs_core::keysource::file::loose_file_warning(what, secret) {
+            eprintln!("digimedfs: warning: {w}");
+        }
         return spawn_background(&args);
     }
     let ready_fd = args.ready_fd;

@@ -24,6 +24,14 @@ fn main() -> ExitCode {
             };
         }
     };
+    // Warnings (a key file others can read, a damaged superblock copy) go to stderr, plainly.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .without_time()
+        .with_target(false)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
     if let Err(e) = digimedfs_core::hardening::forbid_core_dumps() {
         eprintln!("warning: {e}");
     }

@@ -270,12 +270,10 @@ impl KeyService {
                 token_file.display()
             )));
         }
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                "token file {} is accessible by group or others (mode {:04o}); run chmod 600 on it",
-                token_file.display(),
-                mode & 0o7777
-            );
+        if let Some(warning) =
+            digimedfs_core::keysource::file::loose_mode_warning("token file", token_file, mode)
+        {
+            tracing::warn!("{warning}");
         }
         let mut raw = Zeroizing::new(Vec::with_capacity(4096 + 1));
         (&mut file).take(4096).read_to_end(&mut raw).map_err(io)?;

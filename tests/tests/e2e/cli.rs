@@ -329,3 +329,43 @@ fn mkfs_refuses_a_tenant_the_key_service_would_not_hold() {
         assert!(!backing.join("superblock").exists());
     }
 }
+
+/// A key file others can read is said on the terminal by every command that reads it: mkfs,
+/// fsck and a mount that goes to the background (whose daemon only logs). It used to be only
+/// in the mount's log file.
+#[test]
+fn readable_key_file_is_warned_about_on_the_terminal() {
+    let mut t = TestFs::unmounted(&[]);
+    let key = t.root_dir().join("loose.key");
+    fs::copy(t.key_file(), &key).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let warned = |out: &Output| {
+        stderr(out).contains(&format!(
+            "key file {} is readable by group or others (mode 0644)",
+            key.display()
+        ))
+    };
+
+    let other = t.root_dir().join("other");
+    let out = mkfs(&key, &other, &["-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(warned(&out), "mkfs: {}", stderr(&out));
+
+    let out = run(Command::new(bin("fsck-digimed"))
+        .args(["-n", "--key-file"])
+        .arg(&key)
+        .arg(&other));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(warned(&out), "fsck: {}", stderr(&out));
+
+    let out = run(&mut t.mount_command(&key, t.mountpoint(), &[]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    t.mark_mounted();
+    assert!(warned(&out), "mount: {}", stderr(&out));
+
+    // A key file only its owner can read: no warning.
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = mkfs(&key, &t.root_dir().join("quiet"), &["-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("readable"), "{}", stderr(&out));
+}

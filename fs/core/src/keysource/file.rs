@@ -3,6 +3,7 @@
 use super::KeySource;
 use crate::crypto::WrappingKey;
 use crate::Result;
+use std::path::Path;
 
 /// The first bytes of every key file, before the 64 hex digits of the key.
 const KEY_FILE_MAGIC: &[u8] = b"digimedfs-key-v1 ";
@@ -49,12 +50,8 @@ impl KeyFile {
                 path.display()
             )));
         }
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                "key file {} is accessible by group or others (mode {:04o}); run chmod 600 on it",
-                path.display(),
-                mode & 0o7777
-            );
+        if let Some(warning) = loose_mode_warning("key file", path, mode) {
+            tracing::warn!("{warning}");
         }
 
         // The capacity exceeds the bytes `take` lets through, so the buffer never reallocates
@@ -155,6 +152,28 @@ impl KeySource for KeyFile {
     fn wrapping_key(&self, _fs_uuid: &[u8; 16]) -> Result<WrappingKey> {
         WrappingKey::from_bytes(self.key.expose())
     }
+}
+
+/// The warning for a secret file (`what`: "key file", "token file") that group or others may
+/// read, given its `mode`; `None` when only the owner can. Commands print it where their user
+/// sees it (the terminal), the mount's daemon logs it.
+pub fn loose_mode_warning(what: &str, path: &Path, mode: u32) -> Option<String> {
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{what} {} is readable by group or others (mode {:04o}): whoever can read it can \
+             read the filesystem; run `chmod 600 {}`",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        )
+    })
+}
+
+/// [`loose_mode_warning`] for the file at `path` (nothing if it cannot be read).
+pub fn loose_file_warning(what: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    loose_mode_warning(what, path, mode)
 }
 
 #[cfg(test)]
