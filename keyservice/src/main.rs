@@ -159,15 +159,41 @@ enum AuditCmd {
     Key { state_dir: PathBuf },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colour codes only on a terminal, never in a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // As `digimedfs`: usage errors exit 1, help and version 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    std::process::ExitCode::SUCCESS
+                }
+                _ => std::process::ExitCode::from(1),
+            };
+        }
+    };
+    match run(&cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error chain, never a backtrace (even with RUST_BACKTRACE set).
+            eprintln!("digimed-keyservice: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<()> {
     let cred = || Credential::from_file_or_env(cli.credential_file.as_deref());
     let admin = |dir: &PathBuf| -> Result<Admin> {
         Admin::open(dir, &cred()?).with_context(|| format!("unsealing {}", dir.display()))
