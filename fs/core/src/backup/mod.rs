@@ -1,0 +1,68 @@
+//! Backup points: a consistent, self-contained state of a live filesystem that backup jobs copy
+//! with ordinary tools, verify without keys, and restore to a mountable backing directory.
+//!
+//! A point lives in `BACKING/backup/point/` (see docs/backup.md and docs/format.md):
+//!
+//! - `superblock`: the superblock as of the point (clean, with the digest of the dumped records);
+//! - `meta.dump`: every sealed metadata record as stored, sorted by key, so unchanged records
+//!   are unchanged bytes between points and delta tools send only what changed;
+//! - `objects/XX/<id>`: hard links to the data objects, kept unchanged by copy-on-write in the
+//!   object store until the point is ended or replaced;
+//! - `MANIFEST`: every file above with its length and BLAKE3 hash, and a MAC for key holders.
+//!
+//! The daemon takes and ends points on request: `digimedfs backup begin` (on any host that sees
+//! the backing directory, without keys) writes `backup/request` and waits for `backup/reply`.
+//! This module holds the formats, the request protocol, keyless verification and restore; the
+//! point itself is taken by the core (`Filesystem::backup_begin`).
+
+mod dump;
+mod manifest;
+mod request;
+mod restore;
+mod verify;
+
+pub use dump::{read_dump, DumpWriter};
+pub(crate) use manifest::previous_hashes;
+pub use manifest::{current_point, file_stamp, hash_file, Manifest, ManifestEntry, ManifestHeader};
+pub use request::{
+    daemon_holds_lock, end, request, resolve_backing, take_request, write_reply, Action,
+};
+pub use restore::{restore, RestoreReport};
+pub use verify::{verify, verify_copy, verify_manifest_mac, VerifyReport, MAX_PROBLEMS_LISTED};
+
+use crate::confined::Confined;
+use crate::Result;
+use std::path::Path;
+
+pub use crate::backing::BACKUP_DIR;
+/// The current point, inside [`BACKUP_DIR`].
+pub const POINT_DIR: &str = "point";
+/// A point being built, inside [`BACKUP_DIR`]; renamed to [`POINT_DIR`] when complete.
+pub const POINT_NEW_DIR: &str = "point.new";
+/// The manifest of a point.
+pub const MANIFEST: &str = "MANIFEST";
+/// The metadata dump of a point.
+pub const DUMP: &str = "meta.dump";
+/// The superblock of a point.
+pub const POINT_SUPERBLOCK: &str = "superblock";
+/// A request to the daemon, inside [`BACKUP_DIR`].
+pub const REQUEST: &str = "request";
+/// The daemon's reply, inside [`BACKUP_DIR`].
+pub const REPLY: &str = "reply";
+
+/// One line about the current point of `backing`.
+pub fn status(backing: &Path) -> Result<String> {
+    let dir = Confined::open(backing)?;
+    Ok(match current_point(&dir)? {
+        Some(m) => format!(
+            "point {} of filesystem {} taken at unix time {} (epoch {}), {} files; copy {}",
+            m.point,
+            crate::format::format_uuid(&m.fs_uuid),
+            m.taken,
+            m.epoch,
+            m.entries.len(),
+            backing.join(BACKUP_DIR).join(POINT_DIR).display()
+        ),
+        None => format!("no backup point in {}", backing.display()),
+    })
+}

@@ -1,0 +1,192 @@
+//! The request protocol with the daemon: a request file (`begin`/`end` and a nonce) and a
+//! reply file in the backup directory of the backing directory. A reply never repeats what
+//! was read from storage, and a failure carries only the kind of error and its errno.
+
+use super::{BACKUP_DIR, POINT_DIR, POINT_NEW_DIR, REPLY, REQUEST};
+use crate::confined::{Access, Confined};
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Longest request file read.
+const REQUEST_MAX: u64 = 256;
+/// Longest reply file read.
+const REPLY_MAX: u64 = 64 << 10;
+
+/// What the daemon is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Take a point (replacing any existing one).
+    Begin,
+    /// End the current point.
+    End,
+}
+
+impl Action {
+    fn word(self) -> &'static str {
+        match self {
+            Action::Begin => "begin",
+            Action::End => "end",
+        }
+    }
+}
+
+/// Whether a daemon holds the mount lock of `backing` (on any host that honours flock there).
+pub fn daemon_holds_lock(backing: &Confined) -> Result<bool> {
+    let path = backing.display(crate::backing::LOCK_FILE);
+    // flock needs no write access: a backup operator may only read the backing directory.
+    let Some(file) = backing.try_open_file(crate::backing::LOCK_FILE, Access::Read)? else {
+        return Ok(false);
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
+/// Asks the daemon serving `backing` (on whichever host) to carry out `action`; waits up to
+/// `timeout` for its reply and returns the daemon's message.
+pub fn request(backing: &Confined, action: Action, timeout: Duration) -> Result<String> {
+    backing.create_dir_all(BACKUP_DIR)?;
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    backing.write_atomically(
+        &format!("{BACKUP_DIR}/{REQUEST}"),
+        format!("{} {nonce}\n", action.word()).as_bytes(),
+    )?;
+    let reply_rel = format!("{BACKUP_DIR}/{REPLY}");
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(raw)) = backing.read_small(&reply_rel, REPLY_MAX) {
+            let text = String::from_utf8_lossy(&raw);
+            let mut parts = text.trim_end().splitn(3, ' ');
+            if parts.next() == Some(nonce.as_str()) {
+                let status = parts.next().unwrap_or_default();
+                let msg = parts.next().unwrap_or_default().replace("\\n", "\n");
+                return if status == "ok" {
+                    Ok(msg)
+                } else {
+                    Err(Error::invalid(format!("the daemon refused: {msg}")))
+                };
+            }
+        }
+        if start.elapsed() > timeout {
+            let _ = backing.remove_file(&format!("{BACKUP_DIR}/{REQUEST}"));
+            return Err(Error::Busy {
+                what: format!(
+                    "no answer from the daemon serving {} within {} s (is it mounted read-write?)",
+                    backing.path().display(),
+                    timeout.as_secs()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The backing directory `path` names: a backing directory itself, or the mountpoint of a
+/// digimedfs mount on this host (whose /proc/mounts source is its backing directory).
+pub fn resolve_backing(path: &Path) -> Result<PathBuf> {
+    let canon = path.canonicalize().map_err(|e| Error::io(path, e))?;
+    if canon.join(crate::backing::SUPERBLOCK).is_file() {
+        return Ok(canon);
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for line in mounts.lines() {
+        let mut f = line.split(' ');
+        let (Some(src), Some(mnt), Some(ty)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if ty == "fuse.digimedfs" && Path::new(mnt) == canon {
+            let src = PathBuf::from(src);
+            if src.join(crate::backing::SUPERBLOCK).is_file() {
+                return Ok(src);
+            }
+        }
+    }
+    Err(Error::invalid(format!(
+        "{}: neither a digimedfs backing directory nor the mountpoint of one on this host",
+        path.display()
+    )))
+}
+
+/// Ends the point of `backing`: through the daemon, or directly if none runs.
+pub fn end(backing: &Path, timeout: Duration) -> Result<String> {
+    let dir = Confined::open(backing)?;
+    if daemon_holds_lock(&dir)? {
+        return request(&dir, Action::End, timeout);
+    }
+    let existed = dir.remove_tree(&format!("{BACKUP_DIR}/{POINT_DIR}"))?;
+    dir.remove_tree(&format!("{BACKUP_DIR}/{POINT_NEW_DIR}"))?;
+    Ok(if existed {
+        "backup point ended".into()
+    } else {
+        "no backup point was active".into()
+    })
+}
+
+/// Daemon side: takes a pending request out of `backing` (removing it). Only the request
+/// words are used (`begin`/`end` and a hex nonce); nothing else of the file is repeated.
+pub fn take_request(backing: &Confined) -> Result<Option<(Action, String)>> {
+    let rel = format!("{BACKUP_DIR}/{REQUEST}");
+    // Claimed by a rename, so a request written while this one is read is not removed unread.
+    let claimed = format!("{BACKUP_DIR}/{REQUEST}.taken");
+    match backing.rename(&rel, &claimed) {
+        Ok(()) => {}
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    }
+    let raw = backing.read_small(&claimed, REQUEST_MAX);
+    backing.remove_file(&claimed)?;
+    let raw = raw?.unwrap_or_default();
+    let text = String::from_utf8_lossy(&raw);
+    let mut parts = text.split_whitespace();
+    let action = match parts.next() {
+        Some("begin") => Action::Begin,
+        Some("end") => Action::End,
+        _ => {
+            tracing::warn!("ignoring a malformed backup request");
+            return Ok(None);
+        }
+    };
+    let nonce = parts.next().unwrap_or_default();
+    if nonce.is_empty() || nonce.len() > 64 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        tracing::warn!("ignoring a backup request without a valid nonce");
+        return Ok(None);
+    }
+    Ok(Some((action, nonce.to_string())))
+}
+
+/// Daemon side: answers the request `nonce`. A success carries the point's description (our
+/// own words and numbers); a failure only the kind of error and its errno, never the error's
+/// text: that may hold things read from storage or from the VM, and the reply goes to storage.
+/// The daemon's log has the whole error.
+pub fn write_reply(backing: &Confined, nonce: &str, result: &Result<String>) -> Result<()> {
+    let (status, msg) = match result {
+        Ok(m) => ("ok", m.clone()),
+        Err(e) => ("error", reply_for_error(e)),
+    };
+    backing.write_atomically(
+        &format!("{BACKUP_DIR}/{REPLY}"),
+        format!("{nonce} {status} {}\n", msg.replace('\n', "\\n")).as_bytes(),
+    )
+}
+
+/// What a reply says about a failed request (see [`write_reply`]).
+fn reply_for_error(e: &Error) -> String {
+    let kind = match e {
+        Error::Posix { .. } | Error::Io { .. } => "the filesystem refused or failed",
+        Error::Integrity { .. } => "an integrity check failed",
+        Error::WrongKey { .. } => "a key was refused",
+        Error::Format { .. } | Error::Meta { .. } => "the stored data is damaged",
+        Error::Busy { .. } => "the filesystem is busy or fenced",
+        Error::Invalid { .. } => "the request is not possible now",
+    };
+    let errno = e.errno();
+    format!(
+        "{kind} ({}, errno {errno}); the log of the daemon that mounts the filesystem has the details",
+        std::io::Error::from_raw_os_error(errno)
+    )
+}

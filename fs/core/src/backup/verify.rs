@@ -1,0 +1,269 @@
+//! Checking a copy of a point: keyless against its manifest (every listed file present with
+//! its length and hash, nothing else), and the manifest MAC for key holders.
+
+use super::manifest::{hash_file, manifest_err, ManifestEntry, ManifestHeader, ManifestStream};
+use super::{BACKUP_DIR, MANIFEST, POINT_DIR};
+use crate::backing::BackingDir;
+use crate::confined::{Access, Confined, Kind};
+use crate::{Error, Result};
+use std::path::Path;
+
+/// What a keyless check of a point copy found.
+#[derive(Debug)]
+pub struct VerifyReport {
+    /// The copy's manifest header.
+    pub header: ManifestHeader,
+    /// The manifest's MAC, if it has one.
+    pub mac: Option<[u8; 32]>,
+    /// Bytes of the manifest its MAC covers.
+    body_len: u64,
+    /// Files the manifest lists.
+    pub files: usize,
+    /// Bytes hashed.
+    pub bytes: u64,
+    /// The first [`MAX_PROBLEMS_LISTED`] problems, one line each, naming the file.
+    pub problems: Vec<String>,
+    /// How many problems there are in all.
+    pub problem_count: usize,
+    /// Whether the manifest MAC was checked (with keys) and verified.
+    pub mac_verified: bool,
+}
+
+/// Problems listed one by one in a report; the rest are only counted.
+pub const MAX_PROBLEMS_LISTED: usize = 1000;
+
+impl VerifyReport {
+    fn problem(&mut self, what: String) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_PROBLEMS_LISTED {
+            self.problems.push(what);
+        }
+    }
+}
+
+/// Non-object files a manifest may list (a point has its superblock and dump).
+const MAX_TOP_LEVEL_ENTRIES: usize = 16;
+
+/// Checks a copy of a point against its manifest without keys: every listed file present with
+/// its recorded length and hash, nothing else present. The MAC is not checked here (it needs
+/// keys; see [`verify_manifest_mac`]). The manifest is read as a stream, twice (the files it
+/// lists, then a merge with the copy's `objects/` listing), so memory does not grow with it;
+/// object entries must be in ascending order, as digimedfs writes them.
+pub fn verify_copy(copy: &Path) -> Result<VerifyReport> {
+    let dir = Confined::open(copy)?;
+    let no_manifest = || {
+        Error::format(format!(
+            "{}: no {MANIFEST}: not a copy of a digimedfs backup point (copy BACKING/{BACKUP_DIR}/{POINT_DIR}/ after `digimedfs backup begin`)",
+            copy.display()
+        ))
+    };
+    let (header, mut stream) = ManifestStream::open(&dir, MANIFEST)?.ok_or_else(no_manifest)?;
+    let mut report = VerifyReport {
+        header,
+        mac: None,
+        body_len: 0,
+        files: 0,
+        bytes: 0,
+        problems: Vec::new(),
+        problem_count: 0,
+        mac_verified: false,
+    };
+    let mut top_level: Vec<String> = Vec::new();
+    let mut last_object: Option<String> = None;
+    while let Some(e) = stream.next_entry()? {
+        report.files += 1;
+        if e.path.starts_with("objects/") {
+            if last_object
+                .as_deref()
+                .is_some_and(|prev| prev >= e.path.as_str())
+            {
+                return Err(manifest_err(&format!(
+                    "object entries out of order at {} (digimedfs writes them sorted)",
+                    e.path
+                )));
+            }
+            last_object = Some(e.path.clone());
+        } else {
+            if top_level.len() >= MAX_TOP_LEVEL_ENTRIES {
+                return Err(manifest_err(&format!(
+                    "more than {MAX_TOP_LEVEL_ENTRIES} files outside objects/ (a point has 2)"
+                )));
+            }
+            top_level.push(e.path.clone());
+        }
+        check_entry(&dir, &e, &mut report);
+    }
+    report.mac = stream.mac;
+    report.body_len = stream.body_len;
+
+    // Nothing else: the top level, then objects/ merged with the (sorted) object entries.
+    for ent in dir.list()? {
+        let name = ent.name.to_string_lossy().into_owned();
+        let listed = name == MANIFEST
+            || (name == "objects" && ent.kind == Kind::Dir)
+            || top_level.contains(&name);
+        if !listed {
+            report.problem(format!("not part of point {}: {name}", report.header.point));
+        }
+    }
+    if let Some(objects) = dir.try_open_dir("objects")? {
+        let (_, mut again) = ManifestStream::open(&dir, MANIFEST)?.ok_or_else(no_manifest)?;
+        let mut next_listed = || -> Result<Option<String>> {
+            while let Some(e) = again.next_entry()? {
+                if e.path.starts_with("objects/") {
+                    return Ok(Some(e.path));
+                }
+            }
+            Ok(None)
+        };
+        let mut listed = next_listed()?;
+        let mut subs = objects.list()?;
+        subs.sort_by(|a, b| a.name.cmp(&b.name));
+        for sub in subs {
+            let sub_name = sub.name.to_string_lossy().into_owned();
+            let (Kind::Dir, Some(plain)) = (sub.kind, sub.name.to_str()) else {
+                report.problem(format!(
+                    "not part of point {}: objects/{sub_name}",
+                    report.header.point
+                ));
+                continue;
+            };
+            let mut files = objects.open_dir(plain)?.list()?;
+            files.sort_by(|a, b| a.name.cmp(&b.name));
+            for f in files {
+                let path = format!("objects/{sub_name}/{}", f.name.to_string_lossy());
+                // Entries before this file are missing from the copy (already reported).
+                while listed.as_deref().is_some_and(|l| l < path.as_str()) {
+                    listed = next_listed()?;
+                }
+                if listed.as_deref() == Some(path.as_str()) && f.kind != Kind::Dir {
+                    listed = next_listed()?;
+                } else {
+                    report.problem(format!("not part of point {}: {path}", report.header.point));
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Checks one listed file of a copy: present, a regular file, the recorded length and hash.
+fn check_entry(dir: &Confined, e: &ManifestEntry, report: &mut VerifyReport) {
+    match dir.status(&e.path) {
+        Ok(None) => return report.problem(format!("missing: {}", e.path)),
+        Err(err) => return report.problem(format!("unreadable: {}: {err}", e.path)),
+        Ok(Some(st)) if st.kind != Kind::File => {
+            return report.problem(format!("not a regular file: {}", e.path))
+        }
+        Ok(Some(st)) if st.len != e.len => {
+            return report.problem(format!(
+                "changed: {} (length {}, the point recorded {})",
+                e.path, st.len, e.len
+            ))
+        }
+        Ok(Some(_)) => {}
+    }
+    match hash_file(dir, &e.path) {
+        Ok((hash, len)) => {
+            report.bytes += len;
+            if hash != e.hash || len != e.len {
+                let point = report.header.point.clone();
+                report.problem(format!(
+                    "changed: {} (contents differ from point {point})",
+                    e.path
+                ));
+            }
+        }
+        Err(err) => report.problem(format!("unreadable: {}: {err}", e.path)),
+    }
+}
+
+/// [`verify_copy`], plus the manifest MAC if `key` is given (a MAC failure is an error).
+pub fn verify(copy: &Path, key: Option<&dyn crate::keysource::KeySource>) -> Result<VerifyReport> {
+    let mut report = verify_copy(copy)?;
+    if let Some(key) = key {
+        verify_manifest_mac(copy, &report, key)?;
+        report.mac_verified = true;
+    }
+    Ok(report)
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.problems {
+            writeln!(f, "{p}")?;
+        }
+        if self.problems.is_empty() {
+            write!(
+                f,
+                "complete copy of point {} ({} files, {} bytes, all hashes match{})",
+                self.header.point,
+                self.files,
+                self.bytes,
+                match (self.mac_verified, self.mac.is_some()) {
+                    (true, _) => ", manifest MAC verified",
+                    (false, true) =>
+                        ", manifest MAC not checked (give the key options to check it)",
+                    // Every manifest digimedfs writes has one.
+                    (false, false) => {
+                        "; WARNING: the manifest has no MAC line, so nothing vouches that \
+                         digimedfs wrote it (with the key options this copy is refused)"
+                    }
+                }
+            )
+        } else {
+            if self.problem_count > self.problems.len() {
+                writeln!(f, "… and {} more", self.problem_count - self.problems.len())?;
+            }
+            write!(
+                f,
+                "{} problem(s): the copy is not point {} as taken",
+                self.problem_count, self.header.point
+            )
+        }
+    }
+}
+
+/// Checks the manifest MAC of a copy with the filesystem's keys (from the copy's superblock),
+/// reading the manifest as a stream.
+pub fn verify_manifest_mac(
+    copy: &Path,
+    report: &VerifyReport,
+    key: &dyn crate::keysource::KeySource,
+) -> Result<()> {
+    let dir = BackingDir::open(copy)?;
+    let (sb, keys) = crate::backing::unlock_superblock(&dir, key)?;
+    if sb.fs_uuid != report.header.fs_uuid {
+        return Err(Error::integrity(format!(
+            "{}: the superblock belongs to filesystem {}, the manifest to {}",
+            copy.display(),
+            crate::format::format_uuid(&sb.fs_uuid),
+            crate::format::format_uuid(&report.header.fs_uuid)
+        )));
+    }
+    let shown = copy.join(MANIFEST);
+    let Some(tag) = &report.mac else {
+        return Err(Error::integrity(format!(
+            "{}: the manifest has no MAC",
+            shown.display()
+        )));
+    };
+    let mut file = dir.confined().open_file(MANIFEST, Access::Read)?;
+    let want = keys
+        .superblock
+        .mac_parts_streamed(
+            &[crate::crypto::kdf::DOMAIN_MANIFEST],
+            report.body_len,
+            &mut file,
+        )
+        .map_err(|e| Error::io(&shown, e))?;
+    use subtle::ConstantTimeEq;
+    if bool::from(want.ct_eq(tag)) {
+        Ok(())
+    } else {
+        Err(Error::integrity(format!(
+            "{}: the manifest's MAC does not verify: the manifest was changed or forged",
+            shown.display()
+        )))
+    }
+}
