@@ -85,6 +85,10 @@ fn mkfs_and_open_through_key_service() {
         Err(e) => e,
     };
     assert!(e.to_string().contains("unreachable"), "{e}");
+    // What the kernel said, not a guess: a stopped service refuses the connection.
+    assert!(e.to_string().contains("(connection refused)"), "{e}");
+    assert_eq!(e.errno(), libc::ECONNREFUSED, "{e}");
+    assert!(!e.to_string().contains("No route to host"), "{e}");
 }
 
 #[test]

@@ -60,12 +60,17 @@ pub enum ServiceError {
         source: std::io::Error,
     },
     /// The key service cannot be reached (connect failed, timed out, connection closed).
-    #[error("key service {url} unreachable: {what}")]
+    #[error(
+        "key service {url} unreachable ({what}): is it running, and reachable from this host? \
+         Nothing was unlocked, written or lost"
+    )]
     Unreachable {
         /// The service URL.
         url: String,
         /// What failed.
         what: String,
+        /// The errno it maps to (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ...).
+        errno: i32,
     },
     /// The TLS handshake with the key service failed (certificate not trusted, name mismatch).
     #[error("TLS handshake with key service {url} failed: {what} (is --ca-file the CA that signed the service's certificate?)")]
@@ -130,8 +135,8 @@ impl From<ServiceError> for digimedfs_core::Error {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::Io { path, source } => digimedfs_core::Error::io(path, source),
-            ServiceError::Unreachable { .. } => {
-                digimedfs_core::Error::posix(libc::EHOSTUNREACH, e.to_string())
+            ServiceError::Unreachable { errno, .. } => {
+                digimedfs_core::Error::posix(errno, e.to_string())
             }
             ServiceError::Tls { .. } => digimedfs_core::Error::posix(libc::EPROTO, e.to_string()),
             ServiceError::BadCredential { .. }
@@ -287,6 +292,28 @@ impl KeyService {
         ServiceError::Unreachable {
             url: self.url.clone(),
             what: what.to_string(),
+            errno: libc::EHOSTUNREACH,
+        }
+    }
+
+    /// A failed connection or exchange, with the errno of what the kernel said.
+    fn unreachable_io(&self, e: &std::io::Error) -> ServiceError {
+        let errno = e.raw_os_error().unwrap_or(match e.kind() {
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => libc::ETIMEDOUT,
+            std::io::ErrorKind::ConnectionRefused => libc::ECONNREFUSED,
+            _ => libc::EHOSTUNREACH,
+        });
+        let what = match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+                "no answer in time".to_string()
+            }
+            _ => e.to_string(),
+        };
+        ServiceError::Unreachable {
+            url: self.url.clone(),
+            what,
+            errno,
         }
     }
 
@@ -338,8 +365,9 @@ impl KeyService {
                 Err(e) => last = Some(e),
             }
         }
-        let sock = sock.ok_or_else(|| {
-            self.unreachable(last.map_or_else(|| "no address".to_string(), |e| e.to_string()))
+        let sock = sock.ok_or_else(|| match &last {
+            Some(e) => self.unreachable_io(e),
+            None => self.unreachable("no address"),
         })?;
         sock.set_read_timeout(Some(TIMEOUT))
             .map_err(|e| self.unreachable(e))?;
