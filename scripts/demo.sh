@@ -96,8 +96,10 @@ fi
 # A demo mount of the other mode is unmounted first.
 if mountpoint -q "$mnt" && ! findmnt -n -o SOURCE "$mnt" | grep -qx "$backing"; then
     echo "== unmounting the other demo filesystem from $mnt =="
+    other=$(findmnt -n -o SOURCE "$mnt")
     fusermount3 -u "$mnt"
-    while pgrep -f "digimedfs mount .* $mnt\$" >/dev/null; do sleep 0.2; done
+    # Its daemon holds that filesystem's lock until it has exited.
+    flock -w 60 "$other/lock" true
 fi
 [ -f "$backing/superblock" ] || "$bin/mkfs-digimed" -L demo "${mkfs_args[@]}" "$backing"
 if ! mountpoint -q "$mnt"; then
