@@ -16,8 +16,14 @@ impl Checker<'_> {
         w.parent_of.insert(ROOT_INO, ROOT_INO);
         self.model.paths.insert(ROOT_INO, "/".into());
         self.bfs(&mut w, ROOT_INO);
+        self.check_orphans(&mut w);
+        self.reconnect_disconnected(&mut w);
+        self.check_links(&w);
+    }
 
-        // Orphans: unlinked-while-open inodes a crash left behind.
+    /// Orphans: unlinked-while-open inodes a crash left behind. A stale orphan record is
+    /// deleted; an orphan inode is purged or, if left, kept out of the walk.
+    fn check_orphans(&mut self, w: &mut Walk) {
         for o in self.model.orphans.clone() {
             let key = records::ino_prefix(prefix::ORPHAN, o).to_vec();
             if !self.model.inodes.contains_key(&o) || w.reached.contains(&o) {
@@ -52,8 +58,11 @@ impl Checker<'_> {
                 self.model.orphan_inodes.insert(o);
             }
         }
+    }
 
-        // Disconnected inodes: reconnect the tops of unreachable subtrees under /lost+found.
+    /// Disconnected inodes: reconnects the tops of unreachable subtrees under /lost+found
+    /// until every inode is reached, left unattached or purged.
+    fn reconnect_disconnected(&mut self, w: &mut Walk) {
         loop {
             let remaining: BTreeSet<u64> = self
                 .model
@@ -87,11 +96,13 @@ impl Checker<'_> {
                 if w.reached.contains(&top) {
                     continue;
                 }
-                self.reconnect(&mut w, top);
+                self.reconnect(w, top);
             }
         }
+    }
 
-        // Link counts and parents.
+    /// Link counts and parents (`..`) against what the walk found.
+    fn check_links(&mut self, w: &Walk) {
         let inos: Vec<u64> = self.model.inodes.keys().copied().collect();
         for ino in inos {
             if w.unattached.contains(&ino) || self.model.purged.contains(&ino) {

@@ -2,7 +2,7 @@
 //! longer than its file needs, and every block verifies against its tag (the reading is in
 //! `verify`); entries still holding a previous version get it resolved in the plan.
 
-use super::verify::{verify_objects, FileJob};
+use super::verify::{verify_objects, FileJob, JobResult};
 use super::{Checker, Fixability, ProblemKind};
 use crate::filesystem::{FileKind, Parts};
 use crate::format::records::Storage;
@@ -24,6 +24,20 @@ impl Checker<'_> {
         let bs = u64::from(parts.superblock.block_size);
         let listed: BTreeMap<ObjectId, u64> = parts.objects.list()?.into_iter().collect();
         self.report.objects = listed.len() as u64;
+        let (files, owner) = self.object_jobs(&listed, bs);
+        self.unreferenced_objects(&listed, &owner);
+        let results = verify_objects(parts, records, &files, bs, self.opts.threads, &mut *self.ui)?;
+        self.report_verification(&files, results);
+        Ok(listed.keys().copied().collect())
+    }
+
+    /// Checks the objects of object-backed files (shared, too long) and returns one job per
+    /// file with block entries, and the owner of each referenced object.
+    fn object_jobs(
+        &mut self,
+        listed: &BTreeMap<ObjectId, u64>,
+        bs: u64,
+    ) -> (Vec<FileJob>, BTreeMap<ObjectId, u64>) {
         let mut owner: BTreeMap<ObjectId, u64> = BTreeMap::new();
         // One small record per object-backed file; the block entries are read per segment.
         let mut files: Vec<FileJob> = Vec::new();
@@ -86,7 +100,16 @@ impl Checker<'_> {
                 });
             }
         }
-        for (id, len) in &listed {
+        (files, owner)
+    }
+
+    /// Objects that no inode refers to (and no planned repair removes already).
+    fn unreferenced_objects(
+        &mut self,
+        listed: &BTreeMap<ObjectId, u64>,
+        owner: &BTreeMap<ObjectId, u64>,
+    ) {
+        for (id, len) in listed {
             if owner.contains_key(id) || self.plan.remove_objects.contains(id) {
                 continue;
             }
@@ -101,7 +124,11 @@ impl Checker<'_> {
                 self.plan.remove_objects.insert(*id);
             }
         }
-        let results = verify_objects(parts, records, &files, bs, self.opts.threads, &mut *self.ui)?;
+    }
+
+    /// Records the verification results: previous versions to resolve, missing objects and
+    /// damaged blocks.
+    fn report_verification(&mut self, files: &[FileJob], results: Vec<JobResult>) {
         for (job, res) in files.iter().zip(results) {
             self.report.blocks_verified += res.entries;
             // (An orphan goes as a whole: the mount or the repair purges it.)
@@ -166,6 +193,5 @@ impl Checker<'_> {
                 "left in place: reads of exactly these blocks return EIO, the rest of the file stays readable",
             );
         }
-        Ok(listed.keys().copied().collect())
     }
 }

@@ -56,35 +56,13 @@ impl Plan {
             && !self.create_objects_dir
             && !self.rewrite_superblock
     }
-}
 
-impl Checker<'_> {
-    pub(super) fn apply(&mut self, parts: &Parts, records: &Records) -> Result<()> {
-        let mut b = records.batch();
-        for k in &self.plan.delete_keys {
-            b.delete_key(k);
-        }
-        for (dir, name) in &self.plan.delete_dirents {
-            b.delete_dirent(*dir, name);
-        }
-        for ino in &self.plan.put_inodes {
-            if let Some(i) = self.model.inodes.get(ino) {
-                b.put_inode(i)?;
-            }
-        }
-        for (dir, d) in &self.plan.put_dirents {
-            b.put_dirent(*dir, d)?;
-        }
-        for ino in &self.plan.delete_chunks {
-            for k in records.keys_of(prefix::CHUNK, *ino)? {
-                b.delete_chunk_key(&k);
-            }
-        }
-        // Chunk records to rewrite: resolved previous versions first, then trims applied
-        // to the same records (a chunk may need both; one put per record).
+    /// Chunk records to rewrite: resolved previous versions first, then trims applied to the
+    /// same records (a chunk may need both; one put per record).
+    fn rewritten_chunks(&self, records: &Records) -> Result<BTreeMap<(u64, u64), Chunk>> {
         let mut changed: BTreeMap<(u64, u64), Chunk> = BTreeMap::new();
-        for (ino, held) in &self.plan.resolve_prev {
-            if self.plan.delete_chunks.contains(ino) {
+        for (ino, held) in &self.resolve_prev {
+            if self.delete_chunks.contains(ino) {
                 continue;
             }
             let mut by_chunk: BTreeMap<u64, Vec<(u8, Held)>> = BTreeMap::new();
@@ -121,7 +99,7 @@ impl Checker<'_> {
                 changed.insert((*ino, c), ch);
             }
         }
-        for (ino, keep) in &self.plan.trim_chunks {
+        for (ino, keep) in &self.trim_chunks {
             scan_chunks(records, *ino, keep / CHUNK_BLOCKS, &mut |c, ch| {
                 let resolved = changed.remove(&(*ino, c));
                 let was_resolved = resolved.is_some();
@@ -134,6 +112,33 @@ impl Checker<'_> {
                 true
             })?;
         }
+        Ok(changed)
+    }
+}
+
+impl Checker<'_> {
+    pub(super) fn apply(&mut self, parts: &Parts, records: &Records) -> Result<()> {
+        let mut b = records.batch();
+        for k in &self.plan.delete_keys {
+            b.delete_key(k);
+        }
+        for (dir, name) in &self.plan.delete_dirents {
+            b.delete_dirent(*dir, name);
+        }
+        for ino in &self.plan.put_inodes {
+            if let Some(i) = self.model.inodes.get(ino) {
+                b.put_inode(i)?;
+            }
+        }
+        for (dir, d) in &self.plan.put_dirents {
+            b.put_dirent(*dir, d)?;
+        }
+        for ino in &self.plan.delete_chunks {
+            for k in records.keys_of(prefix::CHUNK, *ino)? {
+                b.delete_chunk_key(&k);
+            }
+        }
+        let changed = self.plan.rewritten_chunks(records)?;
         for ((ino, c), ch) in &changed {
             // An emptied chunk record is deleted.
             b.put_chunk(*ino, *c, ch);
@@ -169,24 +174,29 @@ impl Checker<'_> {
                 dir.confined().remove_file(f)?;
             }
         }
-        // The store's state record is rewritten for the repaired records and bound to the
-        // epoch of the superblock written next (in-memory images keep theirs).
-        let digest = records.digest()?;
-        let epoch = match &parts.backing {
-            Some(_) => parts.superblock.epoch + 1,
-            None => parts.superblock.epoch,
-        };
-        let mut b = records.batch();
-        b.put_state(&StoreState { epoch, digest });
-        b.commit()?;
-        records.flush()?;
-        if let Some(dir) = &parts.backing {
-            let mut sb = parts.superblock.clone();
-            sb.meta_digest = digest;
-            sb.flags |= FLAG_CLEAN | FLAG_STORE_STATE;
-            sb.epoch += 1;
-            dir.write_superblock(&sb.encode(&parts.keys.superblock)?)?;
-        }
-        Ok(())
+        bind_to_next_epoch(parts, records)
     }
+}
+
+/// Rewrites the store's state record for the repaired records, bound to the epoch of the
+/// superblock written next (in-memory images keep theirs), then that superblock: the new
+/// digest, the next epoch, clean.
+fn bind_to_next_epoch(parts: &Parts, records: &Records) -> Result<()> {
+    let digest = records.digest()?;
+    let epoch = match &parts.backing {
+        Some(_) => parts.superblock.epoch + 1,
+        None => parts.superblock.epoch,
+    };
+    let mut b = records.batch();
+    b.put_state(&StoreState { epoch, digest });
+    b.commit()?;
+    records.flush()?;
+    if let Some(dir) = &parts.backing {
+        let mut sb = parts.superblock.clone();
+        sb.meta_digest = digest;
+        sb.flags |= FLAG_CLEAN | FLAG_STORE_STATE;
+        sb.epoch += 1;
+        dir.write_superblock(&sb.encode(&parts.keys.superblock)?)?;
+    }
+    Ok(())
 }

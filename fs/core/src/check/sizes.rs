@@ -12,107 +12,135 @@ impl Checker<'_> {
     pub(super) fn pass_sizes(&mut self, records: &Records, bs: u64) {
         let inodes: Vec<Inode> = self.model.inodes.values().cloned().collect();
         for inode in &inodes {
-            let ino = inode.ino;
-            match inode.kind {
-                FileKind::File => {
-                    self.report.files += 1;
-                    self.report.bytes = self.report.bytes.saturating_add(u128::from(inode.size));
-                }
-                FileKind::Dir => self.report.directories += 1,
-                FileKind::Symlink => self.report.symlinks += 1,
-                _ => self.report.special += 1,
+            self.count(inode);
+            self.check_storage(records, inode, bs);
+        }
+        self.stray_records_of_missing_inodes();
+        self.check_reclaims();
+        self.stray_xattrs();
+    }
+
+    /// Adds `inode` to the report's tallies.
+    fn count(&mut self, inode: &Inode) {
+        match inode.kind {
+            FileKind::File => {
+                self.report.files += 1;
+                self.report.bytes = self.report.bytes.saturating_add(u128::from(inode.size));
             }
-            // An orphan left in place goes with all its records when it is removed: records
-            // that would be stray on a live file (e.g. an inline record an interrupted
-            // conversion left) are part of that one problem.
-            let orphan = self.model.orphan_inodes.contains(&ino);
-            let has_inline = self.model.inline.contains_key(&ino) && !orphan;
-            let has_chunks = self.model.chunks.get(&ino).is_some_and(|m| m.records > 0) && !orphan;
-            if inode.kind != FileKind::File {
-                if inode.storage != Storage::None {
-                    self.problem(
-                        ProblemKind::StorageMismatch,
-                        Some(ino),
-                        format!(
-                            "inode {ino} is a {:?} but has file storage {:?}",
-                            inode.kind, inode.storage
-                        ),
-                        Fixability::None,
-                        "none",
-                    );
+            FileKind::Dir => self.report.directories += 1,
+            FileKind::Symlink => self.report.symlinks += 1,
+            _ => self.report.special += 1,
+        }
+    }
+
+    /// The storage kind of `inode` against its type, and its records against its storage.
+    fn check_storage(&mut self, records: &Records, inode: &Inode, bs: u64) {
+        let ino = inode.ino;
+        // An orphan left in place goes with all its records when it is removed: records
+        // that would be stray on a live file (e.g. an inline record an interrupted
+        // conversion left) are part of that one problem.
+        let orphan = self.model.orphan_inodes.contains(&ino);
+        let has_inline = self.model.inline.contains_key(&ino) && !orphan;
+        let has_chunks = self.model.chunks.get(&ino).is_some_and(|m| m.records > 0) && !orphan;
+        if inode.kind != FileKind::File {
+            if inode.storage != Storage::None {
+                self.problem(
+                    ProblemKind::StorageMismatch,
+                    Some(ino),
+                    format!(
+                        "inode {ino} is a {:?} but has file storage {:?}",
+                        inode.kind, inode.storage
+                    ),
+                    Fixability::None,
+                    "none",
+                );
+            }
+            if has_inline {
+                self.stray_inline(ino, "not a regular file");
+            }
+            if has_chunks {
+                self.stray_chunks(ino, "not a regular file");
+            }
+            return;
+        }
+        match inode.storage {
+            Storage::Inline => {
+                if has_chunks {
+                    self.stray_chunks(ino, "an inline file");
                 }
-                if has_inline {
-                    self.stray_inline(ino, "not a regular file");
+                self.check_inline_size(inode);
+            }
+            Storage::None => {
+                // The core stores an empty inline record for an empty file without
+                // storage (truncated to 0): consistent, not stray.
+                let empty_inline = self.model.inline.get(&ino) == Some(&0);
+                if has_inline && !(empty_inline && inode.size == 0) {
+                    self.stray_inline(ino, "a file without storage");
                 }
                 if has_chunks {
-                    self.stray_chunks(ino, "not a regular file");
+                    self.stray_chunks(ino, "a file without a data object");
                 }
-                continue;
+                if inode.size > 0 {
+                    self.problem(
+                        ProblemKind::SizeMismatch,
+                        Some(ino),
+                        format!("inode {ino}: size {} but no stored data", inode.size),
+                        Fixability::None,
+                        "none (reads return zeros)",
+                    );
+                }
             }
-            match inode.storage {
-                Storage::Inline => {
-                    if has_chunks {
-                        self.stray_chunks(ino, "an inline file");
-                    }
-                    match self.model.inline.get(&ino).copied() {
-                        None if inode.size > 0 => {
-                            self.problem(
-                                ProblemKind::SizeMismatch,
-                                Some(ino),
-                                format!(
-                                    "inode {ino}: size {} but its inline data record is missing",
-                                    inode.size
-                                ),
-                                Fixability::None,
-                                "none possible: the contents are lost (reads return zeros)",
-                            );
-                        }
-                        Some(len) if len != inode.size => {
-                            let small = inode.size <= records::INLINE_MAX;
-                            let fix = self.problem(
-                                ProblemKind::SizeMismatch,
-                                Some(ino),
-                                format!("inode {ino}: size {} but {len} bytes of inline data", inode.size),
-                                if small { Fixability::Safe } else { Fixability::None },
-                                "resize the inline data to the file size (what reads already return)",
-                            );
-                            if fix {
-                                self.plan.resize_inline.insert(ino, inode.size);
-                            }
-                        }
-                        _ => {}
-                    }
+            Storage::Object(_) => {
+                if has_inline {
+                    self.stray_inline(ino, "a file stored in an object");
                 }
-                Storage::None => {
-                    // The core stores an empty inline record for an empty file without
-                    // storage (truncated to 0): consistent, not stray.
-                    let empty_inline = self.model.inline.get(&ino) == Some(&0);
-                    if has_inline && !(empty_inline && inode.size == 0) {
-                        self.stray_inline(ino, "a file without storage");
-                    }
-                    if has_chunks {
-                        self.stray_chunks(ino, "a file without a data object");
-                    }
-                    if inode.size > 0 {
-                        self.problem(
-                            ProblemKind::SizeMismatch,
-                            Some(ino),
-                            format!("inode {ino}: size {} but no stored data", inode.size),
-                            Fixability::None,
-                            "none (reads return zeros)",
-                        );
-                    }
-                }
-                Storage::Object(_) => {
-                    if has_inline {
-                        self.stray_inline(ino, "a file stored in an object");
-                    }
-                    self.check_beyond_size(records, inode, bs);
-                }
+                self.check_beyond_size(records, inode, bs);
             }
         }
-        // Records of inodes that do not exist.
-        let missing = |m: &Model, i: &u64| !m.inodes.contains_key(i) && !m.purged.contains(i);
+    }
+
+    /// The inline data length of an inline file against its size.
+    fn check_inline_size(&mut self, inode: &Inode) {
+        let ino = inode.ino;
+        match self.model.inline.get(&ino).copied() {
+            None if inode.size > 0 => {
+                self.problem(
+                    ProblemKind::SizeMismatch,
+                    Some(ino),
+                    format!(
+                        "inode {ino}: size {} but its inline data record is missing",
+                        inode.size
+                    ),
+                    Fixability::None,
+                    "none possible: the contents are lost (reads return zeros)",
+                );
+            }
+            Some(len) if len != inode.size => {
+                let small = inode.size <= records::INLINE_MAX;
+                let fix = self.problem(
+                    ProblemKind::SizeMismatch,
+                    Some(ino),
+                    format!(
+                        "inode {ino}: size {} but {len} bytes of inline data",
+                        inode.size
+                    ),
+                    if small {
+                        Fixability::Safe
+                    } else {
+                        Fixability::None
+                    },
+                    "resize the inline data to the file size (what reads already return)",
+                );
+                if fix {
+                    self.plan.resize_inline.insert(ino, inode.size);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Block map and inline data records of inodes that do not exist.
+    fn stray_records_of_missing_inodes(&mut self) {
         let stray_chunks: Vec<u64> = self
             .model
             .chunks
@@ -135,6 +163,10 @@ impl Checker<'_> {
         for ino in stray_inline {
             self.stray_inline(ino, "a missing inode");
         }
+    }
+
+    /// Reclaim marks of inodes that exist.
+    fn check_reclaims(&mut self) {
         let stale_reclaims: Vec<u64> = self
             .model
             .reclaims
@@ -157,6 +189,10 @@ impl Checker<'_> {
                     .insert(records::ino_prefix(prefix::RECLAIM, ino).to_vec());
             }
         }
+    }
+
+    /// Xattr records of inodes that do not exist.
+    fn stray_xattrs(&mut self) {
         let stray_x: Vec<u64> = self
             .model
             .xattr_keys
@@ -251,4 +287,9 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// Whether records of inode `i` have no inode (neither existing nor purged by a repair).
+fn missing(m: &Model, i: &u64) -> bool {
+    !m.inodes.contains_key(i) && !m.purged.contains(i)
 }

@@ -67,56 +67,7 @@ pub(super) fn verify_objects(
     ui: &mut dyn CheckUi,
 ) -> Result<Vec<JobResult>> {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-    let seg_blocks = (SEGMENT_BYTES / bs).max(1);
-    let mut segments: Vec<Segment> = Vec::new();
-    let mut total_bytes = 0u64;
-    for (i, f) in files.iter().enumerate() {
-        let end = f.keep.map_or(f.end_block, |k| k.min(f.end_block));
-        // Blocks at or beyond the object's end read as nothing: one segment checks them all.
-        let data_end = end.min(f.len.div_ceil(bs));
-        if data_end / seg_blocks > SPARSE_SEGMENTS {
-            // A huge sparse file (up to 2^63 bytes): only the segments its block map names
-            // are read, not the holes between them.
-            let mut firsts: BTreeSet<u64> = BTreeSet::new();
-            scan_chunks(records, f.ino, 0, &mut |c, _| {
-                let first_block = block_index(c, 0);
-                if first_block >= end {
-                    return false;
-                }
-                firsts.insert(first_block / seg_blocks * seg_blocks);
-                true
-            })?;
-            for first in firsts {
-                let seg_end = first.saturating_add(seg_blocks).min(end);
-                let span = seg_end.min(data_end).saturating_sub(first);
-                total_bytes = total_bytes.saturating_add(span.saturating_mul(bs));
-                segments.push(Segment {
-                    file: i,
-                    first,
-                    end: seg_end,
-                });
-            }
-            continue;
-        }
-        total_bytes = total_bytes.saturating_add(f.len.min(data_end.saturating_mul(bs)));
-        let mut first = 0;
-        loop {
-            let seg_end = if first + seg_blocks >= data_end {
-                end
-            } else {
-                first + seg_blocks
-            };
-            segments.push(Segment {
-                file: i,
-                first,
-                end: seg_end,
-            });
-            if seg_end >= end {
-                break;
-            }
-            first = seg_end;
-        }
-    }
+    let (segments, total_bytes) = plan_segments(records, files, bs)?;
     let threads = if threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -177,6 +128,62 @@ pub(super) fn verify_objects(
         r.bad.sort_unstable();
     }
     Ok(results)
+}
+
+/// Cuts `files` into verification segments in read order; returns them and the bytes of
+/// object data they read (the progress total).
+fn plan_segments(records: &Records, files: &[FileJob], bs: u64) -> Result<(Vec<Segment>, u64)> {
+    let seg_blocks = (SEGMENT_BYTES / bs).max(1);
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut total_bytes = 0u64;
+    for (i, f) in files.iter().enumerate() {
+        let end = f.keep.map_or(f.end_block, |k| k.min(f.end_block));
+        // Blocks at or beyond the object's end read as nothing: one segment checks them all.
+        let data_end = end.min(f.len.div_ceil(bs));
+        if data_end / seg_blocks > SPARSE_SEGMENTS {
+            // A huge sparse file (up to 2^63 bytes): only the segments its block map names
+            // are read, not the holes between them.
+            let mut firsts: BTreeSet<u64> = BTreeSet::new();
+            scan_chunks(records, f.ino, 0, &mut |c, _| {
+                let first_block = block_index(c, 0);
+                if first_block >= end {
+                    return false;
+                }
+                firsts.insert(first_block / seg_blocks * seg_blocks);
+                true
+            })?;
+            for first in firsts {
+                let seg_end = first.saturating_add(seg_blocks).min(end);
+                let span = seg_end.min(data_end).saturating_sub(first);
+                total_bytes = total_bytes.saturating_add(span.saturating_mul(bs));
+                segments.push(Segment {
+                    file: i,
+                    first,
+                    end: seg_end,
+                });
+            }
+            continue;
+        }
+        total_bytes = total_bytes.saturating_add(f.len.min(data_end.saturating_mul(bs)));
+        let mut first = 0;
+        loop {
+            let seg_end = if first + seg_blocks >= data_end {
+                end
+            } else {
+                first + seg_blocks
+            };
+            segments.push(Segment {
+                file: i,
+                first,
+                end: seg_end,
+            });
+            if seg_end >= end {
+                break;
+            }
+            first = seg_end;
+        }
+    }
+    Ok((segments, total_bytes))
 }
 
 #[allow(clippy::too_many_arguments)]
