@@ -175,17 +175,7 @@ pub fn check(
         c.pass_backing(&dir, &BTreeSet::new());
         return Ok(c.finish_without_store());
     };
-    // -n must work on a mounted filesystem and change nothing: sled has no read-only mode and
-    // locks its directory, so a check reads a private copy of the store.
-    let mut _snapshot = None;
-    let meta: Arc<dyn MetaStore> = if opts.mode.may_write() {
-        engine.open_in(&meta_dir, 64 << 20)?
-    } else {
-        let snap = Snapshot::copy_of(&meta_dir)?;
-        let store = engine.open_path(&snap.path, 64 << 20)?;
-        _snapshot = Some(snap);
-        store
-    };
+    let (meta, _snapshot) = open_meta(&meta_dir, opts, engine)?;
     let objects_path = dir.path(OBJECTS_DIR);
     let objects_exist = dir.confined().try_open_dir(OBJECTS_DIR)?.is_some();
     let objects: Arc<dyn ObjectStore> = if !objects_exist {
@@ -222,6 +212,24 @@ pub fn check(
 /// Runs passes 2–7 over explicit storage parts (pass 6 only if `parts.backing` is set).
 pub fn check_parts(parts: &Parts, opts: &CheckOptions, ui: &mut dyn CheckUi) -> Result<Report> {
     Checker::new(opts.clone(), ui).run_store_passes(parts)
+}
+
+/// Opens the metadata store in `meta_dir`: in place when the check may write, else a private
+/// copy, returned with the store (the copy is removed when dropped).
+fn open_meta(
+    meta_dir: &Confined,
+    opts: &CheckOptions,
+    engine: &dyn MetaEngine,
+) -> Result<(Arc<dyn MetaStore>, Option<Snapshot>)> {
+    // -n must work on a mounted filesystem and change nothing: sled has no read-only mode and
+    // locks its directory, so a check reads a private copy of the store.
+    if opts.mode.may_write() {
+        Ok((engine.open_in(meta_dir, 64 << 20)?, None))
+    } else {
+        let snap = Snapshot::copy_of(meta_dir)?;
+        let store = engine.open_path(&snap.path, 64 << 20)?;
+        Ok((store, Some(snap)))
+    }
 }
 
 /// Tests the mount lock. With `hold`, keeps the lock (returned) for the duration of a repair.

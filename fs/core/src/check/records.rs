@@ -14,6 +14,21 @@ use crate::{Error, Result};
 /// Records decoded between two progress reports in pass 2.
 const RECORD_PROGRESS_EVERY: u64 = 1 << 16;
 
+/// The record types (key prefixes) this version knows.
+const KNOWN_PREFIXES: [u8; 11] = [
+    prefix::INODE,
+    prefix::DIRENT,
+    prefix::XATTR,
+    prefix::CHUNK,
+    prefix::INLINE,
+    prefix::ORPHAN,
+    prefix::RECLAIM,
+    prefix::COUNTERS,
+    prefix::STATE,
+    prefix::INCARNATION,
+    prefix::PREV_MARK,
+];
+
 impl Checker<'_> {
     pub(super) fn pass_records(&mut self, records: &Records, keys: &FsKeys) -> Result<()> {
         // Records are decoded as the scan reads them: nothing but the model is kept.
@@ -53,20 +68,7 @@ impl Checker<'_> {
         let Some(&p) = key.first() else {
             return Err(Error::format("empty key"));
         };
-        let known = [
-            prefix::INODE,
-            prefix::DIRENT,
-            prefix::XATTR,
-            prefix::CHUNK,
-            prefix::INLINE,
-            prefix::ORPHAN,
-            prefix::RECLAIM,
-            prefix::COUNTERS,
-            prefix::STATE,
-            prefix::INCARNATION,
-            prefix::PREV_MARK,
-        ];
-        if !known.contains(&p) {
+        if !KNOWN_PREFIXES.contains(&p) {
             let fix = self.problem(
                 ProblemKind::UnknownRecord,
                 None,
@@ -79,13 +81,7 @@ impl Checker<'_> {
             }
             return Ok(());
         }
-        let want_len = match p {
-            prefix::INODE | prefix::INLINE | prefix::ORPHAN | prefix::RECLAIM => 9,
-            prefix::DIRENT | prefix::XATTR => 25,
-            prefix::CHUNK | prefix::PREV_MARK => 17,
-            prefix::INCARNATION => 5,
-            _ => 1,
-        };
+        let want_len = key_len(p);
         if key.len() != want_len {
             return Err(Error::format(format!(
                 "key of {} bytes, expected {want_len}",
@@ -124,33 +120,7 @@ impl Checker<'_> {
             }
             prefix::CHUNK => {
                 let c = Chunk::decode(&plain)?;
-                let idx = key
-                    .get(9..17)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                if c.entries.values().any(|e| e.prev.is_some()) {
-                    self.model.prev_chunks.insert((ino, idx));
-                }
-                let sum = self.model.chunks.entry(ino).or_default();
-                sum.records += 1;
-                for (slot, e) in &c.entries {
-                    sum.max_block = sum.max_block.max(block_index(idx, *slot));
-                    self.model.max_gen = self.model.max_gen.max(e.cur.generation);
-                    let prev = match e.prev {
-                        Some(Some(p)) => Some(p.generation),
-                        _ => None,
-                    };
-                    if let Some(p) = prev {
-                        self.model.max_gen = self.model.max_gen.max(p);
-                    }
-                    for gen in std::iter::once(e.cur.generation).chain(prev) {
-                        let k = incarnation_of(gen);
-                        if k > 0 {
-                            self.model.used_incarnations.entry(k).or_insert((ino, 0)).1 += 1;
-                        }
-                    }
-                }
+                self.note_chunk(ino, key, &c);
             }
             prefix::INLINE => {
                 self.model.inline.insert(ino, plain.len() as u64);
@@ -189,6 +159,38 @@ impl Checker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Adds chunk record `c` (key `key`) of inode `ino` to the model: its summary, the
+    /// highest generation, previous versions and the incarnations its versions name.
+    fn note_chunk(&mut self, ino: u64, key: &[u8], c: &Chunk) {
+        let idx = key
+            .get(9..17)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        if c.entries.values().any(|e| e.prev.is_some()) {
+            self.model.prev_chunks.insert((ino, idx));
+        }
+        let sum = self.model.chunks.entry(ino).or_default();
+        sum.records += 1;
+        for (slot, e) in &c.entries {
+            sum.max_block = sum.max_block.max(block_index(idx, *slot));
+            self.model.max_gen = self.model.max_gen.max(e.cur.generation);
+            let prev = match e.prev {
+                Some(Some(p)) => Some(p.generation),
+                _ => None,
+            };
+            if let Some(p) = prev {
+                self.model.max_gen = self.model.max_gen.max(p);
+            }
+            for gen in std::iter::once(e.cur.generation).chain(prev) {
+                let k = incarnation_of(gen);
+                if k > 0 {
+                    self.model.used_incarnations.entry(k).or_insert((ino, 0)).1 += 1;
+                }
+            }
+        }
     }
 
     /// A previous-version mark belongs to a chunk record with a previous version (the mount
@@ -258,5 +260,16 @@ fn record_ino(key: &[u8]) -> Option<u64> {
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_be_bytes),
         _ => None,
+    }
+}
+
+/// Length of a well-formed key of record type `p` (a known prefix).
+fn key_len(p: u8) -> usize {
+    match p {
+        prefix::INODE | prefix::INLINE | prefix::ORPHAN | prefix::RECLAIM => 9,
+        prefix::DIRENT | prefix::XATTR => 25,
+        prefix::CHUNK | prefix::PREV_MARK => 17,
+        prefix::INCARNATION => 5,
+        _ => 1,
     }
 }

@@ -27,90 +27,100 @@ impl Checker<'_> {
         let entries = std::mem::take(&mut self.model.entries);
         for (pseud, recs) in entries {
             let dir = dir_of.get(&pseud).copied();
-            for EntryRec { key, dirent } in recs {
-                let Some(dir) = dir else {
-                    let fix = self.problem(
-                        ProblemKind::StrayRecord,
-                        Some(dirent.ino),
-                        format!(
-                            "{}: entry {:?} (inode {}) of a directory that does not exist",
-                            key_name(&key),
-                            String::from_utf8_lossy(&dirent.name),
-                            dirent.ino
-                        ),
-                        Fixability::Unsafe,
-                        "delete the entry (the inode it names is reconnected under /lost+found)",
-                    );
-                    if fix {
-                        self.plan.delete_keys.insert(key);
-                    }
-                    continue;
-                };
-                let mac = keys.names.entry_key(dir, &dirent.name);
-                if key.get(9..) != Some(mac.as_slice()) {
-                    let fix = self.problem(
-                        ProblemKind::BadRecord,
-                        Some(dir),
-                        format!("{}: entry name does not match its key", key_name(&key)),
-                        Fixability::Unsafe,
-                        "delete the record",
-                    );
-                    if fix {
-                        self.plan.delete_keys.insert(key);
-                    }
-                    continue;
-                }
-                let name = String::from_utf8_lossy(&dirent.name).into_owned();
-                let Some(target) = self.model.inodes.get(&dirent.ino) else {
-                    let fix = self.problem(
-                        ProblemKind::DanglingEntry,
-                        Some(dir),
-                        format!("entry {name:?} in directory {dir} names inode {}, which does not exist", dirent.ino),
-                        Fixability::Safe,
-                        "remove the entry",
-                    );
-                    if fix {
-                        self.plan.delete_keys.insert(key);
-                    }
-                    continue;
-                };
-                if target.kind != dirent.kind {
-                    let tkind = target.kind;
-                    let fix = self.problem(
-                        ProblemKind::EntryKindMismatch,
-                        Some(dirent.ino),
-                        format!(
-                            "entry {name:?} in directory {dir} says {:?}, inode {} is {:?}",
-                            dirent.kind, dirent.ino, tkind
-                        ),
-                        Fixability::Safe,
-                        "set the entry's type from the inode",
-                    );
-                    if fix {
-                        self.plan.put_dirents.push((
-                            dir,
-                            Dirent {
-                                name: dirent.name.clone(),
-                                ino: dirent.ino,
-                                kind: tkind,
-                            },
-                        ));
-                    }
-                    self.model
-                        .dir_entries
-                        .entry(dir)
-                        .or_default()
-                        .insert(dirent.name, (dirent.ino, tkind));
-                    continue;
-                }
-                self.model
-                    .dir_entries
-                    .entry(dir)
-                    .or_default()
-                    .insert(dirent.name, (dirent.ino, target.kind));
+            for rec in recs {
+                self.check_entry(keys, dir, rec);
             }
         }
         self.walk_tree();
+    }
+
+    /// One directory entry record of directory `dir` (`None`: no directory has its
+    /// pseudonym): accepted into the model, or reported (and its repair planned).
+    fn check_entry(&mut self, keys: &FsKeys, dir: Option<u64>, rec: EntryRec) {
+        let EntryRec { key, dirent } = rec;
+        let Some(dir) = dir else {
+            let fix = self.problem(
+                ProblemKind::StrayRecord,
+                Some(dirent.ino),
+                format!(
+                    "{}: entry {:?} (inode {}) of a directory that does not exist",
+                    key_name(&key),
+                    String::from_utf8_lossy(&dirent.name),
+                    dirent.ino
+                ),
+                Fixability::Unsafe,
+                "delete the entry (the inode it names is reconnected under /lost+found)",
+            );
+            if fix {
+                self.plan.delete_keys.insert(key);
+            }
+            return;
+        };
+        let mac = keys.names.entry_key(dir, &dirent.name);
+        if key.get(9..) != Some(mac.as_slice()) {
+            let fix = self.problem(
+                ProblemKind::BadRecord,
+                Some(dir),
+                format!("{}: entry name does not match its key", key_name(&key)),
+                Fixability::Unsafe,
+                "delete the record",
+            );
+            if fix {
+                self.plan.delete_keys.insert(key);
+            }
+            return;
+        }
+        let name = String::from_utf8_lossy(&dirent.name).into_owned();
+        let Some(target) = self.model.inodes.get(&dirent.ino) else {
+            let fix = self.problem(
+                ProblemKind::DanglingEntry,
+                Some(dir),
+                format!(
+                    "entry {name:?} in directory {dir} names inode {}, which does not exist",
+                    dirent.ino
+                ),
+                Fixability::Safe,
+                "remove the entry",
+            );
+            if fix {
+                self.plan.delete_keys.insert(key);
+            }
+            return;
+        };
+        if target.kind != dirent.kind {
+            let tkind = target.kind;
+            let fix = self.problem(
+                ProblemKind::EntryKindMismatch,
+                Some(dirent.ino),
+                format!(
+                    "entry {name:?} in directory {dir} says {:?}, inode {} is {:?}",
+                    dirent.kind, dirent.ino, tkind
+                ),
+                Fixability::Safe,
+                "set the entry's type from the inode",
+            );
+            if fix {
+                self.plan.put_dirents.push((
+                    dir,
+                    Dirent {
+                        name: dirent.name.clone(),
+                        ino: dirent.ino,
+                        kind: tkind,
+                    },
+                ));
+            }
+            self.model
+                .dir_entries
+                .entry(dir)
+                .or_default()
+                .insert(dirent.name, (dirent.ino, tkind));
+            return;
+        }
+        self.model
+            .dir_entries
+            .entry(dir)
+            .or_default()
+            .insert(dirent.name, (dirent.ino, target.kind));
     }
 
     fn check_root(&mut self) {
