@@ -75,3 +75,19 @@ fn exit_codes() {
     assert_eq!(fsck(&["-n", "-y", "--key-file", s(&key), s(&dir)]).0, 16);
     assert_eq!(fsck(&["--bogus"]).0, 16);
 }
+
+/// A backing directory that does not exist is named as missing (it used to be "not a
+/// directory"), and nothing is reported clean: exit 8.
+#[test]
+fn missing_backing_directory_is_named_as_missing() {
+    let (tmp, key, _dir) = setup();
+    let missing = tmp.path().join("nope");
+    let out = Command::new(env!("CARGO_BIN_EXE_fsck-digimed"))
+        .args(["-n", "--key-file", s(&key), s(&missing)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+    assert!(!stderr.contains("not a directory"), "{stderr}");
+}

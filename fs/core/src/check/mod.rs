@@ -133,6 +133,12 @@ pub fn check(
     ui: &mut dyn CheckUi,
     engine: &dyn MetaEngine,
 ) -> Result<Report> {
+    if !backing.exists() {
+        return Err(Error::io(
+            backing,
+            std::io::Error::from_raw_os_error(libc::ENOENT),
+        ));
+    }
     if !backing.is_dir() {
         return Err(Error::invalid(format!(
             "{}: not a directory",
