@@ -15,14 +15,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
 #[cfg(feature = "cli")]
 pub mod cli;
+mod error;
+mod http;
 pub mod protocol;
+mod rewrap;
+
+pub use error::{Result, ServiceError};
+pub use http::{client_config, Reply};
+use http::{read_http_reply, ReplyError};
+pub use rewrap::{rewrap_filesystem, RewrapReport, SlotRewrap};
 
 use digimedfs_core::crypto::{MasterKey, WrappingKey};
 use digimedfs_core::format::superblock::KeySlot;
@@ -34,151 +40,7 @@ use protocol::{
 
 /// Key slot kind of the key service.
 pub const KIND: u8 = 2;
-const MAX_RESPONSE: usize = 64 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Result of the client's own calls.
-pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
-
-/// What can go wrong talking to the key service. Each failure a caller must tell apart has its
-/// own variant; [`From<ServiceError> for digimedfs_core::Error`] keeps the text, which says what to do.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServiceError {
-    /// Invalid client configuration (URL, tenant, token).
-    #[error("key service client: {0}")]
-    Invalid(String),
-    /// The CA file cannot be used.
-    #[error("key service CA file: {0}")]
-    TlsConfig(String),
-    /// A local file (token, CA) cannot be read.
-    #[error("key service client: cannot read {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// The key service cannot be reached (connect failed, timed out, connection closed).
-    #[error(
-        "key service {url} unreachable ({what}): is it running, and reachable from this host? \
-         Nothing was unlocked, written or lost"
-    )]
-    Unreachable {
-        /// The service URL.
-        url: String,
-        /// What failed.
-        what: String,
-        /// The errno it maps to (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ...).
-        errno: i32,
-    },
-    /// The TLS handshake with the key service failed (certificate not trusted, name mismatch).
-    #[error("TLS handshake with key service {url} failed: {what} (is --ca-file the CA that signed the service's certificate?)")]
-    Tls {
-        /// The service URL.
-        url: String,
-        /// What failed.
-        what: String,
-    },
-    /// The key service rejected the token (HTTP 401).
-    #[error("key service rejected the credential (token) for tenant {tenant:?}: {what}")]
-    BadCredential {
-        /// The tenant the client is configured for.
-        tenant: String,
-        /// The service's reason.
-        what: String,
-    },
-    /// The tenant or the token is revoked (HTTP 403).
-    #[error("tenant {tenant:?} or its token is revoked at the key service: {what}")]
-    Revoked {
-        /// The tenant.
-        tenant: String,
-        /// The service's reason.
-        what: String,
-    },
-    /// The wrapped key does not belong to this tenant or this filesystem.
-    #[error("wrong tenant for this filesystem: {what}")]
-    WrongTenant {
-        /// Details.
-        what: String,
-    },
-    /// The key version named by the slot is unknown to (or retired at) the service (HTTP 404).
-    #[error("key version {version} unknown to the key service for tenant {tenant:?} (never issued or retired)")]
-    UnknownKeyVersion {
-        /// The tenant.
-        tenant: String,
-        /// The version.
-        version: u32,
-    },
-    /// The epoch presented is older than the one the service recorded (HTTP 409).
-    #[error("rollback detected by the key service: {what}")]
-    Rollback {
-        /// The service's reason.
-        what: String,
-    },
-    /// Too many failed requests from this address (HTTP 429).
-    #[error("key service rate limit: {0}")]
-    RateLimited(String),
-    /// Any other refusal or malformed answer of the service.
-    #[error("key service {url} answered {status}: {what}")]
-    Service {
-        /// The service URL.
-        url: String,
-        /// HTTP status.
-        status: u16,
-        /// The service's reason.
-        what: String,
-    },
-}
-
-impl From<ServiceError> for digimedfs_core::Error {
-    fn from(e: ServiceError) -> Self {
-        match e {
-            ServiceError::Io { path, source } => digimedfs_core::Error::io(path, source),
-            ServiceError::Unreachable { errno, .. } => {
-                digimedfs_core::Error::posix(errno, e.to_string())
-            }
-            ServiceError::Tls { .. } => digimedfs_core::Error::posix(libc::EPROTO, e.to_string()),
-            ServiceError::BadCredential { .. }
-            | ServiceError::Revoked { .. }
-            | ServiceError::WrongTenant { .. }
-            | ServiceError::UnknownKeyVersion { .. } => digimedfs_core::Error::WrongKey {
-                what: e.to_string(),
-            },
-            ServiceError::Rollback { .. } => digimedfs_core::Error::integrity(e.to_string()),
-            ServiceError::RateLimited(_) => {
-                digimedfs_core::Error::posix(libc::EAGAIN, e.to_string())
-            }
-            ServiceError::Invalid(_)
-            | ServiceError::TlsConfig(_)
-            | ServiceError::Service { .. } => digimedfs_core::Error::invalid(e.to_string()),
-        }
-    }
-}
-
-/// Client TLS config trusting only the CA certificate(s) in `ca` (PEM).
-pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>> {
-    let bad = |e: &dyn std::fmt::Display| ServiceError::TlsConfig(format!("{}: {e}", ca.display()));
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-        .map_err(|e| bad(&e))?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| bad(&e))?;
-    if certs.is_empty() {
-        return Err(bad(&"no certificate"));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs {
-        roots.add(c).map_err(|e| bad(&e))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(&e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
 
 /// A configured key service client for one tenant.
 #[derive(Clone)]
@@ -203,14 +65,6 @@ impl std::fmt::Debug for KeyService {
             .field("ca", &self.ca)
             .finish_non_exhaustive()
     }
-}
-
-/// A response: status and JSON body.
-pub struct Reply {
-    /// HTTP status.
-    pub status: u16,
-    /// Body bytes (zeroized on drop).
-    pub body: Zeroizing<Vec<u8>>,
 }
 
 impl KeyService {
@@ -550,67 +404,6 @@ impl KeyService {
     }
 }
 
-/// Why a reply could not be read.
-enum ReplyError {
-    /// The connection failed.
-    Io(std::io::Error),
-    /// The bytes are not a reply this client accepts.
-    Malformed(&'static str),
-}
-
-/// Reads one HTTP/1.1 response with a Content-Length body of at most [`MAX_RESPONSE`] bytes
-/// from `r`. The buffer never grows past the headers' limit plus the announced length.
-fn read_http_reply(r: &mut impl Read) -> std::result::Result<Reply, ReplyError> {
-    let mut buf = Zeroizing::new(Vec::with_capacity(MAX_RESPONSE + 4096));
-    let mut chunk = Zeroizing::new([0u8; 4096]);
-    let header_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_RESPONSE {
-            return Err(ReplyError::Malformed("response headers too large"));
-        }
-        let n = r.read(&mut chunk[..]).map_err(ReplyError::Io)?;
-        if n == 0 {
-            return Err(ReplyError::Malformed("connection closed before a response"));
-        }
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-    };
-    let head = String::from_utf8_lossy(buf.get(..header_end).unwrap_or_default()).into_owned();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or(ReplyError::Malformed("malformed HTTP status line"))?;
-    let mut len = None;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse::<usize>().ok();
-            }
-        }
-    }
-    let len = len.ok_or(ReplyError::Malformed("response without Content-Length"))?;
-    if len > MAX_RESPONSE {
-        return Err(ReplyError::Malformed("response too large"));
-    }
-    let start = header_end + 4;
-    while buf.len() < start + len {
-        let n = r.read(&mut chunk[..]).map_err(ReplyError::Io)?;
-        if n == 0 {
-            return Err(ReplyError::Malformed("connection closed mid-response"));
-        }
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-    }
-    let body = Zeroizing::new(buf.get(start..start + len).unwrap_or_default().to_vec());
-    Ok(Reply { status, body })
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// The key version a kind-2 slot names (its key id, little-endian u32).
 pub fn slot_version(slot: &KeySlot) -> digimedfs_core::Result<u32> {
     <[u8; 4]>::try_from(slot.key_id.as_slice())
@@ -722,30 +515,6 @@ fn anchor_err(e: ServiceError, ctx: &SlotContext) -> digimedfs_core::Error {
     }
 }
 
-/// What [`rewrap_filesystem`] did to one key slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotRewrap {
-    /// The slot index.
-    pub index: u8,
-    /// Key version before.
-    pub from: u32,
-    /// Key version after (equal to `from` if it already was the newest).
-    pub to: u32,
-}
-
-/// What [`rewrap_filesystem`] did.
-#[derive(Debug, Clone)]
-pub struct RewrapReport {
-    /// Filesystem UUID, hyphenated.
-    pub fs_uuid: String,
-    /// Tenant.
-    pub tenant: String,
-    /// One entry per kind-2 slot.
-    pub slots: Vec<SlotRewrap>,
-    /// Whether the superblock was rewritten.
-    pub changed: bool,
-}
-
 /// Opens the key source a command line names: a key file, or the key service with its tenant,
 /// token file and CA certificate. Exactly one of `key_file` and `keyservice_url` must be given.
 /// Shared by `digimedfs`, `mkfs.digimed` and `fsck.digimed`.
@@ -772,71 +541,10 @@ pub fn open_key_source(
     }
 }
 
-/// Moves every key-service slot (kind 2) of the filesystem in `backing` to the tenant's newest
-/// key version (`/v1/rewrap`), then rewrites the superblock (both copies, MAC kept valid). Data
-/// and metadata are not touched; the master key stays the same. Refuses while the filesystem is
-/// mounted (it takes the mount lock) and when the rollback anchor refuses the superblock.
-pub fn rewrap_filesystem(backing: &Path, ks: &KeyService) -> digimedfs_core::Result<RewrapReport> {
-    use digimedfs_core::backing::BackingDir;
-    use digimedfs_core::format::superblock::Superblock;
-
-    let dir = BackingDir::open(backing)?;
-    let _lock = dir.lock(false)?;
-    let (mut sb, keys) = digimedfs_core::filesystem::unlock_superblock(&dir, ks)?;
-    let ctx = SlotContext {
-        fs_uuid: sb.fs_uuid,
-        tenant: sb.tenant.clone(),
-    };
-    ks.check_anchor(&ctx, sb.epoch, &sb.meta_digest)?;
-    let mut slots = Vec::new();
-    for slot in sb.slots.iter_mut().filter(|s| s.kind == KIND) {
-        let from = slot_version(slot)?;
-        let (to, wrapped) = ks.rewrap(&sb.fs_uuid, from, &slot.wrapped)?;
-        if to != from {
-            slot.key_id = to.to_le_bytes().to_vec();
-            slot.wrapped = wrapped;
-        }
-        slots.push(SlotRewrap {
-            index: slot.index,
-            from,
-            to,
-        });
-    }
-    if slots.is_empty() {
-        return Err(digimedfs_core::Error::invalid(format!(
-            "{} has no key service key slot (it uses a key file)",
-            backing.display()
-        )));
-    }
-    let changed = slots.iter().any(|s| s.from != s.to);
-    if changed {
-        let bytes = sb.encode(&keys.superblock)?;
-        // Before replacing anything: the new slots must open to the same master key. A master
-        // key derives the superblock MAC key, so a MAC that verifies proves it.
-        for slot in sb.slots.iter().filter(|s| s.kind == KIND) {
-            let master = ks.open_slot(slot, &ctx)?.ok_or_else(|| {
-                digimedfs_core::Error::integrity("the rewrapped key slot does not open")
-            })?;
-            let check = digimedfs_core::crypto::FsKeys::derive(&master, &sb.fs_uuid)?;
-            Superblock::verify(&bytes, &check.superblock).map_err(|_| {
-                digimedfs_core::Error::integrity(
-                    "the rewrapped key slot opens to a different master key; superblock left as it was",
-                )
-            })?;
-        }
-        dir.write_superblock(&bytes)?;
-    }
-    Ok(RewrapReport {
-        fs_uuid: digimedfs_core::filesystem::format_uuid(&sb.fs_uuid),
-        tenant: sb.tenant.clone(),
-        slots,
-        changed,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::MAX_RESPONSE;
 
     #[test]
     fn a_token_file_others_can_write_is_refused() {
