@@ -6,7 +6,9 @@
 #   XFSTESTS_DIR  your own checkout of xfstests (xfstests-dev), already built with make
 #                 (nothing of xfstests is part of this repository)
 #   TEST_LIST     tests or check options, passed to xfstests' ./check as they are
-#                 (e.g. generic/001 generic/013, or -g generic/rw); default: -g generic/quick
+#                 (e.g. generic/001 generic/013, -g generic/rw, or -g all for the whole generic
+#                 group: for FSTYP=fuse "all" is every test in tests/generic); default:
+#                 -g generic/quick
 #
 # Run as root. Needs fuse3 (mount.fuse3) and digimedfs installed with scripts/install.sh
 # (mount -t fuse.digimedfs only finds the installed binary). See docs/xfstests.md.
@@ -18,7 +20,8 @@
 #   3. runs ./check with HOST_OPTIONS=xfstests/local.config, -E xfstests/exclude and a
 #      watchdog that kills any single test running longer than DIGIMEDFS_XFS_TIMEOUT seconds;
 #   4. unmounts, runs fsck.digimed -n on both backing directories and writes a summary
-#      (pass/fail/notrun counts, failures, the .out.bad diffs) to $DIGIMEDFS_XFS_RESULTS.
+#      (pass/fail/timed-out/notrun counts, failures, the .out.bad diffs) to
+#      $DIGIMEDFS_XFS_RESULTS.
 #
 # Environment:
 #   DIGIMEDFS_XFS_WORK     work directory (default /var/tmp/digimedfs-xfstests)
@@ -92,11 +95,12 @@ unmount_all() {
             umount "$mnt" 2>/dev/null || fusermount3 -u "$mnt" 2>/dev/null || { abort_mount "$mnt"; sleep 1; }
         done
     done
-    # The daemon exits (and releases its lock on the backing directory) shortly after the
-    # unmount; mkfs.digimed and fsck.digimed must not run before that.
+    # The daemon exits (and releases its lock on the backing directory) after the unmount,
+    # once its last flush and object removals are done (seconds, see umount-fuse);
+    # mkfs.digimed and fsck.digimed must not run before that.
     local i dev
     for dev in "$TEST_DEV" "$SCRATCH_DEV"; do
-        for i in $(seq 50); do
+        for i in $(seq 600); do
             ps -eo args= | grep -F -- " $dev " | grep -q "^[^ ]*digimedfs " || break
             sleep 0.2
         done
@@ -191,10 +195,17 @@ ran=$(sed -n 's/^Ran: //p' "$LOG" | tail -1)
 notrun=$(sed -n 's/^Not run: //p' "$LOG" | tail -1)
 failures=$(sed -n 's/^Failures: //p' "$LOG" | tail -1)
 expunged=$(grep -c '\[expunged\]' "$LOG")
+timedout=$(cut -d' ' -f1 "$TIMEDOUT" | sort -u | tr '\n' ' ')
 n_ran=$(echo $ran | wc -w)
 n_notrun=$(echo $notrun | wc -w)
-n_fail=$(echo $failures | wc -w)
-n_pass=$((n_ran - n_notrun - n_fail))   # check counts not-run tests as "Ran"
+n_timedout=$(echo $timedout | wc -w)
+# A test the watchdog killed is "timed out", whatever check made of it (it may even pass if
+# the killed part printed nothing): the counts below do not overlap.
+n_fail=0
+for t in $failures; do
+    case " $timedout " in *" $t "*) ;; *) n_fail=$((n_fail + 1)) ;; esac
+done
+n_pass=$((n_ran - n_notrun - n_fail - n_timedout))   # check counts not-run tests as "Ran"
 
 SUMMARY=$RESULTS/summary.txt
 {
@@ -213,11 +224,12 @@ SUMMARY=$RESULTS/summary.txt
     echo
     echo "passed:      $n_pass"
     echo "failed:      $n_fail"
+    echo "timed out:   $n_timedout (killed by the watchdog; counted neither passed nor failed)"
     echo "not run:     $n_notrun"
     echo "expunged:    $expunged (listed in the exclude file)"
     echo
     echo "failures:    ${failures:-none}"
-    echo "timed out:   $(cut -d' ' -f1 "$TIMEDOUT" | tr '\n' ' ')"
+    echo "killed:      ${timedout:-none}"
     echo
     echo "$FSCK_REPORT"
 } > "$SUMMARY"

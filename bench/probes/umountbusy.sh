@@ -3,7 +3,7 @@
 # fail with "target is busy"? Mounts, writes a file and unmounts N times, first alone, then
 # beside a loop of `df -T -P`; counts failed unmounts (a failed one is retried after 0.2 s).
 # UMOUNT: the unmount command [umount]; xfstests/umount-fuse retries such failures
-# (docs/xfstests.md, "Flaky under load"). Usage: umountbusy.sh [N]
+# (docs/xfstests.md, "Known flakes"). Usage: umountbusy.sh [N]
 . "$(dirname "$0")/common.sh"
 n=${1:-60} UMOUNT=${UMOUNT:-umount}
 fresh_mount busy
