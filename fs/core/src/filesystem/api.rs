@@ -11,7 +11,7 @@ use std::sync::Arc;
 impl Filesystem {
     /// The superblock as of now.
     pub fn superblock(&self) -> Superblock {
-        lock(&self.inner.superblock).clone()
+        lock(&self.inner.mount.superblock).clone()
     }
 
     /// The block size.

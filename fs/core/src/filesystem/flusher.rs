@@ -85,7 +85,8 @@ pub(super) fn backup_watcher(weak: std::sync::Weak<Inner>) {
 impl Inner {
     /// Bytes of buffered writes (blocks and inline contents) not yet written back.
     pub(super) fn dirty_total(&self) -> usize {
-        self.dirty_bytes.load(Ordering::Relaxed) + self.inline_dirty_bytes.load(Ordering::Relaxed)
+        self.mem.dirty_bytes.load(Ordering::Relaxed)
+            + self.mem.inline_dirty_bytes.load(Ordering::Relaxed)
     }
 
     /// After a write: past half the dirty-memory bound the flusher is asked to write back (in
@@ -105,7 +106,7 @@ impl Inner {
         // In flight first, then dirty: a writeback moves bytes from dirty to in flight
         // (publishing the latter with Release), so this order never counts them twice; counting
         // them twice made a writer wait for a writeback it had just asked for.
-        let in_flight = self.in_flight_bytes.load(Ordering::Acquire);
+        let in_flight = self.mem.in_flight_bytes.load(Ordering::Acquire);
         if self.dirty_total() + in_flight > self.max_dirty {
             self.writeback_over(self.max_dirty)
         } else {
@@ -138,7 +139,7 @@ impl Inner {
 
     /// Nodes with changes not yet written back (and any node locked right now, which may).
     pub(super) fn dirty_nodes(&self) -> Vec<(u64, NodeRef)> {
-        let nodes: Vec<(u64, NodeRef)> = lock(&self.nodes)
+        let nodes: Vec<(u64, NodeRef)> = lock(&self.cache.nodes)
             .iter()
             .map(|(i, n)| (*i, n.clone()))
             .collect();

@@ -179,36 +179,62 @@ pub(crate) struct Inner {
     pub(crate) atime: AtimeMode,
     pub(crate) diratime: bool,
     pub(crate) max_dirty: usize,
-    superblock: Mutex<Superblock>,
-    backing: Option<BackingDir>,
-    mount_lock: Mutex<Option<MountLock>>,
-    /// Where the epoch is recorded outside the storage (key service), if anywhere.
-    anchor: Mutex<Option<Arc<dyn crate::keysource::KeySource>>>,
-    nodes: Mutex<HashMap<u64, NodeRef>>,
-    /// Size of `nodes` at which the next trim runs (see [`Inner::insert_node`]).
-    node_trim_at: AtomicUsize,
+    /// The superblock, backing directory and what this mount holds on them.
+    mount: Mount,
+    /// Loaded nodes and chunk records.
+    cache: Caches,
     pub(crate) ns_lock: Mutex<()>,
     pub(crate) wb_lock: Mutex<()>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     counters: Mutex<CounterState>,
-    pub(crate) dirty_bytes: AtomicUsize,
-    /// Bytes of blocks on their way to storage ([`data::InFlight`]): with the dirty bytes,
-    /// what the dirty-memory bound limits.
-    pub(crate) in_flight_bytes: AtomicUsize,
-    /// Bytes of inline contents not yet stored (towards `max_dirty`).
-    pub(crate) inline_dirty_bytes: AtomicUsize,
+    /// Buffered bytes the dirty-memory bound (`max_dirty`) counts.
+    mem: DirtyMemory,
     /// Chunks whose entries carry a `prev` version (data not yet known durable).
     pub(crate) pending: Mutex<HashSet<(u64, u64)>>,
-    pub(crate) chunk_cache: Mutex<lru::LruCache<(u64, u64), Arc<Chunk>>>,
-    /// Objects to delete once the metadata that dropped them is durable.
-    pub(crate) doomed: Mutex<Vec<ObjectId>>,
-    /// Deleted inodes whose inline data record is still stored (each has a reclaim mark), and
-    /// when the last inode was deleted ([`Inner::reclaim_inline`]).
-    pub(crate) reclaim: Mutex<Reclaim>,
+    /// Storage to give back once it is safe to.
+    deletions: Deletions,
     closed: AtomicBool,
     /// Wakes the background threads: to stop, or (the flusher) to write back early.
     signal: (Mutex<Signal>, Condvar),
+}
+
+/// The superblock and backing directory of the mount, and what it holds on them.
+struct Mount {
+    superblock: Mutex<Superblock>,
+    backing: Option<BackingDir>,
+    mount_lock: Mutex<Option<MountLock>>,
+    /// Where the epoch is recorded outside the storage (key service), if anywhere.
+    anchor: Mutex<Option<Arc<dyn crate::keysource::KeySource>>>,
+}
+
+/// In-memory caches of stored state: loaded nodes and chunk records.
+struct Caches {
+    nodes: Mutex<HashMap<u64, NodeRef>>,
+    /// Size of `nodes` at which the next trim runs (see [`Inner::insert_node`]).
+    node_trim_at: AtomicUsize,
+    chunk_cache: Mutex<lru::LruCache<(u64, u64), Arc<Chunk>>>,
+}
+
+/// Bytes of buffered writes, which the dirty-memory bound (`Inner::max_dirty`) limits.
+struct DirtyMemory {
+    /// Bytes of dirty blocks on nodes.
+    dirty_bytes: AtomicUsize,
+    /// Bytes of blocks on their way to storage ([`data::InFlight`]): with the dirty bytes,
+    /// what the dirty-memory bound limits.
+    in_flight_bytes: AtomicUsize,
+    /// Bytes of inline contents not yet stored (towards `max_dirty`).
+    inline_dirty_bytes: AtomicUsize,
+}
+
+/// Storage given back only once it is safe to: objects after the metadata that dropped them
+/// is durable, inline data records of deleted inodes in quiet moments.
+struct Deletions {
+    /// Objects to delete once the metadata that dropped them is durable.
+    doomed: Mutex<Vec<ObjectId>>,
+    /// Deleted inodes whose inline data record is still stored (each has a reclaim mark), and
+    /// when the last inode was deleted ([`Inner::reclaim_inline`]).
+    reclaim: Mutex<Reclaim>,
 }
 
 /// Deleted inodes waiting for their inline data record to be removed.

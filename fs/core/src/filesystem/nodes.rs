@@ -70,7 +70,7 @@ impl Inner {
     pub(crate) fn check_writable(&self, op: &str) -> Result<()> {
         if self.read_only {
             Err(posix(libc::EROFS, format!("{op}: read-only filesystem")))
-        } else if let Some(e) = self.backing.as_ref().and_then(|b| b.fenced_error(op)) {
+        } else if let Some(e) = self.mount.backing.as_ref().and_then(|b| b.fenced_error(op)) {
             Err(e)
         } else {
             Ok(())
@@ -79,7 +79,7 @@ impl Inner {
 
     /// The loaded node of `ino`, loading it from the store if needed.
     pub(crate) fn node(&self, ino: u64) -> Result<NodeRef> {
-        if let Some(n) = lock(&self.nodes).get(&ino) {
+        if let Some(n) = lock(&self.cache.nodes).get(&ino) {
             return Ok(n.clone());
         }
         let inode = self
@@ -92,11 +92,11 @@ impl Inner {
     /// Caches the node of `inode`; `created` says it was just created (so it has no xattrs).
     pub(crate) fn insert_node(&self, inode: Inode, created: bool) -> NodeRef {
         let ino = inode.ino;
-        let mut nodes = lock(&self.nodes);
+        let mut nodes = lock(&self.cache.nodes);
         if let Some(n) = nodes.get(&ino) {
             return n.clone();
         }
-        if nodes.len() >= self.node_trim_at.load(Ordering::Relaxed) {
+        if nodes.len() >= self.cache.node_trim_at.load(Ordering::Relaxed) {
             nodes.retain(|_, n| {
                 if Arc::strong_count(n) > 1 {
                     return true;
@@ -110,7 +110,7 @@ impl Inner {
             // trim: with thousands of dirty nodes (access times of a tree being read, waiting
             // for the 5 s writeback) every insert rescanned them all, 7% of the daemon's time
             // reading the benchmark tree.
-            self.node_trim_at.store(
+            self.cache.node_trim_at.store(
                 nodes.len().max(NODE_CACHE) + NODE_CACHE / 4,
                 Ordering::Relaxed,
             );
@@ -132,7 +132,7 @@ impl Inner {
     }
 
     pub(crate) fn forget_node(&self, ino: u64) {
-        lock(&self.nodes).remove(&ino);
+        lock(&self.cache.nodes).remove(&ino);
     }
 
     /// Registers an open handle of `node`; fails if the inode was deleted meanwhile (its
@@ -216,10 +216,12 @@ impl Inner {
             0
         };
         if charge >= n.inline_charge {
-            self.inline_dirty_bytes
+            self.mem
+                .inline_dirty_bytes
                 .fetch_add(charge - n.inline_charge, Ordering::Relaxed);
         } else {
-            self.inline_dirty_bytes
+            self.mem
+                .inline_dirty_bytes
                 .fetch_sub(n.inline_charge - charge, Ordering::Relaxed);
         }
         n.inline_charge = charge;
@@ -228,8 +230,8 @@ impl Inner {
     pub(crate) fn drop_dirty(&self, n: &mut Node) {
         let bytes = n.dirty.len() * self.block_size as usize;
         n.dirty.clear();
-        self.dirty_bytes.fetch_sub(
-            bytes.min(self.dirty_bytes.load(Ordering::Relaxed)),
+        self.mem.dirty_bytes.fetch_sub(
+            bytes.min(self.mem.dirty_bytes.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
         self.set_inline_dirty(n, false);

@@ -5,8 +5,8 @@
 use super::alloc::CounterState;
 use super::flusher::{backup_watcher, flusher, Signal};
 use super::{
-    lock, unlock_superblock, Filesystem, Inner, OpenOptions, Parts, Reclaim, CHUNK_CACHE,
-    INO_RESERVE, META_GROUP_KEYS, NODE_CACHE, ROOT_INO,
+    lock, unlock_superblock, Caches, Deletions, DirtyMemory, Filesystem, Inner, Mount, OpenOptions,
+    Parts, Reclaim, CHUNK_CACHE, INO_RESERVE, META_GROUP_KEYS, NODE_CACHE, ROOT_INO,
 };
 use crate::backing::{BackingDir, MountLock};
 use crate::crypto::incarnation::KeyRing;
@@ -127,7 +127,7 @@ impl Filesystem {
             if let Some(anchor) = key.anchor_handle() {
                 let sb = fs.superblock();
                 anchor.anchor(&ctx, sb.epoch, &sb.meta_digest)?;
-                *self::lock(&fs.inner.anchor) = Some(anchor);
+                *self::lock(&fs.inner.mount.anchor) = Some(anchor);
             }
         }
         Ok(fs)
@@ -221,12 +221,17 @@ impl Filesystem {
             atime: opts.atime,
             diratime: opts.diratime,
             max_dirty: opts.max_dirty_bytes.max(1 << 20),
-            superblock: Mutex::new(superblock),
-            backing,
-            mount_lock: Mutex::new(mount_lock),
-            anchor: Mutex::new(None),
-            nodes: Mutex::new(HashMap::new()),
-            node_trim_at: AtomicUsize::new(NODE_CACHE),
+            mount: Mount {
+                superblock: Mutex::new(superblock),
+                backing,
+                mount_lock: Mutex::new(mount_lock),
+                anchor: Mutex::new(None),
+            },
+            cache: Caches {
+                nodes: Mutex::new(HashMap::new()),
+                node_trim_at: AtomicUsize::new(NODE_CACHE),
+                chunk_cache: Mutex::new(lru::LruCache::new(chunk_cap)),
+            },
             ns_lock: Mutex::new(()),
             wb_lock: Mutex::new(()),
             handles: Mutex::new(HashMap::new()),
@@ -238,13 +243,16 @@ impl Filesystem {
                 gen_reserved: counters.gen_reserved,
                 current: None,
             }),
-            dirty_bytes: AtomicUsize::new(0),
-            in_flight_bytes: AtomicUsize::new(0),
-            inline_dirty_bytes: AtomicUsize::new(0),
+            mem: DirtyMemory {
+                dirty_bytes: AtomicUsize::new(0),
+                in_flight_bytes: AtomicUsize::new(0),
+                inline_dirty_bytes: AtomicUsize::new(0),
+            },
             pending: Mutex::new(HashSet::new()),
-            chunk_cache: Mutex::new(lru::LruCache::new(chunk_cap)),
-            doomed: Mutex::new(Vec::new()),
-            reclaim: Mutex::new(Reclaim::default()),
+            deletions: Deletions {
+                doomed: Mutex::new(Vec::new()),
+                reclaim: Mutex::new(Reclaim::default()),
+            },
             closed: AtomicBool::new(false),
             signal: (Mutex::new(Signal::default()), Condvar::new()),
         });
@@ -261,7 +269,7 @@ impl Filesystem {
                 .spawn(move || flusher(weak))
                 .map_err(|e| Error::io("flusher thread", e))?;
             *lock(&fs.flusher) = Some(handle);
-            if fs.inner.backing.is_some() {
+            if fs.inner.mount.backing.is_some() {
                 let weak = Arc::downgrade(&inner);
                 let handle = std::thread::Builder::new()
                     .name("digimedfs-backup".into())
@@ -304,15 +312,15 @@ impl Filesystem {
             .state()
             .ok_or_else(|| Error::invalid("metadata store has no running digest"))?
             .digest;
-        let mut sb = lock(&self.inner.superblock);
-        if self.inner.backing.is_some() {
+        let mut sb = lock(&self.inner.mount.superblock);
+        if self.inner.mount.backing.is_some() {
             tracker.bind_epoch(sb.epoch + 1)?;
             self.inner.records.flush()?;
         }
         sb.meta_digest = digest;
         sb.flags |= FLAG_CLEAN;
         sb.epoch += 1;
-        if let Some(b) = &self.inner.backing {
+        if let Some(b) = &self.inner.mount.backing {
             b.write_superblock(&sb.encode(&self.inner.keys.superblock)?)?;
         }
         let (epoch, digest) = (sb.epoch, sb.meta_digest);
@@ -321,10 +329,10 @@ impl Filesystem {
             tenant: sb.tenant.clone(),
         };
         drop(sb);
-        if let Some(anchor) = lock(&self.inner.anchor).take() {
+        if let Some(anchor) = lock(&self.inner.mount.anchor).take() {
             anchor.anchor(&ctx, epoch, &digest)?;
         }
-        lock(&self.inner.mount_lock).take();
+        lock(&self.inner.mount.mount_lock).take();
         Ok(())
     }
 }
@@ -356,7 +364,7 @@ impl Inner {
                 b.set_reclaim(ino, false);
                 b.commit()?;
             } else {
-                lock(&self.reclaim).inos.push(ino);
+                lock(&self.deletions.reclaim).inos.push(ino);
             }
         }
         self.resolve_prev()?;

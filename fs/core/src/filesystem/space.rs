@@ -51,7 +51,7 @@ impl Inner {
     /// these records.
     pub(crate) fn reclaim_inline(&self, force: bool) -> Result<()> {
         let inos = {
-            let mut r = lock(&self.reclaim);
+            let mut r = lock(&self.deletions.reclaim);
             let quiet = r.last_deletion.is_none_or(|t| t.elapsed() >= RECLAIM_QUIET);
             if !(force || quiet || r.inos.len() > RECLAIM_BACKLOG) {
                 return Ok(());
@@ -73,7 +73,7 @@ impl Inner {
             }
             if let Err(e) = b.commit() {
                 let rest = inos.get(k * RECLAIM_BATCH..).unwrap_or_default();
-                lock(&self.reclaim).inos.extend_from_slice(rest);
+                lock(&self.deletions.reclaim).inos.extend_from_slice(rest);
                 return Err(e);
             }
         }
@@ -84,14 +84,14 @@ impl Inner {
     /// records. The list is taken before the flush: an object doomed by a deletion committed
     /// during the flush waits for the next one (its deletion may not be in this flush).
     pub(crate) fn flush_and_delete_doomed(&self) -> Result<()> {
-        let doomed: Vec<ObjectId> = std::mem::take(&mut *lock(&self.doomed));
+        let doomed: Vec<ObjectId> = std::mem::take(&mut *lock(&self.deletions.doomed));
         if let Err(e) = self.records.flush() {
-            lock(&self.doomed).extend(doomed);
+            lock(&self.deletions.doomed).extend(doomed);
             return Err(e);
         }
         for (k, id) in doomed.iter().enumerate() {
             if let Err(e) = self.objects.remove(id) {
-                lock(&self.doomed).extend(doomed.iter().skip(k).copied());
+                lock(&self.deletions.doomed).extend(doomed.iter().skip(k).copied());
                 return Err(e);
             }
         }
@@ -99,7 +99,7 @@ impl Inner {
     }
 
     pub(crate) fn statfs(&self) -> Result<StatFs> {
-        let (blocks, bfree, bavail, files, ffree, frsize) = match &self.backing {
+        let (blocks, bfree, bavail, files, ffree, frsize) = match &self.mount.backing {
             Some(b) => statvfs(b.root())?,
             None => (1 << 32, 1 << 31, 1 << 31, 1 << 20, 1 << 19, 4096),
         };

@@ -62,11 +62,11 @@ impl Inner {
     /// Chunk `c` of `ino`, shared with the cache: a 4 KiB read must not copy the whole block
     /// map of its chunk (that copy was 9% of the daemon's time under random 4 KiB reads).
     pub(crate) fn chunk(&self, ino: u64, c: u64) -> Result<Arc<Chunk>> {
-        if let Some(ch) = lock(&self.chunk_cache).get(&(ino, c)) {
+        if let Some(ch) = lock(&self.cache.chunk_cache).get(&(ino, c)) {
             return Ok(Arc::clone(ch));
         }
         let ch = Arc::new(self.records.chunk(ino, c)?);
-        lock(&self.chunk_cache).put((ino, c), Arc::clone(&ch));
+        lock(&self.cache.chunk_cache).put((ino, c), Arc::clone(&ch));
         Ok(ch)
     }
 
@@ -76,7 +76,7 @@ impl Inner {
     }
 
     fn cache_chunk(&self, ino: u64, c: u64, ch: Chunk) {
-        lock(&self.chunk_cache).put((ino, c), Arc::new(ch));
+        lock(&self.cache.chunk_cache).put((ino, c), Arc::new(ch));
     }
 
     /// The entry of block `idx`, reusing `cur` when it already holds that block's chunk.

@@ -58,7 +58,7 @@ impl Inner {
                     self.forget_chunks(ino, 0);
                     n.inode.storage = Storage::None;
                     n.inline = Some(Vec::new());
-                    lock(&self.doomed).push(id);
+                    lock(&self.deletions.doomed).push(id);
                     n.inode.size = 0;
                 } else if size < old {
                     let keep = size.div_ceil(bs);
@@ -75,7 +75,9 @@ impl Inner {
                         let idx = keep - 1;
                         let mut block = match n.dirty.remove(&idx) {
                             Some(b) => {
-                                self.dirty_bytes.fetch_sub(bs as usize, Ordering::Relaxed);
+                                self.mem
+                                    .dirty_bytes
+                                    .fetch_sub(bs as usize, Ordering::Relaxed);
                                 b
                             }
                             None => self.block_for_update(&n, &id, idx)?,
@@ -84,7 +86,9 @@ impl Inner {
                             t.fill(0);
                         }
                         n.dirty.insert(idx, block);
-                        self.dirty_bytes.fetch_add(bs as usize, Ordering::Relaxed);
+                        self.mem
+                            .dirty_bytes
+                            .fetch_add(bs as usize, Ordering::Relaxed);
                     }
                     self.drop_entries_from(ino, keep, &mut b)?;
                     n.inode.size = size;
@@ -108,12 +112,13 @@ impl Inner {
 
     pub(super) fn drop_dirty_blocks(&self, n: &mut Node, from: u64) {
         let gone = n.dirty.split_off(&from);
-        self.dirty_bytes
+        self.mem
+            .dirty_bytes
             .fetch_sub(gone.len() * self.block_size as usize, Ordering::Relaxed);
     }
 
     pub(super) fn forget_chunks(&self, ino: u64, from_chunk: u64) {
-        let mut cache = lock(&self.chunk_cache);
+        let mut cache = lock(&self.cache.chunk_cache);
         let keys: Vec<(u64, u64)> = cache
             .iter()
             .filter(|((i, c), _)| *i == ino && *c >= from_chunk)
@@ -146,7 +151,7 @@ impl Inner {
                 Ok(true)
             })?;
         // Entries written since the last store update are in the cache only.
-        let cached: Vec<(u64, Chunk)> = lock(&self.chunk_cache)
+        let cached: Vec<(u64, Chunk)> = lock(&self.cache.chunk_cache)
             .iter()
             .filter(|((i, c), _)| *i == ino && *c >= first_chunk)
             .map(|((_, c), ch)| (*c, Chunk::clone(ch)))
@@ -277,7 +282,9 @@ impl Inner {
             if !n.dirty.contains_key(&idx) {
                 let blk = self.block_for_update(&n, &id, idx)?;
                 n.dirty.insert(idx, blk);
-                self.dirty_bytes.fetch_add(bs as usize, Ordering::Relaxed);
+                self.mem
+                    .dirty_bytes
+                    .fetch_add(bs as usize, Ordering::Relaxed);
             }
             if let Some(d) = n
                 .dirty
@@ -291,7 +298,9 @@ impl Inner {
             let mut b = self.records.batch();
             for idx in first_full..end_full {
                 if n.dirty.remove(&idx).is_some() {
-                    self.dirty_bytes.fetch_sub(bs as usize, Ordering::Relaxed);
+                    self.mem
+                        .dirty_bytes
+                        .fetch_sub(bs as usize, Ordering::Relaxed);
                 }
             }
             let mut c = first_full / CHUNK_BLOCKS;

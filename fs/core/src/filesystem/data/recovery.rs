@@ -100,7 +100,7 @@ impl Inner {
                     }
                 }
                 b.put_chunk(ino, c, &ch);
-                lock(&self.chunk_cache).pop(&(ino, c));
+                lock(&self.cache.chunk_cache).pop(&(ino, c));
             }
             b.commit()?;
         }

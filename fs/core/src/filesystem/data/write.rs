@@ -69,7 +69,7 @@ impl Inner {
         if !had_inline {
             for (idx, block) in blocks.into_iter().enumerate() {
                 n.dirty.insert(idx as u64, block);
-                self.dirty_bytes.fetch_add(bs, Ordering::Relaxed);
+                self.mem.dirty_bytes.fetch_add(bs, Ordering::Relaxed);
             }
             return Ok(id);
         }
@@ -202,7 +202,9 @@ impl Inner {
                     self.block_for_update(n, &id, idx)?
                 };
                 n.dirty.insert(idx, block);
-                self.dirty_bytes.fetch_add(bs as usize, Ordering::Relaxed);
+                self.mem
+                    .dirty_bytes
+                    .fetch_add(bs as usize, Ordering::Relaxed);
             }
             let (head, rest) = src.split_at(take);
             if let Some(d) = n

@@ -97,7 +97,8 @@ impl Inner {
             .sum::<usize>();
         // Release: a writer that sees these bytes in flight also sees them gone from dirty
         // (`after_write`).
-        self.in_flight_bytes
+        self.mem
+            .in_flight_bytes
             .fetch_add(in_flight_bytes, Ordering::Release);
         // The metadata flush and the object writes below take most of a writeback's time;
         // writes to these files meanwhile go to their dirty blocks (so a large sequential
@@ -113,7 +114,8 @@ impl Inner {
                 n.in_flight = None;
             }
         }
-        self.in_flight_bytes
+        self.mem
+            .in_flight_bytes
             .fetch_sub(in_flight_bytes, Ordering::Relaxed);
         stored
     }
@@ -169,7 +171,8 @@ impl Inner {
         };
         let dirty = std::mem::take(&mut n.dirty);
         let count = dirty.len() as u64;
-        self.dirty_bytes
+        self.mem
+            .dirty_bytes
             .fetch_sub((count * self.block_size) as usize, Ordering::Relaxed);
         // A block whose entry still names a previous version must not be overwritten before
         // its current version is durable.

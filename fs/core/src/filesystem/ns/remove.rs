@@ -173,14 +173,14 @@ impl Inner {
     pub(crate) fn after_purge(&self, inode: &Inode) {
         let ino = inode.ino;
         if may_have_inline(inode) {
-            let mut r = lock(&self.reclaim);
+            let mut r = lock(&self.deletions.reclaim);
             r.inos.push(ino);
             r.last_deletion = Some(std::time::Instant::now());
         }
         // Only object-backed files have block maps: skip the cache sweep (linear in the cache
         // size) for everything else, which is most of an `rm -rf`.
         if let Storage::Object(id) = inode.storage {
-            let mut cache = lock(&self.chunk_cache);
+            let mut cache = lock(&self.cache.chunk_cache);
             let keys: Vec<(u64, u64)> = cache
                 .iter()
                 .filter(|((i, _), _)| *i == ino)
@@ -191,7 +191,7 @@ impl Inner {
             }
             drop(cache);
             lock(&self.pending).retain(|(i, _)| *i != ino);
-            lock(&self.doomed).push(id);
+            lock(&self.deletions.doomed).push(id);
         }
     }
 }
