@@ -169,10 +169,10 @@ impl Filesystem {
     }
     /// [`Filesystem::open_file`], also saying whether the open changed the file's atime. An
     /// open for reading only (`O_RDONLY`) updates atime as a read does (per
-    /// [`OpenOptions::atime`]): the FUSE kernel serves reads of pages it has cached
-    /// (`FOPEN_KEEP_CACHE`) without asking the filesystem, so the read itself may never
-    /// arrive. Reads that do arrive count as well ([`Filesystem::read`]). When atime changed,
-    /// the kernel's cached attributes of the file should be invalidated.
+    /// [`OpenOptions::atime`](super::OpenOptions::atime)): the FUSE kernel serves reads of
+    /// pages it has cached (`FOPEN_KEEP_CACHE`) without asking the filesystem, so the read
+    /// itself may never arrive. Reads that do arrive count as well ([`Filesystem::read`]).
+    /// When atime changed, the kernel's cached attributes of the file should be invalidated.
     pub fn open_file_reporting_atime(
         &self,
         ctx: &Ctx,
@@ -243,7 +243,7 @@ impl Filesystem {
         }
     }
     /// Reads up to `size` bytes at `offset`; short only at end of file. A program's read: it
-    /// updates atime as [`OpenOptions::atime`] says.
+    /// updates atime as [`OpenOptions::atime`](super::OpenOptions::atime) says.
     pub fn read(&self, ino: u64, _fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         self.inner.read(ino, offset, size, true)
     }

@@ -1,9 +1,9 @@
 //! File contents: reads, writes, truncation, hole punching, SEEK_DATA/SEEK_HOLE, and the
 //! writeback protocol that keeps every block verifiable across crashes.
 //!
-//! Small files (up to [`INLINE_MAX`]) live in a sealed inline record. Larger files live in a
-//! data object, one AES-256-XTS block per file block, each block authenticated by a tag kept
-//! in the sealed chunk records of the metadata store.
+//! Small files (up to [`INLINE_MAX`](crate::format::records::INLINE_MAX)) live in a sealed
+//! inline record. Larger files live in a data object, one AES-256-XTS block per file block,
+//! each block authenticated by a tag kept in the sealed chunk records of the metadata store.
 //!
 //! Writeback protocol (see docs/crypto.md, "Crash atomicity of data and tags"): a block's
 //! entry holds its current version and, until that version is known durable, the version the
