@@ -81,7 +81,8 @@ impl Filesystem {
 
 impl Inner {
     fn backing_root(&self) -> Result<&Confined> {
-        self.backing
+        self.mount
+            .backing
             .as_ref()
             .map(|b| b.confined())
             .ok_or_else(|| Error::invalid("backup points need a backing directory"))
@@ -104,7 +105,7 @@ impl Inner {
         root.remove_tree(&new)?;
         root.create_dir(&new)?;
         let previous = backup::previous_hashes(&root);
-        let fs_uuid = lock(&self.superblock).fs_uuid;
+        let fs_uuid = lock(&self.mount.superblock).fs_uuid;
 
         let (records, digest, frozen, frozen_for) = {
             let _frozen = gate.write().unwrap_or_else(|p| p.into_inner());
@@ -163,7 +164,7 @@ impl Inner {
         // the live superblock states at that epoch: the service refuses another digest at the
         // anchored epoch, which is what a remount after a crash here presents.
         let (point_sb, ctx, live_epoch, live_digest) = {
-            let mut sb = lock(&self.superblock);
+            let mut sb = lock(&self.mount.superblock);
             let mut point_sb = sb.clone();
             point_sb.flags |= FLAG_CLEAN;
             point_sb.meta_digest = digest;
@@ -174,7 +175,7 @@ impl Inner {
                 self.records.flush()?;
             }
             sb.epoch += 1;
-            if let Some(b) = &self.backing {
+            if let Some(b) = &self.mount.backing {
                 b.write_superblock(&sb.encode(&self.keys.superblock)?)?;
             }
             let ctx = crate::keysource::SlotContext {
@@ -183,7 +184,7 @@ impl Inner {
             };
             (point_sb, ctx, sb.epoch, sb.meta_digest)
         };
-        let anchor = lock(&self.anchor).clone();
+        let anchor = lock(&self.mount.anchor).clone();
         if let Some(anchor) = anchor {
             anchor.anchor(&ctx, live_epoch, &live_digest)?;
         }
@@ -282,7 +283,7 @@ impl Inner {
 
     /// Carries out a backup request found in the backing directory, if any.
     pub(super) fn serve_backup_request(&self) {
-        let Some(root) = self.backing.as_ref().map(|b| b.confined().clone()) else {
+        let Some(root) = self.mount.backing.as_ref().map(|b| b.confined().clone()) else {
             return;
         };
         let (action, nonce) = match backup::take_request(&root) {
