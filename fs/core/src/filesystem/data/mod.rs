@@ -35,7 +35,7 @@ use std::sync::Arc;
 /// batch is in (docs/performance.md, tuning table: `WRITEBACK_SLICE`).
 const WRITEBACK_SLICE: usize = 256;
 /// Largest end offset of file data: the largest file size (objects are split into segment
-/// files below the backing filesystem's limit, see objects.rs).
+/// files below the backing filesystem's limit, see `crate::objects`).
 pub(crate) const MAX_DATA_END: u64 = i64::MAX as u64;
 
 /// The blocks of one node's writeback, from the commit of their entries until the object
