@@ -14,7 +14,13 @@ use digimedfs_keyservice::state::Credential;
 /// The credential that unseals the root secret comes from --credential-file (the file's bytes)
 /// or else from the environment variable DIGIMED_KS_PASSPHRASE.
 #[derive(Parser)]
-#[command(version)]
+#[command(
+    version,
+    after_help = "STATE_DIR is the key service's state directory (root.sealed, registry.json, \
+anchors.json, audit.log, made by `init`). TENANT and ID are tenant ids: 1 to 64 of \
+A-Z a-z 0-9 . _ -. FS_UUID is a filesystem's uuid as mkfs.digimed printed it. \
+See docs/keyservice.md."
+)]
 struct Cli {
     /// Read the credential from this file instead of DIGIMED_KS_PASSPHRASE.
     #[arg(long, global = true)]
@@ -35,10 +41,13 @@ enum Cmd {
     /// Serve the API over TLS.
     Serve {
         state_dir: PathBuf,
+        /// Address and port to listen on.
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
+        /// The server's certificate chain (PEM); clients trust it through their --ca-file.
         #[arg(long)]
         tls_cert: PathBuf,
+        /// The server's private key (PEM), readable only by the service.
         #[arg(long)]
         tls_key: PathBuf,
         /// Audit log (default STATE_DIR/audit.log).
