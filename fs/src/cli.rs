@@ -418,43 +418,6 @@ pub fn optional_key_spec(key: &KeyArgs) -> anyhow::Result<Option<KeySpec>> {
     }
 }
 
-/// The filesystem type of the mount whose mount point is `path` in `mountinfo` (the text of
-/// /proc/self/mountinfo), if there is one. Mount points there escape space, tab, newline and
-/// backslash as octal (`\040`).
-pub fn mount_at(mountinfo: &str, path: &std::path::Path) -> Option<String> {
-    let want = path.to_str()?;
-    mountinfo.lines().find_map(|line| {
-        let (mount, rest) = line.split_once(" - ")?;
-        let point = mount.split(' ').nth(4)?;
-        (unescape_mount_path(point) == want)
-            .then(|| rest.split(' ').next().unwrap_or("").to_string())
-    })
-}
-
-/// Undoes the octal escapes of a path in /proc/self/mountinfo.
-fn unescape_mount_path(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        let digits = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|x| (b'0'..=b'7').contains(x)));
-        match (c, digits) {
-            (b'\\', Some(d)) => {
-                let v = d.iter().fold(0u32, |acc, x| acc * 8 + u32::from(x - b'0'));
-                out.push(u8::try_from(v).unwrap_or(b'?'));
-                i += 4;
-            }
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The source name shown in /proc/mounts for `backing`: its path, unless it contains
 /// characters that cannot pass through a mount option string.
 pub fn fsname_for(backing: &std::path::Path) -> Option<String> {
@@ -546,25 +509,6 @@ mod tests {
     }
 
     use super::*;
-
-    #[test]
-    fn mount_at_finds_mount_points_with_escaped_names() {
-        let info = "22 1 0:21 / / rw - ext4 /dev/vda rw\n\
-                    40 22 0:50 / /mnt/my\\040proj rw,nosuid - fuse.digimedfs /srv/b rw\n";
-        assert_eq!(
-            mount_at(info, std::path::Path::new("/mnt/my proj")).as_deref(),
-            Some("fuse.digimedfs")
-        );
-        assert_eq!(
-            mount_at(info, std::path::Path::new("/")).as_deref(),
-            Some("ext4")
-        );
-        assert_eq!(mount_at(info, std::path::Path::new("/mnt")), None);
-        assert_eq!(
-            mount_at("garbage\n\n - \n", std::path::Path::new("/mnt")),
-            None
-        );
-    }
 
     /// Fuzzes the `-o` parser (what an fstab line or `mount -o` hands the daemon): mutated
     /// option lists must parse or fail with an error, never panic. `DIGIMEDFS_FUZZ_ITERS` sets

@@ -305,8 +305,8 @@ fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
         );
     }
     let path = canonical(mountpoint, "mountpoint")?;
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if let Some(fstype) = cli::mount_at(&mounts, &path) {
+    if let Some(m) = digimedfs_core::mounts::at(&digimedfs_core::mounts::current(), &path) {
+        let fstype = m.fstype;
         anyhow::bail!(
             "{} is already a mount point (type {fstype}): unmount it first (umount {}), or mount \
              on another directory",

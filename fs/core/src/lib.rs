@@ -18,6 +18,7 @@
 //!   front ends such as the FUSE adapter in `digimedfs` drive.
 //! - [`check`], [`mkfs`]: fsck's checker and filesystem creation.
 //! - [`hardening`]: process hardening the binaries apply at start.
+//! - [`mounts`]: this host's mount table.
 
 pub mod backing;
 pub mod backup;
@@ -32,6 +33,7 @@ pub mod integrity;
 pub mod keysource;
 pub mod meta;
 pub mod mkfs;
+pub mod mounts;
 pub mod objects;
 
 pub use error::{Error, Result};

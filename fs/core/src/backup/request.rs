@@ -91,17 +91,9 @@ pub fn resolve_backing(path: &Path) -> Result<PathBuf> {
     if canon.join(crate::backing::SUPERBLOCK).is_file() {
         return Ok(canon);
     }
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    for line in mounts.lines() {
-        let mut f = line.split(' ');
-        let (Some(src), Some(mnt), Some(ty)) = (f.next(), f.next(), f.next()) else {
-            continue;
-        };
-        if ty == "fuse.digimedfs" && Path::new(mnt) == canon {
-            let src = PathBuf::from(src);
-            if src.join(crate::backing::SUPERBLOCK).is_file() {
-                return Ok(src);
-            }
+    if let Some(m) = crate::mounts::at(&crate::mounts::current(), &canon) {
+        if m.fstype == "fuse.digimedfs" && m.source.join(crate::backing::SUPERBLOCK).is_file() {
+            return Ok(m.source);
         }
     }
     Err(Error::invalid(format!(

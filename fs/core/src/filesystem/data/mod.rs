@@ -108,6 +108,8 @@ impl Inner {
         let full = got == buf.len();
         // An incarnation without a salt record: the version cannot be verified.
         let mut no_salt: Option<u64> = None;
+        // The keys of the version that verified, kept for the decryption.
+        let mut verified_with = None;
         let held = {
             let stored: &[u8] = buf;
             held_version(e, stored.get(..got).unwrap_or_default(), |v| {
@@ -118,23 +120,23 @@ impl Inner {
                     no_salt.get_or_insert(v.generation);
                     return Ok(false);
                 };
-                Ok(keys.blocks.verify(ino, idx, v.generation, stored, &v.tag))
+                let ok = keys.blocks.verify(ino, idx, v.generation, stored, &v.tag);
+                if ok {
+                    verified_with = Some((v.generation, keys));
+                }
+                Ok(ok)
             })?
         };
-        let version = match held {
-            Held::Cur => Some(e.cur),
-            Held::Prev => e.prev.flatten(),
-            Held::Hole => {
+        match (held, verified_with) {
+            (Held::Hole, _) => {
                 buf.fill(0);
                 return Ok(());
             }
-            Held::Neither => None,
-        };
-        if let Some(v) = version {
-            if let Some(keys) = self.keys_of(v.generation)? {
-                keys.data.decrypt_block(ino, v.generation, buf)?;
+            (Held::Cur | Held::Prev, Some((generation, keys))) => {
+                keys.data.decrypt_block(ino, generation, buf)?;
                 return Ok(());
             }
+            _ => {}
         }
         let what = format!(
             "inode {ino} block {idx} (object {}, offset {}): {}",
