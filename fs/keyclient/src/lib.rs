@@ -334,11 +334,7 @@ impl KeyService {
         wrapped: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>> {
         let b64 = base64::engine::general_purpose::STANDARD;
-        let body = UnwrapRequest {
-            fs_uuid: hex::encode(fs_uuid),
-            key_version: version,
-            wrapped: b64.encode(wrapped),
-        };
+        let body = UnwrapRequest::new(fs_uuid, version, wrapped);
         let reply = self.call(PATH_UNWRAP, &body, Some(version))?;
         // Zeroized when dropped.
         let r: KeyReply =
@@ -356,11 +352,7 @@ impl KeyService {
         wrapped: &[u8],
     ) -> Result<(u32, Vec<u8>)> {
         let b64 = base64::engine::general_purpose::STANDARD;
-        let body = UnwrapRequest {
-            fs_uuid: hex::encode(fs_uuid),
-            key_version: version,
-            wrapped: b64.encode(wrapped),
-        };
+        let body = UnwrapRequest::new(fs_uuid, version, wrapped);
         let reply = self.call(PATH_REWRAP, &body, Some(version))?;
         let r: WrappedReply =
             serde_json::from_slice(&reply.body).map_err(|e| self.malformed("rewrap", e))?;

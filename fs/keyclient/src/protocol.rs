@@ -40,6 +40,18 @@ pub struct UnwrapRequest {
     pub wrapped: String,
 }
 
+impl UnwrapRequest {
+    /// The body for the key `wrapped` under `key_version` of filesystem `fs_uuid`.
+    pub fn new(fs_uuid: &[u8; 16], key_version: u32, wrapped: &[u8]) -> UnwrapRequest {
+        use base64::Engine;
+        UnwrapRequest {
+            fs_uuid: hex::encode(fs_uuid),
+            key_version,
+            wrapped: base64::engine::general_purpose::STANDARD.encode(wrapped),
+        }
+    }
+}
+
 /// Body of [`PATH_ANCHOR`].
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
