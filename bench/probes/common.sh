@@ -1,6 +1,7 @@
 # Shared setup of the probes: scratch dir, binaries, key, tarball of the benchmark tree.
 # Knobs: PROBE_DIR [/var/tmp/digimedfs-probe], BIN [<repo>/target/release], TREE_TAR
-# [$PROBE_DIR/tree.tar, built like bench/run.sh's on first use].
+# [$PROBE_DIR/tree.tar, built like bench/run.sh's on first use], NO_TREE_TAR=1 (a script that
+# needs no tarball, such as bench/scale.sh, skips building it).
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 Q="${PROBE_DIR:-/var/tmp/digimedfs-probe}"
@@ -8,7 +9,7 @@ BIN="${BIN:-$REPO/target/release}"
 TREE_TAR="${TREE_TAR:-$Q/tree.tar}"
 mkdir -p "$Q"
 [[ -f $Q/k ]] || "$BIN/digimedfs" keygen "$Q/k" >/dev/null
-if [[ ! -f $TREE_TAR ]]; then
+if [[ -z ${NO_TREE_TAR:-} && ! -f $TREE_TAR ]]; then
     tar -cf "$TREE_TAR" --hard-dereference --ignore-failed-read /usr/include /usr/share/doc \
         /usr/lib/python3 /usr/share/vim /usr/share/perl /usr/share/zoneinfo /usr/share/mime \
         /usr/share/i18n 2>/dev/null
