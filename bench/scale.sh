@@ -250,9 +250,9 @@ fi
 N=0 # the N being run
 record() { printf '%s\t%s\t%s\t%s\n' "$N" "$1" "$2" "$3" >>"$DATA"; } # fs metric value
 
-# fail FS METRIC COMMAND LOGFILE
+# fail FS STEP COMMAND LOGFILE: the step's row ("STEP_s") says FAIL.
 fail() {
-    record "$1" "$2" FAIL
+    record "$1" "$2_s" FAIL
     {
         echo "### N=$N / $1 / $2"
         echo "command: \`$3\`"
@@ -376,7 +376,7 @@ hwm_end() { # fs phase
     [[ -n $kb ]] && record "$1" "hwm_$2_kb" "$kb"
 }
 
-# The digimedfs daemon's log (docs/operations.md, "Logs"): the mountpoint with / turned into -.
+# The digimedfs daemon's log (docs/operations.md, "Mount"): the mountpoint with / turned into -.
 daemon_log() { # fs
     local name="$Q/mnt-$1"
     name=${name#/}
@@ -565,7 +565,9 @@ with open(data) as f:
         parts = line.rstrip("\n").split("\t")
         if len(parts) == 4:
             n, fs, metric, value = parts
-            vals.setdefault((int(n), fs, metric), value)
+            # A step that failed after an earlier success of the same kind (a remount) wins.
+            if value == "FAIL" or (int(n), fs, metric) not in vals:
+                vals[(int(n), fs, metric)] = value
 
 MIB = 1 / 1048576
 # metric, label, scale (None: text)
@@ -628,6 +630,9 @@ for n in ns:
     for key, label, scale in ROWS:
         if any((n, fs, key) in vals for fs in fs_list):
             rows.append([label] + [cell(n, fs, key, scale) for fs in fs_list])
+    known = {key for key, _, _ in ROWS}
+    for key in sorted({m for (n2, _, m), v in vals.items() if n2 == n and v == "FAIL" and m not in known}):
+        rows.append([f"step {key[:-2]}"] + [cell(n, fs, key, 1) for fs in fs_list])
     print(table(["phase"] + fs_list, rows))
     print()
 
@@ -646,9 +651,10 @@ for p in PHASES:
     for fs in fs_list:
         if any((n, fs, f"hwm_{p}_kb") in vals for n in ns):
             rows.append([f"VmHWM {p}, MiB", fs] + [cell(n, fs, f"hwm_{p}_kb", 1 / 1024) for n in ns])
-print(table(["metric", "fs"] + [f"N = {n:,}" for n in ns], rows))
-print()
-if "gocryptfs" in fs_list:
+if rows:
+    print(table(["metric", "fs"] + [f"N = {n:,}" for n in ns], rows))
+    print()
+if "gocryptfs" in fs_list and len(fs_list) > 1:
     rows = []
     metrics = [(k, f"{label}, µs/file") for k, label in PER_FILE] + [(f"hwm_{p}_kb", f"VmHWM {p}") for p in PHASES if p != "backup"]
     for key, label in metrics:
