@@ -219,13 +219,19 @@ STEP_PID=
 
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
-    local fs M
+    local fs M pid i
     [[ -n $STEP_PID ]] && kill "$STEP_PID" 2>/dev/null
     [[ -n $WD ]] && kill "$WD" 2>/dev/null
     for fs in $FS; do
         M="$Q/mnt-$fs"
         if mountpoint -q "$M" 2>/dev/null; then
+            pid=$(daemon_pid "$M")
             fusermount3 -u "$M" 2>/dev/null || fusermount3 -uz "$M" 2>/dev/null || umount -l "$M" 2>/dev/null
+            # Its backing dir goes next: let the daemon finish writing back first (at most 60 s).
+            for ((i = 0; i < 600; i++)); do
+                if [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; then break; fi
+                sleep 0.1
+            done
         fi
     done
     [[ -n "${URING_WAS:-}" ]] && echo "$URING_WAS" >"$URING_SWITCH" 2>/dev/null
