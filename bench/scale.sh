@@ -31,7 +31,8 @@
 #               (this script does not build them: cargo build --release --bins first)
 #   STEP_TIMEOUT  seconds before one step counts as hung; the daemon is then killed [3600]
 #   RESULTS     results file  [bench/results/scale-<date>.md; every value in the .tsv beside it]
-#   KEEP_SCRATCH=1  leave the scratch directory (backing dirs, logs) behind
+#   KEEP_SCRATCH=1  leave the backing dirs behind (each N replaces the previous N's; logs and
+#               binaries stay in SCRATCH in any case)
 # shellcheck source-path=SCRIPTDIR
 set -uo pipefail
 
