@@ -30,6 +30,8 @@ mod large_offsets;
 mod persistence;
 #[path = "e2e/posix.rs"]
 mod posix;
+#[path = "e2e/scale.rs"]
+mod scale;
 #[path = "e2e/uring.rs"]
 mod uring;
 #[path = "e2e/workload.rs"]

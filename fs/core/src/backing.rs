@@ -405,6 +405,10 @@ impl MetaStore for FencedMeta {
         }
         Ok(())
     }
+    fn close(&self) -> Result<()> {
+        self.flush()?;
+        self.inner()?.close()
+    }
 }
 
 impl Drop for FencedMeta {

@@ -10,7 +10,7 @@ use digimedfs_core::confined::Confined;
 use digimedfs_core::meta::{key_name, Batch, MetaEngine, MetaStore, ScanFn};
 use digimedfs_core::{Error, Result};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// The sled engine, to hand to `Filesystem::open`, `check`, `mkfs` and `restore`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,9 +32,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// [`MetaStore`] on sled.
 pub struct SledStore {
-    db: sled::Db,
-    tree: sled::Tree,
+    /// The open database, until [`MetaStore::close`] takes it.
+    handles: RwLock<Option<Handles>>,
+    /// Where sled opens the store (a `/proc/self/fd` path for a backing directory's store).
+    open_path: std::path::PathBuf,
+    /// The store's directory as the user knows it, for messages.
     path: std::path::PathBuf,
+    cache_bytes: u64,
     /// The directory descriptor the store was opened through (its `/proc/self/fd` path is
     /// sled's), kept open as long as the store so that number never names another file.
     _pinned: Option<Confined>,
@@ -43,6 +47,11 @@ pub struct SledStore {
     /// that wait for the lock its waiter holds). Serializing our writes keeps the number of
     /// concurrently sealed buffers small.
     writer: Mutex<()>,
+}
+
+struct Handles {
+    db: sled::Db,
+    tree: sled::Tree,
 }
 
 /// sled log segment size of new stores: large segments mean fewer sealed buffers and fewer
@@ -76,106 +85,167 @@ impl SledStore {
     /// Opens (or creates) the store in directory `path` (a private copy, a test directory; the
     /// store of a backing directory is opened with [`SledStore::open_in`]).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<SledStore> {
-        let config = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .segment_size(SLED_SEGMENT_SIZE)
-            // Durability points are ours: fsync, the 5 s writeback cycle, unmount.
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput);
-        // sled releases its file lock only when its last background task lets go of the
-        // database, a moment after the handle is dropped: a reopen in the same process (mkfs
-        // then mount, fsck repair then mount) waits briefly for it. Other processes are kept
-        // out by our own mount lock before we get here.
-        let mut tries = 0;
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if tries < 40 && e.to_string().contains("could not acquire lock") =>
-                {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => {
-                    return Err(Error::meta(
-                        format!("open metadata store {}", path.display()),
-                        e,
-                    ))
-                }
-            }
-        };
-        let tree = db
-            .open_tree(b"records")
-            .map_err(|e| Error::meta(format!("open tree in {}", path.display()), e))?;
+        let handles = open_handles(path, cache_bytes)?;
         Ok(SledStore {
-            db,
-            tree,
+            handles: RwLock::new(Some(handles)),
+            open_path: path.to_path_buf(),
             path: path.to_path_buf(),
+            cache_bytes,
             _pinned: None,
             writer: Mutex::new(()),
         })
     }
+
+    /// Runs `f` on the open database; fails once the store is closed.
+    fn with<T>(&self, f: impl FnOnce(&Handles) -> Result<T>) -> Result<T> {
+        let guard = self.handles.read().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(h) => f(h),
+            None => Err(Error::invalid(format!(
+                "metadata store {} already closed",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// Opens the closed store once more and closes it again. sled writes its snapshot (where
+    /// every page lives in the log) only when it opens, after replaying the log written since
+    /// the previous snapshot: done here, that replay of what this mount wrote is paid by the
+    /// unmount, not by the next mount.
+    fn record_snapshot(&self) -> Result<()> {
+        if let Some(dir) = &self._pinned {
+            dir.check_plain_tree()?;
+        }
+        let started = std::time::Instant::now();
+        drop(open_handles(
+            &self.open_path,
+            self.cache_bytes.min(1 << 20),
+        )?);
+        if let Some(dir) = &self._pinned {
+            dir.check_plain_tree()?;
+        }
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "metadata store's snapshot recorded for the next mount"
+        );
+        Ok(())
+    }
+}
+
+/// Opens sled's database and our tree in `path`.
+fn open_handles(path: &Path, cache_bytes: u64) -> Result<Handles> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        .segment_size(SLED_SEGMENT_SIZE)
+        // Durability points are ours: fsync, the 5 s writeback cycle, unmount.
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput);
+    // sled releases its file lock only when its last background task lets go of the
+    // database, a moment after the handle is dropped: a reopen in the same process (mkfs
+    // then mount, fsck repair then mount, the snapshot at close) waits briefly for it. Other
+    // processes are kept out by our own mount lock before we get here.
+    let mut tries = 0;
+    let db = loop {
+        match config.open() {
+            Ok(db) => break db,
+            Err(sled::Error::Io(e))
+                if tries < 40 && e.to_string().contains("could not acquire lock") =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(Error::meta(
+                    format!("open metadata store {}", path.display()),
+                    e,
+                ))
+            }
+        }
+    };
+    let tree = db
+        .open_tree(b"records")
+        .map_err(|e| Error::meta(format!("open tree in {}", path.display()), e))?;
+    Ok(Handles { db, tree })
 }
 
 impl MetaStore for SledStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.tree
-            .get(key)
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| Error::meta(format!("read {}", key_name(key)), e))
+        self.with(|h| {
+            h.tree
+                .get(key)
+                .map(|v| v.map(|v| v.to_vec()))
+                .map_err(|e| Error::meta(format!("read {}", key_name(key)), e))
+        })
     }
 
     fn scan(&self, prefix: &[u8], after: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()> {
-        let iter = match after {
-            Some(after) => {
-                let mut start = after.to_vec();
-                start.push(0);
-                self.tree.range(start..)
+        self.with(|h| {
+            let iter = match after {
+                Some(after) => {
+                    let mut start = after.to_vec();
+                    start.push(0);
+                    h.tree.range(start..)
+                }
+                None => h.tree.range(prefix.to_vec()..),
+            };
+            for item in iter {
+                let (k, v) =
+                    item.map_err(|e| Error::meta(format!("scan {}", key_name(prefix)), e))?;
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                if !f(&k, &v)? {
+                    break;
+                }
             }
-            None => self.tree.range(prefix.to_vec()..),
-        };
-        for item in iter {
-            let (k, v) = item.map_err(|e| Error::meta(format!("scan {}", key_name(prefix)), e))?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            if !f(&k, &v)? {
-                break;
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn apply(&self, batch: &Batch) -> Result<()> {
-        if let [(k, v)] = batch.ops() {
-            // A single change is atomic on its own; sled's batches roll the log buffer twice
-            // (two writes to the log file each), single inserts do not.
-            let _one_writer = lock(&self.writer);
-            let res = match v {
-                Some(v) => self.tree.insert(k.as_slice(), v.as_slice()).map(|_| ()),
-                None => self.tree.remove(k.as_slice()).map(|_| ()),
-            };
-            return res.map_err(|e| Error::meta(format!("write {}", key_name(k)), e));
-        }
-        let mut b = sled::Batch::default();
-        for (k, v) in batch.ops() {
-            match v {
-                Some(v) => b.insert(k.as_slice(), v.as_slice()),
-                None => b.remove(k.as_slice()),
+        self.with(|h| {
+            if let [(k, v)] = batch.ops() {
+                // A single change is atomic on its own; sled's batches roll the log buffer
+                // twice (two writes to the log file each), single inserts do not.
+                let _one_writer = lock(&self.writer);
+                let res = match v {
+                    Some(v) => h.tree.insert(k.as_slice(), v.as_slice()).map(|_| ()),
+                    None => h.tree.remove(k.as_slice()).map(|_| ()),
+                };
+                return res.map_err(|e| Error::meta(format!("write {}", key_name(k)), e));
             }
-        }
-        let _one_writer = lock(&self.writer);
-        self.tree
-            .apply_batch(b)
-            .map_err(|e| Error::meta(format!("write batch of {} records", batch.len()), e))
+            let mut b = sled::Batch::default();
+            for (k, v) in batch.ops() {
+                match v {
+                    Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                    None => b.remove(k.as_slice()),
+                }
+            }
+            let _one_writer = lock(&self.writer);
+            h.tree
+                .apply_batch(b)
+                .map_err(|e| Error::meta(format!("write batch of {} records", batch.len()), e))
+        })
     }
 
     fn flush(&self) -> Result<()> {
-        let _one_writer = lock(&self.writer);
-        self.db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| Error::meta(format!("flush {}", self.path.display()), e))
+        self.with(|h| {
+            let _one_writer = lock(&self.writer);
+            h.db.flush()
+                .map(|_| ())
+                .map_err(|e| Error::meta(format!("flush {}", self.path.display()), e))
+        })
+    }
+
+    fn close(&self) -> Result<()> {
+        self.flush()?;
+        let handles = self
+            .handles
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(handles);
+        self.record_snapshot()
     }
 }

@@ -325,6 +325,11 @@ impl MetaStore for BufferedStore {
         self.buffer.inner.flush()
     }
 
+    fn close(&self) -> Result<()> {
+        self.buffer.hand_over()?;
+        self.buffer.inner.close()
+    }
+
     fn digest_store(&self) -> Option<&DigestStore> {
         self.buffer.inner.digest_store()
     }

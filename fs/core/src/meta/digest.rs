@@ -145,6 +145,10 @@ impl MetaStore for DigestStore {
         self.records.store.flush()
     }
 
+    fn close(&self) -> Result<()> {
+        self.records.store.close()
+    }
+
     fn digest_store(&self) -> Option<&DigestStore> {
         Some(self)
     }

@@ -468,6 +468,11 @@ impl Records {
     pub fn flush(&self) -> Result<()> {
         self.store.flush()
     }
+
+    /// Makes everything durable and closes the store ([`MetaStore::close`]).
+    pub fn close(&self) -> Result<()> {
+        self.store.close()
+    }
 }
 
 pub(super) fn xor_into(acc: &mut [u8; 32], m: &[u8; 32]) {
