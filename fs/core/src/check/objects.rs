@@ -44,9 +44,9 @@ impl Checker<'_> {
         let object_files: Vec<(u64, ObjectId, u64)> = self
             .model
             .inodes
-            .values()
-            .filter_map(|i| match (i.kind, i.storage) {
-                (FileKind::File, Storage::Object(id)) => Some((i.ino, id, i.size)),
+            .iter()
+            .filter_map(|(ino, i)| match (i.kind, self.model.storage_of(ino, &i)) {
+                (FileKind::File, Storage::Object(id)) => Some((ino, id, i.size)),
                 _ => None,
             })
             .collect();

@@ -3,10 +3,11 @@
 //! previous-version marks and incarnation salt records.
 
 use super::model::block_index;
-use super::model::EntryRec;
+use super::model::InodeSum;
 use super::{Checker, Fixability, ProblemKind};
 use crate::crypto::incarnation::incarnation_of;
 use crate::crypto::FsKeys;
+use crate::filesystem::FileKind;
 use crate::format::records::{self, prefix, Chunk, Counters, Dirent, Inode, StoreState, Xattr};
 use crate::meta::{key_name, Records};
 use crate::{Error, Result};
@@ -93,18 +94,19 @@ impl Checker<'_> {
         match p {
             prefix::INODE => {
                 let inode = Inode::decode(ino, &plain)?;
-                self.model.inodes.insert(ino, inode);
+                let (sum, object) = InodeSum::of(&inode);
+                self.model.inodes.insert(ino, sum);
+                if let Some(id) = object {
+                    self.model.object_ids.insert(ino, id);
+                }
+                if inode.kind == FileKind::Dir {
+                    self.model.parents.insert(ino, inode.parent);
+                }
             }
             prefix::DIRENT => {
-                let dirent = Dirent::decode(&plain)?;
-                let mut pseud = [0u8; 8];
-                if let Some(s) = key.get(1..9) {
-                    pseud.copy_from_slice(s);
-                }
-                self.model.entries.entry(pseud).or_default().push(EntryRec {
-                    key: key.to_vec(),
-                    dirent,
-                });
+                // Checked against its directory in pass 3, which reads it again: entries
+                // are not held through the scan.
+                Dirent::decode(&plain)?;
             }
             prefix::XATTR => {
                 let x = Xattr::decode(&plain)?;
@@ -123,7 +125,8 @@ impl Checker<'_> {
                 self.note_chunk(ino, key, &c);
             }
             prefix::INLINE => {
-                self.model.inline.insert(ino, plain.len() as u64);
+                let len = u32::try_from(plain.len()).unwrap_or(u32::MAX);
+                self.model.inline.insert(ino, len);
             }
             prefix::ORPHAN => {
                 if !plain.is_empty() {
