@@ -405,7 +405,7 @@ impl Checker<'_> {
         if self.model.chunks.remove(&ino).is_some() {
             self.plan.delete_chunks.insert(ino);
         }
-        for k in self.model.xattr_keys.remove(&ino).unwrap_or_default() {
+        for k in self.model.xattr_keys.take(ino) {
             self.plan.delete_keys.insert(k);
         }
         if let Some(i) = self.model.inodes.remove(ino) {

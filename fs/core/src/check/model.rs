@@ -223,6 +223,53 @@ pub(super) struct EntryRec {
     pub(super) live: bool,
 }
 
+/// The xattr records found, as (inode, name MAC) in key order: 24 bytes each, the key is
+/// rebuilt from them when a repair deletes the records.
+#[derive(Default)]
+pub(super) struct XattrKeys {
+    keys: Vec<(u64, [u8; 16])>,
+    /// Inodes whose records were taken by [`XattrKeys::take`].
+    taken: BTreeSet<u64>,
+}
+
+impl XattrKeys {
+    /// Adds xattr record `mac` of `ino` (records come in key order).
+    pub(super) fn push(&mut self, ino: u64, mac: [u8; 16]) {
+        self.keys.push((ino, mac));
+    }
+
+    /// The inodes with xattr records, ascending, each once.
+    pub(super) fn inos(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::new();
+        for (ino, _) in &self.keys {
+            if out.last() != Some(ino) && !self.taken.contains(ino) {
+                out.push(*ino);
+            }
+        }
+        out
+    }
+
+    /// The keys of the xattr records of `ino`, once (later calls return none).
+    pub(super) fn take(&mut self, ino: u64) -> Vec<Vec<u8>> {
+        if !self.taken.insert(ino) {
+            return Vec::new();
+        }
+        let lo = self.keys.partition_point(|(i, _)| *i < ino);
+        let hi = self.keys.partition_point(|(i, _)| *i <= ino);
+        self.keys
+            .get(lo..hi)
+            .unwrap_or_default()
+            .iter()
+            .map(|(i, mac)| records::xattr_key(*i, mac).to_vec())
+            .collect()
+    }
+
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        self.keys.capacity() * std::mem::size_of::<(u64, [u8; 16])>()
+    }
+}
+
 /// The decoded store, adjusted as repairs are decided.
 #[derive(Default)]
 pub(super) struct Model {
@@ -242,7 +289,7 @@ pub(super) struct Model {
     pub(super) added_by_dir: HashMap<u64, Vec<usize>>,
     pub(super) added_by_name: HashMap<(u64, Vec<u8>), usize>,
     pub(super) names: Names,
-    pub(super) xattr_keys: BTreeMap<u64, Vec<Vec<u8>>>,
+    pub(super) xattr_keys: XattrKeys,
     /// Per inode, a summary of its block map records (the entries stay in the store: pass 5
     /// reads them again segment by segment, so memory does not grow with the data).
     pub(super) chunks: BTreeMap<u64, ChunkSummary>,
@@ -418,6 +465,7 @@ impl Model {
                 + (w.subdirs.capacity() + w.parent_of.capacity()) * 16
         });
         self.inodes.heap_bytes()
+            + self.xattr_keys.heap_bytes()
             + self.object_ids.heap_bytes()
             + self.parents.heap_bytes()
             + self.inline.heap_bytes()

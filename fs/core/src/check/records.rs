@@ -110,15 +110,11 @@ impl Checker<'_> {
             }
             prefix::XATTR => {
                 let x = Xattr::decode(&plain)?;
-                let mac = records::xattr_key(ino, &keys.names.xattr_key(ino, &x.name));
-                if mac.as_slice() != key {
+                let name_mac = keys.names.xattr_key(ino, &x.name);
+                if records::xattr_key(ino, &name_mac).as_slice() != key {
                     return Err(Error::integrity("xattr name does not match its key"));
                 }
-                self.model
-                    .xattr_keys
-                    .entry(ino)
-                    .or_default()
-                    .push(key.to_vec());
+                self.model.xattr_keys.push(ino, name_mac);
             }
             prefix::CHUNK => {
                 let c = Chunk::decode(&plain)?;

@@ -197,8 +197,8 @@ impl Checker<'_> {
         let stray_x: Vec<u64> = self
             .model
             .xattr_keys
-            .keys()
-            .copied()
+            .inos()
+            .into_iter()
             .filter(|i| missing(&self.model, i))
             .collect();
         for ino in stray_x {
@@ -210,7 +210,7 @@ impl Checker<'_> {
                 "delete them",
             );
             if fix {
-                for k in self.model.xattr_keys.remove(&ino).unwrap_or_default() {
+                for k in self.model.xattr_keys.take(ino) {
                     self.plan.delete_keys.insert(k);
                 }
             }
