@@ -783,3 +783,49 @@ fn xattrs_of_missing_and_orphan_inodes() {
         (0, 1, 0)
     );
 }
+
+/// Two inodes naming the same object: the one with the higher number is reported as sharing
+/// it with the lower, once; the object the second one lost belongs to no inode.
+#[test]
+fn two_inodes_sharing_an_object() {
+    let img = MemImage::create(4096).unwrap();
+    let fs = img.open(&OpenOptions::default()).unwrap();
+    let mut inos = Vec::new();
+    for (i, name) in [b"a", b"b"].into_iter().enumerate() {
+        let (f, fh) = fs
+            .create(&ROOT, ROOT_INO, name, 0o644, 0, libc::O_RDWR)
+            .unwrap();
+        fs.write(f.ino, fh, 0, &content(i as u8, INLINE_MAX as usize + 8192))
+            .unwrap();
+        fs.release(f.ino, fh).unwrap();
+        inos.push(f.ino);
+    }
+    fs.close().unwrap();
+    let records = Records::new(img.meta.clone(), img.keys.clone(), &img.superblock.fs_uuid);
+    let a = records.inode(inos[0]).unwrap().unwrap();
+    let mut b = records.inode(inos[1]).unwrap().unwrap();
+    let (Storage::Object(id_a), Storage::Object(id_b)) = (a.storage, b.storage) else {
+        panic!("both files should be stored in objects");
+    };
+    b.storage = Storage::Object(id_a);
+    let mut batch = records.batch();
+    batch.put_inode(&b).unwrap();
+    batch.commit().unwrap();
+    let r = check_parts(&img.parts_to_check(), &CheckOptions::default(), &mut ()).unwrap();
+    let shared = r.of_kind(ProblemKind::SharedObject);
+    assert_eq!(shared.len(), 1, "{:#?}", r.problems);
+    assert_eq!(shared[0].ino, Some(inos[1]));
+    assert!(
+        shared[0].detail.starts_with(&format!(
+            "inodes {} and {} both refer to object {}",
+            inos[0],
+            inos[1],
+            hex::encode(id_a)
+        )),
+        "{}",
+        shared[0].detail
+    );
+    let unreferenced = r.of_kind(ProblemKind::UnreferencedObject);
+    assert_eq!(unreferenced.len(), 1, "{:#?}", r.problems);
+    assert!(unreferenced[0].detail.contains(&hex::encode(id_b)));
+}

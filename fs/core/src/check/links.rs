@@ -402,7 +402,7 @@ impl Checker<'_> {
                 .delete_keys
                 .insert(records::ino_prefix(prefix::INLINE, ino).to_vec());
         }
-        if self.model.chunks.remove(&ino).is_some() {
+        if self.model.chunks.remove(ino).is_some() {
             self.plan.delete_chunks.insert(ino);
         }
         for k in self.model.xattr_keys.take(ino) {

@@ -53,7 +53,6 @@ use crate::{Error, Result};
 use model::Model;
 use plan::Plan;
 use snapshot::Snapshot;
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -178,7 +177,7 @@ pub fn check(
             "none possible: restore meta/ from a backup",
         );
         c.ui.pass(6, "backing directory");
-        c.pass_backing(&dir, &BTreeSet::new());
+        c.pass_backing(&dir);
         return Ok(c.finish_without_store());
     };
     let (meta, _snapshot) = open_meta(&meta_dir, opts, engine)?;
@@ -358,10 +357,10 @@ impl<'u> Checker<'u> {
         self.ui.pass(4, "sizes and storage");
         self.pass_sizes(&records, u64::from(parts.superblock.block_size));
         self.ui.pass(5, "data objects");
-        let listed = self.pass_objects(parts, &records)?;
+        self.pass_objects(parts, &records)?;
         if let Some(dir) = &parts.backing {
             self.ui.pass(6, "backing directory");
-            self.pass_backing(dir, &listed);
+            self.pass_backing(dir);
         }
         self.ui.pass(7, "metadata digest");
         self.pass_digest(&parts.superblock, records.digest()?);

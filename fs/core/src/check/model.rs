@@ -292,7 +292,7 @@ pub(super) struct Model {
     pub(super) xattr_keys: XattrKeys,
     /// Per inode, a summary of its block map records (the entries stay in the store: pass 5
     /// reads them again segment by segment, so memory does not grow with the data).
-    pub(super) chunks: BTreeMap<u64, ChunkSummary>,
+    pub(super) chunks: InoMap<ChunkSummary>,
     /// Highest block generation in any block map record.
     pub(super) max_gen: u64,
     /// Incarnations with a salt record.
@@ -465,6 +465,7 @@ impl Model {
                 + (w.subdirs.capacity() + w.parent_of.capacity()) * 16
         });
         self.inodes.heap_bytes()
+            + self.chunks.heap_bytes()
             + self.xattr_keys.heap_bytes()
             + self.object_ids.heap_bytes()
             + self.parents.heap_bytes()

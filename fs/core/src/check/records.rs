@@ -171,7 +171,7 @@ impl Checker<'_> {
         if c.entries.values().any(|e| e.prev.is_some()) {
             self.model.prev_chunks.insert((ino, idx));
         }
-        let sum = self.model.chunks.entry(ino).or_default();
+        let mut sum = self.model.chunks.get(ino).unwrap_or_default();
         sum.records += 1;
         for (slot, e) in &c.entries {
             sum.max_block = sum.max_block.max(block_index(idx, *slot));
@@ -190,6 +190,7 @@ impl Checker<'_> {
                 }
             }
         }
+        self.model.chunks.insert(ino, sum);
     }
 
     /// A previous-version mark belongs to a chunk record with a previous version (the mount

@@ -44,7 +44,7 @@ impl Checker<'_> {
         // conversion left) are part of that one problem.
         let orphan = self.model.orphan_inodes.contains(&ino);
         let has_inline = self.model.inline.contains_key(ino) && !orphan;
-        let has_chunks = self.model.chunks.get(&ino).is_some_and(|m| m.records > 0) && !orphan;
+        let has_chunks = self.model.chunks.get(ino).is_some_and(|m| m.records > 0) && !orphan;
         if inode.kind != FileKind::File {
             if storage != Storage::None {
                 self.problem(
@@ -147,7 +147,6 @@ impl Checker<'_> {
             .model
             .chunks
             .keys()
-            .copied()
             .filter(|i| missing(&self.model, i))
             .collect();
         for ino in stray_chunks {
@@ -234,7 +233,7 @@ impl Checker<'_> {
     }
 
     fn stray_chunks(&mut self, ino: u64, owner: &str) {
-        let n = self.model.chunks.get(&ino).map(|m| m.records).unwrap_or(0);
+        let n = self.model.chunks.get(ino).map(|m| m.records).unwrap_or(0);
         let fix = self.problem(
             ProblemKind::StrayRecord,
             Some(ino),
@@ -243,14 +242,14 @@ impl Checker<'_> {
             "delete them",
         );
         if fix {
-            self.model.chunks.remove(&ino);
+            self.model.chunks.remove(ino);
             self.plan.delete_chunks.insert(ino);
         }
     }
 
     fn check_beyond_size(&mut self, records: &Records, ino: u64, inode: &InodeSum, bs: u64) {
         let keep = inode.size.div_ceil(bs);
-        match self.model.chunks.get(&ino) {
+        match self.model.chunks.get(ino) {
             Some(sum) if sum.records > 0 && sum.max_block >= keep => {}
             _ => return,
         }
@@ -282,7 +281,7 @@ impl Checker<'_> {
         );
         if fix {
             self.plan.trim_chunks.insert(ino, keep);
-            if let Some(sum) = self.model.chunks.get_mut(&ino) {
+            if let Some(sum) = self.model.chunks.get_mut(ino) {
                 sum.max_block = keep.saturating_sub(1);
             }
         }
