@@ -68,7 +68,6 @@ pub(super) struct InoMap<V> {
     keys: Vec<u64>,
     vals: Vec<V>,
     live: Vec<bool>,
-    len: usize,
 }
 
 impl<V> Default for InoMap<V> {
@@ -77,7 +76,6 @@ impl<V> Default for InoMap<V> {
             keys: Vec::new(),
             vals: Vec::new(),
             live: Vec::new(),
-            len: 0,
         }
     }
 }
@@ -98,24 +96,19 @@ impl<V: Copy> InoMap<V> {
             self.keys.push(k);
             self.vals.push(v);
             self.live.push(true);
-            self.len += 1;
             return;
         }
         match self.keys.binary_search(&k) {
             Ok(s) => {
                 if let (Some(val), Some(live)) = (self.vals.get_mut(s), self.live.get_mut(s)) {
                     *val = v;
-                    if !*live {
-                        *live = true;
-                        self.len += 1;
-                    }
+                    *live = true;
                 }
             }
             Err(s) => {
                 self.keys.insert(s, k);
                 self.vals.insert(s, v);
                 self.live.insert(s, true);
-                self.len += 1;
             }
         }
     }
@@ -138,7 +131,6 @@ impl<V: Copy> InoMap<V> {
         if let Some(l) = self.live.get_mut(s) {
             *l = false;
         }
-        self.len -= 1;
         self.vals.get(s).copied()
     }
 
