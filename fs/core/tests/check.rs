@@ -708,3 +708,124 @@ fn orphans_in_memory_image() {
             .is_empty()
     );
 }
+
+/// Xattr records are found by inode: those of an inode whose record is gone are stray (and
+/// deleted by a repair), those of an orphan go with it; nothing else of either is left.
+#[test]
+fn xattrs_of_missing_and_orphan_inodes() {
+    let img = MemImage::create(4096).unwrap();
+    let fs = img.open(&OpenOptions::default()).unwrap();
+    let (x, fh) = fs
+        .create(&ROOT, ROOT_INO, b"x", 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    fs.release(x.ino, fh).unwrap();
+    fs.setxattr(&ROOT, x.ino, b"user.a", b"1", 0).unwrap();
+    fs.setxattr(&ROOT, x.ino, b"user.b", b"2", 0).unwrap();
+    let (kept, fh) = fs
+        .create(&ROOT, ROOT_INO, b"kept", 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    fs.release(kept.ino, fh).unwrap();
+    fs.setxattr(&ROOT, kept.ino, b"user.c", b"3", 0).unwrap();
+    let (o, _fh) = fs
+        .create(&ROOT, ROOT_INO, b"open", 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    fs.setxattr(&ROOT, o.ino, b"user.d", b"4", 0).unwrap();
+    fs.unlink(&ROOT, ROOT_INO, b"open").unwrap();
+    fs.sync_all().unwrap();
+    // "Crash" with `open` still open: it stays behind as an orphan.
+    let img = img.crash_image(usize::MAX, &mut |_| true);
+    drop(fs);
+    let records = Records::new(img.meta.clone(), img.keys.clone(), &img.superblock.fs_uuid);
+    let mut b = records.batch();
+    b.delete_key(&inode_key(x.ino));
+    b.commit().unwrap();
+    let xattr_records = |ino: u64| {
+        let mut n = 0;
+        let pfx = digimedfs_core::format::records::ino_prefix(prefix::XATTR, ino);
+        img.meta
+            .scan(&pfx, None, &mut |_, _| {
+                n += 1;
+                Ok(true)
+            })
+            .unwrap();
+        n
+    };
+    assert_eq!(
+        (
+            xattr_records(x.ino),
+            xattr_records(kept.ino),
+            xattr_records(o.ino)
+        ),
+        (2, 1, 1)
+    );
+    let r = check_parts(&img.parts_to_check(), &CheckOptions::default(), &mut ()).unwrap();
+    let stray = r.of_kind(ProblemKind::StrayRecord);
+    assert_eq!(stray.len(), 1, "{:#?}", r.problems);
+    assert_eq!(stray[0].ino, Some(x.ino));
+    assert_eq!(
+        stray[0].detail,
+        format!("xattrs of inode {}, which does not exist", x.ino)
+    );
+    assert_eq!(r.of_kind(ProblemKind::OrphanInode)[0].ino, Some(o.ino));
+    let repair = CheckOptions {
+        mode: Mode::Repair,
+        threads: 1,
+    };
+    check_parts(&img.parts_to_check(), &repair, &mut ()).unwrap();
+    let r = check_parts(&img.parts_to_check(), &CheckOptions::default(), &mut ()).unwrap();
+    assert!(r.is_clean(), "{:#?}", r.problems);
+    assert_eq!(
+        (
+            xattr_records(x.ino),
+            xattr_records(kept.ino),
+            xattr_records(o.ino)
+        ),
+        (0, 1, 0)
+    );
+}
+
+/// Two inodes naming the same object: the one with the higher number is reported as sharing
+/// it with the lower, once; the object the second one lost belongs to no inode.
+#[test]
+fn two_inodes_sharing_an_object() {
+    let img = MemImage::create(4096).unwrap();
+    let fs = img.open(&OpenOptions::default()).unwrap();
+    let mut inos = Vec::new();
+    for (i, name) in [b"a", b"b"].into_iter().enumerate() {
+        let (f, fh) = fs
+            .create(&ROOT, ROOT_INO, name, 0o644, 0, libc::O_RDWR)
+            .unwrap();
+        fs.write(f.ino, fh, 0, &content(i as u8, INLINE_MAX as usize + 8192))
+            .unwrap();
+        fs.release(f.ino, fh).unwrap();
+        inos.push(f.ino);
+    }
+    fs.close().unwrap();
+    let records = Records::new(img.meta.clone(), img.keys.clone(), &img.superblock.fs_uuid);
+    let a = records.inode(inos[0]).unwrap().unwrap();
+    let mut b = records.inode(inos[1]).unwrap().unwrap();
+    let (Storage::Object(id_a), Storage::Object(id_b)) = (a.storage, b.storage) else {
+        panic!("both files should be stored in objects");
+    };
+    b.storage = Storage::Object(id_a);
+    let mut batch = records.batch();
+    batch.put_inode(&b).unwrap();
+    batch.commit().unwrap();
+    let r = check_parts(&img.parts_to_check(), &CheckOptions::default(), &mut ()).unwrap();
+    let shared = r.of_kind(ProblemKind::SharedObject);
+    assert_eq!(shared.len(), 1, "{:#?}", r.problems);
+    assert_eq!(shared[0].ino, Some(inos[1]));
+    assert!(
+        shared[0].detail.starts_with(&format!(
+            "inodes {} and {} both refer to object {}",
+            inos[0],
+            inos[1],
+            hex::encode(id_a)
+        )),
+        "{}",
+        shared[0].detail
+    );
+    let unreferenced = r.of_kind(ProblemKind::UnreferencedObject);
+    assert_eq!(unreferenced.len(), 1, "{:#?}", r.problems);
+    assert!(unreferenced[0].detail.contains(&hex::encode(id_b)));
+}

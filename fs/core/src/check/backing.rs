@@ -5,12 +5,10 @@
 use super::{Checker, Fixability, ProblemKind};
 use crate::backing::{BackingDir, LOCK_FILE, META_DIR, OBJECTS_DIR, SUPERBLOCK, SUPERBLOCK_BAK};
 use crate::confined::{Confined, Kind};
-use crate::objects::ObjectId;
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 impl Checker<'_> {
-    pub(super) fn pass_backing(&mut self, dir: &BackingDir, _listed: &BTreeSet<ObjectId>) {
+    pub(super) fn pass_backing(&mut self, dir: &BackingDir) {
         let root = dir.confined().clone();
         let Some(names) = sorted_entries(&root, None) else {
             return;

@@ -9,50 +9,56 @@ use crate::format::records::Storage;
 use crate::meta::Records;
 use crate::objects::ObjectId;
 use crate::Result;
-use std::collections::{BTreeMap, BTreeSet};
 
 /// Most block numbers listed in one problem's detail text.
 const MAX_LISTED_BLOCKS: usize = 16;
 
 impl Checker<'_> {
-    /// Returns the ids of the objects listed in the store.
-    pub(super) fn pass_objects(
-        &mut self,
-        parts: &Parts,
-        records: &Records,
-    ) -> Result<BTreeSet<ObjectId>> {
+    pub(super) fn pass_objects(&mut self, parts: &Parts, records: &Records) -> Result<()> {
         let bs = u64::from(parts.superblock.block_size);
-        let listed: BTreeMap<ObjectId, u64> = parts.objects.list()?.into_iter().collect();
+        // Object id → length, sorted by id (a sorted vector: 24 bytes an object).
+        let mut listed = parts.objects.list()?;
+        listed.sort_unstable_by_key(|a| a.0);
+        listed.dedup_by(|a, b| a.0 == b.0);
+        listed.shrink_to_fit();
         self.report.objects = listed.len() as u64;
-        let (files, owner) = self.object_jobs(&listed, bs);
-        self.unreferenced_objects(&listed, &owner);
+        let (files, owners) = self.object_jobs(&listed, bs);
+        self.unreferenced_objects(&listed, &owners);
+        drop(listed);
+        drop(owners);
         let results = verify_objects(parts, records, &files, bs, self.opts.threads, &mut *self.ui)?;
         self.report_verification(&files, results);
-        Ok(listed.keys().copied().collect())
+        Ok(())
     }
 
     /// Checks the objects of object-backed files (shared, too long) and returns one job per
-    /// file with block entries, and the owner of each referenced object.
+    /// file with block entries, and the objects referred to with their first inode (sorted).
     fn object_jobs(
         &mut self,
-        listed: &BTreeMap<ObjectId, u64>,
+        listed: &[(ObjectId, u64)],
         bs: u64,
-    ) -> (Vec<FileJob>, BTreeMap<ObjectId, u64>) {
-        let mut owner: BTreeMap<ObjectId, u64> = BTreeMap::new();
+    ) -> (Vec<FileJob>, Vec<(ObjectId, u64)>) {
         // One small record per object-backed file; the block entries are read per segment.
         let mut files: Vec<FileJob> = Vec::new();
         let object_files: Vec<(u64, ObjectId, u64)> = self
             .model
             .inodes
-            .values()
-            .filter_map(|i| match (i.kind, i.storage) {
-                (FileKind::File, Storage::Object(id)) => Some((i.ino, id, i.size)),
+            .iter()
+            .filter_map(|(ino, i)| match (i.kind, self.model.storage_of(ino, &i)) {
+                (FileKind::File, Storage::Object(id)) => Some((ino, id, i.size)),
                 _ => None,
             })
             .collect();
+        // Each object's owner is the first inode (lowest number) that refers to it.
+        let mut owners: Vec<(ObjectId, u64)> = object_files
+            .iter()
+            .map(|(ino, id, _)| (*id, *ino))
+            .collect();
+        owners.sort_unstable();
+        owners.dedup_by(|a, b| a.0 == b.0);
         for (ino, id, size) in object_files {
-            if let Some(other) = owner.get(&id) {
-                let other = *other;
+            let other = owner_of(&owners, &id).filter(|o| *o != ino);
+            if let Some(other) = other {
                 self.problem(
                     ProblemKind::SharedObject,
                     Some(ino),
@@ -63,14 +69,16 @@ impl Checker<'_> {
                     Fixability::None,
                     "none",
                 );
-            } else {
-                owner.insert(id, ino);
             }
-            let max_block = match self.model.chunks.get(&ino) {
+            let max_block = match self.model.chunks.get(ino) {
                 Some(sum) if sum.records > 0 => Some(sum.max_block),
                 _ => None,
             };
-            let len = listed.get(&id).copied();
+            let len = listed
+                .binary_search_by(|(l, _)| l.cmp(&id))
+                .ok()
+                .and_then(|i| listed.get(i))
+                .map(|(_, len)| *len);
             if let Some(len) = len {
                 let need = size.div_ceil(bs).saturating_mul(bs);
                 if len > need {
@@ -100,17 +108,13 @@ impl Checker<'_> {
                 });
             }
         }
-        (files, owner)
+        (files, owners)
     }
 
     /// Objects that no inode refers to (and no planned repair removes already).
-    fn unreferenced_objects(
-        &mut self,
-        listed: &BTreeMap<ObjectId, u64>,
-        owner: &BTreeMap<ObjectId, u64>,
-    ) {
+    fn unreferenced_objects(&mut self, listed: &[(ObjectId, u64)], owners: &[(ObjectId, u64)]) {
         for (id, len) in listed {
-            if owner.contains_key(id) || self.plan.remove_objects.contains(id) {
+            if owner_of(owners, id).is_some() || self.plan.remove_objects.contains(id) {
                 continue;
             }
             let fix = self.problem(
@@ -194,4 +198,13 @@ impl Checker<'_> {
             );
         }
     }
+}
+
+/// The owner of object `id` in `owners` (sorted by id, one entry per id).
+fn owner_of(owners: &[(ObjectId, u64)], id: &ObjectId) -> Option<u64> {
+    owners
+        .binary_search_by(|(o, _)| o.cmp(id))
+        .ok()
+        .and_then(|i| owners.get(i))
+        .map(|(_, ino)| *ino)
 }

@@ -126,9 +126,22 @@ impl Checker<'_> {
             b.delete_dirent(*dir, name);
         }
         for ino in &self.plan.put_inodes {
-            if let Some(i) = self.model.inodes.get(ino) {
-                b.put_inode(i)?;
+            let Some(sum) = self.model.inodes.get(*ino) else {
+                continue;
+            };
+            // A new inode, or a repaired one: the record as stored, with what the check changed.
+            let i = match self.model.new_inodes.get(ino) {
+                Some(i) => Some(i.clone()),
+                None => records.inode(*ino)?,
+            };
+            let Some(mut i) = i else {
+                continue;
+            };
+            i.nlink = sum.nlink;
+            if let Some(p) = self.model.parents.get(*ino) {
+                i.parent = p;
             }
+            b.put_inode(&i)?;
         }
         for (dir, d) in &self.plan.put_dirents {
             b.put_dirent(*dir, d)?;

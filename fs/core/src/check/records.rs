@@ -3,10 +3,11 @@
 //! previous-version marks and incarnation salt records.
 
 use super::model::block_index;
-use super::model::EntryRec;
+use super::model::InodeSum;
 use super::{Checker, Fixability, ProblemKind};
 use crate::crypto::incarnation::incarnation_of;
 use crate::crypto::FsKeys;
+use crate::filesystem::FileKind;
 use crate::format::records::{self, prefix, Chunk, Counters, Dirent, Inode, StoreState, Xattr};
 use crate::meta::{key_name, Records};
 use crate::{Error, Result};
@@ -93,37 +94,35 @@ impl Checker<'_> {
         match p {
             prefix::INODE => {
                 let inode = Inode::decode(ino, &plain)?;
-                self.model.inodes.insert(ino, inode);
+                let (sum, object) = InodeSum::of(&inode);
+                self.model.inodes.insert(ino, sum);
+                if let Some(id) = object {
+                    self.model.object_ids.insert(ino, id);
+                }
+                if inode.kind == FileKind::Dir {
+                    self.model.parents.insert(ino, inode.parent);
+                }
             }
             prefix::DIRENT => {
-                let dirent = Dirent::decode(&plain)?;
-                let mut pseud = [0u8; 8];
-                if let Some(s) = key.get(1..9) {
-                    pseud.copy_from_slice(s);
-                }
-                self.model.entries.entry(pseud).or_default().push(EntryRec {
-                    key: key.to_vec(),
-                    dirent,
-                });
+                // Checked against its directory in pass 3, which reads it again: entries
+                // are not held through the scan.
+                Dirent::decode(&plain)?;
             }
             prefix::XATTR => {
                 let x = Xattr::decode(&plain)?;
-                let mac = records::xattr_key(ino, &keys.names.xattr_key(ino, &x.name));
-                if mac.as_slice() != key {
+                let name_mac = keys.names.xattr_key(ino, &x.name);
+                if records::xattr_key(ino, &name_mac).as_slice() != key {
                     return Err(Error::integrity("xattr name does not match its key"));
                 }
-                self.model
-                    .xattr_keys
-                    .entry(ino)
-                    .or_default()
-                    .push(key.to_vec());
+                self.model.xattr_keys.push(ino, name_mac);
             }
             prefix::CHUNK => {
                 let c = Chunk::decode(&plain)?;
                 self.note_chunk(ino, key, &c);
             }
             prefix::INLINE => {
-                self.model.inline.insert(ino, plain.len() as u64);
+                let len = u32::try_from(plain.len()).unwrap_or(u32::MAX);
+                self.model.inline.insert(ino, len);
             }
             prefix::ORPHAN => {
                 if !plain.is_empty() {
@@ -172,7 +171,7 @@ impl Checker<'_> {
         if c.entries.values().any(|e| e.prev.is_some()) {
             self.model.prev_chunks.insert((ino, idx));
         }
-        let sum = self.model.chunks.entry(ino).or_default();
+        let mut sum = self.model.chunks.get(ino).unwrap_or_default();
         sum.records += 1;
         for (slot, e) in &c.entries {
             sum.max_block = sum.max_block.max(block_index(idx, *slot));
@@ -191,6 +190,7 @@ impl Checker<'_> {
                 }
             }
         }
+        self.model.chunks.insert(ino, sum);
     }
 
     /// A previous-version mark belongs to a chunk record with a previous version (the mount

@@ -2,18 +2,21 @@
 //! type, and records (inline data, block maps, xattrs, reclaim marks) of inodes that do not
 //! exist or cannot own them.
 
-use super::model::{block_index, scan_chunks, Model};
+use super::model::{block_index, scan_chunks, InodeSum, Model};
 use super::{Checker, Fixability, ProblemKind};
 use crate::filesystem::FileKind;
-use crate::format::records::{self, prefix, Inode, Storage, CHUNK_BLOCKS};
+use crate::format::records::{self, prefix, Storage, CHUNK_BLOCKS};
 use crate::meta::Records;
 
 impl Checker<'_> {
     pub(super) fn pass_sizes(&mut self, records: &Records, bs: u64) {
-        let inodes: Vec<Inode> = self.model.inodes.values().cloned().collect();
-        for inode in &inodes {
-            self.count(inode);
-            self.check_storage(records, inode, bs);
+        // By slot: nothing in this pass adds or removes an inode.
+        for slot in 0..self.model.inodes.slots() {
+            let Some((ino, inode)) = self.model.inodes.at(slot) else {
+                continue;
+            };
+            self.count(&inode);
+            self.check_storage(records, ino, &inode, bs);
         }
         self.stray_records_of_missing_inodes();
         self.check_reclaims();
@@ -21,7 +24,7 @@ impl Checker<'_> {
     }
 
     /// Adds `inode` to the report's tallies.
-    fn count(&mut self, inode: &Inode) {
+    fn count(&mut self, inode: &InodeSum) {
         match inode.kind {
             FileKind::File => {
                 self.report.files += 1;
@@ -34,22 +37,22 @@ impl Checker<'_> {
     }
 
     /// The storage kind of `inode` against its type, and its records against its storage.
-    fn check_storage(&mut self, records: &Records, inode: &Inode, bs: u64) {
-        let ino = inode.ino;
+    fn check_storage(&mut self, records: &Records, ino: u64, inode: &InodeSum, bs: u64) {
+        let storage = self.model.storage_of(ino, inode);
         // An orphan left in place goes with all its records when it is removed: records
         // that would be stray on a live file (e.g. an inline record an interrupted
         // conversion left) are part of that one problem.
         let orphan = self.model.orphan_inodes.contains(&ino);
-        let has_inline = self.model.inline.contains_key(&ino) && !orphan;
-        let has_chunks = self.model.chunks.get(&ino).is_some_and(|m| m.records > 0) && !orphan;
+        let has_inline = self.model.inline.contains_key(ino) && !orphan;
+        let has_chunks = self.model.chunks.get(ino).is_some_and(|m| m.records > 0) && !orphan;
         if inode.kind != FileKind::File {
-            if inode.storage != Storage::None {
+            if storage != Storage::None {
                 self.problem(
                     ProblemKind::StorageMismatch,
                     Some(ino),
                     format!(
                         "inode {ino} is a {:?} but has file storage {:?}",
-                        inode.kind, inode.storage
+                        inode.kind, storage
                     ),
                     Fixability::None,
                     "none",
@@ -63,17 +66,17 @@ impl Checker<'_> {
             }
             return;
         }
-        match inode.storage {
+        match storage {
             Storage::Inline => {
                 if has_chunks {
                     self.stray_chunks(ino, "an inline file");
                 }
-                self.check_inline_size(inode);
+                self.check_inline_size(ino, inode);
             }
             Storage::None => {
                 // The core stores an empty inline record for an empty file without
                 // storage (truncated to 0): consistent, not stray.
-                let empty_inline = self.model.inline.get(&ino) == Some(&0);
+                let empty_inline = self.model.inline.get(ino) == Some(0);
                 if has_inline && !(empty_inline && inode.size == 0) {
                     self.stray_inline(ino, "a file without storage");
                 }
@@ -94,15 +97,14 @@ impl Checker<'_> {
                 if has_inline {
                     self.stray_inline(ino, "a file stored in an object");
                 }
-                self.check_beyond_size(records, inode, bs);
+                self.check_beyond_size(records, ino, inode, bs);
             }
         }
     }
 
     /// The inline data length of an inline file against its size.
-    fn check_inline_size(&mut self, inode: &Inode) {
-        let ino = inode.ino;
-        match self.model.inline.get(&ino).copied() {
+    fn check_inline_size(&mut self, ino: u64, inode: &InodeSum) {
+        match self.model.inline.get(ino).map(u64::from) {
             None if inode.size > 0 => {
                 self.problem(
                     ProblemKind::SizeMismatch,
@@ -145,7 +147,6 @@ impl Checker<'_> {
             .model
             .chunks
             .keys()
-            .copied()
             .filter(|i| missing(&self.model, i))
             .collect();
         for ino in stray_chunks {
@@ -157,7 +158,6 @@ impl Checker<'_> {
             .model
             .inline
             .keys()
-            .copied()
             .filter(|i| missing(&self.model, i) && !self.model.reclaims.contains(i))
             .collect();
         for ino in stray_inline {
@@ -172,7 +172,7 @@ impl Checker<'_> {
             .reclaims
             .iter()
             .copied()
-            .filter(|i| self.model.inodes.contains_key(i))
+            .filter(|i| self.model.inodes.contains_key(*i))
             .collect();
         for ino in stale_reclaims {
             let fix = self.problem(
@@ -196,8 +196,8 @@ impl Checker<'_> {
         let stray_x: Vec<u64> = self
             .model
             .xattr_keys
-            .keys()
-            .copied()
+            .inos()
+            .into_iter()
             .filter(|i| missing(&self.model, i))
             .collect();
         for ino in stray_x {
@@ -209,7 +209,7 @@ impl Checker<'_> {
                 "delete them",
             );
             if fix {
-                for k in self.model.xattr_keys.remove(&ino).unwrap_or_default() {
+                for k in self.model.xattr_keys.take(ino) {
                     self.plan.delete_keys.insert(k);
                 }
             }
@@ -225,7 +225,7 @@ impl Checker<'_> {
             "delete the record",
         );
         if fix {
-            self.model.inline.remove(&ino);
+            self.model.inline.remove(ino);
             self.plan
                 .delete_keys
                 .insert(records::ino_prefix(prefix::INLINE, ino).to_vec());
@@ -233,7 +233,7 @@ impl Checker<'_> {
     }
 
     fn stray_chunks(&mut self, ino: u64, owner: &str) {
-        let n = self.model.chunks.get(&ino).map(|m| m.records).unwrap_or(0);
+        let n = self.model.chunks.get(ino).map(|m| m.records).unwrap_or(0);
         let fix = self.problem(
             ProblemKind::StrayRecord,
             Some(ino),
@@ -242,15 +242,14 @@ impl Checker<'_> {
             "delete them",
         );
         if fix {
-            self.model.chunks.remove(&ino);
+            self.model.chunks.remove(ino);
             self.plan.delete_chunks.insert(ino);
         }
     }
 
-    fn check_beyond_size(&mut self, records: &Records, inode: &Inode, bs: u64) {
-        let ino = inode.ino;
+    fn check_beyond_size(&mut self, records: &Records, ino: u64, inode: &InodeSum, bs: u64) {
         let keep = inode.size.div_ceil(bs);
-        match self.model.chunks.get(&ino) {
+        match self.model.chunks.get(ino) {
             Some(sum) if sum.records > 0 && sum.max_block >= keep => {}
             _ => return,
         }
@@ -282,7 +281,7 @@ impl Checker<'_> {
         );
         if fix {
             self.plan.trim_chunks.insert(ino, keep);
-            if let Some(sum) = self.model.chunks.get_mut(&ino) {
+            if let Some(sum) = self.model.chunks.get_mut(ino) {
                 sum.max_block = keep.saturating_sub(1);
             }
         }
@@ -291,5 +290,5 @@ impl Checker<'_> {
 
 /// Whether records of inode `i` have no inode (neither existing nor purged by a repair).
 fn missing(m: &Model, i: &u64) -> bool {
-    !m.inodes.contains_key(i) && !m.purged.contains(i)
+    !m.inodes.contains_key(*i) && !m.purged.contains(i)
 }
