@@ -4,8 +4,10 @@
 //! A point lives in `BACKING/backup/point/` (see docs/backup.md and docs/format.md):
 //!
 //! - `superblock`: the superblock as of the point (clean, with the digest of the dumped records);
-//! - `meta.dump`: every sealed metadata record as stored, sorted by key, so unchanged records
-//!   are unchanged bytes between points and delta tools send only what changed;
+//! - `meta/`: every sealed metadata record as stored, sorted by key, in segments cut at
+//!   key-defined boundaries plus an index; a segment that did not change is hard-linked from
+//!   the previous point, so a point writes (and a delta tool sends) only changed segments.
+//!   Points of earlier builds hold one `meta.dump` instead, still verified and restored;
 //! - `objects/XX/<id>`: hard links to the data objects, kept unchanged by copy-on-write in the
 //!   object store until the point is ended or replaced;
 //! - `MANIFEST`: every file above with its length and BLAKE3 hash, and a MAC for key holders.
@@ -19,6 +21,7 @@ mod dump;
 mod manifest;
 mod request;
 mod restore;
+mod segments;
 mod verify;
 
 pub use dump::{read_dump, DumpWriter};
@@ -28,6 +31,10 @@ pub use request::{
     daemon_holds_lock, end, request, resolve_backing, take_request, write_reply, Action,
 };
 pub use restore::{restore, RestoreReport};
+pub use segments::{
+    is_segmented, read_segmented, Segment, SegmentWriter, SegmentedDump, MAX_SEGMENT_BYTES,
+    MAX_SEGMENT_RECORDS, SEGMENT_DIR, SEGMENT_INDEX, SOFT_BYTES,
+};
 pub use verify::{verify, verify_copy, verify_manifest_mac, VerifyReport, MAX_PROBLEMS_LISTED};
 
 use crate::confined::Confined;
@@ -41,7 +48,7 @@ pub const POINT_DIR: &str = "point";
 pub const POINT_NEW_DIR: &str = "point.new";
 /// The manifest of a point.
 pub const MANIFEST: &str = "MANIFEST";
-/// The metadata dump of a point.
+/// The single-file metadata dump of points taken by earlier builds (read, no longer written).
 pub const DUMP: &str = "meta.dump";
 /// The superblock of a point.
 pub const POINT_SUPERBLOCK: &str = "superblock";

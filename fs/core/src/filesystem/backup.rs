@@ -9,7 +9,7 @@
 
 use super::{lock, Filesystem, Inner};
 use crate::backup::{
-    self, file_stamp, hash_file, DumpWriter, Manifest, ManifestEntry, BACKUP_DIR, DUMP, MANIFEST,
+    self, file_stamp, hash_file, Manifest, ManifestEntry, SegmentWriter, BACKUP_DIR, MANIFEST,
     POINT_DIR, POINT_NEW_DIR, POINT_SUPERBLOCK,
 };
 use crate::confined::{Access, Confined};
@@ -37,6 +37,12 @@ pub struct PointInfo {
     pub records: u64,
     /// Data objects frozen.
     pub objects: usize,
+    /// Segments of the metadata dump.
+    pub meta_segments: usize,
+    /// Of those, segments hard-linked from the previous point (unchanged since).
+    pub meta_segments_reused: usize,
+    /// Bytes of metadata dump written (segments not reused, and the segment index).
+    pub meta_bytes_written: u64,
     /// Total bytes the point's files hold.
     pub bytes: u64,
     /// Objects whose hash came from the previous point (unchanged since).
@@ -53,10 +59,13 @@ impl std::fmt::Display for PointInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "point {} (epoch {}): {} metadata records, {} data objects, {} bytes; writers held {} ms, took {} ms; copy everything in {} (and nothing else of the backing directory)",
+            "point {} (epoch {}): {} metadata records in {} segments ({} unchanged, {} bytes written), {} data objects, {} bytes; writers held {} ms, took {} ms; copy everything in {} (and nothing else of the backing directory)",
             self.id,
             self.epoch,
             self.records,
+            self.meta_segments,
+            self.meta_segments_reused,
+            self.meta_bytes_written,
             self.objects,
             self.bytes,
             self.frozen_for.as_millis(),
@@ -105,13 +114,15 @@ impl Inner {
         root.remove_tree(&new)?;
         root.create_dir(&new)?;
         let previous = backup::previous_hashes(&root);
+        let cur = format!("{BACKUP_DIR}/{POINT_DIR}");
         let fs_uuid = lock(&self.mount.superblock).fs_uuid;
 
-        let (records, digest, frozen, frozen_for) = {
+        let (dump, digest, frozen, frozen_for) = {
             let _frozen = gate.write().unwrap_or_else(|p| p.into_inner());
             let freeze_start = std::time::Instant::now();
             self.records.flush()?;
-            let mut dump = DumpWriter::create(&root, &format!("{new}/{DUMP}"), &fs_uuid)?;
+            // Segments the previous point holds unchanged are linked, not written again.
+            let mut dump = SegmentWriter::create(&root, &new, &fs_uuid, Some((&cur, &previous)))?;
             let mut digest = [0u8; 32];
             let mut failed = None;
             // Only objects an inode of the dump refers to belong to the point: a deleted file's
@@ -151,11 +162,11 @@ impl Inner {
             if let Some(e) = failed {
                 return Err(e);
             }
-            let records = dump.finish()?;
+            let dump = dump.finish()?;
             let frozen = self
                 .objects
                 .freeze_into(&format!("{new}/objects"), &|id| referenced.contains(id))?;
-            (records, digest, frozen, freeze_start.elapsed())
+            (dump, digest, frozen, freeze_start.elapsed())
         };
 
         // The point's superblock: clean, with the digest of the dumped records. The live
@@ -194,18 +205,37 @@ impl Inner {
             &point_sb.encode(&self.keys.superblock)?,
         )?;
 
-        let mut entries = Vec::with_capacity(frozen.len() + 2);
+        let mut entries = Vec::with_capacity(frozen.len() + dump.segments.len() + 2);
         let mut bytes = 0u64;
-        for name in [POINT_SUPERBLOCK, DUMP] {
-            let (hash, len) = hash_file(&root, &format!("{new}/{name}"))?;
-            bytes += len;
-            entries.push(ManifestEntry {
-                path: name.to_string(),
-                len,
-                hash,
+        let (hash, len) = hash_file(&root, &format!("{new}/{POINT_SUPERBLOCK}"))?;
+        bytes += len;
+        entries.push(ManifestEntry {
+            path: POINT_SUPERBLOCK.to_string(),
+            len,
+            hash,
+            stamp: None,
+        });
+        let (index_hash, index_len) = hash_file(&root, &format!("{new}/{}", dump.index_path))?;
+        let mut meta: Vec<ManifestEntry> = dump
+            .segments
+            .iter()
+            .map(|s| ManifestEntry {
+                path: s.path.clone(),
+                len: s.len,
+                hash: s.hash,
+                stamp: Some(s.stamp.clone()),
+            })
+            .chain(std::iter::once(ManifestEntry {
+                path: dump.index_path.clone(),
+                len: index_len,
+                hash: index_hash,
                 stamp: None,
-            });
-        }
+            }))
+            .collect();
+        // Entries below a directory are listed in path order (verify merges them with a listing).
+        meta.sort_by(|a, b| a.path.cmp(&b.path));
+        bytes += meta.iter().map(|e| e.len).sum::<u64>();
+        entries.extend(meta);
         let mut reused = 0usize;
         let mut objects: Vec<_> = frozen.iter().map(|(id, _)| hex::encode(id)).collect();
         objects.sort();
@@ -250,22 +280,24 @@ impl Inner {
                 std::io::Error::from_raw_os_error(e.raw_os_error()),
             )
         })?;
-        let cur = format!("{BACKUP_DIR}/{POINT_DIR}");
         root.remove_tree(&cur)?;
         root.rename(&new, &cur)?;
         root.open_dir(BACKUP_DIR)?.sync()?;
         let info = PointInfo {
             id: manifest.point.clone(),
             epoch: manifest.epoch,
-            records,
+            records: dump.records,
             objects: frozen.len(),
+            meta_segments: dump.segments.len(),
+            meta_segments_reused: dump.segments.iter().filter(|s| s.reused).count(),
+            meta_bytes_written: dump.bytes_written(index_len),
             bytes,
             reused_hashes: reused,
             dir: root.display(&cur),
             frozen_for,
             took: started.elapsed(),
         };
-        tracing::info!(point = %info.id, epoch = info.epoch, objects = info.objects, records = info.records, "backup point taken");
+        tracing::info!(point = %info.id, epoch = info.epoch, objects = info.objects, records = info.records, segments = info.meta_segments, reused_segments = info.meta_segments_reused, "backup point taken");
         Ok(info)
     }
 
