@@ -2,7 +2,8 @@
 //!
 //! Proves that: a point after changing one small file (or adding and removing one) writes only
 //! the few metadata segments around the changed records and hard-links every other segment
-//! from the previous point (checked by inode numbers, not by what the point reports); a
+//! from the previous point, also when that point was ended in between (checked by inode
+//! numbers, not by what the point reports); a
 //! segmented point restores to a filesystem that checks clean and holds the same files; a
 //! point in the layout of earlier builds (one `meta.dump`) still verifies and restores; and a
 //! truncated or altered segment is reported by verify and refused by restore, also when the
@@ -162,8 +163,9 @@ fn point_of(dir: &Path) -> PathBuf {
 
 /// Two points in a row with one small file changed in place between them: the second writes
 /// only the segments holding the changed records (the file's contents and inode, the store
-/// state) and links all the others. Then one file added and one removed: again only a few
-/// segments, because boundaries follow the keys (cuts by position would shift every segment
+/// state) and links all the others. The point is ended (its segments are kept), one file
+/// added and one removed: the next point again writes only a few segments, linked from the
+/// kept ones, because boundaries follow the keys (cuts by position would shift every segment
 /// after the insertion). The segmented point restores and checks clean with the same files.
 #[test]
 fn unchanged_segments_are_linked_and_the_point_restores() {
@@ -208,6 +210,16 @@ fn unchanged_segments_are_linked_and_the_point_restores() {
         "the report disagrees with the links"
     );
 
+    // The job ends the point; its segments are kept for the next one (no objects).
+    fs.backup_end().expect("end");
+    let kept = dir.join(backup::BACKUP_DIR).join(backup::KEPT_DIR);
+    assert!(!point_of(&dir).exists(), "the point outlived its end");
+    assert_eq!(
+        segments(&kept),
+        s2,
+        "the ended point's segments were not kept"
+    );
+
     // One file added, one removed.
     write_file(&fs, "added", &content(99, SMALL));
     want.insert("added".into(), content(99, SMALL));
@@ -226,6 +238,7 @@ fn unchanged_segments_are_linked_and_the_point_restores() {
         "{written} segments written for one added and one removed file"
     );
     assert!(bytes * 5 < total, "{bytes} of {total} bytes written");
+    assert!(!kept.exists(), "the kept segments outlived the next point");
 
     // The point as a backup job copies it, restored.
     let copy = tmp.path().join("copy");

@@ -7,7 +7,8 @@
 //! - `meta/`: every sealed metadata record as stored, sorted by key, in segments cut at
 //!   key-defined boundaries plus an index; a segment that did not change is hard-linked from
 //!   the previous point, so a point writes (and a delta tool sends) only changed segments.
-//!   Points of earlier builds hold one `meta.dump` instead, still verified and restored;
+//!   Points of earlier builds hold one `meta.dump` instead, still verified and restored. When
+//!   a point ends, its `MANIFEST` and `meta/` move to `backup/kept/` for the next point to link;
 //! - `objects/XX/<id>`: hard links to the data objects, kept unchanged by copy-on-write in the
 //!   object store until the point is ended or replaced;
 //! - `MANIFEST`: every file above with its length and BLAKE3 hash, and a MAC for key holders.
@@ -27,6 +28,7 @@ mod verify;
 pub use dump::{read_dump, DumpWriter};
 pub(crate) use manifest::previous_hashes;
 pub use manifest::{current_point, file_stamp, hash_file, Manifest, ManifestEntry, ManifestHeader};
+pub(crate) use request::retire_point;
 pub use request::{
     daemon_holds_lock, end, request, resolve_backing, take_request, write_reply, Action,
 };
@@ -44,6 +46,9 @@ use std::path::Path;
 pub use crate::backing::BACKUP_DIR;
 /// The current point, inside [`BACKUP_DIR`].
 pub const POINT_DIR: &str = "point";
+/// The metadata segments and manifest of the last ended point, inside [`BACKUP_DIR`]: kept so
+/// that the next point links its unchanged segments instead of writing them (no objects).
+pub const KEPT_DIR: &str = "kept";
 /// A point being built, inside [`BACKUP_DIR`]; renamed to [`POINT_DIR`] when complete.
 pub const POINT_NEW_DIR: &str = "point.new";
 /// The manifest of a point.

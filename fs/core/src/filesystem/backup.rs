@@ -9,8 +9,8 @@
 
 use super::{lock, Filesystem, Inner};
 use crate::backup::{
-    self, file_stamp, hash_file, Manifest, ManifestEntry, SegmentWriter, BACKUP_DIR, MANIFEST,
-    POINT_DIR, POINT_NEW_DIR, POINT_SUPERBLOCK,
+    self, file_stamp, hash_file, Manifest, ManifestEntry, SegmentWriter, BACKUP_DIR, KEPT_DIR,
+    MANIFEST, POINT_DIR, POINT_NEW_DIR, POINT_SUPERBLOCK,
 };
 use crate::confined::{Access, Confined};
 use crate::format::superblock::FLAG_CLEAN;
@@ -113,8 +113,15 @@ impl Inner {
         let new = format!("{BACKUP_DIR}/{POINT_NEW_DIR}");
         root.remove_tree(&new)?;
         root.create_dir(&new)?;
-        let previous = backup::previous_hashes(&root);
         let cur = format!("{BACKUP_DIR}/{POINT_DIR}");
+        let kept = format!("{BACKUP_DIR}/{KEPT_DIR}");
+        // The segments to link from: the current point's, or those kept when it was ended.
+        let base = if root.status(&format!("{cur}/{MANIFEST}"))?.is_some() {
+            cur.clone()
+        } else {
+            kept.clone()
+        };
+        let previous = backup::previous_hashes(&root, &base);
         let fs_uuid = lock(&self.mount.superblock).fs_uuid;
 
         let (dump, digest, frozen, frozen_for) = {
@@ -122,7 +129,7 @@ impl Inner {
             let freeze_start = std::time::Instant::now();
             self.records.flush()?;
             // Segments the previous point holds unchanged are linked, not written again.
-            let mut dump = SegmentWriter::create(&root, &new, &fs_uuid, Some((&cur, &previous)))?;
+            let mut dump = SegmentWriter::create(&root, &new, &fs_uuid, Some((&base, &previous)))?;
             let mut digest = [0u8; 32];
             let mut failed = None;
             // Only objects an inode of the dump refers to belong to the point: a deleted file's
@@ -282,6 +289,7 @@ impl Inner {
         })?;
         root.remove_tree(&cur)?;
         root.rename(&new, &cur)?;
+        root.remove_tree(&kept)?;
         root.open_dir(BACKUP_DIR)?.sync()?;
         let info = PointInfo {
             id: manifest.point.clone(),
@@ -304,8 +312,7 @@ impl Inner {
     pub(super) fn end_point(&self) -> Result<bool> {
         let _one = lock(&POINT_LOCK);
         let root = self.backing_root()?;
-        let existed = root.remove_tree(&format!("{BACKUP_DIR}/{POINT_DIR}"))?;
-        root.remove_tree(&format!("{BACKUP_DIR}/{POINT_NEW_DIR}"))?;
+        let existed = backup::retire_point(root)?;
         self.objects.set_point_active(false);
         if existed {
             tracing::info!("backup point ended");
