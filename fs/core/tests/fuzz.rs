@@ -1,5 +1,5 @@
 //! Fuzzing of every decoder of untrusted bytes in the library: the superblock, each metadata
-//! record type, the backup dump and manifest, the key slot and key files. (The io_uring request
+//! record type, the backup dump (single-file and segmented: segment and index) and manifest, the key slot and key files. (The io_uring request
 //! decoder and the mount-option parser live in the binary and are fuzzed in their own modules.)
 //!
 //! Each target gets seeds from the real encoders (a populated in-memory filesystem, a real
@@ -18,7 +18,9 @@
     clippy::panic
 )]
 
-use digimedfs_core::backup::{read_dump, DumpWriter, Manifest, ManifestEntry};
+use digimedfs_core::backup::{
+    read_dump, read_segmented, DumpWriter, Manifest, ManifestEntry, SegmentWriter,
+};
 use digimedfs_core::confined::Confined;
 use digimedfs_core::crypto::slots::{unwrap_master, wrap_master};
 use digimedfs_core::crypto::{MasterKey, WrappingKey};
@@ -248,6 +250,35 @@ fn backup_dump_reader() {
         read_dump(&c, "in", &mut |_, _| Ok(())).is_ok()
     });
     assert!(n >= 1);
+}
+
+/// The segmented dump: a real one-segment dump of the populated image; the mutated input
+/// replaces the segment (target `segment`) or the index (target `segment-index`).
+#[test]
+fn backup_segment_reader() {
+    let (img, _) = populated();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Confined::open(dir.path()).expect("dir");
+    c.create_dir("p").expect("point dir");
+    let mut w = SegmentWriter::create(&c, "p", &img.superblock.fs_uuid, None).expect("dump");
+    for (k, v) in img.meta.dump() {
+        w.record(&k, &v).expect("record");
+    }
+    let dump = w.finish().expect("finish");
+    let p = c.open_dir("p").expect("point");
+    for (target, rel) in [
+        ("segment", dump.segments[0].path.clone()),
+        ("segment-index", dump.index_path.clone()),
+    ] {
+        let file = dir.path().join("p").join(&rel);
+        let seed = std::fs::read(&file).expect("read");
+        let n = fuzz(target, vec![seed.clone()], |b| {
+            std::fs::write(&file, b).expect("write input");
+            read_segmented(&p, &mut |_, _| Ok(())).is_ok()
+        });
+        std::fs::write(&file, &seed).expect("put the seed back");
+        assert!(n >= 1, "{target}: not even the seed read");
+    }
 }
 
 #[test]

@@ -1062,8 +1062,8 @@ fn reads_by_backup_host(ceph_args: &str, read_live: bool) {
     let (second, took2) = bounded_read_pass(&point, "backup point, again");
     eprintln!("point passes: {took1:?}, {took2:?} ({} files)", first.len());
     assert!(
-        first.contains_key(Path::new("MANIFEST")) && first.contains_key(Path::new("meta.dump")),
-        "the point read from the backup host lacks its MANIFEST or dump: {first:?}"
+        first.contains_key(Path::new("MANIFEST")) && first.contains_key(Path::new("meta/index")),
+        "the point read from the backup host lacks its MANIFEST or metadata index: {first:?}"
     );
     assert!(
         first == second,

@@ -1,5 +1,7 @@
-//! The metadata dump of a point: every sealed record as stored, sorted by key, in a framed
-//! format whose reader bounds every length and detects truncation.
+//! The framed record format of a point's metadata: every sealed record as stored, sorted by
+//! key, framed so that the reader bounds every length and detects truncation. Points are
+//! written as segments of this format (`segments.rs`); the single-file dump of earlier builds
+//! (`meta.dump`) is still read.
 
 use crate::confined::{Access, Confined};
 use crate::{Error, Result};
@@ -7,11 +9,11 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 
-const DUMP_MAGIC: &[u8; 8] = b"DGMDUMP1";
-const DUMP_END: &[u8; 4] = b"END!";
+pub(super) const DUMP_MAGIC: &[u8; 8] = b"DGMDUMP1";
+pub(super) const DUMP_END: &[u8; 4] = b"END!";
 /// Largest key and value a dump may hold (records are far smaller).
-const MAX_DUMP_KEY: usize = 1 << 16;
-const MAX_DUMP_VALUE: usize = 1 << 24;
+pub(super) const MAX_DUMP_KEY: usize = 1 << 16;
+pub(super) const MAX_DUMP_VALUE: usize = 1 << 24;
 
 /// Writes a metadata dump: `DGMDUMP1 ‖ fs_uuid ‖ (le32 klen ‖ key ‖ le32 vlen ‖ value)* ‖
 /// END! ‖ le64 count`, records in the order given (ascending keys).
@@ -68,83 +70,150 @@ impl DumpWriter {
     }
 }
 
-/// Reads a metadata dump, calling `f` for each record; returns the dump's fs UUID and count.
-/// A truncated or malformed dump is an error naming the offset.
+/// Reads a framed file (a dump, a segment or a segment index) piece by piece: every read is
+/// bounded by what the file holds, a short read is a truncation naming the offset, and with
+/// `hash` set everything read is also hashed.
+pub(super) struct FrameReader {
+    r: BufReader<File>,
+    pub(super) path: PathBuf,
+    pub(super) offset: u64,
+    hash: Option<blake3::Hasher>,
+    what: &'static str,
+}
+
+impl FrameReader {
+    /// Opens `rel` beneath `dir`; `what` names the kind of file in messages.
+    pub(super) fn open(
+        dir: &Confined,
+        rel: &str,
+        what: &'static str,
+        hash: bool,
+    ) -> Result<FrameReader> {
+        let file = dir.open_file(rel, Access::Read)?;
+        Ok(FrameReader {
+            r: BufReader::with_capacity(1 << 20, file),
+            path: dir.display(rel),
+            offset: 0,
+            hash: hash.then(blake3::Hasher::new),
+            what,
+        })
+    }
+
+    pub(super) fn err(&self, what: &str) -> Error {
+        Error::format(format!("{}: {}: {what}", self.path.display(), self.what))
+    }
+
+    /// The next `n` bytes. The buffer grows with the bytes actually read, so a length field
+    /// claiming more than the file holds costs nothing.
+    pub(super) fn bytes(&mut self, n: usize) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        let got = (&mut self.r)
+            .take(n as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(&self.path, e))?;
+        if got < n {
+            return Err(self.err(&format!("truncated at byte {}", self.offset + got as u64)));
+        }
+        self.offset += n as u64;
+        if let Some(h) = &mut self.hash {
+            h.update(&buf);
+        }
+        Ok(buf)
+    }
+
+    pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let b = self.bytes(N)?;
+        b.try_into().map_err(|_| self.err("short field"))
+    }
+
+    pub(super) fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    pub(super) fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// A key of a record: `le32 len ‖ key`, 1..=[`MAX_DUMP_KEY`] bytes.
+    pub(super) fn key(&mut self) -> Result<Vec<u8>> {
+        let at = self.offset;
+        let kl = self.u32()? as usize;
+        self.key_of_len(kl, at)
+    }
+
+    fn key_of_len(&mut self, kl: usize, at: u64) -> Result<Vec<u8>> {
+        if kl == 0 || kl > MAX_DUMP_KEY {
+            return Err(self.err(&format!("bad key length {kl} at byte {at}")));
+        }
+        self.bytes(kl)
+    }
+
+    /// The next record, or None at the `END!` marker (whose count is read and returned).
+    pub(super) fn record_or_end(&mut self) -> Result<Frame> {
+        let at = self.offset;
+        let head: [u8; 4] = self.array()?;
+        if &head == DUMP_END {
+            return Ok(Frame::End(self.u64()?));
+        }
+        let key = self.key_of_len(u32::from_le_bytes(head) as usize, at)?;
+        let at = self.offset;
+        let vl = self.u32()? as usize;
+        if vl > MAX_DUMP_VALUE {
+            return Err(self.err(&format!("bad value length {vl} at byte {at}")));
+        }
+        Ok(Frame::Record(key, self.bytes(vl)?))
+    }
+
+    /// Fails unless the whole file was read.
+    pub(super) fn expect_eof(&mut self) -> Result<()> {
+        let mut one = [0u8; 1];
+        match self.r.read(&mut one) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(self.err(&format!("bytes after the end at byte {}", self.offset))),
+            Err(e) => Err(Error::io(&self.path, e)),
+        }
+    }
+
+    /// The hash of everything read so far (only if opened with `hash`).
+    pub(super) fn hash(&self) -> Option<[u8; 32]> {
+        self.hash.as_ref().map(|h| *h.finalize().as_bytes())
+    }
+}
+
+/// One item of a framed record stream.
+pub(super) enum Frame {
+    Record(Vec<u8>, Vec<u8>),
+    /// The `END!` marker and the count after it.
+    End(u64),
+}
+
+/// Reads a single-file metadata dump (`meta.dump`, the layout of points taken by earlier
+/// builds), calling `f` for each record; returns the dump's fs UUID and count. A truncated or
+/// malformed dump is an error naming the offset.
 pub fn read_dump(
     dir: &Confined,
     rel: &str,
     f: &mut dyn FnMut(Vec<u8>, Vec<u8>) -> Result<()>,
 ) -> Result<([u8; 16], u64)> {
-    let file = dir.open_file(rel, Access::Read)?;
-    let path = &dir.display(rel);
-    let mut r = BufReader::with_capacity(1 << 20, file);
-    let mut offset = 0u64;
-    // The buffer grows with the bytes actually read, so a length field claiming more than the
-    // file holds costs nothing.
-    let mut read = |n: usize, offset: &mut u64| -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        let got = (&mut r)
-            .take(n as u64)
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::io(path, e))?;
-        if got < n {
-            return Err(Error::format(format!(
-                "{}: metadata dump truncated at byte {}",
-                path.display(),
-                *offset + got as u64
-            )));
-        }
-        *offset += n as u64;
-        Ok(buf)
-    };
-    if read(8, &mut offset)?.as_slice() != DUMP_MAGIC {
-        return Err(Error::format(format!(
-            "{}: not a digimedfs metadata dump",
-            path.display()
-        )));
+    let mut r = FrameReader::open(dir, rel, "metadata dump", false)?;
+    if &r.array::<8>()? != DUMP_MAGIC {
+        return Err(r.err("not a digimedfs metadata dump"));
     }
-    let uuid: [u8; 16] = read(16, &mut offset)?
-        .try_into()
-        .map_err(|_| Error::format("dump uuid"))?;
+    let uuid: [u8; 16] = r.array()?;
     let mut count = 0u64;
     loop {
-        let head = read(4, &mut offset)?;
-        if head.as_slice() == DUMP_END {
-            let n = read(8, &mut offset)?;
-            let want = u64::from_le_bytes(n.try_into().map_err(|_| Error::format("dump count"))?);
-            if want != count {
-                return Err(Error::format(format!(
-                    "{}: metadata dump holds {count} records, its trailer says {want}",
-                    path.display()
-                )));
+        match r.record_or_end()? {
+            Frame::End(want) => {
+                if want != count {
+                    return Err(r.err(&format!("holds {count} records, its trailer says {want}")));
+                }
+                return Ok((uuid, count));
             }
-            return Ok((uuid, count));
+            Frame::Record(key, value) => {
+                f(key, value)?;
+                count += 1;
+            }
         }
-        let kl = u32::from_le_bytes(
-            head.try_into()
-                .map_err(|_| Error::format("dump key length"))?,
-        ) as usize;
-        if kl == 0 || kl > MAX_DUMP_KEY {
-            return Err(Error::format(format!(
-                "{}: bad key length {kl} at byte {offset}",
-                path.display()
-            )));
-        }
-        let key = read(kl, &mut offset)?;
-        let vl = u32::from_le_bytes(
-            read(4, &mut offset)?
-                .try_into()
-                .map_err(|_| Error::format("dump value length"))?,
-        ) as usize;
-        if vl > MAX_DUMP_VALUE {
-            return Err(Error::format(format!(
-                "{}: bad value length {vl} at byte {offset}",
-                path.display()
-            )));
-        }
-        let value = read(vl, &mut offset)?;
-        f(key, value)?;
-        count += 1;
     }
 }
 

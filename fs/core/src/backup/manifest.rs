@@ -341,16 +341,21 @@ pub fn current_point(backing: &Confined) -> Result<Option<Manifest>> {
     }
 }
 
-/// Hashes of the current point's objects, by path, for reuse by the next point.
-pub(crate) fn previous_hashes(backing: &Confined) -> BTreeMap<String, ManifestEntry> {
-    match current_point(backing) {
-        Ok(Some(m)) => m
+/// The entries with a stamp of the manifest of the point directory `point` (relative to
+/// `backing`), by path, for reuse by the next point; empty if it has none or it is unreadable.
+pub(crate) fn previous_hashes(backing: &Confined, point: &str) -> BTreeMap<String, ManifestEntry> {
+    let manifest = match read_manifest(backing, &format!("{point}/{MANIFEST}")) {
+        Ok(Some(text)) => Manifest::parse(&text).ok().map(|(m, _)| m),
+        _ => None,
+    };
+    match manifest {
+        Some(m) => m
             .entries
             .into_iter()
             .filter(|e| e.stamp.is_some())
             .map(|e| (e.path.clone(), e))
             .collect(),
-        _ => BTreeMap::new(),
+        None => BTreeMap::new(),
     }
 }
 

@@ -4,8 +4,11 @@
 //! A point lives in `BACKING/backup/point/` (see docs/backup.md and docs/format.md):
 //!
 //! - `superblock`: the superblock as of the point (clean, with the digest of the dumped records);
-//! - `meta.dump`: every sealed metadata record as stored, sorted by key, so unchanged records
-//!   are unchanged bytes between points and delta tools send only what changed;
+//! - `meta/`: every sealed metadata record as stored, sorted by key, in segments cut at
+//!   key-defined boundaries plus an index; a segment that did not change is hard-linked from
+//!   the previous point, so a point writes (and a delta tool sends) only changed segments.
+//!   Points of earlier builds hold one `meta.dump` instead, still verified and restored. When
+//!   a point ends, its `MANIFEST` and `meta/` move to `backup/kept/` for the next point to link;
 //! - `objects/XX/<id>`: hard links to the data objects, kept unchanged by copy-on-write in the
 //!   object store until the point is ended or replaced;
 //! - `MANIFEST`: every file above with its length and BLAKE3 hash, and a MAC for key holders.
@@ -19,15 +22,21 @@ mod dump;
 mod manifest;
 mod request;
 mod restore;
+mod segments;
 mod verify;
 
 pub use dump::{read_dump, DumpWriter};
 pub(crate) use manifest::previous_hashes;
 pub use manifest::{current_point, file_stamp, hash_file, Manifest, ManifestEntry, ManifestHeader};
+pub(crate) use request::retire_point;
 pub use request::{
     daemon_holds_lock, end, request, resolve_backing, take_request, write_reply, Action,
 };
 pub use restore::{restore, RestoreReport};
+pub use segments::{
+    is_segmented, read_segmented, Segment, SegmentWriter, SegmentedDump, MAX_SEGMENT_BYTES,
+    MAX_SEGMENT_RECORDS, SEGMENT_DIR, SEGMENT_INDEX, SOFT_BYTES,
+};
 pub use verify::{verify, verify_copy, verify_manifest_mac, VerifyReport, MAX_PROBLEMS_LISTED};
 
 use crate::confined::Confined;
@@ -37,11 +46,14 @@ use std::path::Path;
 pub use crate::backing::BACKUP_DIR;
 /// The current point, inside [`BACKUP_DIR`].
 pub const POINT_DIR: &str = "point";
+/// The metadata segments and manifest of the last ended point, inside [`BACKUP_DIR`]: kept so
+/// that the next point links its unchanged segments instead of writing them (no objects).
+pub const KEPT_DIR: &str = "kept";
 /// A point being built, inside [`BACKUP_DIR`]; renamed to [`POINT_DIR`] when complete.
 pub const POINT_NEW_DIR: &str = "point.new";
 /// The manifest of a point.
 pub const MANIFEST: &str = "MANIFEST";
-/// The metadata dump of a point.
+/// The single-file metadata dump of points taken by earlier builds (read, no longer written).
 pub const DUMP: &str = "meta.dump";
 /// The superblock of a point.
 pub const POINT_SUPERBLOCK: &str = "superblock";

@@ -2,7 +2,10 @@
 //! reply file in the backup directory of the backing directory. A reply never repeats what
 //! was read from storage, and a failure carries only the kind of error and its errno.
 
-use super::{BACKUP_DIR, POINT_DIR, POINT_NEW_DIR, REPLY, REQUEST};
+use super::{
+    BACKUP_DIR, KEPT_DIR, MANIFEST, POINT_DIR, POINT_NEW_DIR, REPLY, REQUEST, SEGMENT_DIR,
+    SEGMENT_INDEX,
+};
 use crate::confined::{Access, Confined};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -108,13 +111,40 @@ pub fn end(backing: &Path, timeout: Duration) -> Result<String> {
     if daemon_holds_lock(&dir)? {
         return request(&dir, Action::End, timeout);
     }
-    let existed = dir.remove_tree(&format!("{BACKUP_DIR}/{POINT_DIR}"))?;
-    dir.remove_tree(&format!("{BACKUP_DIR}/{POINT_NEW_DIR}"))?;
+    let existed = retire_point(&dir)?;
     Ok(if existed {
         "backup point ended".into()
     } else {
         "no backup point was active".into()
     })
+}
+
+/// Removes the current point (and any point being built); its metadata segments and manifest
+/// move to [`KEPT_DIR`] (replacing what was kept), so the next point links the unchanged
+/// segments. Returns whether there was a point. The manifest moves first: a point interrupted
+/// here has no manifest, so it is not taken for a complete one, and the next begin or end
+/// removes it.
+pub(crate) fn retire_point(dir: &Confined) -> Result<bool> {
+    let cur = format!("{BACKUP_DIR}/{POINT_DIR}");
+    let kept = format!("{BACKUP_DIR}/{KEPT_DIR}");
+    let existed = dir.status(&cur)?.is_some();
+    if existed
+        && dir.status(&format!("{cur}/{MANIFEST}"))?.is_some()
+        && dir
+            .status(&format!("{cur}/{SEGMENT_DIR}/{SEGMENT_INDEX}"))?
+            .is_some()
+    {
+        dir.remove_tree(&kept)?;
+        dir.create_dir(&kept)?;
+        dir.rename(&format!("{cur}/{MANIFEST}"), &format!("{kept}/{MANIFEST}"))?;
+        dir.rename(
+            &format!("{cur}/{SEGMENT_DIR}"),
+            &format!("{kept}/{SEGMENT_DIR}"),
+        )?;
+    }
+    dir.remove_tree(&cur)?;
+    dir.remove_tree(&format!("{BACKUP_DIR}/{POINT_NEW_DIR}"))?;
+    Ok(existed)
 }
 
 /// Daemon side: takes a pending request out of `backing` (removing it). Only the request

@@ -3,6 +3,7 @@
 
 use super::dump::read_dump;
 use super::manifest::{ManifestHeader, ManifestStream};
+use super::segments::{is_segmented, read_segmented};
 use super::verify::{verify_copy, verify_manifest_mac};
 use super::{DUMP, MANIFEST, POINT_SUPERBLOCK};
 use crate::backing::{BackingDir, META_DIR, OBJECTS_DIR};
@@ -159,14 +160,20 @@ pub fn restore(
     tdir.create_dir_all(META_DIR)?;
     let store = engine.open_in(&tdir.open_dir(META_DIR)?, 64 << 20)?;
     let mut batch = Batch::default();
-    let (dump_uuid, records) = read_dump(&src, DUMP, &mut |k, v| {
+    let mut load = |k, v| {
         batch.ops_push(k, v);
         if batch.len() >= 4096 {
             store.apply(&batch)?;
             batch = Batch::default();
         }
         Ok(())
-    })?;
+    };
+    // Points of earlier builds hold one `meta.dump` instead of segments.
+    let (dump_uuid, records) = if is_segmented(&src)? {
+        read_segmented(&src, &mut load)?
+    } else {
+        read_dump(&src, DUMP, &mut load)?
+    };
     if !batch.is_empty() {
         store.apply(&batch)?;
     }

@@ -41,14 +41,16 @@ impl VerifyReport {
     }
 }
 
-/// Non-object files a manifest may list (a point has its superblock and dump).
+/// Top-level files a manifest may list (a point has its superblock, and the dump if taken by
+/// an earlier build).
 const MAX_TOP_LEVEL_ENTRIES: usize = 16;
 
 /// Checks a copy of a point against its manifest without keys: every listed file present with
 /// its recorded length and hash, nothing else present. The MAC is not checked here (it needs
-/// keys; see [`verify_manifest_mac`]). The manifest is read as a stream, twice (the files it
-/// lists, then a merge with the copy's `objects/` listing), so memory does not grow with it;
-/// object entries must be in ascending order, as digimedfs writes them.
+/// keys; see [`verify_manifest_mac`]). The manifest is read as a stream (the files it lists,
+/// then once per directory a merge with the copy's listing of `meta/` and `objects/`), so
+/// memory does not grow with it; entries below a directory must be in ascending order, as
+/// digimedfs writes them.
 pub fn verify_copy(copy: &Path) -> Result<VerifyReport> {
     let dir = Confined::open(copy)?;
     let no_manifest = || {
@@ -69,24 +71,32 @@ pub fn verify_copy(copy: &Path) -> Result<VerifyReport> {
         mac_verified: false,
     };
     let mut top_level: Vec<String> = Vec::new();
-    let mut last_object: Option<String> = None;
+    let mut last_nested: Option<String> = None;
     while let Some(e) = stream.next_entry()? {
         report.files += 1;
-        if e.path.starts_with("objects/") {
-            if last_object
+        if let Some((top, _)) = e.path.split_once('/') {
+            if !TREES.contains(&top) {
+                return Err(manifest_err(&format!(
+                    "{} is below neither {} (a point has nothing else in directories)",
+                    e.path,
+                    TREES.join(" nor ")
+                )));
+            }
+            if last_nested
                 .as_deref()
                 .is_some_and(|prev| prev >= e.path.as_str())
             {
                 return Err(manifest_err(&format!(
-                    "object entries out of order at {} (digimedfs writes them sorted)",
+                    "entries out of order at {} (digimedfs writes them sorted)",
                     e.path
                 )));
             }
-            last_object = Some(e.path.clone());
+            last_nested = Some(e.path.clone());
         } else {
             if top_level.len() >= MAX_TOP_LEVEL_ENTRIES {
                 return Err(manifest_err(&format!(
-                    "more than {MAX_TOP_LEVEL_ENTRIES} files outside objects/ (a point has 2)"
+                    "more than {MAX_TOP_LEVEL_ENTRIES} files outside {} (a point has at most 2)",
+                    TREES.join(" and ")
                 )));
             }
             top_level.push(e.path.clone());
@@ -96,55 +106,79 @@ pub fn verify_copy(copy: &Path) -> Result<VerifyReport> {
     report.mac = stream.mac;
     report.body_len = stream.body_len;
 
-    // Nothing else: the top level, then objects/ merged with the (sorted) object entries.
+    // Nothing else: the top level, then each directory merged with its (sorted) entries.
     for ent in dir.list()? {
         let name = ent.name.to_string_lossy().into_owned();
         let listed = name == MANIFEST
-            || (name == "objects" && ent.kind == Kind::Dir)
+            || (TREES.contains(&name.as_str()) && ent.kind == Kind::Dir)
             || top_level.contains(&name);
         if !listed {
             report.problem(format!("not part of point {}: {name}", report.header.point));
         }
     }
-    if let Some(objects) = dir.try_open_dir("objects")? {
+    for (tree, depth) in TREES.iter().zip(TREE_DEPTHS) {
+        let Some(top) = dir.try_open_dir(tree)? else {
+            continue;
+        };
         let (_, mut again) = ManifestStream::open(&dir, MANIFEST)?.ok_or_else(no_manifest)?;
+        let prefix = format!("{tree}/");
         let mut next_listed = || -> Result<Option<String>> {
             while let Some(e) = again.next_entry()? {
-                if e.path.starts_with("objects/") {
+                if e.path.starts_with(&prefix) {
                     return Ok(Some(e.path));
                 }
             }
             Ok(None)
         };
         let mut listed = next_listed()?;
-        let mut subs = objects.list()?;
-        subs.sort_by(|a, b| a.name.cmp(&b.name));
-        for sub in subs {
-            let sub_name = sub.name.to_string_lossy().into_owned();
-            let (Kind::Dir, Some(plain)) = (sub.kind, sub.name.to_str()) else {
-                report.problem(format!(
-                    "not part of point {}: objects/{sub_name}",
-                    report.header.point
-                ));
-                continue;
-            };
-            let mut files = objects.open_dir(plain)?.list()?;
-            files.sort_by(|a, b| a.name.cmp(&b.name));
-            for f in files {
-                let path = format!("objects/{sub_name}/{}", f.name.to_string_lossy());
-                // Entries before this file are missing from the copy (already reported).
-                while listed.as_deref().is_some_and(|l| l < path.as_str()) {
-                    listed = next_listed()?;
-                }
-                if listed.as_deref() == Some(path.as_str()) && f.kind != Kind::Dir {
-                    listed = next_listed()?;
-                } else {
-                    report.problem(format!("not part of point {}: {path}", report.header.point));
-                }
+        let point = report.header.point.clone();
+        let mut seen = |path: String, is_file: bool, report: &mut VerifyReport| -> Result<()> {
+            // Entries before this file are missing from the copy (already reported).
+            while listed.as_deref().is_some_and(|l| l < path.as_str()) {
+                listed = next_listed()?;
             }
-        }
+            if listed.as_deref() == Some(path.as_str()) && is_file {
+                listed = next_listed()?;
+            } else {
+                report.problem(format!("not part of point {point}: {path}"));
+            }
+            Ok(())
+        };
+        walk(&top, tree, depth, &mut report, &mut seen)?;
     }
     Ok(report)
+}
+
+/// Directories of a point, and how deep their files lie (`meta/<segment>`,
+/// `objects/XX/<id>`), in path order.
+const TREES: [&str; 2] = ["meta", "objects"];
+const TREE_DEPTHS: [usize; 2] = [1, 2];
+
+/// Calls `seen` for every entry `depth` levels below `dir` (named `path`), in name order;
+/// anything that is not a directory above that depth is reported as not part of the point.
+fn walk(
+    dir: &Confined,
+    path: &str,
+    depth: usize,
+    report: &mut VerifyReport,
+    seen: &mut dyn FnMut(String, bool, &mut VerifyReport) -> Result<()>,
+) -> Result<()> {
+    let mut entries = dir.list()?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in entries {
+        let name = format!("{path}/{}", e.name.to_string_lossy());
+        if depth <= 1 {
+            seen(name, e.kind != Kind::Dir, report)?;
+            continue;
+        }
+        match (e.kind, e.name.to_str()) {
+            (Kind::Dir, Some(plain)) => {
+                walk(&dir.open_dir(plain)?, &name, depth - 1, report, seen)?
+            }
+            _ => report.problem(format!("not part of point {}: {name}", report.header.point)),
+        }
+    }
+    Ok(())
 }
 
 /// Checks one listed file of a copy: present, a regular file, the recorded length and hash.

@@ -1,16 +1,20 @@
 //! Taking and ending backup points on a live filesystem (formats in [`crate::backup`]).
 //!
-//! A point is consistent because it is taken while the point gate is held exclusively: no
-//! metadata batch is applied and no object is changed while the metadata is dumped and the
-//! objects are hard-linked. The pair (dump, links) is then exactly the state a crash at that
+//! A point is the state at one instant: while the point gate is held exclusively (no metadata
+//! batch applied, no object changed) everything buffered is flushed, the metadata store starts
+//! recording pre-images ([`crate::meta::DigestStore::scan_as_of_start`]) and every data object
+//! is hard-linked. Writers then go on while the metadata is dumped as of that instant (each
+//! record changed since is dumped from its pre-image), and links to objects no dumped inode
+//! refers to are removed again. The pair (dump, links) is exactly the state a crash at that
 //! instant would leave, which the writeback protocol makes a valid filesystem (entries before
 //! data; `prev` versions cover blocks whose new data had not been written yet). Hashing the
-//! frozen objects happens after the gate is released: copy-on-write keeps them unchanged.
+//! frozen objects happens after the gate is released: copy-on-write keeps them unchanged. A
+//! store without a running digest (none in a mount) is dumped under the gate instead.
 
 use super::{lock, Filesystem, Inner};
 use crate::backup::{
-    self, file_stamp, hash_file, DumpWriter, Manifest, ManifestEntry, BACKUP_DIR, DUMP, MANIFEST,
-    POINT_DIR, POINT_NEW_DIR, POINT_SUPERBLOCK,
+    self, file_stamp, hash_file, Manifest, ManifestEntry, SegmentWriter, BACKUP_DIR, KEPT_DIR,
+    MANIFEST, POINT_DIR, POINT_NEW_DIR, POINT_SUPERBLOCK,
 };
 use crate::confined::{Access, Confined};
 use crate::format::superblock::FLAG_CLEAN;
@@ -37,6 +41,12 @@ pub struct PointInfo {
     pub records: u64,
     /// Data objects frozen.
     pub objects: usize,
+    /// Segments of the metadata dump.
+    pub meta_segments: usize,
+    /// Of those, segments hard-linked from the previous point (unchanged since).
+    pub meta_segments_reused: usize,
+    /// Bytes of metadata dump written (segments not reused, and the segment index).
+    pub meta_bytes_written: u64,
     /// Total bytes the point's files hold.
     pub bytes: u64,
     /// Objects whose hash came from the previous point (unchanged since).
@@ -45,6 +55,8 @@ pub struct PointInfo {
     pub dir: std::path::PathBuf,
     /// How long writers were held at the point gate.
     pub frozen_for: Duration,
+    /// Metadata records changed while the dump ran, dumped from their recorded pre-images.
+    pub preimages: usize,
     /// How long taking the point took in all.
     pub took: Duration,
 }
@@ -53,13 +65,17 @@ impl std::fmt::Display for PointInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "point {} (epoch {}): {} metadata records, {} data objects, {} bytes; writers held {} ms, took {} ms; copy everything in {} (and nothing else of the backing directory)",
+            "point {} (epoch {}): {} metadata records in {} segments ({} unchanged, {} bytes written), {} data objects, {} bytes; writers held {} ms ({} records changed during the dump), took {} ms; copy everything in {} (and nothing else of the backing directory)",
             self.id,
             self.epoch,
             self.records,
+            self.meta_segments,
+            self.meta_segments_reused,
+            self.meta_bytes_written,
             self.objects,
             self.bytes,
             self.frozen_for.as_millis(),
+            self.preimages,
             self.took.as_millis(),
             self.dir.display()
         )
@@ -69,7 +85,13 @@ impl std::fmt::Display for PointInfo {
 impl Filesystem {
     /// Takes a backup point now, replacing any existing one (see docs/backup.md).
     pub fn backup_begin(&self) -> Result<PointInfo> {
-        self.inner.take_point()
+        self.inner.take_point(&|| {})
+    }
+
+    /// [`Filesystem::backup_begin`], calling `at_gate` at the instant the point holds (while
+    /// writers are held), so a caller can tell which of its operations the point contains.
+    pub fn backup_begin_at(&self, at_gate: &dyn Fn()) -> Result<PointInfo> {
+        self.inner.take_point(at_gate)
     }
 
     /// Ends the current point (its links are removed; copy-on-write stops). Returns whether
@@ -88,7 +110,7 @@ impl Inner {
             .ok_or_else(|| Error::invalid("backup points need a backing directory"))
     }
 
-    pub(super) fn take_point(&self) -> Result<PointInfo> {
+    pub(super) fn take_point(&self, at_gate: &dyn Fn()) -> Result<PointInfo> {
         self.check_writable("backup begin")?;
         let _one = lock(&POINT_LOCK);
         let started = std::time::Instant::now();
@@ -104,59 +126,95 @@ impl Inner {
         let new = format!("{BACKUP_DIR}/{POINT_NEW_DIR}");
         root.remove_tree(&new)?;
         root.create_dir(&new)?;
-        let previous = backup::previous_hashes(&root);
+        let cur = format!("{BACKUP_DIR}/{POINT_DIR}");
+        let kept = format!("{BACKUP_DIR}/{KEPT_DIR}");
+        // The segments to link from: the current point's, or those kept when it was ended.
+        let base = if root.status(&format!("{cur}/{MANIFEST}"))?.is_some() {
+            cur.clone()
+        } else {
+            kept.clone()
+        };
+        let previous = backup::previous_hashes(&root, &base);
         let fs_uuid = lock(&self.mount.superblock).fs_uuid;
 
-        let (records, digest, frozen, frozen_for) = {
-            let _frozen = gate.write().unwrap_or_else(|p| p.into_inner());
-            let freeze_start = std::time::Instant::now();
-            self.records.flush()?;
-            let mut dump = DumpWriter::create(&root, &format!("{new}/{DUMP}"), &fs_uuid)?;
-            let mut digest = [0u8; 32];
-            let mut failed = None;
-            // Only objects an inode of the dump refers to belong to the point: a deleted file's
-            // object is removed only after the deletion is durable, and a file moving out of
-            // inline storage gets its object before its inode points at it.
-            let mut referenced = std::collections::HashSet::new();
-            self.records.store().scan(&[], None, &mut |k, v| {
-                if k.first() == Some(&crate::format::records::prefix::INODE) {
-                    let ino = k
-                        .get(1..9)
-                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                        .map(u64::from_be_bytes)
-                        .unwrap_or(0);
-                    let inode = self
-                        .records
-                        .open(k, v)
-                        .and_then(|plain| crate::format::records::Inode::decode(ino, &plain));
-                    match inode {
-                        Ok(inode) => {
-                            if let crate::format::records::Storage::Object(id) = inode.storage {
-                                referenced.insert(id);
-                            }
-                        }
+        // Segments the previous point holds unchanged are linked, not written again.
+        let mut dump = SegmentWriter::create(&root, &new, &fs_uuid, Some((&base, &previous)))?;
+        let mut digest = [0u8; 32];
+        // Only objects an inode of the dump refers to belong to the point: a deleted file's
+        // object is removed only after the deletion is durable, and a file moving out of
+        // inline storage gets its object before its inode points at it.
+        let mut referenced = std::collections::HashSet::new();
+        let objects_dir = format!("{new}/objects");
+        let (frozen, frozen_for, preimages) = match self.records.digest_store() {
+            Some(ds) => {
+                // Writers are held only to flush, to start recording pre-images and to link
+                // the objects; the dump then reads the store as of that instant while they go on.
+                let (all, held) = {
+                    let _frozen = gate.write().unwrap_or_else(|p| p.into_inner());
+                    let freeze_start = std::time::Instant::now();
+                    self.records.flush()?;
+                    ds.start_recording();
+                    at_gate();
+                    let all = match self.objects.freeze_into(&objects_dir, &|_| true) {
+                        Ok(all) => all,
                         Err(e) => {
-                            failed = Some(e);
-                            return Ok(false);
+                            ds.stop_recording();
+                            return Err(e);
                         }
+                    };
+                    (all, freeze_start.elapsed())
+                };
+                let scanned = ds.scan_as_of_start(&mut |k, v| {
+                    self.dump_record(&k, &v, &mut dump, &mut digest, &mut referenced)
+                });
+                let preimages = ds.stop_recording();
+                scanned?;
+                // Linked at the gate, but no inode of the point refers to them.
+                let mut frozen = Vec::with_capacity(all.len());
+                for (id, len) in all {
+                    if referenced.contains(&id) {
+                        frozen.push((id, len));
+                    } else {
+                        let name = hex::encode(id);
+                        root.remove_file(&format!(
+                            "{objects_dir}/{}/{name}",
+                            name.get(..2).unwrap_or("00")
+                        ))?;
                     }
                 }
-                self.records.add_to_digest(&mut digest, k, v);
-                if let Err(e) = dump.record(k, v) {
-                    failed = Some(e);
-                    return Ok(false);
-                }
-                Ok(true)
-            })?;
-            if let Some(e) = failed {
-                return Err(e);
+                (frozen, held, preimages)
             }
-            let records = dump.finish()?;
-            let frozen = self
-                .objects
-                .freeze_into(&format!("{new}/objects"), &|id| referenced.contains(id))?;
-            (records, digest, frozen, freeze_start.elapsed())
+            None => {
+                let _frozen = gate.write().unwrap_or_else(|p| p.into_inner());
+                let freeze_start = std::time::Instant::now();
+                self.records.flush()?;
+                at_gate();
+                let mut failed = None;
+                self.records
+                    .store()
+                    .scan(&[], None, &mut |k, v| match self.dump_record(
+                        k,
+                        v,
+                        &mut dump,
+                        &mut digest,
+                        &mut referenced,
+                    ) {
+                        Ok(()) => Ok(true),
+                        Err(e) => {
+                            failed = Some(e);
+                            Ok(false)
+                        }
+                    })?;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                let frozen = self
+                    .objects
+                    .freeze_into(&objects_dir, &|id| referenced.contains(id))?;
+                (frozen, freeze_start.elapsed(), 0)
+            }
         };
+        let dump = dump.finish()?;
 
         // The point's superblock: clean, with the digest of the dumped records. The live
         // filesystem moves to the next epoch, so the key service's anchor is newer than the
@@ -194,18 +252,37 @@ impl Inner {
             &point_sb.encode(&self.keys.superblock)?,
         )?;
 
-        let mut entries = Vec::with_capacity(frozen.len() + 2);
+        let mut entries = Vec::with_capacity(frozen.len() + dump.segments.len() + 2);
         let mut bytes = 0u64;
-        for name in [POINT_SUPERBLOCK, DUMP] {
-            let (hash, len) = hash_file(&root, &format!("{new}/{name}"))?;
-            bytes += len;
-            entries.push(ManifestEntry {
-                path: name.to_string(),
-                len,
-                hash,
+        let (hash, len) = hash_file(&root, &format!("{new}/{POINT_SUPERBLOCK}"))?;
+        bytes += len;
+        entries.push(ManifestEntry {
+            path: POINT_SUPERBLOCK.to_string(),
+            len,
+            hash,
+            stamp: None,
+        });
+        let (index_hash, index_len) = hash_file(&root, &format!("{new}/{}", dump.index_path))?;
+        let mut meta: Vec<ManifestEntry> = dump
+            .segments
+            .iter()
+            .map(|s| ManifestEntry {
+                path: s.path.clone(),
+                len: s.len,
+                hash: s.hash,
+                stamp: Some(s.stamp.clone()),
+            })
+            .chain(std::iter::once(ManifestEntry {
+                path: dump.index_path.clone(),
+                len: index_len,
+                hash: index_hash,
                 stamp: None,
-            });
-        }
+            }))
+            .collect();
+        // Entries below a directory are listed in path order (verify merges them with a listing).
+        meta.sort_by(|a, b| a.path.cmp(&b.path));
+        bytes += meta.iter().map(|e| e.len).sum::<u64>();
+        entries.extend(meta);
         let mut reused = 0usize;
         let mut objects: Vec<_> = frozen.iter().map(|(id, _)| hex::encode(id)).collect();
         objects.sort();
@@ -250,30 +327,59 @@ impl Inner {
                 std::io::Error::from_raw_os_error(e.raw_os_error()),
             )
         })?;
-        let cur = format!("{BACKUP_DIR}/{POINT_DIR}");
         root.remove_tree(&cur)?;
         root.rename(&new, &cur)?;
+        root.remove_tree(&kept)?;
         root.open_dir(BACKUP_DIR)?.sync()?;
         let info = PointInfo {
             id: manifest.point.clone(),
             epoch: manifest.epoch,
-            records,
+            records: dump.records,
             objects: frozen.len(),
+            meta_segments: dump.segments.len(),
+            meta_segments_reused: dump.segments.iter().filter(|s| s.reused).count(),
+            meta_bytes_written: dump.bytes_written(index_len),
             bytes,
             reused_hashes: reused,
             dir: root.display(&cur),
             frozen_for,
+            preimages,
             took: started.elapsed(),
         };
-        tracing::info!(point = %info.id, epoch = info.epoch, objects = info.objects, records = info.records, "backup point taken");
+        tracing::info!(point = %info.id, epoch = info.epoch, objects = info.objects, records = info.records, segments = info.meta_segments, reused_segments = info.meta_segments_reused, "backup point taken");
         Ok(info)
+    }
+
+    /// Adds one record to the point's dump, its digest and (for an inode) the objects it
+    /// refers to.
+    fn dump_record(
+        &self,
+        k: &[u8],
+        v: &[u8],
+        dump: &mut SegmentWriter<'_>,
+        digest: &mut [u8; 32],
+        referenced: &mut std::collections::HashSet<crate::objects::ObjectId>,
+    ) -> Result<()> {
+        if k.first() == Some(&crate::format::records::prefix::INODE) {
+            let ino = k
+                .get(1..9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            let plain = self.records.open(k, v)?;
+            let inode = crate::format::records::Inode::decode(ino, &plain)?;
+            if let crate::format::records::Storage::Object(id) = inode.storage {
+                referenced.insert(id);
+            }
+        }
+        self.records.add_to_digest(digest, k, v);
+        dump.record(k, v)
     }
 
     pub(super) fn end_point(&self) -> Result<bool> {
         let _one = lock(&POINT_LOCK);
         let root = self.backing_root()?;
-        let existed = root.remove_tree(&format!("{BACKUP_DIR}/{POINT_DIR}"))?;
-        root.remove_tree(&format!("{BACKUP_DIR}/{POINT_NEW_DIR}"))?;
+        let existed = backup::retire_point(root)?;
         self.objects.set_point_active(false);
         if existed {
             tracing::info!("backup point ended");
@@ -295,7 +401,7 @@ impl Inner {
             }
         };
         let result = match action {
-            backup::Action::Begin => self.take_point().map(|p| p.to_string()),
+            backup::Action::Begin => self.take_point(&|| {}).map(|p| p.to_string()),
             backup::Action::End => self.end_point().map(|existed| {
                 if existed {
                     "backup point ended".to_string()

@@ -1,6 +1,11 @@
 //! The running digest of the store: [`DigestStore`] updates the digest of all records with
 //! every batch and writes the store state record (epoch and digest) in the same batch, so the
 //! record always describes exactly the records stored beside it.
+//!
+//! It is also where every change reaches the durable store, so a backup point records
+//! pre-images here: while a point dumps the store, the first change of each key the dump has
+//! not passed keeps the key's previous value, and [`DigestStore::scan_as_of_start`] reads the
+//! store as it was when the point was taken while writers go on.
 
 use super::records::xor_into;
 use super::{lock, Batch, MetaStore, Records, ScanFn};
@@ -28,6 +33,26 @@ pub struct DigestStore {
     records: Records,
     /// `None` until the store has a state record.
     state: Mutex<Option<StoreState>>,
+    /// While a backup point dumps the store: the values keys had when it was taken.
+    recorder: Mutex<Option<PointRecorder>>,
+}
+
+/// Most bytes of pre-images a point records before it gives up (and fails, so the job can
+/// take it again): the changes made while the dump runs, bounded.
+pub const MAX_PREIMAGE_BYTES: usize = 256 << 20;
+
+/// The pre-images of a point being dumped: for every key changed since the point was taken
+/// and not yet passed by the dump, the value it had then (`None`: absent).
+#[derive(Default)]
+struct PointRecorder {
+    /// The last key the dump has passed (`None`: none yet).
+    cursor: Option<Vec<u8>>,
+    pre: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    bytes: usize,
+    /// More than [`MAX_PREIMAGE_BYTES`] were needed: the dump cannot be completed.
+    overflow: bool,
+    /// Pre-images recorded in all.
+    recorded: usize,
 }
 
 impl DigestStore {
@@ -42,7 +67,116 @@ impl DigestStore {
         Ok(DigestStore {
             records,
             state: Mutex::new(state),
+            recorder: Mutex::new(None),
         })
+    }
+
+    /// Starts recording pre-images: from now on [`DigestStore::scan_as_of_start`] sees the
+    /// store as it is now, whatever is applied meanwhile. The caller holds the point gate and
+    /// has flushed, so nothing is buffered above this store.
+    pub fn start_recording(&self) {
+        *lock(&self.recorder) = Some(PointRecorder::default());
+    }
+
+    /// Stops recording pre-images and drops them; returns how many were recorded.
+    pub fn stop_recording(&self) -> usize {
+        lock(&self.recorder).take().map_or(0, |r| r.recorded)
+    }
+
+    /// Records the current value of each of `keys` not yet passed by the dump (the first
+    /// change of a key after the point only). Called before every apply to the inner store,
+    /// with the applies serialized.
+    fn record<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> Result<()> {
+        let mut guard = lock(&self.recorder);
+        let Some(r) = guard.as_mut() else {
+            return Ok(());
+        };
+        for k in keys {
+            if r.overflow || r.cursor.as_deref().is_some_and(|c| k <= c) || r.pre.contains_key(k) {
+                continue;
+            }
+            let old = self.records.store.get(k)?;
+            r.bytes += k.len() + old.as_ref().map_or(0, Vec::len);
+            r.recorded += 1;
+            r.pre.insert(k.to_vec(), old);
+            if r.bytes > MAX_PREIMAGE_BYTES {
+                r.overflow = true;
+                r.pre.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f` for every record as the store was at [`DigestStore::start_recording`], in
+    /// key order, while batches go on being applied: a key's pre-image if it changed since,
+    /// else its stored value; keys deleted since come from their pre-images, keys created
+    /// since are skipped.
+    pub fn scan_as_of_start(
+        &self,
+        f: &mut dyn FnMut(Vec<u8>, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let overflow = || {
+            Error::invalid(format!(
+                "more than {} MiB of metadata changed while the backup point was dumped; take the point again when the filesystem is less busy",
+                MAX_PREIMAGE_BYTES >> 20
+            ))
+        };
+        let mut failed = None;
+        // Moves the cursor to `upto` (None: the end) and returns what to emit up to it.
+        let advance =
+            |upto: Option<&[u8]>, stored: Option<&[u8]>| -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+                use std::ops::Bound;
+                let mut guard = lock(&self.recorder);
+                let r = guard.as_mut().ok_or_else(|| {
+                    Error::invalid("the point's pre-image recorder is not running")
+                })?;
+                if r.overflow {
+                    return Err(overflow());
+                }
+                let lo = match &r.cursor {
+                    Some(c) => Bound::Excluded(c.clone()),
+                    None => Bound::Unbounded,
+                };
+                let hi = match upto {
+                    Some(k) => Bound::Excluded(k.to_vec()),
+                    None => Bound::Unbounded,
+                };
+                // Keys the scan did not return before `upto` but that existed: deleted since.
+                let mut out: Vec<(Vec<u8>, Vec<u8>)> = r
+                    .pre
+                    .range((lo, hi))
+                    .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
+                    .collect();
+                if let (Some(k), Some(v)) = (upto, stored) {
+                    match r.pre.get(k) {
+                        Some(Some(pre)) => out.push((k.to_vec(), pre.clone())),
+                        Some(None) => {} // created since
+                        None => out.push((k.to_vec(), v.to_vec())),
+                    }
+                    r.cursor = Some(k.to_vec());
+                } else {
+                    r.cursor = r.pre.keys().next_back().cloned().or(r.cursor.take());
+                }
+                Ok(out)
+            };
+        self.records.store.scan(&[], None, &mut |k, v| {
+            let step = advance(Some(k), Some(v))
+                .and_then(|out| out.into_iter().try_for_each(|(k, v)| f(k, v)));
+            match step {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    failed = Some(e);
+                    Ok(false)
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        for (k, v) in advance(None, None)? {
+            f(k, v)?;
+        }
+        Ok(())
     }
 
     /// The state as of the last applied batch (`None`: a store not yet adopted).
@@ -81,6 +215,7 @@ impl DigestStore {
     }
 
     fn write_state(&self, s: &StoreState) -> Result<()> {
+        self.record(std::iter::once(STATE_KEY.as_slice()))?;
         let mut b = Batch::default();
         b.put_raw(
             STATE_KEY.to_vec(),
@@ -102,6 +237,15 @@ impl MetaStore for DigestStore {
     fn apply(&self, batch: &Batch) -> Result<()> {
         let inner = &self.records.store;
         let mut st = lock(&self.state);
+        // Applies are serialized by `state`: nothing changes these keys between the
+        // recording of their pre-images and the apply.
+        self.record(
+            batch
+                .ops
+                .iter()
+                .map(|(k, _)| k.as_slice())
+                .chain(st.is_some().then_some(STATE_KEY.as_slice())),
+        )?;
         let Some(cur) = *st else {
             return inner.apply(batch);
         };
