@@ -369,3 +369,40 @@ fn readable_key_file_is_warned_about_on_the_terminal() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("readable"), "{}", stderr(&out));
 }
+
+/// One mount of a filesystem at a time, read-only or not (sled opens its store exclusively):
+/// a read-only mount takes the mount lock, so a read-write mount beside it (and a read-only
+/// one beside a read-write mount) is refused with the same "already mounted by HOLDER" as a
+/// second read-write mount, never sled's raw lock error; the first mount goes on unaffected.
+#[test]
+fn read_only_and_read_write_mounts_refuse_each_other_clearly() {
+    let mut t = TestFs::unmounted(&[]);
+    t.mount();
+    fs::write(t.path("f"), b"before").unwrap();
+    t.unmount();
+    let second = t.root_dir().join("second");
+    fs::create_dir(&second).unwrap();
+    for (first, then) in [("ro", "rw"), ("rw", "ro"), ("ro", "ro")] {
+        t.mount_with(&[first]);
+        let out = run(&mut t.mount_command(t.key_file(), &second, &[then]));
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{then} beside {first}: {e}");
+        assert!(
+            e.contains("filesystem busy")
+                && e.contains("is already mounted by host")
+                && e.contains(&format!("pid {}", t.daemon_pid().expect("daemon")))
+                && e.contains("unmount it there first"),
+            "{then} beside {first}: {e}"
+        );
+        assert!(
+            !e.contains("WouldBlock") && !e.contains("could not acquire lock"),
+            "{then} beside {first}: raw lock error: {e}"
+        );
+        assert!(!is_mounted(&second), "{then} beside {first}: mounted");
+        assert_eq!(fs::read(t.path("f")).unwrap(), b"before", "{first} mount");
+        if first == "rw" {
+            fs::write(t.path("f"), b"before").expect("the rw mount still writes");
+        }
+        t.unmount();
+    }
+}

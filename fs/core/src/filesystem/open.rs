@@ -93,11 +93,9 @@ impl Filesystem {
     ) -> Result<Filesystem> {
         let dir = BackingDir::open(backing)?;
         let (superblock, keys) = unlock_superblock(&dir, key)?;
-        let lock = if opts.read_only {
-            None
-        } else {
-            Some(dir.lock(opts.force_unlock)?)
-        };
+        // Read-only mounts take the lock too: sled opens its store exclusively, so one mount
+        // at a time is all there can be, and the lock's holder is what a refusal names.
+        let lock = Some(dir.lock(opts.force_unlock)?);
         let meta_dir = dir.meta_for_open()?;
         let ctx = crate::keysource::SlotContext {
             fs_uuid: superblock.fs_uuid,
