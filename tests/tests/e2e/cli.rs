@@ -406,3 +406,49 @@ fn read_only_and_read_write_mounts_refuse_each_other_clearly() {
         t.unmount();
     }
 }
+
+/// A mount by a user other than root where /dev/fuse is root's only (mode 0600, as here) used
+/// to fail with "I/O error on MNT: Permission denied", which points at the mountpoint. The
+/// message says what an unprivileged mount needs. Runs the mount as `nobody` (setpriv); skipped
+/// where /dev/fuse is open to everyone (the mount would then be allowed).
+#[test]
+fn unprivileged_mount_says_what_it_needs() {
+    use std::os::unix::fs::MetadataExt;
+    let mode = fs::metadata("/dev/fuse").expect("stat /dev/fuse").mode() & 0o777;
+    if mode & 0o006 == 0o006 {
+        eprintln!("skipped: /dev/fuse is mode {mode:o}, an unprivileged mount is allowed here");
+        return;
+    }
+    let t = TestFs::unmounted(&[]);
+    let nobody = "65534";
+    let chown = |p: &Path| {
+        let out = run(Command::new("chown")
+            .args(["-R", &format!("{nobody}:{nobody}")])
+            .arg(p));
+        assert!(out.status.success(), "chown: {}", stderr(&out));
+    };
+    for p in [t.backing(), t.mountpoint(), t.key_file()] {
+        chown(p);
+    }
+    let cmd = t.mount_command(t.key_file(), t.mountpoint(), &[]);
+    let out = run(Command::new("setpriv")
+        .args([
+            &format!("--reuid={nobody}"),
+            &format!("--regid={nobody}"),
+            "--clear-groups",
+        ])
+        .arg(cmd.get_program())
+        .args(cmd.get_args()));
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(!is_mounted(t.mountpoint()), "{e}");
+    for needed in [
+        "as uid 65534",
+        "/dev/fuse (mode 0666",
+        "setuid-root fusermount3",
+        "or mount as root",
+    ] {
+        assert!(e.contains(needed), "{needed:?} missing: {e}");
+    }
+    assert!(!e.contains("I/O error"), "{e}");
+}
