@@ -452,3 +452,124 @@ fn unprivileged_mount_says_what_it_needs() {
     }
     assert!(!e.contains("I/O error"), "{e}");
 }
+
+/// `fsck -t digimed` (util-linux fsck(8)) used to check nothing and exit 0. fsck(8) runs the
+/// checker with nothing but the fstab's first field (the backing directory): `fsck.digimed`
+/// (no fstab line) or `fsck.fuse.digimedfs` (the line's type), found through PATH. The checker
+/// takes the key options from the filesystem's fstab line (DIGIMEDFS_FSTAB here; fsck(8) reads
+/// FSTAB_FILE), reports the damaged block and exits 4; without a key anywhere it exits 8 and
+/// says both ways to give one; and the fsck(8) form of the command line key that message
+/// names works too.
+#[test]
+fn fsck_wrapper_checks_with_the_fstab_key_or_fails_loudly() {
+    use digimedfs_tests::walk_files;
+    if run(Command::new("fsck").arg("--version"))
+        .status
+        .code()
+        .is_none()
+    {
+        eprintln!("skipped: no fsck(8)");
+        return;
+    }
+    let mut t = TestFs::new();
+    fs::write(t.path("big"), random_bytes(1 << 20)).unwrap();
+    t.unmount();
+    // Storage zeroes the file's object.
+    let objects = walk_files(&t.backing().join("objects"));
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let len = fs::metadata(&objects[0]).unwrap().len();
+    fs::write(&objects[0], vec![0u8; len as usize]).unwrap();
+
+    // The checker under the names fsck(8) looks for, in a directory only PATH names.
+    let sbin = t.root_dir().join("sbin");
+    fs::create_dir(&sbin).unwrap();
+    for name in ["fsck.digimed", "fsck.fuse.digimedfs"] {
+        std::os::unix::fs::symlink(bin("fsck-digimed"), sbin.join(name)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        sbin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let fstab = t.root_dir().join("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "# test fstab\n{} {} fuse.digimedfs key_file={},_netdev 0 0\n",
+            t.backing().display(),
+            t.mountpoint().display(),
+            t.key_file().display()
+        ),
+    )
+    .unwrap();
+    let empty = t.root_dir().join("fstab-empty");
+    fs::write(&empty, "# nothing here\n").unwrap();
+    let fsck = |fsck_fstab: Option<&Path>, our_fstab: &Path, args: &[&str]| {
+        let mut cmd = Command::new("fsck");
+        cmd.env("PATH", &path)
+            .env("DIGIMEDFS_FSTAB", our_fstab)
+            .env_remove("FSTAB_FILE")
+            .args(args)
+            .arg(t.backing());
+        if let Some(f) = fsck_fstab {
+            cmd.env("FSTAB_FILE", f);
+        }
+        run(&mut cmd)
+    };
+    let show = |out: &Output| {
+        format!(
+            "{}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            stderr(out)
+        )
+    };
+    let checker = |out: &Output, name: &str| {
+        // -V: fsck(8) prints the command it runs.
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.contains(&format!("{}/{name}", sbin.display())),
+            "fsck(8) did not run {name} from PATH: {}",
+            show(out)
+        );
+    };
+
+    // fsck(8) sees the fstab line (type fuse.digimedfs): it runs fsck.fuse.digimedfs, which
+    // takes key_file= from the line.
+    let out = fsck(Some(&fstab), &fstab, &["-V", "-t", "digimed", "-n"]);
+    checker(&out, "fsck.fuse.digimedfs");
+    assert_eq!(out.status.code(), Some(4), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("damaged_block"),
+        "{}",
+        show(&out)
+    );
+    // fsck(8) without the line runs fsck.digimed, which still finds the line.
+    let out = fsck(None, &fstab, &["-V", "-t", "digimed", "-n"]);
+    checker(&out, "fsck.digimed");
+    assert_eq!(out.status.code(), Some(4), "{}", show(&out));
+
+    // No key anywhere: exit 8, nothing checked, both ways named.
+    let out = fsck(None, &empty, &["-V", "-t", "digimed", "-n"]);
+    checker(&out, "fsck.digimed");
+    assert_eq!(out.status.code(), Some(8), "{}", show(&out));
+    let e = stderr(&out);
+    for needed in [
+        "no key for",
+        "nothing was checked",
+        "--key-file PATH",
+        "key_file=PATH",
+    ] {
+        assert!(e.contains(needed), "{needed:?} missing: {}", show(&out));
+    }
+    // The command-line form through fsck(8) that the message gives.
+    let key = format!("--key-file={}", t.key_file().display());
+    let out = fsck(None, &empty, &["-V", "-t", "digimed", "-n", "--", &key]);
+    checker(&out, "fsck.digimed");
+    assert_eq!(out.status.code(), Some(4), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("damaged_block"),
+        "{}",
+        show(&out)
+    );
+}
