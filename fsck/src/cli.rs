@@ -14,6 +14,15 @@ use std::path::PathBuf;
 /// uncorrected, 8 operational error (no key, wrong key, unreadable), 16 usage, 32 cancelled.
 #[derive(Debug, Parser)]
 #[command(name = "fsck.digimed", version, about, long_about = None)]
+#[command(
+    after_help = "Without key options, the key options of BACKING_DIR's /etc/fstab line \
+    (type fuse.digimedfs: key_file=PATH, or keyservice=URL,tenant=ID,token_file=PATH,\
+    ca_file=PATH) are used; that is how `fsck -t digimed -n BACKING_DIR` (fsck(8), which runs \
+    fsck.digimed or fsck.fuse.digimedfs) checks it. With no key anywhere nothing is checked \
+    and the exit status is 8.\n\nExit status (fsck(8), bits combine): 0 clean, 1 corrected, \
+    4 left uncorrected, 8 operational error (no key, wrong key, unreadable), 16 usage, \
+    32 cancelled."
+)]
 #[command(group(ArgGroup::new("mode").args(["no", "yes", "preen"])))]
 #[command(group(ArgGroup::new("key").args(["key_file", "url"])))]
 #[command(group(ArgGroup::new("service").arg("url").requires_all(["tenant", "token_file", "ca_file"])))]
