@@ -1,12 +1,13 @@
-//! Command line of the `digimedfs` binary: the clap definitions, the `-o` mount option parser
-//! and the argv rewrite that lets mount(8) (through mount.fuse3) call us as
-//! `digimedfs BACKING MOUNTPOINT -o OPTIONS`.
+//! Command line of the `digimedfs` binary: the clap definitions and the argv rewrite that lets
+//! mount(8) (through mount.fuse3) call us as `digimedfs BACKING MOUNTPOINT -o OPTIONS`. The
+//! `-o` parser is `digimedfs_keyclient::mount_options`, shared with fsck.digimed.
 
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
-use digimedfs::fuse::UringMode;
-use digimedfs_core::filesystem::AtimeMode;
 pub use digimedfs_keyclient::cli::{KeyArgs, KeyServiceArgs};
+pub use digimedfs_keyclient::mount_options::{
+    parse_mount_options, KeyServiceOptions, MountOptions,
+};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -157,156 +158,6 @@ pub fn normalize_args(mut args: Vec<OsString>) -> Vec<OsString> {
         args.insert(1, OsString::from("mount"));
     }
     args
-}
-
-/// The meaning of all `-o` options together.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MountOptions {
-    /// `key_file=PATH`.
-    pub key_file: Option<PathBuf>,
-    /// `keyservice=URL`, `tenant=ID`, `token_file=PATH`, `ca_file=PATH`.
-    pub service: KeyServiceOptions,
-    /// `ro` (the last of `ro`/`rw` wins).
-    pub read_only: bool,
-    /// `allow_other`.
-    pub allow_other: bool,
-    /// `debug`: log at debug level.
-    pub debug: bool,
-    /// `force_unlock`: take over a stale lock.
-    pub force_unlock: bool,
-    /// `remount`: change the flags of an existing mount (mount -o remount,ro).
-    pub remount: bool,
-    /// `uring` ([`UringMode::Requested`]) or `nouring` ([`UringMode::Off`]), the last one
-    /// given; neither: [`UringMode::Auto`], io_uring when the kernel allows it.
-    pub uring: UringMode,
-    /// The access-time options, as the kernel combines them: `strictatime` wins, then
-    /// `noatime`, else `relatime` (the default).
-    pub atime: AtimeFlags,
-}
-
-/// The access-time mount options given, as mount(8) turns them into mount flags: each
-/// option sets or clears one flag, whatever the order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AtimeFlags {
-    /// `noatime` (cleared by `atime`).
-    pub noatime: bool,
-    /// `strictatime` (cleared by `nostrictatime`).
-    pub strictatime: bool,
-    /// `nodiratime` (cleared by `diratime`).
-    pub nodiratime: bool,
-}
-
-impl AtimeFlags {
-    /// The atime mode these flags give, as Linux decides it for a mount: `strictatime` beats
-    /// `noatime`; without either it is `relatime` (`relatime` and `norelatime` change nothing).
-    pub fn mode(&self) -> AtimeMode {
-        if self.strictatime {
-            AtimeMode::Strict
-        } else if self.noatime {
-            AtimeMode::Never
-        } else {
-            AtimeMode::Relatime
-        }
-    }
-}
-
-/// The key service options given with `-o`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeyServiceOptions {
-    /// `keyservice=URL`.
-    pub url: Option<String>,
-    /// `tenant=ID`.
-    pub tenant: Option<String>,
-    /// `token_file=PATH`.
-    pub token_file: Option<PathBuf>,
-    /// `ca_file=PATH`.
-    pub ca_file: Option<PathBuf>,
-}
-
-/// Generic options mount(8) and mount.fuse3 pass along that mean nothing to us. `sync`,
-/// `dirsync` and `lazytime` are accepted like on other FUSE filesystems but writes are not made
-/// synchronous: use fsync (documented in operations.md). (The access-time options are not
-/// here: the kernel leaves atime of FUSE inodes to the filesystem, see [`AtimeFlags`].)
-const IGNORED_OPTIONS: &[&str] = &[
-    "dev",
-    "suid",
-    "nodev",
-    "nosuid",
-    "exec",
-    "noexec",
-    "auto",
-    "noauto",
-    "user",
-    "nouser",
-    "users",
-    "_netdev",
-    "nofail",
-    "defaults",
-    // The kernel's default whatever these say: relatime unless strictatime or noatime.
-    "relatime",
-    "norelatime",
-    "lazytime",
-    "nolazytime",
-    "sync",
-    "async",
-    "dirsync",
-    "iversion",
-    "noiversion",
-    "silent",
-    "loud",
-];
-
-/// The supported options, for error messages.
-const SUPPORTED: &str = "supported: key_file=PATH, keyservice=URL, tenant=ID, token_file=PATH, \
-                         ca_file=PATH, ro, rw, allow_other, debug, force_unlock, uring, \
-                         nouring, relatime, strictatime, noatime, nodiratime, and the other \
-                         generic mount(8) options, which are ignored";
-
-/// Parses the `-o` arguments (each a comma-separated list).
-pub fn parse_mount_options(lists: &[String]) -> anyhow::Result<MountOptions> {
-    let mut opts = MountOptions::default();
-    for opt in lists.iter().flat_map(|list| list.split(',')) {
-        let opt = opt.trim();
-        if opt.is_empty() || IGNORED_OPTIONS.contains(&opt) || opt.starts_with("x-") {
-            continue;
-        }
-        if let Some((name, value)) = opt.split_once('=') {
-            if value.is_empty() {
-                bail!("mount option {name}= needs a value");
-            }
-            let ks = &mut opts.service;
-            match name {
-                "key_file" => opts.key_file = Some(PathBuf::from(value)),
-                "keyservice" => ks.url = Some(value.to_string()),
-                "tenant" => ks.tenant = Some(value.to_string()),
-                "token_file" => ks.token_file = Some(PathBuf::from(value)),
-                "ca_file" => ks.ca_file = Some(PathBuf::from(value)),
-                _ => bail!("unknown mount option '{opt}' ({SUPPORTED})"),
-            }
-            continue;
-        }
-        match opt {
-            "ro" => opts.read_only = true,
-            "rw" => opts.read_only = false,
-            "allow_other" => opts.allow_other = true,
-            "debug" => opts.debug = true,
-            "force_unlock" => opts.force_unlock = true,
-            "remount" => opts.remount = true,
-            "uring" => opts.uring = UringMode::Requested,
-            "nouring" => opts.uring = UringMode::Off,
-            "atime" => opts.atime.noatime = false,
-            "noatime" => opts.atime.noatime = true,
-            "strictatime" => opts.atime.strictatime = true,
-            "nostrictatime" => opts.atime.strictatime = false,
-            "diratime" => opts.atime.nodiratime = false,
-            "nodiratime" => opts.atime.nodiratime = true,
-            "key_file" | "keyservice" | "tenant" | "token_file" | "ca_file" => {
-                bail!("mount option {opt} needs a value: {opt}=...")
-            }
-            other => bail!("unknown mount option '{other}' ({SUPPORTED})"),
-        }
-    }
-    Ok(opts)
 }
 
 /// Where the key that unlocks a filesystem comes from.
@@ -509,6 +360,8 @@ mod tests {
     }
 
     use super::*;
+    use digimedfs::fuse::UringMode;
+    use digimedfs_core::filesystem::AtimeMode;
 
     /// Fuzzes the `-o` parser (what an fstab line or `mount -o` hands the daemon): mutated
     /// option lists must parse or fail with an error, never panic. `DIGIMEDFS_FUZZ_ITERS` sets

@@ -7,8 +7,11 @@ mod json;
 
 use clap::Parser;
 use digimedfs_core::check::{check, Answer, CheckOptions, CheckUi, Mode, Problem, Report};
+use digimedfs_keyclient::cli::{KeyArgs, KeyServiceArgs};
+use digimedfs_keyclient::mount_options;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -148,7 +151,12 @@ fn run(cli: &cli::Cli) -> anyhow::Result<u8> {
     if cli.key.service.tenant.is_some() && cli.key.service.url.is_none() {
         anyhow::bail!("--tenant goes with --keyservice URL");
     }
-    let key = cli.key.open()?;
+    let key_args = if cli.key.given() {
+        cli.key.clone()
+    } else {
+        fstab_key(&cli.backing_dir)?
+    };
+    let key = key_args.open()?;
     let mut ui = Terminal {
         verbose: cli.verbose && !cli.json,
         yes_to_all: false,
@@ -174,6 +182,49 @@ fn run(cli: &cli::Cli) -> anyhow::Result<u8> {
         print_human(&backing, &report, cli.verbose);
     }
     Ok(code)
+}
+
+/// The key options of `backing`'s fstab line, for a run without key options (fsck(8) passes
+/// only the fstab's first field). None there either is an operational error (exit 8): a check
+/// that checked nothing must never look clean.
+fn fstab_key(backing: &Path) -> anyhow::Result<KeyArgs> {
+    let fstab = mount_options::fstab_path();
+    let text = match std::fs::read_to_string(&fstab) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => anyhow::bail!("reading {}: {e}", fstab.display()),
+    };
+    let opts = mount_options::fstab_options(&text, backing)?;
+    let found = opts.is_some();
+    let opts = opts.unwrap_or_default();
+    let key = KeyArgs {
+        key_file: opts.key_file,
+        service: KeyServiceArgs {
+            url: opts.service.url,
+            tenant: opts.service.tenant,
+            token_file: opts.service.token_file,
+            ca_file: opts.service.ca_file,
+        },
+    };
+    if key.given() {
+        return Ok(key);
+    }
+    let b = backing.display();
+    let entry = if found {
+        format!("its line in {} has no key options", fstab.display())
+    } else {
+        format!(
+            "{} has no line for it (first field {b}, type fuse.digimedfs)",
+            fstab.display()
+        )
+    };
+    anyhow::bail!(
+        "no key for {b}: nothing was checked. Give the key on the command line (`fsck.digimed \
+         -n --key-file PATH {b}`, or --keyservice URL --tenant ID --token-file PATH --ca-file \
+         PATH; through fsck(8): `fsck -t digimed -n -- --key-file=PATH {b}`), or in the mount \
+         options of {b}'s fstab line (key_file=PATH, or keyservice=URL,tenant=ID,\
+         token_file=PATH,ca_file=PATH), which is where `fsck -t digimed {b}` finds it; {entry}"
+    )
 }
 
 fn exit_code(r: &Report) -> u8 {

@@ -6,7 +6,8 @@
 //! server side lives in the `digimedfs-keyservice` crate, which re-exports this crate as its
 //! `client`. [`open_key_source`] turns the key options every command takes into a
 //! [`KeySource`]. [`rewrap_filesystem`] moves a filesystem's kind-2 key slot to the tenant's newest
-//! key version without touching data.
+//! key version without touching data. With feature `cli`: the key options of every command
+//! (`cli`) and the `-o` mount option parser with the fstab lookup (`mount_options`).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -22,6 +23,8 @@ use zeroize::Zeroizing;
 pub mod cli;
 mod error;
 mod http;
+#[cfg(feature = "cli")]
+pub mod mount_options;
 pub mod protocol;
 mod rewrap;
 

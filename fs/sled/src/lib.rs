@@ -83,6 +83,7 @@ impl SledStore {
                 format!("open metadata store {}", meta.path().display()),
                 source,
             ),
+            Error::Busy { .. } => store_busy(meta.path()),
             other => other,
         })?;
         store.path = meta.path().to_path_buf();
@@ -141,6 +142,21 @@ impl SledStore {
     }
 }
 
+/// The error for a store another process holds open (sled locks its database exclusively):
+/// worded as the mount lock's "already mounted", since a mount or a repair is what holds it.
+fn store_busy(meta: &Path) -> Error {
+    let backing = meta.parent().unwrap_or(meta);
+    Error::Busy {
+        what: format!(
+            "the metadata store {} is open in another process: the filesystem is mounted (or \
+             being repaired by fsck.digimed); unmount it there first (`cat {}` names the \
+             host and pid of the mount)",
+            meta.display(),
+            backing.join(digimedfs_core::backing::LOCK_FILE).display()
+        ),
+    }
+}
+
 /// Opens sled's database and our tree in `path`.
 fn open_handles(path: &Path, cache_bytes: u64) -> Result<Handles> {
     let config = sled::Config::new()
@@ -158,9 +174,10 @@ fn open_handles(path: &Path, cache_bytes: u64) -> Result<Handles> {
     let db = loop {
         match config.open() {
             Ok(db) => break db,
-            Err(sled::Error::Io(e))
-                if tries < 40 && e.to_string().contains("could not acquire lock") =>
-            {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if tries >= 40 {
+                    return Err(store_busy(path));
+                }
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
@@ -263,5 +280,35 @@ impl MetaStore for SledStore {
             .take();
         drop(handles);
         self.record_snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store another open holds (sled's exclusive file lock; a second open description in
+    /// one process is refused like another process) is "busy" in the words of the mount
+    /// lock, naming the store and the lock file, never sled's raw `WouldBlock`.
+    #[test]
+    fn a_store_held_open_elsewhere_is_busy_not_a_raw_lock_error() {
+        let dir = std::env::temp_dir().join(format!("digimedfs-sled-busy-{}", std::process::id()));
+        let meta = dir.join("meta");
+        std::fs::create_dir_all(&meta).expect("mkdir");
+        let first = SledStore::open(&meta, 1 << 20).expect("first open");
+        let err = match SledStore::open(&meta, 1 << 20) {
+            Ok(_) => panic!("a second open of a held store succeeded"),
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Busy { .. }), "{msg}");
+        assert!(
+            msg.starts_with("filesystem busy: the metadata store")
+                && msg.contains(&format!("cat {}/lock", dir.display()))
+                && !msg.contains("WouldBlock"),
+            "{msg}"
+        );
+        drop(first);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

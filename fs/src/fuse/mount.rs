@@ -196,6 +196,26 @@ fn raise_readahead(mountpoint: &Path) {
     }
 }
 
+/// The error of a mount the kernel (or fusermount3) refused. A permission error of a user
+/// other than root says what an unprivileged mount needs: a bare "Permission denied" on the
+/// mountpoint sends the admin to the mountpoint, while the cause is /dev/fuse (fuser opens it
+/// itself first, and gives up when it may not) or fusermount3.
+fn mount_failed(mountpoint: &Path, e: io::Error, euid: u32) -> Error {
+    if euid == 0 || e.kind() != io::ErrorKind::PermissionDenied {
+        return Error::io(mountpoint, e);
+    }
+    Error::posix(
+        libc::EACCES,
+        format!(
+            "mounting {} as uid {euid}: unprivileged mounts need read and write access \
+             to /dev/fuse (mode 0666, as most distributions set it) and a setuid-root \
+             fusermount3 (`ls -l /dev/fuse $(command -v fusermount3)` shows both), and write \
+             access to the mountpoint; or mount as root",
+            mountpoint.display()
+        ),
+    )
+}
+
 /// Mounts, calls `ready`, and waits for the end of the session.
 fn serve(
     adapter: DigimedFuse,
@@ -246,7 +266,9 @@ fn serve(
         Ok(session) => session,
         Err(e) => {
             stop_signals();
-            return Err(Error::io(&mountpoint, e));
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let euid = unsafe { libc::geteuid() };
+            return Err(mount_failed(&mountpoint, e, euid));
         }
     };
     // INIT is done: the queues can be registered before the session loop starts.
@@ -449,6 +471,34 @@ fn fusermount_unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unprivileged_permission_error_says_what_a_user_mount_needs() {
+        let denied = || io::Error::from_raw_os_error(libc::EACCES);
+        let msg = mount_failed(Path::new("/mnt/p"), denied(), 1000).to_string();
+        for needed in [
+            "/dev/fuse",
+            "0666",
+            "setuid-root fusermount3",
+            "mount as root",
+        ] {
+            assert!(msg.contains(needed), "{needed} missing: {msg}");
+        }
+        assert!(!msg.contains("I/O error"), "{msg}");
+        assert_eq!(
+            mount_failed(Path::new("/mnt/p"), denied(), 1000).errno(),
+            libc::EACCES
+        );
+        // Root, or another error: the plain error on the mountpoint.
+        let msg = mount_failed(Path::new("/mnt/p"), denied(), 0).to_string();
+        assert!(!msg.contains("/dev/fuse"), "{msg}");
+        let other = io::Error::from_raw_os_error(libc::ENOTCONN);
+        let msg = mount_failed(Path::new("/mnt/p"), other, 1000).to_string();
+        assert!(
+            msg.contains("/mnt/p") && !msg.contains("/dev/fuse"),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn options_always_have_names_and_default_permissions() {

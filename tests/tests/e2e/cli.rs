@@ -369,3 +369,207 @@ fn readable_key_file_is_warned_about_on_the_terminal() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("readable"), "{}", stderr(&out));
 }
+
+/// One mount of a filesystem at a time, read-only or not (sled opens its store exclusively):
+/// a read-only mount takes the mount lock, so a read-write mount beside it (and a read-only
+/// one beside a read-write mount) is refused with the same "already mounted by HOLDER" as a
+/// second read-write mount, never sled's raw lock error; the first mount goes on unaffected.
+#[test]
+fn read_only_and_read_write_mounts_refuse_each_other_clearly() {
+    let mut t = TestFs::unmounted(&[]);
+    t.mount();
+    fs::write(t.path("f"), b"before").unwrap();
+    t.unmount();
+    let second = t.root_dir().join("second");
+    fs::create_dir(&second).unwrap();
+    for (first, then) in [("ro", "rw"), ("rw", "ro"), ("ro", "ro")] {
+        t.mount_with(&[first]);
+        let out = run(&mut t.mount_command(t.key_file(), &second, &[then]));
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{then} beside {first}: {e}");
+        assert!(
+            e.contains("filesystem busy")
+                && e.contains("is already mounted by host")
+                && e.contains(&format!("pid {}", t.daemon_pid().expect("daemon")))
+                && e.contains("unmount it there first"),
+            "{then} beside {first}: {e}"
+        );
+        assert!(
+            !e.contains("WouldBlock") && !e.contains("could not acquire lock"),
+            "{then} beside {first}: raw lock error: {e}"
+        );
+        assert!(!is_mounted(&second), "{then} beside {first}: mounted");
+        assert_eq!(fs::read(t.path("f")).unwrap(), b"before", "{first} mount");
+        if first == "rw" {
+            fs::write(t.path("f"), b"before").expect("the rw mount still writes");
+        }
+        t.unmount();
+    }
+}
+
+/// A mount by a user other than root where /dev/fuse is root's only (mode 0600, as here) used
+/// to fail with "I/O error on MNT: Permission denied", which points at the mountpoint. The
+/// message says what an unprivileged mount needs. Runs the mount as `nobody` (setpriv); skipped
+/// where /dev/fuse is open to everyone (the mount would then be allowed).
+#[test]
+fn unprivileged_mount_says_what_it_needs() {
+    use std::os::unix::fs::MetadataExt;
+    let mode = fs::metadata("/dev/fuse").expect("stat /dev/fuse").mode() & 0o777;
+    if mode & 0o006 == 0o006 {
+        eprintln!("skipped: /dev/fuse is mode {mode:o}, an unprivileged mount is allowed here");
+        return;
+    }
+    let t = TestFs::unmounted(&[]);
+    let nobody = "65534";
+    let chown = |p: &Path| {
+        let out = run(Command::new("chown")
+            .args(["-R", &format!("{nobody}:{nobody}")])
+            .arg(p));
+        assert!(out.status.success(), "chown: {}", stderr(&out));
+    };
+    for p in [t.backing(), t.mountpoint(), t.key_file()] {
+        chown(p);
+    }
+    let cmd = t.mount_command(t.key_file(), t.mountpoint(), &[]);
+    let out = run(Command::new("setpriv")
+        .args([
+            &format!("--reuid={nobody}"),
+            &format!("--regid={nobody}"),
+            "--clear-groups",
+        ])
+        .arg(cmd.get_program())
+        .args(cmd.get_args()));
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(!is_mounted(t.mountpoint()), "{e}");
+    for needed in [
+        "as uid 65534",
+        "/dev/fuse (mode 0666",
+        "setuid-root fusermount3",
+        "or mount as root",
+    ] {
+        assert!(e.contains(needed), "{needed:?} missing: {e}");
+    }
+    assert!(!e.contains("I/O error"), "{e}");
+}
+
+/// `fsck -t digimed` (util-linux fsck(8)) used to check nothing and exit 0. fsck(8) runs the
+/// checker with nothing but the fstab's first field (the backing directory): `fsck.digimed`
+/// (no fstab line) or `fsck.fuse.digimedfs` (the line's type), found through PATH. The checker
+/// takes the key options from the filesystem's fstab line (DIGIMEDFS_FSTAB here; fsck(8) reads
+/// FSTAB_FILE), reports the damaged block and exits 4; without a key anywhere it exits 8 and
+/// says both ways to give one; and the fsck(8) form of the command line key that message
+/// names works too.
+#[test]
+fn fsck_wrapper_checks_with_the_fstab_key_or_fails_loudly() {
+    use digimedfs_tests::walk_files;
+    if run(Command::new("fsck").arg("--version"))
+        .status
+        .code()
+        .is_none()
+    {
+        eprintln!("skipped: no fsck(8)");
+        return;
+    }
+    let mut t = TestFs::new();
+    fs::write(t.path("big"), random_bytes(1 << 20)).unwrap();
+    t.unmount();
+    // Storage zeroes the file's object.
+    let objects = walk_files(&t.backing().join("objects"));
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let len = fs::metadata(&objects[0]).unwrap().len();
+    fs::write(&objects[0], vec![0u8; len as usize]).unwrap();
+
+    // The checker under the names fsck(8) looks for, in a directory only PATH names.
+    let sbin = t.root_dir().join("sbin");
+    fs::create_dir(&sbin).unwrap();
+    for name in ["fsck.digimed", "fsck.fuse.digimedfs"] {
+        std::os::unix::fs::symlink(bin("fsck-digimed"), sbin.join(name)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        sbin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let fstab = t.root_dir().join("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "# test fstab\n{} {} fuse.digimedfs key_file={},_netdev 0 0\n",
+            t.backing().display(),
+            t.mountpoint().display(),
+            t.key_file().display()
+        ),
+    )
+    .unwrap();
+    let empty = t.root_dir().join("fstab-empty");
+    fs::write(&empty, "# nothing here\n").unwrap();
+    let fsck = |fsck_fstab: Option<&Path>, our_fstab: &Path, args: &[&str]| {
+        let mut cmd = Command::new("fsck");
+        cmd.env("PATH", &path)
+            .env("DIGIMEDFS_FSTAB", our_fstab)
+            .env_remove("FSTAB_FILE")
+            .args(args)
+            .arg(t.backing());
+        if let Some(f) = fsck_fstab {
+            cmd.env("FSTAB_FILE", f);
+        }
+        run(&mut cmd)
+    };
+    let show = |out: &Output| {
+        format!(
+            "{}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            stderr(out)
+        )
+    };
+    let checker = |out: &Output, name: &str| {
+        // -V: fsck(8) prints the command it runs.
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.contains(&format!("{}/{name}", sbin.display())),
+            "fsck(8) did not run {name} from PATH: {}",
+            show(out)
+        );
+    };
+
+    // fsck(8) sees the fstab line (type fuse.digimedfs): it runs fsck.fuse.digimedfs, which
+    // takes key_file= from the line.
+    let out = fsck(Some(&fstab), &fstab, &["-V", "-t", "digimed", "-n"]);
+    checker(&out, "fsck.fuse.digimedfs");
+    assert_eq!(out.status.code(), Some(4), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("damaged_block"),
+        "{}",
+        show(&out)
+    );
+    // fsck(8) without the line runs fsck.digimed, which still finds the line.
+    let out = fsck(None, &fstab, &["-V", "-t", "digimed", "-n"]);
+    checker(&out, "fsck.digimed");
+    assert_eq!(out.status.code(), Some(4), "{}", show(&out));
+
+    // No key anywhere: exit 8, nothing checked, both ways named.
+    let out = fsck(None, &empty, &["-V", "-t", "digimed", "-n"]);
+    checker(&out, "fsck.digimed");
+    assert_eq!(out.status.code(), Some(8), "{}", show(&out));
+    let e = stderr(&out);
+    for needed in [
+        "no key for",
+        "nothing was checked",
+        "--key-file PATH",
+        "key_file=PATH",
+    ] {
+        assert!(e.contains(needed), "{needed:?} missing: {}", show(&out));
+    }
+    // The command-line form through fsck(8) that the message gives.
+    let key = format!("--key-file={}", t.key_file().display());
+    let out = fsck(None, &empty, &["-V", "-t", "digimed", "-n", "--", &key]);
+    checker(&out, "fsck.digimed");
+    assert_eq!(out.status.code(), Some(4), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("damaged_block"),
+        "{}",
+        show(&out)
+    );
+}

@@ -19,6 +19,7 @@ const PASS: &str = "e2e key service passphrase";
 struct Ks {
     dir: tempfile::TempDir,
     ca: PathBuf,
+    tls: digimedfs_keyservice::tls::DemoTls,
     admin: Admin,
     mounts: std::cell::RefCell<Vec<PathBuf>>,
     server: Option<BackgroundServer>,
@@ -45,11 +46,29 @@ impl Ks {
         let server = BackgroundServer::start(cfg, cred()).unwrap();
         Ks {
             dir,
-            ca: tls.ca,
+            ca: tls.ca.clone(),
+            tls,
             admin,
             mounts: Default::default(),
             server: Some(server),
         }
+    }
+
+    /// Stops the server (mounts stay; their key service calls fail from now on).
+    fn stop_server(&mut self) {
+        drop(self.server.take());
+    }
+
+    /// Starts the server again on the same state (on a new port: see [`Ks::url`]).
+    fn start_server(&mut self) {
+        let cfg = ServerConfig::new(
+            self.path("state"),
+            "127.0.0.1:0".parse().unwrap(),
+            self.tls.cert.clone(),
+            self.tls.key.clone(),
+        );
+        let cred = Credential::passphrase(PASS).unwrap();
+        self.server = Some(BackgroundServer::start(cfg, cred).expect("restart key service"));
     }
 
     fn url(&self) -> String {
@@ -404,6 +423,65 @@ fn rollback_is_refused_until_accepted() {
     ks.unmount(&mnt);
     // And keeps mounting afterwards (the anchor moved to the restored line).
     ks.mount_ok(&backing, &mnt, "A", &ta);
+    ks.unmount(&mnt);
+}
+
+/// What the daemon of `mountpoint` logged (as root: /var/log/digimedfs/<name>.log).
+fn daemon_log(mountpoint: &Path) -> String {
+    let name = mountpoint
+        .to_string_lossy()
+        .trim_matches('/')
+        .replace('/', "-");
+    std::fs::read_to_string(format!("/var/log/digimedfs/{name}.log"))
+        .unwrap_or_else(|e| panic!("no daemon log of {name}: {e}"))
+}
+
+/// An unmount while the key service is down is a clean close: the daemon warns that the
+/// service did not record the epoch, logs no error, and the data is intact; the next mount
+/// (service back) is accepted and records the newer epoch.
+#[test]
+fn unmount_while_the_key_service_is_down_is_clean() {
+    let mut ks = Ks::new();
+    let ta = ks.tenant("A");
+    let (backing, uuid) = ks.mkfs("a", "A", &ta);
+    let mnt = ks.path("mnt-ks-down");
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    std::fs::write(mnt.join("kept.txt"), b"intact").unwrap();
+    let anchored = ks
+        .admin
+        .anchor_show(&uuid)
+        .unwrap()
+        .expect("the mount anchored")
+        .epoch;
+    ks.stop_server();
+    ks.unmount(&mnt);
+
+    let log = daemon_log(&mnt);
+    assert!(
+        !log.lines().any(|l| l.contains("ERROR")),
+        "an unmount that wrote everything logged an error:\n{log}"
+    );
+    let warn = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("did not record epoch"))
+        .unwrap_or_else(|| panic!("no warning about the anchor in:\n{log}"));
+    assert!(
+        warn.contains("closed cleanly") && warn.contains(&format!("epoch {}", anchored + 1)),
+        "{warn}"
+    );
+    assert!(warn.contains("next mount accepts"), "{warn}");
+    assert_eq!(
+        ks.admin.anchor_show(&uuid).unwrap().map(|a| a.epoch),
+        Some(anchored),
+        "the service was down: its anchor cannot have moved"
+    );
+
+    // As the warning says: the next mount is accepted and records the newer epoch.
+    ks.start_server();
+    ks.mount_ok(&backing, &mnt, "A", &ta);
+    assert_eq!(std::fs::read(mnt.join("kept.txt")).unwrap(), b"intact");
+    let now = ks.admin.anchor_show(&uuid).unwrap().expect("anchor").epoch;
+    assert!(now > anchored, "anchor {now} not past {anchored}");
     ks.unmount(&mnt);
 }
 

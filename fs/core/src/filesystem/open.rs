@@ -93,11 +93,9 @@ impl Filesystem {
     ) -> Result<Filesystem> {
         let dir = BackingDir::open(backing)?;
         let (superblock, keys) = unlock_superblock(&dir, key)?;
-        let lock = if opts.read_only {
-            None
-        } else {
-            Some(dir.lock(opts.force_unlock)?)
-        };
+        // Read-only mounts take the lock too: sled opens its store exclusively, so one mount
+        // at a time is all there can be, and the lock's holder is what a refusal names.
+        let lock = Some(dir.lock(opts.force_unlock)?);
         let meta_dir = dir.meta_for_open()?;
         let ctx = crate::keysource::SlotContext {
             fs_uuid: superblock.fs_uuid,
@@ -335,7 +333,20 @@ impl Filesystem {
             tracing::warn!(error = %e, "metadata store not closed cleanly; the next mount replays its log");
         }
         if let Some(anchor) = lock(&self.inner.mount.anchor).take() {
-            anchor.anchor(&ctx, epoch, &digest)?;
+            // Everything is on disk and the superblock says clean: an anchor that cannot be
+            // recorded only leaves the key service one epoch behind, which the next mount's
+            // check accepts (a newer epoch is never a rollback) and then records.
+            if let Err(e) = anchor.anchor(&ctx, epoch, &digest) {
+                tracing::warn!(
+                    error = %e,
+                    "filesystem {} closed cleanly and its data is intact, but the key service \
+                     did not record epoch {epoch} (rollback anchor); the next mount accepts \
+                     the newer epoch and records it, and until then the key service would not \
+                     notice the backing directory being replaced by a copy taken during this \
+                     mount",
+                    crate::filesystem::format_uuid(&ctx.fs_uuid)
+                );
+            }
         }
         lock(&self.inner.mount.mount_lock).take();
         Ok(())

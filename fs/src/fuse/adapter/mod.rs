@@ -19,21 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// Whether requests are served over FUSE's io_uring transport ([`super::uring`]) or over
-/// `/dev/fuse`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum UringMode {
-    /// io_uring when the kernel allows it (the fuse module's `enable_uring`, which an
-    /// administrator switches on), else `/dev/fuse`, logged at info level. The default: an
-    /// administrator who switched the kernel's transport on wants it used, and it is the faster
-    /// one for metadata work and random reads (docs/performance.md, "Current results").
-    #[default]
-    Auto,
-    /// `uring`: as `Auto`, but a kernel that does not offer it is worth a warning.
-    Requested,
-    /// `nouring`: always `/dev/fuse` (cold sequential reads of large files were faster there).
-    Off,
-}
+pub use digimedfs_keyclient::mount_options::UringMode;
 
 /// How long the kernel may cache attributes and directory entries.
 pub const TTL: Duration = Duration::from_secs(1);
