@@ -18,4 +18,6 @@ rm -rf "$target/release/assets"
 "$target/release/digimedfs-mangen" "$target/release/assets"
 # Debian policy: man pages gzipped (-n: no name or time stamp, so the package is reproducible).
 gzip -9n "$target/release/assets/man/man"[18]/*
-cargo deb -p digimedfs --no-build --locked "$@"
+# Stripped binaries, as Debian ships them (the release profile keeps line tables for
+# backtraces in builds from source).
+cargo deb -p digimedfs --no-build --locked --strip "$@"

@@ -67,6 +67,9 @@ root="$work/root"
 dpkg-deb -x "$deb" "$root"
 for bin in usr/bin/digimedfs usr/sbin/mkfs.digimed usr/sbin/fsck.digimed usr/sbin/digimed-keyservice; do
     "$root/$bin" --version >/dev/null || fail "$bin --version"
+    if command -v readelf >/dev/null && readelf -S "$root/$bin" | grep -Eq '\.debug_(info|line) '; then
+        fail "$bin is not stripped"
+    fi
 done
 n=0
 for page in "$root"/usr/share/man/man[18]/*.gz; do
