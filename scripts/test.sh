@@ -11,6 +11,7 @@
 # put back as it was on exit.
 #
 # DIGIMEDFS_SKIP_CEPH=1 skips the cluster and the CephFS tests (they say so when skipped).
+# Last, scripts/test-deb.sh builds the Debian package and checks it (DIGIMEDFS_SKIP_DEB=1 skips).
 # A cluster that already runs (tests/cephfs/cluster start by hand) is used and left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,4 +55,12 @@ if [[ -n $uring_was ]]; then
     DIGIMEDFS_TEST_MOUNT_OPTIONS=uring cargo test -p digimedfs-tests --features e2e --test e2e -- --skip cephfs
 else
     echo "FUSE over io_uring not available here ($uring_switch): io_uring pass skipped"
+fi
+
+# The Debian package: built (release) and checked in a throwaway root, never installed here.
+# DIGIMEDFS_SKIP_DEB=1 skips it (it needs cargo-deb, man-db and systemd-analyze; .ci/run has them).
+if [[ "${DIGIMEDFS_SKIP_DEB:-}" != 1 ]]; then
+    scripts/test-deb.sh
+else
+    echo "DIGIMEDFS_SKIP_DEB=1: Debian package not built or checked"
 fi

@@ -11,7 +11,7 @@
 //! `/var/log/digimedfs/<mountpoint>.log`, or `$XDG_RUNTIME_DIR/digimedfs/<mountpoint>.log`, or
 //! `/tmp/digimedfs-<uid>/<mountpoint>.log`, whichever is writable first.
 
-mod cli;
+use digimedfs::cli;
 
 use anyhow::{anyhow, Context};
 use cli::{Command, KeySpec, MountArgs, MountOptions};

@@ -1,9 +1,9 @@
 //! `fsck.digimed`: checks and repairs a digimedfs filesystem. A thin shell over
 //! [`digimedfs_core::check`]; exit status as fsck(8) (see [`exit`]).
 
-mod cli;
-mod exit;
 mod json;
+
+use fsck_digimed::{cli, exit};
 
 use clap::Parser;
 use digimedfs_core::check::{check, Answer, CheckOptions, CheckUi, Mode, Problem, Report};

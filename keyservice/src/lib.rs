@@ -15,9 +15,11 @@
 pub mod admin;
 pub mod anchors;
 pub mod audit;
+pub mod cli;
 pub mod error;
 pub mod keys;
 pub mod registry;
+pub mod sd_notify;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -1,7 +1,7 @@
 //! `mkfs.digimed`: creates a digimedfs filesystem in a backing directory, its master key wrapped
 //! by a key file or by the key service. A thin shell over [`digimedfs_core::mkfs::mkfs`]. Exit status as mkfs(8): 0 on success, 1 on any error.
 
-mod cli;
+use mkfs_digimed::cli;
 
 use anyhow::Context;
 use clap::Parser;
