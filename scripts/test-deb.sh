@@ -44,7 +44,8 @@ expect -rwxr-xr-x usr/bin/digimedfs
 expect -rwxr-xr-x usr/sbin/mkfs.digimed
 expect -rwxr-xr-x usr/sbin/fsck.digimed
 expect -rwxr-xr-x usr/sbin/digimed-keyservice
-dpkg-deb -c "$deb" | grep -q '^l.* \./usr/sbin/fsck\.fuse\.digimedfs -> fsck\.digimed$' ||
+dpkg-deb -c "$deb" >"$work/raw-list"
+grep -q '^l.* \./usr/sbin/fsck\.fuse\.digimedfs -> fsck\.digimed$' "$work/raw-list" ||
     fail "/usr/sbin/fsck.fuse.digimedfs is not a link to fsck.digimed"
 for page in man1/digimedfs.1 man1/digimedfs-mount.1 man1/digimedfs-backup-begin.1 \
     man8/mkfs.digimed.8 man8/fsck.digimed.8 man8/digimed-keyservice.8 \
