@@ -43,8 +43,9 @@ pub fn at(mounts: &[Mount], path: &Path) -> Option<Mount> {
     mounts.iter().rev().find(|m| m.point == path).cloned()
 }
 
-/// Undoes the kernel's octal escapes (`\040` for a space, also tab, newline, backslash).
-fn unescape(s: &str) -> String {
+/// Undoes the octal escapes (`\040` for a space, also tab, newline, backslash) that the
+/// kernel's mount table and fstab(5) use for the same characters.
+pub fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

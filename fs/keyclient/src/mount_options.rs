@@ -218,7 +218,7 @@ pub fn fstab_options(text: &str, backing: &Path) -> Result<Option<MountOptions>,
         if !FSTAB_TYPES.contains(&kind) {
             continue;
         }
-        let spec = PathBuf::from(unescape_fstab(spec));
+        let spec = PathBuf::from(digimedfs_core::mounts::unescape(spec));
         let same = spec == backing
             || canonical
                 .as_ref()
@@ -226,37 +226,12 @@ pub fn fstab_options(text: &str, backing: &Path) -> Result<Option<MountOptions>,
         if !same {
             continue;
         }
-        let options = unescape_fstab(fields.next().unwrap_or("defaults"));
+        let options = digimedfs_core::mounts::unescape(fields.next().unwrap_or("defaults"));
         return parse_mount_options(&[options])
             .map(Some)
             .map_err(|e| OptionError(format!("fstab entry of {}: {e}", backing.display())));
     }
     Ok(None)
-}
-
-/// An fstab field with its `\NNN` octal escapes decoded.
-fn unescape_fstab(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| b == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| u8::from_str_radix(d, 8).ok());
-        match octal {
-            Some(c) => {
-                out.push(c);
-                i += 4;
-            }
-            None => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
