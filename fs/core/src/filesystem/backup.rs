@@ -189,25 +189,10 @@ impl Inner {
                 let freeze_start = std::time::Instant::now();
                 self.records.flush()?;
                 at_gate();
-                let mut failed = None;
-                self.records
-                    .store()
-                    .scan(&[], None, &mut |k, v| match self.dump_record(
-                        k,
-                        v,
-                        &mut dump,
-                        &mut digest,
-                        &mut referenced,
-                    ) {
-                        Ok(()) => Ok(true),
-                        Err(e) => {
-                            failed = Some(e);
-                            Ok(false)
-                        }
-                    })?;
-                if let Some(e) = failed {
-                    return Err(e);
-                }
+                self.records.store().scan(&[], None, &mut |k, v| {
+                    self.dump_record(k, v, &mut dump, &mut digest, &mut referenced)
+                        .map(|()| true)
+                })?;
                 let frozen = self
                     .objects
                     .freeze_into(&objects_dir, &|id| referenced.contains(id))?;

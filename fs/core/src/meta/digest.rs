@@ -121,7 +121,6 @@ impl DigestStore {
                 MAX_PREIMAGE_BYTES >> 20
             ))
         };
-        let mut failed = None;
         // Moves the cursor to `upto` (None: the end) and returns what to emit up to it.
         let advance =
             |upto: Option<&[u8]>, stored: Option<&[u8]>| -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -160,19 +159,11 @@ impl DigestStore {
                 Ok(out)
             };
         self.records.store.scan(&[], None, &mut |k, v| {
-            let step = advance(Some(k), Some(v))
-                .and_then(|out| out.into_iter().try_for_each(|(k, v)| f(k, v)));
-            match step {
-                Ok(()) => Ok(true),
-                Err(e) => {
-                    failed = Some(e);
-                    Ok(false)
-                }
-            }
+            advance(Some(k), Some(v))?
+                .into_iter()
+                .try_for_each(|(k, v)| f(k, v))
+                .map(|()| true)
         })?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
         for (k, v) in advance(None, None)? {
             f(k, v)?;
         }
