@@ -1,8 +1,7 @@
 //! Costs that must not grow with the file count or with what earlier sessions wrote.
 
-use digimedfs_tests::TestFs;
+use digimedfs_tests::{walk_files, TestFs};
 use std::fs;
-use std::path::Path;
 
 /// 1–3 KiB of bytes that differ per file (so nothing can share them).
 fn contents(i: usize) -> Vec<u8> {
@@ -36,7 +35,10 @@ fn a_mount_after_a_busy_session_does_not_replay_its_log() {
         fs::write(root.join(format!("f{i:05}")), contents(i)).expect("write");
     }
     t.unmount();
-    let log_bytes: u64 = walkdir_sizes(&t.backing().join("meta"));
+    let log_bytes: u64 = walk_files(&t.backing().join("meta"))
+        .iter()
+        .map(|f| fs::metadata(f).expect("stat").len())
+        .sum();
     t.mount();
     let pid = t.daemon_pid().expect("daemon pid");
     let read = bytes_read(pid);
@@ -52,19 +54,4 @@ fn a_mount_after_a_busy_session_does_not_replay_its_log() {
         "the mount read {read} bytes, as much as replaying the {log_bytes}-byte store"
     );
     assert_eq!(fs::read_dir(&root).expect("list").count(), SESSION_FILES);
-}
-
-/// Bytes of the regular files beneath `dir`.
-fn walkdir_sizes(dir: &Path) -> u64 {
-    let mut total = 0;
-    for e in fs::read_dir(dir).expect("read dir") {
-        let e = e.expect("entry");
-        let md = e.metadata().expect("stat");
-        if md.is_dir() {
-            total += walkdir_sizes(&e.path());
-        } else {
-            total += md.len();
-        }
-    }
-    total
 }
