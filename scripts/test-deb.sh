@@ -48,6 +48,7 @@ dpkg-deb -c "$deb" >"$work/raw-list"
 grep -q '^l.* \./usr/sbin/fsck\.fuse\.digimedfs -> fsck\.digimed$' "$work/raw-list" ||
     fail "/usr/sbin/fsck.fuse.digimedfs is not a link to fsck.digimed"
 for page in man1/digimedfs.1 man1/digimedfs-mount.1 man1/digimedfs-backup-begin.1 \
+    man1/digimedfs-info.1 man1/digimedfs-tune.1 \
     man8/mkfs.digimed.8 man8/fsck.digimed.8 man8/digimed-keyservice.8 \
     man8/digimed-keyservice-serve.8 man8/digimed-keyservice-token-issue-admin.8; do
     expect -rw-r--r-- "usr/share/man/$page.gz"

@@ -3,7 +3,7 @@
 //! `-o` parser is `digimedfs_keyclient::mount_options`, shared with fsck.digimed.
 
 use anyhow::bail;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 pub use digimedfs_keyclient::cli::{KeyArgs, KeyServiceArgs};
 pub use digimedfs_keyclient::mount_options::{
     parse_mount_options, KeyServiceOptions, MountOptions,
@@ -40,6 +40,14 @@ pub enum Command {
         /// The backing directory holding the filesystem.
         backing_dir: PathBuf,
     },
+    /// Show what a backing directory says about its filesystem (like dumpe2fs -h): UUID, label,
+    /// tenant, format, block size, epoch, flags, key slots, whether it is mounted and by whom,
+    /// the backup point. Needs no key and writes nothing; without a key nothing shown is
+    /// authenticated. With key options the superblock's MAC is checked too (exit 1 if it fails).
+    Info(InfoArgs),
+    /// Change the superblock of an unmounted filesystem (like tune2fs): its label. Needs the key
+    /// (the superblock is authenticated); refused while the filesystem is mounted.
+    Tune(TuneArgs),
     /// Backup points: consistent copies of a live filesystem for ordinary backup tools, keyless
     /// verification and restore (docs/backup.md).
     Backup {
@@ -103,6 +111,34 @@ pub enum BackupCommand {
     },
 }
 
+/// Arguments of `digimedfs info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Print one JSON object (stable snake_case field names) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Optional: a key file or the key service, to verify the superblock's MAC.
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The backing directory holding the filesystem.
+    pub backing_dir: PathBuf,
+}
+
+/// Arguments of `digimedfs tune`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("key").args(["key_file", "url"]).required(true)))]
+#[command(group(ArgGroup::new("change").args(["label"]).required(true).multiple(true)))]
+pub struct TuneArgs {
+    /// The new label: at most 64 bytes of UTF-8 (as mkfs.digimed -L); "" removes it.
+    #[arg(short = 'L', long = "label", value_name = "LABEL")]
+    pub label: Option<String>,
+    /// The key that unlocks the filesystem: a key file or the key service.
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The backing directory holding the filesystem.
+    pub backing_dir: PathBuf,
+}
+
 /// Arguments of `digimedfs mount`.
 #[derive(Debug, Args)]
 pub struct MountArgs {
@@ -139,6 +175,8 @@ const KNOWN_FIRST_ARGS: &[&str] = &[
     "keygen",
     "mount",
     "rewrap",
+    "info",
+    "tune",
     "backup",
     "help",
     "-h",
@@ -476,6 +514,34 @@ mod tests {
         assert!(
             matches!(cli.command, Command::Keygen { path } if path == std::path::Path::new("/tmp/k"))
         );
+    }
+
+    #[test]
+    fn info_and_tune_parse_and_are_not_taken_for_mount() {
+        let cli = parse_args(os(&["digimedfs", "info", "--json", "/srv/b"])).unwrap();
+        let Command::Info(i) = cli.command else {
+            panic!("not info")
+        };
+        assert!(i.json && !i.key.given());
+        assert_eq!(i.backing_dir, PathBuf::from("/srv/b"));
+        let cli = parse_args(os(&[
+            "digimedfs",
+            "tune",
+            "-L",
+            "cohort-b",
+            "--key-file",
+            "/k",
+            "/srv/b",
+        ]))
+        .unwrap();
+        let Command::Tune(t) = cli.command else {
+            panic!("not tune")
+        };
+        assert_eq!(t.label.as_deref(), Some("cohort-b"));
+        assert_eq!(t.key.key_file, Some(PathBuf::from("/k")));
+        // tune needs a key and something to change.
+        assert!(parse_args(os(&["digimedfs", "tune", "-L", "x", "/srv/b"])).is_err());
+        assert!(parse_args(os(&["digimedfs", "tune", "--key-file", "/k", "/srv/b"])).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `digimedfs` binary: `keygen` writes a key file, `mount` opens a filesystem (unlocked by a
 //! key file or the key service) and serves it over FUSE, `rewrap` moves a filesystem's key
-//! service slot to the tenant's newest key version. A thin shell over the library; see
+//! service slot to the tenant's newest key version, `info` shows what a backing directory says
+//! (no key needed) and `tune` relabels an unmounted filesystem. A thin shell over the library; see
 //! `docs/operations.md` and `docs/keyservice.md`.
 //!
 //! Without `-f`, `mount` returns only once the mount is live: it re-runs itself as a
@@ -64,6 +65,8 @@ fn main() -> ExitCode {
             service,
             backing_dir,
         } => rewrap(&service, &backing_dir),
+        Command::Info(args) => info(&args),
+        Command::Tune(args) => tune(&args),
         Command::Backup { command } => backup(command),
     };
     match result {
@@ -225,6 +228,60 @@ fn rewrap(args: &cli::KeyServiceArgs, backing: &Path) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Warnings and errors of the library on stderr (the admin commands print their result on
+/// stdout).
+fn init_tool_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `digimedfs info`: exits 1 when key options were given and the superblock does not verify.
+fn info(args: &cli::InfoArgs) -> anyhow::Result<()> {
+    init_tool_logging();
+    let key = match cli::optional_key_spec(&args.key)? {
+        Some(spec) => Some(key_source(&spec)?),
+        None => None,
+    };
+    let info = digimedfs_core::admin::info(&args.backing_dir, key.as_deref())?;
+    if args.json {
+        println!("{}", digimedfs::admin::info_json(&info));
+    } else {
+        print!("{}", digimedfs::admin::info_text(&info));
+    }
+    if let digimedfs_core::admin::Verification::Failed(why) = &info.verification {
+        return Err(anyhow!(
+            "the superblock of {} does not verify: {why}",
+            args.backing_dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `digimedfs tune`.
+fn tune(args: &cli::TuneArgs) -> anyhow::Result<()> {
+    init_tool_logging();
+    let Some(label) = &args.label else {
+        return Err(anyhow!("nothing to change: give --label LABEL"));
+    };
+    // Before the key is opened: a bad label needs no key service round trip.
+    digimedfs_core::format::superblock::check_label(label)?;
+    let Some(spec) = cli::optional_key_spec(&args.key)? else {
+        return Err(anyhow!(
+            "tune needs the key: --key-file PATH, or --keyservice URL --tenant ID --token-file \
+             PATH --ca-file PATH"
+        ));
+    };
+    let key = key_source(&spec)?;
+    let report = digimedfs_core::admin::set_label(&args.backing_dir, key.as_ref(), label)
+        .with_context(|| format!("relabelling {}", args.backing_dir.display()))?;
+    println!("{}", digimedfs::admin::tune_text(&report));
     Ok(())
 }
 

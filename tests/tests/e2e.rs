@@ -12,6 +12,8 @@
     clippy::panic
 )]
 
+#[path = "e2e/admin.rs"]
+mod admin;
 #[path = "e2e/backup.rs"]
 mod backup;
 #[path = "e2e/cephfs.rs"]

@@ -19,6 +19,8 @@ const EXPECTED_PAGES: &[&str] = &[
     "man1/digimedfs-keygen.1",
     "man1/digimedfs-mount.1",
     "man1/digimedfs-rewrap.1",
+    "man1/digimedfs-info.1",
+    "man1/digimedfs-tune.1",
     "man1/digimedfs-backup.1",
     "man1/digimedfs-backup-begin.1",
     "man1/digimedfs-backup-end.1",

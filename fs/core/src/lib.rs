@@ -19,7 +19,10 @@
 //! - [`check`], [`mkfs`]: fsck's checker and filesystem creation.
 //! - [`hardening`]: process hardening the binaries apply at start.
 //! - [`mounts`]: this host's mount table.
+//! - [`admin`]: `digimedfs info` (what a backing directory says, without a key) and `tune`
+//!   (relabelling the superblock offline).
 
+pub mod admin;
 pub mod backing;
 pub mod backup;
 pub mod check;

@@ -7,7 +7,7 @@ use crate::crypto::{FsKeys, MasterKey};
 use crate::filesystem::{format_uuid, FileKind, ROOT_INO};
 use crate::format::records::{Counters, Inode, StoreState, Timestamp};
 use crate::format::superblock::{
-    check_block_size, Superblock, CIPHER_SUITE_V1, FLAG_CLEAN, FLAG_STORE_STATE,
+    check_block_size, check_label, Superblock, CIPHER_SUITE_V1, FLAG_CLEAN, FLAG_STORE_STATE,
 };
 use crate::keysource::{KeySource, SlotContext};
 use crate::meta::{MetaEngine, MetaStore, Records};
@@ -55,9 +55,7 @@ pub struct MkfsReport {
 /// A new superblock and its master key (not yet written anywhere).
 pub fn new_superblock(key: &dyn KeySource, opts: &MkfsOptions) -> Result<(Superblock, MasterKey)> {
     check_block_size(opts.block_size)?;
-    if opts.label.len() > 64 {
-        return Err(Error::invalid("label longer than 64 bytes"));
-    }
+    check_label(&opts.label)?;
     crate::keysource::check_tenant_id(&opts.tenant)?;
     let mut fs_uuid: [u8; 16] = rand::random();
     // RFC 4122 version 4 (random) and variant bits.

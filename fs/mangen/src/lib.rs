@@ -66,6 +66,14 @@ const FRAGMENTS: &[(&str, &str)] = &[
         include_str!("../../../docs/man/digimedfs-mount.roff"),
     ),
     (
+        "digimedfs-info",
+        include_str!("../../../docs/man/digimedfs-info.roff"),
+    ),
+    (
+        "digimedfs-tune",
+        include_str!("../../../docs/man/digimedfs-tune.roff"),
+    ),
+    (
         "mkfs.digimed",
         include_str!("../../../docs/man/mkfs.digimed.roff"),
     ),

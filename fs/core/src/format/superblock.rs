@@ -44,7 +44,8 @@ pub const MIN_BLOCK_SIZE: u32 = 4096;
 pub const MAX_BLOCK_SIZE: u32 = 65536;
 /// Length of the trailing MAC.
 pub const MAC_LEN: usize = 32;
-const MAX_LABEL: usize = 64;
+/// Longest label, in bytes of UTF-8.
+pub const MAX_LABEL: usize = 64;
 const MAX_TENANT: usize = 128;
 const MAX_SLOTS: usize = 8;
 
@@ -134,14 +135,21 @@ pub fn check_block_size(block_size: u32) -> Result<()> {
     Ok(())
 }
 
+/// Checks a label: at most [`MAX_LABEL`] bytes of UTF-8 (mkfs.digimed -L, digimedfs tune -L).
+pub fn check_label(label: &str) -> Result<()> {
+    if label.len() > MAX_LABEL {
+        return Err(Error::invalid(format!(
+            "label {label:?} is {} bytes long; a label holds at most {MAX_LABEL} bytes (UTF-8)",
+            label.len()
+        )));
+    }
+    Ok(())
+}
+
 impl Superblock {
     /// Encodes the superblock and appends its MAC.
     pub fn encode(&self, mac: &RecordMac) -> Result<Vec<u8>> {
-        if self.label.len() > MAX_LABEL {
-            return Err(Error::invalid(format!(
-                "label longer than {MAX_LABEL} bytes"
-            )));
-        }
+        check_label(&self.label)?;
         if self.tenant.len() > MAX_TENANT {
             return Err(Error::invalid(format!(
                 "tenant id longer than {MAX_TENANT} bytes"
