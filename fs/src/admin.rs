@@ -2,10 +2,12 @@
 //! (`digimedfs_core::admin`) finds: aligned `Field:   value` lines like `dumpe2fs -h`, or one
 //! JSON object with stable snake_case field names for scripts.
 //!
-//! Text read from the backing directory (label, tenant, backup point id) is not authenticated
-//! without a key and comes from storage, which may be hostile: control characters in it are
-//! escaped in the text form, so it cannot move the cursor or rewrite the terminal; JSON escapes
-//! them itself. Key slots show index, kind and key id only, never the wrapped key.
+//! Text read from the backing directory (label, tenant, backup point id, and what error messages
+//! quote of it) is not authenticated without a key and comes from storage, which may be
+//! hostile: its control characters are escaped in both forms (`\u{1b}` in text, `\u001b` in
+//! JSON, which would otherwise pass DEL and the C1 controls through raw), so it cannot move the
+//! cursor or rewrite the terminal it is printed on. Key slots show index, kind and key id only,
+//! never the wrapped key.
 
 use digimedfs_core::admin::{flag_names, BackupInfo, CopyState, Info, TuneReport, Verification};
 use serde_json::{json, Value};
@@ -90,20 +92,24 @@ pub fn info_text(info: &Info) -> String {
             Verification::Verified { slot, key } => {
                 format!("verified: MAC matches (key slot {slot} opened with {key})")
             }
-            Verification::Failed(why) => format!("NOT verified: {why}"),
+            Verification::Failed(why) => format!("NOT verified: {}", printable(why)),
         },
     );
     match &info.primary_error {
         None => add("Read from", info.source.to_string()),
         Some(why) => add(
             "Read from",
-            format!("{} (the primary is unusable: {why})", info.source),
+            format!(
+                "{} (the primary is unusable: {})",
+                info.source,
+                printable(why)
+            ),
         ),
     }
     add(
         "Other superblock copy",
         match &info.other_copy {
-            CopyState::Unreadable(why) => format!("unreadable: {why}"),
+            CopyState::Unreadable(why) => format!("unreadable: {}", printable(why)),
             other => copy_word(other).to_string(),
         },
     );
@@ -157,7 +163,7 @@ pub fn info_text(info: &Info) -> String {
             (Ok(false), Some(h)) => format!("no (last holder: {h})"),
             (Ok(false), None) if !info.lock.file => "no (no lock file: never mounted)".into(),
             (Ok(false), None) => "no".to_string(),
-            (Err(why), _) => format!("unknown: probing the lock failed: {why}"),
+            (Err(why), _) => format!("unknown: probing the lock failed: {}", printable(why)),
         },
     );
     if !info.mount_points.is_empty() {
@@ -188,7 +194,7 @@ pub fn info_text(info: &Info) -> String {
                     "; its manifest names another filesystem"
                 }
             ),
-            BackupInfo::Unreadable(why) => format!("present, unreadable: {why}"),
+            BackupInfo::Unreadable(why) => format!("present, unreadable: {}", printable(why)),
         },
     );
     let mut out = String::new();
@@ -198,8 +204,28 @@ pub fn info_text(info: &Info) -> String {
     out
 }
 
-/// The JSON form: one object (see docs/operations.md, "Inspecting and tuning a filesystem").
-pub fn info_json(info: &Info) -> Value {
+/// The JSON form: one object on one line (docs/operations.md, "Inspecting and relabelling a
+/// filesystem"), every control character escaped.
+pub fn info_json(info: &Info) -> String {
+    escape_controls(&info_value(info).to_string())
+}
+
+/// Serialized JSON with the control characters serde_json leaves raw (DEL, C1) escaped as
+/// `\u00XX`. They can only occur inside strings (the structure is ASCII), where the escape
+/// means the same character.
+fn escape_controls(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn info_value(info: &Info) -> Value {
     let (verified_slot, verify_error) = match &info.verification {
         Verification::Unverified => (None, None),
         Verification::Verified { slot, .. } => (Some(*slot), None),
@@ -309,6 +335,18 @@ mod tests {
         assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
         assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
         assert_eq!(utc(-1), "1969-12-31 23:59:59 UTC");
+        // Whatever a damaged superblock holds formats without overflow.
+        assert!(utc(i64::MAX).ends_with(" UTC"));
+        assert!(utc(i64::MIN).ends_with(" UTC"));
+    }
+
+    #[test]
+    fn json_escapes_every_control_character_and_still_means_the_same() {
+        let nasty = "a\u{1b}[2J\u{7f}\u{9b}31m\nb";
+        let text = escape_controls(&json!({ "label": nasty }).to_string());
+        assert!(text.chars().all(|c| !c.is_control()), "{text:?}");
+        let back: Value = serde_json::from_str(&text).expect("still JSON");
+        assert_eq!(back["label"], nasty);
     }
 
     #[test]
