@@ -1,6 +1,7 @@
 //! `digimedfs info` and `digimedfs tune` through the built binary: what info reports of a fresh
 //! filesystem (text and JSON), of a mounted one, with a key and with a tampered superblock;
-//! relabelling with tune, its refusals, and the errors for paths that are not filesystems.
+//! relabelling with tune, its refusals, and the errors for paths that are not filesystems; key
+//! service slots and tune's refusal of a rolled-back superblock with a real key service.
 
 use digimedfs_core::format::superblock::Superblock;
 use digimedfs_tests::{bin, run, run_ok, TestFs};
@@ -429,4 +430,114 @@ fn info_and_tune_name_the_path_that_is_not_a_filesystem() {
     // Nothing was created in them.
     assert!(!missing.exists());
     assert_eq!(fs::read_dir(&empty).unwrap().count(), 0);
+}
+
+/// A running key service (in-process, demo TLS on 127.0.0.1) with tenant `A` and a token file
+/// for it; returns the server, the `--keyservice ... --ca-file ...` flags, and its directory.
+fn key_service() -> (
+    digimedfs_keyservice::server::BackgroundServer,
+    Vec<String>,
+    tempfile::TempDir,
+) {
+    use digimedfs_keyservice::state::Credential;
+    use std::os::unix::fs::OpenOptionsExt;
+    const PASS: &str = "e2e admin passphrase";
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cred = || Credential::passphrase(PASS).unwrap();
+    digimedfs_keyservice::admin::init(&state, &cred()).unwrap();
+    let tls = digimedfs_keyservice::tls::write_demo(&dir.path().join("tls")).unwrap();
+    let admin = digimedfs_keyservice::admin::Admin::open(&state, &cred()).unwrap();
+    admin.tenant_add("A").unwrap();
+    let token = admin.token_issue(Some("A")).unwrap();
+    let token_file = dir.path().join("token");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&token_file)
+        .unwrap();
+    std::io::Write::write_all(&mut f, format!("{}\n", token.as_str()).as_bytes()).unwrap();
+    let cfg = digimedfs_keyservice::server::ServerConfig::new(
+        state,
+        "127.0.0.1:0".parse().unwrap(),
+        tls.cert.clone(),
+        tls.key.clone(),
+    );
+    let server = digimedfs_keyservice::server::BackgroundServer::start(cfg, cred()).unwrap();
+    let flags = vec![
+        "--keyservice".to_string(),
+        server.url(),
+        "--tenant".into(),
+        "A".into(),
+        "--token-file".into(),
+        token_file.display().to_string(),
+        "--ca-file".into(),
+        tls.ca.display().to_string(),
+    ];
+    (server, flags, dir)
+}
+
+#[test]
+fn key_service_slots_show_their_version_and_tune_refuses_a_rollback() {
+    let (_server, ks, dir) = key_service();
+    let backing = dir.path().join("backing");
+    run_ok(
+        Command::new(bin("mkfs-digimed"))
+            .args(["-q", "-L", "cohort-ks"])
+            .args(&ks)
+            .arg(&backing),
+    );
+    let ks_args: Vec<&str> = ks.iter().map(String::as_str).collect();
+    let out = info(&backing, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fields(&stdout(&out))["Key slot 0"],
+        "key-service, key version 1"
+    );
+    let j = info_json(&backing, &ks_args);
+    assert_eq!(j["verified"], true, "{j}");
+    assert_eq!(j["key_slots"][0]["kind_name"], "key-service");
+    assert_eq!(j["key_slots"][0]["key_version"], 1);
+    assert_eq!(j["key_slots"][0]["key_id"], "01000000");
+
+    // An old copy; then a mount and unmount move the epoch on, and the key service records it.
+    let old = dir.path().join("old");
+    run_ok(Command::new("cp").arg("-a").arg(&backing).arg(&old));
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    run_ok(
+        Command::new(bin("digimedfs"))
+            .arg("mount")
+            .args(&ks)
+            .arg(&backing)
+            .arg(&mnt),
+    );
+    assert!(digimedfs_tests::wait_until(
+        digimedfs_tests::TIMEOUT,
+        || digimedfs_tests::is_mounted(&mnt)
+    ));
+    digimedfs_tests::unmount_and_wait(&mnt).unwrap();
+
+    let tune_ks = |b: &Path, label: &str| {
+        run(Command::new(bin("digimedfs"))
+            .args(["tune", "-L", label])
+            .args(&ks)
+            .arg(b))
+    };
+    let out = tune_ks(&backing, "cohort-ks2");
+    assert!(out.status.success(), "tune: {}", stderr(&out));
+    let j = info_json(&backing, &ks_args);
+    assert_eq!(
+        (&j["label"], &j["verified"]),
+        (&"cohort-ks2".into(), &true.into())
+    );
+
+    // Storage puts the old copy back: tune does not build on a rolled-back superblock.
+    fs::remove_dir_all(&backing).unwrap();
+    run_ok(Command::new("cp").arg("-a").arg(&old).arg(&backing));
+    let out = tune_ks(&backing, "on-a-rollback");
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("rollback"), "{}", stderr(&out));
+    assert_eq!(info_json(&backing, &[])["label"], "cohort-ks");
 }
