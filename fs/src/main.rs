@@ -257,8 +257,9 @@ fn info(args: &cli::InfoArgs) -> anyhow::Result<()> {
     }
     if let digimedfs_core::admin::Verification::Failed(why) = &info.verification {
         return Err(anyhow!(
-            "the superblock of {} does not verify: {why}",
-            args.backing_dir.display()
+            "the superblock of {} does not verify: {}",
+            args.backing_dir.display(),
+            digimedfs::admin::printable(why)
         ));
     }
     Ok(())
