@@ -11,6 +11,9 @@ pub use digimedfs_keyclient::mount_options::{
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+mod key;
+pub use key::{KeyCommand, NewKeyArgs};
+
 /// digimedfs: encrypted, integrity-protected research filesystem (FUSE).
 #[derive(Debug, Parser)]
 #[command(name = "digimedfs", version, about, long_about = None)]
@@ -39,6 +42,14 @@ pub enum Command {
         service: KeyServiceArgs,
         /// The backing directory holding the filesystem.
         backing_dir: PathBuf,
+    },
+    /// Key slots (like cryptsetup luksDump/luksAddKey/luksKillSlot): list them, add a key
+    /// file or the key service, remove a slot, or replace a key in one step. Offline: the
+    /// filesystem must not be mounted (docs/operations.md, "Key management").
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeyCommand,
     },
     /// Backup points: consistent copies of a live filesystem for ordinary backup tools, keyless
     /// verification and restore (docs/backup.md).
@@ -139,6 +150,7 @@ const KNOWN_FIRST_ARGS: &[&str] = &[
     "keygen",
     "mount",
     "rewrap",
+    "key",
     "backup",
     "help",
     "-h",

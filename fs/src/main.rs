@@ -1,6 +1,7 @@
 //! The `digimedfs` binary: `keygen` writes a key file, `mount` opens a filesystem (unlocked by a
 //! key file or the key service) and serves it over FUSE, `rewrap` moves a filesystem's key
-//! service slot to the tenant's newest key version. A thin shell over the library; see
+//! service slot to the tenant's newest key version, `key` lists, adds, removes and replaces key
+//! slots. A thin shell over the library; see
 //! `docs/operations.md` and `docs/keyservice.md`.
 //!
 //! Without `-f`, `mount` returns only once the mount is live: it re-runs itself as a
@@ -12,6 +13,8 @@
 //! `/tmp/digimedfs-<uid>/<mountpoint>.log`, whichever is writable first.
 
 use digimedfs::cli;
+
+mod keys;
 
 use anyhow::{anyhow, Context};
 use cli::{Command, KeySpec, MountArgs, MountOptions};
@@ -64,6 +67,10 @@ fn main() -> ExitCode {
             service,
             backing_dir,
         } => rewrap(&service, &backing_dir),
+        Command::Key { command } => {
+            init_tool_logging();
+            keys::run(command)
+        }
         Command::Backup { command } => backup(command),
     };
     match result {
@@ -226,6 +233,16 @@ fn rewrap(args: &cli::KeyServiceArgs, backing: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Logging of the offline tools (rewrap, key): warnings and errors to stderr, or `RUST_LOG`.
+fn init_tool_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// `digimedfs backup`.
