@@ -365,6 +365,7 @@ mod key_slot_changes {
     use super::*;
     use digimedfs_core::backing::{SUPERBLOCK, SUPERBLOCK_BAK};
     use digimedfs_core::check::{check, CheckOptions, Mode, ProblemKind};
+    use digimedfs_core::filesystem::unlock_superblock;
     use digimedfs_core::keyslots::{edit, Edit};
     use digimedfs_core::mkfs::{mkfs, MkfsOptions};
     use digimedfs_core::testing::StaticKey;
@@ -590,6 +591,67 @@ mod key_slot_changes {
             force: false,
         };
         interrupted("remove B", true, remove, [true, true], [true, false]);
+    }
+
+    /// A key that tells the test when a mount has read the superblock and opens a slot with it.
+    struct Signalling(
+        StaticKey,
+        std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    );
+
+    impl digimedfs_core::keysource::KeySource for Signalling {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn kind(&self) -> u8 {
+            self.0.kind()
+        }
+        fn wrapping_key(
+            &self,
+            fs_uuid: &[u8; 16],
+        ) -> digimedfs_core::Result<digimedfs_core::crypto::WrappingKey> {
+            if let Some(tx) = self.1.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            self.0.wrapping_key(fs_uuid)
+        }
+    }
+
+    /// A mount that read the superblock while a key change held the lock must not write the
+    /// old slots back once it gets the lock: here slot 0 (key A) is removed between the
+    /// mount's unlock with A and its lock, so the mount is refused as a wrong key and the
+    /// removal stays.
+    #[test]
+    fn a_mount_waiting_for_the_lock_sees_the_key_change() {
+        use digimedfs_core::backing::BackingDir;
+        use digimedfs_core::keyslots::Unlocked;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("b");
+        setup(&dir, true);
+        let backing = BackingDir::open(&dir).expect("backing");
+        let lock = backing.lock(false).expect("the key change's lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let key = Signalling(StaticKey(A.0), std::sync::Mutex::new(Some(tx)));
+        let mount_dir = dir.clone();
+        let mount = std::thread::spawn(move || {
+            Filesystem::open(&mount_dir, &key, &OpenOptions::default(), &Sled).map(|fs| {
+                fs.close().expect("close");
+            })
+        });
+        rx.recv().expect("the mount reads the superblock");
+        let (sb, keys) = unlock_superblock(&backing, &B).expect("unlock with B");
+        let mut u = Unlocked::new(sb, &keys, &B).expect("B opens a slot");
+        u.remove(0, false).expect("remove A's slot");
+        backing
+            .write_superblock(&u.encode_checked(None).expect("encode"))
+            .expect("write");
+        drop(lock);
+        match mount.join().expect("mount thread") {
+            Err(Error::WrongKey { .. }) => {}
+            other => panic!("the mount with the removed key: {other:?}"),
+        }
+        assert!(!opens(&dir, &A, "after the race"));
+        assert!(opens(&dir, &B, "after the race"));
     }
 
     /// The real rewrite, stopped between the primary and the copy (the copy's temporary name
