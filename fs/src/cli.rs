@@ -44,8 +44,8 @@ pub enum Command {
         backing_dir: PathBuf,
     },
     /// Key slots (like cryptsetup luksDump/luksAddKey/luksKillSlot): list them, add a key
-    /// file or the key service, remove a slot, or replace a key in one step. Offline: the
-    /// filesystem must not be mounted (docs/operations.md, "Key management").
+    /// file or the key service, remove a slot, or replace a key in one step. Changes are
+    /// offline: the filesystem must not be mounted (docs/operations.md, "Key management").
     Key {
         /// What to do.
         #[command(subcommand)]

@@ -6,9 +6,32 @@ use crate::cli::{self, KeyCommand, KeySpec};
 use anyhow::{anyhow, bail, Context};
 use digimedfs_core::keyslots::{self, Edit, SlotChange};
 use digimedfs_core::keysource::KeySource;
+use std::path::Path;
 
-/// Runs one `digimedfs key` subcommand.
+/// Runs one `digimedfs key` subcommand. A change that fails after the primary superblock was
+/// replaced (writing its copy) is in force; the error then says so.
 pub fn run(command: KeyCommand) -> anyhow::Result<()> {
+    let backing = match &command {
+        KeyCommand::List { .. } => None,
+        KeyCommand::Add { backing_dir, .. }
+        | KeyCommand::Remove { backing_dir, .. }
+        | KeyCommand::Change { backing_dir, .. } => Some(backing_dir.clone()),
+    };
+    let slots = |b: &Path| keyslots::list(b).ok().map(|l| l.slots);
+    let before = backing.as_deref().and_then(slots);
+    let result = run_command(command);
+    match (result, backing) {
+        (Err(e), Some(b)) if before.is_some() && slots(&b) != before => Err(e.context(format!(
+            "the change is in force all the same (the primary superblock was replaced; \
+             `digimedfs key list {}` shows the slots), but superblock.bak still lists the old \
+             slots until the next read-write mount, key command or fsck.digimed repair",
+            b.display()
+        ))),
+        (result, _) => result,
+    }
+}
+
+fn run_command(command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::List { backing_dir } => {
             let listing = keyslots::list(&backing_dir)

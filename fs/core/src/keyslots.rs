@@ -118,7 +118,8 @@ impl std::fmt::Display for Listing {
             writeln!(
                 f,
                 "note: {SUPERBLOCK_BAK} lists other slots (an interrupted update); the primary \
-                 is the one in force, and the next read-write mount or key change rewrites the copy"
+                 is the one in force, and the next read-write mount, key change or fsck.digimed \
+                 repair rewrites the copy"
             )?;
         }
         Ok(())
@@ -190,6 +191,8 @@ pub struct Unlocked {
     pub unlocked: u8,
     /// Fs uuid and tenant.
     pub ctx: SlotContext,
+    /// The backing directory, for hints (empty: not known).
+    pub backing: std::path::PathBuf,
 }
 
 impl Unlocked {
@@ -215,7 +218,17 @@ impl Unlocked {
             master,
             unlocked,
             ctx,
+            backing: std::path::PathBuf::new(),
         })
+    }
+
+    /// `digimedfs key list BACKING`, for hints.
+    fn list_command(&self) -> String {
+        if self.backing.as_os_str().is_empty() {
+            "digimedfs key list BACKING".to_string()
+        } else {
+            format!("digimedfs key list {}", self.backing.display())
+        }
     }
 
     /// Whether `new` duplicates slot `slot`: same kind and key id, or (a slot without key id,
@@ -257,9 +270,10 @@ impl Unlocked {
     pub fn add(&mut self, new: &dyn KeySource) -> Result<SlotInfo> {
         if self.sb.slots.len() >= MAX_SLOTS {
             return Err(Error::invalid(format!(
-                "all {MAX_SLOTS} key slots of {} are in use: remove one first (digimedfs key \
-                 remove ... --slot N)",
-                format_uuid(&self.sb.fs_uuid)
+                "all {MAX_SLOTS} key slots of {} are in use: remove one first (`{}` shows \
+                 them)",
+                format_uuid(&self.sb.fs_uuid),
+                self.list_command()
             )));
         }
         let index = (0..=u8::MAX)
@@ -283,13 +297,14 @@ impl Unlocked {
             .position(|s| s.index == index)
             .ok_or_else(|| {
                 Error::invalid(format!(
-                    "{uuid} has no key slot {index} (`digimedfs key list` shows the slots)"
+                    "{uuid} has no key slot {index} (`{}` shows the slots)",
+                    self.list_command()
                 ))
             })?;
         if self.sb.slots.len() == 1 {
             return Err(Error::invalid(format!(
                 "key slot {index} is the last key slot of {uuid}: without it nothing unlocks \
-                 the filesystem; add another key first (digimedfs key add)"
+                 the filesystem; add another key first"
             )));
         }
         if index == self.unlocked && !force {
@@ -362,6 +377,7 @@ pub fn edit(backing: &Path, current: &dyn KeySource, edit: Edit<'_>) -> Result<S
     let _lock = dir.lock(false)?;
     let (sb, keys) = unlock_superblock(&dir, current)?;
     let mut u = Unlocked::new(sb, &keys, current)?;
+    u.backing = dir.root().to_path_buf();
     current.check_anchor(&u.ctx, u.sb.epoch, &u.sb.meta_digest)?;
     let (added, removed, new) = match edit {
         Edit::Add(new) => (Some(u.add(new)?), None, Some(new)),

@@ -701,4 +701,32 @@ fn key_slots_add_remove_change_with_key_files() {
     );
     assert_eq!(fs::read(t.path("g")).unwrap(), b"written under k2");
     t.unmount();
+
+    // The copy's write fails (its temporary name taken by a directory) after the primary was
+    // replaced: the command fails, says the change is in force, and it is.
+    let obstacle = backing.join("superblock.bak.tmp");
+    fs::create_dir(&obstacle).unwrap();
+    let out = key(&["add"], &k3, Some(&k2));
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("the change is in force all the same"), "{e}");
+    fs::remove_dir(&obstacle).unwrap();
+    let l = list();
+    assert!(
+        l.contains("2 of 8") && l.contains("superblock.bak lists other slots"),
+        "{l}"
+    );
+    let out = run(&mut t.mount_command(&k2, t.mountpoint(), &[]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    t.mark_mounted();
+    assert!(
+        fs::read(t.path("f")).unwrap() == data,
+        "f under the re-added key"
+    );
+    t.unmount();
+    let l = list();
+    assert!(
+        !l.contains("superblock.bak lists other slots"),
+        "the mount left the copy: {l}"
+    );
 }
