@@ -165,18 +165,25 @@ pub struct SlotChange {
     pub slots: Vec<SlotInfo>,
 }
 
-/// The slot in `sb` that `key` opens, with the master key; `None` if no slot opens.
+/// The first slot in `sb` that `key` opens, with the master key; `None` if no slot opens. A
+/// slot the source fails on (a retired key version, say) is skipped; its error is returned
+/// only when no slot opens, as when mounting.
 fn open_with(
     sb: &Superblock,
     key: &dyn KeySource,
     ctx: &SlotContext,
 ) -> Result<Option<(MasterKey, u8)>> {
+    let mut failed = None;
     for slot in sb.slots.iter().filter(|s| s.kind == key.kind()) {
-        if let Some(m) = key.open_slot(slot, ctx)? {
-            return Ok(Some((m, slot.index)));
+        match key.open_slot(slot, ctx) {
+            Ok(Some(m)) => return Ok(Some((m, slot.index))),
+            Ok(None) => {}
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
         }
     }
-    Ok(None)
+    failed.map_or(Ok(None), Err)
 }
 
 /// The unlocked superblock a change edits.
@@ -184,9 +191,9 @@ pub struct Unlocked {
     /// The superblock (MAC verified).
     pub sb: Superblock,
     /// Its working keys.
-    pub keys: FsKeys,
+    keys: FsKeys,
     /// The master key.
-    pub master: MasterKey,
+    master: MasterKey,
     /// The slot the current key opened.
     pub unlocked: u8,
     /// Fs uuid and tenant.
@@ -240,6 +247,7 @@ impl Unlocked {
         if !slot.key_id.is_empty() || !sealed.key_id.is_empty() {
             return Ok(slot.key_id == sealed.key_id);
         }
+        // No key ids (key files): the same key is what opens the slot.
         Ok(new.open_slot(slot, &self.ctx)?.is_some())
     }
 
@@ -333,14 +341,20 @@ impl Unlocked {
         Ok((removed, added))
     }
 
-    /// The superblock bytes after the change, once every slot `new` seals opens (with `new`)
-    /// to the same master key: its MAC verifies under the keys derived from what it opens to.
-    pub fn encode_checked(&self, new: Option<&dyn KeySource>) -> Result<Vec<u8>> {
+    /// The superblock bytes after the change, once the new slot `new.1` opens with `new.0` to
+    /// the same master key: the MAC verifies under the keys derived from what it opens to.
+    pub fn encode_checked(&self, new: Option<(&dyn KeySource, u8)>) -> Result<Vec<u8>> {
         let bytes = self.sb.encode(&self.keys.superblock)?;
-        if let Some(new) = new {
-            let (master, _) = open_with(&self.sb, new, &self.ctx)?.ok_or_else(|| {
+        if let Some((new, index)) = new {
+            let slot = self
+                .sb
+                .slots
+                .iter()
+                .find(|s| s.index == index)
+                .ok_or_else(|| Error::invalid(format!("no key slot {index}")))?;
+            let master = new.open_slot(slot, &self.ctx)?.ok_or_else(|| {
                 Error::integrity(format!(
-                    "the new key slot does not open with {}",
+                    "the new key slot {index} does not open with {}",
                     new.describe()
                 ))
             })?;
@@ -380,11 +394,16 @@ pub fn edit(backing: &Path, current: &dyn KeySource, edit: Edit<'_>) -> Result<S
     u.backing = dir.root().to_path_buf();
     current.check_anchor(&u.ctx, u.sb.epoch, &u.sb.meta_digest)?;
     let (added, removed, new) = match edit {
-        Edit::Add(new) => (Some(u.add(new)?), None, Some(new)),
+        Edit::Add(new) => {
+            let added = u.add(new)?;
+            let index = added.index;
+            (Some(added), None, Some((new, index)))
+        }
         Edit::Remove { index, force } => (None, Some(u.remove(index, force)?), None),
         Edit::Change(new) => {
             let (removed, added) = u.change(new)?;
-            (Some(added), Some(removed), Some(new))
+            let index = added.index;
+            (Some(added), Some(removed), Some((new, index)))
         }
     };
     let bytes = u.encode_checked(new)?;
@@ -421,7 +440,9 @@ mod tests {
         let mut u = unlocked(&a);
         let added = u.add(&b).unwrap();
         assert_eq!(added.index, 1);
-        let bytes = u.encode_checked(Some(&b)).unwrap();
+        let bytes = u.encode_checked(Some((&b, 1))).unwrap();
+        // The check opens the new slot itself: A does not open slot 1.
+        assert!(u.encode_checked(Some((&a, 1))).is_err());
         let sb = Superblock::decode_unverified(&bytes).unwrap();
         assert_eq!(sb.slots.len(), 2);
         for key in [&a, &b] {
@@ -509,7 +530,7 @@ mod tests {
         u.add(&c).unwrap();
         let (removed, added) = u.change(&b).unwrap();
         assert_eq!((removed.index, added.index), (0, 0));
-        let bytes = u.encode_checked(Some(&b)).unwrap();
+        let bytes = u.encode_checked(Some((&b, 0))).unwrap();
         let sb = Superblock::decode_unverified(&bytes).unwrap();
         assert_eq!(sb.slots.len(), 2);
         assert!(open_with(&sb, &a, &u.ctx).unwrap().is_none());
