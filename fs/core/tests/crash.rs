@@ -360,7 +360,7 @@ fn crash_at_every_write(seed: u64) {
 /// still lists the old set until its rename: a key that only the stale copy lists is refused
 /// as a wrong key. Every file written before reads back unchanged in every state; the change
 /// itself never touches the metadata store or the objects; and the next read-write mount
-/// rewrites the copy (after which the sets still hold), as `fsck.digimed -y` does.
+/// rewrites the copy, as `fsck.digimed -p` does (after either, the sets still hold).
 mod key_slot_changes {
     use super::*;
     use digimedfs_core::backing::{SUPERBLOCK, SUPERBLOCK_BAK};
@@ -554,17 +554,28 @@ mod key_slot_changes {
                 "{what}: fsck -n: {:?}",
                 report.problems
             );
+            // Repaired by fsck -p on one copy of the state, by a read-write mount on another.
+            let fscked = tmp.path().join("fscked");
+            let _ = std::fs::remove_dir_all(&fscked);
+            copy_dir(&dir, &fscked);
+            let preen = CheckOptions {
+                mode: Mode::Preen,
+                threads: 1,
+            };
+            check(&fscked, key, &preen, &mut (), &Sled).expect("fsck -p runs");
             let fs = Filesystem::open(&dir, key, &OpenOptions::default(), &Sled)
                 .unwrap_or_else(|e| panic!("{what}: read-write open: {e}"));
             fs.close().expect("close");
             drop(fs);
-            assert_eq!(
-                std::fs::read(dir.join(SUPERBLOCK)).unwrap(),
-                std::fs::read(dir.join(SUPERBLOCK_BAK)).unwrap(),
-                "{what}: the read-write mount left the copy differing"
-            );
-            let after = [opens(&dir, &A, &what), opens(&dir, &B, &what)];
-            assert_eq!(after, want, "{what}: after a read-write mount");
+            for (d, by) in [(&dir, "read-write mount"), (&fscked, "fsck -p")] {
+                assert_eq!(
+                    std::fs::read(d.join(SUPERBLOCK)).unwrap(),
+                    std::fs::read(d.join(SUPERBLOCK_BAK)).unwrap(),
+                    "{what}: the {by} left the copy differing"
+                );
+                let after = [opens(d, &A, &what), opens(d, &B, &what)];
+                assert_eq!(after, want, "{what}: after a {by}");
+            }
         }
     }
 

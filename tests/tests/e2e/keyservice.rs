@@ -677,7 +677,8 @@ fn crash_after_a_backup_point_remounts() {
 /// A filesystem made with a key file moves to the key service (`digimedfs key change`) and
 /// mounts through it with its data; the key file then fails as a wrong key. A key file slot is
 /// added back unlocking through the service, and the key service as a second slot of the same
-/// key version is refused as a duplicate.
+/// key version is refused as a duplicate. Last, `key change` moves it back to a key file, after
+/// which the service no longer opens it.
 #[test]
 fn key_file_filesystem_moves_to_the_key_service() {
     let ks = Ks::new();
@@ -759,6 +760,36 @@ fn key_file_filesystem_moves_to_the_key_service() {
         stderr(&out)
     );
     let out = mount_file(&key2);
+    ks.note(&mnt, &out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(mnt.join("f")).unwrap(),
+        b"written under the key file"
+    );
+    ks.unmount(&mnt);
+
+    // And back: the service slot becomes a key file slot; the service no longer opens it.
+    let key3 = ks.path("back.key");
+    let out = run(Command::new(bin("digimedfs")).arg("keygen").arg(&key3));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(Command::new(bin("digimedfs"))
+        .args(["key", "change"])
+        .args(ks.flags("lab", &token))
+        .arg("--new-key-file")
+        .arg(&key3)
+        .arg(&backing));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(Command::new(bin("digimedfs"))
+        .args(["key", "list"])
+        .arg(&backing));
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        list.contains("2 of 8") && !list.contains("key service"),
+        "{list}"
+    );
+    let out = ks.mount(&backing, &mnt, "lab", &token);
+    ks.refused(&out, &mnt, "does not unlock the filesystem");
+    let out = mount_file(&key3);
     ks.note(&mnt, &out);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
