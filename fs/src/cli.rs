@@ -11,6 +11,9 @@ pub use digimedfs_keyclient::mount_options::{
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+mod key;
+pub use key::{KeyCommand, NewKeyArgs};
+
 /// digimedfs: encrypted, integrity-protected research filesystem (FUSE).
 #[derive(Debug, Parser)]
 #[command(name = "digimedfs", version, about, long_about = None)]
@@ -48,6 +51,14 @@ pub enum Command {
     /// Change the superblock of an unmounted filesystem (like tune2fs): its label. Needs the key
     /// (the superblock is authenticated); refused while the filesystem is mounted.
     Tune(TuneArgs),
+    /// Key slots (like cryptsetup luksDump/luksAddKey/luksKillSlot): list them, add a key
+    /// file or the key service, remove a slot, or replace a key in one step. Changes are
+    /// offline: the filesystem must not be mounted (docs/operations.md, "Key management").
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Backup points: consistent copies of a live filesystem for ordinary backup tools, keyless
     /// verification and restore (docs/backup.md).
     Backup {
@@ -177,6 +188,7 @@ const KNOWN_FIRST_ARGS: &[&str] = &[
     "rewrap",
     "info",
     "tune",
+    "key",
     "backup",
     "help",
     "-h",

@@ -1,7 +1,8 @@
 //! The `digimedfs` binary: `keygen` writes a key file, `mount` opens a filesystem (unlocked by a
 //! key file or the key service) and serves it over FUSE, `rewrap` moves a filesystem's key
 //! service slot to the tenant's newest key version, `info` shows what a backing directory says
-//! (no key needed) and `tune` relabels an unmounted filesystem. A thin shell over the library; see
+//! (no key needed), `tune` relabels an unmounted filesystem, and `key` lists, adds, removes and
+//! replaces key slots. A thin shell over the library; see
 //! `docs/operations.md` and `docs/keyservice.md`.
 //!
 //! Without `-f`, `mount` returns only once the mount is live: it re-runs itself as a
@@ -13,6 +14,8 @@
 //! `/tmp/digimedfs-<uid>/<mountpoint>.log`, whichever is writable first.
 
 use digimedfs::cli;
+
+mod keys;
 
 use anyhow::{anyhow, Context};
 use cli::{Command, KeySpec, MountArgs, MountOptions};
@@ -67,6 +70,10 @@ fn main() -> ExitCode {
         } => rewrap(&service, &backing_dir),
         Command::Info(args) => info(&args),
         Command::Tune(args) => tune(&args),
+        Command::Key { command } => {
+            init_tool_logging();
+            keys::run(command)
+        }
         Command::Backup { command } => backup(command),
     };
     match result {
@@ -233,6 +240,7 @@ fn rewrap(args: &cli::KeyServiceArgs, backing: &Path) -> anyhow::Result<()> {
 
 /// Warnings and errors of the library on stderr (the admin commands print their result on
 /// stdout).
+/// Logging of the offline tools (rewrap, key): warnings and errors to stderr, or `RUST_LOG`.
 fn init_tool_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

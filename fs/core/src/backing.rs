@@ -425,11 +425,18 @@ impl Drop for FencedMeta {
 }
 
 /// Reads the superblock (falling back to its copy), unlocks a key slot and verifies the MAC.
+///
+/// The copy is used only when the primary is unreadable, malformed, or fails its MAC: the
+/// primary is always written first, so a primary that is authentic (its MAC verifies under the
+/// master key the copy opens to) is the newer one. A key that opens only the copy then is a key
+/// the primary no longer lists (a key change interrupted before the copy was rewritten, or a
+/// removed key), and is refused like any wrong key.
 pub fn unlock_superblock(
     dir: &BackingDir,
     key: &dyn crate::keysource::KeySource,
 ) -> Result<(Superblock, Arc<FsKeys>)> {
     let primary = dir.read_superblock(SUPERBLOCK);
+    let primary_bytes = primary.as_ref().ok().cloned();
     let mut last_err = None;
     for (name, bytes) in [
         (SUPERBLOCK, primary),
@@ -493,6 +500,26 @@ pub fn unlock_superblock(
         };
         let keys = Arc::new(FsKeys::derive(&master, &sb.fs_uuid)?);
         match Superblock::verify(&bytes, &keys.superblock) {
+            Ok(())
+                if name == SUPERBLOCK_BAK
+                    && primary_bytes
+                        .as_ref()
+                        .is_some_and(|p| Superblock::verify(p, &keys.superblock).is_ok()) =>
+            {
+                tracing::warn!(
+                    "{SUPERBLOCK_BAK} lists a key slot the primary superblock no longer has \
+                     (an interrupted key change); the primary is in force"
+                );
+                return Err(Error::WrongKey {
+                    what: format!(
+                        "{} does not unlock the filesystem in {} (uuid {}): its key slot was \
+                         removed",
+                        key.describe(),
+                        dir.root().display(),
+                        format_uuid(&sb.fs_uuid)
+                    ),
+                });
+            }
             Ok(()) => return Ok((sb, keys)),
             Err(e) => {
                 tracing::warn!(file = name, error = %e, "superblock copy fails its MAC");

@@ -16,7 +16,8 @@
 //! - [`backup`]: backup point formats, keyless verify, restore.
 //! - [`filesystem`]: the filesystem itself (lookup, create, read, write, rename, ...), which
 //!   front ends such as the FUSE adapter in `digimedfs` drive.
-//! - [`check`], [`mkfs`]: fsck's checker and filesystem creation.
+//! - [`check`], [`mkfs`]: fsck's checker and filesystem creation; [`keyslots`]: adding,
+//!   removing and replacing key slots offline (`digimedfs key`).
 //! - [`hardening`]: process hardening the binaries apply at start.
 //! - [`mounts`]: this host's mount table.
 //! - [`admin`]: `digimedfs info` (what a backing directory says, without a key) and `tune`
@@ -33,6 +34,7 @@ pub mod filesystem;
 pub mod format;
 pub mod hardening;
 pub mod integrity;
+pub mod keyslots;
 pub mod keysource;
 pub mod meta;
 pub mod mkfs;

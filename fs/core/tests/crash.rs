@@ -351,3 +351,336 @@ fn crash_at_every_write(seed: u64) {
         "no crash point had fsynced files to check"
     );
 }
+
+/// Key slot changes (`digimedfs key add|remove|change`) interrupted at every step of their one
+/// superblock rewrite, over a real backing directory: write `superblock.tmp` (partly, then
+/// fully), rename it over `superblock`, write `superblock.bak.tmp` (partly), rename it over
+/// `superblock.bak`. Before the primary's rename every key of the old slot set (and only those)
+/// opens; from the rename on, every key of the new set and only those, though `superblock.bak`
+/// still lists the old set until its rename: a key that only the stale copy lists is refused
+/// as a wrong key. Every file written before reads back unchanged in every state; the change
+/// itself never touches the metadata store or the objects; and the next read-write mount
+/// rewrites the copy, as `fsck.digimed -p` does (after either, the sets still hold).
+mod key_slot_changes {
+    use super::*;
+    use digimedfs_core::backing::{SUPERBLOCK, SUPERBLOCK_BAK};
+    use digimedfs_core::check::{check, CheckOptions, Mode, ProblemKind};
+    use digimedfs_core::filesystem::unlock_superblock;
+    use digimedfs_core::keyslots::{edit, Edit};
+    use digimedfs_core::mkfs::{mkfs, MkfsOptions};
+    use digimedfs_core::testing::StaticKey;
+    use digimedfs_core::Error;
+    use digimedfs_sled::Sled;
+    use std::path::Path;
+
+    const A: StaticKey = StaticKey([0xa1; 32]);
+    const B: StaticKey = StaticKey([0xb2; 32]);
+
+    fn files() -> Vec<(&'static str, Vec<u8>)> {
+        let mut rng = Rng(7);
+        vec![
+            ("small", bytes(&mut rng, 300)),
+            ("large", bytes(&mut rng, INLINE_MAX as usize + 70_000)),
+        ]
+    }
+
+    fn copy_dir(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).expect("mkdir");
+        for e in std::fs::read_dir(src).expect("read_dir") {
+            let e = e.expect("entry");
+            let to = dst.join(e.file_name());
+            if e.file_type().expect("type").is_dir() {
+                copy_dir(&e.path(), &to);
+            } else {
+                std::fs::copy(e.path(), &to).expect("copy");
+            }
+        }
+    }
+
+    /// Every file under `meta/` and `objects/` with its contents.
+    fn data_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![dir.join("meta"), dir.join("objects")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("read_dir") {
+                let p = e.expect("entry").path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.insert(p.display().to_string(), std::fs::read(&p).expect("read"));
+                }
+            }
+        }
+        out
+    }
+
+    /// A filesystem unlocked by A (and B when `with_b`) holding [`files`], closed cleanly.
+    fn setup(dir: &Path, with_b: bool) {
+        mkfs(dir, &A, &MkfsOptions::default(), &Sled).expect("mkfs");
+        let fs = Filesystem::open(dir, &A, &OpenOptions::default(), &Sled).expect("open");
+        for (name, data) in files() {
+            let (a, fh) = fs
+                .create(&ROOT, ROOT_INO, name.as_bytes(), 0o644, 0, libc::O_RDWR)
+                .expect("create");
+            fs.write(a.ino, fh, 0, &data).expect("write");
+            fs.release(a.ino, fh).expect("release");
+        }
+        fs.close().expect("close");
+        drop(fs);
+        if with_b {
+            edit(dir, &A, Edit::Add(&B)).expect("add B");
+        }
+    }
+
+    /// Whether `key` opens the filesystem read-only; if it does, every file must read back.
+    fn opens(dir: &Path, key: &StaticKey, what: &str) -> bool {
+        let ro = OpenOptions {
+            read_only: true,
+            ..Default::default()
+        };
+        match Filesystem::open(dir, key, &ro, &Sled) {
+            Ok(fs) => {
+                for (name, want) in files() {
+                    let ino = fs
+                        .lookup(&ROOT, ROOT_INO, name.as_bytes())
+                        .unwrap_or_else(|e| panic!("{what}: lookup {name}: {e}"))
+                        .ino;
+                    assert!(read_all(&fs, ino, what) == want, "{what}: {name} differs");
+                }
+                true
+            }
+            Err(Error::WrongKey { what: msg }) => {
+                assert!(
+                    msg.contains("does not unlock the filesystem"),
+                    "{what}: {msg}"
+                );
+                false
+            }
+            Err(e) => panic!("{what}: open fails other than with a wrong key: {e}"),
+        }
+    }
+
+    /// A step of the rewrite: its name, the primary, the copy, leftover temporary files.
+    type CrashState<'a> = (&'a str, &'a [u8], &'a [u8], Vec<(&'a str, Vec<u8>)>);
+
+    fn interrupted(name: &str, with_b: bool, change: Edit<'_>, old: [bool; 2], new: [bool; 2]) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pristine = tmp.path().join("pristine");
+        setup(&pristine, with_b);
+        let old_sb = std::fs::read(pristine.join(SUPERBLOCK)).expect("old superblock");
+        // The complete change, on a copy: the new superblock, and nothing else touched.
+        let done = tmp.path().join("done");
+        copy_dir(&pristine, &done);
+        let data = data_files(&done);
+        edit(&done, &A, change).expect("the change");
+        assert_eq!(
+            data_files(&done),
+            data,
+            "{name}: the change touched meta/ or objects/"
+        );
+        let new_sb = std::fs::read(done.join(SUPERBLOCK)).expect("new superblock");
+        assert_eq!(std::fs::read(done.join(SUPERBLOCK_BAK)).unwrap(), new_sb);
+        assert_ne!(old_sb, new_sb);
+
+        let half = |b: &[u8]| b[..b.len() / 2].to_vec();
+        // (step, primary, copy, leftover tmp files) after each step of the rewrite.
+        let states: Vec<CrashState<'_>> = vec![
+            ("nothing written", &old_sb, &old_sb, vec![]),
+            (
+                "primary tmp half written",
+                &old_sb,
+                &old_sb,
+                vec![("superblock.tmp", half(&new_sb))],
+            ),
+            (
+                "primary tmp written",
+                &old_sb,
+                &old_sb,
+                vec![("superblock.tmp", new_sb.clone())],
+            ),
+            ("primary renamed", &new_sb, &old_sb, vec![]),
+            (
+                "copy tmp half written",
+                &new_sb,
+                &old_sb,
+                vec![("superblock.bak.tmp", half(&new_sb))],
+            ),
+            (
+                "copy tmp written",
+                &new_sb,
+                &old_sb,
+                vec![("superblock.bak.tmp", new_sb.clone())],
+            ),
+            ("copy renamed", &new_sb, &new_sb, vec![]),
+        ];
+        for (step, primary, copy, leftovers) in states {
+            let what = format!("{name}: crash after {step}");
+            let dir = tmp.path().join("crashed");
+            let _ = std::fs::remove_dir_all(&dir);
+            copy_dir(&pristine, &dir);
+            std::fs::write(dir.join(SUPERBLOCK), primary).unwrap();
+            std::fs::write(dir.join(SUPERBLOCK_BAK), copy).unwrap();
+            for (file, contents) in &leftovers {
+                std::fs::write(dir.join(file), contents).unwrap();
+            }
+            let want = if primary == old_sb.as_slice() {
+                old
+            } else {
+                new
+            };
+            let got = [opens(&dir, &A, &what), opens(&dir, &B, &what)];
+            assert_eq!(got, want, "{what}: which of [A, B] open");
+            // fsck -n with a key that opens names a differing copy, and the next read-write
+            // mount rewrites it; the key sets stay as they were.
+            let key = if got[0] { &A } else { &B };
+            let report = check(
+                &dir,
+                key,
+                &CheckOptions {
+                    mode: Mode::Check,
+                    threads: 1,
+                },
+                &mut (),
+                &Sled,
+            )
+            .expect("fsck -n runs");
+            let mismatch = report
+                .problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::SuperblockMismatch);
+            assert_eq!(
+                mismatch,
+                primary != copy,
+                "{what}: fsck -n: {:?}",
+                report.problems
+            );
+            // Repaired by fsck -p on one copy of the state, by a read-write mount on another.
+            let fscked = tmp.path().join("fscked");
+            let _ = std::fs::remove_dir_all(&fscked);
+            copy_dir(&dir, &fscked);
+            let preen = CheckOptions {
+                mode: Mode::Preen,
+                threads: 1,
+            };
+            check(&fscked, key, &preen, &mut (), &Sled).expect("fsck -p runs");
+            let fs = Filesystem::open(&dir, key, &OpenOptions::default(), &Sled)
+                .unwrap_or_else(|e| panic!("{what}: read-write open: {e}"));
+            fs.close().expect("close");
+            drop(fs);
+            for (d, by) in [(&dir, "read-write mount"), (&fscked, "fsck -p")] {
+                assert_eq!(
+                    std::fs::read(d.join(SUPERBLOCK)).unwrap(),
+                    std::fs::read(d.join(SUPERBLOCK_BAK)).unwrap(),
+                    "{what}: the {by} left the copy differing"
+                );
+                let after = [opens(d, &A, &what), opens(d, &B, &what)];
+                assert_eq!(after, want, "{what}: after a {by}");
+            }
+        }
+    }
+
+    #[test]
+    fn add_interrupted_at_every_step() {
+        interrupted("add B", false, Edit::Add(&B), [true, false], [true, true]);
+    }
+
+    #[test]
+    fn change_interrupted_at_every_step() {
+        interrupted(
+            "change A to B",
+            false,
+            Edit::Change(&B),
+            [true, false],
+            [false, true],
+        );
+    }
+
+    #[test]
+    fn remove_interrupted_at_every_step() {
+        let remove = Edit::Remove {
+            index: 1,
+            force: false,
+        };
+        interrupted("remove B", true, remove, [true, true], [true, false]);
+    }
+
+    /// A key that tells the test when a mount has read the superblock and opens a slot with it.
+    struct Signalling(
+        StaticKey,
+        std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    );
+
+    impl digimedfs_core::keysource::KeySource for Signalling {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn kind(&self) -> u8 {
+            self.0.kind()
+        }
+        fn wrapping_key(
+            &self,
+            fs_uuid: &[u8; 16],
+        ) -> digimedfs_core::Result<digimedfs_core::crypto::WrappingKey> {
+            if let Some(tx) = self.1.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            self.0.wrapping_key(fs_uuid)
+        }
+    }
+
+    /// A mount that read the superblock while a key change held the lock must not write the
+    /// old slots back once it gets the lock: here slot 0 (key A) is removed between the
+    /// mount's unlock with A and its lock, so the mount is refused as a wrong key and the
+    /// removal stays.
+    #[test]
+    fn a_mount_waiting_for_the_lock_sees_the_key_change() {
+        use digimedfs_core::backing::BackingDir;
+        use digimedfs_core::keyslots::Unlocked;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("b");
+        setup(&dir, true);
+        let backing = BackingDir::open(&dir).expect("backing");
+        let lock = backing.lock(false).expect("the key change's lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let key = Signalling(StaticKey(A.0), std::sync::Mutex::new(Some(tx)));
+        let mount_dir = dir.clone();
+        let mount = std::thread::spawn(move || {
+            Filesystem::open(&mount_dir, &key, &OpenOptions::default(), &Sled).map(|fs| {
+                fs.close().expect("close");
+            })
+        });
+        rx.recv().expect("the mount reads the superblock");
+        let (sb, keys) = unlock_superblock(&backing, &B).expect("unlock with B");
+        let mut u = Unlocked::new(sb, &keys, &B).expect("B opens a slot");
+        u.remove(0, false).expect("remove A's slot");
+        backing
+            .write_superblock(&u.encode_checked(None).expect("encode"))
+            .expect("write");
+        drop(lock);
+        match mount.join().expect("mount thread") {
+            Err(Error::WrongKey { .. }) => {}
+            other => panic!("the mount with the removed key: {other:?}"),
+        }
+        assert!(!opens(&dir, &A, "after the race"));
+        assert!(opens(&dir, &B, "after the race"));
+    }
+
+    /// The real rewrite, stopped between the primary and the copy (the copy's temporary name
+    /// is taken by a directory, so its write fails): the command fails, the primary is new, the
+    /// copy old, and the new key set is in force.
+    #[test]
+    fn change_stopped_by_a_failing_copy_write() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("b");
+        setup(&dir, false);
+        let old_copy = std::fs::read(dir.join(SUPERBLOCK_BAK)).unwrap();
+        std::fs::create_dir(dir.join("superblock.bak.tmp")).unwrap();
+        let e = edit(&dir, &A, Edit::Change(&B)).expect_err("the copy's write fails");
+        assert!(e.to_string().contains("superblock.bak.tmp"), "{e}");
+        assert_eq!(std::fs::read(dir.join(SUPERBLOCK_BAK)).unwrap(), old_copy);
+        assert_ne!(std::fs::read(dir.join(SUPERBLOCK)).unwrap(), old_copy);
+        std::fs::remove_dir(dir.join("superblock.bak.tmp")).unwrap();
+        assert!(!opens(&dir, &A, "stopped change, old key"));
+        assert!(opens(&dir, &B, "stopped change, new key"));
+    }
+}

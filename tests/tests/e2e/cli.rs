@@ -1,6 +1,6 @@
 //! The command lines: mkfs-digimed's checks, keygen, mount option errors.
 
-use digimedfs_tests::{bin, is_mounted, random_bytes, run, TestFs};
+use digimedfs_tests::{bin, is_mounted, random_bytes, run, run_ok, TestFs};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -571,5 +571,162 @@ fn fsck_wrapper_checks_with_the_fstab_key_or_fails_loudly() {
         String::from_utf8_lossy(&out.stdout).contains("damaged_block"),
         "{}",
         show(&out)
+    );
+}
+
+/// `digimedfs key` with key files (luksAddKey / luksKillSlot / gocryptfs -passwd): a second key
+/// file is added and mounts the data written under the first; while mounted every change is
+/// refused with the lock's message; the first slot is removed, after which the first key
+/// fails as a wrong key; the last slot, a loose or missing new key file and a duplicate are
+/// refused; `key change` replaces a key in one step; `key list` shows the slots and nothing
+/// of the wrapped keys.
+#[test]
+fn key_slots_add_remove_change_with_key_files() {
+    let mut t = TestFs::unmounted(&[]);
+    let backing = t.backing().to_path_buf();
+    let old = t.key_file().to_path_buf();
+    let (k2, k3) = (t.root_dir().join("k2"), t.root_dir().join("k3"));
+    for k in [&k2, &k3] {
+        run_ok(Command::new(bin("digimedfs")).arg("keygen").arg(k));
+    }
+    t.mount();
+    let data = random_bytes(300_000);
+    fs::write(t.path("f"), &data).unwrap();
+    t.unmount();
+    let key = |args: &[&str], current: &Path, new: Option<&Path>| {
+        let mut cmd = Command::new(bin("digimedfs"));
+        cmd.arg("key").args(args).arg("--key-file").arg(current);
+        if let Some(new) = new {
+            cmd.arg("--new-key-file").arg(new);
+        }
+        run(cmd.arg(&backing))
+    };
+    let list = || {
+        let out = run(Command::new(bin("digimedfs"))
+            .args(["key", "list"])
+            .arg(&backing));
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let l = list();
+    assert!(
+        l.contains("1 of 8 key slots in use") && l.contains("  slot 0: key file\n"),
+        "{l}"
+    );
+    assert_eq!(l.lines().count(), 2, "{l}");
+
+    let out = key(&["add"], &old, Some(&k2));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("key slot 1 added for key file"));
+    let l = list();
+    assert!(
+        l.contains("2 of 8") && l.contains("  slot 1: key file\n"),
+        "{l}"
+    );
+    // The same key again is a duplicate.
+    let out = key(&["add"], &old, Some(&k2));
+    assert!(
+        stderr(&out).contains("is already in key slot 1"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The new key mounts what was written under the old one; changes wait for the unmount.
+    let out = run(&mut t.mount_command(&k2, t.mountpoint(), &[]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    t.mark_mounted();
+    assert!(
+        fs::read(t.path("f")).unwrap() == data,
+        "f under the added key"
+    );
+    fs::write(t.path("g"), b"written under k2").unwrap();
+    let out = key(&["remove", "--slot", "0"], &k2, None);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("is already mounted by") && e.contains("unmount it there first"),
+        "{e}"
+    );
+    t.unmount();
+
+    let out = key(&["remove", "--slot", "0"], &k2, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&mut t.mount_command(&old, t.mountpoint(), &[]));
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("wrong key") && e.contains("does not unlock the filesystem"),
+        "{e}"
+    );
+    assert!(!is_mounted(t.mountpoint()));
+    let out = key(&["remove", "--slot", "1", "--force"], &k2, None);
+    assert!(stderr(&out).contains("last key slot"), "{}", stderr(&out));
+
+    // A new key file must exist and pass the key file checks.
+    let out = key(&["add"], &k2, Some(&t.root_dir().join("missing")));
+    assert!(
+        stderr(&out).contains("make it first with `digimedfs keygen"),
+        "{}",
+        stderr(&out)
+    );
+    fs::set_permissions(&k3, fs::Permissions::from_mode(0o666)).unwrap();
+    let out = key(&["add"], &k2, Some(&k3));
+    assert!(
+        stderr(&out).contains("writable by group or others"),
+        "{}",
+        stderr(&out)
+    );
+    fs::set_permissions(&k3, fs::Permissions::from_mode(0o600)).unwrap();
+
+    // gocryptfs -passwd: k2's slot now opens with k3, in one step.
+    let out = key(&["change"], &k2, Some(&k3));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let l = list();
+    assert!(
+        l.contains("1 of 8") && l.contains("  slot 1: key file\n"),
+        "{l}"
+    );
+    let out = run(&mut t.mount_command(&k2, t.mountpoint(), &[]));
+    assert!(
+        stderr(&out).contains("does not unlock the filesystem"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&mut t.mount_command(&k3, t.mountpoint(), &[]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    t.mark_mounted();
+    assert!(
+        fs::read(t.path("f")).unwrap() == data,
+        "f under the changed key"
+    );
+    assert_eq!(fs::read(t.path("g")).unwrap(), b"written under k2");
+    t.unmount();
+
+    // The copy's write fails (its temporary name taken by a directory) after the primary was
+    // replaced: the command fails, says the change is in force, and it is.
+    let obstacle = backing.join("superblock.bak.tmp");
+    fs::create_dir(&obstacle).unwrap();
+    let out = key(&["add"], &k3, Some(&k2));
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("the change is in force all the same"), "{e}");
+    fs::remove_dir(&obstacle).unwrap();
+    let l = list();
+    assert!(
+        l.contains("2 of 8") && l.contains("superblock.bak lists other slots"),
+        "{l}"
+    );
+    let out = run(&mut t.mount_command(&k2, t.mountpoint(), &[]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    t.mark_mounted();
+    assert!(
+        fs::read(t.path("f")).unwrap() == data,
+        "f under the re-added key"
+    );
+    t.unmount();
+    let l = list();
+    assert!(
+        !l.contains("superblock.bak lists other slots"),
+        "the mount left the copy: {l}"
     );
 }

@@ -673,3 +673,128 @@ fn crash_after_a_backup_point_remounts() {
     );
     ks.unmount(&mnt);
 }
+
+/// A filesystem made with a key file moves to the key service (`digimedfs key change`) and
+/// mounts through it with its data; the key file then fails as a wrong key. A key file slot is
+/// added back unlocking through the service, and the key service as a second slot of the same
+/// key version is refused as a duplicate. Last, `key change` moves it back to a key file, after
+/// which the service no longer opens it.
+#[test]
+fn key_file_filesystem_moves_to_the_key_service() {
+    let ks = Ks::new();
+    let token = ks.tenant("lab");
+    let (key, key2) = (ks.path("proj.key"), ks.path("spare.key"));
+    for k in [&key, &key2] {
+        let out = run(Command::new(bin("digimedfs")).arg("keygen").arg(k));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let backing = ks.path("b");
+    let out = run(Command::new(bin("mkfs-digimed"))
+        .args(["-q", "--tenant", "lab", "--key-file"])
+        .arg(&key)
+        .arg(&backing));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mnt = ks.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mount_file = |k: &Path| {
+        run(Command::new(bin("digimedfs"))
+            .arg("mount")
+            .arg("--key-file")
+            .arg(k)
+            .arg(&backing)
+            .arg(&mnt))
+    };
+    let out = mount_file(&key);
+    ks.note(&mnt, &out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(mnt.join("f"), b"written under the key file").unwrap();
+    ks.unmount(&mnt);
+
+    let new_service = |k: &[String]| -> Vec<String> {
+        k.iter()
+            .map(|a| match a.strip_prefix("--") {
+                Some(flag) => format!("--new-{flag}"),
+                None => a.clone(),
+            })
+            .collect()
+    };
+    let out = run(Command::new(bin("digimedfs"))
+        .args(["key", "change", "--key-file"])
+        .arg(&key)
+        .args(new_service(&ks.flags("lab", &token)))
+        .arg(&backing));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(Command::new(bin("digimedfs"))
+        .args(["key", "list"])
+        .arg(&backing));
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        list.contains("1 of 8") && list.contains("slot 0: key service, key version 1"),
+        "{list}"
+    );
+
+    ks.mount_ok(&backing, &mnt, "lab", &token);
+    assert_eq!(
+        std::fs::read(mnt.join("f")).unwrap(),
+        b"written under the key file"
+    );
+    ks.unmount(&mnt);
+    ks.refused(&mount_file(&key), &mnt, "does not unlock the filesystem");
+
+    // A spare key file next to the service slot, unlocking through the service.
+    let out = run(Command::new(bin("digimedfs"))
+        .args(["key", "add"])
+        .args(ks.flags("lab", &token))
+        .arg("--new-key-file")
+        .arg(&key2)
+        .arg(&backing));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(Command::new(bin("digimedfs"))
+        .args(["key", "add", "--key-file"])
+        .arg(&key2)
+        .args(new_service(&ks.flags("lab", &token)))
+        .arg(&backing));
+    assert!(
+        stderr(&out).contains("is already in key slot 0"),
+        "{}",
+        stderr(&out)
+    );
+    let out = mount_file(&key2);
+    ks.note(&mnt, &out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(mnt.join("f")).unwrap(),
+        b"written under the key file"
+    );
+    ks.unmount(&mnt);
+
+    // And back: the service slot becomes a key file slot; the service no longer opens it.
+    let key3 = ks.path("back.key");
+    let out = run(Command::new(bin("digimedfs")).arg("keygen").arg(&key3));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(Command::new(bin("digimedfs"))
+        .args(["key", "change"])
+        .args(ks.flags("lab", &token))
+        .arg("--new-key-file")
+        .arg(&key3)
+        .arg(&backing));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(Command::new(bin("digimedfs"))
+        .args(["key", "list"])
+        .arg(&backing));
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        list.contains("2 of 8") && !list.contains("key service"),
+        "{list}"
+    );
+    let out = ks.mount(&backing, &mnt, "lab", &token);
+    ks.refused(&out, &mnt, "does not unlock the filesystem");
+    let out = mount_file(&key3);
+    ks.note(&mnt, &out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(mnt.join("f")).unwrap(),
+        b"written under the key file"
+    );
+    ks.unmount(&mnt);
+}

@@ -96,6 +96,16 @@ impl Filesystem {
         // Read-only mounts take the lock too: sled opens its store exclusively, so one mount
         // at a time is all there can be, and the lock's holder is what a refusal names.
         let lock = Some(dir.lock(opts.force_unlock)?);
+        // The superblock was unlocked before the lock was ours (a wrong key changes nothing, not
+        // even the lock file); a key command or rewrap that held the lock meanwhile may have
+        // replaced it, and writing the old one back would undo that change.
+        let current = dir
+            .read_superblock(crate::backing::SUPERBLOCK)
+            .and_then(|b| Superblock::decode_unverified(&b));
+        let (superblock, keys) = match current {
+            Ok(now) if now == superblock => (superblock, keys),
+            _ => unlock_superblock(&dir, key)?,
+        };
         let meta_dir = dir.meta_for_open()?;
         let ctx = crate::keysource::SlotContext {
             fs_uuid: superblock.fs_uuid,

@@ -47,7 +47,8 @@ pub const MAC_LEN: usize = 32;
 /// Longest label, in bytes of UTF-8.
 pub const MAX_LABEL: usize = 64;
 const MAX_TENANT: usize = 128;
-const MAX_SLOTS: usize = 8;
+/// Most key slots a superblock holds.
+pub const MAX_SLOTS: usize = 8;
 
 /// One key slot: the master key wrapped by a key from a key source.
 #[derive(Debug, Clone, PartialEq, Eq)]
