@@ -127,6 +127,7 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
     }
 
     // Open before mounting: a wrong key or a filesystem in use fails here, with nothing mounted.
+    digimedfs_core::sd_notify::notify_or_warn(&format!("STATUS=opening {}", backing.display()));
     let fs = {
         let open = OpenOptions {
             read_only: opts.read_only,
@@ -168,6 +169,12 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         uring: opts.uring,
     };
     mount_foreground(Arc::new(fs), &mountpoint, &mount_opts, || {
+        // Under a `Type=notify` unit (`mount -f`): the mount answers requests now.
+        digimedfs_core::sd_notify::notify_or_warn(&format!(
+            "READY=1\nSTATUS=serving {} on {}",
+            backing.display(),
+            mountpoint.display()
+        ));
         if let Some(fd) = ready_fd {
             report_ready(fd, log_file.as_ref());
         }

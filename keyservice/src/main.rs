@@ -101,18 +101,14 @@ fn run(cli: &Cli) -> Result<()> {
                 let mut int =
                     signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
                 // Under systemd (Type=notify): units ordered after us start only now.
-                if let Err(e) =
-                    sd_notify::notify(&format!("READY=1\nSTATUS=listening on {addr} (TLS)"))
-                {
-                    tracing::warn!(error = %e, "could not tell systemd the service is ready");
-                }
+                sd_notify::notify_or_warn(&format!("READY=1\nSTATUS=listening on {addr} (TLS)"));
                 server
                     .run(async move {
                         tokio::select! {
                             _ = int.recv() => {}
                             _ = term.recv() => {}
                         }
-                        let _ = sd_notify::notify("STOPPING=1");
+                        sd_notify::notify_or_warn("STOPPING=1");
                         tracing::info!("key service stopping");
                     })
                     .await?;

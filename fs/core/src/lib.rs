@@ -19,6 +19,7 @@
 //! - [`check`], [`mkfs`]: fsck's checker and filesystem creation.
 //! - [`hardening`]: process hardening the binaries apply at start.
 //! - [`mounts`]: this host's mount table.
+//! - [`sd_notify`]: readiness and status messages to systemd (`$NOTIFY_SOCKET`).
 
 pub mod backing;
 pub mod backup;
@@ -35,6 +36,7 @@ pub mod meta;
 pub mod mkfs;
 pub mod mounts;
 pub mod objects;
+pub mod sd_notify;
 
 pub use error::{Error, Result};
 
