@@ -11,16 +11,13 @@ use digimedfs_keyservice::server::{Server, ServerConfig};
 use digimedfs_keyservice::state::Credential;
 
 fn main() -> std::process::ExitCode {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        // Colour codes only on a terminal, never in a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    // The journal under systemd (the unit's stderr); elsewhere stderr, coloured only on a
+    // terminal, never in a log file.
+    digimedfs_core::logging::init_stderr(
+        "digimed-keyservice",
+        digimedfs_core::logging::env_filter("info"),
+        false,
+    );
     // As `digimedfs`: usage errors exit 1, help and version 0.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -19,6 +19,7 @@
 //! - [`check`], [`mkfs`]: fsck's checker and filesystem creation.
 //! - [`hardening`]: process hardening the binaries apply at start.
 //! - [`mounts`]: this host's mount table.
+//! - [`logging`] (feature `logging`): where the binaries log (journal, stderr).
 //! - [`sd_notify`]: readiness and status messages to systemd (`$NOTIFY_SOCKET`).
 
 pub mod backing;
@@ -32,6 +33,8 @@ pub mod format;
 pub mod hardening;
 pub mod integrity;
 pub mod keysource;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod meta;
 pub mod mkfs;
 pub mod mounts;

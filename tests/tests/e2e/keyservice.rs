@@ -133,7 +133,9 @@ impl Ks {
     /// `digimedfs mount` with the key service flags.
     fn mount(&self, backing: &Path, mnt: &Path, tenant: &str, token: &Path) -> Output {
         std::fs::create_dir_all(mnt).unwrap();
+        // daemon_log reads the file log, also where journald runs.
         let out = run(Command::new(bin("digimedfs"))
+            .env("DIGIMEDFS_LOG", "file")
             .arg("mount")
             .args(self.flags(tenant, token))
             .arg(backing)

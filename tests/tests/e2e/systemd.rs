@@ -157,3 +157,260 @@ fn notify_socket_gets_ready_once_mounted_and_stopping_at_unmount() {
     fs.mark_unmounted();
     notify.until("STOPPING=1", |_| {});
 }
+
+/// The fields of one journald native-protocol datagram (`KEY=value\n`, or `KEY\n`, a 64-bit
+/// little-endian length, the value and `\n` for values that may hold newlines).
+fn journal_fields(mut d: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !d.is_empty() {
+        let nl = d.iter().position(|&b| b == b'\n').unwrap_or(d.len());
+        let line = &d[..nl];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            out.push((
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                line[eq + 1..].to_vec(),
+            ));
+            d = d.get(nl + 1..).unwrap_or_default();
+        } else {
+            let len = u64::from_le_bytes(d[nl + 1..nl + 9].try_into().unwrap()) as usize;
+            let value = d[nl + 9..nl + 9 + len].to_vec();
+            out.push((String::from_utf8_lossy(line).into_owned(), value));
+            d = d.get(nl + 9 + len + 1..).unwrap_or_default();
+        }
+    }
+    out
+}
+
+/// A stand-in for journald: a datagram socket in `dir/journal/socket`, which
+/// [`in_private_run`] makes the process see at /run/systemd/journal/socket.
+struct FakeJournal {
+    dir: tempfile::TempDir,
+    sock: UnixDatagram,
+}
+
+impl FakeJournal {
+    fn new() -> FakeJournal {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("journal")).expect("mkdir journal");
+        let sock = UnixDatagram::bind(dir.path().join("journal/socket")).expect("bind journal");
+        sock.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
+        FakeJournal { dir, sock }
+    }
+
+    /// Entries (non-empty datagrams) until one whose MESSAGE contains `needle`; all of them.
+    fn until_message(&self, needle: &str) -> Vec<Vec<(String, Vec<u8>)>> {
+        let mut entries = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = self.sock.recv(&mut buf).unwrap_or_else(|e| {
+                panic!("no journal entry with {needle:?}: {e}; got {entries:?}")
+            });
+            if n == 0 {
+                continue; // tracing-journald's probe
+            }
+            let fields = journal_fields(&buf[..n]);
+            let hit = fields
+                .iter()
+                .any(|(k, v)| k == "MESSAGE" && String::from_utf8_lossy(v).contains(needle));
+            entries.push(fields);
+            if hit {
+                return entries;
+            }
+        }
+    }
+}
+
+fn field<'a>(entry: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    entry
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// A command run in a private mount namespace whose /run is a fresh tmpfs holding only the fake
+/// journal's socket at /run/systemd/journal/socket (the host's /run stays untouched).
+fn in_private_run(journal: &FakeJournal, argv: &[&std::ffi::OsStr]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/systemd/journal; \
+             mount --bind \"$0\" /run/systemd/journal; exec \"$@\"",
+        )
+        .arg(journal.dir.path().join("journal"))
+        .args(argv);
+    cmd
+}
+
+/// The log file a background mount of `mnt` would write as root.
+fn file_log(mnt: &Path) -> std::path::PathBuf {
+    let name = mnt.to_string_lossy().trim_matches('/').replace('/', "-");
+    Path::new("/var/log/digimedfs").join(format!("{name}.log"))
+}
+
+/// Where journald runs (its socket exists), the detached mount daemon logs there, as
+/// `SYSLOG_IDENTIFIER=digimedfs` with its mountpoint and backing directory as fields, and
+/// writes no log file; SIGTERM's unmount is logged there too.
+#[test]
+fn detached_mount_logs_to_journald_with_its_mountpoint() {
+    let fs = TestFs::unmounted(&[]);
+    let mnt = fs.mountpoint().to_path_buf();
+    let journal = FakeJournal::new();
+    let digimedfs = digimedfs_tests::bin("digimedfs");
+    let out = in_private_run(
+        &journal,
+        &[
+            digimedfs.as_os_str(),
+            "mount".as_ref(),
+            "--key-file".as_ref(),
+            fs.key_file().as_os_str(),
+            fs.backing().as_os_str(),
+            mnt.as_os_str(),
+        ],
+    )
+    .env_remove("DIGIMEDFS_LOG")
+    .output()
+    .expect("run unshare");
+    assert!(
+        out.status.success(),
+        "mount in a private namespace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pids = digimedfs_tests::daemon_pids(&mnt);
+    assert!(!pids.is_empty(), "no daemon for {}", mnt.display());
+    let entries = journal.until_message("mounted on");
+    let last = entries.last().expect("an entry");
+    assert_eq!(field(last, "SYSLOG_IDENTIFIER"), Some(&b"digimedfs"[..]));
+    assert_eq!(
+        field(last, "DIGIMEDFS_MOUNTPOINT"),
+        Some(mnt.as_os_str().as_encoded_bytes())
+    );
+    assert_eq!(
+        field(last, "DIGIMEDFS_BACKING"),
+        Some(fs.backing().as_os_str().as_encoded_bytes())
+    );
+    assert!(
+        !file_log(&mnt).exists(),
+        "{} written although journald runs",
+        file_log(&mnt).display()
+    );
+    for &pid in &pids {
+        // SAFETY: kill takes plain integers; `pid` serves our own mountpoint.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    journal.until_message("unmounted");
+    assert!(wait_until(TIMEOUT, || pids
+        .iter()
+        .all(|&p| !digimedfs_tests::process_alive(p))));
+}
+
+/// Under a systemd unit (`$JOURNAL_STREAM` names stderr), `mount -f` logs to the journal and
+/// nothing to stderr; with the variable inherited but stderr elsewhere, it logs to stderr
+/// without colour codes.
+#[test]
+fn foreground_mount_logs_to_the_journal_only_when_stderr_is_the_journal_stream() {
+    let fs = TestFs::unmounted(&[]);
+    let mnt = fs.mountpoint().to_path_buf();
+    let journal = FakeJournal::new();
+    let digimedfs = digimedfs_tests::bin("digimedfs");
+    for stderr_is_journal in [true, false] {
+        let stderr_path = fs.root_dir().join(format!("stderr-{stderr_is_journal}"));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let stream = if stderr_is_journal {
+            std::fs::metadata(&stderr_path).expect("stat")
+        } else {
+            std::fs::metadata(fs.key_file()).expect("stat")
+        };
+        let mut child = in_private_run(
+            &journal,
+            &[
+                digimedfs.as_os_str(),
+                "mount".as_ref(),
+                "-f".as_ref(),
+                "--key-file".as_ref(),
+                fs.key_file().as_os_str(),
+                fs.backing().as_os_str(),
+                mnt.as_os_str(),
+            ],
+        )
+        .env(
+            "JOURNAL_STREAM",
+            format!("{}:{}", stream.dev(), stream.ino()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start mount -f");
+        if stderr_is_journal {
+            let entries = journal.until_message("mounted on");
+            let last = entries.last().expect("an entry");
+            assert_eq!(field(last, "SYSLOG_IDENTIFIER"), Some(&b"digimedfs"[..]));
+            assert_eq!(
+                field(last, "DIGIMEDFS_MOUNTPOINT"),
+                Some(mnt.as_os_str().as_encoded_bytes())
+            );
+        } else {
+            assert!(
+                wait_until(TIMEOUT, || std::fs::read_to_string(&stderr_path)
+                    .is_ok_and(|s| s.contains("mounted on"))),
+                "mount -f never logged to its stderr"
+            );
+        }
+        // SAFETY: kill takes plain integers; the pid is our own child (exec'd by unshare).
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().expect("wait");
+        let text = std::fs::read_to_string(&stderr_path).expect("read stderr");
+        assert!(status.success(), "mount -f exited {status}: {text}");
+        if stderr_is_journal {
+            assert_eq!(
+                text, "",
+                "logged to stderr although it is the journal stream"
+            );
+        } else {
+            assert!(!text.contains('\x1b'), "colour codes in a file: {text:?}");
+        }
+    }
+}
+
+/// No binary writes ANSI colour codes to a stderr that is not a terminal: each logs a warning
+/// about a key file others can read, into a pipe.
+#[test]
+fn no_colour_codes_on_a_pipe() {
+    let fs = TestFs::unmounted(&[]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(fs.key_file(), std::fs::Permissions::from_mode(0o640))
+        .expect("chmod key");
+    let fresh = fs.root_dir().join("fresh");
+    std::fs::create_dir(&fresh).expect("mkdir");
+    let bin = digimedfs_tests::bin;
+    let mut commands = vec![
+        std::process::Command::new(bin("digimedfs")),
+        std::process::Command::new(bin("mkfs-digimed")),
+        std::process::Command::new(bin("fsck-digimed")),
+    ];
+    commands[0]
+        .args(["backup", "verify", "--key-file"])
+        .arg(fs.key_file())
+        .arg(fs.root_dir().join("no-such-copy"));
+    commands[1]
+        .args(["-q", "--tenant", "t", "--key-file"])
+        .arg(fs.key_file())
+        .arg(&fresh);
+    commands[2]
+        .arg("--key-file")
+        .arg(fs.key_file())
+        .arg(fs.backing());
+    for cmd in &mut commands {
+        let out = cmd
+            .env_remove("NO_COLOR")
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("readable by group or others"),
+            "{cmd:?} did not warn: {err}"
+        );
+        assert!(!err.contains('\x1b'), "{cmd:?} wrote colour codes: {err:?}");
+    }
+}
