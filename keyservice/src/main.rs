@@ -73,6 +73,7 @@ fn run(cli: &Cli) -> Result<()> {
             audit_log,
             max_connections,
             address_failure_limit,
+            metrics_listen,
         } => {
             let mut cfg = ServerConfig::new(
                 state_dir.clone(),
@@ -83,6 +84,7 @@ fn run(cli: &Cli) -> Result<()> {
             cfg.audit_log = audit_log.clone();
             cfg.max_connections = *max_connections;
             cfg.address_failure_limit = *address_failure_limit;
+            cfg.metrics_listen = *metrics_listen;
             let cred = cred()?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
@@ -90,6 +92,9 @@ fn run(cli: &Cli) -> Result<()> {
                 drop(cred);
                 let addr = server.local_addr()?;
                 tracing::info!(%addr, "key service listening (TLS)");
+                if let Some(m) = server.metrics_addr()? {
+                    tracing::info!("metrics on http://{m}/metrics");
+                }
                 // systemd stops a service with SIGTERM, a terminal with SIGINT; both handlers
                 // are in place before READY=1, so a stop right after readiness is a clean one.
                 use tokio::signal::unix::{signal, SignalKind};
