@@ -13,6 +13,7 @@
 #   /etc/systemd/system/digimed-keyservice.service  (not enabled; docs/operations.md)
 #   /etc/sysusers.d/digimedfs.conf, /etc/tmpfiles.d/digimedfs.conf  its user and directories:
 #   /etc/digimedfs (0700), /var/log/digimedfs, /etc/digimed-keyservice, /var/lib/digimed-keyservice
+#   /etc/logrotate.d/digimedfs  weekly rotation of /var/log/digimedfs/*.log
 # The Debian package (scripts/build-deb.sh) installs the same under /usr.
 # Needs fuse3 (mount.fuse3, fusermount3): apt-get install fuse3.
 #
@@ -54,6 +55,9 @@ sed "s|^ExecStart=/usr/sbin/digimed-keyservice |ExecStart=$PREFIX/sbin/digimed-k
 chmod 0644 "$DESTDIR/etc/systemd/system/digimed-keyservice.service"
 install -m 0644 fs/packaging/digimedfs.sysusers "$DESTDIR/etc/sysusers.d/digimedfs.conf"
 install -m 0644 fs/packaging/digimedfs.tmpfiles "$DESTDIR/etc/tmpfiles.d/digimedfs.conf"
+# Weekly rotation of the mounts' log files (where they do not log to the journal).
+install -d "$DESTDIR/etc/logrotate.d"
+install -m 0644 fs/packaging/digimedfs.logrotate "$DESTDIR/etc/logrotate.d/digimedfs"
 # Key files and logs (also without the user and systemd below).
 install -d -m 0700 "$DESTDIR/etc/digimedfs"
 install -d -m 0750 "$DESTDIR/var/log/digimedfs"
@@ -80,4 +84,4 @@ if [ -z "$DESTDIR" ] && ! command -v mount.fuse3 >/dev/null 2>&1 \
     && [ ! -x /sbin/mount.fuse3 ] && [ ! -x /usr/sbin/mount.fuse3 ]; then
     echo "warning: mount.fuse3 not found: install fuse3 for mount -t fuse.digimedfs and fstab" >&2
 fi
-echo "installed $DESTDIR$PREFIX/bin/digimedfs, $DESTDIR$PREFIX/sbin/mkfs.digimed, $DESTDIR$PREFIX/sbin/fsck.digimed (and fsck.fuse.digimedfs), $DESTDIR$PREFIX/sbin/digimed-keyservice, their man pages and completions, and digimed-keyservice.service"
+echo "installed $DESTDIR$PREFIX/bin/digimedfs, $DESTDIR$PREFIX/sbin/mkfs.digimed, $DESTDIR$PREFIX/sbin/fsck.digimed (and fsck.fuse.digimedfs), $DESTDIR$PREFIX/sbin/digimed-keyservice, their man pages and completions, digimed-keyservice.service and /etc/logrotate.d/digimedfs"

@@ -4,8 +4,10 @@
 # list and modes of `dpkg-deb -c`, and a throwaway root made with `dpkg-deb -x` in which every
 # binary runs (--version), every man page renders without warnings (man -l), each completion
 # parses in its shell, sysusers.d/tmpfiles.d make the user and directories with the right modes
-# and owners (systemd-sysusers/systemd-tmpfiles --root), and the key service unit passes
-# `systemd-analyze verify`. Needs cargo-deb, dpkg-deb, man-db and systemd; .ci/run installs them.
+# and owners (systemd-sysusers/systemd-tmpfiles --root), the key service unit passes
+# `systemd-analyze verify`, and the logrotate configuration parses (`logrotate -d`) and rotates
+# a log that a process keeps open for appending. Needs cargo-deb, dpkg-deb, man-db, systemd and
+# logrotate; .ci/run installs them.
 # Exits 1 naming every failed check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +17,8 @@ trap 'rm -rf "$work"' EXIT
 failed=0
 fail() { echo "FAIL: $*" >&2; failed=1; }
 
-for tool in dpkg-deb man systemd-analyze systemd-sysusers systemd-tmpfiles; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "test-deb.sh: $tool not found (apt-get install dpkg man-db systemd)" >&2; exit 1; }
+for tool in dpkg-deb man systemd-analyze systemd-sysusers systemd-tmpfiles logrotate; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "test-deb.sh: $tool not found (apt-get install dpkg man-db systemd logrotate)" >&2; exit 1; }
 done
 
 rm -rf "$target/debian"
@@ -61,9 +63,12 @@ done
 expect -rw-r--r-- lib/systemd/system/digimed-keyservice.service
 expect -rw-r--r-- usr/lib/sysusers.d/digimedfs.conf
 expect -rw-r--r-- usr/lib/tmpfiles.d/digimedfs.conf
+expect -rw-r--r-- etc/logrotate.d/digimedfs
+grep -qxF /etc/logrotate.d/digimedfs "$work/control/conffiles" 2>/dev/null ||
+    fail "/etc/logrotate.d/digimedfs is not a conffile"
 # Man pages only compressed; nothing outside the FHS places above.
 grep -E '\./usr/share/man/.*[18]$' "$work/list" && fail "uncompressed man pages"
-awk '{print $3}' "$work/list" | grep -vE '^\./$|^\./(usr|usr/lib|usr/share|lib|lib/systemd)/$|^\./usr/(bin|sbin)/|^\./usr/share/(man|doc|bash-completion|zsh|fish)/|^\./usr/lib/(sysusers|tmpfiles)\.d/|^\./lib/systemd/system/' \
+awk '{print $3}' "$work/list" | grep -vE '^\./$|^\./(usr|usr/lib|usr/share|lib|lib/systemd|etc|etc/logrotate\.d)/$|^\./usr/(bin|sbin)/|^\./usr/share/(man|doc|bash-completion|zsh|fish)/|^\./usr/lib/(sysusers|tmpfiles)\.d/|^\./lib/systemd/system/|^\./etc/logrotate\.d/digimedfs$' \
     && fail "files outside the expected directories"
 
 # A throwaway root.
@@ -111,6 +116,28 @@ if ! out=$(MANPATH="$root/usr/share/man" systemd-analyze verify --root="$root" \
     /lib/systemd/system/digimed-keyservice.service 2>&1) || [[ -n $out ]]; then
     fail "systemd-analyze verify: $out"
 fi
+
+# The logrotate configuration: it parses, names the mounts' log files, and rotating a copy of it
+# (paths moved into $work) keeps a log that a process holds open for appending, as a mount's
+# background process does, usable: the old lines compressed, the new ones at the start of the
+# emptied file (copytruncate).
+lr="$work/logrotate"
+mkdir -p "$lr/log"
+conf="$root/etc/logrotate.d/digimedfs"
+if ! out=$(logrotate -d --state "$lr/state" "$conf" 2>&1) || grep -qi 'error' <<<"$out"; then
+    fail "logrotate -d $conf: $out"
+fi
+grep -q '^/var/log/digimedfs/\*\.log {' "$conf" || fail "$conf does not rotate /var/log/digimedfs/*.log"
+sed "s|^/var/log/digimedfs/|$lr/log/|" "$conf" >"$lr/conf"
+exec 7>>"$lr/log/mnt-proj.log"
+echo "before the rotation" >&7
+logrotate -f --state "$lr/state" "$lr/conf" || fail "logrotate -f (the package's configuration on a copy)"
+echo "after the rotation" >&7
+exec 7>&-
+[[ $(zcat "$lr/log/mnt-proj.log.1.gz" 2>&1) == "before the rotation" ]] ||
+    fail "no compressed copy of the rotated log: $(ls "$lr/log")"
+cmp -s "$lr/log/mnt-proj.log" <(echo "after the rotation") ||
+    fail "the log held open for appending after the rotation: $(head -c 200 "$lr/log/mnt-proj.log" | od -An -c | head -3)"
 
 if ((failed)); then exit 1; fi
 echo "test-deb.sh: $(basename "$deb"): $(wc -l <"$work/list") entries, $n man pages, all checks passed"

@@ -9,7 +9,8 @@
 //! background process (`mount -f --ready-fd 1`, stdout and stderr being a socket back to us),
 //! which starts a new session, opens and mounts the filesystem and writes one zero byte to the
 //! socket once the mount is live. Anything the background process prints before that (its error,
-//! if mounting fails) is relayed to our stderr. The background process then logs to
+//! if mounting fails) is relayed to our stderr. The background process then logs to the
+//! journal where journald runs (`DIGIMEDFS_LOG=file` keeps the file), else to
 //! `/var/log/digimedfs/<mountpoint>.log`, or `$XDG_RUNTIME_DIR/digimedfs/<mountpoint>.log`, or
 //! `/tmp/digimedfs-<uid>/<mountpoint>.log`, whichever is writable first.
 
@@ -22,6 +23,7 @@ use cli::{Command, KeySpec, MountArgs, MountOptions};
 use digimedfs::fuse::{mount_foreground, MountOpts};
 use digimedfs_core::filesystem::{Filesystem, OpenOptions};
 use digimedfs_core::keysource::{KeyFile, KeySource};
+use digimedfs_core::logging;
 use digimedfs_keyclient::{open_key_source, KeyService};
 use digimedfs_sled::Sled;
 use std::fs::File;
@@ -121,7 +123,7 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
 
     let backing = canonical(&args.backing_dir, "backing directory")?;
     let mountpoint = canonical(&args.mountpoint, "mountpoint")?;
-    let log_file = init_logging(&opts, ready_fd.is_some(), &mountpoint);
+    let log_file = init_logging(&opts, ready_fd.is_some(), &mountpoint, &backing);
     // Read the key file, or the token and CA files, before leaving the working directory.
     let key = key_source(&key_spec)?;
     let fsck_hint = {
@@ -137,6 +139,7 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
     }
 
     // Open before mounting: a wrong key or a filesystem in use fails here, with nothing mounted.
+    digimedfs_core::sd_notify::notify_or_warn(&format!("STATUS=opening {}", backing.display()));
     let fs = {
         let open = OpenOptions {
             read_only: opts.read_only,
@@ -178,6 +181,12 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         uring: opts.uring,
     };
     mount_foreground(Arc::new(fs), &mountpoint, &mount_opts, || {
+        // Under a `Type=notify` unit (`mount -f`): the mount answers requests now.
+        digimedfs_core::sd_notify::notify_or_warn(&format!(
+            "READY=1\nSTATUS=serving {} on {}",
+            backing.display(),
+            mountpoint.display()
+        ));
         if let Some(fd) = ready_fd {
             report_ready(fd, log_file.as_ref());
         }
@@ -204,12 +213,7 @@ fn key_source(spec: &KeySpec) -> anyhow::Result<Box<dyn KeySource>> {
 
 /// `digimedfs rewrap`.
 fn rewrap(args: &cli::KeyServiceArgs, backing: &Path) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    init_tool_logging();
     let Some(spec) = cli::service_spec(args, &cli::KeyServiceOptions::default())? else {
         return Err(anyhow!(
             "rewrap needs the key service: --keyservice URL --tenant ID --token-file PATH \
@@ -238,16 +242,10 @@ fn rewrap(args: &cli::KeyServiceArgs, backing: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Warnings and errors of the library on stderr (the admin commands print their result on
-/// stdout).
-/// Logging of the offline tools (rewrap, key): warnings and errors to stderr, or `RUST_LOG`.
+/// Logging of the offline tools (info, tune, key): warnings and errors of the library on
+/// stderr (their result goes to stdout), or the journal under systemd; `RUST_LOG` overrides.
 fn init_tool_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init_stderr("digimedfs", logging::env_filter("warn"), false);
 }
 
 /// `digimedfs info`: exits 1 when key options were given and the superblock does not verify.
@@ -298,12 +296,7 @@ fn tune(args: &cli::TuneArgs) -> anyhow::Result<()> {
 fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
     use digimedfs_core::backup as b;
     use std::time::Duration;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init_stderr("digimedfs", logging::env_filter("warn"), false);
     match command {
         cli::BackupCommand::Begin {
             timeout,
@@ -505,37 +498,76 @@ fn report_ready(fd: RawFd, log_file: Option<&File>) {
     }
 }
 
-/// Sets up logging: stderr in the foreground, a log file in the background process. Returns
-/// the log file, if any. `-o debug` logs at debug level, otherwise `RUST_LOG` or `info`.
-fn init_logging(opts: &MountOptions, background: bool, mountpoint: &Path) -> Option<File> {
+/// Sets up logging: in the foreground the journal under a systemd unit, else stderr; in the
+/// background process the journal where journald runs (unless `DIGIMEDFS_LOG=file`), else a
+/// log file. Journal entries name the mountpoint and backing directory
+/// (`DIGIMEDFS_MOUNTPOINT=`, `DIGIMEDFS_BACKING=`). Returns the log file, if any. `-o debug`
+/// logs at debug level, otherwise `RUST_LOG` or `info`.
+fn init_logging(
+    opts: &MountOptions,
+    background: bool,
+    mountpoint: &Path,
+    backing: &Path,
+) -> Option<File> {
     // fuser 0.18 retries the unmount we already did when its session ends and warns that it
     // failed; that warning is noise, so fuser::mnt logs errors only unless asked otherwise.
     let filter = if opts.debug {
         EnvFilter::new("debug")
     } else {
-        EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,fuser::mnt=error"))
+        logging::env_filter("info,fuser::mnt=error")
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if !background {
-        let ansi = std::io::stderr().is_terminal();
-        let _ = builder
-            .with_ansi(ansi)
-            .with_writer(std::io::stderr)
-            .try_init();
-        return None;
+    let to_journal = if background {
+        logging::journald_available()
+            && std::env::var_os("DIGIMEDFS_LOG").is_none_or(|v| v != "file")
+    } else {
+        logging::stderr_is_journal()
+    };
+    let mut journal_error = None;
+    if to_journal {
+        let fields = [
+            ("DIGIMEDFS_MOUNTPOINT", mountpoint.display().to_string()),
+            ("DIGIMEDFS_BACKING", backing.display().to_string()),
+        ];
+        match logging::journal_layer("digimedfs", &fields) {
+            Ok(layer) => {
+                logging::init_journal(layer, filter);
+                return None;
+            }
+            Err(e) => journal_error = Some(e),
+        }
     }
-    let name = cli::log_name(mountpoint);
-    let Some((path, file)) = open_log_file(&name) else {
-        let _ = builder.with_writer(std::io::sink).try_init();
-        return None;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let file = if background {
+        open_log_file(&cli::log_name(mountpoint))
+    } else {
+        None
     };
-    let copy = file.try_clone().ok();
-    let _ = builder
-        .with_ansi(false)
-        .with_writer(Mutex::new(file))
-        .try_init();
-    tracing::info!("logging to {}", path.display());
+    let copy = match file {
+        Some((path, file)) => {
+            let copy = file.try_clone().ok();
+            let _ = builder
+                .with_ansi(false)
+                .with_writer(Mutex::new(file))
+                .try_init();
+            tracing::info!("logging to {}", path.display());
+            copy
+        }
+        None if background => {
+            let _ = builder.with_writer(std::io::sink).try_init();
+            None
+        }
+        None => {
+            let ansi = std::io::stderr().is_terminal();
+            let _ = builder
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr)
+                .try_init();
+            None
+        }
+    };
+    if let Some(e) = journal_error {
+        tracing::warn!("journald unusable ({e}); logging here instead");
+    }
     copy
 }
 

@@ -27,14 +27,13 @@ fn main() -> ExitCode {
             };
         }
     };
-    // Warnings (a key file others can read, a damaged superblock copy) go to stderr, plainly.
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .without_time()
-        .with_target(false)
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .try_init();
+    // Warnings (a key file others can read, a damaged superblock copy) go to stderr, plainly
+    // (to the journal under a systemd unit).
+    digimedfs_core::logging::init_stderr(
+        "fsck.digimed",
+        tracing_subscriber::EnvFilter::new("warn"),
+        true,
+    );
     if let Err(e) = digimedfs_core::hardening::forbid_core_dumps() {
         eprintln!("warning: {e}");
     }

@@ -58,6 +58,10 @@ pub enum Cmd {
         /// from it is answered 429 (valid tokens from the address keep working).
         #[arg(long, default_value_t = 1000)]
         address_failure_limit: u32,
+        /// Serve Prometheus metrics (plain HTTP, GET /metrics) on this address, e.g.
+        /// 127.0.0.1:9464; keep it on loopback or a monitoring network. Off by default.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Tenants.
     Tenant {

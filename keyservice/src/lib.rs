@@ -19,10 +19,10 @@ pub mod cli;
 pub mod error;
 pub mod keys;
 pub mod registry;
-pub mod sd_notify;
 pub mod server;
 pub mod state;
 pub mod tls;
 
+pub use digimedfs_core::sd_notify;
 pub use digimedfs_keyclient as client;
 pub use error::{Error, Result};

@@ -11,16 +11,13 @@ use digimedfs_keyservice::server::{Server, ServerConfig};
 use digimedfs_keyservice::state::Credential;
 
 fn main() -> std::process::ExitCode {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        // Colour codes only on a terminal, never in a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    // The journal under systemd (the unit's stderr); elsewhere stderr, coloured only on a
+    // terminal, never in a log file.
+    digimedfs_core::logging::init_stderr(
+        "digimed-keyservice",
+        digimedfs_core::logging::env_filter("info"),
+        false,
+    );
     // As `digimedfs`: usage errors exit 1, help and version 0.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -76,6 +73,7 @@ fn run(cli: &Cli) -> Result<()> {
             audit_log,
             max_connections,
             address_failure_limit,
+            metrics_listen,
         } => {
             let mut cfg = ServerConfig::new(
                 state_dir.clone(),
@@ -86,6 +84,7 @@ fn run(cli: &Cli) -> Result<()> {
             cfg.audit_log = audit_log.clone();
             cfg.max_connections = *max_connections;
             cfg.address_failure_limit = *address_failure_limit;
+            cfg.metrics_listen = *metrics_listen;
             let cred = cred()?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
@@ -93,6 +92,9 @@ fn run(cli: &Cli) -> Result<()> {
                 drop(cred);
                 let addr = server.local_addr()?;
                 tracing::info!(%addr, "key service listening (TLS)");
+                if let Some(m) = server.metrics_addr()? {
+                    tracing::info!("metrics on http://{m}/metrics");
+                }
                 // systemd stops a service with SIGTERM, a terminal with SIGINT; both handlers
                 // are in place before READY=1, so a stop right after readiness is a clean one.
                 use tokio::signal::unix::{signal, SignalKind};
@@ -101,18 +103,14 @@ fn run(cli: &Cli) -> Result<()> {
                 let mut int =
                     signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
                 // Under systemd (Type=notify): units ordered after us start only now.
-                if let Err(e) =
-                    sd_notify::notify(&format!("READY=1\nSTATUS=listening on {addr} (TLS)"))
-                {
-                    tracing::warn!(error = %e, "could not tell systemd the service is ready");
-                }
+                sd_notify::notify_or_warn(&format!("READY=1\nSTATUS=listening on {addr} (TLS)"));
                 server
                     .run(async move {
                         tokio::select! {
                             _ = int.recv() => {}
                             _ = term.recv() => {}
                         }
-                        let _ = sd_notify::notify("STOPPING=1");
+                        sd_notify::notify_or_warn("STOPPING=1");
                         tracing::info!("key service stopping");
                     })
                     .await?;

@@ -295,7 +295,8 @@ impl TestFs {
     /// the fixture's options plus `extra_options`, using `key`.
     pub fn mount_command(&self, key: &Path, mountpoint: &Path, extra_options: &[&str]) -> Command {
         let mut cmd = Command::new(bin("digimedfs"));
-        cmd.arg("mount");
+        // Tests read the daemon's log file, also on hosts where journald runs.
+        cmd.env("DIGIMEDFS_LOG", "file").arg("mount");
         let opts: Vec<&str> = self
             .options
             .iter()

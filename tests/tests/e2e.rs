@@ -34,6 +34,8 @@ mod persistence;
 mod posix;
 #[path = "e2e/scale.rs"]
 mod scale;
+#[path = "e2e/systemd.rs"]
+mod systemd;
 #[path = "e2e/uring.rs"]
 mod uring;
 #[path = "e2e/workload.rs"]

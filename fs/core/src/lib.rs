@@ -22,6 +22,8 @@
 //! - [`mounts`]: this host's mount table.
 //! - [`admin`]: `digimedfs info` (what a backing directory says, without a key) and `tune`
 //!   (relabelling the superblock offline).
+//! - [`logging`] (feature `logging`): where the binaries log (journal, stderr).
+//! - [`sd_notify`]: readiness and status messages to systemd (`$NOTIFY_SOCKET`).
 
 pub mod admin;
 pub mod backing;
@@ -36,10 +38,13 @@ pub mod hardening;
 pub mod integrity;
 pub mod keyslots;
 pub mod keysource;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod meta;
 pub mod mkfs;
 pub mod mounts;
 pub mod objects;
+pub mod sd_notify;
 
 pub use error::{Error, Result};
 

@@ -331,6 +331,7 @@ fn serve(
     ready();
 
     let mut unmount_requested = false;
+    let mut stopping_sent = false;
     loop {
         match rx.recv_timeout(SESSION_CHECK) {
             Ok(Event::Signal(sig)) => {
@@ -343,6 +344,7 @@ fn serve(
                     continue;
                 }
                 tracing::info!("{name} received: unmounting {}", mountpoint.display());
+                stopping(&mut stopping_sent, &mountpoint);
                 if !connection_alive(&connection) {
                     // Unmounted from outside meanwhile: the path may hold another mount now.
                     unmount_requested = true;
@@ -364,6 +366,7 @@ fn serve(
             }
         }
     }
+    stopping(&mut stopping_sent, &mountpoint);
     // `destroy` is the session thread's last work; let it finish its return.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !session.guard.is_finished() && Instant::now() < deadline {
@@ -385,6 +388,19 @@ fn serve(
     }
     tracing::info!("{} unmounted", mountpoint.display());
     Ok(())
+}
+
+/// Tells systemd (under a `Type=notify` unit) once that the mount is going away: on SIGTERM or
+/// SIGINT, or when the session ended because the filesystem was unmounted from outside. The
+/// write-back that follows may take a while; the status line says so.
+fn stopping(sent: &mut bool, mountpoint: &Path) {
+    if !*sent {
+        *sent = true;
+        digimedfs_core::sd_notify::notify_or_warn(&format!(
+            "STOPPING=1\nSTATUS=unmounting {}: writing back and closing",
+            mountpoint.display()
+        ));
+    }
 }
 
 /// Whether the kernel still has the FUSE connection behind `device`: it reports `POLLERR` on

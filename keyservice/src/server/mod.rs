@@ -27,13 +27,17 @@
 //!   TLS handshake and HTTP/1.1 serving.
 //! - [`ops`]: one request → authentication, the endpoint's operation, its audit record and
 //!   the JSON reply.
+//! - [`metrics`]: request and key operation counters, served to Prometheus on a separate
+//!   plain-HTTP listener (`ServerConfig::metrics_listen`), off unless configured.
 
 mod conns;
 mod limits;
+mod metrics;
 mod ops;
 
 use conns::{Connection, Conns, EVICT_RETRY};
 use limits::{Limiter, Noise};
+use metrics::Metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -80,6 +84,8 @@ pub struct ServerConfig {
     pub address_failure_limit: u32,
     /// How often refused unauthenticated requests are summarized in the audit log.
     pub noise_interval: Duration,
+    /// Where to serve Prometheus metrics (plain HTTP, `GET /metrics`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -104,6 +110,7 @@ impl ServerConfig {
             failure_limit: 10,
             address_failure_limit: 1_000,
             noise_interval: Duration::from_secs(60),
+            metrics_listen: None,
         }
     }
 }
@@ -116,11 +123,13 @@ struct Shared {
     limiter: Limiter,
     noise: Noise,
     io_timeout: Duration,
+    metrics: Metrics,
 }
 
 /// A bound, unsealed server, ready to [`Server::run`].
 pub struct Server {
     listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
     tls: Arc<rustls::ServerConfig>,
     shared: Arc<Shared>,
     max_connections: usize,
@@ -144,8 +153,17 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| Error::Invalid(format!("listen on {}: {e}", cfg.listen)))?;
+        let metrics_listener = match cfg.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| Error::Invalid(format!("metrics: listen on {addr}: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(Server {
             listener,
+            metrics_listener,
             shared: Arc::new(Shared {
                 root,
                 state,
@@ -154,6 +172,7 @@ impl Server {
                 limiter: Limiter::new(cfg.failure_limit, cfg.address_failure_limit),
                 noise: Noise::new(),
                 io_timeout: cfg.io_timeout,
+                metrics: Metrics::new(),
             }),
             tls,
             max_connections: cfg.max_connections.max(1),
@@ -170,9 +189,26 @@ impl Server {
             .map_err(|e| Error::Invalid(format!("local address: {e}")))
     }
 
+    /// The address of the metrics listener, if one was configured.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>> {
+        self.metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
+            .map_err(|e| Error::Invalid(format!("metrics local address: {e}")))
+    }
+
     /// Serves until `shutdown` completes; then writes the pending summary of refused
     /// unauthenticated requests.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        // Aborted when `run` returns (the guard drops): no metrics after the service stopped.
+        let _metrics = self.metrics_listener.take().map(|l| {
+            AbortOnDrop(tokio::spawn(metrics::serve(
+                l,
+                self.shared.clone(),
+                self.shared.io_timeout,
+            )))
+        });
         let sem = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
         let handshakes = Arc::new(tokio::sync::Semaphore::new(self.max_handshakes));
         let conns = Arc::new(Conns::default());
@@ -212,6 +248,7 @@ impl Server {
                 }
             };
             let Some(permit) = permit else { break Ok(()) };
+            self.shared.metrics.connection();
             let (id, slot) = conns.register();
             let conn = Connection {
                 tls: self.tls.clone(),
@@ -250,9 +287,19 @@ impl Server {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A server running on its own thread and tokio runtime (tests, embedding in sync code).
 pub struct BackgroundServer {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -267,6 +314,7 @@ impl BackgroundServer {
             .map_err(|e| Error::Invalid(format!("tokio runtime: {e}")))?;
         let server = rt.block_on(Server::bind(cfg, &cred))?;
         let addr = server.local_addr()?;
+        let metrics_addr = server.metrics_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let _ = rt.block_on(server.run(async {
@@ -276,6 +324,7 @@ impl BackgroundServer {
         });
         Ok(BackgroundServer {
             addr,
+            metrics_addr,
             stop: Some(tx),
             thread: Some(thread),
         })
@@ -284,6 +333,11 @@ impl BackgroundServer {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the metrics listener, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// `https://127.0.0.1:PORT`.

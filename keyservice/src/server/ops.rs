@@ -16,6 +16,7 @@ use rand::RngCore;
 use serde_json::json;
 use zeroize::{Zeroize, Zeroizing};
 
+use super::metrics::Outcome;
 use super::{Shared, MAX_BODY};
 use crate::anchors::{self, Check};
 use crate::audit::Event;
@@ -86,7 +87,9 @@ pub(super) async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
-    if req.uri().path() == "/v1/health" && req.method() == Method::GET {
+    let path = req.uri().path().to_string();
+    if path == "/v1/health" && req.method() == Method::GET {
+        shared.metrics.request(&path, Outcome::Ok);
         return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
     }
     let mut rid = [0u8; 8];
@@ -109,6 +112,7 @@ pub(super) async fn handle(
         // Refused before a token authenticated: counted, summarized per interval, never
         // written (let alone fsynced) one by one, so it cannot fill the disk or slow the log.
         shared.noise.add(peer.ip(), e.status.as_u16(), e.code);
+        shared.metrics.request(&path, Outcome::Unauthenticated);
         return Ok(json_response(
             e.status,
             &error_reply(e.code, &e.message, &ev.request_id),
@@ -135,10 +139,23 @@ pub(super) async fn handle(
     };
     if let Err(e) = logged {
         tracing::error!(error = %e, "audit log write failed; refusing request");
+        shared.metrics.audit_failed();
+        shared.metrics.request(&path, Outcome::Error);
         return Ok(json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             &error_reply("audit_failed", "audit log cannot be written", &request_id),
         ));
+    }
+    shared.metrics.request(
+        &path,
+        match &result {
+            Ok(_) => Outcome::Ok,
+            Err(e) if e.status.is_server_error() => Outcome::Error,
+            Err(_) => Outcome::Refused,
+        },
+    );
+    if result.is_ok() && path == PATH_UNWRAP {
+        shared.metrics.key_released();
     }
     Ok(match result {
         Ok(mut body) => {
@@ -373,6 +390,7 @@ async fn process(
         .get(&tenant_id)
         .ok_or_else(|| err(StatusCode::FORBIDDEN, "tenant_revoked", "tenant removed"))?;
     let kek = |v: u32| -> std::result::Result<Zeroizing<[u8; 32]>, ApiError> {
+        shared.metrics.kek_derived();
         shared.root.kek(&tenant_id, &seed, v).map_err(internal)
     };
     let parse_err = |e: serde_json::Error| bad(format!("malformed request: {e}"));

@@ -37,12 +37,13 @@ impl Ks {
         digimedfs_keyservice::admin::init(&state, &cred()).unwrap();
         let tls = digimedfs_keyservice::tls::write_demo(&dir.path().join("tls")).unwrap();
         let admin = Admin::open(&state, &cred()).unwrap();
-        let cfg = ServerConfig::new(
+        let mut cfg = ServerConfig::new(
             state.clone(),
             "127.0.0.1:0".parse().unwrap(),
             tls.cert.clone(),
             tls.key.clone(),
         );
+        cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         let server = BackgroundServer::start(cfg, cred()).unwrap();
         Ks {
             dir,
@@ -133,7 +134,9 @@ impl Ks {
     /// `digimedfs mount` with the key service flags.
     fn mount(&self, backing: &Path, mnt: &Path, tenant: &str, token: &Path) -> Output {
         std::fs::create_dir_all(mnt).unwrap();
+        // daemon_log reads the file log, also where journald runs.
         let out = run(Command::new(bin("digimedfs"))
+            .env("DIGIMEDFS_LOG", "file")
             .arg("mount")
             .args(self.flags(tenant, token))
             .arg(backing)
@@ -797,4 +800,128 @@ fn key_file_filesystem_moves_to_the_key_service() {
         b"written under the key file"
     );
     ks.unmount(&mnt);
+}
+
+/// `GET /metrics` over plain HTTP from the key service's metrics listener: the body.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .expect("read the metrics reply");
+    let (head, body) = reply.split_once("\r\n\r\n").expect("HTTP reply");
+    assert!(head.starts_with("HTTP/1.1 200"), "metrics reply: {head}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "metrics content type: {head}"
+    );
+    body.to_string()
+}
+
+/// The value of the sample `name` (with its labels, as in `a_total{x="y"}`) in `text`.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// The metrics listener counts real requests: after mkfs, a mount and its unmount through the
+/// key service, a mount with a revoked token and one with an unknown token, the counters of
+/// wrap, unwrap (ok, refused, unauthenticated), released keys and KEK derivations have moved,
+/// the totals of tenants and key versions are right, and no tenant name appears.
+#[test]
+fn metrics_count_requests_and_released_keys_without_tenant_names() {
+    let ks = Ks::new();
+    let addr = ks
+        .server
+        .as_ref()
+        .and_then(|s| s.metrics_addr())
+        .expect("metrics listener");
+    let before = scrape(addr);
+    let req = |e: &str, r: &str| {
+        format!("digimed_keyservice_requests_total{{endpoint=\"{e}\",result=\"{r}\"}}")
+    };
+    for (e, r) in [("wrap", "ok"), ("unwrap", "ok"), ("unwrap", "refused")] {
+        assert_eq!(sample(&before, &req(e, r)), 0.0);
+    }
+
+    let tenant = "cardio-metrics-tenant";
+    let token = ks.tenant(tenant);
+    let (backing, _) = ks.mkfs("m", tenant, &token);
+    let mnt = ks.path("m-mnt");
+    ks.mount_ok(&backing, &mnt, tenant, &token);
+    ks.unmount(&mnt);
+    // A token the service does not know (the real one with its last character changed).
+    let real = std::fs::read_to_string(&token).unwrap();
+    let real = real.trim();
+    let last = real.chars().last().unwrap();
+    let unknown = format!(
+        "{}{}",
+        &real[..real.len() - last.len_utf8()],
+        if last == 'A' { 'B' } else { 'A' }
+    );
+    let unknown_file = ks.path("token-unknown");
+    std::fs::write(&unknown_file, format!("{unknown}\n")).unwrap();
+    std::fs::set_permissions(&unknown_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = ks.mount(&backing, &mnt, tenant, &unknown_file);
+    ks.refused(&out, &mnt, "unknown token");
+    ks.admin.token_revoke(real).unwrap();
+    let out = ks.mount(&backing, &mnt, tenant, &token);
+    ks.refused(&out, &mnt, "revoked");
+
+    let after = scrape(addr);
+    assert!(sample(&after, &req("wrap", "ok")) >= 1.0, "{after}");
+    let unwraps = sample(&after, &req("unwrap", "ok"));
+    assert!(unwraps >= 1.0, "{after}");
+    assert!(sample(&after, &req("unwrap", "refused")) >= 1.0, "{after}");
+    assert!(
+        sample(&after, &req("unwrap", "unauthenticated")) >= 1.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "digimed_keyservice_keys_released_total"),
+        unwraps,
+        "every successful unwrap released one key"
+    );
+    assert!(sample(&after, "digimed_keyservice_kek_derivations_total") >= 2.0);
+    assert!(sample(&after, "digimed_keyservice_connections_total") >= 3.0);
+    assert_eq!(
+        sample(&after, "digimed_keyservice_audit_failures_total"),
+        0.0
+    );
+    assert_eq!(
+        sample(&after, "digimed_keyservice_start_time_seconds"),
+        sample(&before, "digimed_keyservice_start_time_seconds")
+    );
+    assert_eq!(
+        sample(&after, "digimed_keyservice_tenants{state=\"active\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, "digimed_keyservice_key_versions{state=\"usable\"}"),
+        1.0
+    );
+    ks.admin.rotate(tenant).unwrap();
+    ks.admin.retire(tenant, 1).unwrap();
+    let rotated = scrape(addr);
+    assert_eq!(
+        sample(
+            &rotated,
+            "digimed_keyservice_key_versions{state=\"retired\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&rotated, "digimed_keyservice_newest_key_version"),
+        2.0
+    );
+    assert!(
+        !rotated.contains(tenant) && !rotated.contains("cardio"),
+        "a tenant name in the metrics:\n{rotated}"
+    );
 }

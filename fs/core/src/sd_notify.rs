@@ -1,7 +1,8 @@
 //! systemd readiness notification (sd_notify(3)) without libsystemd: one datagram with
 //! `READY=1`, `STOPPING=1` or `STATUS=...` to the unix socket named by `$NOTIFY_SOCKET`, which
 //! systemd sets for a `Type=notify` service. Outside systemd (no `$NOTIFY_SOCKET`) every call
-//! is a no-op, so `serve` behaves the same by hand and under a unit.
+//! is a no-op, so the key service's `serve` and `digimedfs mount` behave the same by hand and
+//! under a unit.
 //!
 //! A path starting with `@` is a socket in the abstract namespace (as systemd may pass it).
 
@@ -14,6 +15,15 @@ pub fn notify(state: &str) -> std::io::Result<bool> {
     match std::env::var_os("NOTIFY_SOCKET").filter(|p| !p.is_empty()) {
         Some(path) => send(&path, state).map(|()| true),
         None => Ok(false),
+    }
+}
+
+/// [`notify`], logging a warning if the message could not be sent (systemd then sees no
+/// readiness and times the unit out, which the warning explains).
+pub fn notify_or_warn(state: &str) {
+    if let Err(e) = notify(state) {
+        let first = state.lines().next().unwrap_or_default();
+        tracing::warn!(error = %e, "could not send {first} to systemd ($NOTIFY_SOCKET)");
     }
 }
 
