@@ -1,5 +1,6 @@
 //! Progress of the `fsck-digimed` binary: `-C FD` writes e2fsck's completion lines
-//! (`PASS CURRENT MAX DEVICE`) to the descriptor, pass by pass, each pass reaching its total,
+//! (`PASS CURRENT MAX DEVICE`) to the descriptor, pass by pass, each pass reaching its total
+//! (pass 1 with -n: the bytes of the metadata store's copy),
 //! without changing the report or exit status; without -C and with stderr not a terminal,
 //! nothing progress-like is written.
 
@@ -108,6 +109,24 @@ fn fsck_with_fd3(args: &[&str]) -> (Output, String) {
     (out, read.join().unwrap())
 }
 
+/// Bytes of the regular files beneath `dir`.
+fn tree_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                tree_bytes(&e.path())
+            } else if t.is_file() {
+                e.metadata().unwrap().len()
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -162,8 +181,10 @@ fn dash_c_fd_writes_e2fsck_completion_lines_pass_by_pass() {
             "pass {pass} ends at its max: {last:?}\n{lines}"
         );
     }
-    // The totals are the work: records in pass 2 and 7, the directory entries, object bytes.
+    // The totals are the work: the bytes of meta/ that -n copies, records in pass 2 and 7,
+    // the directory entries, object bytes.
     let last = |pass: u8| parsed.iter().rev().find(|p| p.0 == pass).unwrap().2;
+    assert_eq!(last(1), tree_bytes(&dir.join("meta")), "{lines}");
     assert_eq!(last(2), last(7), "{lines}");
     assert!(last(3) >= FILES + FILES / 500, "{lines}");
     assert!(last(5) >= (FILES / 50) * 200_000, "{lines}");

@@ -3,7 +3,8 @@
 //! [`check`] runs over a backing directory; [`check_parts`] runs the store-level passes over
 //! explicit [`Parts`] (tests use it on a [`crate::testing::MemImage`]). The passes, in order:
 //!
-//! 1. superblock: both copies decode, unlock and pass their MAC, and agree;
+//! 1. superblock: both copies decode, unlock and pass their MAC, and agree (then, for a
+//!    check that may not write, the metadata store is copied, see `snapshot`);
 //! 2. records: every metadata record opens (AEAD) and decodes; keys are well formed;
 //! 3. tree: connected and acyclic from the root, entries point to live inodes of the right
 //!    kind, every inode reachable or an orphan, link counts and `..` consistent;
@@ -129,13 +130,7 @@ impl CheckUi for () {}
 
 /// The unit [`CheckUi::progress`] counts in each pass (index: pass number − 1).
 pub const PASS_UNITS: [&str; 7] = [
-    "superblock copies",
-    "records",
-    "entries",
-    "inodes",
-    "bytes",
-    "steps",
-    "records",
+    "bytes", "records", "entries", "inodes", "bytes", "steps", "records",
 ];
 
 /// Number of passes.
@@ -177,11 +172,17 @@ pub fn check(
     c.root = Some(dir.confined().clone());
     c.report.mounted = mounted;
 
-    c.ui.pass(1, "superblock");
-    c.ui.progress(1, 0, 2);
+    c.ui.pass(
+        1,
+        if opts.mode.may_write() {
+            "superblock"
+        } else {
+            "superblock, copy of the metadata store"
+        },
+    );
+    c.progress_start(1, 0);
     let (sb, keys) = unlock_superblock(&dir, key)?;
     c.pass_superblock(&dir, &keys);
-    c.ui.progress(1, 2, 2);
 
     let meta_path = dir.path(META_DIR);
     let Some(meta_dir) = dir.confined().try_open_dir(META_DIR)? else {
@@ -195,13 +196,21 @@ pub fn check(
             Fixability::None,
             "none possible: restore meta/ from a backup",
         );
+        c.progress_end(1, 0);
         c.ui.pass(6, "backing directory");
         c.ui.progress(6, 0, 1);
         c.pass_backing(&dir);
         c.ui.progress(6, 1, 1);
         return Ok(c.finish_without_store());
     };
-    let (meta, _snapshot) = open_meta(&meta_dir, opts, engine)?;
+    let mut copied = 0;
+    let (meta, _snapshot) = open_meta(&meta_dir, opts, engine, &mut |done, total| {
+        copied = done;
+        if done == 0 || c.throttle.due() {
+            c.ui.progress(1, done, total.max(done));
+        }
+    })?;
+    c.progress_end(1, copied);
     let objects_path = dir.path(OBJECTS_DIR);
     let objects_exist = dir.confined().try_open_dir(OBJECTS_DIR)?.is_some();
     let objects: Arc<dyn ObjectStore> = if !objects_exist {
@@ -245,18 +254,20 @@ pub fn check_parts(parts: &Parts, opts: &CheckOptions, ui: &mut dyn CheckUi) -> 
 const META_CACHE_BYTES: u64 = 4 << 20;
 
 /// Opens the metadata store in `meta_dir`: in place when the check may write, else a private
-/// copy, returned with the store (the copy is removed when dropped).
+/// copy, returned with the store (the copy is removed when dropped); `progress` gets the
+/// bytes copied.
 fn open_meta(
     meta_dir: &Confined,
     opts: &CheckOptions,
     engine: &dyn MetaEngine,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(Arc<dyn MetaStore>, Option<Snapshot>)> {
     // -n must work on a mounted filesystem and change nothing: sled has no read-only mode and
     // locks its directory, so a check reads a private copy of the store.
     if opts.mode.may_write() {
         Ok((engine.open_in(meta_dir, META_CACHE_BYTES)?, None))
     } else {
-        let snap = Snapshot::copy_of(meta_dir)?;
+        let snap = Snapshot::copy_of(meta_dir, progress)?;
         let store = engine.open_path(&snap.path, META_CACHE_BYTES)?;
         Ok((store, Some(snap)))
     }

@@ -43,6 +43,12 @@ impl Throttle {
         self.due_at(Instant::now())
     }
 
+    /// Whether a report is due now (for callers whose items are large, such as chunks of a
+    /// copy: one clock read each).
+    pub(super) fn due(&mut self) -> bool {
+        self.due_at(Instant::now())
+    }
+
     /// Whether a report is due at `now` (at least [`INTERVAL`] after the last one); if so,
     /// `now` becomes the time of the last report.
     pub(super) fn due_at(&mut self, now: Instant) -> bool {
