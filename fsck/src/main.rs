@@ -140,8 +140,9 @@ fn run(cli: &cli::Cli) -> anyhow::Result<u8> {
     } else {
         fstab_key(&cli.backing_dir)?
     };
-    let key = key_args.open()?;
+    // A progress descriptor that is not open is refused before the key is fetched.
     let (display, lines) = progress_outputs(cli)?;
+    let key = key_args.open()?;
     let mut ui = Terminal {
         verbose: cli.verbose && !cli.json,
         yes_to_all: false,
