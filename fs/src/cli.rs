@@ -75,6 +75,8 @@ pub enum BackupCommand {
     /// in BACKING/backup/point/, and print what to copy. Works from any host that sees the
     /// backing directory, without keys, while the filesystem is mounted (the daemon takes the
     /// point); an unmounted filesystem needs the key options. Replaces an earlier point.
+    /// While the daemon works, a line on stderr (only when that is a terminal) shows the
+    /// seconds waited and the metadata segments the daemon has dumped.
     Begin {
         /// Seconds to wait for the daemon's answer.
         #[arg(long, default_value_t = 300)]

@@ -308,13 +308,30 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
                 Some(spec) => Some(key_source(&spec)?),
                 None => None,
             };
-            let msg = digimedfs_core::filesystem::begin_point(
+            // While the daemon works: elapsed time (and its dump segments) on a terminal only.
+            let tty = std::io::stderr().is_terminal();
+            let mut shown = 0usize;
+            let msg = digimedfs_core::filesystem::begin_point_with(
                 &backing,
                 key.as_deref(),
                 Duration::from_secs(timeout),
                 &Sled,
-            )?;
-            println!("{msg}");
+                &mut |w| {
+                    if tty {
+                        let text = w.to_string();
+                        eprint!(
+                            "\r{text}{:pad$}",
+                            "",
+                            pad = shown.saturating_sub(text.len())
+                        );
+                        shown = text.len();
+                    }
+                },
+            );
+            if shown > 0 {
+                eprint!("\r{:shown$}\r", "");
+            }
+            println!("{}", msg?);
         }
         cli::BackupCommand::End { timeout, target } => {
             let backing = b::resolve_backing(&target)?;

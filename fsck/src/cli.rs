@@ -37,8 +37,9 @@ pub struct Cli {
     /// decision; exits 4 if problems that need -y or a human are left.
     #[arg(short = 'p', short_alias = 'a')]
     pub preen: bool,
-    /// Accepted for fsck(8) compatibility (progress for a front end on file descriptor FD);
-    /// ignored: progress is drawn on stderr when that is a terminal.
+    /// Progress as e2fsck: FD > 0 gets a line "PASS CURRENT MAX BACKING_DIR" per update (MAX 0:
+    /// total not known yet); 0 draws a progress line on stdout; negative: none. Without -C a
+    /// progress line is drawn on stderr only when that is a terminal.
     #[arg(short = 'C', value_name = "FD", allow_negative_numbers = true)]
     pub progress_fd: Option<i32>,
     /// Force a full check (the check is always full; accepted for fsck(8) compatibility).

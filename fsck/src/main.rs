@@ -9,7 +9,8 @@ use clap::Parser;
 use digimedfs_core::check::{check, Answer, CheckOptions, CheckUi, Mode, Problem, Report};
 use digimedfs_keyclient::cli::{KeyArgs, KeyServiceArgs};
 use digimedfs_keyclient::mount_options;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use fsck_digimed::progress::{Display, Lines};
+use std::fs::File;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -50,21 +51,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints passes (-v), a progress bar (stderr is a terminal) and asks questions (interactive
-/// mode) on the terminal.
+/// The one-line progress display, on stderr or stdout.
+type TermDisplay = Display<Box<dyn Write>>;
+
+/// Prints passes (-v), progress (see [`fsck_digimed::progress`]) and asks questions
+/// (interactive mode) on the terminal.
 struct Terminal {
     verbose: bool,
     yes_to_all: bool,
-    /// Whether to draw progress bars (stderr is a terminal, not --json).
-    show_progress: bool,
-    bar: Option<ProgressBar>,
-    pass_name: String,
+    /// The one-line display: on stderr when that is a terminal, on stdout with `-C 0`.
+    display: Option<TermDisplay>,
+    /// `-C FD` completion lines.
+    lines: Option<Lines<File>>,
 }
 
 impl Terminal {
     fn clear_bar(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
+        if let Some(d) = &mut self.display {
+            d.clear();
         }
     }
 }
@@ -72,40 +76,20 @@ impl Terminal {
 impl CheckUi for Terminal {
     fn pass(&mut self, n: u8, name: &str) {
         self.clear_bar();
-        self.pass_name = format!("Pass {n}: {name}");
+        if let Some(d) = &mut self.display {
+            d.pass(name);
+        }
         if self.verbose {
-            eprintln!("{}", self.pass_name);
+            eprintln!("Pass {n}: {name}");
         }
     }
-    fn progress(&mut self, _n: u8, done: u64, total: u64) {
-        if !self.show_progress {
-            return;
+    fn progress(&mut self, n: u8, done: u64, total: u64) {
+        if let Some(l) = &mut self.lines {
+            l.report(n, done, total);
         }
-        let bar = self.bar.get_or_insert_with(|| {
-            let bar = if total > 0 {
-                ProgressBar::new(total).with_style(
-                    ProgressStyle::with_template(
-                        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-                )
-            } else {
-                ProgressBar::new_spinner().with_style(
-                    ProgressStyle::with_template("{spinner} {msg}: {pos} records")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                )
-            };
-            bar.set_draw_target(ProgressDrawTarget::stderr());
-            bar.set_message(self.pass_name.clone());
-            bar
-        });
-        if total > 0 {
-            bar.set_length(total);
-        } else {
-            bar.tick();
+        if let Some(d) = &mut self.display {
+            d.report(n, done, total);
         }
-        bar.set_position(done);
     }
     fn ask(&mut self, problem: &Problem, action: &str) -> Answer {
         self.clear_bar();
@@ -155,13 +139,14 @@ fn run(cli: &cli::Cli) -> anyhow::Result<u8> {
     } else {
         fstab_key(&cli.backing_dir)?
     };
+    // A progress descriptor that is not open is refused before the key is fetched.
+    let (display, lines) = progress_outputs(cli)?;
     let key = key_args.open()?;
     let mut ui = Terminal {
         verbose: cli.verbose && !cli.json,
         yes_to_all: false,
-        show_progress: std::io::stderr().is_terminal() && !cli.json,
-        bar: None,
-        pass_name: String::new(),
+        display,
+        lines,
     };
     let opts = CheckOptions { mode, threads: 0 };
     let report = check(
@@ -181,6 +166,41 @@ fn run(cli: &cli::Cli) -> anyhow::Result<u8> {
         print_human(&backing, &report, cli.verbose);
     }
     Ok(code)
+}
+
+/// Where progress goes (e2fsck's `-C`): FD > 0 gets completion lines, 0 a display on stdout
+/// (not with --json, whose stdout is the report), a negative FD (e2fsck: shown only after
+/// SIGUSR1) nothing; without -C a display on stderr when that is a terminal (not with --json).
+fn progress_outputs(cli: &cli::Cli) -> anyhow::Result<(Option<TermDisplay>, Option<Lines<File>>)> {
+    let stderr_display = || -> Option<TermDisplay> {
+        (std::io::stderr().is_terminal() && !cli.json)
+            .then(|| Display::new(Box::new(std::io::stderr()) as Box<dyn Write>))
+    };
+    Ok(match cli.progress_fd {
+        None => (stderr_display(), None),
+        Some(0) if cli.json => (None, None),
+        Some(0) => (Some(Display::new(Box::new(std::io::stdout()))), None),
+        Some(fd) if fd < 0 => (None, None),
+        Some(fd) => {
+            let device = cli.backing_dir.display().to_string();
+            (None, Some(Lines::new(progress_file(fd)?, &device)))
+        }
+    })
+}
+
+/// A descriptor of our own for `fd`, the caller's progress descriptor (close-on-exec).
+fn progress_file(fd: i32) -> anyhow::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC only reads `fd`; an invalid one makes it fail with EBADF.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if dup < 0 {
+        anyhow::bail!(
+            "-C {fd}: cannot use file descriptor {fd} for progress: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: `dup` is a new descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(dup) })
 }
 
 /// The key options of `backing`'s fstab line, for a run without key options (fsck(8) passes

@@ -8,7 +8,8 @@
 //! point in the layout of earlier builds (one `meta.dump`) still verifies and restores; and a
 //! truncated or altered segment is reported by verify and refused by restore, also when the
 //! manifest was rewritten to match (the segment index and the segments' own checks catch it),
-//! and a file in `meta/` that the manifest does not list is reported.
+//! and a file in `meta/` that the manifest does not list is reported. A point reports each
+//! dump segment as it is finished (what a waiting `digimedfs backup begin` shows).
 
 #![allow(
     clippy::unwrap_used,
@@ -155,6 +156,28 @@ fn populated() -> (tempfile::TempDir, PathBuf, BTreeMap<String, Vec<u8>>) {
     want.insert("big".into(), big);
     fs.close().expect("close");
     (tmp, dir, want)
+}
+
+/// Taking a point reports the dump's segments as they are finished: 1, 2, 3, ... up to the
+/// point's segments (the last is finished with the dump, after the records).
+#[test]
+fn a_point_reports_its_segments_as_the_dump_finishes_them() {
+    let (_tmp, dir, _want) = populated();
+    let fs = open(&dir);
+    let seen = std::cell::RefCell::new(Vec::new());
+    let info = fs
+        .backup_begin_progress(&|n| seen.borrow_mut().push(n))
+        .expect("point");
+    fs.close().expect("close");
+    let seen = seen.into_inner();
+    assert!(info.meta_segments > 2, "{info}");
+    let last = *seen.last().expect("some progress");
+    assert_eq!(seen, (1..=last).collect::<Vec<_>>());
+    assert!(
+        last + 1 >= info.meta_segments && last <= info.meta_segments,
+        "{last} of {}",
+        info.meta_segments
+    );
 }
 
 fn point_of(dir: &Path) -> PathBuf {

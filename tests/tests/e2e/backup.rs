@@ -55,6 +55,13 @@ fn begin(backing: &Path) -> String {
         "backup begin did not report a point: {}",
         show(&out)
     );
+    // Its waiting line is for terminals only; here stderr is a pipe.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains('\r') && !err.contains("waiting for the daemon"),
+        "progress on a non-terminal stderr: {}",
+        show(&out)
+    );
     msg
 }
 

@@ -14,7 +14,8 @@
 //! - `MANIFEST`: every file above with its length and BLAKE3 hash, and a MAC for key holders.
 //!
 //! The daemon takes and ends points on request: `digimedfs backup begin` (on any host that sees
-//! the backing directory, without keys) writes `backup/request` and waits for `backup/reply`.
+//! the backing directory, without keys) writes `backup/request` and waits for `backup/reply`,
+//! showing what the daemon reports in `backup/progress` meanwhile.
 //! This module holds the formats, the request protocol, keyless verification and restore; the
 //! point itself is taken by the core (`Filesystem::backup_begin`).
 
@@ -30,7 +31,8 @@ pub(crate) use manifest::previous_hashes;
 pub use manifest::{current_point, file_stamp, hash_file, Manifest, ManifestEntry, ManifestHeader};
 pub(crate) use request::retire_point;
 pub use request::{
-    daemon_holds_lock, end, request, resolve_backing, take_request, write_reply, Action,
+    daemon_holds_lock, end, parse_progress, request, request_with, resolve_backing, take_request,
+    write_progress, write_reply, Action, Waiting, PROGRESS_EVERY,
 };
 pub use restore::{restore, RestoreReport};
 pub use segments::{
@@ -61,6 +63,9 @@ pub const POINT_SUPERBLOCK: &str = "superblock";
 pub const REQUEST: &str = "request";
 /// The daemon's reply, inside [`BACKUP_DIR`].
 pub const REPLY: &str = "reply";
+/// The daemon's progress on a request, inside [`BACKUP_DIR`] (daemons of earlier builds
+/// write none; clients of earlier builds do not read it).
+pub const PROGRESS: &str = "progress";
 
 /// One line about the current point of `backing`.
 pub fn status(backing: &Path) -> Result<String> {

@@ -125,6 +125,11 @@ pub struct SegmentWriter<'a> {
 }
 
 impl<'a> SegmentWriter<'a> {
+    /// Segments finished so far (written or linked).
+    pub fn segments_done(&self) -> usize {
+        self.done.len()
+    }
+
     /// Starts a dump in `point` beneath `dir` (its `meta/` must not exist). Segments of the
     /// point `previous` (relative to `dir`) whose manifest entry (in `previous_entries`) has
     /// the same hash and length, and whose file still has the recorded identity, are linked.

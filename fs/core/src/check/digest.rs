@@ -4,8 +4,27 @@
 
 use super::{Checker, Fixability, ProblemKind};
 use crate::format::superblock::{Superblock, FLAG_STORE_STATE};
+use crate::meta::Records;
+use crate::Result;
 
 impl Checker<'_> {
+    /// The digest of every record ([`Records::digest`]), reporting progress against the
+    /// number of records pass 2 scanned.
+    pub(super) fn digest_with_progress(&mut self, records: &Records) -> Result<[u8; 32]> {
+        let total = self.report.records;
+        let mut done = 0u64;
+        let mut acc = [0u8; 32];
+        self.progress_start(7, total);
+        records.store().scan(&[], None, &mut |k, v| {
+            done += 1;
+            records.add_to_digest(&mut acc, k, v);
+            self.progress_tick(7, done, total);
+            Ok(true)
+        })?;
+        self.progress_end(7, done);
+        Ok(acc)
+    }
+
     /// Compares the recomputed digest of the records with the running digest the store keeps
     /// and, when clean, with the superblock's; and the store's epoch with the superblock's.
     pub(super) fn pass_digest(&mut self, sb: &Superblock, digest: [u8; 32]) {

@@ -3,7 +3,8 @@
 //! [`check`] runs over a backing directory; [`check_parts`] runs the store-level passes over
 //! explicit [`Parts`] (tests use it on a [`crate::testing::MemImage`]). The passes, in order:
 //!
-//! 1. superblock: both copies decode, unlock and pass their MAC, and agree;
+//! 1. superblock: both copies decode, unlock and pass their MAC, and agree (then, for a
+//!    check that may not write, the metadata store is copied, see `snapshot`);
 //! 2. records: every metadata record opens (AEAD) and decodes; keys are well formed;
 //! 3. tree: connected and acyclic from the root, entries point to live inodes of the right
 //!    kind, every inode reachable or an orphan, link counts and `..` consistent;
@@ -33,6 +34,7 @@ mod links;
 mod model;
 mod objects;
 mod plan;
+mod progress;
 mod records;
 mod report;
 mod sizes;
@@ -112,9 +114,11 @@ pub enum Answer {
 pub trait CheckUi {
     /// Pass `n` (1–7) named `name` starts.
     fn pass(&mut self, _n: u8, _name: &str) {}
-    /// Progress within pass `n`: `done` of `total` units (records in pass 2, bytes of object
-    /// data in pass 5; `total` 0 when unknown). Called from the checking thread at most every
-    /// ~100 ms during long passes, and once with `done == total` at the end of pass 5.
+    /// Progress within pass `n`: `done` of `total` units (see [`PASS_UNITS`]; `total` 0 while
+    /// unknown, which only pass 2 is until it ends). Called from the checking thread: once
+    /// with `done == 0` when a pass starts, at most about every 100 ms during it (throttled
+    /// by the checker, so an implementation need not), and once with `done == total` when it
+    /// ends; `done` never exceeds a nonzero `total`.
     fn progress(&mut self, _n: u8, _done: u64, _total: u64) {}
     /// [`Mode::Ask`]: whether to apply `action` to `problem`.
     fn ask(&mut self, _problem: &Problem, _action: &str) -> Answer {
@@ -123,6 +127,14 @@ pub trait CheckUi {
 }
 
 impl CheckUi for () {}
+
+/// The unit [`CheckUi::progress`] counts in each pass (index: pass number − 1).
+pub const PASS_UNITS: [&str; 7] = [
+    "bytes", "records", "entries", "inodes", "bytes", "steps", "records",
+];
+
+/// Number of passes.
+pub const PASSES: u8 = 7;
 
 /// Checks (and, depending on `opts.mode`, repairs) the filesystem in `backing`.
 pub fn check(
@@ -160,7 +172,15 @@ pub fn check(
     c.root = Some(dir.confined().clone());
     c.report.mounted = mounted;
 
-    c.ui.pass(1, "superblock");
+    c.ui.pass(
+        1,
+        if opts.mode.may_write() {
+            "superblock"
+        } else {
+            "superblock, copy of the metadata store"
+        },
+    );
+    c.progress_start(1, 0);
     let (sb, keys) = unlock_superblock(&dir, key)?;
     c.pass_superblock(&dir, &keys);
 
@@ -176,11 +196,21 @@ pub fn check(
             Fixability::None,
             "none possible: restore meta/ from a backup",
         );
+        c.progress_end(1, 0);
         c.ui.pass(6, "backing directory");
+        c.ui.progress(6, 0, 1);
         c.pass_backing(&dir);
+        c.ui.progress(6, 1, 1);
         return Ok(c.finish_without_store());
     };
-    let (meta, _snapshot) = open_meta(&meta_dir, opts, engine)?;
+    let mut copied = 0;
+    let (meta, _snapshot) = open_meta(&meta_dir, opts, engine, &mut |done, total| {
+        copied = done;
+        if done == 0 || c.throttle.due() {
+            c.ui.progress(1, done, total.max(done));
+        }
+    })?;
+    c.progress_end(1, copied);
     let objects_path = dir.path(OBJECTS_DIR);
     let objects_exist = dir.confined().try_open_dir(OBJECTS_DIR)?.is_some();
     let objects: Arc<dyn ObjectStore> = if !objects_exist {
@@ -224,18 +254,20 @@ pub fn check_parts(parts: &Parts, opts: &CheckOptions, ui: &mut dyn CheckUi) -> 
 const META_CACHE_BYTES: u64 = 4 << 20;
 
 /// Opens the metadata store in `meta_dir`: in place when the check may write, else a private
-/// copy, returned with the store (the copy is removed when dropped).
+/// copy, returned with the store (the copy is removed when dropped); `progress` gets the
+/// bytes copied.
 fn open_meta(
     meta_dir: &Confined,
     opts: &CheckOptions,
     engine: &dyn MetaEngine,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(Arc<dyn MetaStore>, Option<Snapshot>)> {
     // -n must work on a mounted filesystem and change nothing: sled has no read-only mode and
     // locks its directory, so a check reads a private copy of the store.
     if opts.mode.may_write() {
         Ok((engine.open_in(meta_dir, META_CACHE_BYTES)?, None))
     } else {
-        let snap = Snapshot::copy_of(meta_dir)?;
+        let snap = Snapshot::copy_of(meta_dir, progress)?;
         let store = engine.open_path(&snap.path, META_CACHE_BYTES)?;
         Ok((store, Some(snap)))
     }
@@ -272,6 +304,10 @@ struct Checker<'u> {
     model: Model,
     /// The backing directory, when checking one.
     root: Option<Confined>,
+    /// When the current pass next reports its progress.
+    throttle: progress::Throttle,
+    /// Directory entry records pass 2 scanned (the unit total of pass 3).
+    dirent_records: u64,
 }
 
 impl<'u> Checker<'u> {
@@ -284,7 +320,29 @@ impl<'u> Checker<'u> {
             planned: Vec::new(),
             model: Model::default(),
             root: None,
+            throttle: progress::Throttle::new(),
+            dirent_records: 0,
         }
+    }
+
+    /// Reports the start of pass `n` of `total` units and restarts the throttle.
+    fn progress_start(&mut self, n: u8, total: u64) {
+        self.throttle.restart();
+        self.ui.progress(n, 0, total);
+    }
+
+    /// Counts one unit of pass `n`, `done` so far of `total`; reports when the throttle says.
+    fn progress_tick(&mut self, n: u8, done: u64, total: u64) {
+        if self.throttle.tick() {
+            // A store that changed under a check cannot push the count past the total.
+            let total = if total == 0 { 0 } else { total.max(done) };
+            self.ui.progress(n, done, total);
+        }
+    }
+
+    /// Reports the end of pass `n`: all `done` units.
+    fn progress_end(&mut self, n: u8, done: u64) {
+        self.ui.progress(n, done, done);
     }
 
     /// Records a problem; returns whether its repair is to be applied.
@@ -360,10 +418,13 @@ impl<'u> Checker<'u> {
         self.pass_objects(parts, &records)?;
         if let Some(dir) = &parts.backing {
             self.ui.pass(6, "backing directory");
+            self.ui.progress(6, 0, 1);
             self.pass_backing(dir);
+            self.ui.progress(6, 1, 1);
         }
         self.ui.pass(7, "metadata digest");
-        self.pass_digest(&parts.superblock, records.digest()?);
+        let digest = self.digest_with_progress(&records)?;
+        self.pass_digest(&parts.superblock, digest);
         self.fill_paths();
         if self.report.cancelled || !self.opts.mode.may_write() {
             return Ok(self.report);

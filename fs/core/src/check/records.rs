@@ -12,9 +12,6 @@ use crate::format::records::{self, prefix, Chunk, Counters, Dirent, Inode, Store
 use crate::meta::{key_name, Records};
 use crate::{Error, Result};
 
-/// Records decoded between two progress reports in pass 2.
-const RECORD_PROGRESS_EVERY: u64 = 1 << 16;
-
 /// The record types (key prefixes) this version knows.
 const KNOWN_PREFIXES: [u8; 11] = [
     prefix::INODE,
@@ -34,9 +31,13 @@ impl Checker<'_> {
     pub(super) fn pass_records(&mut self, records: &Records, keys: &FsKeys) -> Result<()> {
         // Records are decoded as the scan reads them: nothing but the model is kept.
         let mut n = 0u64;
-        let mut last = std::time::Instant::now();
+        // The number of records is not known before the scan (the store keeps no count).
+        self.progress_start(2, 0);
         records.store().scan(&[], None, &mut |key, value| {
             n += 1;
+            if key.first() == Some(&prefix::DIRENT) {
+                self.dirent_records += 1;
+            }
             if let Err(e) = self.decode_record(records, keys, key, value) {
                 let fix = self.problem(
                     ProblemKind::BadRecord,
@@ -49,13 +50,11 @@ impl Checker<'_> {
                     self.plan.delete_keys.insert(key.to_vec());
                 }
             }
-            if n.is_multiple_of(RECORD_PROGRESS_EVERY) && last.elapsed().as_millis() >= 100 {
-                self.ui.progress(2, n, 0);
-                last = std::time::Instant::now();
-            }
+            self.progress_tick(2, n, 0);
             Ok(true)
         })?;
         self.report.records = n;
+        self.progress_end(2, n);
         Ok(())
     }
 

@@ -11,13 +11,17 @@ use crate::meta::Records;
 impl Checker<'_> {
     pub(super) fn pass_sizes(&mut self, records: &Records, bs: u64) {
         // By slot: nothing in this pass adds or removes an inode.
+        let total = self.model.inodes.slots() as u64;
+        self.progress_start(4, total);
         for slot in 0..self.model.inodes.slots() {
+            self.progress_tick(4, slot as u64 + 1, total);
             let Some((ino, inode)) = self.model.inodes.at(slot) else {
                 continue;
             };
             self.count(&inode);
             self.check_storage(records, ino, &inode, bs);
         }
+        self.progress_end(4, total);
         self.stray_records_of_missing_inodes();
         self.check_reclaims();
         self.stray_xattrs();

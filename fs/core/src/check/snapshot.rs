@@ -4,7 +4,11 @@
 
 use crate::confined::{Access, Confined, Kind};
 use crate::{Error, Result};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+
+/// Bytes copied per read (and per progress count).
+const COPY_CHUNK: usize = 1 << 20;
 
 /// A private copy of the metadata store, removed when dropped.
 pub(super) struct Snapshot {
@@ -12,7 +16,9 @@ pub(super) struct Snapshot {
 }
 
 impl Snapshot {
-    pub(super) fn copy_of(src: &Confined) -> Result<Snapshot> {
+    /// Copies `src`; `progress(done, total)` gets the bytes copied so far (first with 0) of
+    /// those the files held when the copy started (a live store may grow meanwhile).
+    pub(super) fn copy_of(src: &Confined, progress: &mut dyn FnMut(u64, u64)) -> Result<Snapshot> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -21,7 +27,13 @@ impl Snapshot {
             std::env::temp_dir().join(format!("fsck-digimed-{}-{nanos}", std::process::id()));
         std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
         let snap = Snapshot { path };
-        copy_dir(src, &snap.path)?;
+        let total = tree_bytes(src)?;
+        progress(0, total);
+        let mut done = 0;
+        copy_dir(src, &snap.path, &mut |n| {
+            done += n;
+            progress(done, total);
+        })?;
         Ok(snap)
     }
 }
@@ -32,16 +44,34 @@ impl Drop for Snapshot {
     }
 }
 
-/// Copies the regular files and directories of `src` into `dst`; a link or special file in
-/// the store is refused (it is never followed).
-fn copy_dir(src: &Confined, dst: &Path) -> Result<()> {
+/// Bytes of the regular files beneath `src` (links and special files are not counted; the
+/// copy refuses them).
+fn tree_bytes(src: &Confined) -> Result<u64> {
+    let mut total = 0u64;
+    for ent in src.list()? {
+        let name = ent.name.to_str().unwrap_or_default();
+        match ent.kind {
+            Kind::Dir => total = total.saturating_add(tree_bytes(&src.open_dir(name)?)?),
+            Kind::File => {
+                let len = src.status(name)?.map_or(0, |s| s.len);
+                total = total.saturating_add(len);
+            }
+            Kind::Symlink | Kind::Other => {}
+        }
+    }
+    Ok(total)
+}
+
+/// Copies the regular files and directories of `src` into `dst`, telling `copied` every
+/// chunk's bytes; a link or special file in the store is refused (it is never followed).
+fn copy_dir(src: &Confined, dst: &Path, copied: &mut dyn FnMut(u64)) -> Result<()> {
     for ent in src.list()? {
         let to = dst.join(&ent.name);
         let name = ent.name.to_str().unwrap_or_default();
         match ent.kind {
             Kind::Dir => {
                 std::fs::create_dir(&to).map_err(|e| Error::io(&to, e))?;
-                copy_dir(&src.open_dir(name)?, &to)?;
+                copy_dir(&src.open_dir(name)?, &to, copied)?;
             }
             Kind::File => {
                 // A live store may remove a file while we copy.
@@ -49,7 +79,18 @@ fn copy_dir(src: &Confined, dst: &Path) -> Result<()> {
                     continue;
                 };
                 let mut out = std::fs::File::create(&to).map_err(|e| Error::io(&to, e))?;
-                std::io::copy(&mut from, &mut out).map_err(|e| Error::io(src.display(name), e))?;
+                let mut buf = vec![0u8; COPY_CHUNK];
+                loop {
+                    let n = match from.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(Error::io(src.display(name), e)),
+                    };
+                    out.write_all(buf.get(..n).unwrap_or_default())
+                        .map_err(|e| Error::io(&to, e))?;
+                    copied(n as u64);
+                }
             }
             Kind::Symlink | Kind::Other => {
                 return Err(Error::integrity(format!(

@@ -32,7 +32,12 @@ impl Checker<'_> {
         // open or decode), in key order: grouped by directory pseudonym.
         let mut entries: Vec<EntryRec> = Vec::new();
         let pfx = [prefix::DIRENT];
+        let total = self.dirent_records;
+        let mut done = 0u64;
+        self.progress_start(3, total);
         records.store().scan(&pfx, None, &mut |key, value| {
+            done += 1;
+            self.progress_tick(3, done, total);
             if key.len() != DIRENT_KEY_LEN {
                 return Ok(true);
             }
@@ -49,6 +54,7 @@ impl Checker<'_> {
             Ok(true)
         })?;
         drop(dir_of);
+        self.progress_end(3, done);
         entries.shrink_to_fit();
         // The walk visits a directory's entries by name.
         let names = &self.model.names;

@@ -68,6 +68,7 @@ pub(super) fn verify_objects(
 ) -> Result<Vec<JobResult>> {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     let (segments, total_bytes) = plan_segments(records, files, bs)?;
+    ui.progress(5, 0, total_bytes);
     let threads = if threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -110,7 +111,8 @@ pub(super) fn verify_objects(
         while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
             finished.recv_timeout(std::time::Duration::from_millis(100))
         {
-            ui.progress(5, done_bytes.load(Ordering::Relaxed), total_bytes);
+            let done = done_bytes.load(Ordering::Relaxed).min(total_bytes);
+            ui.progress(5, done, total_bytes);
         }
     });
     ui.progress(5, total_bytes, total_bytes);

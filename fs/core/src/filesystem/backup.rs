@@ -85,13 +85,19 @@ impl std::fmt::Display for PointInfo {
 impl Filesystem {
     /// Takes a backup point now, replacing any existing one (see docs/backup.md).
     pub fn backup_begin(&self) -> Result<PointInfo> {
-        self.inner.take_point(&|| {})
+        self.inner.take_point(&|| {}, &|_| {})
     }
 
     /// [`Filesystem::backup_begin`], calling `at_gate` at the instant the point holds (while
     /// writers are held), so a caller can tell which of its operations the point contains.
     pub fn backup_begin_at(&self, at_gate: &dyn Fn()) -> Result<PointInfo> {
-        self.inner.take_point(at_gate)
+        self.inner.take_point(at_gate, &|_| {})
+    }
+
+    /// [`Filesystem::backup_begin`], calling `progress` with the number of metadata dump
+    /// segments finished each time it grows (the daemon reports it to a waiting client).
+    pub fn backup_begin_progress(&self, progress: &dyn Fn(usize)) -> Result<PointInfo> {
+        self.inner.take_point(&|| {}, progress)
     }
 
     /// Ends the current point (its links are removed; copy-on-write stops). Returns whether
@@ -110,7 +116,13 @@ impl Inner {
             .ok_or_else(|| Error::invalid("backup points need a backing directory"))
     }
 
-    pub(super) fn take_point(&self, at_gate: &dyn Fn()) -> Result<PointInfo> {
+    /// Takes a point; `at_gate` runs while writers are held, `progress` gets the number of
+    /// dump segments finished each time it grows.
+    pub(super) fn take_point(
+        &self,
+        at_gate: &dyn Fn(),
+        progress: &dyn Fn(usize),
+    ) -> Result<PointInfo> {
         self.check_writable("backup begin")?;
         let _one = lock(&POINT_LOCK);
         let started = std::time::Instant::now();
@@ -144,6 +156,7 @@ impl Inner {
         // object is removed only after the deletion is durable, and a file moving out of
         // inline storage gets its object before its inode points at it.
         let mut referenced = std::collections::HashSet::new();
+        let mut segments_reported = 0;
         let objects_dir = format!("{new}/objects");
         let (frozen, frozen_for, preimages) = match self.records.digest_store() {
             Some(ds) => {
@@ -165,7 +178,9 @@ impl Inner {
                     (all, freeze_start.elapsed())
                 };
                 let scanned = ds.scan_as_of_start(&mut |k, v| {
-                    self.dump_record(&k, &v, &mut dump, &mut digest, &mut referenced)
+                    self.dump_record(&k, &v, &mut dump, &mut digest, &mut referenced)?;
+                    report_segments(&dump, &mut segments_reported, progress);
+                    Ok(())
                 });
                 let preimages = ds.stop_recording();
                 scanned?;
@@ -190,8 +205,9 @@ impl Inner {
                 self.records.flush()?;
                 at_gate();
                 self.records.store().scan(&[], None, &mut |k, v| {
-                    self.dump_record(k, v, &mut dump, &mut digest, &mut referenced)
-                        .map(|()| true)
+                    self.dump_record(k, v, &mut dump, &mut digest, &mut referenced)?;
+                    report_segments(&dump, &mut segments_reported, progress);
+                    Ok(true)
                 })?;
                 let frozen = self
                     .objects
@@ -386,7 +402,24 @@ impl Inner {
             }
         };
         let result = match action {
-            backup::Action::Begin => self.take_point(&|| {}).map(|p| p.to_string()),
+            backup::Action::Begin => {
+                // Progress for the waiting client, at most every PROGRESS_EVERY; a failure
+                // to write it only costs the client its count.
+                let last = std::cell::Cell::new(None::<std::time::Instant>);
+                let report = |n: usize| {
+                    let due = last
+                        .get()
+                        .is_none_or(|t| t.elapsed() >= backup::PROGRESS_EVERY);
+                    if due {
+                        last.set(Some(std::time::Instant::now()));
+                        if let Err(e) = backup::write_progress(&root, &nonce, n as u64) {
+                            tracing::debug!(error = %e, "cannot write the backup progress");
+                        }
+                    }
+                };
+                report(0);
+                self.take_point(&|| {}, &report).map(|p| p.to_string())
+            }
             backup::Action::End => self.end_point().map(|existed| {
                 if existed {
                     "backup point ended".to_string()
@@ -401,6 +434,16 @@ impl Inner {
         if let Err(e) = backup::write_reply(&root, &nonce, &result) {
             tracing::error!(error = %e, "cannot write the backup reply");
         }
+        let _ = root.remove_file(&format!("{}/{}", backup::BACKUP_DIR, backup::PROGRESS));
+    }
+}
+
+/// Calls `progress` when the dump has finished more segments than last reported.
+fn report_segments(dump: &SegmentWriter<'_>, reported: &mut usize, progress: &dyn Fn(usize)) {
+    let n = dump.segments_done();
+    if n != *reported {
+        *reported = n;
+        progress(n);
     }
 }
 
@@ -423,9 +466,21 @@ pub fn begin_point(
     timeout: Duration,
     engine: &dyn MetaEngine,
 ) -> Result<String> {
+    begin_point_with(backing, key, timeout, engine, &mut |_| {})
+}
+
+/// [`begin_point`], calling `on_wait` about every second while waiting for a daemon
+/// ([`backup::request_with`]).
+pub fn begin_point_with(
+    backing: &Path,
+    key: Option<&dyn crate::keysource::KeySource>,
+    timeout: Duration,
+    engine: &dyn MetaEngine,
+    on_wait: &mut dyn FnMut(backup::Waiting),
+) -> Result<String> {
     let dir = Confined::open(backing)?;
     if backup::daemon_holds_lock(&dir)? {
-        return backup::request(&dir, backup::Action::Begin, timeout);
+        return backup::request_with(&dir, backup::Action::Begin, timeout, on_wait);
     }
     let Some(key) = key else {
         return Err(Error::invalid(format!(

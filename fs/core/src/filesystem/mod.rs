@@ -25,7 +25,7 @@ mod ns;
 mod open;
 pub mod perms;
 mod space;
-pub use backup::{begin_point, PointInfo};
+pub use backup::{begin_point, begin_point_with, PointInfo};
 mod types;
 
 pub use types::{AtimeMode, Attr, Ctx, DirEntry, FileKind, SetAttr, StatFs, TimeSet};
