@@ -63,6 +63,9 @@ fn main() -> ExitCode {
     if let Err(e) = digimedfs_core::hardening::forbid_core_dumps() {
         tracing::warn!(error = %e, "core dumps could still hold key material");
     }
+    if !matches!(cli.command, Command::Mount(_)) {
+        digimedfs_core::hardening::quit_on_broken_pipe();
+    }
     let result = match cli.command {
         Command::Keygen { path } => KeyFile::create_new(&path).map_err(anyhow::Error::from),
         Command::Mount(args) => mount(args),

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    digimedfs_core::hardening::quit_on_broken_pipe();
     // Warnings (a key file others can read, a damaged superblock copy) go to stderr, plainly
     // (to the journal under a systemd unit).
     digimedfs_core::logging::init_stderr(

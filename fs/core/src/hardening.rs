@@ -6,6 +6,9 @@
 //! non-dumpable (`PR_SET_DUMPABLE 0`) produces no core dump on a crash and cannot be attached
 //! to or read through `/proc/PID/mem` by other users; it stays non-dumpable across its threads
 //! and is reset by nothing but an exec.
+//!
+//! Also the one signal setting the command-line tools share: output into a closed pipe ends
+//! the tool quietly, as it does a C tool ([`quit_on_broken_pipe`]).
 
 /// Makes this process non-dumpable. Fails only where the kernel refuses the call; callers
 /// report that and go on (the key types still wipe themselves).
@@ -18,6 +21,19 @@ pub fn forbid_core_dumps() -> crate::Result<()> {
             )
         },
     )
+}
+
+/// Restores the default action of SIGPIPE (terminate), which the Rust runtime sets to ignore:
+/// `fsck.digimed -n B | head` must end fsck quietly when `head` has seen enough, not panic in
+/// the middle of its report ("failed printing to stdout"). Only for tools whose output is
+/// their product: their sockets (the key service client) are written with `MSG_NOSIGNAL` by
+/// the standard library and still get EPIPE; the mount daemon keeps SIGPIPE ignored.
+pub fn quit_on_broken_pipe() {
+    // SAFETY: installs the default disposition of one signal; no handler code runs, and no
+    // other thread has been started yet by any caller (each calls this first thing in main).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 #[cfg(test)]

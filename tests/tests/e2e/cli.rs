@@ -4,7 +4,7 @@ use digimedfs_tests::{bin, is_mounted, random_bytes, run, run_ok, TestFs};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 fn mkfs(key: &Path, backing: &Path, extra: &[&str]) -> Output {
     run(Command::new(bin("mkfs-digimed"))
@@ -729,4 +729,56 @@ fn key_slots_add_remove_change_with_key_files() {
         !l.contains("superblock.bak lists other slots"),
         "the mount left the copy: {l}"
     );
+}
+
+/// The tools' output into a pipe nobody reads any more (`fsck.digimed -n B | head`) ends them
+/// by SIGPIPE, as it does C tools, instead of a panic in the middle of the report; the mount
+/// daemon is not affected (it keeps the pipe signal ignored).
+#[test]
+fn tools_end_quietly_on_a_closed_pipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut t = TestFs::new();
+    t.unmount();
+    let (key, backing) = (t.key_file().to_owned(), t.backing().to_owned());
+    let runs: Vec<(&str, Vec<String>)> = vec![
+        (
+            "fsck-digimed",
+            vec![
+                "-n".into(),
+                "--key-file".into(),
+                key.display().to_string(),
+                backing.display().to_string(),
+            ],
+        ),
+        (
+            "digimedfs",
+            vec!["info".into(), backing.display().to_string()],
+        ),
+        (
+            "digimedfs",
+            vec!["key".into(), "list".into(), backing.display().to_string()],
+        ),
+    ];
+    for (tool, args) in runs {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        // Nobody will read: the tool's first write to stdout fails with EPIPE.
+        drop(reader);
+        let out = Command::new(bin(tool))
+            .args(&args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run the tool");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked"),
+            "{tool} {args:?} panicked on a closed pipe: {err}"
+        );
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{tool} {args:?}: {:?}, stderr: {err}",
+            out.status
+        );
+    }
 }
