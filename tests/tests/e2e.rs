@@ -28,6 +28,8 @@ mod integrity;
 mod keyservice;
 #[path = "e2e/large_offsets.rs"]
 mod large_offsets;
+#[path = "e2e/metrics.rs"]
+mod metrics;
 #[path = "e2e/persistence.rs"]
 mod persistence;
 #[path = "e2e/posix.rs"]

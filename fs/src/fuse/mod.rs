@@ -7,12 +7,14 @@
 //!   unmounted or the process is asked to stop, then closes the filesystem.
 //! - [`uring`]: FUSE over io_uring, the faster transport beside fuser's `/dev/fuse` loop
 //!   (mount option `uring`), calling the same request handlers as the adapter.
+//! - [`stats`]: the mount's counters, written to a metrics file while it is mounted.
 //! - [`idlewait`]: when a ring thread waits for requests as `SCHED_IDLE` (so that callers keep
 //!   their CPU) and when contention makes it wait as a normal thread instead.
 
 pub mod adapter;
 pub mod idlewait;
 pub mod mount;
+pub mod stats;
 pub mod uring;
 
 pub use adapter::{convert, DigimedFuse, UringMode, TTL};

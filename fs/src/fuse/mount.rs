@@ -119,10 +119,18 @@ pub fn mount_foreground(
     opts: &MountOpts,
     ready: impl FnOnce(),
 ) -> Result<()> {
-    let adapter = DigimedFuse::new(fs).with_uring(opts.uring);
+    let adapter = DigimedFuse::new(Arc::clone(&fs)).with_uring(opts.uring);
     let closer = adapter.closer();
     let notifier_slot = adapter.notifier_slot();
+    let at = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    let publisher = super::stats::metrics_path(&at)
+        .map(|path| super::stats::Publisher::start(adapter.stats(), fs, at, path));
     let served = serve(adapter, notifier_slot, mountpoint, opts, ready);
+    if let Some(p) = publisher {
+        p.stop();
+    }
     let closed = closer.close();
     match (served, closed) {
         (Ok(()), Ok(_)) => Ok(()),

@@ -1,7 +1,9 @@
 //! The public [`Filesystem`] API: each method checks its handles and arguments and hands the
 //! operation to `Inner`, which does the work under the locks the module docs describe.
 
-use super::{lock, perms, posix, Attr, Ctx, DirEntry, FileKind, Filesystem, SetAttr, StatFs};
+use super::{
+    lock, perms, posix, Attr, CacheStats, Ctx, DirEntry, FileKind, Filesystem, SetAttr, StatFs,
+};
 use crate::format::superblock::Superblock;
 use crate::meta::Records;
 use crate::objects::ObjectStore;
@@ -17,6 +19,24 @@ impl Filesystem {
     /// The block size.
     pub fn block_size(&self) -> u32 {
         self.inner.block_size as u32
+    }
+
+    /// The caches' and write buffers' counters (for a mount's metrics).
+    pub fn cache_stats(&self) -> CacheStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let i = &self.inner;
+        let n = |v: usize| v as u64;
+        CacheStats {
+            dirty_bytes: n(i.mem.dirty_bytes.load(Relaxed)),
+            in_flight_bytes: n(i.mem.in_flight_bytes.load(Relaxed)),
+            inline_dirty_bytes: n(i.mem.inline_dirty_bytes.load(Relaxed)),
+            max_dirty_bytes: n(i.max_dirty),
+            nodes_loaded: n(lock(&i.cache.nodes).len()),
+            node_hits: i.cache.node_hits.load(Relaxed),
+            node_misses: i.cache.node_misses.load(Relaxed),
+            chunk_hits: i.cache.chunk_hits.load(Relaxed),
+            chunk_misses: i.cache.chunk_misses.load(Relaxed),
+        }
     }
 
     /// Typed access to the metadata records (fsck).

@@ -28,7 +28,7 @@ mod space;
 pub use backup::{begin_point, begin_point_with, PointInfo};
 mod types;
 
-pub use types::{AtimeMode, Attr, Ctx, DirEntry, FileKind, SetAttr, StatFs, TimeSet};
+pub use types::{AtimeMode, Attr, CacheStats, Ctx, DirEntry, FileKind, SetAttr, StatFs, TimeSet};
 
 pub use crate::backing::unlock_superblock;
 pub use crate::format::format_uuid;
@@ -214,6 +214,11 @@ struct Caches {
     /// Size of `nodes` at which the next trim runs (see [`Inner::insert_node`]).
     node_trim_at: AtomicUsize,
     chunk_cache: Mutex<lru::LruCache<(u64, u64), Arc<Chunk>>>,
+    /// Lookups of the two caches that found their entry, and that had to read the store.
+    node_hits: AtomicU64,
+    node_misses: AtomicU64,
+    chunk_hits: AtomicU64,
+    chunk_misses: AtomicU64,
 }
 
 /// Bytes of buffered writes, which the dirty-memory bound (`Inner::max_dirty`) limits.

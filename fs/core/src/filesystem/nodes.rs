@@ -80,8 +80,10 @@ impl Inner {
     /// The loaded node of `ino`, loading it from the store if needed.
     pub(crate) fn node(&self, ino: u64) -> Result<NodeRef> {
         if let Some(n) = lock(&self.cache.nodes).get(&ino) {
+            self.cache.node_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(n.clone());
         }
+        self.cache.node_misses.fetch_add(1, Ordering::Relaxed);
         let inode = self
             .records
             .inode(ino)?

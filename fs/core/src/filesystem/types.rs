@@ -138,3 +138,28 @@ pub struct StatFs {
     /// Fragment size.
     pub frsize: u32,
 }
+
+/// What the mount's caches and write buffers hold, and how often the caches were enough: the
+/// counters an administrator reads to size `max_dirty` and to tell a cold store from a slow
+/// one (counts since the mount; bytes as of now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// Bytes of written file data not yet handed to storage.
+    pub dirty_bytes: u64,
+    /// Bytes of file data being written to storage.
+    pub in_flight_bytes: u64,
+    /// Bytes of small files' contents not yet stored.
+    pub inline_dirty_bytes: u64,
+    /// The dirty-memory bound the three above are held to.
+    pub max_dirty_bytes: u64,
+    /// Inodes loaded in memory.
+    pub nodes_loaded: u64,
+    /// Inode lookups served from memory, and those that read the metadata store.
+    pub node_hits: u64,
+    /// See `node_hits`.
+    pub node_misses: u64,
+    /// Block-map chunk lookups served from memory, and those that read the metadata store.
+    pub chunk_hits: u64,
+    /// See `chunk_hits`.
+    pub chunk_misses: u64,
+}

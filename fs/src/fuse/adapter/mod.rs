@@ -12,6 +12,7 @@
 mod fuser_impl;
 mod handlers;
 
+use crate::fuse::stats::{MountStats, Op};
 use digimedfs_core::filesystem::{self as core, Attr, Ctx, FileKind, TimeSet};
 use digimedfs_core::Error;
 use fuser::{Errno, FileAttr, FileType, INodeNo, InitFlags, Notifier, Request, TimeOrNow};
@@ -66,6 +67,8 @@ pub struct DigimedFuse {
     /// learns that the session is over without joining fuser's session thread (see
     /// `mount::serve`).
     on_destroyed: Arc<OnceLock<SessionOver>>,
+    /// The counters of this mount's requests (`crate::fuse::stats`).
+    stats: Arc<MountStats>,
 }
 
 /// What [`DigimedFuse`] calls when the session has ended and the filesystem is closed.
@@ -81,6 +84,7 @@ impl DigimedFuse {
             uring: UringMode::Off,
             uring_agreed: Arc::new(AtomicBool::new(false)),
             on_destroyed: Arc::new(OnceLock::new()),
+            stats: Arc::new(MountStats::default()),
         }
     }
 
@@ -194,6 +198,19 @@ fn time_set(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
         TimeOrNow::SpecificTime(at) => TimeSet::At(at),
+    }
+}
+
+impl DigimedFuse {
+    /// The counters of this mount's requests.
+    pub fn stats(&self) -> Arc<MountStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Maps an error to its errno ([`errno`]) and counts it against `op`.
+    fn errno(&self, op: Op, ino: u64, err: &Error) -> Errno {
+        self.stats.error(op, err);
+        errno(op.name(), ino, err)
     }
 }
 
