@@ -53,10 +53,26 @@ pub(crate) enum Outcome {
 
 const OUTCOMES: [&str; 4] = ["ok", "refused", "error", "unauthenticated"];
 
+/// Upper bounds of the request duration histogram's buckets, in microseconds: from a cached
+/// unwrap (well under a millisecond) to one that waits on a slow audit disk.
+const DURATION_BUCKETS_US: [u64; 9] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 500_000, 2_000_000,
+];
+
+/// How long one endpoint's requests took: a count per bucket of [`DURATION_BUCKETS_US`] (and
+/// one beyond the last), their sum and their number.
+#[derive(Default)]
+struct Durations {
+    buckets: [AtomicU64; DURATION_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
 /// The service's counters; updated by request handling, read by [`Metrics::render`].
 pub(crate) struct Metrics {
     start: f64,
     requests: [[AtomicU64; OUTCOMES.len()]; ENDPOINTS.len()],
+    durations: [Durations; ENDPOINTS.len()],
     kek_derivations: AtomicU64,
     keys_released: AtomicU64,
     audit_failures: AtomicU64,
@@ -70,6 +86,7 @@ impl Metrics {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             requests: Default::default(),
+            durations: Default::default(),
             kek_derivations: AtomicU64::new(0),
             keys_released: AtomicU64::new(0),
             audit_failures: AtomicU64::new(0),
@@ -77,8 +94,8 @@ impl Metrics {
         }
     }
 
-    /// Counts a request to `path` that ended with `outcome`.
-    pub(crate) fn request(&self, path: &str, outcome: Outcome) {
+    /// Counts a request to `path` that ended with `outcome` after `took`.
+    pub(crate) fn request(&self, path: &str, outcome: Outcome, took: Duration) {
         let name = path.strip_prefix("/v1/").unwrap_or_default();
         let e = ENDPOINTS
             .iter()
@@ -90,6 +107,18 @@ impl Metrics {
             .and_then(|row| row.get(outcome as usize))
         {
             c.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(d) = self.durations.get(e) {
+            let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+            let b = DURATION_BUCKETS_US
+                .iter()
+                .position(|&le| us <= le)
+                .unwrap_or(DURATION_BUCKETS_US.len());
+            if let Some(c) = d.buckets.get(b) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            d.sum_us.fetch_add(us, Ordering::Relaxed);
+            d.count.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -143,6 +172,39 @@ impl Metrics {
                     c.load(Ordering::Relaxed)
                 );
             }
+        }
+        head(
+            &mut o,
+            "digimed_keyservice_request_duration_seconds",
+            "histogram",
+            "Time from a request's arrival to its answer (audit record written), by endpoint.",
+        );
+        for (e, d) in ENDPOINTS.iter().zip(&self.durations) {
+            let name = "digimed_keyservice_request_duration_seconds";
+            let mut cumulative = 0;
+            for (le, c) in DURATION_BUCKETS_US.iter().zip(&d.buckets) {
+                cumulative += c.load(Ordering::Relaxed);
+                let le = *le as f64 / 1e6;
+                let _ = writeln!(
+                    o,
+                    "{name}_bucket{{endpoint=\"{e}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            // Read after the buckets: a request counted meanwhile may make the count exceed
+            // the +Inf bucket by one until the next scrape, never fall below it.
+            let count = d.count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                o,
+                "{name}_bucket{{endpoint=\"{e}\",le=\"+Inf\"}} {}",
+                count.max(cumulative)
+            );
+            let sum = d.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(o, "{name}_sum{{endpoint=\"{e}\"}} {sum}");
+            let _ = writeln!(
+                o,
+                "{name}_count{{endpoint=\"{e}\"}} {}",
+                count.max(cumulative)
+            );
         }
         for (name, help, c) in [
             (
@@ -295,10 +357,11 @@ mod tests {
     #[test]
     fn requests_are_counted_by_known_endpoint_only() {
         let m = Metrics::new();
-        m.request("/v1/unwrap", Outcome::Ok);
-        m.request("/v1/unwrap", Outcome::Ok);
-        m.request("/v1/<script>", Outcome::Unauthenticated);
-        m.request("/metrics", Outcome::Unauthenticated);
+        let ms = Duration::from_millis;
+        m.request("/v1/unwrap", Outcome::Ok, ms(0));
+        m.request("/v1/unwrap", Outcome::Ok, ms(3));
+        m.request("/v1/<script>", Outcome::Unauthenticated, ms(0));
+        m.request("/metrics", Outcome::Unauthenticated, ms(0));
         let text = m.render(None);
         assert!(text
             .contains("digimed_keyservice_requests_total{endpoint=\"unwrap\",result=\"ok\"} 2\n"));
@@ -309,5 +372,21 @@ mod tests {
             !text.contains("script"),
             "a request path became a label: {text}"
         );
+        // Durations: cumulative buckets, 0 ms in the first, 3 ms from the 5 ms bucket on.
+        let d = "digimed_keyservice_request_duration_seconds";
+        for (le, n) in [
+            ("0.0005", 1),
+            ("0.0025", 1),
+            ("0.005", 2),
+            ("2", 2),
+            ("+Inf", 2),
+        ] {
+            let line = format!("{d}_bucket{{endpoint=\"unwrap\",le=\"{le}\"}} {n}\n");
+            assert!(text.contains(&line), "no {line:?} in {text}");
+        }
+        assert!(text.contains(&format!("{d}_count{{endpoint=\"unwrap\"}} 2\n")));
+        assert!(text.contains(&format!("{d}_sum{{endpoint=\"unwrap\"}} 0.003\n")));
+        assert!(text.contains(&format!("{d}_count{{endpoint=\"wrap\"}} 0\n")));
+        assert_eq!(text.matches(&format!("# TYPE {d} histogram")).count(), 1);
     }
 }

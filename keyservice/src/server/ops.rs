@@ -87,9 +87,12 @@ pub(super) async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    let started = std::time::Instant::now();
     let path = req.uri().path().to_string();
     if path == "/v1/health" && req.method() == Method::GET {
-        shared.metrics.request(&path, Outcome::Ok);
+        shared
+            .metrics
+            .request(&path, Outcome::Ok, started.elapsed());
         return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
     }
     let mut rid = [0u8; 8];
@@ -112,7 +115,9 @@ pub(super) async fn handle(
         // Refused before a token authenticated: counted, summarized per interval, never
         // written (let alone fsynced) one by one, so it cannot fill the disk or slow the log.
         shared.noise.add(peer.ip(), e.status.as_u16(), e.code);
-        shared.metrics.request(&path, Outcome::Unauthenticated);
+        shared
+            .metrics
+            .request(&path, Outcome::Unauthenticated, started.elapsed());
         return Ok(json_response(
             e.status,
             &error_reply(e.code, &e.message, &ev.request_id),
@@ -140,7 +145,9 @@ pub(super) async fn handle(
     if let Err(e) = logged {
         tracing::error!(error = %e, "audit log write failed; refusing request");
         shared.metrics.audit_failed();
-        shared.metrics.request(&path, Outcome::Error);
+        shared
+            .metrics
+            .request(&path, Outcome::Error, started.elapsed());
         return Ok(json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             &error_reply("audit_failed", "audit log cannot be written", &request_id),
@@ -153,6 +160,7 @@ pub(super) async fn handle(
             Err(e) if e.status.is_server_error() => Outcome::Error,
             Err(_) => Outcome::Refused,
         },
+        started.elapsed(),
     );
     if result.is_ok() && path == PATH_UNWRAP {
         shared.metrics.key_released();

@@ -888,6 +888,26 @@ fn metrics_count_requests_and_released_keys_without_tenant_names() {
         unwraps,
         "every successful unwrap released one key"
     );
+    // Every request's duration is in the histogram of its endpoint.
+    let results: f64 = ["ok", "refused", "error", "unauthenticated"]
+        .iter()
+        .map(|r| sample(&after, &req("unwrap", r)))
+        .sum();
+    let duration = "digimed_keyservice_request_duration_seconds";
+    assert_eq!(
+        sample(&after, &format!("{duration}_count{{endpoint=\"unwrap\"}}")),
+        results,
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            &format!("{duration}_bucket{{endpoint=\"unwrap\",le=\"+Inf\"}}")
+        ),
+        results,
+        "{after}"
+    );
+    assert!(sample(&after, &format!("{duration}_sum{{endpoint=\"unwrap\"}}")) > 0.0);
     assert!(sample(&after, "digimed_keyservice_kek_derivations_total") >= 2.0);
     assert!(sample(&after, "digimed_keyservice_connections_total") >= 3.0);
     assert_eq!(
