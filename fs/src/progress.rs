@@ -4,6 +4,7 @@
 //! (a pipe, a log file) nothing is written, so scripts and logs see only the result. The
 //! core throttles what it reports, so nothing here does.
 
+use digimedfs_core::backup::CopyProgress;
 use std::io::{IsTerminal, Write};
 
 /// A progress line on a writer (nothing is drawn until the first [`Line::show`]).
@@ -49,6 +50,19 @@ impl<W: Write> Line<W> {
     }
 }
 
+impl<W: Write> Line<W> {
+    /// Shows how far a backup verify or restore is; a finished stage removes the line, so a
+    /// warning logged between stages (restore of a copy without a manifest MAC) starts on a
+    /// clean line.
+    pub fn copy_progress(&mut self, p: CopyProgress) {
+        if p.files == p.total_files && p.bytes == p.total_bytes {
+            self.clear();
+        } else {
+            self.show(&p.to_string());
+        }
+    }
+}
+
 impl<W: Write> Drop for Line<W> {
     /// A command that fails leaves no half line before its error message.
     fn drop(&mut self) {
@@ -79,6 +93,29 @@ mod tests {
                 " ".repeat(7),
                 " ".repeat(18)
             )
+        );
+    }
+
+    #[test]
+    fn a_finished_stage_clears_the_line() {
+        use digimedfs_core::backup::Stage;
+        let mut out = Vec::new();
+        {
+            let mut line = Line::new(Some(&mut out));
+            let p = CopyProgress {
+                stage: Stage::Verify,
+                files: 1,
+                total_files: 2,
+                bytes: 0,
+                total_bytes: 0,
+            };
+            line.copy_progress(p);
+            line.copy_progress(CopyProgress { files: 2, ..p });
+        }
+        let shown = "verifying: 1 of 2 files, 0.0 of 0.0 MiB (50.0%)";
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            format!("\r{shown}\r{}\r", " ".repeat(shown.len()))
         );
     }
 
