@@ -103,7 +103,8 @@ pub enum BackupCommand {
     },
     /// Check a copy of a point against its manifest without keys (every file present, same
     /// length and hash, nothing extra); with key options, also the manifest's MAC. Exits 1 and
-    /// names every missing, changed or foreign file.
+    /// names every missing, changed or foreign file. While it hashes, a line on stderr (only
+    /// when that is a terminal) shows the files and bytes checked of the manifest's totals.
     Verify {
         /// Key file or key service (to take a point offline; to check the manifest MAC).
         #[command(flatten)]
@@ -113,6 +114,8 @@ pub enum BackupCommand {
     },
     /// Turn a verified copy of a point into a new backing directory (no keys needed). With the
     /// key service, the admin must accept the rollback before it mounts (docs/backup.md).
+    /// A line on stderr (only when that is a terminal) shows the files and bytes verified,
+    /// then copied, of the manifest's totals.
     Restore {
         /// Key file or key service (to take a point offline; to check the manifest MAC).
         #[command(flatten)]

@@ -12,3 +12,4 @@ extern crate self as digimedfs;
 pub mod admin;
 pub mod cli;
 pub mod fuse;
+pub mod progress;

@@ -297,6 +297,7 @@ fn tune(args: &cli::TuneArgs) -> anyhow::Result<()> {
 
 /// `digimedfs backup`.
 fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
+    use digimedfs::progress::Line;
     use digimedfs_core::backup as b;
     use std::time::Duration;
     logging::init_stderr("digimedfs", logging::env_filter("warn"), false);
@@ -312,28 +313,15 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
                 None => None,
             };
             // While the daemon works: elapsed time (and its dump segments) on a terminal only.
-            let tty = std::io::stderr().is_terminal();
-            let mut shown = 0usize;
+            let mut line = Line::stderr();
             let msg = digimedfs_core::filesystem::begin_point_with(
                 &backing,
                 key.as_deref(),
                 Duration::from_secs(timeout),
                 &Sled,
-                &mut |w| {
-                    if tty {
-                        let text = w.to_string();
-                        eprint!(
-                            "\r{text}{:pad$}",
-                            "",
-                            pad = shown.saturating_sub(text.len())
-                        );
-                        shown = text.len();
-                    }
-                },
+                &mut |w| line.show(&w.to_string()),
             );
-            if shown > 0 {
-                eprint!("\r{:shown$}\r", "");
-            }
+            line.clear();
             println!("{}", msg?);
         }
         cli::BackupCommand::End { timeout, target } => {
@@ -348,7 +336,9 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
                 Some(spec) => Some(key_source(&spec)?),
                 None => None,
             };
-            let report = b::verify(&copy, key.as_deref())?;
+            let mut line = Line::stderr();
+            let report = b::verify_with(&copy, key.as_deref(), &mut |p| line.copy_progress(p))?;
+            line.clear();
             println!("{report}");
             if !report.problems.is_empty() {
                 return Err(AlreadyReported.into());
@@ -360,7 +350,11 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
                 Some(spec) => Some(key_source(spec)?),
                 None => None,
             };
-            let mut report = b::restore(&copy, &target, key.as_deref(), &Sled)?;
+            let mut line = Line::stderr();
+            let mut report = b::restore_with(&copy, &target, key.as_deref(), &Sled, &mut |p| {
+                line.copy_progress(p)
+            })?;
+            line.clear();
             if let Some(spec) = &spec {
                 report.check_command = Some(cli::fsck_check_command(spec, &target));
             }

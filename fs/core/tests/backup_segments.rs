@@ -9,7 +9,9 @@
 //! truncated or altered segment is reported by verify and refused by restore, also when the
 //! manifest was rewritten to match (the segment index and the segments' own checks catch it),
 //! and a file in `meta/` that the manifest does not list is reported. A point reports each
-//! dump segment as it is finished (what a waiting `digimedfs backup begin` shows).
+//! dump segment as it is finished (what a waiting `digimedfs backup begin` shows). Verify
+//! and restore report their progress in counts that never go down and end at the files and
+//! bytes the manifest lists (what `digimedfs backup verify` and `restore` show).
 
 #![allow(
     clippy::unwrap_used,
@@ -23,7 +25,8 @@ mod common;
 use common::{KEY, ROOT};
 use digimedfs_core::backing::{unlock_superblock, BackingDir};
 use digimedfs_core::backup::{
-    self, read_segmented, DumpWriter, Manifest, ManifestEntry, DUMP, SEGMENT_DIR,
+    self, read_segmented, CopyProgress, DumpWriter, Manifest, ManifestEntry, Stage, DUMP,
+    SEGMENT_DIR,
 };
 use digimedfs_core::check::{check, CheckOptions, Mode};
 use digimedfs_core::confined::Confined;
@@ -177,6 +180,98 @@ fn a_point_reports_its_segments_as_the_dump_finishes_them() {
         last + 1 >= info.meta_segments && last <= info.meta_segments,
         "{last} of {}",
         info.meta_segments
+    );
+}
+
+/// Files and bytes of a copied point as the file tree holds them (the manifest aside).
+fn tree_totals(dir: &Path) -> (u64, u64) {
+    let mut t = (0, 0);
+    for e in std::fs::read_dir(dir).expect("read_dir") {
+        let e = e.expect("entry");
+        let m = e.metadata().expect("stat");
+        if m.is_dir() {
+            let (f, b) = tree_totals(&e.path());
+            t = (t.0 + f, t.1 + b);
+        } else if e.file_name() != backup::MANIFEST {
+            t = (t.0 + 1, t.1 + m.len());
+        }
+    }
+    t
+}
+
+/// Checks the reports of one stage: the same totals throughout, counts that start at 0,
+/// never go down and end at `totals`.
+fn check_stage(seen: &[CopyProgress], stage: Stage, totals: (u64, u64)) {
+    let of: Vec<&CopyProgress> = seen.iter().filter(|p| p.stage == stage).collect();
+    let (first, last) = (of.first().expect("reports"), of.last().expect("reports"));
+    assert_eq!((first.files, first.bytes), (0, 0), "{stage:?} starts at 0");
+    assert!(
+        of.iter().all(|p| (p.total_files, p.total_bytes) == totals),
+        "{stage:?}: totals other than the manifest's {totals:?}: {of:?}"
+    );
+    assert!(
+        of.windows(2)
+            .all(|w| w[0].files <= w[1].files && w[0].bytes <= w[1].bytes),
+        "{stage:?}: counts went down: {of:?}"
+    );
+    assert_eq!(
+        (last.files, last.bytes),
+        totals,
+        "{stage:?} does not end at the manifest's totals"
+    );
+}
+
+/// Verify and restore of a copied point report progress: per stage (verify, then for restore
+/// the verification and the copy, in that order) counts from 0 that never go down and end at
+/// the files and bytes the manifest lists, which are those of the copy on disk.
+#[test]
+fn verify_and_restore_report_progress_up_to_the_manifest_totals() {
+    let (tmp, dir, _want) = populated();
+    let fs = open(&dir);
+    fs.backup_begin().expect("point");
+    let copy = tmp.path().join("copy");
+    copy_tree(&point_of(&dir), &copy);
+    fs.backup_end().expect("end");
+    fs.close().expect("close");
+    drop(fs);
+    let text = std::fs::read_to_string(copy.join(backup::MANIFEST)).expect("manifest");
+    let (m, _) = Manifest::parse(&text).expect("parse manifest");
+    let totals = (
+        m.entries.len() as u64,
+        m.entries.iter().map(|e| e.len).sum::<u64>(),
+    );
+    assert_eq!(totals, tree_totals(&copy), "the manifest lists the copy");
+    assert!(totals.1 > 1 << 20, "a point of some size: {totals:?}");
+
+    let mut seen = Vec::new();
+    let report = backup::verify_with(&copy, Some(&KEY), &mut |p| seen.push(p)).expect("verify");
+    assert_eq!(report.problem_count, 0, "{report}");
+    assert!(seen.iter().all(|p| p.stage == Stage::Verify), "{seen:?}");
+    check_stage(&seen, Stage::Verify, totals);
+
+    let mut seen = Vec::new();
+    let restored = tmp.path().join("restored");
+    backup::restore_with(&copy, &restored, Some(&KEY), &Sled, &mut |p| seen.push(p))
+        .expect("restore");
+    let first_restore = seen
+        .iter()
+        .position(|p| p.stage == Stage::Restore)
+        .expect("restore reports");
+    assert!(
+        seen[..first_restore]
+            .iter()
+            .all(|p| p.stage == Stage::Verify)
+            && seen[first_restore..]
+                .iter()
+                .all(|p| p.stage == Stage::Restore),
+        "stages out of order"
+    );
+    check_stage(&seen, Stage::Verify, totals);
+    check_stage(&seen, Stage::Restore, totals);
+    eprintln!(
+        "{totals:?}: restore reported {} times ({} while copying)",
+        seen.len(),
+        seen.len() - first_restore
     );
 }
 

@@ -75,13 +75,26 @@ fn point_dir(backing: &Path) -> PathBuf {
     backing.join("backup").join("point")
 }
 
-/// `digimedfs backup verify COPY [--key-file KEY]`.
+/// Asserts that `out`'s stderr (a pipe here) holds none of the progress line that verify and
+/// restore draw on a terminal.
+fn no_progress_line(out: &Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains('\r') && !err.contains("verifying:") && !err.contains("restoring:"),
+        "{what}: progress on a non-terminal stderr: {}",
+        show(out)
+    );
+}
+
+/// `digimedfs backup verify COPY [--key-file KEY]`; its stderr holds no progress line.
 fn verify(copy: &Path, key: Option<&Path>) -> Output {
     let mut cmd = backup_cmd("verify");
     if let Some(key) = key {
         cmd.arg("--key-file").arg(key);
     }
-    run(cmd.arg(copy))
+    let out = run(cmd.arg(copy));
+    no_progress_line(&out, "backup verify");
+    out
 }
 
 /// `backup verify` that must pass.
@@ -95,9 +108,16 @@ fn verify_ok(copy: &Path, key: Option<&Path>) {
     );
 }
 
-/// `digimedfs backup restore COPY NEW`, which must succeed.
+/// `digimedfs backup restore COPY NEW`, which must succeed, print its report on stdout and
+/// no progress line on stderr.
 fn restore(copy: &Path, new: &Path) {
-    run_ok(backup_cmd("restore").arg(copy).arg(new));
+    let out = run_ok(backup_cmd("restore").arg(copy).arg(new));
+    assert!(
+        stdout(&out).starts_with("restored point "),
+        "backup restore printed no report: {}",
+        show(&out)
+    );
+    no_progress_line(&out, "backup restore");
 }
 
 /// `fsck-digimed -n --key-file KEY BACKING`.
@@ -1253,7 +1273,8 @@ fn restic_backup_of_point_restores() {
 
 /// Issue 22, finding 9: a copy whose manifest lost its MAC line is refused by a restore with
 /// the key options and restored with a warning without them; a restore with the key options
-/// prints a check command that runs as printed.
+/// prints a check command that runs as printed. With stderr a pipe, none of these runs writes
+/// the progress line (nor does any other verify or restore here: see [`no_progress_line`]).
 #[test]
 fn restore_checks_the_manifest_mac_with_key_options() {
     let fs = TestFs::new();
@@ -1272,6 +1293,7 @@ fn restore_checks_the_manifest_mac_with_key_options() {
             .arg(&copy)
             .arg(&good),
     );
+    no_progress_line(&out, "restore with the key");
     let text = stdout(&out);
     assert!(text.contains("manifest MAC verified"), "{text}");
     let hint = text
@@ -1300,14 +1322,17 @@ fn restore_checks_the_manifest_mac_with_key_options() {
         .arg(root.join("restored-refused")));
     assert!(!refused.status.success(), "restored without a MAC line");
     assert!(show(&refused).contains("no MAC"), "{}", show(&refused));
+    no_progress_line(&refused, "a refused restore");
     let warned = run_ok(
         backup_cmd("restore")
             .arg(&copy)
             .arg(root.join("restored-warned")),
     );
     assert!(stdout(&warned).contains("WARNING"), "{}", show(&warned));
+    no_progress_line(&warned, "a restore that warns");
     let verified = run_ok(backup_cmd("verify").arg(&copy));
     assert!(stdout(&verified).contains("WARNING"), "{}", show(&verified));
+    no_progress_line(&verified, "a verify that warns");
 }
 
 /// Overwrites `path` in place (no truncation) with `data` in 64 KiB pieces and fsyncs it.

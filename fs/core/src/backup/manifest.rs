@@ -280,12 +280,26 @@ fn safe_relative(path: &str) -> bool {
 
 /// BLAKE3 of the contents of the regular file `rel` beneath `dir`, and its length.
 pub fn hash_file(dir: &Confined, rel: &str) -> Result<([u8; 32], u64)> {
-    let file = dir.open_file(rel, Access::Read)?;
-    hash_reader(file, &dir.display(rel))
+    hash_file_with(dir, rel, &mut |_| {})
 }
 
-/// BLAKE3 of what `reader` holds and its length (`path` for messages).
-fn hash_reader(mut reader: File, path: &Path) -> Result<([u8; 32], u64)> {
+/// [`hash_file`], calling `on_read` with the length of each piece read (for progress).
+pub(super) fn hash_file_with(
+    dir: &Confined,
+    rel: &str,
+    on_read: &mut dyn FnMut(u64),
+) -> Result<([u8; 32], u64)> {
+    let file = dir.open_file(rel, Access::Read)?;
+    hash_reader(file, &dir.display(rel), on_read)
+}
+
+/// BLAKE3 of what `reader` holds and its length (`path` for messages); `on_read` gets the
+/// length of each piece read.
+fn hash_reader(
+    mut reader: File,
+    path: &Path,
+    on_read: &mut dyn FnMut(u64),
+) -> Result<([u8; 32], u64)> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
@@ -298,6 +312,7 @@ fn hash_reader(mut reader: File, path: &Path) -> Result<([u8; 32], u64)> {
         };
         hasher.update(buf.get(..n).unwrap_or_default());
         len += n as u64;
+        on_read(n as u64);
     }
     Ok((*hasher.finalize().as_bytes(), len))
 }

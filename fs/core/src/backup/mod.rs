@@ -16,11 +16,13 @@
 //! The daemon takes and ends points on request: `digimedfs backup begin` (on any host that sees
 //! the backing directory, without keys) writes `backup/request` and waits for `backup/reply`,
 //! showing what the daemon reports in `backup/progress` meanwhile.
-//! This module holds the formats, the request protocol, keyless verification and restore; the
+//! This module holds the formats, the request protocol, keyless verification and restore (both
+//! report their progress to a callback, [`CopyProgress`]); the
 //! point itself is taken by the core (`Filesystem::backup_begin`).
 
 mod dump;
 mod manifest;
+mod progress;
 mod request;
 mod restore;
 mod segments;
@@ -29,17 +31,21 @@ mod verify;
 pub use dump::{read_dump, DumpWriter};
 pub(crate) use manifest::previous_hashes;
 pub use manifest::{current_point, file_stamp, hash_file, Manifest, ManifestEntry, ManifestHeader};
+pub use progress::{CopyProgress, Stage};
 pub(crate) use request::retire_point;
 pub use request::{
     daemon_holds_lock, end, parse_progress, request, request_with, resolve_backing, take_request,
     write_progress, write_reply, Action, Waiting, PROGRESS_EVERY,
 };
-pub use restore::{restore, RestoreReport};
+pub use restore::{restore, restore_with, RestoreReport};
 pub use segments::{
     is_segmented, read_segmented, Segment, SegmentWriter, SegmentedDump, MAX_SEGMENT_BYTES,
     MAX_SEGMENT_RECORDS, SEGMENT_DIR, SEGMENT_INDEX, SOFT_BYTES,
 };
-pub use verify::{verify, verify_copy, verify_manifest_mac, VerifyReport, MAX_PROBLEMS_LISTED};
+pub use verify::{
+    verify, verify_copy, verify_copy_with, verify_manifest_mac, verify_with, VerifyReport,
+    MAX_PROBLEMS_LISTED,
+};
 
 use crate::confined::Confined;
 use crate::Result;

@@ -3,9 +3,10 @@
 
 use super::dump::read_dump;
 use super::manifest::{ManifestHeader, ManifestStream};
-use super::segments::{is_segmented, read_segmented};
-use super::verify::{verify_copy, verify_manifest_mac};
-use super::{DUMP, MANIFEST, POINT_SUPERBLOCK};
+use super::progress::{CopyProgress, Reporter, Stage};
+use super::segments::{is_segmented, read_segmented_with};
+use super::verify::{verify_copy_with, verify_manifest_mac};
+use super::{DUMP, MANIFEST, POINT_SUPERBLOCK, SEGMENT_DIR, SEGMENT_INDEX};
 use crate::backing::{BackingDir, META_DIR, OBJECTS_DIR};
 use crate::confined::{Access, Confined};
 use crate::meta::{Batch, MetaEngine};
@@ -84,7 +85,20 @@ pub fn restore(
     key: Option<&dyn crate::keysource::KeySource>,
     engine: &dyn MetaEngine,
 ) -> Result<RestoreReport> {
-    let report = verify_copy(copy)?;
+    restore_with(copy, target, key, engine, &mut |_| {})
+}
+
+/// [`restore`], reporting progress to `on_progress` (throttled; see [`CopyProgress`]): the
+/// verification of the copy ([`Stage::Verify`]), then the files copied or imported
+/// ([`Stage::Restore`]), each up to the manifest's totals.
+pub fn restore_with(
+    copy: &Path,
+    target: &Path,
+    key: Option<&dyn crate::keysource::KeySource>,
+    engine: &dyn MetaEngine,
+    on_progress: &mut dyn FnMut(CopyProgress),
+) -> Result<RestoreReport> {
+    let report = verify_copy_with(copy, on_progress)?;
     if let Some(key) = key {
         verify_manifest_mac(copy, &report, key)?;
     } else if report.mac.is_none() {
@@ -103,6 +117,8 @@ pub fn restore(
             report.problems.first().map(String::as_str).unwrap_or_default()
         )));
     }
+    // A copy without problems holds every listed file with its listed length, all hashed.
+    let totals = (report.files as u64, report.bytes);
     let manifest = report.header;
     std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     let dir = BackingDir::open(target)?;
@@ -131,6 +147,7 @@ pub fn restore(
     }
 
     // Objects first, the superblock last: a half-done restore is not a filesystem.
+    let mut progress = Reporter::start(Stage::Restore, totals, on_progress);
     let mut objects = 0usize;
     tdir.create_dir_all(OBJECTS_DIR)?;
     let (_, mut entries) = ManifestStream::open(&src, MANIFEST)?
@@ -155,6 +172,7 @@ pub fn restore(
         copy_sparse(&from, &src.display(&e.path), &to, &dst_path)?;
         to.sync_all().map_err(|e| Error::io(&dst_path, e))?;
         objects += 1;
+        progress.file(e.len, 0);
     }
 
     tdir.create_dir_all(META_DIR)?;
@@ -169,8 +187,13 @@ pub fn restore(
         Ok(())
     };
     // Points of earlier builds hold one `meta.dump` instead of segments.
+    let mut segment_done = |rel: &str| {
+        // The copy was verified: each segment has its manifest length.
+        let len = src.status(rel).ok().flatten().map_or(0, |st| st.len);
+        progress.file(len, 0);
+    };
     let (dump_uuid, records) = if is_segmented(&src)? {
-        read_segmented(&src, &mut load)?
+        read_segmented_with(&src, &mut load, &mut segment_done)?
     } else {
         read_dump(&src, DUMP, &mut load)?
     };
@@ -179,6 +202,17 @@ pub fn restore(
     }
     store.flush()?;
     drop(store);
+    // The rest of the point's files went in with the records (the segment index or the
+    // dump) or go in now (the superblock).
+    for rel in [
+        format!("{SEGMENT_DIR}/{SEGMENT_INDEX}"),
+        DUMP.to_string(),
+        POINT_SUPERBLOCK.to_string(),
+    ] {
+        if let Some(st) = src.status(&rel)? {
+            progress.file(st.len, 0);
+        }
+    }
     if dump_uuid != manifest.fs_uuid {
         return Err(Error::integrity(format!(
             "{}: metadata dump of filesystem {} in a point of {}",
@@ -188,6 +222,7 @@ pub fn restore(
         )));
     }
     dir.write_superblock(&sb_bytes)?;
+    progress.finish();
     Ok(RestoreReport {
         header: manifest,
         records,

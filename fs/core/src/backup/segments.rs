@@ -295,6 +295,16 @@ pub fn read_segmented(
     dir: &Confined,
     f: &mut dyn FnMut(Vec<u8>, Vec<u8>) -> Result<()>,
 ) -> Result<([u8; 16], u64)> {
+    read_segmented_with(dir, f, &mut |_| {})
+}
+
+/// [`read_segmented`], calling `segment_done` with the path of each segment (relative to
+/// `dir`) once all its records went to `f` (for progress).
+pub(super) fn read_segmented_with(
+    dir: &Confined,
+    f: &mut dyn FnMut(Vec<u8>, Vec<u8>) -> Result<()>,
+    segment_done: &mut dyn FnMut(&str),
+) -> Result<([u8; 16], u64)> {
     let mut idx = FrameReader::open(
         dir,
         &format!("{SEGMENT_DIR}/{SEGMENT_INDEX}"),
@@ -329,6 +339,7 @@ pub fn read_segmented(
             )));
         }
         total = total.saturating_add(records);
+        segment_done(&rel);
     }
     match idx.record_or_end()? {
         Frame::End(want) if want == total => {}

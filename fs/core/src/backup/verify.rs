@@ -1,7 +1,10 @@
 //! Checking a copy of a point: keyless against its manifest (every listed file present with
 //! its length and hash, nothing else), and the manifest MAC for key holders.
 
-use super::manifest::{hash_file, manifest_err, ManifestEntry, ManifestHeader, ManifestStream};
+use super::manifest::{
+    hash_file_with, manifest_err, ManifestEntry, ManifestHeader, ManifestStream,
+};
+use super::progress::{manifest_totals, CopyProgress, Reporter, Stage};
 use super::{BACKUP_DIR, MANIFEST, POINT_DIR};
 use crate::backing::BackingDir;
 use crate::confined::{Access, Confined, Kind};
@@ -52,6 +55,15 @@ const MAX_TOP_LEVEL_ENTRIES: usize = 16;
 /// memory does not grow with it; entries below a directory must be in ascending order, as
 /// digimedfs writes them.
 pub fn verify_copy(copy: &Path) -> Result<VerifyReport> {
+    verify_copy_with(copy, &mut |_| {})
+}
+
+/// [`verify_copy`], reporting the files and bytes hashed to `on_progress` (throttled; see
+/// [`CopyProgress`]). The totals cost one more streamed read of the manifest.
+pub fn verify_copy_with(
+    copy: &Path,
+    on_progress: &mut dyn FnMut(CopyProgress),
+) -> Result<VerifyReport> {
     let dir = Confined::open(copy)?;
     let no_manifest = || {
         Error::format(format!(
@@ -70,6 +82,8 @@ pub fn verify_copy(copy: &Path) -> Result<VerifyReport> {
         problem_count: 0,
         mac_verified: false,
     };
+    let totals = manifest_totals(&dir, copy)?;
+    let mut progress = Reporter::start(Stage::Verify, totals, on_progress);
     let mut top_level: Vec<String> = Vec::new();
     let mut last_nested: Option<String> = None;
     while let Some(e) = stream.next_entry()? {
@@ -101,8 +115,9 @@ pub fn verify_copy(copy: &Path) -> Result<VerifyReport> {
             }
             top_level.push(e.path.clone());
         }
-        check_entry(&dir, &e, &mut report);
+        check_entry(&dir, &e, &mut report, &mut progress);
     }
+    progress.finish();
     report.mac = stream.mac;
     report.body_len = stream.body_len;
 
@@ -181,8 +196,31 @@ fn walk(
     Ok(())
 }
 
-/// Checks one listed file of a copy: present, a regular file, the recorded length and hash.
-fn check_entry(dir: &Confined, e: &ManifestEntry, report: &mut VerifyReport) {
+/// Checks one listed file of a copy: present, a regular file, the recorded length and hash;
+/// counts it in `progress` either way.
+fn check_entry(
+    dir: &Confined,
+    e: &ManifestEntry,
+    report: &mut VerifyReport,
+    progress: &mut Reporter<'_>,
+) {
+    let mut counted = 0u64;
+    check_entry_counting(dir, e, report, &mut |n| {
+        // Never more than the manifest's length, so a grown file cannot run past the total.
+        let part = n.min(e.len.saturating_sub(counted));
+        counted += part;
+        progress.bytes(part);
+    });
+    progress.file(e.len, counted);
+}
+
+/// [`check_entry`]'s checks; `on_read` gets the length of each piece hashed.
+fn check_entry_counting(
+    dir: &Confined,
+    e: &ManifestEntry,
+    report: &mut VerifyReport,
+    on_read: &mut dyn FnMut(u64),
+) {
     match dir.status(&e.path) {
         Ok(None) => return report.problem(format!("missing: {}", e.path)),
         Err(err) => return report.problem(format!("unreadable: {}: {err}", e.path)),
@@ -197,7 +235,7 @@ fn check_entry(dir: &Confined, e: &ManifestEntry, report: &mut VerifyReport) {
         }
         Ok(Some(_)) => {}
     }
-    match hash_file(dir, &e.path) {
+    match hash_file_with(dir, &e.path, on_read) {
         Ok((hash, len)) => {
             report.bytes += len;
             if hash != e.hash || len != e.len {
@@ -214,7 +252,16 @@ fn check_entry(dir: &Confined, e: &ManifestEntry, report: &mut VerifyReport) {
 
 /// [`verify_copy`], plus the manifest MAC if `key` is given (a MAC failure is an error).
 pub fn verify(copy: &Path, key: Option<&dyn crate::keysource::KeySource>) -> Result<VerifyReport> {
-    let mut report = verify_copy(copy)?;
+    verify_with(copy, key, &mut |_| {})
+}
+
+/// [`verify`], reporting progress as [`verify_copy_with`] does.
+pub fn verify_with(
+    copy: &Path,
+    key: Option<&dyn crate::keysource::KeySource>,
+    on_progress: &mut dyn FnMut(CopyProgress),
+) -> Result<VerifyReport> {
+    let mut report = verify_copy_with(copy, on_progress)?;
     if let Some(key) = key {
         verify_manifest_mac(copy, &report, key)?;
         report.mac_verified = true;

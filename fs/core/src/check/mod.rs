@@ -34,7 +34,7 @@ mod links;
 mod model;
 mod objects;
 mod plan;
-mod progress;
+pub(crate) mod progress;
 mod records;
 mod report;
 mod sizes;

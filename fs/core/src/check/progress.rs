@@ -2,24 +2,25 @@
 //! [`Throttle::tick`] for every record or entry it handles, and only about every
 //! [`INTERVAL`] does that turn into a report. The clock is read once every [`CHECK_EVERY`]
 //! ticks, so the per-item cost is one counter increment and a compare; the check itself knows
-//! nothing of terminals or file descriptors.
+//! nothing of terminals or file descriptors. Backup verify and restore (`crate::backup`) throttle
+//! their reports with it too.
 
 use std::time::{Duration, Instant};
 
 /// Shortest time between two progress reports of a pass.
-pub(super) const INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
 /// Items handled between two looks at the clock.
-pub(super) const CHECK_EVERY: u32 = 1024;
+pub(crate) const CHECK_EVERY: u32 = 1024;
 
 /// Decides when a pass reports its progress.
 #[derive(Debug)]
-pub(super) struct Throttle {
+pub(crate) struct Throttle {
     last: Instant,
     calls: u32,
 }
 
 impl Throttle {
-    pub(super) fn new() -> Throttle {
+    pub(crate) fn new() -> Throttle {
         Throttle {
             last: Instant::now(),
             calls: 0,
@@ -28,13 +29,13 @@ impl Throttle {
 
     /// Restarts the interval (at the start of a pass, whose first report then comes after
     /// [`INTERVAL`]).
-    pub(super) fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.last = Instant::now();
         self.calls = 0;
     }
 
     /// Counts one item; whether a report is due now.
-    pub(super) fn tick(&mut self) -> bool {
+    pub(crate) fn tick(&mut self) -> bool {
         self.calls += 1;
         if self.calls < CHECK_EVERY {
             return false;
@@ -45,13 +46,13 @@ impl Throttle {
 
     /// Whether a report is due now (for callers whose items are large, such as chunks of a
     /// copy: one clock read each).
-    pub(super) fn due(&mut self) -> bool {
+    pub(crate) fn due(&mut self) -> bool {
         self.due_at(Instant::now())
     }
 
     /// Whether a report is due at `now` (at least [`INTERVAL`] after the last one); if so,
     /// `now` becomes the time of the last report.
-    pub(super) fn due_at(&mut self, now: Instant) -> bool {
+    pub(crate) fn due_at(&mut self, now: Instant) -> bool {
         if now.saturating_duration_since(self.last) >= INTERVAL {
             self.last = now;
             true
