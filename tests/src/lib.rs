@@ -418,6 +418,20 @@ impl Default for TestFs {
     }
 }
 
+/// Removes the metrics file a mount of `mountpoint` left in /run/digimedfs/metrics: a daemon
+/// that exits removes its own, one a test killed cannot.
+pub fn remove_metrics_files(mountpoint: &Path) {
+    let want = format!("mountpoint=\"{}\"", mountpoint.display());
+    let Ok(dir) = std::fs::read_dir("/run/digimedfs/metrics") else {
+        return;
+    };
+    for p in dir.filter_map(|e| e.ok()).map(|e| e.path()) {
+        if std::fs::read_to_string(&p).is_ok_and(|t| t.contains(&want)) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
 impl Drop for TestFs {
     fn drop(&mut self) {
         if self.mounted || is_mounted(&self.mnt) {
@@ -440,6 +454,7 @@ impl Drop for TestFs {
                 .arg(&self.mnt)
                 .output();
         }
+        remove_metrics_files(&self.mnt);
     }
 }
 

@@ -175,6 +175,7 @@ impl Drop for Host {
                 .arg(&self.id)
                 .output();
         }
+        digimedfs_tests::remove_metrics_files(&self.local("mnt"));
         let ceph = self.ceph();
         if is_mounted(&ceph) {
             let _ = Command::new("fusermount3")
