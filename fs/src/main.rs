@@ -337,7 +337,9 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
                 None => None,
             };
             let mut line = Line::stderr();
-            let report = b::verify_with(&copy, key.as_deref(), &mut |p| line.copy_progress(p))?;
+            let report = b::verify_with(&copy, key.as_deref(), &mut |p| {
+                digimedfs::progress::show_copy(&mut line, p)
+            })?;
             line.clear();
             println!("{report}");
             if !report.problems.is_empty() {
@@ -352,7 +354,7 @@ fn backup(command: cli::BackupCommand) -> anyhow::Result<()> {
             };
             let mut line = Line::stderr();
             let mut report = b::restore_with(&copy, &target, key.as_deref(), &Sled, &mut |p| {
-                line.copy_progress(p)
+                digimedfs::progress::show_copy(&mut line, p)
             })?;
             line.clear();
             if let Some(spec) = &spec {

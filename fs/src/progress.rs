@@ -5,68 +5,17 @@
 //! core throttles what it reports, so nothing here does.
 
 use digimedfs_core::backup::CopyProgress;
-use std::io::{IsTerminal, Write};
+pub use digimedfs_keyclient::progress_line::Line;
+use std::io::Write;
 
-/// A progress line on a writer (nothing is drawn until the first [`Line::show`]).
-pub struct Line<W: Write> {
-    /// None: progress is not shown.
-    out: Option<W>,
-    /// Characters of the line on screen (0: none).
-    shown: usize,
-}
-
-impl Line<std::io::Stderr> {
-    /// A line on stderr if that is a terminal; otherwise one that writes nothing.
-    pub fn stderr() -> Line<std::io::Stderr> {
-        let err = std::io::stderr();
-        Line::new(err.is_terminal().then_some(err))
-    }
-}
-
-impl<W: Write> Line<W> {
-    /// A line on `out`, or one that writes nothing.
-    pub fn new(out: Option<W>) -> Line<W> {
-        Line { out, shown: 0 }
-    }
-
-    /// Replaces the line with `text`.
-    pub fn show(&mut self, text: &str) {
-        let Some(out) = &mut self.out else { return };
-        let width = text.chars().count();
-        let pad = self.shown.saturating_sub(width);
-        let _ = write!(out, "\r{text}{:pad$}", "");
-        let _ = out.flush();
-        self.shown = width;
-    }
-
-    /// Removes the line (before the command's result).
-    pub fn clear(&mut self) {
-        let Some(out) = &mut self.out else { return };
-        if self.shown > 0 {
-            let _ = write!(out, "\r{:w$}\r", "", w = self.shown);
-            let _ = out.flush();
-            self.shown = 0;
-        }
-    }
-}
-
-impl<W: Write> Line<W> {
-    /// Shows how far a backup verify or restore is; a finished stage removes the line, so a
-    /// warning logged between stages (restore of a copy without a manifest MAC) starts on a
-    /// clean line.
-    pub fn copy_progress(&mut self, p: CopyProgress) {
-        if p.files == p.total_files && p.bytes == p.total_bytes {
-            self.clear();
-        } else {
-            self.show(&p.to_string());
-        }
-    }
-}
-
-impl<W: Write> Drop for Line<W> {
-    /// A command that fails leaves no half line before its error message.
-    fn drop(&mut self) {
-        self.clear();
+/// Shows on `line` how far a backup verify or restore is; a finished stage removes the line,
+/// so a warning logged between stages (restore of a copy without a manifest MAC) starts on a
+/// clean line.
+pub fn show_copy<W: Write>(line: &mut Line<W>, p: CopyProgress) {
+    if p.files == p.total_files && p.bytes == p.total_bytes {
+        line.clear();
+    } else {
+        line.show(&p.to_string());
     }
 }
 
@@ -74,27 +23,6 @@ impl<W: Write> Drop for Line<W> {
 mod tests {
     #![allow(clippy::expect_used)]
     use super::*;
-
-    #[test]
-    fn the_line_is_redrawn_padded_and_cleared() {
-        let mut out = Vec::new();
-        {
-            let mut line = Line::new(Some(&mut out));
-            line.show("verifying: 10 of 20 files");
-            line.show("verifying: 9 of 20");
-            line.clear();
-            line.clear();
-        }
-        let text = String::from_utf8(out).expect("utf-8");
-        assert_eq!(
-            text,
-            format!(
-                "\rverifying: 10 of 20 files\rverifying: 9 of 20{}\r{}\r",
-                " ".repeat(7),
-                " ".repeat(18)
-            )
-        );
-    }
 
     #[test]
     fn a_finished_stage_clears_the_line() {
@@ -109,27 +37,13 @@ mod tests {
                 bytes: 0,
                 total_bytes: 0,
             };
-            line.copy_progress(p);
-            line.copy_progress(CopyProgress { files: 2, ..p });
+            show_copy(&mut line, p);
+            show_copy(&mut line, CopyProgress { files: 2, ..p });
         }
         let shown = "verifying: 1 of 2 files, 0.0 of 0.0 MiB (50.0%)";
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             format!("\r{shown}\r{}\r", " ".repeat(shown.len()))
         );
-    }
-
-    #[test]
-    fn a_line_that_is_not_shown_writes_nothing_and_drop_clears() {
-        let mut line: Line<Vec<u8>> = Line::new(None);
-        line.show("anything");
-        line.clear();
-        assert!(line.out.is_none());
-        let mut out = Vec::new();
-        {
-            let mut line = Line::new(Some(&mut out));
-            line.show("ab");
-        }
-        assert_eq!(out, b"\rab\r  \r");
     }
 }

@@ -9,6 +9,7 @@
 //! clean. The checker throttles its reports (about every 100 ms), so nothing here does.
 
 use digimedfs_core::check::{PASSES, PASS_UNITS};
+use digimedfs_keyclient::progress_line::Line;
 use std::io::Write;
 
 /// e2fsck's `-C FD` completion lines on a file descriptor the caller passed.
@@ -59,11 +60,9 @@ pub fn device_field(device: &str) -> String {
     s
 }
 
-/// A one-line progress display on a terminal, redrawn in place with `\r`.
+/// The one-line progress display of the passes, drawn on a [`Line`].
 pub struct Display<W: Write> {
-    out: W,
-    /// Characters of the line on screen (0: none).
-    shown: usize,
+    line: Line<W>,
     /// Name of the current pass.
     pass_name: String,
 }
@@ -72,8 +71,7 @@ impl<W: Write> Display<W> {
     /// A display on `out` (nothing is drawn until the first report).
     pub fn new(out: W) -> Display<W> {
         Display {
-            out,
-            shown: 0,
+            line: Line::new(Some(out)),
             pass_name: String::new(),
         }
     }
@@ -85,21 +83,13 @@ impl<W: Write> Display<W> {
 
     /// Redraws the line for `done` of `total` in pass `pass`.
     pub fn report(&mut self, pass: u8, done: u64, total: u64) {
-        let text = status_line(pass, &self.pass_name, done, total);
-        let width = text.chars().count();
-        let pad = self.shown.saturating_sub(width);
-        let _ = write!(self.out, "\r{text}{:pad$}", "");
-        let _ = self.out.flush();
-        self.shown = width;
+        self.line
+            .show(&status_line(pass, &self.pass_name, done, total));
     }
 
     /// Removes the line (before other output, and at the end).
     pub fn clear(&mut self) {
-        if self.shown > 0 {
-            let _ = write!(self.out, "\r{:w$}\r", "", w = self.shown);
-            let _ = self.out.flush();
-            self.shown = 0;
-        }
+        self.line.clear();
     }
 }
 
@@ -154,12 +144,14 @@ mod tests {
     #[test]
     fn display_overwrites_its_line_and_clears_it() {
         let mut out = Vec::new();
-        let mut d = Display::new(&mut out);
-        d.pass("metadata records");
-        d.report(2, 123_456, 0);
-        d.pass("directory tree");
-        d.report(3, 5, 10);
-        d.clear();
+        {
+            let mut d = Display::new(&mut out);
+            d.pass("metadata records");
+            d.report(2, 123_456, 0);
+            d.pass("directory tree");
+            d.report(3, 5, 10);
+            d.clear();
+        }
         let text = String::from_utf8(out).expect("utf-8");
         let first = "Pass 2/7 metadata records: 123456 records";
         let second = "Pass 3/7 directory tree: 5 of 10 entries (50.0%)";

@@ -25,6 +25,8 @@ mod error;
 mod http;
 #[cfg(feature = "cli")]
 pub mod mount_options;
+#[cfg(feature = "cli")]
+pub mod progress_line;
 pub mod protocol;
 mod rewrap;
 
