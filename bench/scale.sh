@@ -3,8 +3,9 @@
 # every filesystem: a new filesystem, N files of 1–3 KiB written by an open-write-close loop
 # (FILES_PER_DIR per directory), then unmount and a cold mount, `find | wc -l`, an lstat of
 # every file and a read of every file (each after a remount with dropped caches), for
-# digimedfs two backup points (the second after one small file changed) and `fsck -n`, and
-# finally `rm -rf` of the tree. Every phase is timed, and the daemon's peak RSS is taken for
+# digimedfs two backup points (the second after one small file changed), `fsck -n` and one
+# read of its backing directory (what fsck's time is judged against), and finally `rm -rf` of
+# the tree. Every phase is timed, and the daemon's peak RSS is taken for
 # each phase separately (VmHWM, reset through /proc/PID/clear_refs before the phase).
 #
 # Prints a markdown table per N and a summary of per-file costs and memory against N, with
@@ -16,6 +17,8 @@
 # Environment knobs (defaults in brackets):
 #   NS          numbers of files, any positive integers  ["20000 200000 1000000"]
 #   FS          filesystems to run  ["digimedfs digimedfs-devfuse gocryptfs"]
+#               raw: the backing filesystem itself, no FUSE layer (its work dir is
+#               BACKING_ROOT/back-raw; no daemon, so no VmHWM rows)
 #               digimedfs: its default mount, i.e. FUSE over io_uring where the kernel allows
 #               it (see URING); digimedfs-devfuse: -o nouring (always /dev/fuse)
 #   URING       1: switch the fuse module's enable_uring on for the run and back afterwards
@@ -24,8 +27,10 @@
 #   FILES_PER_DIR  files per directory  [1000]
 #   GOCRYPTFS_1M_PHASES  the phases gocryptfs runs when N >= 1000000, out of
 #               "create find stat read rm"; "all" runs every phase  ["create find rm"]
-#   SCRATCH     scratch dir: backing dirs, mountpoints, logs, binaries (refused on tmpfs)
+#   SCRATCH     scratch dir: mountpoints, logs, binaries (refused on tmpfs)
 #               [/var/tmp/digimedfs-scale]
+#   BACKING_ROOT  where every backing dir (and raw's work dir) goes, e.g. a CephFS mount:
+#               BACKING_ROOT=$DIGIMEDFS_CEPH_A/scale (tests/cephfs/cluster)  [SCRATCH]
 #   BIN         dir holding digimedfs, mkfs-digimed and fsck-digimed, copied into SCRATCH at
 #               the start so a rebuild cannot change them mid-run  [<repo>/target/release]
 #               (this script does not build them: cargo build --release --bins first)
@@ -57,7 +62,7 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.3f", b-a}'; }
 
 [[ $(id -u) -eq 0 ]] || die "run as root (needs drop_caches, FUSE mounts and /proc/PID/clear_refs)"
 for fs in $FS; do
-    case $fs in digimedfs | digimedfs-devfuse | gocryptfs) ;; *) die "unknown filesystem '$fs' in FS" ;; esac
+    case $fs in raw | digimedfs | digimedfs-devfuse | gocryptfs) ;; *) die "unknown filesystem '$fs' in FS" ;; esac
 done
 for n in $NS; do [[ $n =~ ^[1-9][0-9]*$ ]] || die "NS: '$n' is not a positive integer"; done
 [[ $FILES_PER_DIR =~ ^[1-9][0-9]*$ ]] || die "FILES_PER_DIR: '$FILES_PER_DIR' is not a positive integer"
@@ -88,6 +93,11 @@ fstype="$(findmnt -n -o FSTYPE -T "$SCRATCH")"
 [[ "$fstype" == tmpfs || "$fstype" == ramfs ]] && die "$SCRATCH is on $fstype; use a disk-backed dir"
 exec 9>"$SCRATCH/.run.lock"
 flock -n 9 || die "another bench/scale.sh is running in $SCRATCH"
+BACKING_ROOT="${BACKING_ROOT:-$SCRATCH}"
+mkdir -p "$BACKING_ROOT" || die "cannot create $BACKING_ROOT"
+BACKING_ROOT="$(cd "$BACKING_ROOT" && pwd)"
+back_fstype="$(findmnt -n -o FSTYPE -T "$BACKING_ROOT")"
+[[ "$back_fstype" == tmpfs || "$back_fstype" == ramfs ]] && die "$BACKING_ROOT is on $back_fstype; use a disk-backed dir"
 LOGS="$SCRATCH/logs"
 rm -rf "$LOGS"
 mkdir -p "$SCRATCH/bin" "$LOGS" || die "cannot create $SCRATCH/bin or $LOGS"
@@ -237,7 +247,7 @@ cleanup() {
     done
     [[ -n "${URING_WAS:-}" ]] && echo "$URING_WAS" >"$URING_SWITCH" 2>/dev/null
     if [[ -z "${KEEP_SCRATCH:-}" ]]; then
-        for fs in $FS; do rm -rf "${Q:?}/back-$fs" "$Q/mnt-$fs" 2>/dev/null; done
+        for fs in $FS; do rm -rf "${BACKING_ROOT:?}/back-$fs" "$Q/mnt-$fs" 2>/dev/null; done
     fi
 }
 trap cleanup EXIT
@@ -285,9 +295,15 @@ daemon_pid() { # M
     return 1
 }
 
+# Where FS's files are worked on: its mountpoint, or for raw the backing dir itself.
+work_dir() { # fs
+    if [[ $1 == raw ]]; then echo "$BACKING_ROOT/back-raw"; else echo "$Q/mnt-$1"; fi
+}
+
 # fs_mount FS: mounts and waits until the mountpoint answers; sets MOUNT_S and DPID.
 fs_mount() {
-    local fs=$1 B="$Q/back-$1" M="$Q/mnt-$1" t0 i lf="$LOGS/$N.$1.mount.log"
+    local fs=$1 B="$BACKING_ROOT/back-$1" M="$Q/mnt-$1" t0 i lf="$LOGS/$N.$1.mount.log"
+    if [[ $fs == raw ]]; then MOUNT_S=n/a DPID=; return 0; fi
     t0=$(now)
     case $fs in
     digimedfs) timeout -k 5 "$STEP_TIMEOUT" "$BIN/digimedfs" mount --key-file "$K" "$B" "$M" ;;
@@ -306,6 +322,7 @@ fs_mount() {
 # the unmount returned); sets UMOUNT_S.
 fs_umount() {
     local fs=$1 M="$Q/mnt-$1" pid t0 i lf="$LOGS/$N.$1.umount.log"
+    if [[ $fs == raw ]]; then UMOUNT_S=n/a; return 0; fi
     pid=$(daemon_pid "$M") || pid=
     t0=$(now)
     # EBUSY right after a step is usually a closing fd; retry before giving up.
@@ -332,6 +349,7 @@ fs_umount() {
 # hung FUSE request) and lazily unmount, so the run goes on with the next filesystem.
 fs_abort() {
     local M="$Q/mnt-$1" pid
+    [[ $1 == raw ]] && return 0
     pid=$(daemon_pid "$M") && { log "aborting $1: kill -9 daemon $pid"; kill -KILL "$pid"; sleep 1; }
     fusermount3 -u "$M" 2>/dev/null || fusermount3 -uz "$M" 2>/dev/null || umount -l "$M" 2>/dev/null
     return 0
@@ -394,7 +412,7 @@ write_bytes() { awk '/^write_bytes:/{print $2}' "/proc/$DPID/io"; }
 
 # backup_point FS I: takes backup point I through the daemon and records its cost.
 backup_point() {
-    local fs=$1 i=$2 B="$Q/back-$1" w0 w1 v
+    local fs=$1 i=$2 B="$BACKING_ROOT/back-$1" w0 w1 v
     w0=$(write_bytes)
     step "$fs" "backup$i" "$BIN/digimedfs" backup begin "$B" || return 1
     w1=$(write_bytes)
@@ -413,8 +431,11 @@ backup_point() {
 # run_one FS: every phase on a new filesystem of N files. Returns 1 after a failure (the
 # daemon is then killed and the remaining phases are not run).
 run_one() {
-    local fs=$1 B="$Q/back-$1" M="$Q/mnt-$1" phases p count lf left
-    if [[ $fs == gocryptfs ]]; then
+    local fs=$1 B="$BACKING_ROOT/back-$1" M phases p count lf left
+    M=$(work_dir "$fs")
+    if [[ $fs == raw ]]; then
+        phases="create find stat read rm"
+    elif [[ $fs == gocryptfs ]]; then
         phases="create find stat read rm"
         if ((N >= 1000000)) && ! has all "$GOCRYPTFS_1M_PHASES"; then
             phases="$GOCRYPTFS_1M_PHASES"
@@ -433,6 +454,7 @@ run_one() {
     case $fs in
     digimedfs*) "$BIN/mkfs-digimed" --tenant bench --key-file "$K" "$B" ;;
     gocryptfs) gocryptfs -q -init -passfile "$PW" "$B" ;;
+    raw) true ;;
     esac >"$lf" 2>&1 || { fail "$fs" init "init $fs" "$lf"; return 1; }
     fs_mount "$fs" || return 1
     record "$fs" mount_empty_s "$MOUNT_S"
@@ -443,6 +465,8 @@ run_one() {
         else
             record "$fs" transport /dev/fuse
         fi
+    elif [[ $fs == raw ]]; then
+        record "$fs" transport none
     else
         record "$fs" transport /dev/fuse
     fi
@@ -502,6 +526,11 @@ run_one() {
         step "$fs" fsck /usr/bin/time -v "$BIN/fsck-digimed" -n --key-file "$K" "$B" || return 1
         record "$fs" fsck_s "$STEP_S"
         record "$fs" fsck_rss_kb "$(awk -F': *' '/Maximum resident set size/{print $2}' "$LF")"
+        # What fsck's time is judged against: reading every file of the backing dir once.
+        drop_caches
+        # shellcheck disable=SC2016  # $1 is the inner shell's
+        step "$fs" readback sh -c 'find "$1" -type f -print0 | xargs -0r cat >/dev/null' readback "$B" || return 1
+        record "$fs" readback_s "$STEP_S"
     fi
 
     if has rm "$phases"; then
@@ -537,7 +566,7 @@ for N in $NS; do
         if ! run_one "$fs"; then
             fs_abort "$fs"
         fi
-        [[ -z "${KEEP_SCRATCH:-}" ]] && rm -rf "${Q:?}/back-$fs"
+        [[ -z "${KEEP_SCRATCH:-}" ]] && rm -rf "${BACKING_ROOT:?}/back-$fs"
     done
     N_SECS[$N]=$(since "$t_n")
     log "N=$N done in ${N_SECS[$N]} s"
@@ -550,7 +579,8 @@ mkdir -p "$(dirname "$RESULTS")"
     echo "# digimedfs scale benchmark ($STAMP)"
     echo
     echo "- host: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
-    echo "- scratch and backing dirs: $SCRATCH on $(df --output=source "$SCRATCH" | tail -1) ($fstype; mount opts: $(findmnt -n -o OPTIONS -T "$SCRATCH"))"
+    echo "- scratch (mountpoints, logs): $SCRATCH on $(df --output=source "$SCRATCH" | tail -1) ($fstype; mount opts: $(findmnt -n -o OPTIONS -T "$SCRATCH"))"
+    echo "- backing dirs (and raw's work dir): $BACKING_ROOT on $(findmnt -n -o SOURCE -T "$BACKING_ROOT") ($back_fstype; mount opts: $(findmnt -n -o OPTIONS -T "$BACKING_ROOT"))"
     has_digimedfs && echo "- digimedfs: binaries copied at start from $BIN_INFO"
     has gocryptfs "$FS" && echo "- $(gocryptfs -version 2>/dev/null | cut -d';' -f1), mounted with defaults"
     has_digimedfs && echo "- backup bytes: \"point files\" = sum of the sizes of the files in backup/point (what a backup job copies); \"daemon write_bytes\" = growth of write_bytes in the daemon's /proc/PID/io during \`backup begin\` (bytes it dirtied for the backing disk; the point's hard links, directories and the ext4 journal are not counted). Writers held and the daemon's time come from the daemon's reply to \`backup begin\`; its log does not record them"
@@ -603,6 +633,7 @@ ROWS = [
     ("backup_end_s", "backup end, s", 1),
     ("fsck_s", "fsck -n (unmounted, caches dropped), s", 1),
     ("fsck_rss_kb", "fsck -n peak RSS, MiB", 1 / 1024),
+    ("readback_s", "read every backing file once (caches dropped), s", 1),
     ("rm_s", "rm -rf (remount, caches dropped), s", 1),
     ("umount_end_s", "unmount after rm -rf, s", 1),
 ]
@@ -646,8 +677,8 @@ for n in ns:
 print("## Against N")
 print()
 print("Per-file costs are the phase's time divided by N, in µs; VmHWM is the daemon's peak RSS")
-print("during that phase alone, in MiB. Ratios are digimedfs / gocryptfs: lower is better for")
-print("digimedfs (< 1 = cheaper than gocryptfs).")
+print("during that phase alone, in MiB. Ratios are digimedfs / a peer (gocryptfs, raw): lower")
+print("is better for digimedfs (< 1 = cheaper than the peer).")
 print()
 rows = []
 for key, label in PER_FILE:
@@ -658,22 +689,32 @@ for p in PHASES:
     for fs in fs_list:
         if any((n, fs, f"hwm_{p}_kb") in vals for n in ns):
             rows.append([f"VmHWM {p}, MiB", fs] + [cell(n, fs, f"hwm_{p}_kb", 1 / 1024) for n in ns])
+for fs in fs_list:
+    if any((n, fs, "readback_s") in vals for n in ns):
+        r = ["fsck -n / one read of the backing dir", fs]
+        for n in ns:
+            a, b = num(n, fs, "fsck_s"), num(n, fs, "readback_s")
+            r.append(f"{a / b:.2f}" if a is not None and b else "–")
+        rows.append(r)
 if rows:
     print(table(["metric", "fs"] + [f"N = {n:,}" for n in ns], rows))
     print()
-if "gocryptfs" in fs_list and len(fs_list) > 1:
+ours = [fs for fs in fs_list if fs.startswith("digimedfs")]
+for peer in [fs for fs in ("gocryptfs", "raw") if fs in fs_list]:
+    if not ours:
+        break
     rows = []
-    metrics = [(k, f"{label}, µs/file") for k, label in PER_FILE] + [(f"hwm_{p}_kb", f"VmHWM {p}") for p in PHASES if p != "backup"]
+    metrics = [(k, f"{label}, µs/file") for k, label in PER_FILE]
+    if peer != "raw":
+        metrics += [(f"hwm_{p}_kb", f"VmHWM {p}") for p in PHASES if p != "backup"]
     for key, label in metrics:
-        for fs in fs_list:
-            if fs == "gocryptfs":
-                continue
-            r = [label, f"{fs} / gocryptfs"]
+        for fs in ours:
+            r = [label, f"{fs} / {peer}"]
             for n in ns:
-                a, b = num(n, fs, key), num(n, "gocryptfs", key)
+                a, b = num(n, fs, key), num(n, peer, key)
                 r.append(f"{a / b:.2f}" if a is not None and b else "–")
             rows.append(r)
-    print("### digimedfs / gocryptfs (lower is better)")
+    print(f"### digimedfs / {peer} (lower is better)")
     print()
     print(table(["metric", "ratio"] + [f"N = {n:,}" for n in ns], rows))
     print()
