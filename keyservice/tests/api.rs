@@ -5,6 +5,7 @@ mod common;
 
 use common::{contains, Env};
 use digimedfs_keyservice::client::ServiceError as Error;
+use digimedfs_keyservice::server::BackgroundServer;
 
 const FS1: [u8; 16] = [1; 16];
 const FS2: [u8; 16] = [2; 16];
@@ -762,4 +763,190 @@ fn legacy_unkeyed_prefix_is_verified_and_covered_by_the_keyed_chain() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 4 "), "{e}");
+}
+
+/// A server on `env` with its metrics listener on 127.0.0.1.
+fn start_with_metrics(env: &Env) -> (BackgroundServer, std::net::SocketAddr) {
+    let mut cfg = env.config();
+    cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let srv = BackgroundServer::start(cfg, common::cred()).unwrap();
+    let addr = srv.metrics_addr().expect("metrics listener");
+    (srv, addr)
+}
+
+/// `GET /metrics` over plain HTTP: the body.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("HTTP reply");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `name` (labels included) in `text`, if there is one.
+fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+/// `metric{tenant="t",result="r"}`.
+fn per_tenant(metric: &str, t: &str, r: &str) -> String {
+    format!("digimed_keyservice_{metric}_total{{tenant=\"{t}\",result=\"{r}\"}}")
+}
+
+/// The distinct `tenant` label values in `text`.
+fn tenant_labels(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once("tenant=\"")?.1.split_once('"'))
+        .map(|(t, _)| t.to_string())
+        .collect()
+}
+
+/// Two tenants' wraps and unwraps through real TLS show in the per-tenant counters with their
+/// exact numbers: successes, refusals after authentication (B presenting A's wrapped key, a
+/// revoked token of A) and a 5xx (A's unwrap with the audit log unwritable), and they add up to
+/// the unwrap totals of `requests_total`.
+#[test]
+fn metrics_count_wraps_and_unwraps_per_tenant() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let ta2 = env.admin.token_issue(Some("A")).unwrap().to_string();
+    let tb = env.tenant("B");
+    let (srv, addr) = start_with_metrics(&env);
+    let before = scrape(addr);
+    for t in ["A", "B"] {
+        for r in ["ok", "refused", "error"] {
+            assert_eq!(sample(&before, &per_tenant("unwraps", t, r)), Some(0));
+        }
+    }
+    let a = env.client(&srv, "A", &ta);
+    let a2 = env.client(&srv, "A", &ta2);
+    let b = env.client(&srv, "B", &tb);
+    let (v, w) = a.wrap(&FS1, &master()).unwrap();
+    let (vb, wb) = b.wrap(&FS2, &master()).unwrap();
+    for _ in 0..3 {
+        a.unwrap(&FS1, v, &w).unwrap();
+    }
+    b.unwrap(&FS2, vb, &wb).unwrap();
+    let e = b.unwrap(&FS1, v, &w).unwrap_err();
+    assert!(matches!(e, Error::WrongTenant { .. }), "{e}");
+    env.admin
+        .token_revoke(&hex::encode(digimedfs_keyservice::registry::token_hash(
+            &ta2,
+        )))
+        .unwrap();
+    let e = a2.unwrap(&FS1, v, &w).unwrap_err();
+    assert!(matches!(e, Error::Revoked { .. }), "{e}");
+    let audit = env.state.join("audit.log");
+    std::fs::remove_file(&audit).unwrap();
+    std::fs::create_dir(&audit).unwrap();
+    let e = a.unwrap(&FS1, v, &w).unwrap_err();
+    assert!(matches!(e, Error::Service { status: 500, .. }), "{e}");
+
+    let text = scrape(addr);
+    for (metric, t, r, n) in [
+        ("unwraps", "A", "ok", 3),
+        ("unwraps", "A", "refused", 1),
+        ("unwraps", "A", "error", 1),
+        ("unwraps", "B", "ok", 1),
+        ("unwraps", "B", "refused", 1),
+        ("unwraps", "B", "error", 0),
+        ("wraps", "A", "ok", 1),
+        ("wraps", "B", "ok", 1),
+        ("rewraps", "A", "ok", 0),
+    ] {
+        let name = per_tenant(metric, t, r);
+        assert_eq!(sample(&text, &name), Some(n), "{name} in:\n{text}");
+    }
+    for r in ["ok", "refused", "error"] {
+        let total =
+            format!("digimed_keyservice_requests_total{{endpoint=\"unwrap\",result=\"{r}\"}}");
+        let per: u64 = ["A", "B"]
+            .iter()
+            .map(|t| sample(&text, &per_tenant("unwraps", t, r)).unwrap())
+            .sum();
+        assert_eq!(sample(&text, &total), Some(per), "{total} in:\n{text}");
+    }
+    assert_eq!(tenant_labels(&text), ["A", "B"].map(String::from).into());
+}
+
+/// Requests that did not authenticate for a tenant of the registry add no tenant series: an
+/// unknown token from a client configured for tenant "ghost", a request without a token whose
+/// body names a tenant, an admin token, and a token whose record names a tenant the registry
+/// does not have (an edited registry.json). Each is still in the totals.
+#[test]
+fn metrics_have_no_series_for_unknown_or_unauthenticated_tenants() {
+    let env = Env::new();
+    let ta = env.tenant("A");
+    let admin_token = env.admin.token_issue(None).unwrap().to_string();
+    // A tenant token whose tenant is not in the registry (only a hand edit does this).
+    let orphan = "cd".repeat(32);
+    let reg_path = env.state.join("registry.json");
+    let mut reg = digimedfs_keyservice::registry::Registry::load(&reg_path).unwrap();
+    reg.tokens
+        .push(digimedfs_keyservice::registry::TokenRecord {
+            hash: hex::encode(digimedfs_keyservice::registry::token_hash(&orphan)),
+            tenant: Some("ghost-orphan".into()),
+            role: digimedfs_keyservice::registry::Role::Tenant,
+            revoked: false,
+        });
+    reg.save(&reg_path).unwrap();
+    let (srv, addr) = start_with_metrics(&env);
+    let (v, w) = env.client(&srv, "A", &ta).wrap(&FS1, &master()).unwrap();
+
+    let unknown = env.client(&srv, "ghost-unknown", &"ab".repeat(32));
+    let e = unknown.unwrap(&FS1, v, &w).unwrap_err();
+    assert!(matches!(e, Error::BadCredential { .. }), "{e}");
+    let body = format!(
+        r#"{{"tenant":"ghost-body","fs_uuid":"{}","key_version":1,"wrapped":"AAAA"}}"#,
+        hex::encode(FS1)
+    );
+    let raw_req = format!(
+        "POST /v1/unwrap HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(raw(&env, &srv, &raw_req), 401);
+    let e = env
+        .client(&srv, "A", &admin_token)
+        .unwrap(&FS1, v, &w)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Revoked { .. }) && e.to_string().contains("admin tokens"),
+        "{e}"
+    );
+    let e = env
+        .client(&srv, "ghost-orphan", &orphan)
+        .unwrap(&FS1, v, &w)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Revoked { .. }) && e.to_string().contains("tenant removed"),
+        "{e}"
+    );
+
+    let text = scrape(addr);
+    let total = |r: &str| {
+        sample(
+            &text,
+            &format!("digimed_keyservice_requests_total{{endpoint=\"unwrap\",result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(total("unauthenticated"), Some(2), "{text}");
+    assert_eq!(total("refused"), Some(2), "{text}");
+    assert!(
+        !text.contains("ghost"),
+        "a tenant from outside the registry:\n{text}"
+    );
+    assert_eq!(tenant_labels(&text), ["A"].map(String::from).into());
+    assert_eq!(
+        sample(&text, &per_tenant("unwraps", "A", "refused")),
+        Some(0)
+    );
+    assert_eq!(sample(&text, &per_tenant("wraps", "A", "ok")), Some(1));
 }

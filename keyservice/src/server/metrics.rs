@@ -7,12 +7,17 @@
 //! off unless asked for, and meant for loopback (a local Prometheus or agent); it answers
 //! nothing but `GET /metrics`, at most [`MAX_CONNECTIONS`] connections at a time.
 //!
-//! What the metrics hold: counters and gauges only, with label values from fixed sets (endpoint
-//! names, result classes), never from a request, and no tenant or token names (tenant ids name
-//! projects, docs/threat-model.md); tenants and key versions are totals.
+//! What the metrics hold: counters and gauges only. Label values come from fixed sets (endpoint
+//! names, result classes) or, for the per-tenant counters of wraps, unwraps and rewraps, from
+//! the service's own registry: the tenant of the token a request authenticated with, and only
+//! if the registry has that tenant. Nothing a client sends becomes a label value, so the
+//! number of series is bounded by the tenants the registry held since the start (a revoked
+//! tenant keeps its series; one dropped from the registry keeps the series it had until the
+//! service restarts). No token or filesystem is named; key versions are totals.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::Full;
@@ -53,6 +58,20 @@ pub(crate) enum Outcome {
 
 const OUTCOMES: [&str; 4] = ["ok", "refused", "error", "unauthenticated"];
 
+/// The endpoints counted per tenant, each as (path, metric name, what it counts).
+const TENANT_OPS: [(&str, &str, &str); 3] = [
+    ("/v1/wrap", "digimed_keyservice_wraps_total", "Wrap"),
+    ("/v1/unwrap", "digimed_keyservice_unwraps_total", "Unwrap"),
+    ("/v1/rewrap", "digimed_keyservice_rewraps_total", "Rewrap"),
+];
+
+/// The results counted per tenant: the first three [`OUTCOMES`], since a request counted for a
+/// tenant has authenticated.
+const TENANT_OUTCOMES: usize = 3;
+
+/// One tenant's requests to the [`TENANT_OPS`] endpoints, by [`Outcome`].
+type TenantCounts = [[u64; TENANT_OUTCOMES]; TENANT_OPS.len()];
+
 /// Upper bounds of the request duration histogram's buckets, in microseconds: from a cached
 /// unwrap (well under a millisecond) to one that waits on a slow audit disk.
 const DURATION_BUCKETS_US: [u64; 9] = [
@@ -77,6 +96,8 @@ pub(crate) struct Metrics {
     keys_released: AtomicU64,
     audit_failures: AtomicU64,
     connections: AtomicU64,
+    /// Requests per tenant id; keys only ever come from the registry (see [`Metrics::tenant`]).
+    tenants: Mutex<BTreeMap<String, TenantCounts>>,
 }
 
 impl Metrics {
@@ -91,6 +112,32 @@ impl Metrics {
             keys_released: AtomicU64::new(0),
             audit_failures: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            tenants: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Counts a request to `path` by `tenant` that ended with `outcome`, if `path` is one of
+    /// [`TENANT_OPS`]. `tenant` must be the registry's tenant of the token the request
+    /// authenticated with (the registry has it), never anything the request itself names:
+    /// every call adds a tenant's series for good.
+    pub(crate) fn tenant(&self, tenant: &str, path: &str, outcome: Outcome) {
+        let Some(op) = TENANT_OPS.iter().position(|&(p, _, _)| p == path) else {
+            return;
+        };
+        if outcome as usize >= TENANT_OUTCOMES {
+            return;
+        }
+        // A panic elsewhere while holding the lock leaves plain counters, still usable.
+        let mut map = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        if !map.contains_key(tenant) {
+            map.insert(tenant.to_string(), TenantCounts::default());
+        }
+        if let Some(c) = map
+            .get_mut(tenant)
+            .and_then(|t| t.get_mut(op))
+            .and_then(|row| row.get_mut(outcome as usize))
+        {
+            *c += 1;
         }
     }
 
@@ -143,7 +190,8 @@ impl Metrics {
     }
 
     /// The exposition text; `registry` (if it could be read) gives the tenant and key version
-    /// totals.
+    /// totals, and the tenants whose per-tenant counters are shown at 0 before their first
+    /// request (so that `increase()` sees that request too).
     pub(crate) fn render(&self, registry: Option<&Registry>) -> String {
         use std::fmt::Write;
         let mut o = String::new();
@@ -230,6 +278,32 @@ impl Metrics {
         ] {
             head(&mut o, name, "counter", help);
             let _ = writeln!(o, "{name} {}", c.load(Ordering::Relaxed));
+        }
+        let mut per_tenant = self
+            .tenants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for id in registry.iter().flat_map(|r| r.tenants.keys()) {
+            per_tenant.entry(id.clone()).or_default();
+        }
+        for (op, (_, name, what)) in TENANT_OPS.iter().enumerate() {
+            head(
+                &mut o,
+                name,
+                "counter",
+                &format!(
+                    "{what} requests that authenticated with a token of the tenant, by result \
+                     (ok, refused after authentication, error in the service)."
+                ),
+            );
+            for (tenant, counts) in &per_tenant {
+                let tenant = escape_label(tenant);
+                let row = counts.get(op).copied().unwrap_or_default();
+                for (r, n) in OUTCOMES.iter().zip(row) {
+                    let _ = writeln!(o, "{name}{{tenant=\"{tenant}\",result=\"{r}\"}} {n}");
+                }
+            }
         }
         if let Some(reg) = registry {
             let (mut active, mut revoked, mut usable, mut retired, mut newest) = (0, 0, 0, 0, 0);
@@ -325,6 +399,26 @@ pub(crate) async fn serve(
     }
 }
 
+/// A label value escaped as the text format requires: backslash, double quote and line feed.
+/// Tenant ids are checked when `tenant add` creates them (1 to 64 of `A-Z a-z 0-9 . _ -`,
+/// `keys::check_tenant_id`), but `registry.json` is read without checking them again, so an
+/// edited registry could hold any string; escaping keeps the exposition well formed anyway.
+fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.into();
+    }
+    let mut out = String::with_capacity(v.len() + 8);
+    for ch in v.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
 fn answer<B>(shared: &super::Shared, req: &hyper::Request<B>) -> Response<Full<Bytes>> {
     let (status, body) = if req.uri().path() != "/metrics" {
         (StatusCode::NOT_FOUND, "only /metrics here\n".to_string())
@@ -388,5 +482,57 @@ mod tests {
         assert!(text.contains(&format!("{d}_sum{{endpoint=\"unwrap\"}} 0.003\n")));
         assert!(text.contains(&format!("{d}_count{{endpoint=\"wrap\"}} 0\n")));
         assert_eq!(text.matches(&format!("# TYPE {d} histogram")).count(), 1);
+    }
+
+    #[test]
+    fn tenant_counters_start_at_zero_for_registry_tenants_and_escape_ids() {
+        let tenant = |state| crate::registry::Tenant {
+            seed_sealed: String::new(),
+            current: 1,
+            retired: Default::default(),
+            state,
+        };
+        let mut reg = Registry::default();
+        reg.tenants
+            .insert("idle".into(), tenant(TenantState::Active));
+        reg.tenants
+            .insert("gone".into(), tenant(TenantState::Revoked));
+        let m = Metrics::new();
+        m.tenant("lab-1", "/v1/unwrap", Outcome::Ok);
+        m.tenant("lab-1", "/v1/unwrap", Outcome::Ok);
+        m.tenant("lab-1", "/v1/unwrap", Outcome::Refused);
+        m.tenant("lab-1", "/v1/rewrap", Outcome::Error);
+        m.tenant("lab-1", "/v1/anchor", Outcome::Ok);
+        m.tenant("lab-1", "/v1/unwrap", Outcome::Unauthenticated);
+        // Only an edited registry.json could hold such an id; it must not break the format.
+        m.tenant("a\"b\\c\nd", "/v1/wrap", Outcome::Ok);
+        let text = m.render(Some(&reg));
+        let u = "digimed_keyservice_unwraps_total";
+        for (t, r, n) in [
+            ("lab-1", "ok", 2),
+            ("lab-1", "refused", 1),
+            ("lab-1", "error", 0),
+            ("idle", "ok", 0),
+            ("gone", "refused", 0),
+        ] {
+            let line = format!("{u}{{tenant=\"{t}\",result=\"{r}\"}} {n}\n");
+            assert!(text.contains(&line), "no {line:?} in {text}");
+        }
+        assert!(text
+            .contains("digimed_keyservice_rewraps_total{tenant=\"lab-1\",result=\"error\"} 1\n"));
+        assert!(text.contains(
+            "digimed_keyservice_wraps_total{tenant=\"a\\\"b\\\\c\\nd\",result=\"ok\"} 1\n"
+        ));
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.contains("tenant=") && l.contains("unauthenticated")),
+            "{text}"
+        );
+        // Without the registry, only tenants that made requests are shown.
+        let text = m.render(None);
+        assert!(text.contains(&format!("{u}{{tenant=\"lab-1\",result=\"ok\"}} 2\n")));
+        assert!(!text.contains("idle"), "{text}");
+        assert_eq!(text.matches(&format!("# TYPE {u} counter")).count(), 1);
     }
 }

@@ -27,8 +27,9 @@
 //!   TLS handshake and HTTP/1.1 serving.
 //! - [`ops`]: one request → authentication, the endpoint's operation, its audit record and
 //!   the JSON reply.
-//! - [`metrics`]: request and key operation counters, served to Prometheus on a separate
-//!   plain-HTTP listener (`ServerConfig::metrics_listen`), off unless configured.
+//! - [`metrics`]: request and key operation counters (totals, and wraps, unwraps and rewraps
+//!   per tenant of the registry), served to Prometheus on a separate plain-HTTP listener
+//!   (`ServerConfig::metrics_listen`), off unless configured.
 
 mod conns;
 mod limits;

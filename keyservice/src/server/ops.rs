@@ -109,9 +109,9 @@ pub(super) async fn handle(
             .collect(),
         ..Event::default()
     };
-    let mut authenticated = false;
-    let result = process(&shared, peer, req, &mut ev, &mut authenticated).await;
-    if let (Err(e), false) = (&result, authenticated) {
+    let mut caller = Caller::default();
+    let result = process(&shared, peer, req, &mut ev, &mut caller).await;
+    if let (Err(e), false) = (&result, caller.authenticated) {
         // Refused before a token authenticated: counted, summarized per interval, never
         // written (let alone fsynced) one by one, so it cannot fill the disk or slow the log.
         shared.noise.add(peer.ip(), e.status.as_u16(), e.code);
@@ -148,20 +148,23 @@ pub(super) async fn handle(
         shared
             .metrics
             .request(&path, Outcome::Error, started.elapsed());
+        if let Some(t) = &caller.tenant {
+            shared.metrics.tenant(t, &path, Outcome::Error);
+        }
         return Ok(json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             &error_reply("audit_failed", "audit log cannot be written", &request_id),
         ));
     }
-    shared.metrics.request(
-        &path,
-        match &result {
-            Ok(_) => Outcome::Ok,
-            Err(e) if e.status.is_server_error() => Outcome::Error,
-            Err(_) => Outcome::Refused,
-        },
-        started.elapsed(),
-    );
+    let outcome = match &result {
+        Ok(_) => Outcome::Ok,
+        Err(e) if e.status.is_server_error() => Outcome::Error,
+        Err(_) => Outcome::Refused,
+    };
+    shared.metrics.request(&path, outcome, started.elapsed());
+    if let Some(t) = &caller.tenant {
+        shared.metrics.tenant(t, &path, outcome);
+    }
     if result.is_ok() && path == PATH_UNWRAP {
         shared.metrics.key_released();
     }
@@ -242,12 +245,23 @@ fn b64e(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
+/// Who a request authenticated as; [`process`] fills it in as it learns it.
+#[derive(Default)]
+struct Caller {
+    /// A token matched (revoked or not): the request is audited on its own.
+    authenticated: bool,
+    /// The tenant of that token if it is a tenant token and the registry has the tenant
+    /// (active or revoked): the only source of the per-tenant metrics' `tenant` label, so a
+    /// request can never add a label value of its own choosing.
+    tenant: Option<String>,
+}
+
 async fn process(
     shared: &Shared,
     peer: SocketAddr,
     req: Request<Incoming>,
     ev: &mut Event,
-    authenticated: &mut bool,
+    caller: &mut Caller,
 ) -> std::result::Result<serde_json::Value, ApiError> {
     let op = match req.uri().path() {
         PATH_WRAP => Op::Wrap,
@@ -305,7 +319,12 @@ async fn process(
             ));
         }
     };
-    *authenticated = true;
+    caller.authenticated = true;
+    caller.tenant = rec
+        .tenant
+        .as_ref()
+        .filter(|t| rec.role == Role::Tenant && registry.tenants.contains_key(t.as_str()))
+        .cloned();
     ev.tenant = rec.tenant.clone();
     if rec.revoked {
         return Err(err(StatusCode::FORBIDDEN, "token_revoked", "token revoked"));

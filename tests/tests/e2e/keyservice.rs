@@ -833,9 +833,10 @@ fn sample(text: &str, name: &str) -> f64 {
 /// The metrics listener counts real requests: after mkfs, a mount and its unmount through the
 /// key service, a mount with a revoked token and one with an unknown token, the counters of
 /// wrap, unwrap (ok, refused, unauthenticated), released keys and KEK derivations have moved,
-/// the totals of tenants and key versions are right, and no tenant name appears.
+/// the totals of tenants and key versions are right, the tenant's own counters hold every
+/// authenticated wrap and unwrap, and the tenant is the only tenant label.
 #[test]
-fn metrics_count_requests_and_released_keys_without_tenant_names() {
+fn metrics_count_requests_and_released_keys_per_tenant() {
     let ks = Ks::new();
     let addr = ks
         .server
@@ -940,8 +941,25 @@ fn metrics_count_requests_and_released_keys_without_tenant_names() {
         sample(&rotated, "digimed_keyservice_newest_key_version"),
         2.0
     );
-    assert!(
-        !rotated.contains(tenant) && !rotated.contains("cardio"),
-        "a tenant name in the metrics:\n{rotated}"
-    );
+    // One tenant: its counters are the totals of the requests that authenticated, and the
+    // mount with an unknown token (refused before authentication) named no other tenant.
+    let mine = |m: &str, r: &str| {
+        format!("digimed_keyservice_{m}_total{{tenant=\"{tenant}\",result=\"{r}\"}}")
+    };
+    for (m, e) in [("wraps", "wrap"), ("unwraps", "unwrap")] {
+        for r in ["ok", "refused", "error"] {
+            assert_eq!(
+                sample(&after, &mine(m, r)),
+                sample(&after, &req(e, r)),
+                "{after}"
+            );
+        }
+    }
+    assert_eq!(sample(&after, &mine("unwraps", "ok")), unwraps);
+    let labels: std::collections::BTreeSet<&str> = rotated
+        .lines()
+        .filter_map(|l| l.split_once("tenant=\"")?.1.split_once('"'))
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(labels, [tenant].into(), "{rotated}");
 }
