@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit/integration tests and the end-to-end tests on
-# real FUSE mounts (installing fuse3, rsync and restic if missing), including the ones on a
-# live CephFS shared by two clients (a throwaway
-# cluster from tests/cephfs/cluster, started here and stopped on exit). Needs fuse3
+# The whole test suite: formatting, lints, API docs, unit/integration tests and the end-to-end
+# tests on real FUSE mounts (installing fuse3, rsync and restic if missing), including the ones
+# on a live CephFS shared by two clients (a throwaway cluster from tests/cephfs/cluster, started
+# here and stopped on exit). Needs fuse3
 # (fusermount3) and /dev/fuse; run as root for the mount tests and the cluster.
 #
 # Mounts use FUSE over io_uring by default where the kernel allows it (Linux 6.14+ with the
@@ -26,6 +26,8 @@ if ((${#missing[@]})); then
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+# The API docs must build without broken links (module maps are read as references).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 cargo build --workspace --bins
 uring_switch=/sys/module/fuse/parameters/enable_uring
 uring_was=""

@@ -103,7 +103,7 @@ impl BackingDir {
         }))
     }
 
-    /// The metadata store's directory, for [`crate::meta::SledStore::open_in`] (which checks
+    /// The metadata store's directory, for `digimedfs_sled::SledStore::open_in` (which checks
     /// it for links before and after sled opens it).
     pub fn meta_for_open(&self) -> Result<Confined> {
         let meta = self.dir.try_open_dir(META_DIR)?.ok_or_else(|| {
@@ -234,7 +234,7 @@ fn read_holder(file: &File) -> String {
     holder_description(&raw).unwrap_or_else(|| "another process".to_string())
 }
 
-/// The validated holder description in `raw` (see [`read_holder`]).
+/// The validated holder description in `raw` (see `read_holder`).
 pub fn holder_description(raw: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(raw).ok()?;
     let line = text.strip_suffix('\n').unwrap_or(text);

@@ -4,7 +4,7 @@
 //! - [`error`]: the one error type, with its errno mapping.
 //! - [`crypto`]: keys, HKDF labels, AES-256-XTS block cipher, block MACs, record sealing, key
 //!   slots.
-//! - [`format`]: on-disk byte layouts (superblock, metadata records) and a checked codec.
+//! - [`format`](mod@format): on-disk byte layouts (superblock, metadata records) and a checked codec.
 //! - [`keysource`]: the [`keysource::KeySource`] trait (where a filesystem's wrapping key comes
 //!   from) and the key file; the key service client is `digimedfs-keyclient`.
 //! - [`confined`], [`backing`]: the backing directory, reached without following links, its

@@ -7,7 +7,7 @@
 //!
 //! What traffic without a valid token can cost is bounded:
 //! - at most `max_connections` connections; at the cap a new connection closes the oldest one
-//!   that has waited at least [`conns::EVICT_GRACE`] for its client (no ClientHello yet, or idle
+//!   that has waited at least `conns::EVICT_GRACE` for its client (no ClientHello yet, or idle
 //!   between requests), so idle connections cannot keep a client out; at most `max_handshakes`
 //!   TLS handshakes run at once;
 //! - requests refused before a token authenticated (401, 429, unknown endpoint, wrong method)
@@ -21,13 +21,13 @@
 //! request — gets its own audit record, fsynced before the reply; if it cannot be written the
 //! reply is 500 (fail closed).
 //!
-//! - [`limits`]: failed-authentication windows per token and address, and the aggregation of
+//! - `limits`: failed-authentication windows per token and address, and the aggregation of
 //!   refused unauthenticated requests into summary audit records.
-//! - [`conns`]: the connection cap with eviction of waiting connections, and one connection's
+//! - `conns`: the connection cap with eviction of waiting connections, and one connection's
 //!   TLS handshake and HTTP/1.1 serving.
-//! - [`ops`]: one request → authentication, the endpoint's operation, its audit record and
+//! - `ops`: one request → authentication, the endpoint's operation, its audit record and
 //!   the JSON reply.
-//! - [`metrics`]: request and key operation counters (totals, and wraps, unwraps and rewraps
+//! - `metrics`: request and key operation counters (totals, and wraps, unwraps and rewraps
 //!   per tenant of the registry), served to Prometheus on a separate plain-HTTP listener
 //!   (`ServerConfig::metrics_listen`), off unless configured.
 

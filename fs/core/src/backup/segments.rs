@@ -40,7 +40,7 @@ const SEG_MAGIC: &[u8; 8] = b"DGMSEG01";
 const INDEX_MAGIC: &[u8; 8] = b"DGMSIDX1";
 /// A key-defined boundary: low bits of the key hash all zero (about 4096 records apart).
 const NATURAL_MASK: u64 = (1 << 12) - 1;
-/// Above this size a segment also ends after a key whose hash has [`SOFT_MASK`] bits zero, so
+/// Above this size a segment also ends after a key whose hash has `SOFT_MASK` bits zero, so
 /// segments of large records stay small (a change rewrites one segment).
 pub const SOFT_BYTES: usize = 256 << 10;
 const SOFT_MASK: u64 = (1 << 5) - 1;

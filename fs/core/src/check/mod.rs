@@ -1,7 +1,7 @@
 //! Checking and repairing a filesystem (fsck.digimed).
 //!
 //! [`check`] runs over a backing directory; [`check_parts`] runs the store-level passes over
-//! explicit [`Parts`] (tests use it on a [`crate::testing::MemImage`]). The passes, in order:
+//! explicit [`Parts`] (tests use it on a `testing::MemImage`). The passes, in order:
 //!
 //! 1. superblock: both copies decode, unlock and pass their MAC, and agree (then, for a
 //!    check that may not write, the metadata store is copied, see `snapshot`);

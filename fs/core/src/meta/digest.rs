@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 /// Keeps the store's digest up to date as batches are applied, instead of recomputing it, and
 /// binds the store to a superblock epoch (docs/crypto.md "Rollback of the metadata store").
 ///
-/// Sits directly on the durable store (below [`BufferedStore`], so its work is done by the
+/// Sits directly on the durable store (below `BufferedStore`, so its work is done by the
 /// hand-over thread, not by requests). For every batch it reads each changed key's current
 /// value, XORs out the MAC of the old (key, sealed value) and XORs in the MAC of the new one,
 /// and appends the sealed [`StoreState`] record (epoch and digest) to the same batch: the

@@ -1,6 +1,6 @@
 //! The metadata store: an ordered key-value store that only ever holds sealed records.
 //!
-//! [`MetaStore`] is the narrow seam to storage (sled in production, [`MemStore`] in crash
+//! [`MetaStore`] is the narrow seam to storage (sled in production, `MemStore` in crash
 //! tests); [`Records`] on top of it seals every value with AES-256-GCM-SIV under the metadata key
 //! with the record's key as associated data, so values cannot be read, forged, or moved to
 //! another key. [`DigestStore`] keeps the digest of all records up to date with every batch and

@@ -4,7 +4,7 @@
 //! `objects/` by their first byte, so no directory grows unbounded and names reveal nothing.
 //! Block `i` of a file lives at byte `i * block_size` of its object; never-written blocks are
 //! holes of the backing file. [`ObjectStore`] is the seam to storage: [`DirObjects`] in
-//! production, [`MemObjects`] in crash tests.
+//! production, `MemObjects` in crash tests.
 //!
 //! Segments: an object is addressed like one file of up to 2^63 bytes, but backing
 //! filesystems stop much earlier (ext4 with 4 KiB blocks at [`SEGMENT_LEN`], 16 TiB − 4 KiB).

@@ -9,7 +9,7 @@ use digimedfs_core::filesystem::{self as core, Attr, Ctx, SetAttr};
 use fuser::{Errno, FopenFlags, INodeNo};
 
 /// The request handlers, independent of how requests reach the daemon: the `fuser` session
-/// over `/dev/fuse` ([`super::fuser_impl`]) and the io_uring transport
+/// over `/dev/fuse` (`fuser_impl`) and the io_uring transport
 /// ([`crate::fuse::uring`]) decode a request,
 /// call one of these and encode what it returns. Names are bytes, node ids and handles the
 /// kernel's numbers.

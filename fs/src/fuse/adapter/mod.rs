@@ -1,8 +1,8 @@
 //! The FUSE adapter over one open [`core::Filesystem`]: [`DigimedFuse`], its options and the
 //! conversions between core and kernel types, shared by both transports.
 //!
-//! - [`handlers`]: the transport-independent request handlers (`op_*`), one core call each.
-//! - [`fuser_impl`]: the `fuser::Filesystem` implementation, which decodes each `/dev/fuse`
+//! - `handlers`: the transport-independent request handlers (`op_*`), one core call each.
+//! - `fuser_impl`: the `fuser::Filesystem` implementation, which decodes each `/dev/fuse`
 //!   request, calls its handler and encodes the reply.
 //!
 //! No filesystem logic lives here. Errors become errnos through [`Error::errno`]; integrity

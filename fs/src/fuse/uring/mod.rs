@@ -25,11 +25,11 @@
 //! registration (for example because `enable_uring` was switched off meanwhile) it falls back
 //! to `/dev/fuse` for the whole connection, and so does this mount.
 //!
-//! - [`queue`]: the registered entries, the queue threads that wait on the ring and commit
+//! - `queue`: the registered entries, the queue threads that wait on the ring and commit
 //!   answers, and the helper threads for large READs.
-//! - [`wire`]: the kernel's wire format: request headers, opcodes, bounds-checked decoding and
+//! - `wire`: the kernel's wire format: request headers, opcodes, bounds-checked decoding and
 //!   reply encoding.
-//! - [`dispatch`]: one request in an entry → one handler call → one reply in the entry.
+//! - `dispatch`: one request in an entry → one handler call → one reply in the entry.
 
 mod dispatch;
 mod queue;
