@@ -22,7 +22,10 @@
 #     `systemctl stop` unmounts it, the daemon gone when it returns;
 #   - "A mount as a systemd service (readiness)": its unit, for the same filesystem given a key
 #     file slot ("Key management"), is active with the STATUS= text the daemon sends with
-#     READY=1 once mounted, serves the file, and stops cleanly (exit 0), as does the key service;
+#     READY=1 once mounted, serves the file, and stops cleanly (exit 0);
+#   - the mnt-proj.mount unit file of "Mounting at boot (systemd)" in place of the fstab line:
+#     enabled (wanted by remote-fs.target), the same dependencies and timeout, mounts, serves
+#     the file and stops cleanly; then the key service stops cleanly (exit 0);
 #   - nothing changed on this host: no package installed, /etc/passwd, group, shadow and gshadow
 #     unchanged, the container, its overlay and bind mount gone.
 # The machine: systemd-nspawn --boot on an overlay of a read-only bind mount of / (writes go to
@@ -358,6 +361,31 @@ in_ct systemctl stop $ms || fail "systemctl stop $ms"
 in_ct findmnt /mnt/proj >/dev/null && fail "/mnt/proj still mounted after systemctl stop $ms"
 in_ct journalctl -u $ms --no-pager -o cat | grep -q 'filesystem closed cleanly' ||
     fail "systemctl stop $ms: no \"filesystem closed cleanly\" in journalctl -u $ms"
+
+# "Mounting at boot (systemd)", the same as a unit file: its mnt-proj.mount as it stands (with
+# the key file slot above), in place of the fstab line, enabled and started.
+in_ct sed -i '/fuse\.digimedfs/d' /etc/fstab
+unit=$(doc_block "Mounting at boot (systemd)" 2)
+[[ $unit == *"[Mount]"*Where=/mnt/proj* ]] || fail "no mnt-proj.mount under \"Mounting at boot (systemd)\": $unit"
+in_ct sh -c 'cat >/etc/systemd/system/mnt-proj.mount' <<<"$unit"
+closed=$(in_ct journalctl -b -t digimedfs --no-pager -o cat | grep -c 'filesystem closed cleanly' || true)
+if ! out=$(in_ct sh -exc 'systemctl daemon-reload && systemctl enable --now mnt-proj.mount' 2>&1); then
+    fail "systemctl enable --now mnt-proj.mount (unit file): $out"
+fi
+[[ $(show FragmentPath $mu) == /etc/systemd/system/mnt-proj.mount ]] ||
+    fail "$mu from $(show FragmentPath $mu), not the unit file"
+has Requires $mu digimed-keyservice.service
+has After $mu digimed-keyservice.service
+has RequiresMountsFor $mu /srv/backing
+has Wants remote-fs.target $mu
+[[ $(show TimeoutUSec $mu) == 5min ]] || fail "$mu (unit file) TimeoutUSec=$(show TimeoutUSec $mu)"
+check_mounted "the unit file, started"
+[[ $(in_ct cat /mnt/proj/hello 2>&1) == "written at the first boot" ]] || fail "the unit file: /mnt/proj/hello"
+in_ct systemctl stop mnt-proj.mount || fail "systemctl stop mnt-proj.mount (unit file)"
+in_ct findmnt /mnt/proj >/dev/null && fail "/mnt/proj still mounted after systemctl stop mnt-proj.mount (unit file)"
+in_ct pgrep -x digimedfs >/dev/null && fail "a digimedfs process is left after systemctl stop mnt-proj.mount (unit file)"
+(($(in_ct journalctl -b -t digimedfs --no-pager -o cat | grep -c 'filesystem closed cleanly' || true) == closed + 1)) ||
+    fail "systemctl stop mnt-proj.mount (unit file): no \"filesystem closed cleanly\" in the journal"
 
 in_ct systemctl stop digimed-keyservice || fail "systemctl stop digimed-keyservice"
 [[ $(show Result $ks)/$(show ExecMainStatus $ks) == success/0 ]] ||
