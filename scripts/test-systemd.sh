@@ -25,7 +25,9 @@
 #     READY=1 once mounted, serves the file, and stops cleanly (exit 0);
 #   - the mnt-proj.mount unit file of "Mounting at boot (systemd)" in place of the fstab line:
 #     enabled (wanted by remote-fs.target), the same dependencies and timeout, mounts, serves
-#     the file and stops cleanly; then the key service stops cleanly (exit 0);
+#     the file and stops cleanly; then the key service stops cleanly (exit 0), and fails to
+#     start as documented with a wrong credential (exit 1, the reason in its journal) or
+#     without its TLS key (243/CREDENTIALS), retried every 5 s;
 #   - nothing changed on this host: no package installed, /etc/passwd, group, shadow and gshadow
 #     unchanged, the container, its overlay and bind mount gone.
 # The machine: systemd-nspawn --boot on an overlay of a read-only bind mount of / (writes go to
@@ -390,6 +392,27 @@ in_ct pgrep -x digimedfs >/dev/null && fail "a digimedfs process is left after s
 in_ct systemctl stop digimed-keyservice || fail "systemctl stop digimed-keyservice"
 [[ $(show Result $ks)/$(show ExecMainStatus $ks) == success/0 ]] ||
     fail "$ks stopped with Result=$(show Result $ks) ExecMainStatus=$(show ExecMainStatus $ks)"
+
+# "Key service under systemd": a wrong credential makes it exit 1 with the reason in the
+# journal, a missing file keeps systemd from starting it; both are retried every 5 s.
+start_fails() { # WHAT STATUS JOURNAL-TEXT
+    in_ct systemctl start digimed-keyservice >/dev/null 2>&1 && fail "$1: systemctl start digimed-keyservice succeeded"
+    [[ $(show Result $ks)/$(show ExecMainStatus $ks) == "exit-code/$2" ]] ||
+        fail "$1: $ks Result=$(show Result $ks) ExecMainStatus=$(show ExecMainStatus $ks), not exit-code/$2"
+    local retry
+    retry="$(show Restart $ks) $(show RestartUSec $ks) $(show StartLimitBurst $ks) $(show StartLimitIntervalUSec $ks)"
+    [[ $retry == "on-failure 5s 5 5min" ]] ||
+        fail "$1: $ks Restart RestartUSec StartLimitBurst StartLimitIntervalUSec: $retry, not on-failure 5s 5 5min"
+    in_ct journalctl -u digimed-keyservice --no-pager -o cat | grep -qF "$3" ||
+        fail "$1: no \"$3\" in journalctl -u digimed-keyservice"
+    in_ct systemctl stop digimed-keyservice || true
+    in_ct systemctl reset-failed digimed-keyservice || true
+}
+in_ct sh -c 'cd /etc/digimed-keyservice && cp -p credential credential.good && head -c 32 /dev/urandom >credential'
+start_fails "a wrong credential" 1 "credential does not unseal /var/lib/digimed-keyservice"
+in_ct sh -c 'cd /etc/digimed-keyservice && mv credential.good credential && mv server.key server.key.away'
+start_fails "no server.key" 243 "Failed to set up credentials"
+in_ct mv /etc/digimed-keyservice/server.key.away /etc/digimed-keyservice/server.key
 poweroff
 end=$SECONDS
 
