@@ -271,7 +271,8 @@ fstab=$(doc_block "Mounting at boot (systemd)" 1)
 in_ct sh -c 'cat >>/etc/fstab' <<<"$fstab"
 in_ct systemctl daemon-reload
 mu=mnt-proj.mount
-[[ $(show SourcePath $mu) == /etc/fstab ]] || fail "$mu does not come from /etc/fstab: SourcePath=$(show SourcePath $mu)"
+[[ $(show SourcePath $mu) == /etc/fstab && $(show FragmentPath $mu) == /run/systemd/generator/mnt-proj.mount ]] ||
+    fail "$mu is not systemd-fstab-generator's from /etc/fstab: SourcePath=$(show SourcePath $mu) FragmentPath=$(show FragmentPath $mu)"
 has() { # PROPERTY UNIT WORD: the unit's property lists WORD
     local v
     v=$(show "$1" "$2")
