@@ -28,6 +28,9 @@
 #     the file and stops cleanly; then the key service stops cleanly (exit 0), and fails to
 #     start as documented with a wrong credential (exit 1, the reason in its journal) or
 #     without its TLS key (243/CREDENTIALS), retried every 5 s;
+#   - `dpkg -i` again (an upgrade) restarts the running key service; `dpkg -r` stops and
+#     disables it and removes its unit; after `dpkg --purge` too the keys, token, state and
+#     user are still there;
 #   - nothing changed on this host: no package installed, /etc/passwd, group, shadow and gshadow
 #     unchanged, the container, its overlay and bind mount gone.
 # The machine: systemd-nspawn --boot on an overlay of a read-only bind mount of / (writes go to
@@ -390,6 +393,12 @@ in_ct pgrep -x digimedfs >/dev/null && fail "a digimedfs process is left after s
 (($(in_ct journalctl -b -t digimedfs --no-pager -o cat | grep -c 'filesystem closed cleanly' || true) == closed + 1)) ||
     fail "systemctl stop mnt-proj.mount (unit file): no \"filesystem closed cleanly\" in the journal"
 
+# An upgrade (the package installed again) restarts the running key service (postinst).
+pid_before=$(show MainPID $ks)
+if ! out=$(in_ct dpkg -i /root/digimedfs.deb 2>&1); then fail "dpkg -i again (upgrade): $out"; fi
+[[ $(show ActiveState $ks) == active && $(show MainPID $ks) != "$pid_before" ]] ||
+    fail "after an upgrade $ks is $(show ActiveState $ks) with main pid $(show MainPID $ks) (before: $pid_before), not restarted"
+
 in_ct systemctl stop digimed-keyservice || fail "systemctl stop digimed-keyservice"
 [[ $(show Result $ks)/$(show ExecMainStatus $ks) == success/0 ]] ||
     fail "$ks stopped with Result=$(show Result $ks) ExecMainStatus=$(show ExecMainStatus $ks)"
@@ -414,6 +423,21 @@ start_fails "a wrong credential" 1 "credential does not unseal /var/lib/digimed-
 in_ct sh -c 'cd /etc/digimed-keyservice && mv credential.good credential && mv server.key server.key.away'
 start_fails "no server.key" 243 "Failed to set up credentials"
 in_ct mv /etc/digimed-keyservice/server.key.away /etc/digimed-keyservice/server.key
+
+# Removing, then purging the package: the service stopped and disabled, its unit gone, keys,
+# state and the user kept ("Install").
+in_ct systemctl start digimed-keyservice || fail "systemctl start digimed-keyservice (before dpkg -r)"
+if ! out=$(in_ct dpkg -r digimedfs 2>&1); then fail "dpkg -r digimedfs: $out"; fi
+[[ $(show ActiveState $ks)/$(show LoadState $ks) == inactive/not-found ]] ||
+    fail "after dpkg -r: $ks is $(show ActiveState $ks)/$(show LoadState $ks), not inactive/not-found"
+in_ct test -e /etc/systemd/system/multi-user.target.wants/digimed-keyservice.service &&
+    fail "after dpkg -r: digimed-keyservice.service still enabled"
+if ! out=$(in_ct dpkg --purge digimedfs 2>&1); then fail "dpkg --purge digimedfs: $out"; fi
+for f in /etc/digimed-keyservice/credential /etc/digimed-keyservice/server.key /etc/digimedfs/cardio.token \
+    /etc/digimedfs/proj.key /var/lib/digimed-keyservice/registry.json; do
+    in_ct test -s "$f" || fail "after dpkg --purge: $f is gone"
+done
+in_ct getent passwd digimed-keyservice >/dev/null || fail "after dpkg --purge: the user digimed-keyservice is gone"
 poweroff
 end=$SECONDS
 
