@@ -33,6 +33,7 @@
 #     user are still there;
 #   - nothing changed on this host: no package installed, /etc/passwd, group, shadow and gshadow
 #     unchanged, the container, its overlay and bind mount gone.
+# Not covered: .automount units (the kernel here may lack autofs).
 # The machine: systemd-nspawn --boot on an overlay of a read-only bind mount of / (writes go to
 # a tmpfs), with this host's services, its from-source install (/usr/local) and digimedfs
 # configuration hidden, and a machine id of its own. Needs root, systemd-nspawn (package
