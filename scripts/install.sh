@@ -14,6 +14,8 @@
 #   /etc/sysusers.d/digimedfs.conf, /etc/tmpfiles.d/digimedfs.conf  its user and directories:
 #   /etc/digimedfs (0700), /var/log/digimedfs, /etc/digimed-keyservice, /var/lib/digimed-keyservice
 #   /etc/logrotate.d/digimedfs  weekly rotation of /var/log/digimedfs/*.log
+#   /sbin/umount.fuse.digimedfs  umount(8) runs it (from /sbin only): unmounting waits until the
+#                             mount's process has written back and exited (docs/operations.md)
 # The Debian package (scripts/build-deb.sh) installs the same under /usr.
 # Needs fuse3 (mount.fuse3, fusermount3): apt-get install fuse3.
 #
@@ -55,6 +57,9 @@ sed "s|^ExecStart=/usr/sbin/digimed-keyservice |ExecStart=$PREFIX/sbin/digimed-k
 chmod 0644 "$DESTDIR/etc/systemd/system/digimed-keyservice.service"
 install -m 0644 fs/packaging/digimedfs.sysusers "$DESTDIR/etc/sysusers.d/digimedfs.conf"
 install -m 0644 fs/packaging/digimedfs.tmpfiles "$DESTDIR/etc/tmpfiles.d/digimedfs.conf"
+# umount(8) looks for its helpers in /sbin only, whatever PREFIX is.
+install -d "$DESTDIR/sbin"
+install -m 0755 fs/packaging/umount.fuse.digimedfs "$DESTDIR/sbin/umount.fuse.digimedfs"
 # Weekly rotation of the mounts' log files (where they do not log to the journal).
 install -d "$DESTDIR/etc/logrotate.d"
 install -m 0644 fs/packaging/digimedfs.logrotate "$DESTDIR/etc/logrotate.d/digimedfs"

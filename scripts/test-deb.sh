@@ -2,8 +2,8 @@
 # Builds the Debian package (scripts/build-deb.sh) and checks it without installing it on this
 # machine: its control data (name, Depends on fuse3, maintainer scripts that parse), the file
 # list and modes of `dpkg-deb -c`, and a throwaway root made with `dpkg-deb -x` in which every
-# binary runs (--version), every man page renders without warnings (man -l), each completion
-# parses in its shell, sysusers.d/tmpfiles.d make the user and directories with the right modes
+# binary runs (--version), the umount helper parses, every man page renders without warnings
+# (man -l), each completion parses in its shell, sysusers.d/tmpfiles.d make the user and directories with the right modes
 # and owners (systemd-sysusers/systemd-tmpfiles --root), the key service unit passes
 # `systemd-analyze verify`, and the logrotate configuration parses (`logrotate -d`) and rotates
 # a log that a process keeps open for appending. Needs cargo-deb, dpkg-deb, man-db, systemd and
@@ -46,6 +46,7 @@ expect -rwxr-xr-x usr/bin/digimedfs
 expect -rwxr-xr-x usr/sbin/mkfs.digimed
 expect -rwxr-xr-x usr/sbin/fsck.digimed
 expect -rwxr-xr-x usr/sbin/digimed-keyservice
+expect -rwxr-xr-x usr/sbin/umount.fuse.digimedfs
 dpkg-deb -c "$deb" >"$work/raw-list"
 grep -q '^l.* \./usr/sbin/fsck\.fuse\.digimedfs -> fsck\.digimed$' "$work/raw-list" ||
     fail "/usr/sbin/fsck.fuse.digimedfs is not a link to fsck.digimed"
@@ -81,6 +82,7 @@ for bin in usr/bin/digimedfs usr/sbin/mkfs.digimed usr/sbin/fsck.digimed usr/sbi
     fi
 done
 n=0
+sh -n "$root/usr/sbin/umount.fuse.digimedfs" || fail "umount.fuse.digimedfs does not parse"
 for page in "$root"/usr/share/man/man[18]/*.gz; do
     n=$((n + 1))
     err=$(MANWIDTH=80 man -l "$page" 2>&1 >/dev/null) || fail "man -l $page failed"

@@ -11,7 +11,10 @@
 # put back as it was on exit.
 #
 # DIGIMEDFS_SKIP_CEPH=1 skips the cluster and the CephFS tests (they say so when skipped).
-# Last, scripts/test-deb.sh builds the Debian package and checks it (DIGIMEDFS_SKIP_DEB=1 skips).
+# Last, scripts/test-deb.sh builds the Debian package and checks it (DIGIMEDFS_SKIP_DEB=1 skips),
+# and scripts/test-systemd.sh installs it on a throwaway machine booted with systemd
+# (systemd-nspawn) and runs the key service and an fstab mount there as docs/operations.md
+# says (DIGIMEDFS_SKIP_SYSTEMD=1 skips).
 # A cluster that already runs (tests/cephfs/cluster start by hand) is used and left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,4 +68,12 @@ if [[ "${DIGIMEDFS_SKIP_DEB:-}" != 1 ]]; then
     scripts/test-deb.sh
 else
     echo "DIGIMEDFS_SKIP_DEB=1: Debian package not built or checked"
+fi
+
+# The package installed and run under systemd, in a container; nothing is installed here.
+# DIGIMEDFS_SKIP_SYSTEMD=1 skips it (it needs systemd-nspawn, openssl and curl; .ci/run has them).
+if [[ "${DIGIMEDFS_SKIP_SYSTEMD:-}" != 1 ]]; then
+    scripts/test-systemd.sh
+else
+    echo "DIGIMEDFS_SKIP_SYSTEMD=1: the package not tested under systemd"
 fi
