@@ -418,11 +418,46 @@ impl Default for TestFs {
     }
 }
 
+/// Where mounts publish their metrics files (docs/operations.md, "Metrics").
+pub const METRICS_DIR: &str = "/run/digimedfs/metrics";
+
+/// The metrics file of the mount on `mountpoint`, if it is there: the one whose samples carry
+/// its (canonical) path as their `mountpoint` label.
+pub fn metrics_file(mountpoint: &Path) -> Option<(PathBuf, String)> {
+    let want = format!(
+        "mountpoint=\"{}\"",
+        mountpoint.canonicalize().ok()?.display()
+    );
+    std::fs::read_dir(METRICS_DIR)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "prom"))
+        .find_map(|p| {
+            let text = std::fs::read_to_string(&p).ok()?;
+            text.contains(&want).then_some((p, text))
+        })
+}
+
+/// The value of the first sample of metric `name` whose labels contain `label`.
+pub fn metric_sample(text: &str, name: &str, label: &str) -> Option<u64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Empties the kernel's page, dentry and inode caches, so that what follows reads through the
+/// daemon (tests run as root).
+pub fn drop_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n")
+        .expect("write /proc/sys/vm/drop_caches (tests must run as root)");
+}
+
 /// Removes the metrics file a mount of `mountpoint` left in /run/digimedfs/metrics: a daemon
 /// that exits removes its own, one a test killed cannot.
 pub fn remove_metrics_files(mountpoint: &Path) {
     let want = format!("mountpoint=\"{}\"", mountpoint.display());
-    let Ok(dir) = std::fs::read_dir("/run/digimedfs/metrics") else {
+    let Ok(dir) = std::fs::read_dir(METRICS_DIR) else {
         return;
     };
     for p in dir.filter_map(|e| e.ok()).map(|e| e.path()) {

@@ -197,7 +197,7 @@ impl MountStats {
             (
                 "max_dirty_bytes",
                 "gauge",
-                "The bound on the three buffers above (mount option max_dirty).",
+                "The bound on the three buffers above (32 MiB; docs/performance.md, tuning table).",
                 cache.max_dirty_bytes,
             ),
             (

@@ -10,8 +10,9 @@
 
 use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_tests::{
-    bin, daemon_pids, errno_of, is_mounted, mounts_at, process_alive, random_bytes, random_hex,
-    run, run_ok, snapshot_files, unmount_and_wait, wait_until, walk_files, TestFs, TIMEOUT,
+    bin, daemon_pids, drop_caches, errno_of, is_mounted, mounts_at, process_alive, random_bytes,
+    random_hex, run, run_ok, snapshot_files, unmount_and_wait, wait_until, walk_files, TestFs,
+    TIMEOUT,
 };
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -259,10 +260,6 @@ fn sync_dir(path: &Path) {
     File::open(path)
         .and_then(|d| d.sync_all())
         .unwrap_or_else(|e| panic!("fsync dir {}: {e}", path.display()));
-}
-
-fn drop_caches() {
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
 /// What a tree looks like from inside: per path its kind, contents (files), target

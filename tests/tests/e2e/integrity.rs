@@ -5,8 +5,8 @@
 use crate::workload::{git, git_commit, have};
 use digimedfs_core::format::records::INLINE_MAX;
 use digimedfs_tests::{
-    daemon_pids, errno_of, is_mounted, process_alive, random_bytes, random_hex, run, set_xattr,
-    wait_until, walk_files, TestFs, TIMEOUT,
+    daemon_pids, drop_caches, errno_of, is_mounted, process_alive, random_bytes, random_hex, run,
+    set_xattr, wait_until, walk_files, TestFs, TIMEOUT,
 };
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -206,14 +206,6 @@ fn wrong_key_is_refused() {
 /// The data objects in the backing directory.
 fn objects(backing: &Path) -> BTreeSet<PathBuf> {
     walk_files(&backing.join("objects")).into_iter().collect()
-}
-
-fn drop_caches() {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .open("/proc/sys/vm/drop_caches")
-        .expect("open /proc/sys/vm/drop_caches (tests must run as root)");
-    f.write_all(b"3\n").expect("drop caches");
 }
 
 #[test]

@@ -1,37 +1,11 @@
 //! A mount's metrics file: the daemon's counters of requests, bytes and integrity failures, in
 //! the Prometheus text format under /run/digimedfs/metrics (docs/operations.md, "Metrics").
 
-use digimedfs_tests::{wait_until, walk_files, TestFs};
+use digimedfs_tests::{
+    metric_sample as sample, metrics_file, wait_until, walk_files, TestFs, METRICS_DIR,
+};
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-const METRICS_DIR: &str = "/run/digimedfs/metrics";
-
-/// The metrics file of the mount on `mountpoint`, if it is there: the one whose samples carry
-/// its (canonical) path as their `mountpoint` label.
-fn metrics_file(mountpoint: &Path) -> Option<(PathBuf, String)> {
-    let want = format!(
-        "mountpoint=\"{}\"",
-        mountpoint.canonicalize().ok()?.display()
-    );
-    fs::read_dir(METRICS_DIR)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "prom"))
-        .find_map(|p| {
-            let text = fs::read_to_string(&p).ok()?;
-            text.contains(&want).then_some((p, text))
-        })
-}
-
-/// The value of the sample whose name and labels start with `prefix` (`name{labels`).
-fn sample(text: &str, name: &str, label: &str) -> Option<u64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 #[test]
 fn a_mount_publishes_its_counters_and_removes_them_at_unmount() {
