@@ -100,7 +100,7 @@ if mountpoint -q "$mnt" && ! findmnt -n -o SOURCE "$mnt" | grep -qx "$backing"; 
     other=$(findmnt -n -o SOURCE "$mnt")
     fusermount3 -u "$mnt"
     # Its daemon holds that filesystem's lock until it has exited.
-    flock -w 60 "$other/lock" true
+    flock -w 60 9 9<"$other/lock"
 fi
 [ -f "$backing/superblock" ] || "$bin/mkfs-digimed" -L demo "${mkfs_args[@]}" "$backing"
 if ! mountpoint -q "$mnt"; then
