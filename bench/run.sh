@@ -221,6 +221,16 @@ note_mem() { # fs
     [[ -n "$kb" ]] && record "$1" mem_kb_instance "$pid" "$kb"
 }
 
+# running PID...: true while any of them runs. A zombie has exited; only its reaping by the
+# parent (PID 1 for a daemon) is left, which some init processes do only once a second or two.
+running() {
+    local p s
+    for p in "$@"; do
+        s=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+        case ${s%% *} in Z | X | '') ;; *) return 0 ;; esac
+    done
+    return 1
+}
 fs_umount() { # fs
     local fs=$1 M="$SCRATCH/mnt/$1" pid i
     [[ $fs == raw ]] && return 0
@@ -233,7 +243,7 @@ fs_umount() { # fs
     done
     ((i < 20)) || { fusermount3 -u "$M"; fuser -vm "$M" 2>&1 | head -5; return 1; }
     for ((i = 0; i < 1200; i++)); do
-        if ! mountpoint -q "$M" && { [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; }; then
+        if ! mountpoint -q "$M" && { [[ -z "$pid" ]] || ! running "$pid"; }; then
             return 0
         fi
         sleep 0.1

@@ -228,6 +228,17 @@ FAILS="$SCRATCH/failures.md"
 WD=
 STEP_PID=
 
+# running PID...: true while any of them runs. A zombie has exited; only its reaping by the
+# parent (PID 1 for a daemon) is left, which some init processes do only once a second or two.
+running() {
+    local p s
+    for p in "$@"; do
+        s=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+        case ${s%% *} in Z | X | '') ;; *) return 0 ;; esac
+    done
+    return 1
+}
+
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
     local fs M pid i
@@ -240,7 +251,7 @@ cleanup() {
             fusermount3 -u "$M" 2>/dev/null || fusermount3 -uz "$M" 2>/dev/null || umount -l "$M" 2>/dev/null
             # Its backing dir goes next: let the daemon finish writing back first (at most 60 s).
             for ((i = 0; i < 600; i++)); do
-                if [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; then break; fi
+                if [[ -z $pid ]] || ! running "$pid"; then break; fi
                 sleep 0.1
             done
         fi
@@ -333,10 +344,10 @@ fs_umount() {
     ((i < 20)) || { fuser -vm "$M" >>"$lf" 2>&1; fail "$fs" umount "fusermount3 -u $M" "$lf"; return 1; }
     if [[ -n $pid ]]; then
         for ((i = 0; i < STEP_TIMEOUT * 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
+            running "$pid" || break
             sleep 0.02
         done
-        if kill -0 "$pid" 2>/dev/null; then
+        if running "$pid"; then
             echo "daemon $pid alive ${STEP_TIMEOUT}s after the unmount" >>"$lf"
             fail "$fs" umount "fusermount3 -u $M" "$lf"
             return 1

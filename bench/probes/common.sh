@@ -27,6 +27,17 @@ fresh_mount() {
     P=$(pgrep -f "digimedfs mount -f.*$B" | head -1)
 }
 
+# running PID...: true while any of them runs. A zombie has exited; only its reaping by the
+# parent (PID 1 for a daemon) is left, which some init processes do only once a second or two.
+running() {
+    local p s
+    for p in "$@"; do
+        s=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+        case ${s%% *} in Z | X | '') ;; *) return 0 ;; esac
+    done
+    return 1
+}
+
 # unmount_and_wait MOUNTPOINT BACKING: unmounts and waits until the daemon serving BACKING
 # has exited (it writes back after the unmount returned; a probe that goes on at once measures
 # the next step against that work, or removes the backing directory under it).
@@ -36,7 +47,8 @@ unmount_and_wait() {
     fusermount3 -u "$1" 2>/dev/null
     for ((i = 0; i < 600; i++)); do
         [[ -z $pids ]] && return 0
-        kill -0 $pids 2>/dev/null || return 0
+        # shellcheck disable=SC2086  # one argument per pid
+        running $pids || return 0
         sleep 0.1
     done
     echo "daemon(s) $pids for $2 still alive 60 s after the unmount" >&2
