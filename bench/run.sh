@@ -37,6 +37,8 @@ SCRIPT_START=$(date +%s.%N)
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
+# shellcheck source=bench/proc.sh
+. "$HERE/proc.sh"
 
 FS="${FS:-raw bindfs digimedfs gocryptfs cryfs securefs}"
 WORKLOADS="${WORKLOADS:-seq rand tree mem}"
@@ -221,16 +223,6 @@ note_mem() { # fs
     [[ -n "$kb" ]] && record "$1" mem_kb_instance "$pid" "$kb"
 }
 
-# running PID...: true while any of them runs. A zombie has exited; only its reaping by the
-# parent (PID 1 for a daemon) is left, which some init processes do only once a second or two.
-running() {
-    local p s
-    for p in "$@"; do
-        s=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-        case ${s%% *} in Z | X | '') ;; *) return 0 ;; esac
-    done
-    return 1
-}
 fs_umount() { # fs
     local fs=$1 M="$SCRATCH/mnt/$1" pid i
     [[ $fs == raw ]] && return 0

@@ -43,6 +43,8 @@ set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
+# shellcheck source=proc.sh
+. "$HERE/proc.sh"
 
 NS="${NS:-20000 200000 1000000}"
 FS="${FS:-digimedfs digimedfs-devfuse gocryptfs}"
@@ -227,17 +229,6 @@ FAILS="$SCRATCH/failures.md"
 : >"$FAILS"
 WD=
 STEP_PID=
-
-# running PID...: true while any of them runs. A zombie has exited; only its reaping by the
-# parent (PID 1 for a daemon) is left, which some init processes do only once a second or two.
-running() {
-    local p s
-    for p in "$@"; do
-        s=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-        case ${s%% *} in Z | X | '') ;; *) return 0 ;; esac
-    done
-    return 1
-}
 
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {

@@ -4,6 +4,8 @@
 # needs no tarball, such as bench/scale.sh, skips building it).
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=bench/proc.sh
+. "$REPO/bench/proc.sh"
 Q="${PROBE_DIR:-/var/tmp/digimedfs-probe}"
 BIN="${BIN:-$REPO/target/release}"
 TREE_TAR="${TREE_TAR:-$Q/tree.tar}"
@@ -25,17 +27,6 @@ fresh_mount() {
     "$BIN/mkfs-digimed" --tenant probe --key-file "$Q/k" "$B" >/dev/null
     "$BIN/digimedfs" mount --key-file "$Q/k" "$@" "$B" "$M" || exit 1
     P=$(pgrep -f "digimedfs mount -f.*$B" | head -1)
-}
-
-# running PID...: true while any of them runs. A zombie has exited; only its reaping by the
-# parent (PID 1 for a daemon) is left, which some init processes do only once a second or two.
-running() {
-    local p s
-    for p in "$@"; do
-        s=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-        case ${s%% *} in Z | X | '') ;; *) return 0 ;; esac
-    done
-    return 1
 }
 
 # unmount_and_wait MOUNTPOINT BACKING: unmounts and waits until the daemon serving BACKING

@@ -68,14 +68,14 @@ const BOUND_FILES_PER_DIR: usize = 1_000;
 /// The daemon's peak RSS allowed in any phase (issue 24: 100 MiB at every file count).
 const DAEMON_BOUND_KIB: u64 = 100 * 1024;
 
-/// `name` (e.g. `VmHWM`) from /proc/PID/status, in KiB.
-fn status_kib(pid: i32, name: &str) -> u64 {
+/// The process's peak RSS (`VmHWM` in /proc/PID/status), in KiB.
+fn vm_hwm_kib(pid: i32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+        .unwrap_or_else(|| panic!("VmHWM in /proc/{pid}/status"))
 }
 
 /// Runs `phase` and returns the daemon's peak RSS during it alone: writing 5 to clear_refs
@@ -84,7 +84,7 @@ fn peak_rss_kib(t: &TestFs, phase: impl FnOnce()) -> u64 {
     let pid = t.daemon_pid().expect("daemon pid");
     fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
     phase();
-    status_kib(pid, "VmHWM")
+    vm_hwm_kib(pid)
 }
 
 fn unix_now() -> u64 {
